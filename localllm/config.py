@@ -1,0 +1,35 @@
+"""The one engine configuration object."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Config:
+    model: str | None = None          # alias, local HF directory or .gguf file; None = the embedded default
+    dtype: str = "auto"               # "auto" = float32 on CPU, bfloat16 on GPU
+    device: str = "auto"              # "auto" = cuda when available, else cpu
+    block_size: int = 16              # tokens per KV-cache block
+    num_kv_blocks: int | None = None  # fixed pool size; None = sized from kv_memory_fraction / kv_memory_gib
+    kv_memory_gib: float = 1.0        # CPU: memory given to the KV pool when num_kv_blocks is None
+    gpu_memory_fraction: float = 0.9  # GPU: share of device memory the engine may use in total
+    max_num_batched_tokens: int = 2048  # token budget of one scheduler step
+    max_num_seqs: int = 64            # running sequences at most
+    max_model_len: int | None = None  # None = the model's own context length
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = True
+    num_threads: int | None = None    # CPU intra-op threads; None = torch's default
+
+    def __post_init__(self) -> None:
+        if self.block_size <= 0 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a positive power of two, got {self.block_size}")
+        if self.num_kv_blocks is not None and self.num_kv_blocks <= 0:
+            raise ValueError(f"num_kv_blocks must be positive, got {self.num_kv_blocks}")
+        if self.max_num_batched_tokens <= 0:
+            raise ValueError(f"max_num_batched_tokens must be positive, got {self.max_num_batched_tokens}")
+        if self.max_num_seqs <= 0:
+            raise ValueError(f"max_num_seqs must be positive, got {self.max_num_seqs}")
+        if not 0.0 < self.gpu_memory_fraction <= 1.0:
+            raise ValueError(f"gpu_memory_fraction must be in (0, 1], got {self.gpu_memory_fraction}")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
