@@ -1,0 +1,60 @@
+"""Plain-torch paged attention: K/V live in fixed-size blocks reached through per-sequence block tables.
+
+Cache layout: [num_blocks, block_size, num_kv_heads, head_dim]. Slot s is block s // block_size, offset
+s % block_size. Query heads are grouped over KV heads (GQA).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def store_kvcache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                  slot_mapping: torch.Tensor) -> None:
+    """Writes k, v [T, Hkv, D] into their cache slots."""
+    num_kv_heads, head_dim = k.shape[1], k.shape[2]
+    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, k)
+    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, v)
+
+
+def _visible(query_pos: torch.Tensor, key_pos: torch.Tensor, sliding_window: int | None) -> torch.Tensor:
+    mask = key_pos[None, :] <= query_pos[:, None]
+    if sliding_window:
+        mask &= key_pos[None, :] > query_pos[:, None] - sliding_window
+    return mask
+
+
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+                     context_lens: torch.Tensor, scale: float, sliding_window: int | None = None) -> torch.Tensor:
+    """One query token per sequence, at position context_len - 1. q: [B, H, D] -> [B, H, D]."""
+    batch, num_heads, head_dim = q.shape
+    num_kv_heads = k_cache.shape[2]
+    group = num_heads // num_kv_heads
+    k = k_cache[block_tables].reshape(batch, -1, num_kv_heads, head_dim)
+    v = v_cache[block_tables].reshape(batch, -1, num_kv_heads, head_dim)
+    scores = torch.einsum("bhgd,blhd->bhgl", q.view(batch, num_kv_heads, group, head_dim), k) * scale
+    key_pos = torch.arange(k.shape[1], device=q.device)
+    visible = key_pos[None, :] < context_lens[:, None]
+    if sliding_window:
+        visible &= key_pos[None, :] >= context_lens[:, None] - sliding_window
+    scores = scores.masked_fill(~visible[:, None, None, :], float("-inf"))
+    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    return torch.einsum("bhgl,blhd->bhgd", probs, v).reshape(batch, num_heads, head_dim)
+
+
+def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
+                      context_len: int, scale: float, sliding_window: int | None = None) -> torch.Tensor:
+    """The last q.shape[0] tokens of one sequence of context_len tokens (earlier ones may be a cached prefix),
+    causal. q: [Lq, H, D] -> [Lq, H, D]."""
+    num_queries, num_heads, head_dim = q.shape
+    num_kv_heads = k_cache.shape[2]
+    block_size = k_cache.shape[1]
+    num_blocks = -(-context_len // block_size)
+    k = k_cache[block_table[:num_blocks]].reshape(-1, num_kv_heads, head_dim)[:context_len]
+    v = v_cache[block_table[:num_blocks]].reshape(-1, num_kv_heads, head_dim)[:context_len]
+    group = num_heads // num_kv_heads
+    k = k.repeat_interleave(group, dim=1).transpose(0, 1)
+    v = v.repeat_interleave(group, dim=1).transpose(0, 1)
+    query_pos = torch.arange(context_len - num_queries, context_len, device=q.device)
+    mask = _visible(query_pos, torch.arange(context_len, device=q.device), sliding_window)
+    out = torch.nn.functional.scaled_dot_product_attention(q.transpose(0, 1), k, v, attn_mask=mask, scale=scale)
+    return out.transpose(0, 1)

@@ -1,0 +1,153 @@
+"""The engine core: token ids in, token ids out. One step = schedule -> forward -> sample -> bookkeeping.
+Text (tokenizing, detokenizing, stop strings) lives a layer above, in LLMEngine."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from localllm.config import Config
+from localllm.engine.batch import build_step_batch
+from localllm.engine.block_manager import BlockManager
+from localllm.engine.model_runner import ModelRunner, kv_bytes_per_block
+from localllm.engine.request import Sequence
+from localllm.engine.sampler import SampledToken, Sampler, SamplingRow
+from localllm.engine.scheduler import Scheduler
+from localllm.errors import PromptTooLongError
+from localllm.sampling_params import SamplingParams
+
+GiB = 1 << 30
+
+
+@dataclass
+class TokenEvent:
+    """What one sequence did in one step: a new token, and/or finishing."""
+    request_id: str
+    index: int
+    sampled: SampledToken | None
+    finish_reason: str | None = None
+
+
+def resolve_device(config: Config) -> torch.device:
+    if config.device != "auto":
+        return torch.device(config.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(config: Config, device: torch.device) -> torch.dtype:
+    if config.dtype != "auto":
+        return getattr(torch, config.dtype)
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+class EngineCore:
+    def __init__(self, config: Config, model_dir: Path, hf_config, eos_token_ids: set[int]):
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        self.config = config
+        self.device = resolve_device(config)
+        self.dtype = resolve_dtype(config, self.device)
+        self.runner = ModelRunner(hf_config, model_dir, self.device, self.dtype)
+        self.num_blocks = self._num_kv_blocks(hf_config)
+        self.runner.allocate_kv_cache(self.num_blocks, config.block_size)
+        self.max_model_len = min(config.max_model_len or hf_config.max_position_embeddings,
+                                 self.num_blocks * config.block_size)
+        self.vocab_size = hf_config.vocab_size
+        self.eos_token_ids = eos_token_ids
+        self.block_manager = BlockManager(self.num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.block_manager, config.max_num_batched_tokens, config.max_num_seqs,
+                                   config.enable_chunked_prefill)
+        self.sampler = Sampler(eos_token_ids)
+        self.requests: dict[str, list[Sequence]] = {}
+
+    def _num_kv_blocks(self, hf_config) -> int:
+        if self.config.num_kv_blocks:
+            return self.config.num_kv_blocks
+        per_block = kv_bytes_per_block(hf_config, self.config.block_size, self.dtype)
+        if self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            budget = free - (1 - self.config.gpu_memory_fraction) * total
+        else:
+            budget = self.config.kv_memory_gib * GiB
+        return max(1, int(budget // per_block))
+
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        n = len(prompt_token_ids)
+        if n == 0:
+            raise ValueError("the prompt is empty")
+        if n >= self.max_model_len:
+            raise PromptTooLongError(f"the prompt has {n} tokens but the context holds {self.max_model_len}, "
+                                     "and at least one must be left for the reply")
+        if not self.config.enable_chunked_prefill and n > self.config.max_num_batched_tokens:
+            raise PromptTooLongError(f"the prompt has {n} tokens, more than max_num_batched_tokens "
+                                     f"({self.config.max_num_batched_tokens}) with chunked prefill off")
+        bad = [t for t in prompt_token_ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1})")
+        if request_id in self.requests:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        seq = Sequence(request_id, prompt_token_ids, params)
+        self.requests[request_id] = [seq]
+        self.scheduler.add(seq)
+
+    def abort_request(self, request_id: str) -> None:
+        """Frees the request's blocks at once."""
+        for seq in self.requests.pop(request_id, []):
+            if not seq.is_finished:
+                self.scheduler.finish(seq, "abort")
+
+    @property
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished
+
+    def step(self) -> list[TokenEvent]:
+        out = self.scheduler.schedule()
+        if not out.scheduled:
+            return []
+        batch = build_step_batch(out.scheduled, self.config.block_size, self.device)
+        logits = self.runner.forward(batch)
+        self.scheduler.step_done(out)
+        if not batch.sampling_seqs:
+            return []
+        rows = [SamplingRow(s.params, s.prompt_token_ids, s.output_token_ids, s.generator)
+                for s in batch.sampling_seqs]
+        events = []
+        for seq, sampled in zip(batch.sampling_seqs, self.sampler(logits, rows)):
+            seq.token_ids.append(sampled.token_id)
+            if seq.index == 0 and seq.params.n > 1 and seq.num_output_tokens == 1:
+                self._fork(seq)
+            reason = self._finish_reason(seq, sampled.token_id)
+            if reason:
+                self.scheduler.finish(seq, reason)
+                self._forget_if_done(seq.request_id)
+            events.append(TokenEvent(seq.request_id, seq.index, sampled, reason))
+        return events
+
+    def _fork(self, parent: Sequence) -> None:
+        """The other n - 1 completions start from the parent's prompt, sharing its full prompt blocks."""
+        for index in range(1, parent.params.n):
+            child = Sequence(parent.request_id, parent.prompt_token_ids, parent.params, index)
+            self.block_manager.fork(parent, child)
+            self.requests[parent.request_id].append(child)
+            self.scheduler.add(child, front=True)
+
+    def _finish_reason(self, seq: Sequence, token_id: int) -> str | None:
+        p = seq.params
+        if token_id in p.stop_token_ids or (not p.ignore_eos and token_id in self.eos_token_ids):
+            return "stop"
+        if (p.max_tokens is not None and seq.num_output_tokens >= p.max_tokens) or len(seq) >= self.max_model_len:
+            return "length"
+        return None
+
+    def _forget_if_done(self, request_id: str) -> None:
+        if all(s.is_finished for s in self.requests[request_id]):
+            del self.requests[request_id]
+
+    def finish_sequence(self, request_id: str, index: int, reason: str) -> None:
+        """A layer above ended one completion (a stop string matched)."""
+        for seq in self.requests.get(request_id, []):
+            if seq.index == index and not seq.is_finished:
+                self.scheduler.finish(seq, reason)
+        if request_id in self.requests:
+            self._forget_if_done(request_id)

@@ -1,0 +1,59 @@
+"""A sequence being generated: its tokens, its place in the KV cache and how far it has been computed."""
+from __future__ import annotations
+
+import enum
+import itertools
+
+import torch
+
+from localllm.sampling_params import SamplingParams
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+_seq_ids = itertools.count()
+
+
+class Sequence:
+    def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, index: int = 0):
+        self.seq_id = next(_seq_ids)
+        self.request_id = request_id
+        self.index = index                      # which of the request's n completions
+        self.token_ids = list(prompt_token_ids)
+        self.num_prompt_tokens = len(prompt_token_ids)
+        self.params = params
+        self.status = SequenceStatus.WAITING
+        self.block_table: list[int] = []
+        self.num_computed_tokens = 0            # tokens whose K/V are in the cache
+        self.num_cached_tokens = 0              # of those, how many came from the prefix cache
+        self.num_hashed_blocks = 0              # leading blocks already registered in the prefix cache
+        self.finish_reason: str | None = None
+        self.generator: torch.Generator | None = None
+        if params.seed is not None:
+            self.generator = torch.Generator().manual_seed(params.seed + index)
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def prompt_token_ids(self) -> list[int]:
+        return self.token_ids[: self.num_prompt_tokens]
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens:]
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status == SequenceStatus.FINISHED
+
+    def block_token_ids(self, block_index: int, block_size: int) -> list[int]:
+        return self.token_ids[block_index * block_size:(block_index + 1) * block_size]

@@ -1,0 +1,129 @@
+"""Continuous batching: which sequences run this step, and how many of their tokens.
+
+Every step has a token budget. Running sequences go first (a decode costs one token; a prompt being
+prefilled in chunks takes what is left of it), then waiting ones join while budget, sequence slots and KV
+blocks last. When blocks run out, the newest running sequence is preempted: its blocks are freed and it
+goes back to the front of the queue to be recomputed later (its full blocks often come back from the
+prefix cache).
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from localllm.engine.block_manager import BlockManager
+from localllm.engine.request import Sequence, SequenceStatus
+
+
+@dataclass
+class ScheduledSeq:
+    seq: Sequence
+    num_new_tokens: int
+
+    @property
+    def samples(self) -> bool:
+        """Whether this step reaches the sequence's last token, so its logits give the next token."""
+        return self.seq.num_computed_tokens + self.num_new_tokens == len(self.seq)
+
+
+@dataclass
+class SchedulerOutput:
+    scheduled: list[ScheduledSeq] = field(default_factory=list)
+    num_preempted: int = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_new_tokens for s in self.scheduled)
+
+
+class Scheduler:
+    def __init__(self, block_manager: BlockManager, max_num_batched_tokens: int, max_num_seqs: int,
+                 enable_chunked_prefill: bool):
+        self.block_manager = block_manager
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_num_seqs = max_num_seqs
+        self.enable_chunked_prefill = enable_chunked_prefill
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence, front: bool = False) -> None:
+        if front:
+            self.waiting.appendleft(seq)
+        else:
+            self.waiting.append(seq)
+
+    @property
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.max_num_batched_tokens
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            n = min(len(seq) - seq.num_computed_tokens, budget)
+            while not self.block_manager.can_allocate(seq, seq.num_computed_tokens + n):
+                victim = self.running.pop()
+                self._preempt(victim)
+                out.num_preempted += 1
+                if victim is seq:
+                    break
+            else:
+                self.block_manager.allocate(seq, seq.num_computed_tokens + n)
+                out.scheduled.append(ScheduledSeq(seq, n))
+                budget -= n
+                i += 1
+                continue
+            break
+        if out.num_preempted:
+            return out
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            if not self._admit(seq, budget, out):
+                break
+            budget -= out.scheduled[-1].num_new_tokens
+        return out
+
+    def _admit(self, seq: Sequence, budget: int, out: SchedulerOutput) -> bool:
+        manager = self.block_manager
+        prefix = [] if seq.block_table else manager.cached_prefix(seq)   # forks arrive holding blocks
+        computed = seq.num_computed_tokens if seq.block_table else len(prefix) * manager.block_size
+        n = len(seq) - computed
+        if n > budget:
+            if not self.enable_chunked_prefill:
+                return False
+            n = budget
+        needed = -(-(computed + n) // manager.block_size) - (len(seq.block_table) or len(prefix))
+        if needed > manager.free_blocks_after_taking(prefix):
+            return False
+        if not seq.block_table:
+            manager.take_prefix(seq, prefix)
+        manager.allocate(seq, computed + n)
+        self.waiting.popleft()
+        seq.status = SequenceStatus.RUNNING
+        self.running.append(seq)
+        out.scheduled.append(ScheduledSeq(seq, n))
+        return True
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.block_manager.free_sequence(seq)
+        seq.status = SequenceStatus.WAITING
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1
+
+    def step_done(self, out: SchedulerOutput) -> None:
+        """The runner computed the scheduled tokens: advance each sequence and share its newly full blocks."""
+        for item in out.scheduled:
+            item.seq.num_computed_tokens += item.num_new_tokens
+            self.block_manager.cache_full_blocks(item.seq)
+
+    def finish(self, seq: Sequence, reason: str) -> None:
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = reason
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        self.block_manager.free_sequence(seq)

@@ -1,0 +1,47 @@
+"""Config, tokenizer and end-of-sequence ids of a Hugging Face model directory, with user-facing errors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from localllm.errors import CorruptModelError, ModelNotFoundError, UnsupportedModelError
+
+
+def load_hf_config(model_dir: Path):
+    from transformers import AutoConfig
+
+    if not (model_dir / "config.json").is_file():
+        raise ModelNotFoundError(f"{model_dir} has no config.json")
+    try:
+        return AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
+    except json.JSONDecodeError as e:
+        raise CorruptModelError(f"{model_dir / 'config.json'} is not valid JSON: {e}") from None
+    except (ValueError, KeyError) as e:
+        raise UnsupportedModelError(f"cannot read the config in {model_dir}: {str(e).splitlines()[0]}") from None
+
+
+def load_tokenizer(model_dir: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+    except (OSError, ValueError, json.JSONDecodeError) as e:
+        raise CorruptModelError(f"cannot load the tokenizer in {model_dir}: {str(e).splitlines()[0]}") from None
+
+
+def eos_token_ids(model_dir: Path, tokenizer, hf_config) -> set[int]:
+    """Generation stops at any of the ids the model's generation config, config or tokenizer name."""
+    ids: set[int] = set()
+    sources = [getattr(hf_config, "eos_token_id", None), tokenizer.eos_token_id]
+    generation_config = model_dir / "generation_config.json"
+    if generation_config.is_file():
+        try:
+            sources.append(json.loads(generation_config.read_text()).get("eos_token_id"))
+        except json.JSONDecodeError as e:
+            raise CorruptModelError(f"{generation_config} is not valid JSON: {e}") from None
+    for value in sources:
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list):
+            ids.update(v for v in value if isinstance(v, int))
+    return ids

@@ -1,0 +1,64 @@
+"""Fills one of our model modules from a Hugging Face safetensors directory (never pickle files)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import nn
+
+from localllm.errors import CorruptModelError, ModelNotFoundError
+
+
+def _param_and_shard(model: nn.Module, name: str):
+    for hf_part, (our_part, shard_id) in model.packed_modules.items():
+        if f".{hf_part}." in name:
+            return name.replace(f".{hf_part}.", f".{our_part}."), shard_id
+    return name, None
+
+
+@torch.no_grad()
+def load_weights(model: nn.Module, model_dir: Path) -> None:
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise ModelNotFoundError(f"no .safetensors weights in {model_dir}")
+    params = dict(model.named_parameters(remove_duplicate=False))
+    modules = dict(model.named_modules())
+    tied = model.lm_head.weight is model.model.embed_tokens.weight
+    loaded: set[str] = set()
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt", device="cpu") as f:
+                for name in f.keys():
+                    if "rotary_emb" in name or (tied and name == "lm_head.weight"):
+                        continue
+                    target, shard_id = _param_and_shard(model, name)
+                    if target not in params:
+                        raise CorruptModelError(f"{file.name}: unexpected tensor {name!r} for this architecture")
+                    module = modules[target.rsplit(".", 1)[0]]
+                    tensor = f.get_tensor(name)
+                    if hasattr(module, "load_weight"):
+                        module.load_weight(params[target], tensor, shard_id)
+                    else:
+                        params[target].data.copy_(tensor)
+                    loaded.add(target if shard_id is None else f"{target}:{shard_id}")
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise CorruptModelError(f"cannot read weights {file}: {str(e).splitlines()[0]}") from None
+    expected = set()
+    for target, p in params.items():
+        module = modules[target.rsplit(".", 1)[0]]
+        if tied and target == "lm_head.weight":
+            continue
+        shards = _shards_of(module)
+        expected |= {f"{target}:{s}" for s in shards} if shards and p.dim() >= 1 else {target}
+    missing = sorted(expected - loaded)
+    if missing:
+        raise CorruptModelError(f"weights in {model_dir} lack {len(missing)} tensors, e.g. {missing[0]}")
+
+
+def _shards_of(module: nn.Module) -> list:
+    if hasattr(module, "out_sizes"):
+        return list(range(len(module.out_sizes)))
+    if hasattr(module, "total_kv_heads"):
+        return ["q", "k", "v"]
+    return []
