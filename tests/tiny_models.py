@@ -62,6 +62,8 @@ def build_model_dir(arch: str, out: Path, seed: int = 0) -> Path:
 def hf_greedy(model_dir: Path, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.generation_config.eos_token_id = None
-    out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens, do_sample=False,
-                         min_new_tokens=max_new_tokens, pad_token_id=0)
+    ids = torch.tensor([prompt_ids])
+    # an explicit mask: otherwise generate() masks every prompt token equal to the pad id
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                         do_sample=False, min_new_tokens=max_new_tokens, pad_token_id=0)
     return out[0, len(prompt_ids):].tolist()

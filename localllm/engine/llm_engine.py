@@ -64,9 +64,9 @@ class LLMEngine:
                 text += detokenizer.flush()
             if reason is not None:
                 del self._detokenizers[key]
-                if event.request_id not in self.core.requests:
-                    del self._params[event.request_id]
             logprobs = [event.sampled] if params.logprobs is not None else None
             deltas.append(StreamDelta(event.request_id, event.index, text, [event.sampled.token_id], logprobs,
                                       reason))
+        for request_id in [r for r in self._params if r not in self.core.requests]:
+            del self._params[request_id]
         return deltas
