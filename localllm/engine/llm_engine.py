@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from localllm.config import Config
 from localllm.engine.core import EngineCore
-from localllm.engine.detokenizer import IncrementalDetokenizer
+from localllm.engine.output_processor import OutputProcessor
 from localllm.engine.outputs import StreamDelta
 from localllm.loader.hf_dir import eos_token_ids, load_hf_config, load_tokenizer
 from localllm.loader.resolve import resolve_model
@@ -21,8 +21,7 @@ class LLMEngine:
         self.tokenizer = load_tokenizer(self.model_dir)
         self.core = EngineCore(config, self.model_dir, hf_config, eos_token_ids(self.model_dir, self.tokenizer,
                                                                                   hf_config))
-        self._params: dict[str, SamplingParams] = {}
-        self._detokenizers: dict[tuple[str, int], IncrementalDetokenizer] = {}
+        self.output_processor = OutputProcessor(self.tokenizer)
 
     def encode(self, prompt: str | list[int]) -> list[int]:
         return list(prompt) if not isinstance(prompt, str) else self.tokenizer.encode(prompt)
@@ -35,38 +34,21 @@ class LLMEngine:
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
         self.core.add_request(request_id, prompt_token_ids, params)
-        self._params[request_id] = params
+        self.output_processor.add_request(request_id, params)
 
     def abort_request(self, request_id: str) -> None:
         self.core.abort_request(request_id)
-        self._params.pop(request_id, None)
-        for key in [k for k in self._detokenizers if k[0] == request_id]:
-            del self._detokenizers[key]
+        self.output_processor.forget(request_id)
 
     @property
     def has_unfinished(self) -> bool:
         return self.core.has_unfinished
 
     def step(self) -> list[StreamDelta]:
-        deltas = []
-        for event in self.core.step():
-            params = self._params[event.request_id]
-            key = (event.request_id, event.index)
-            detokenizer = self._detokenizers.get(key)
-            if detokenizer is None:
-                detokenizer = IncrementalDetokenizer(self.tokenizer, params.skip_special_tokens, params.stop)
-                self._detokenizers[key] = detokenizer
-            text, stopped = detokenizer.append(event.sampled.token_id)
-            reason = "stop" if stopped else event.finish_reason
-            if stopped and event.finish_reason is None:
-                self.core.finish_sequence(event.request_id, event.index, "stop")
-            elif reason is not None:
-                text += detokenizer.flush()
-            if reason is not None:
-                del self._detokenizers[key]
-            logprobs = [event.sampled] if params.logprobs is not None else None
-            deltas.append(StreamDelta(event.request_id, event.index, text, [event.sampled.token_id], logprobs,
-                                      reason))
-        for request_id in [r for r in self._params if r not in self.core.requests]:
-            del self._params[request_id]
+        events = self.core.step()
+        deltas, stopped_by_text = self.output_processor.process(events)
+        for request_id, index in stopped_by_text:
+            self.core.finish_sequence(request_id, index, "stop")
+        for request_id in {e.request_id for e in events} - self.core.requests.keys():
+            self.output_processor.forget(request_id)
         return deltas
