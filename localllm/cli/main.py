@@ -10,11 +10,13 @@ from typing import Optional
 
 import typer
 
+from localllm.cli.bench import bench_app
 from localllm.errors import LocalLLMError
 from localllm.hub.embedded import EMBEDDED_ALIAS, EMBEDDED_ALIASES
 from localllm.sampling_params import SamplingParams
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+app.add_typer(bench_app, name="bench")
 
 
 @app.callback()

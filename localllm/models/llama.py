@@ -21,7 +21,7 @@ class LlamaAttention(nn.Module):
         bias = getattr(cfg, "attention_bias", False)
         return bias, bias
 
-    def __init__(self, cfg, sliding_window: int | None, rotary: RotaryEmbedding):
+    def __init__(self, cfg, sliding_window: int | None):
         super().__init__()
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         qkv_bias, o_bias = self.biases(cfg)
@@ -31,13 +31,12 @@ class LlamaAttention(nn.Module):
         self.num_heads = self.qkv_proj.num_heads
         self.num_kv_heads = self.qkv_proj.num_kv_heads
         self.head_dim = head_dim
-        self.rotary = rotary
         if self.qk_norm:
             self.q_norm = RMSNorm(head_dim, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(head_dim, cfg.rms_norm_eps)
         self.attn = Attention(self.num_heads, self.num_kv_heads, head_dim, head_dim ** -0.5, sliding_window)
 
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+    def forward(self, rope, hidden: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         qkv = self.qkv_proj(hidden)
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
@@ -46,7 +45,7 @@ class LlamaAttention(nn.Module):
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary(positions, q, k)
+        q, k = RotaryEmbedding.apply(rope, q, k)
         out = self.attn(q, k, v, meta)
         return self.o_proj(out.flatten(1))
 
@@ -66,20 +65,20 @@ class LlamaMLP(nn.Module):
 class LlamaDecoderLayer(nn.Module):
     attention_class = LlamaAttention
 
-    def __init__(self, cfg, sliding_window: int | None, rotary: RotaryEmbedding):
+    def __init__(self, cfg, sliding_window: int | None):
         super().__init__()
-        self.self_attn = self.attention_class(cfg, sliding_window, rotary)
+        self.self_attn = self.attention_class(cfg, sliding_window)
         self.mlp = LlamaMLP(cfg)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, positions, hidden, residual, meta):
+    def forward(self, rope, hidden, residual, meta):
         if residual is None:
             residual = hidden
             hidden = self.input_layernorm(hidden)
         else:
             hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(positions, hidden, meta)
+        hidden = self.self_attn(rope, hidden, meta)
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
 
@@ -96,11 +95,11 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.config = cfg
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        rotary = RotaryEmbedding(head_dim, cfg.max_position_embeddings, rope_parameters(cfg))
+        self.rotary = RotaryEmbedding(head_dim, cfg.max_position_embeddings, rope_parameters(cfg))
         self.model = nn.Module()
         self.model.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size)
         self.model.layers = nn.ModuleList(
-            self.decoder_layer_class(cfg, self.sliding_window(cfg, i), rotary) for i in range(cfg.num_hidden_layers))
+            self.decoder_layer_class(cfg, self.sliding_window(cfg, i)) for i in range(cfg.num_hidden_layers))
         self.model.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size)
         if getattr(cfg, "tie_word_embeddings", False):
@@ -115,9 +114,10 @@ class LlamaForCausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         hidden = self.model.embed_tokens(input_ids)
+        rope = self.rotary.cos_sin(positions, hidden.dtype)
         residual = None
         for layer in self.model.layers:
-            hidden, residual = layer(positions, hidden, residual, meta)
+            hidden, residual = layer(rope, hidden, residual, meta)
         hidden, _ = self.model.norm(hidden, residual)
         return hidden
 
