@@ -87,9 +87,16 @@ class EngineCore:
             raise ValueError(f"token id {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1})")
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
-        seq = Sequence(request_id, prompt_token_ids, params)
+        seq = self._new_sequence(request_id, prompt_token_ids, params, 0)
         self.requests[request_id] = [seq]
         self.scheduler.add(seq)
+
+    def _new_sequence(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+                      index: int) -> Sequence:
+        seq = Sequence(request_id, prompt_token_ids, params, index)
+        if params.seed is not None:   # completion i of a seeded request draws from seed + i
+            seq.generator = torch.Generator(self.device).manual_seed(params.seed + index)
+        return seq
 
     def abort_request(self, request_id: str) -> None:
         """Frees the request's blocks at once."""
@@ -127,7 +134,7 @@ class EngineCore:
     def _fork(self, parent: Sequence) -> None:
         """The other n - 1 completions start from the parent's prompt, sharing its full prompt blocks."""
         for index in range(1, parent.params.n):
-            child = Sequence(parent.request_id, parent.prompt_token_ids, parent.params, index)
+            child = self._new_sequence(parent.request_id, parent.prompt_token_ids, parent.params, index)
             self.block_manager.fork(parent, child)
             self.requests[parent.request_id].append(child)
             self.scheduler.add(child, front=True)

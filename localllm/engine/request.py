@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import enum
 import itertools
-
-import torch
+from typing import TYPE_CHECKING
 
 from localllm.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    import torch
 
 
 class SequenceStatus(enum.Enum):
@@ -32,9 +34,7 @@ class Sequence:
         self.num_cached_tokens = 0              # of those, how many came from the prefix cache
         self.num_hashed_blocks = 0              # leading blocks already registered in the prefix cache
         self.finish_reason: str | None = None
-        self.generator: torch.Generator | None = None
-        if params.seed is not None:
-            self.generator = torch.Generator().manual_seed(params.seed + index)
+        self.generator: torch.Generator | None = None   # set by the core, on the device that samples
 
     def __len__(self) -> int:
         return len(self.token_ids)
