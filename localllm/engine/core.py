@@ -49,10 +49,10 @@ class EngineCore:
         self.device = resolve_device(config)
         self.dtype = resolve_dtype(config, self.device)
         self.runner = ModelRunner(hf_config, model_dir, self.device, self.dtype)
-        self.num_blocks = self._num_kv_blocks(hf_config)
+        model_len = config.max_model_len or hf_config.max_position_embeddings
+        self.num_blocks = self._num_kv_blocks(hf_config, model_len)
         self.runner.allocate_kv_cache(self.num_blocks, config.block_size)
-        self.max_model_len = min(config.max_model_len or hf_config.max_position_embeddings,
-                                 self.num_blocks * config.block_size)
+        self.max_model_len = min(model_len, self.num_blocks * config.block_size)
         self.vocab_size = hf_config.vocab_size
         self.eos_token_ids = eos_token_ids
         self.block_manager = BlockManager(self.num_blocks, config.block_size, config.enable_prefix_caching)
@@ -61,13 +61,14 @@ class EngineCore:
         self.sampler = Sampler(eos_token_ids)
         self.requests: dict[str, list[Sequence]] = {}
 
-    def _num_kv_blocks(self, hf_config) -> int:
+    def _num_kv_blocks(self, hf_config, model_len: int) -> int:
         if self.config.num_kv_blocks:
             return self.config.num_kv_blocks
         per_block = kv_bytes_per_block(hf_config, self.config.block_size, self.dtype)
         if self.device.type == "cuda":
+            step = self.runner.peak_step_bytes(self.config.max_num_batched_tokens, model_len, self.config.block_size)
             free, total = torch.cuda.mem_get_info(self.device)
-            budget = free - (1 - self.config.gpu_memory_fraction) * total
+            budget = free - step - (1 - self.config.gpu_memory_fraction) * total
         else:
             budget = self.config.kv_memory_gib * GiB
         return max(1, int(budget // per_block))

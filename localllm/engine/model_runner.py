@@ -5,7 +5,9 @@ from pathlib import Path
 
 import torch
 
-from localllm.engine.batch import StepBatch
+from localllm.engine.batch import StepBatch, build_step_batch
+from localllm.engine.request import Sequence
+from localllm.engine.scheduler import ScheduledSeq
 from localllm.layers.attention import Attention
 from localllm.loader.safetensors import load_weights
 from localllm.models import model_class
@@ -40,6 +42,34 @@ class ModelRunner:
         for i, layer in enumerate(layers):
             layer.k_cache = self.kv_cache[0, i]
             layer.v_cache = self.kv_cache[1, i]
+
+    def peak_step_bytes(self, num_tokens: int, max_seq_len: int, block_size: int) -> int:
+        """GPU memory a step of num_tokens prompt tokens needs beyond the weights (activations, logits),
+        measured by running one on a throwaway KV cache."""
+        seqs, left = [], num_tokens
+        while left > 0:
+            length = min(left, max_seq_len)
+            seqs.append(Sequence("profile", [0] * length, None))
+            left -= length
+        blocks_per_seq = -(-max_seq_len // block_size)
+        self.allocate_kv_cache(blocks_per_seq * len(seqs), block_size)
+        for i, seq in enumerate(seqs):
+            seq.block_table = list(range(i * blocks_per_seq, (i + 1) * blocks_per_seq))
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        self.forward(build_step_batch([ScheduledSeq(s, len(s)) for s in seqs], block_size, self.device))
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device) - before
+        self.release_kv_cache()
+        return peak
+
+    def release_kv_cache(self) -> None:
+        self.kv_cache = None
+        for layer in self.model.modules():
+            if isinstance(layer, Attention):
+                layer.k_cache = layer.v_cache = torch.empty(0)
+        torch.cuda.empty_cache()
 
     @torch.inference_mode()
     def forward(self, batch: StepBatch) -> torch.Tensor:
