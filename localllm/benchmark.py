@@ -56,9 +56,8 @@ def _run_to_completion(core) -> int:
     return tokens
 
 
-def measure_latency(llm, load_s: float, model: str, prompt_tokens: int = 128, new_tokens: int = 256,
+def measure_latency(core, load_s: float, model: str, prompt_tokens: int = 128, new_tokens: int = 256,
                     ttft_prompt_tokens: int = 1024, seed: int = 0) -> LatencyResult:
-    core = llm.engine.core
     vocab = min(core.vocab_size, 10000)
     greedy = dict(temperature=0.0, ignore_eos=True)
     warm = random_prompts(1, 16, vocab, seed + 1)[0]
@@ -82,9 +81,8 @@ def measure_latency(llm, load_s: float, model: str, prompt_tokens: int = 128, ne
                          ttft_prompt_tokens, ttft_ms, prompt_tokens, new_tokens, rate)
 
 
-def measure_throughput(llm, model: str, workload: str = "streams", streams: int = 16, prompt_tokens: int = 128,
+def measure_throughput(core, model: str, workload: str = "streams", streams: int = 16, prompt_tokens: int = 128,
                        new_tokens: int = 256, seed: int = 0) -> ThroughputResult:
-    core = llm.engine.core
     if workload == "nano-vllm":
         prompts, max_tokens = nano_vllm_workload()
         params = [SamplingParams(temperature=0.6, ignore_eos=True, max_tokens=m) for m in max_tokens]

@@ -16,15 +16,26 @@ bench_app = typer.Typer(help="Measure latency and throughput of the engine.", no
 
 ModelArg = typer.Option(None, "--model", "-m", help="Model alias, .gguf file or directory; default: the embedded one.")
 DtypeOpt = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16.")
+RandomOpt = typer.Option(None, "--random-weights", help="Build qwen3-0.6b, llama-3.2-1b or llama-3.1-8b from its "
+                                                        "real config with random weights instead of loading one.")
 JsonOpt = typer.Option(None, "--json-out", help="Also write the result as JSON to this file.")
 
 
-def _load(model: str | None, dtype: str, **config):
-    from localllm.engine.llm import LLM
+def _load_core(model: str | None, random_weights: str | None, dtype: str, **config):
+    """The engine core to measure, and the seconds it took to get ready."""
+    from localllm.config import Config
 
     start = time.perf_counter()
-    llm = LLM(model, dtype=dtype, **config)
-    return llm, time.perf_counter() - start
+    if random_weights:
+        from localllm.benchmark_models import random_weight_config
+        from localllm.engine.core import EngineCore
+
+        core = EngineCore(Config(dtype=dtype, **config), None, random_weight_config(random_weights), set())
+    else:
+        from localllm.engine.llm_engine import LLMEngine
+
+        core = LLMEngine(Config(model=model, dtype=dtype, **config)).core
+    return core, time.perf_counter() - start
 
 
 def _report(result, json_out: Path | None) -> None:
@@ -47,6 +58,7 @@ def _fail(error: Exception) -> None:
 @bench_app.command()
 def latency(
     model: Optional[str] = ModelArg,
+    random_weights: Optional[str] = RandomOpt,
     dtype: str = DtypeOpt,
     prompt_tokens: int = typer.Option(128, help="Prompt length of the decode run."),
     new_tokens: int = typer.Option(256, help="Tokens generated in the decode run."),
@@ -57,9 +69,9 @@ def latency(
     from localllm.benchmark import measure_latency
 
     try:
-        llm, load_s = _load(model, dtype)
-        _report(measure_latency(llm, load_s, model or "smollm2:135m", prompt_tokens, new_tokens, ttft_prompt_tokens),
-                json_out)
+        core, load_s = _load_core(model, random_weights, dtype)
+        name = random_weights or model or "smollm2:135m"
+        _report(measure_latency(core, load_s, name, prompt_tokens, new_tokens, ttft_prompt_tokens), json_out)
     except (LocalLLMError, ValueError) as e:
         _fail(e)
 
@@ -67,6 +79,7 @@ def latency(
 @bench_app.command()
 def throughput(
     model: Optional[str] = ModelArg,
+    random_weights: Optional[str] = RandomOpt,
     dtype: str = DtypeOpt,
     workload: str = typer.Option("streams", help="'streams' (N equal greedy streams) or 'nano-vllm'."),
     streams: int = typer.Option(16, help="Concurrent sequences of the 'streams' workload."),
@@ -84,8 +97,8 @@ def throughput(
         config = dict(max_num_seqs=max_num_seqs)
         if workload == "nano-vllm":
             config.update(max_model_len=4096)
-        llm, _ = _load(model, dtype, **config)
-        _report(measure_throughput(llm, model or "smollm2:135m", workload, streams, prompt_tokens, new_tokens),
-                json_out)
+        core, _ = _load_core(model, random_weights, dtype, **config)
+        name = random_weights or model or "smollm2:135m"
+        _report(measure_throughput(core, name, workload, streams, prompt_tokens, new_tokens), json_out)
     except (LocalLLMError, ValueError) as e:
         _fail(e)

@@ -20,7 +20,8 @@ def kv_bytes_per_block(hf_config, block_size: int, dtype: torch.dtype) -> int:
 
 
 class ModelRunner:
-    def __init__(self, hf_config, model_dir: Path, device: torch.device, dtype: torch.dtype):
+    def __init__(self, hf_config, model_dir: Path | None, device: torch.device, dtype: torch.dtype):
+        """model_dir None = random weights (benchmarks of speed only)."""
         self.device = device
         self.dtype = dtype
         default_dtype = torch.get_default_dtype()
@@ -30,7 +31,14 @@ class ModelRunner:
                 self.model = model_class(hf_config)(hf_config)
         finally:
             torch.set_default_dtype(default_dtype)
-        load_weights(self.model, model_dir)
+        if model_dir is None:
+            for param in self.model.parameters():
+                if param.dim() > 1:
+                    param.data.normal_(0.0, 0.02)
+                else:
+                    param.data.fill_(1.0)
+        else:
+            load_weights(self.model, model_dir)
         self.model.eval()
         self.kv_cache: torch.Tensor | None = None
 

@@ -1,0 +1,30 @@
+"""The real configs of the models `localllm bench --random-weights` builds (weights drawn at random on the
+device, so nothing is downloaded; speed does not depend on the weights' values)."""
+from __future__ import annotations
+
+
+def random_weight_config(name: str):
+    from transformers import LlamaConfig, Qwen3Config
+
+    llama3_rope = {"rope_type": "llama3", "rope_theta": 500000.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                   "original_max_position_embeddings": 8192}
+    configs = {
+        "qwen3-0.6b": lambda: Qwen3Config(
+            vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+            num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
+            rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+            tie_word_embeddings=True, architectures=["Qwen3ForCausalLM"]),
+        "llama-3.2-1b": lambda: LlamaConfig(
+            vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+            num_attention_heads=32, num_key_value_heads=8, head_dim=64, max_position_embeddings=131072,
+            rms_norm_eps=1e-5, rope_parameters={**llama3_rope, "factor": 32.0}, tie_word_embeddings=True,
+            architectures=["LlamaForCausalLM"]),
+        "llama-3.1-8b": lambda: LlamaConfig(
+            vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+            num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=131072,
+            rms_norm_eps=1e-5, rope_parameters={**llama3_rope, "factor": 8.0}, tie_word_embeddings=False,
+            architectures=["LlamaForCausalLM"]),
+    }
+    if name not in configs:
+        raise ValueError(f"unknown --random-weights architecture {name!r}; choose from {', '.join(configs)}")
+    return configs[name]()
