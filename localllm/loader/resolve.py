@@ -27,13 +27,23 @@ def resolve_model(name: str | None) -> Path:
         if path.suffix.lower() == ".gguf" or _has_gguf_magic(path):
             return _converted(path)
         raise ModelNotFoundError(f"model '{name}' not found: the file is not a .gguf model")
+    from localllm.hub.store import local_path_of  # models fetched with `localllm pull`
+
+    pulled = local_path_of(name)
+    if pulled is not None:
+        return resolve_model(str(pulled))
     raise ModelNotFoundError(
-        f"model '{name}' not found: it is neither the alias {EMBEDDED_ALIAS!r}, "
-        "a .gguf file, nor a directory with config.json")
+        f"model '{name}' not found: it is neither a pulled model (see 'localllm list', 'localllm pull'), the alias "
+        f"{EMBEDDED_ALIAS!r}, a .gguf file, nor a directory with config.json")
+
+
+def converted_dir(gguf_path: Path) -> Path:
+    """Where the converted form of `gguf_path` is cached (it may not exist yet)."""
+    return data_dir() / "converted" / _cache_key(gguf_path)
 
 
 def _converted(gguf_path: Path) -> Path:
-    out_dir = data_dir() / "converted" / _cache_key(gguf_path)
+    out_dir = converted_dir(gguf_path)
     if not out_dir.is_dir():  # conversion publishes the directory whole, so existing means complete
         convert_gguf(gguf_path, out_dir)
     return out_dir

@@ -1,0 +1,200 @@
+"""What a model directory or GGUF file holds, read from headers only (no weights are loaded):
+architecture, parameter count, context length, dtype or quantization, chat template, files."""
+from __future__ import annotations
+
+import io
+import json
+import math
+import struct
+from collections import Counter
+from pathlib import Path
+from typing import BinaryIO
+
+from localllm.errors import CorruptModelError
+
+GGUF_MAGIC = b"GGUF"
+# GGUF scalar value types -> struct format (see the GGUF spec: 0..12, 8 = string, 9 = array)
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+_MAX_SAFETENSORS_HEADER = 100 << 20
+
+
+class Truncated(Exception):
+    """The bytes ran out before the part of the header asked for."""
+
+
+class _Reader:
+    def __init__(self, f: BinaryIO):
+        self.f = f
+
+    def read(self, n: int) -> bytes:
+        data = self.f.read(n)
+        if len(data) != n:
+            raise Truncated
+        return data
+
+    def unpack(self, fmt: str):
+        return struct.unpack(fmt, self.read(struct.calcsize(fmt)))[0]
+
+    def string(self) -> str:
+        return self.read(self.unpack("<Q")).decode("utf-8", errors="replace")
+
+    def skip(self, n: int) -> None:
+        if self.f.seekable():
+            self.f.seek(n, io.SEEK_CUR)
+        else:
+            self.read(n)
+
+
+def read_gguf_header(f: BinaryIO, with_tensors: bool = True) -> tuple[dict, list[tuple[str, tuple[int, ...], int]]]:
+    """Scalar metadata (arrays are skipped, their lengths kept as `<key>.length`) and, if asked, tensor infos
+    (name, shape as stored, ggml type). Raises Truncated if `f` ends early: what was read so far is lost, so a
+    caller holding only a prefix should use read_gguf_metadata_prefix."""
+    metadata: dict = {}
+    tensors = _read_gguf(_Reader(f), metadata, with_tensors)
+    return metadata, tensors
+
+
+def read_gguf_metadata_prefix(prefix: bytes) -> dict:
+    """The scalar metadata found in the first bytes of a GGUF file, as far as they go."""
+    metadata: dict = {}
+    try:
+        _read_gguf(_Reader(io.BytesIO(prefix)), metadata, with_tensors=False)
+    except Truncated:
+        pass
+    return metadata
+
+
+def _read_gguf(r: _Reader, metadata: dict, with_tensors: bool) -> list:
+    if r.read(4) != GGUF_MAGIC:
+        raise CorruptModelError("not a GGUF file (bad magic bytes)")
+    version = r.unpack("<I")
+    if version < 2:
+        raise CorruptModelError(f"GGUF version {version} is too old")
+    n_tensors, n_kv = r.unpack("<Q"), r.unpack("<Q")
+    for _ in range(n_kv):
+        key = r.string()
+        value_type = r.unpack("<I")
+        if value_type == _ARRAY:
+            item_type, count = r.unpack("<I"), r.unpack("<Q")
+            metadata[f"{key}.length"] = count
+            if item_type in _SCALARS:
+                r.skip(count * struct.calcsize(_SCALARS[item_type]))
+            elif item_type == _STRING:
+                for _ in range(count):
+                    r.skip(r.unpack("<Q"))
+            else:
+                raise CorruptModelError(f"GGUF key {key!r} is an array of unknown type {item_type}")
+        elif value_type == _STRING:
+            metadata[key] = r.string()
+        elif value_type in _SCALARS:
+            metadata[key] = r.unpack(_SCALARS[value_type])
+        else:
+            raise CorruptModelError(f"GGUF key {key!r} has unknown type {value_type}")
+    tensors = []
+    if with_tensors:
+        for _ in range(n_tensors):
+            name = r.string()
+            n_dims = r.unpack("<I")
+            shape = tuple(r.unpack("<Q") for _ in range(n_dims))
+            ggml_type = r.unpack("<I")
+            r.unpack("<Q")  # data offset
+            tensors.append((name, shape, ggml_type))
+    return tensors
+
+
+def gguf_quantization(metadata: dict, tensors: list) -> str:
+    """Q4_K_M, Q8_0, F16, ...: from general.file_type, else the type holding the most parameters."""
+    import gguf
+
+    file_type = metadata.get("general.file_type")
+    try:
+        name = gguf.LlamaFileType(file_type).name
+        if name != "GUESSED":
+            return name.removeprefix("MOSTLY_").removeprefix("ALL_")
+    except ValueError:
+        pass
+    weight = Counter()
+    for _, shape, ggml_type in tensors:
+        weight[ggml_type] += math.prod(shape)
+    if not weight:
+        return "unknown"
+    try:
+        return gguf.GGMLQuantizationType(weight.most_common(1)[0][0]).name
+    except ValueError:
+        return "unknown"
+
+
+def safetensors_header(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            if length > _MAX_SAFETENSORS_HEADER:
+                raise CorruptModelError(f"{path.name}: safetensors header of {length} bytes is not plausible")
+            header = json.loads(f.read(length))
+    except (struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CorruptModelError(f"{path.name} is not a readable safetensors file ({e})") from None
+    header.pop("__metadata__", None)
+    return header
+
+
+def describe(path: Path) -> dict:
+    """A summary of a model directory (config.json + *.safetensors) or of a .gguf file."""
+    path = Path(path)
+    return _describe_gguf(path) if path.is_file() else _describe_dir(path)
+
+
+def _describe_dir(model_dir: Path) -> dict:
+    config = _json(model_dir / "config.json")
+    params, dtype_bytes = 0, Counter()
+    for file in sorted(model_dir.glob("*.safetensors")):
+        for tensor in safetensors_header(file).values():
+            count = math.prod(tensor["shape"])
+            params += count
+            start, end = tensor["data_offsets"]
+            dtype_bytes[tensor["dtype"]] += end - start
+    text_config = config.get("text_config") or {}
+    context = config.get("max_position_embeddings") or text_config.get("max_position_embeddings")
+    tokenizer_config = _json(model_dir / "tokenizer_config.json") if (model_dir / "tokenizer_config.json").is_file() else {}
+    chat_template = bool(tokenizer_config.get("chat_template")) or any(
+        (model_dir / name).is_file() for name in ("chat_template.jinja", "chat_template.json"))
+    architectures = config.get("architectures") or []
+    return {
+        "architecture": architectures[0] if architectures else config.get("model_type", "unknown"),
+        "parameters": params,
+        "context_length": context,
+        "format": dtype_bytes.most_common(1)[0][0] if dtype_bytes else "unknown",
+        "chat_template": chat_template,
+        "files": _files(p for p in sorted(model_dir.iterdir()) if p.is_file()),
+    }
+
+
+def _describe_gguf(gguf_path: Path) -> dict:
+    try:
+        with open(gguf_path, "rb", buffering=1 << 20) as f:
+            metadata, tensors = read_gguf_header(f)
+    except Truncated:
+        raise CorruptModelError(f"{gguf_path.name}: the GGUF header is truncated") from None
+    arch = metadata.get("general.architecture", "unknown")
+    return {
+        "architecture": arch,
+        "parameters": sum(math.prod(shape) for _, shape, _ in tensors),
+        "context_length": metadata.get(f"{arch}.context_length"),
+        "format": gguf_quantization(metadata, tensors),
+        "chat_template": bool(metadata.get("tokenizer.chat_template")),
+        "files": _files([gguf_path]),
+    }
+
+
+def _files(paths) -> list[dict]:
+    return [{"name": p.name, "size": p.stat().st_size} for p in paths]
+
+
+def _json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CorruptModelError(f"{path.parent} has no {path.name}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CorruptModelError(f"{path} is not valid JSON: {e}") from None
+    return value if isinstance(value, dict) else {}

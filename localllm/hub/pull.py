@@ -1,0 +1,519 @@
+"""`localllm pull`: fetch a model with huggingface_hub (its cache, retries and resume, HF_TOKEN, HF_ENDPOINT),
+refuse what cannot run here before any weights are downloaded, verify what arrived, and register it.
+
+What can be pulled: an alias (aliases.py), a Hub repo id ("Qwen/Qwen3-0.6B": its safetensors weights, config,
+generation config, tokenizer and chat template files, never pickles), a GGUF repo with a quant tag
+("owner/repo-GGUF:Q4_K_M": the one .gguf file of that quantization), or an existing local directory or .gguf."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fnmatch
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from localllm.errors import CorruptModelError, LocalLLMError, ModelNotFoundError, UnsupportedModelError
+from localllm.hub import store
+from localllm.hub.aliases import EMBEDDED, alias_target
+from localllm.hub.model_info import GGUF_MAGIC, describe, read_gguf_metadata_prefix
+
+
+class PullError(LocalLLMError):
+    """A pull that cannot go on: a bad name, too little disk space, the Hub unreachable, a download cut short."""
+
+
+# Besides the weights, a safetensors model needs these (when the repo has them); never *.bin, *.pt, *.pth, pickles.
+_SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+               "special_tokens_map.json", "added_tokens.json", "tokenizer.model", "vocab.json", "merges.txt",
+               "chat_template.jinja", "chat_template.json")
+_SIDE_PATTERNS = ("additional_chat_templates/*.jinja",)
+_INDEX = "model.safetensors.index.json"
+_PICKLES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+_DEFAULT_QUANT = "Q4_K_M"  # what a GGUF repo gives when no tag is named and it holds several files, as in Ollama
+_GGUF_PROBE_BYTES = 256 << 10  # general.architecture is among the first keys of a GGUF header
+_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+_SPLIT_GGUF = re.compile(r"-\d{5}-of-\d{5}\.gguf$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str                   # the name the model is stored under
+    kind: str                   # "embedded", "local", "hub" (safetensors repo) or "gguf" (a repo's .gguf file)
+    repo: str | None = None
+    quant: str | None = None
+    path: Path | None = None
+
+    @property
+    def ref(self) -> str | None:
+        return f"{self.repo}:{self.quant}" if self.quant else self.repo
+
+
+class Reporter:
+    """How a pull shows its progress; this one shows nothing. The CLI's draws rich progress bars."""
+
+    def status(self, message: str) -> None:
+        pass
+
+    def bar_class(self, filename: str, size: int | None):
+        """A tqdm-like class huggingface_hub instantiates (with total=, initial=, desc=...) to report bytes."""
+        return SilentBar
+
+
+class SilentBar:
+    """The part of tqdm's interface huggingface_hub's downloaders use (plain HTTP and Xet), doing nothing."""
+
+    total: int | None = None
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def update_transfer(self, n: int = 1) -> None:  # network bytes (Xet); the bars count bytes written
+        pass
+
+    def set_postfix_str(self, *args, **kwargs) -> None:
+        pass
+
+    def set_transfer_postfix_str(self, *args, **kwargs) -> None:
+        pass
+
+    def refresh(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def parse_model_ref(model: str) -> ModelRef:
+    """What `model` names. Refuses '..' in names, absolute paths that are not existing models, malformed ids."""
+    text = model.strip()
+    if not text or "\0" in text or any(c.isspace() for c in text):
+        raise PullError(f"invalid model name {model!r}")
+    target = alias_target(text)
+    if target == EMBEDDED:
+        return ModelRef(name=text.lower(), kind="embedded")
+    if target is not None:
+        return replace(_repo_ref(target), name=text.lower())
+    path = Path(text).expanduser()
+    if _looks_like_path(text):
+        if path.exists():
+            return _local_ref(text, path)
+        if path.is_absolute():
+            raise PullError(f"'{text}' is an absolute path but no such file or directory exists; a local model "
+                            "must be an existing directory or .gguf file, a Hub repo id looks like owner/name")
+        if ".." not in text:
+            raise PullError(f"no such file or directory: '{text}'")
+    if ".." in text:
+        raise PullError(f"invalid model name '{text}': '..' is not allowed in a model name")
+    return _repo_ref(text)
+
+
+def _looks_like_path(text: str) -> bool:
+    return (text.startswith(("/", "./", "../", "~", ".\\")) or os.path.isabs(text) or text.lower().endswith(".gguf")
+            or os.sep in text and Path(text).expanduser().exists())
+
+
+def _local_ref(text: str, path: Path) -> ModelRef:
+    path = path.resolve()
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise PullError(f"'{text}' is a directory without config.json, not a model")
+    if path.is_file():
+        with open(path, "rb") as f:
+            if f.read(4) != GGUF_MAGIC:
+                raise PullError(f"'{text}' is not a GGUF file")
+    name = path.stem if path.is_file() else path.name
+    return ModelRef(name=name, kind="local", path=path)
+
+
+def _repo_ref(text: str) -> ModelRef:
+    repo, _, tag = text.partition(":")
+    if not _REPO_ID.fullmatch(repo) or "--" in repo or ".." in repo or repo.endswith((".", "-")) \
+            or (tag and not _TAG.fullmatch(tag)) or ".." in tag:
+        raise PullError(f"invalid model name '{text}': expected an alias such as qwen3:0.6b (see 'localllm pull "
+                        "--help'), a Hub repo id owner/name, owner/name-GGUF:QUANT, or an existing local path")
+    return ModelRef(name=text, kind="gguf" if tag else "hub", repo=repo, quant=tag or None)
+
+
+def pull(model: str, revision: str = "main", reporter: Reporter | None = None) -> store.ModelEntry:
+    """Download (or find) `model`, verify it and record it in the store; returns its entry."""
+    reporter = reporter or Reporter()
+    ref = parse_model_ref(model)
+    if ref.kind == "embedded":
+        from localllm.hub.embedded import embedded_gguf_path
+
+        reporter.status(f"{ref.name} is the embedded model: nothing to download")
+        entry = _local_entry(ref, embedded_gguf_path(), source="embedded")
+    elif ref.kind == "local":
+        reporter.status(f"registering the local model {ref.path}")
+        entry = _local_entry(ref, ref.path, source="local")
+    else:
+        entry = _pull_from_hub(ref, revision, reporter)
+    previous = next((e for e in store.entries() if e.name == entry.name), None)
+    reporter.status("writing manifest")
+    store.save(entry)
+    if previous is not None and previous.snapshot and previous.snapshot != entry.snapshot:
+        reporter.status("removing the files of the previous revision")
+        store.discard_files(Path(previous.snapshot), previous.files)  # keeps what another model still uses
+    return entry
+
+
+def _local_entry(ref: ModelRef, path: Path, source: str) -> store.ModelEntry:
+    info = describe(path)
+    if path.is_file():
+        check_gguf_architecture(info["architecture"], path.name)
+    else:
+        check_hf_architecture(json.loads((path / "config.json").read_text()), str(path))
+    return store.ModelEntry(
+        name=ref.name, source=source, path=str(path), size=sum(f["size"] for f in info["files"]),
+        format=info["format"], modified=_now(), files=[f["name"] for f in info["files"]],
+        architecture=info["architecture"])
+
+
+def _pull_from_hub(ref: ModelRef, revision: str, reporter: Reporter) -> store.ModelEntry:
+    from huggingface_hub import HfApi
+
+    reporter.status(f"pulling manifest of {ref.repo}")
+    with _hub_errors(ref.repo, revision):
+        info = HfApi(endpoint=endpoint()).model_info(ref.repo, revision=revision, files_metadata=True)
+    commit = info.sha or ""
+    if not _COMMIT.fullmatch(commit):
+        raise PullError(f"{endpoint()} gave no usable commit hash for {ref.repo}@{revision}")
+    _record_ref(ref.repo, revision, commit)
+    siblings = {s.rfilename: s for s in info.siblings or []}
+    ggufs = sorted(n for n in siblings if n.lower().endswith(".gguf"))
+    has_safetensors = any(n.endswith(".safetensors") for n in siblings)
+    if ref.kind == "gguf" or (ggufs and not has_safetensors):
+        return _pull_gguf(ref, commit, siblings, ggufs, reporter)
+    return _pull_safetensors(ref, commit, siblings, reporter)
+
+
+def _pull_safetensors(ref: ModelRef, commit: str, siblings: dict, reporter: Reporter) -> store.ModelEntry:
+    repo = ref.repo
+    snapshot = snapshot_dir(repo, commit)
+    if "config.json" not in siblings:
+        raise UnsupportedModelError(f"{repo} has no config.json, so it is not a transformers model")
+    config_path = _download(repo, commit, "config.json", siblings, reporter)
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        store.discard_files(snapshot, ["config.json"], force=True)
+        raise CorruptModelError(f"config.json of {repo} is not valid JSON ({e})") from None
+    try:
+        architecture = check_hf_architecture(config, repo)
+    except UnsupportedModelError:
+        store.discard_files(snapshot, ["config.json"])  # nothing of a model we cannot run stays behind
+        raise
+    reporter.status(f"architecture {architecture}: supported")
+
+    files = ["config.json"]
+    if _INDEX in siblings:
+        index_path = _download(repo, commit, _INDEX, siblings, reporter)
+        try:
+            weights = sorted(set(json.loads(index_path.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise CorruptModelError(f"{_INDEX} of {repo} is unreadable ({e})") from None
+        files.append(_INDEX)
+        missing = [w for w in weights if w not in siblings]
+        if missing:
+            raise CorruptModelError(f"{repo}: {_INDEX} lists {missing[0]}, which the repo does not have")
+    else:
+        weights = sorted(n for n in siblings if "/" not in n and n.endswith(".safetensors"))
+        if "model.safetensors" in weights:  # some repos add a second copy in another layout (consolidated.*)
+            weights = ["model.safetensors"]
+    if not weights:
+        pickles = [n for n in siblings if n.endswith(_PICKLES)]
+        raise UnsupportedModelError(
+            f"{repo} has no .safetensors weights" + (" (only PyTorch pickle files, which localllm never loads)"
+                                                     if pickles else ""))
+    files += weights
+    files += [n for n in siblings if n in _SIDE_FILES and n not in files]
+    files += sorted(n for n in siblings if any(fnmatch.fnmatch(n, p) for p in _SIDE_PATTERNS))
+    for name in files:
+        _check_relative(name, repo)
+
+    _check_disk_space(repo, snapshot, files, siblings)
+    _fetch(repo, commit, files, siblings, reporter)
+    _verify_all(repo, snapshot, files, siblings, reporter)
+    info = describe(snapshot)
+    return store.ModelEntry(
+        name=ref.name, source="hub", path=str(snapshot), size=sum(_size(siblings[f]) or 0 for f in files),
+        format=info["format"], modified=_now(), ref=ref.ref, repo=repo, revision=commit, snapshot=str(snapshot),
+        files=files, architecture=architecture)
+
+
+def _pull_gguf(ref: ModelRef, commit: str, siblings: dict, ggufs: list[str], reporter: Reporter) -> store.ModelEntry:
+    repo = ref.repo
+    filename = pick_gguf(repo, ref.quant, ggufs)
+    _check_relative(filename, repo)
+    if _SPLIT_GGUF.search(filename):
+        raise UnsupportedModelError(f"{repo}: {filename} is one part of a split GGUF, which localllm cannot load")
+    reporter.status(f"reading the header of {filename}")
+    metadata = _probe_gguf_header(repo, commit, filename)
+    if "general.architecture" in metadata:  # else the header was too long to probe: checked after download
+        check_gguf_architecture(metadata["general.architecture"], f"{repo}/{filename}")
+        reporter.status(f"architecture {metadata['general.architecture']}: supported")
+
+    snapshot = snapshot_dir(repo, commit)
+    _check_disk_space(repo, snapshot, [filename], siblings)
+    _fetch(repo, commit, [filename], siblings, reporter)
+    _verify_all(repo, snapshot, [filename], siblings, reporter)
+    path = snapshot / filename
+    try:
+        info = describe(path)
+        check_gguf_architecture(info["architecture"], f"{repo}/{filename}")
+    except (UnsupportedModelError, CorruptModelError):
+        store.discard_files(snapshot, [filename])
+        raise
+    quant = info["format"] if info["format"] != "unknown" else (ref.quant or "unknown").upper()
+    return store.ModelEntry(
+        name=ref.name, source="gguf", path=str(path),
+        size=path.stat().st_size, format=quant, modified=_now(), ref=f"{repo}:{ref.quant or gguf_tag(filename)}",
+        repo=repo, revision=commit, snapshot=str(snapshot), files=[filename], architecture=info["architecture"])
+
+
+def pick_gguf(repo: str, quant: str | None, ggufs: list[str]) -> str:
+    """The .gguf file of `repo` whose name carries the tag `quant` (Q4_K_M, q8_0, ...); without a tag, the only
+    file, else the Q4_K_M one."""
+    candidates = [n for n in ggufs if "mmproj" not in n.lower()]
+    if not candidates:
+        raise ModelNotFoundError(f"{repo} has no .gguf files")
+    tag = (quant or _DEFAULT_QUANT).lower()
+    bounded = re.compile(rf"(^|[-._/]){re.escape(tag)}([-._/]|$)")
+    matches = [n for n in candidates if bounded.search(n[:-len(".gguf")].lower())]
+    if not matches:
+        matches = [n for n in candidates if tag in n.lower()]
+    if quant is None and len(candidates) == 1:
+        return candidates[0]
+    if len(matches) == 1:
+        return matches[0]
+    available = ", ".join(sorted({gguf_tag(n) for n in candidates}))
+    if not matches:
+        if quant is None:
+            raise PullError(f"{repo} holds several GGUF files: name one as {repo}:TAG (tags: {available})")
+        raise ModelNotFoundError(f"{repo} has no .gguf file tagged {quant} (tags: {available})")
+    raise PullError(f"tag {quant or _DEFAULT_QUANT} matches several files of {repo}: {', '.join(matches)}; "
+                    "give a more precise tag")
+
+
+def gguf_tag(filename: str) -> str:
+    """The quantization tag in a GGUF file name: Qwen3-0.6B-Q8_0.gguf -> Q8_0."""
+    return re.split(r"[-./]", _SPLIT_GGUF.sub(".gguf", filename)[:-len(".gguf")])[-1]
+
+
+def check_hf_architecture(config: dict, where: str) -> str:
+    from localllm.models import ARCHITECTURES
+
+    names = config.get("architectures") or []
+    for name in names:
+        if name in ARCHITECTURES:
+            return name
+    raise UnsupportedModelError(f"{where}: architecture {', '.join(map(str, names)) or '(none given)'} is not "
+                                f"supported (supported: {', '.join(ARCHITECTURES)})")
+
+
+def check_gguf_architecture(arch: str, where: str) -> None:
+    from localllm.loader.gguf import _ARCHITECTURES as GGUF_ARCHITECTURES
+
+    if arch not in GGUF_ARCHITECTURES:
+        raise UnsupportedModelError(f"{where}: GGUF architecture {arch!r} is not supported "
+                                    f"(supported: {', '.join(GGUF_ARCHITECTURES)})")
+
+
+def endpoint() -> str:
+    """HF_ENDPOINT as set now (huggingface_hub reads it once, at import)."""
+    from huggingface_hub import constants
+
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def snapshot_dir(repo: str, commit: str) -> Path:
+    from huggingface_hub.file_download import repo_folder_name
+
+    return store.hub_cache_dir() / repo_folder_name(repo_id=repo, repo_type="model") / "snapshots" / commit
+
+
+def _record_ref(repo: str, revision: str, commit: str) -> None:
+    """refs/<revision> -> commit in huggingface_hub's cache, as its own downloads by branch name leave it, so that
+    transformers and huggingface_hub find the files offline by branch name too (we download by commit)."""
+    if revision == commit or not re.fullmatch(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*", revision) or ".." in revision:
+        return
+    refs = snapshot_dir(repo, commit).parent.parent / "refs"
+    (refs / revision).parent.mkdir(parents=True, exist_ok=True)
+    (refs / revision).write_text(commit)
+
+
+def _probe_gguf_header(repo: str, commit: str, filename: str) -> dict:
+    """The GGUF metadata found in the first bytes of the remote file (one ranged request, not the weights)."""
+    from huggingface_hub import constants, hf_hub_url
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+    url = hf_hub_url(repo, filename, revision=commit, endpoint=endpoint())
+    headers = {**build_hf_headers(), "Range": f"bytes=0-{_GGUF_PROBE_BYTES - 1}", "Accept-Encoding": "identity"}
+    session = get_session()
+    if not hasattr(session, "stream"):  # huggingface_hub < 1.0 (requests): the header is checked after download
+        return {}
+    prefix = bytearray()
+    with _hub_errors(repo, commit, filename):
+        with session.stream("GET", url, headers=headers, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT) as r:
+            hf_raise_for_status(r)
+            for chunk in r.iter_bytes():
+                prefix += chunk
+                if len(prefix) >= _GGUF_PROBE_BYTES:  # a server that ignores Range: stop reading here
+                    break
+    if prefix[:4] != GGUF_MAGIC:
+        raise CorruptModelError(f"{repo}/{filename} is not a GGUF file")
+    return read_gguf_metadata_prefix(bytes(prefix[:_GGUF_PROBE_BYTES]))
+
+
+def _download(repo: str, commit: str, filename: str, siblings: dict, reporter: Reporter) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    with _hub_errors(repo, commit, filename):
+        return Path(hf_hub_download(
+            repo, filename, revision=commit, cache_dir=store.hub_cache_dir(), endpoint=endpoint(),
+            tqdm_class=reporter.bar_class(filename, _size(siblings.get(filename)))))
+
+
+def _fetch(repo: str, commit: str, files: list[str], siblings: dict, reporter: Reporter) -> None:
+    snapshot = snapshot_dir(repo, commit)
+    if all((snapshot / f).exists() for f in files):
+        reporter.status("all files already downloaded")
+    for filename in files:
+        _download(repo, commit, filename, siblings, reporter)
+
+
+def _check_disk_space(repo: str, snapshot: Path, files: list[str], siblings: dict) -> None:
+    needed = sum(_size(siblings[f]) or 0 for f in files if not (snapshot / f).exists())
+    where = store.hub_cache_dir()
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if needed > free:
+        raise PullError(f"not enough disk space to pull {repo}: it needs {format_size(needed)}, "
+                        f"{format_size(free)} are free in {where}")
+
+
+def _verify_all(repo: str, snapshot: Path, files: list[str], siblings: dict, reporter: Reporter) -> None:
+    """Sizes against the listing, contents against the Hub's sha256 (LFS) or git blob id (small files).
+    Files another pulled model already verified are only size-checked."""
+    trusted = {f for e in store.entries() if e.snapshot == str(snapshot) for f in e.files}
+    reporter.status("verifying sha256 digest")
+    for filename in files:
+        problem = _check_file(snapshot / filename, siblings[filename], hash_it=filename not in trusted)
+        if problem:
+            store.discard_files(snapshot, [filename], force=True)
+            raise CorruptModelError(f"{filename} of {repo} is corrupt ({problem}); it was deleted, "
+                                    "run the pull again to download it anew")
+
+
+def _check_file(path: Path, sibling, hash_it: bool) -> str | None:
+    size = path.stat().st_size
+    expected = _size(sibling)
+    if expected is not None and size != expected:
+        return f"{size} bytes instead of {expected}"
+    if not hash_it:
+        return None
+    if sibling.lfs is not None and sibling.lfs.sha256:
+        digest = _digest(path, hashlib.sha256())
+        if digest != sibling.lfs.sha256:
+            return f"sha256 {digest[:12]}…, the Hub lists {sibling.lfs.sha256[:12]}…"
+    elif sibling.blob_id:
+        digest = _digest(path, hashlib.sha1(f"blob {size}\0".encode()))  # git's object id of the file
+        if digest != sibling.blob_id:
+            return f"git blob id {digest[:12]}…, the Hub lists {sibling.blob_id[:12]}…"
+    return None
+
+
+def _digest(path: Path, hasher) -> str:
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def _size(sibling) -> int | None:
+    if sibling is None:
+        return None
+    return sibling.lfs.size if sibling.lfs is not None else sibling.size
+
+
+def _check_relative(name: str, repo: str) -> None:
+    parts = name.split("/")
+    if name.startswith("/") or "\\" in name or any(p in ("", ".", "..") for p in parts):
+        raise PullError(f"{repo} lists a file with an unsafe name: {name!r}")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def format_size(n: int) -> str:
+    """Binary units, labelled as such: 812 B, 1.5 KiB, 298.9 MiB, 1.4 GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+@contextlib.contextmanager
+def _hub_errors(repo: str, revision: str, filename: str | None = None):
+    """huggingface_hub's exceptions -> one-line errors of ours."""
+    from huggingface_hub import errors as hf
+
+    what = f"{repo}/{filename}" if filename else repo
+    remote_missing = getattr(hf, "RemoteEntryNotFoundError", hf.EntryNotFoundError)
+    try:
+        yield
+    except hf.GatedRepoError:
+        raise PullError(f"{repo} is gated: accept its terms at {endpoint()}/{repo}, then set HF_TOKEN to an "
+                        "access token of that account") from None
+    except hf.RepositoryNotFoundError:
+        raise ModelNotFoundError(f"model '{repo}' not found on {endpoint()} (if it is private, set HF_TOKEN)") from None
+    except hf.RevisionNotFoundError:
+        raise ModelNotFoundError(f"revision '{revision}' of {repo} not found on {endpoint()}") from None
+    except hf.OfflineModeIsEnabled:
+        raise PullError("HF_HUB_OFFLINE is set, so nothing can be downloaded") from None
+    except hf.LocalEntryNotFoundError as e:
+        raise PullError(f"cannot download {what} from {endpoint()}: {_cause(e)}") from None
+    except remote_missing:
+        raise ModelNotFoundError(f"{what} not found on {endpoint()}") from None
+    except hf.HfHubHTTPError as e:
+        raise PullError(f"{endpoint()} refused {what}: {_first_line(e)}") from None
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise PullError(f"the disk filled up while downloading {what}") from None
+        raise PullError(f"download of {what} failed ({_first_line(e)}); run the pull again") from None
+    except Exception as e:
+        if type(e).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "requests", "urllib3"):
+            raise PullError(f"network error while pulling {what} from {endpoint()} "
+                            f"({_first_line(e) or type(e).__name__}); check the connection and HF_ENDPOINT, "
+                            "then pull again") from None
+        raise
+
+
+def _cause(error: BaseException) -> str:
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return _first_line(error) or type(error).__name__
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[0].strip()[:300] if lines else ""
