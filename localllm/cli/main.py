@@ -11,11 +11,13 @@ from typing import Optional
 import typer
 
 from localllm.cli.bench import bench_app
+from localllm.cli.models import register as register_model_commands
 from localllm.errors import LocalLLMError
 from localllm.hub.embedded import EMBEDDED_ALIAS, EMBEDDED_ALIASES
 from localllm.sampling_params import SamplingParams
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+register_model_commands(app)  # pull, list, show, rm
 app.add_typer(bench_app, name="bench")
 
 
@@ -28,6 +30,14 @@ def _is_model(arg: str) -> bool:
     """Whether a lone positional argument names a model rather than being a prompt."""
     if arg.lower() in EMBEDDED_ALIASES or arg.lower().endswith(".gguf"):
         return True
+    from localllm.hub.aliases import alias_target
+    from localllm.hub.store import find
+
+    try:
+        if alias_target(arg) is not None or find(arg) is not None:  # an alias or a pulled model
+            return True
+    except LocalLLMError:  # an unreadable registry: `run` reports it when it resolves the model
+        pass
     try:
         return Path(arg).expanduser().exists()
     except OSError:  # e.g. a long prompt is "File name too long"

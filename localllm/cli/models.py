@@ -1,0 +1,223 @@
+"""`localllm pull / list / show / rm`: thin handlers over localllm.hub (pull, store, model_info)."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import List
+
+import typer
+
+from localllm.errors import LocalLLMError, ModelNotFoundError
+from localllm.hub.aliases import ALIASES
+
+
+def register(app: typer.Typer) -> None:
+    aliases = ", ".join(ALIASES)
+    app.command(epilog=f"Aliases: {aliases}.")(pull)
+    app.command("list")(list_models)
+    app.command()(show)
+    app.command()(rm)
+
+
+def pull(
+    model: str = typer.Argument(..., help="An alias (qwen3:0.6b), a Hub repo id (Qwen/Qwen3-0.6B), a GGUF repo "
+                                          "with a quant tag (owner/name-GGUF:Q4_K_M), or a local model path."),
+    revision: str = typer.Option("main", "--revision", help="Branch, tag or commit of the Hub repo."),
+) -> None:
+    """Download a model from the Hugging Face Hub (HF_ENDPOINT, HF_TOKEN apply) into the local store."""
+    from localllm.hub.pull import format_size, pull as pull_model
+
+    try:
+        with _RichReporter() as reporter:
+            entry = pull_model(model, revision, reporter)
+    except KeyboardInterrupt:
+        typer.echo("Error: pull interrupted; files downloaded completely are kept, pull again to go on", err=True)
+        raise typer.Exit(130) from None
+    except (LocalLLMError, OSError) as e:
+        _fail(e)
+    typer.echo(f"success: {entry.name} ({format_size(entry.size)}, {entry.format})")
+
+
+def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts.")) -> None:
+    """List the pulled models."""
+    from localllm.hub import store
+    from localllm.hub.pull import format_size
+
+    try:
+        entries = store.entries()
+    except LocalLLMError as e:
+        _fail(e)
+    if as_json:
+        typer.echo(json.dumps([asdict(e) for e in entries], indent=2))
+        return
+    rows = [("NAME", "SIZE", "FORMAT", "MODIFIED")]
+    rows += [(e.name, format_size(e.size), e.format, _ago(e.modified)) for e in entries]
+    typer.echo(_table(rows))
+
+
+def show(
+    model: str = typer.Argument(..., help="A pulled model's name (see 'localllm list') or a local model path."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """Show a model's architecture, parameter count, context length, format, chat template and files."""
+    from localllm.hub import store
+    from localllm.hub.model_info import describe
+    from localllm.hub.pull import format_size
+
+    try:
+        entry = store.find(model)
+        if entry is not None:
+            path = store.local_path_of(entry.name)
+            header = {"name": entry.name, "source": entry.ref or entry.source, "revision": entry.revision}
+        elif Path(model).expanduser().exists():
+            path = Path(model).expanduser().resolve()
+            header = {"name": path.name, "source": "local", "revision": None}
+        else:
+            raise ModelNotFoundError(f"model '{model}' not found (see 'localllm list'; get it with 'localllm pull')")
+        info = {**header, **describe(path), "path": str(path)}
+    except (LocalLLMError, OSError) as e:
+        _fail(e)
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    source = info["source"] + (f" @ {info['revision'][:12]}" if info["revision"] else "")
+    fields = [("name", info["name"]), ("source", source), ("architecture", info["architecture"]),
+              ("parameters", _count(info["parameters"])), ("context length", info["context_length"] or "unknown"),
+              ("format", info["format"]), ("chat template", "yes" if info["chat_template"] else "no"),
+              ("path", info["path"])]
+    lines = ["  Model"] + [f"    {k:<18}{v}" for k, v in fields] + ["", "  Files"]
+    width = max((len(f["name"]) for f in info["files"]), default=0) + 4
+    lines += [f"    {f['name']:<{width}}{format_size(f['size']):>10}" for f in info["files"]]
+    typer.echo("\n".join(lines))
+
+
+def rm(
+    models: List[str] = typer.Argument(..., help="Pulled model names (see 'localllm list')."),
+    force: bool = typer.Option(False, "--force", help="Remove a model even while the daemon has it loaded."),
+) -> None:
+    """Remove pulled models and free the disk space only they use."""
+    from localllm.hub import store
+    from localllm.hub.pull import format_size
+
+    for model in models:
+        try:
+            entry = store.find(model)
+            if entry is None:
+                raise ModelNotFoundError(f"model '{model}' not found (see 'localllm list')")
+            if not force and _is_loaded(entry.name):
+                raise LocalLLMError(f"model '{entry.name}' is loaded by the daemon; unload it first or pass --force")
+            entry, freed = store.remove(entry.name)
+        except (LocalLLMError, OSError) as e:
+            _fail(e)
+        typer.echo(f"deleted '{entry.name}' (freed {format_size(freed)})")
+
+
+def _is_loaded(name: str) -> bool:
+    """Whether a running daemon has `name` loaded or loading, from its status (localllm.client)."""
+    try:
+        from localllm.client import Client, find_daemon
+    except ImportError:  # a build without the daemon: nothing can hold the model
+        return False
+    state = find_daemon()
+    if state is None:
+        return False
+    try:
+        with Client(state.url, timeout=10.0) as client:
+            models = client.status().get("models", [])
+    except LocalLLMError:  # a daemon that does not answer serves nothing from these files
+        return False
+    return any(m.get("name") == name for m in models)
+
+
+class _RichReporter:
+    """Status lines and one rich progress bar (size, speed, time left) per downloaded file, on stderr.
+    A status line closes the bars drawn so far, so the output reads in order on a terminal and in a log."""
+
+    def __init__(self):
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.progress = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._close_bars()
+
+    def status(self, message: str) -> None:
+        self._close_bars()
+        self.console.print(message, markup=False, highlight=False)
+
+    def _close_bars(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()  # leaves the finished bars on screen
+            self.progress = None
+
+    def _bars(self):
+        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                                   TransferSpeedColumn)
+
+        if self.progress is None:
+            self.progress = Progress(TextColumn("pulling {task.description}"), BarColumn(),
+                                     TextColumn("{task.percentage:>3.0f}%"), DownloadColumn(binary_units=True),
+                                     TransferSpeedColumn(), TimeRemainingColumn(), console=self.console)
+            self.progress.start()
+        return self.progress
+
+    def bar_class(self, filename: str, size: int | None):
+        from localllm.hub.pull import SilentBar
+
+        reporter = self
+
+        class Bar(SilentBar):
+            def __init__(self, *args, total=None, initial=0, **kwargs):
+                self.progress = reporter._bars()
+                self.task = self.progress.add_task(filename, total=total or size, completed=initial)
+
+            def update(self, n: int = 1) -> None:
+                self.progress.update(self.task, advance=n)
+
+            @property
+            def total(self):
+                return next(t.total for t in self.progress.tasks if t.id == self.task)
+
+            @total.setter
+            def total(self, value) -> None:
+                self.progress.update(self.task, total=value)
+
+        return Bar
+
+
+def _fail(error: Exception) -> None:
+    message = " ".join(str(error).split()) or type(error).__name__
+    typer.echo(f"Error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def _table(rows: list[tuple]) -> str:
+    """A borderless table, columns three spaces apart, as Ollama prints them."""
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("   ".join(f"{str(cell):<{w}}" for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def _count(n: int) -> str:
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.2f}{suffix}"
+    return str(n)
+
+
+def _ago(iso: str) -> str:
+    try:
+        seconds = (datetime.now(timezone.utc) - datetime.fromisoformat(iso)).total_seconds()
+    except (TypeError, ValueError):
+        return "unknown"
+    for unit, size in (("year", 365 * 86400), ("month", 30 * 86400), ("week", 7 * 86400), ("day", 86400),
+                       ("hour", 3600), ("minute", 60), ("second", 1)):
+        if seconds >= size:
+            n = int(seconds // size)
+            return f"{n} {unit}{'s' if n != 1 else ''} ago"
+    return "just now"

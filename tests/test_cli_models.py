@@ -1,0 +1,148 @@
+"""`localllm pull / list / show / rm` as a user runs them (Typer's CliRunner), against the fake Hub."""
+import json
+import math
+import re
+
+import pytest
+from safetensors import safe_open
+from typer.testing import CliRunner
+
+from fake_hub import hub, tiny_model_dir  # noqa: F401 (hub is a fixture)
+from localllm.cli.main import app
+from localllm.hub import aliases
+
+REPO = "test-org/tiny-qwen3"
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return tiny_model_dir(tmp_path_factory)
+
+
+@pytest.fixture
+def pulled(hub, tiny_dir, monkeypatch):
+    hub.add_dir(REPO, tiny_dir)
+    monkeypatch.setitem(aliases.ALIASES, "tiny:test", REPO)
+    result = runner.invoke(app, ["pull", "tiny:test"])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def _one_line_error(result, *fragments) -> None:
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()  # a pull's status lines may come before the error
+    assert lines[-1].startswith("Error: ") and sum("Error" in line for line in lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[-1]
+
+
+def test_pull_shows_progress_and_success(pulled):
+    assert "pulling manifest of test-org/tiny-qwen3" in pulled.stderr
+    assert "architecture Qwen3ForCausalLM: supported" in pulled.stderr
+    assert "verifying sha256 digest" in pulled.stderr
+    # one bar per file, with its size in binary units
+    bar = next(line for line in pulled.stderr.splitlines() if "pulling model.safetensors" in line)
+    assert "100%" in bar and "KiB" in bar
+    assert pulled.stdout.strip().startswith("success: tiny:test (30")
+
+
+def test_list_is_a_borderless_table_and_json(pulled):
+    result = runner.invoke(app, ["list"])
+    assert result.exit_code == 0
+    header, row = result.stdout.strip().splitlines()
+    assert header.split() == ["NAME", "SIZE", "FORMAT", "MODIFIED"]
+    assert re.fullmatch(r"tiny:test   \d+\.\d KiB   F32      (just now|\d+ seconds? ago)", row), row
+    entries = json.loads(runner.invoke(app, ["list", "--json"]).stdout)
+    assert [e["name"] for e in entries] == ["tiny:test"] and entries[0]["repo"] == REPO
+
+
+def test_show_reads_headers_only(pulled, tiny_dir):
+    with safe_open(str(tiny_dir / "model.safetensors"), "np") as f:
+        params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    info = json.loads(runner.invoke(app, ["show", "tiny:test", "--json"]).stdout)
+    assert info["architecture"] == "Qwen3ForCausalLM" and info["parameters"] == params
+    assert info["context_length"] == 1024 and info["chat_template"] is True and info["format"] == "F32"
+    assert {f["name"] for f in info["files"]} == {p.name for p in tiny_dir.iterdir()}
+    text = runner.invoke(app, ["show", REPO]).stdout  # the repo id finds the alias' entry
+    assert "Qwen3ForCausalLM" in text and "context length" in text and "chat template     yes" in text
+    assert "model.safetensors" in text
+
+
+def test_run_answers_with_a_pulled_model(pulled):
+    result = runner.invoke(app, ["run", "tiny:test", "hello", "--max-tokens", "3"])
+    assert result.exit_code == 0, result.output
+
+
+def test_rm_removes_and_then_is_an_error(pulled):
+    result = runner.invoke(app, ["rm", "tiny:test"])
+    assert result.exit_code == 0 and result.stdout.startswith("deleted 'tiny:test' (freed 30")
+    assert runner.invoke(app, ["list"]).stdout.strip() == "NAME   SIZE   FORMAT   MODIFIED"
+    _one_line_error(runner.invoke(app, ["rm", "tiny:test"]), "not found")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["pull", "org/../../etc/passwd"], "'..' is not allowed"),
+    (["pull", "/etc/no-such-model-dir"], "absolute path"),
+    (["pull", "test-org/missing"], "not found on http://127.0.0.1"),
+    (["show", "nothing:here"], "not found"),
+])
+def test_errors_are_one_line(hub, args, fragment):
+    _one_line_error(runner.invoke(app, args), fragment)
+
+
+def test_unreachable_hub_is_a_one_line_error(hub, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    _one_line_error(runner.invoke(app, ["pull", REPO]), "127.0.0.1:9")
+
+
+def test_rm_refuses_a_model_the_daemon_has_loaded_unless_forced(pulled, monkeypatch):
+    from localllm.cli import models
+
+    monkeypatch.setattr(models, "_is_loaded", lambda name: name == "tiny:test")
+    _one_line_error(runner.invoke(app, ["rm", "tiny:test"]), "loaded by the daemon", "--force")
+    assert runner.invoke(app, ["rm", "tiny:test", "--force"]).exit_code == 0
+
+
+def test_progress_bar_takes_what_huggingface_hub_reports(hub):
+    """The calls huggingface_hub makes on a bar, plain HTTP and Xet alike, land on one rich task."""
+    from localllm.cli.models import _RichReporter
+
+    with _RichReporter() as reporter:
+        bar = reporter.bar_class("model.safetensors", 100)(unit="B", unit_scale=True, total=None, initial=10,
+                                                           desc="(…)model.safetensors")
+        bar.update(40)
+        bar.update_transfer(35)
+        bar.set_postfix_str("1 MB/s", refresh=False)
+        bar.total = max(bar.total or 0, 120)
+        bar.update(70)
+        task = reporter.progress.tasks[0]
+        assert (task.completed, task.total, task.description) == (120, 120, "model.safetensors")
+
+
+def test_is_loaded_asks_the_daemon_status(monkeypatch):
+    """Against a stand-in for localllm.client, so that this test does not depend on a running daemon."""
+    import sys
+    import types
+
+    from localllm.cli.models import _is_loaded
+
+    class Client:
+        def __init__(self, url, timeout):
+            assert url == "http://127.0.0.1:1"
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def status(self):
+            return {"models": [{"name": "tiny:test", "state": "loading"}]}
+
+    fake = types.SimpleNamespace(Client=Client, find_daemon=lambda: types.SimpleNamespace(url="http://127.0.0.1:1"))
+    monkeypatch.setitem(sys.modules, "localllm.client", fake)
+    assert _is_loaded("tiny:test") and not _is_loaded("other")
+    fake.find_daemon = lambda: None
+    assert not _is_loaded("tiny:test")
