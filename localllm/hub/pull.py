@@ -328,7 +328,7 @@ def check_hf_architecture(config: dict, where: str) -> str:
 
 
 def check_gguf_architecture(arch: str, where: str) -> None:
-    from localllm.loader.gguf import _ARCHITECTURES as GGUF_ARCHITECTURES
+    from localllm.loader.gguf import GGUF_ARCHITECTURES
 
     if arch not in GGUF_ARCHITECTURES:
         raise UnsupportedModelError(f"{where}: GGUF architecture {arch!r} is not supported "

@@ -29,7 +29,7 @@ class _Architecture:
     permuted_qk: bool
 
 
-_ARCHITECTURES = {
+GGUF_ARCHITECTURES = {
     "llama": _Architecture("llama", "LlamaForCausalLM", permuted_qk=True),
     "mistral": _Architecture("mistral", "MistralForCausalLM", permuted_qk=True),
     "qwen2": _Architecture("qwen2", "Qwen2ForCausalLM", permuted_qk=False),
@@ -74,11 +74,11 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     if metadata.get("split.count", 1) > 1:
         raise UnsupportedModelError(f"{gguf_path.name} is one part of a split GGUF; merge the parts first "
                                     "(llama-gguf-split --merge)")
-    arch = _ARCHITECTURES.get(arch_name)
+    arch = GGUF_ARCHITECTURES.get(arch_name)
     if arch is None:
         raise UnsupportedModelError(
             f"{gguf_path.name}: GGUF architecture {arch_name!r} is not supported "
-            f"(supported: {', '.join(_ARCHITECTURES)})")
+            f"(supported: {', '.join(GGUF_ARCHITECTURES)})")
     tensors = {t.name: t for t in reader.tensors}
     config = _hf_config(gguf_path, arch_name, arch, metadata, tensors)
     plan = _tensor_plan(gguf_path, arch, config, tensors)
