@@ -1,0 +1,194 @@
+"""The one way the CLI, the TUI and the tests reach the daemon: find it from its state file, start it in the
+background when needed, and call its HTTP API (httpx)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from localllm.errors import LocalLLMError
+from localllm.hub.paths import data_dir
+from localllm.server.settings import API_KEY_ENV, DEFAULT_HOST, DEFAULT_PORT
+from localllm.server.state import DaemonState, default_state_path, live_daemon, pid_alive, read_state, remove_state
+
+LOG_NAME = "daemon.log"
+
+
+class DaemonError(LocalLLMError):
+    """The daemon could not be reached or started, or it refused a request (`status` is the HTTP status)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class Client:
+    def __init__(self, url: str, api_key: str | None = None, timeout: float = 600.0):
+        self.url = url.rstrip("/")
+        api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=httpx.Timeout(timeout, connect=5.0))
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def health(self) -> dict:
+        return self._json("GET", "/health")
+
+    def status(self) -> dict:
+        """What /api/status says: models and their state, KV blocks, queue, tokens/s, memory."""
+        return self._json("GET", "/api/status")
+
+    def models(self) -> list[str]:
+        return [m["id"] for m in self._json("GET", "/v1/models")["data"]]
+
+    def unload(self, model: str) -> dict:
+        return self._json("POST", "/api/unload", json={"model": model})
+
+    def chat(self, model: str, messages: list[dict], **params) -> dict:
+        return self._json("POST", "/v1/chat/completions", json={"model": model, "messages": messages, **params})
+
+    def chat_stream(self, model: str, messages: list[dict], **params) -> Iterator[dict]:
+        """The answer's chunks (OpenAI chat.completion.chunk dicts) as they arrive; closing the iterator early
+        aborts the request in the daemon."""
+        body = {"model": model, "messages": messages, **params, "stream": True}
+        try:
+            with self.http.stream("POST", "/v1/chat/completions", json=body) as response:
+                if response.status_code != 200:
+                    response.read()
+                    raise _refusal(response)
+                for line in response.iter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    data = line[len("data: "):]
+                    if data == "[DONE]":
+                        return
+                    chunk = json.loads(data)
+                    if "error" in chunk:
+                        raise DaemonError(chunk["error"].get("message", "the daemon failed"))
+                    yield chunk
+        except httpx.HTTPError as e:
+            raise DaemonError(f"lost the daemon at {self.url}: {e}") from None
+
+    def _json(self, method: str, path: str, **kwargs) -> dict:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as e:
+            raise DaemonError(f"cannot reach the daemon at {self.url}: {e}") from None
+        if response.status_code >= 400:
+            raise _refusal(response)
+        return response.json()
+
+
+def _refusal(response: httpx.Response) -> DaemonError:
+    try:
+        message = response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = response.text[:200] or f"HTTP {response.status_code}"
+    return DaemonError(message, response.status_code)
+
+
+def find_daemon(state_file: Path | None = None) -> DaemonState | None:
+    """The running daemon, if any (stale state from a killed one is cleaned up on the way)."""
+    return live_daemon(state_file or default_state_path())
+
+
+def connect(state_file: Path | None = None, api_key: str | None = None) -> Client:
+    state = find_daemon(state_file)
+    if state is None:
+        raise DaemonError("no localllm daemon is running; start one with 'localllm serve'")
+    return Client(state.url, api_key)
+
+
+def ensure_daemon(*, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, models: list[str] = (),
+                  args: list[str] = (), state_file: Path | None = None, api_key: str | None = None,
+                  timeout: float = 60.0, log_file: Path | None = None) -> Client:
+    """A client of the running daemon, starting one in the background first if none runs."""
+    state_file = state_file or default_state_path()
+    state = find_daemon(state_file)
+    if state is None:
+        process, log_file = spawn_daemon(host=host, port=port, models=models, args=args, state_file=state_file,
+                                         api_key=api_key, log_file=log_file)
+        state = wait_for_daemon(process, state_file, timeout, log_file)
+    return Client(state.url, api_key)
+
+
+def spawn_daemon(*, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, models: list[str] = (),
+                 args: list[str] = (), state_file: Path | None = None, api_key: str | None = None,
+                 log_file: Path | None = None) -> tuple[subprocess.Popen, Path]:
+    """Starts `python -m localllm.server` detached (its own session, output to a log file)."""
+    state_file = state_file or default_state_path()
+    log_file = log_file or data_dir() / LOG_NAME
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "localllm.server", "--host", host, "--port", str(port),
+               "--state-file", str(state_file)]
+    for model in models:
+        command += ["--model", model]
+    command += list(args)
+    env = os.environ.copy()
+    if api_key:
+        env[API_KEY_ENV] = api_key   # not on the command line, where ps would show it
+    with open(log_file, "ab") as log:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True, close_fds=True, env=env)
+    return process, log_file
+
+
+def wait_for_daemon(process: subprocess.Popen, state_file: Path, timeout: float, log_file: Path) -> DaemonState:
+    """Waits until the daemon records its address and answers /health."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = live_daemon(state_file) if state_file.exists() else None
+        exited = process.poll() is not None
+        if state is not None and (state.pid == process.pid or exited):   # ours, or one that won a race
+            return state
+        if exited:
+            raise DaemonError(f"the daemon exited at start (code {process.returncode}): {_last_line(log_file)}")
+        time.sleep(0.1)
+    process.kill()
+    process.wait()
+    raise DaemonError(f"the daemon did not answer within {timeout:.0f} s (log: {log_file})")
+
+
+def _last_line(log_file: Path) -> str:
+    try:
+        lines = [l for l in log_file.read_text(errors="replace").splitlines() if l.strip()]
+    except OSError:
+        return "no log"
+    errors = [l for l in lines if l.startswith("Error:")]
+    return (errors or lines or ["no output"])[-1]
+
+
+def stop_daemon(state_file: Path | None = None, timeout: float = 15.0) -> DaemonState | None:
+    """Stops the running daemon (SIGTERM: it unloads its models and removes its state file). Returns what was
+    stopped, or None if none was running."""
+    state_file = state_file or default_state_path()
+    state = find_daemon(state_file)
+    if state is None:
+        return None
+    os.kill(state.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while pid_alive(state.pid):
+        if time.monotonic() > deadline:
+            os.kill(state.pid, signal.SIGKILL)
+            deadline = float("inf")
+        time.sleep(0.05)
+    remove_state(state_file, state.pid)
+    return state
+
+
+__all__ = ["Client", "DaemonError", "connect", "ensure_daemon", "find_daemon", "read_state", "spawn_daemon",
+           "stop_daemon", "wait_for_daemon"]

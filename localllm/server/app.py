@@ -1,0 +1,50 @@
+"""create_app(settings): the daemon's FastAPI application, wired but not yet listening."""
+from __future__ import annotations
+
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI
+
+from localllm.server import routes_openai, routes_status
+from localllm.server.errors import install_handlers
+from localllm.server.metrics import Metrics, RequestCounter
+from localllm.server.models import ModelManager
+from localllm.server.security import SecurityMiddleware
+from localllm.server.settings import ServerSettings
+
+
+@dataclass
+class Daemon:
+    """What the routes share, reached as request.app.state.daemon."""
+    settings: ServerSettings
+    models: ModelManager
+    metrics: Metrics
+    address: str | None = None
+    started_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    started_monotonic: float = field(default_factory=time.monotonic)
+
+
+def create_app(settings: ServerSettings, address: str | None = None) -> FastAPI:
+    metrics = Metrics()
+    models = ModelManager(settings, metrics)
+    metrics.watch_models(models)
+    daemon = Daemon(settings, models, metrics, address)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        models.start()
+        try:
+            yield
+        finally:
+            await models.shutdown()
+
+    app = FastAPI(title="localllm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.daemon = daemon
+    install_handlers(app)
+    app.include_router(routes_openai.router)
+    app.include_router(routes_status.router)
+    app.add_middleware(SecurityMiddleware, settings=settings)
+    app.add_middleware(RequestCounter, metrics=metrics)   # outermost: refusals are counted too
+    return app

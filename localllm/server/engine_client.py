@@ -1,0 +1,240 @@
+"""The front end's side of one engine process: start it, send it requests, and route its token events,
+detokenized by an OutputProcessor, to per-request asyncio queues. Nothing here blocks the event loop: a
+reader thread hands the pipe's messages to the loop, a writer thread feeds the pipe."""
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from localllm.engine.output_processor import OutputProcessor
+from localllm.engine.outputs import StreamDelta
+from localllm.loader.hf_dir import load_tokenizer
+from localllm.sampling_params import SamplingParams
+from localllm.server import engine_process
+from localllm.server.errors import APIError
+from localllm.server.protocol import (AbortRequests, AddRequest, EngineFailed, EngineStats, FinishSequence,
+                                      LoadFailed, Loaded, RequestFailed, Shutdown, StepOutput)
+
+
+class EngineLoadError(Exception):
+    def __init__(self, error_type: str, message: str):
+        super().__init__(message)
+        self.error_type = error_type
+
+
+@dataclass
+class _Exited:
+    pass
+
+
+@dataclass
+class EngineRequest:
+    """One engine request as the front end follows it. Several may share one queue (a completions call with
+    several prompts); the queue receives (request, StreamDelta) pairs, or an APIError if the request fails."""
+    request_id: str
+    num_prompt_tokens: int
+    params: SamplingParams
+    queue: asyncio.Queue
+    tag: int = 0                               # the caller's index of this request (which prompt)
+    submitted_at: float = field(default_factory=time.monotonic)
+    finished: set[int] = field(default_factory=set)
+    last_token_at: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return len(self.finished) == self.params.n
+
+
+class EngineClient:
+    def __init__(self, name: str, spec: str, engine: dict, metrics=None, on_exit=None):
+        self.name = name              # what requests call the model
+        self.spec = spec              # what the engine resolves (alias, directory or .gguf file)
+        self.engine = engine
+        self.metrics = metrics
+        self.on_exit = on_exit        # called on the loop when the process ends for any reason
+        self.info: Loaded | None = None
+        self.stats = EngineStats()
+        self.tokenizer = None
+        self.processor: OutputProcessor | None = None
+        self.failure: str | None = None
+        self.exited = False
+        self._requests: dict[str, EngineRequest] = {}
+        self._outgoing: queue.SimpleQueue = queue.SimpleQueue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loaded: asyncio.Future | None = None
+        self.process = None
+        self._reaped: asyncio.Future | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def active_sequences(self) -> int:
+        return sum(r.params.n for r in self._requests.values())
+
+    @property
+    def num_requests(self) -> int:
+        return len(self._requests)
+
+    async def start(self) -> Loaded:
+        """Spawns the engine process and waits until its model is loaded (raises EngineLoadError)."""
+        self._loop = asyncio.get_running_loop()
+        self._loaded = self._loop.create_future()
+        ctx = multiprocessing.get_context("spawn")
+        engine_in, self._to_engine = ctx.Pipe(duplex=False)
+        self._from_engine, engine_out = ctx.Pipe(duplex=False)
+        self.process = ctx.Process(target=engine_process.main, args=(self.spec, self.engine, engine_in, engine_out),
+                                   name=f"localllm-engine[{self.name}]", daemon=True)
+        await asyncio.to_thread(self.process.start)
+        engine_in.close()   # keep only our ends, so that its death reads as end-of-file
+        engine_out.close()
+        threading.Thread(target=self._read_loop, name=f"engine-reader[{self.name}]", daemon=True).start()
+        threading.Thread(target=self._write_loop, name=f"engine-writer[{self.name}]", daemon=True).start()
+        info = await self._loaded
+        try:
+            self.tokenizer = await asyncio.to_thread(load_tokenizer, Path(info.model_dir))
+        except Exception as e:  # noqa: BLE001 - the engine loaded it, so this is unexpected; report, don't crash
+            await self.stop()
+            raise EngineLoadError(type(e).__name__, " ".join(str(e).split())) from None
+        self.processor = OutputProcessor(self.tokenizer)
+        return info
+
+    def submit(self, prompt_token_ids: list[int], params: SamplingParams, queue_: asyncio.Queue,
+               tag: int = 0) -> EngineRequest:
+        if self.exited:
+            raise self._gone_error()
+        request = EngineRequest(uuid.uuid4().hex, len(prompt_token_ids), params, queue_, tag)
+        self._requests[request.request_id] = request
+        self.processor.add_request(request.request_id, params)
+        self._send(AddRequest(request.request_id, prompt_token_ids, params))
+        return request
+
+    def abort(self, request: EngineRequest) -> None:
+        """Frees the request's KV blocks in the engine at once; a finished request is left alone."""
+        if self._requests.pop(request.request_id, None) is not None:
+            self.processor.forget(request.request_id)
+            self._send(AbortRequests([request.request_id]))
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Asks the engine to exit, kills it if it does not within `timeout`, and reaps it."""
+        if self.process is None:
+            return
+        self._send(Shutdown())
+        self._outgoing.put(None)
+        reaped = self._reap()
+        try:
+            await asyncio.wait_for(asyncio.shield(reaped), timeout)
+        except asyncio.TimeoutError:
+            self.process.kill()   # not reaped yet, so the pid is still this process
+            await reaped
+
+    def _reap(self) -> asyncio.Future:
+        """One thread waits for the process to end (a single joiner: two could race on its pid)."""
+        if self._reaped is None:
+            self._reaped = asyncio.ensure_future(asyncio.to_thread(self.process.join))
+        return self._reaped
+
+    # --- threads -------------------------------------------------------------------------------------
+    def _send(self, message) -> None:
+        self._outgoing.put(message)
+
+    def _write_loop(self) -> None:
+        while (message := self._outgoing.get()) is not None:
+            try:
+                self._to_engine.send(message)
+            except OSError:
+                return
+
+    def _read_loop(self) -> None:
+        while True:
+            try:
+                message = self._from_engine.recv()
+            except (EOFError, OSError):
+                message = _Exited()
+            try:
+                self._loop.call_soon_threadsafe(self._on_message, message)
+            except RuntimeError:  # the loop is closed: the daemon is exiting
+                return
+            if isinstance(message, _Exited):
+                return
+
+    # --- on the event loop ---------------------------------------------------------------------------
+    def _on_message(self, message) -> None:
+        if isinstance(message, StepOutput):
+            self.stats = message.stats
+            if message.events:
+                self._route(message.events)
+        elif isinstance(message, Loaded):
+            self.info, self.stats = message, message.stats
+            self._loaded.set_result(message)
+        elif isinstance(message, RequestFailed):
+            request = self._requests.pop(message.request_id, None)
+            if request is not None:
+                self.processor.forget(request.request_id)
+                request.queue.put_nowait(APIError(400, message.message, code="invalid_prompt")
+                                         if message.error_type in ("PromptTooLongError", "ValueError")
+                                         else APIError(500, message.message, code="engine_error"))
+        elif isinstance(message, LoadFailed):
+            self._loaded.set_exception(EngineLoadError(message.error_type, message.message))
+        elif isinstance(message, EngineFailed):
+            self.failure = message.message
+        elif isinstance(message, _Exited):
+            self._on_exit()
+
+    def _route(self, events) -> None:
+        live = []
+        for event in events:
+            request = self._requests.get(event.request_id)
+            if request is not None and event.index not in request.finished:
+                live.append(event)
+        deltas, stopped_by_text = self.processor.process(live)
+        for request_id, index in stopped_by_text:
+            self._send(FinishSequence(request_id, index))
+        now = time.monotonic()
+        for delta in deltas:
+            request = self._requests[delta.request_id]
+            self._observe(request, delta, now)
+            if delta.finish_reason is not None:
+                request.finished.add(delta.index)
+                if request.done:
+                    del self._requests[request.request_id]
+                    self.processor.forget(request.request_id)
+            request.queue.put_nowait((request, delta))
+
+    def _observe(self, request: EngineRequest, delta: StreamDelta, now: float) -> None:
+        if self.metrics is None or not delta.token_ids:
+            return
+        last = request.last_token_at.get(delta.index)
+        if last is None:
+            self.metrics.first_token(self.name, now - request.submitted_at)
+        else:
+            self.metrics.inter_token(self.name, now - last)
+        request.last_token_at[delta.index] = now
+        self.metrics.generated(self.name, len(delta.token_ids))
+
+    def _gone_error(self) -> APIError:
+        detail = f": {self.failure}" if self.failure else ""
+        return APIError(503, f"The engine serving model '{self.name}' stopped{detail}. Retry to load it again.",
+                        code="engine_unavailable", headers={"Retry-After": "1"})
+
+    def _on_exit(self) -> None:
+        self.exited = True
+        if self.process is not None:   # reap it, so that no zombie is left behind
+            self._reap()
+        if not self._loaded.done():
+            code = self.process.exitcode if self.process else None
+            self._loaded.set_exception(EngineLoadError(
+                "EngineError", self.failure or f"the engine process exited while loading (exit code {code})"))
+        error = self._gone_error()
+        for request in list(self._requests.values()):
+            request.queue.put_nowait(error)
+        self._requests.clear()
+        if self.on_exit is not None:
+            self.on_exit(self)

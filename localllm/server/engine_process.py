@@ -1,0 +1,127 @@
+"""The engine process: loads one model into an EngineCore and serves it over two pipes. Token ids in,
+TokenEvent batches (with the core's counters) out. Runs the model only; all text stays in the front end."""
+from __future__ import annotations
+
+import os
+import time
+from multiprocessing.connection import Connection
+
+from localllm.server.protocol import (AbortRequests, AddRequest, EngineFailed, EngineStats, FinishSequence,
+                                      LoadFailed, Loaded, RequestFailed, Shutdown, StepOutput)
+
+IDLE_CHECK_S = 1.0      # how often an idle engine checks that its daemon is still alive
+STATS_EVERY_S = 0.25    # steps that yield no token (prefill chunks) still report counters this often
+
+
+def default_num_threads() -> int:
+    """All the cores this process may use, less one for the front end on machines with more than four."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return cores if cores <= 4 else cores - 1
+
+
+def main(model: str, engine: dict, inbox: Connection, outbox: Connection) -> None:
+    """Entry point of the spawned process."""
+    import torch
+
+    torch.set_num_threads(engine.get("num_threads") or default_num_threads())
+    core = _load(model, engine, outbox)
+    if core is None:
+        return
+    try:
+        _serve(core, inbox, outbox)
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        return  # the daemon is gone
+    except Exception as e:  # noqa: BLE001 - report anything, then exit; the daemon decides what to do
+        try:
+            outbox.send(EngineFailed(f"{type(e).__name__}: {' '.join(str(e).split())}"))
+        except OSError:
+            pass
+        raise SystemExit(1) from None
+
+
+def _load(model: str, engine: dict, outbox: Connection):
+    from localllm.config import Config
+    from localllm.engine.core import EngineCore
+    from localllm.errors import LocalLLMError
+    from localllm.loader.hf_dir import eos_token_ids, load_hf_config, load_tokenizer
+    from localllm.loader.resolve import resolve_model
+    from localllm.models import model_class
+
+    try:
+        config = Config(model=model, **engine)
+        model_dir = resolve_model(model)
+        hf_config = load_hf_config(model_dir)
+        model_class(hf_config)  # an unsupported architecture fails before the weights load
+        eos = eos_token_ids(model_dir, load_tokenizer(model_dir), hf_config)
+        core = EngineCore(config, model_dir, hf_config, eos)
+    except (LocalLLMError, ValueError, OSError) as e:
+        outbox.send(LoadFailed(type(e).__name__, " ".join(str(e).split())))
+        return None
+    except Exception as e:  # noqa: BLE001
+        outbox.send(LoadFailed("EngineError", f"{type(e).__name__}: {' '.join(str(e).split())}"))
+        return None
+    runner = core.runner
+    outbox.send(Loaded(
+        model_dir=str(model_dir), device=str(core.device), dtype=str(core.dtype).removeprefix("torch."),
+        max_model_len=core.max_model_len, vocab_size=core.vocab_size, block_size=config.block_size,
+        num_blocks=core.num_blocks,
+        param_bytes=sum(p.numel() * p.element_size() for p in runner.model.parameters()),
+        kv_cache_bytes=runner.kv_cache.numel() * runner.kv_cache.element_size(),
+        eos_token_ids=sorted(eos), stats=stats_of(core)))
+    return core
+
+
+def stats_of(core) -> EngineStats:
+    manager = core.block_manager
+    total, free = len(manager.blocks), manager.num_free_blocks
+    cached = manager.num_cached_free_blocks
+    return EngineStats(running=len(core.scheduler.running), waiting=len(core.scheduler.waiting),
+                       blocks_total=total, blocks_used=total - free, blocks_cached=cached,
+                       blocks_free=free - cached, prefix_queries=manager.stats.queries,
+                       prefix_hits=manager.stats.hits, preemptions=core.scheduler.num_preemptions)
+
+
+def _serve(core, inbox: Connection, outbox: Connection) -> None:
+    parent = os.getppid()
+    steps = 0
+    last_sent = 0.0
+    while True:
+        if not core.has_unfinished:
+            while not inbox.poll(IDLE_CHECK_S):   # idle: sleep on the pipe
+                if os.getppid() != parent:
+                    return                        # orphaned: the daemon died without closing the pipe
+        changed = False
+        while inbox.poll():
+            message = inbox.recv()
+            if isinstance(message, Shutdown):
+                return
+            _handle(core, message, outbox)
+            changed = True
+        events = []
+        if core.has_unfinished:
+            events = core.step()
+            steps += 1
+        now = time.monotonic()
+        if events or changed or now - last_sent > STATS_EVERY_S:
+            stats = stats_of(core)
+            stats.steps = steps
+            outbox.send(StepOutput(events, stats))
+            last_sent = now
+
+
+def _handle(core, message, outbox: Connection) -> None:
+    if isinstance(message, AddRequest):
+        try:
+            core.add_request(message.request_id, message.prompt_token_ids, message.params)
+        except Exception as e:  # noqa: BLE001 - a refused request never takes the engine down
+            outbox.send(RequestFailed(message.request_id, type(e).__name__, " ".join(str(e).split())))
+    elif isinstance(message, AbortRequests):
+        for request_id in message.request_ids:
+            core.abort_request(request_id)
+    elif isinstance(message, FinishSequence):
+        core.finish_sequence(message.request_id, message.index, message.reason)
+    else:
+        raise TypeError(f"unexpected message {type(message).__name__}")

@@ -1,0 +1,74 @@
+"""API errors in OpenAI's JSON shape: {"error": {"message", "type", "param", "code"}}, never a traceback."""
+from __future__ import annotations
+
+from fastapi import Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+          404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
+          429: "rate_limit_error"}
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.type = type or _TYPES.get(status, "server_error")
+        self.headers = headers
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def model_not_found(name: str) -> APIError:
+    return APIError(404, f"The model '{name}' does not exist or you do not have access to it.", param="model",
+                    code="model_not_found")
+
+
+def _validation_error(exc: RequestValidationError) -> APIError:
+    first = exc.errors()[0] if exc.errors() else {}
+    kind = first.get("type", "")
+    if kind == "json_invalid":
+        return APIError(400, f"We could not parse the JSON body of your request: {first.get('msg', 'invalid JSON')}",
+                        code="invalid_json")
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    if kind == "missing":
+        message = f"Missing required parameter: '{param}'." if param else "The request body is missing."
+        return APIError(400, message, param=param, code="missing_required_parameter")
+    value = jsonable_encoder(first.get("input"))
+    detail = first.get("msg", "invalid value")
+    where = f"'{param}'" if param else "the request body"
+    return APIError(400, f"Invalid value for {where}: {detail} (got {value!r}).", param=param,
+                    code="invalid_value")
+
+
+def install_handlers(app) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError):
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        return _validation_error(exc).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        message = {404: f"Unknown route {request.method} {request.url.path}.",
+                   405: f"Method {request.method} is not allowed on {request.url.path}."}.get(
+            exc.status_code, str(exc.detail))
+        return APIError(exc.status_code, message).response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        return APIError(500, f"Internal error: {type(exc).__name__}.", code="internal_error").response()

@@ -1,0 +1,259 @@
+"""The daemon's loaded models: which names may be loaded, loading on first use, keep-alive unloading, and
+what each one is doing. A request's model name is only ever looked up, never used as a path: it must be an
+alias, a name the model store knows, or a model the daemon was started with."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from localllm.hub.embedded import EMBEDDED_ALIAS, EMBEDDED_ALIASES
+from localllm.server.engine_client import EngineClient, EngineLoadError
+from localllm.server.errors import APIError, model_not_found
+from localllm.server.settings import ServerSettings
+
+log = logging.getLogger("localllm.server")
+REAP_EVERY_S = 0.25
+_MAX_NAME = 512
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    spec: str
+    client: EngineClient
+    keep_alive_s: float
+    ready: asyncio.Future
+    loading_since: float = field(default_factory=time.time)
+    loaded_at: float | None = None
+    active: int = 0                    # requests holding it
+    expires_at: float | None = None    # monotonic deadline while idle; None = in use, loading or kept forever
+
+    @property
+    def state(self) -> str:
+        return "ready" if self.loaded_at is not None else "loading"
+
+
+class ModelManager:
+    def __init__(self, settings: ServerSettings, metrics=None):
+        self.settings = settings
+        self.metrics = metrics
+        self.models: dict[str, LoadedModel] = {}
+        self._allowed: dict[str, tuple[str, str]] = {}   # name as a request may give it -> (name, engine spec)
+        for given in settings.models:
+            canonical = EMBEDDED_ALIAS if given.lower() in EMBEDDED_ALIASES else given
+            self._allowed[given] = (canonical, given if canonical != EMBEDDED_ALIAS else EMBEDDED_ALIAS)
+            if canonical != EMBEDDED_ALIAS:
+                self._allowed.setdefault(str(Path(given).expanduser().resolve()), self._allowed[given])
+        self._reaper: asyncio.Task | None = None
+        self._stopping: set[asyncio.Task] = set()
+
+    # --- names -----------------------------------------------------------------------------------------
+    def lookup(self, name) -> tuple[str, str] | None:
+        """(model name, engine spec) for a name a request may load, else None."""
+        if not isinstance(name, str) or not name.strip() or len(name) > _MAX_NAME or "\0" in name:
+            return None
+        key = name.strip()
+        if key.lower() in EMBEDDED_ALIASES:
+            return EMBEDDED_ALIAS, EMBEDDED_ALIAS
+        if key in self._allowed:
+            return self._allowed[key]
+        if "/" in key or key.startswith("~"):   # a path to a model the daemon was started with
+            try:
+                found = self._allowed.get(str(Path(key).expanduser().resolve()))
+            except (OSError, RuntimeError, ValueError):
+                found = None
+            if found is not None:
+                return found
+        entry = _store_entry(key)
+        if entry is not None:
+            return entry.name, entry.path
+        return None
+
+    def available(self) -> list[str]:
+        names = [EMBEDDED_ALIAS] + [canonical for canonical, _ in self._allowed.values()]
+        names += [e.name for e in _store_entries()]
+        names += list(self.models)
+        return list(dict.fromkeys(names))
+
+    # --- lifecycle -------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
+        for given in self.settings.models:
+            canonical, spec = self._allowed[given]
+            if canonical not in self.models:
+                self._load(canonical, spec)
+
+    async def acquire(self, name) -> LoadedModel:
+        """The ready model a request names, loading it first if needed. Hold it until release()."""
+        found = self.lookup(name)
+        if found is None:
+            raise model_not_found(str(name))
+        canonical, spec = found
+        model = self.models.get(canonical) or self._load(canonical, spec)
+        model.active += 1
+        model.expires_at = None
+        try:
+            await asyncio.shield(model.ready)
+        except EngineLoadError as e:
+            model.active -= 1
+            if e.error_type == "ModelNotFoundError":
+                raise APIError(404, f"The model '{name}' could not be loaded: {e}", param="model",
+                               code="model_not_found") from None
+            raise APIError(500, f"The model '{name}' failed to load: {e}", code="model_load_failed") from None
+        except BaseException:
+            self.release(model)
+            raise
+        return model
+
+    def release(self, model: LoadedModel, keep_alive_s: float | None = None) -> None:
+        model.active -= 1
+        if keep_alive_s is not None:
+            model.keep_alive_s = keep_alive_s
+        if model.active == 0 and model.state == "ready":
+            self._arm(model)
+
+    def unload(self, name) -> str:
+        """Unloads now if idle, else as soon as its last request ends. Returns the model's state."""
+        found = self.lookup(name)
+        model = self.models.get(found[0]) if found else None
+        if model is None:
+            raise APIError(404, f"The model '{name}' is not loaded.", param="model", code="model_not_loaded")
+        model.keep_alive_s = 0
+        if model.active == 0 and model.state == "ready":
+            self._unload(model)
+            return "unloaded"
+        return "unloading"
+
+    async def shutdown(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+        for model in list(self.models.values()):
+            self._unload(model)
+        if self._stopping:
+            await asyncio.gather(*self._stopping, return_exceptions=True)
+
+    def _load(self, name: str, spec: str) -> LoadedModel:
+        loop = asyncio.get_running_loop()
+        client = EngineClient(name, spec, self.settings.engine, self.metrics, on_exit=self._engine_exited)
+        model = LoadedModel(name, spec, client, self.settings.keep_alive_s, loop.create_future())
+        model.ready.add_done_callback(lambda f: f.cancelled() or f.exception())  # never "unretrieved"
+        self.models[name] = model
+        loop.create_task(self._start(model))
+        log.info("loading model %s", name)
+        return model
+
+    async def _start(self, model: LoadedModel) -> None:
+        try:
+            await model.client.start()
+        except EngineLoadError as e:
+            log.warning("model %s failed to load: %s", model.name, e)
+            if self.models.get(model.name) is model:
+                del self.models[model.name]
+            await model.client.stop()
+            model.ready.set_exception(e)
+            return
+        model.loaded_at = time.time()
+        log.info("model %s ready", model.name)
+        if model.active == 0:
+            self._arm(model)
+        model.ready.set_result(None)
+
+    def _arm(self, model: LoadedModel) -> None:
+        keep = model.keep_alive_s
+        model.expires_at = None if keep < 0 else time.monotonic() + keep
+        if keep == 0:
+            self._unload(model)
+
+    def _unload(self, model: LoadedModel) -> None:
+        if self.models.get(model.name) is model:
+            del self.models[model.name]
+            log.info("unloading model %s", model.name)
+        task = asyncio.get_running_loop().create_task(model.client.stop())
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+
+    def _engine_exited(self, client: EngineClient) -> None:
+        model = self.models.get(client.name)
+        if model is not None and model.client is client and model.state == "ready":
+            log.warning("the engine of model %s exited: %s", client.name, client.failure or "killed")
+            del self.models[client.name]
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(REAP_EVERY_S)
+            now = time.monotonic()
+            for model in list(self.models.values()):
+                if model.active == 0 and model.expires_at is not None and model.expires_at <= now:
+                    self._unload(model)
+
+    # --- status ----------------------------------------------------------------------------------------
+    def engine_stats(self):
+        return [(m.name, m.state, m.client.stats if m.state == "ready" else None) for m in self.models.values()]
+
+    def status(self) -> list[dict]:
+        return [_model_status(m) for m in self.models.values()]
+
+
+def _model_status(model: LoadedModel) -> dict:
+    client, info, stats = model.client, model.client.info, model.client.stats
+    until = None
+    if model.expires_at is not None:
+        until = _iso(time.time() + model.expires_at - time.monotonic())
+    out = {
+        "name": model.name, "state": model.state, "pid": client.pid,
+        "loading_since": _iso(model.loading_since), "loaded_at": _iso(model.loaded_at) if model.loaded_at else None,
+        "keep_alive_s": model.keep_alive_s, "keep_alive_until": until,
+        "keep_alive_forever": model.keep_alive_s < 0, "requests": client.num_requests,
+    }
+    if info is not None:
+        out.update({
+            "device": info.device, "dtype": info.dtype, "context_length": info.max_model_len,
+            "param_bytes": info.param_bytes, "kv_cache_bytes": info.kv_cache_bytes,
+            "memory_bytes": _rss(client.pid) or info.param_bytes + info.kv_cache_bytes,
+            "running": stats.running, "waiting": stats.waiting,
+            "kv_blocks": {"total": stats.blocks_total, "used": stats.blocks_used, "cached": stats.blocks_cached,
+                          "free": stats.blocks_free, "block_size": info.block_size},
+            "prefix_cache": {"queries": stats.prefix_queries, "hits": stats.prefix_hits,
+                             "hit_rate": stats.prefix_hits / stats.prefix_queries if stats.prefix_queries else 0.0},
+            "preemptions": stats.preemptions, "steps": stats.steps,
+        })
+    return out
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+
+
+def _rss(pid: int | None) -> int | None:
+    """Resident memory of a process, on Linux; None elsewhere."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            import os
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _store_entry(name: str):
+    """The model store's entry for `name`, if the store (localllm.hub.store) exists and knows it."""
+    try:
+        from localllm.hub import store
+        entry = store.find(name)
+    except Exception:  # noqa: BLE001 - no store yet, or an unreadable one: the name is simply not known
+        return None
+    if entry is None or not getattr(entry, "path", None):
+        return None
+    return entry
+
+
+def _store_entries() -> list:
+    try:
+        from localllm.hub import store
+        return [e for e in store.entries() if getattr(e, "path", None)]
+    except Exception:  # noqa: BLE001
+        return []

@@ -1,0 +1,122 @@
+"""From an OpenAI request body to what the engine takes: prompt token ids and SamplingParams, with every
+refusal as a 400 naming the parameter. Sampling values are validated by SamplingParams itself."""
+from __future__ import annotations
+
+from localllm.sampling_params import SamplingParams
+from localllm.server.errors import APIError
+from localllm.server.openai_schemas import ChatCompletionRequest, CompletionRequest
+
+MAX_TOP_LOGPROBS = 20
+
+
+def _bad(message: str, param: str | None = None, code: str = "invalid_value") -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def reject_unsupported(body) -> None:
+    if body.logit_bias:
+        raise _bad("logit_bias is not supported.", "logit_bias", "unsupported_parameter")
+    if isinstance(body, ChatCompletionRequest):
+        if body.tools or body.functions or body.tool_choice not in (None, "none"):
+            raise _bad("Tools and function calling are not supported.", "tools", "unsupported_parameter")
+        if body.response_format and body.response_format.get("type", "text") != "text":
+            raise _bad("Only response_format {'type': 'text'} is supported.", "response_format",
+                       "unsupported_parameter")
+    else:
+        if body.echo:
+            raise _bad("echo is not supported.", "echo", "unsupported_parameter")
+        if body.suffix:
+            raise _bad("suffix is not supported.", "suffix", "unsupported_parameter")
+        if body.best_of is not None and body.best_of != body.n:
+            raise _bad("best_of other than n is not supported.", "best_of", "unsupported_parameter")
+
+
+def sampling_params(body: ChatCompletionRequest | CompletionRequest) -> SamplingParams:
+    if isinstance(body, ChatCompletionRequest):
+        max_tokens_param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+        max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+        if body.top_logprobs is not None and not body.logprobs:
+            raise _bad("top_logprobs requires logprobs to be true.", "top_logprobs")
+        logprobs = (body.top_logprobs or 0) if body.logprobs else None
+        logprobs_param = "top_logprobs"
+    else:
+        max_tokens_param, max_tokens = "max_tokens", body.max_tokens
+        logprobs, logprobs_param = body.logprobs, "logprobs"
+        if body.max_tokens is None:
+            max_tokens = 16   # OpenAI's default for legacy completions
+    if logprobs is not None and not 0 <= logprobs <= MAX_TOP_LOGPROBS:
+        raise _bad(f"{logprobs_param} must be in [0, {MAX_TOP_LOGPROBS}], got {logprobs}.", logprobs_param)
+    def pick(value, default):
+        return default if value is None else value
+    try:
+        return SamplingParams(
+            n=body.n, temperature=pick(body.temperature, 1.0), top_p=pick(body.top_p, 1.0),
+            top_k=pick(body.top_k, 0), min_p=pick(body.min_p, 0.0),
+            repetition_penalty=pick(body.repetition_penalty, 1.0),
+            presence_penalty=pick(body.presence_penalty, 0.0), frequency_penalty=pick(body.frequency_penalty, 0.0),
+            seed=body.seed, max_tokens=max_tokens, min_tokens=pick(body.min_tokens, 0), stop=body.stop,
+            stop_token_ids=pick(body.stop_token_ids, []), ignore_eos=pick(body.ignore_eos, False),
+            logprobs=logprobs, skip_special_tokens=pick(body.skip_special_tokens, True))
+    except ValueError as e:
+        param = str(e).split(" ", 1)[0]
+        param = {"max_tokens": max_tokens_param, "logprobs": logprobs_param}.get(param, param)
+        raise _bad(f"{e}.", param) from None
+
+
+def chat_prompt(tokenizer, body: ChatCompletionRequest) -> list[int]:
+    """The chat-templated prompt ids, exactly as the offline LLM.chat builds them."""
+    if not tokenizer.chat_template:
+        raise _bad(f"The model '{body.model}' has no chat template; use /v1/completions.", "messages")
+    messages = []
+    for i, message in enumerate(body.messages):
+        content = message.content
+        if isinstance(content, list):
+            for part in content:
+                if part.type != "text" or part.text is None:
+                    raise _bad(f"Only text content parts are supported, got type {part.type!r}.",
+                               f"messages[{i}].content", "unsupported_content")
+            content = "\n".join(part.text for part in content)
+        role = "system" if message.role == "developer" else message.role
+        messages.append({"role": role, "content": content or ""})
+    try:
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    except Exception as e:  # noqa: BLE001 - a template that refuses the conversation (e.g. role order)
+        raise _bad(f"The model's chat template rejected the messages: {' '.join(str(e).split())}",
+                   "messages") from None
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def completion_prompts(tokenizer, body: CompletionRequest, vocab_size: int) -> list[list[int]]:
+    prompt = body.prompt
+    if isinstance(prompt, str):
+        prompts = [tokenizer.encode(prompt)]
+    elif not prompt:
+        raise _bad("prompt must not be empty.", "prompt")
+    elif isinstance(prompt[0], str):
+        prompts = [tokenizer.encode(p) for p in prompt]
+    elif isinstance(prompt[0], int):
+        prompts = [list(prompt)]
+    else:
+        prompts = [list(p) for p in prompt]
+    for ids in prompts:
+        if not ids:
+            raise _bad("A prompt is empty (no tokens).", "prompt")
+        bad = next((t for t in ids if not 0 <= t < vocab_size), None)
+        if bad is not None:
+            raise _bad(f"Token id {bad} is outside the vocabulary (0..{vocab_size - 1}).", "prompt")
+    return prompts
+
+
+def check_context(prompts: list[list[int]], max_tokens: int | None, context: int, param: str) -> None:
+    """Refuses a prompt that, with the completion asked for, would not fit the model's context."""
+    what = "messages" if param == "messages" else "prompt"
+    for ids in prompts:
+        if max_tokens is None and len(ids) >= context:
+            raise _bad(f"This model's maximum context length is {context} tokens. However, your {what} "
+                       f"resulted in {len(ids)} tokens, leaving none for the completion. Please reduce the "
+                       f"length of the {what}.", param, "context_length_exceeded")
+        if max_tokens is not None and len(ids) + max_tokens > context:
+            raise _bad(f"This model's maximum context length is {context} tokens. However, you requested "
+                       f"{len(ids) + max_tokens} tokens ({len(ids)} in the {what}, {max_tokens} in the "
+                       f"completion). Please reduce the length of the {what} or completion.", param,
+                       "context_length_exceeded")

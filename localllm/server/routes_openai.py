@@ -1,0 +1,149 @@
+"""The OpenAI-compatible endpoints: /v1/models, /v1/chat/completions and /v1/completions."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from localllm.server.errors import APIError, model_not_found
+from localllm.server.jobs import ClientGone, Job, unless_disconnected
+from localllm.server.openai_format import (Choice, chat_chunk, chat_logprobs, chat_response, completion_chunk,
+                                           completion_logprobs, completion_response, new_id, now, token_texts,
+                                           usage)
+from localllm.server.openai_requests import (chat_prompt, check_context, completion_prompts, reject_unsupported,
+                                             sampling_params)
+from localllm.server.openai_schemas import ChatCompletionRequest, CompletionRequest
+from localllm.server.sse import DONE, SSEResponse, event
+
+router = APIRouter()
+_CREATED = now()
+
+
+def _card(name: str) -> dict:
+    return {"id": name, "object": "model", "created": _CREATED, "owned_by": "localllm"}
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict:
+    return {"object": "list", "data": [_card(n) for n in request.app.state.daemon.models.available()]}
+
+
+@router.get("/v1/models/{model:path}")
+async def get_model(model: str, request: Request) -> dict:
+    found = request.app.state.daemon.models.lookup(model)
+    if found is None:
+        raise model_not_found(model)
+    return _card(found[0])
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request):
+    return await _serve(request, body, chat=True)
+
+
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, request: Request):
+    return await _serve(request, body, chat=False)
+
+
+async def _serve(request: Request, body, chat: bool):
+    daemon = request.app.state.daemon
+    reject_unsupported(body)
+    params = sampling_params(body)   # bad values fail before any model is loaded
+    model = await daemon.models.acquire(body.model)
+    job = Job(daemon.models, model, body.keep_alive)
+    try:
+        client = model.client
+        prompts = ([chat_prompt(client.tokenizer, body)] if chat
+                   else completion_prompts(client.tokenizer, body, client.info.vocab_size))
+        check_context(prompts, params.max_tokens, client.info.max_model_len, "messages" if chat else "prompt")
+        limit = daemon.settings.max_num_seqs + daemon.settings.max_queued
+        if params.n * len(prompts) > limit:
+            raise APIError(400, f"n x prompts ({params.n * len(prompts)}) is more than this server takes at once "
+                                f"({limit}).", param="n", code="invalid_value")
+        job.submit(prompts, params)
+        daemon.metrics.prompt_tokens.labels(model.name).inc(sum(map(len, prompts)))
+    except BaseException:
+        job.close()
+        raise
+    texts = token_texts(client.tokenizer) if params.logprobs is not None else None
+    prompt_tokens = sum(map(len, prompts))
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        stream = _chat_stream if chat else _completion_stream
+        return SSEResponse(stream(job, model.name, params.n, texts, prompt_tokens, include_usage), job.close)
+    try:
+        choices = await unless_disconnected(request, _collect(job, params.n))
+    except ClientGone:
+        return Response(status_code=499)   # nobody reads it; the request was aborted
+    finally:
+        job.close()
+    shape = chat_response if chat else completion_response
+    return JSONResponse(shape(new_id("chatcmpl" if chat else "cmpl"), model.name, choices, texts, prompt_tokens))
+
+
+async def _collect(job: Job, n: int) -> list[Choice]:
+    choices = [Choice() for _ in range(len(job.requests) * n)]
+    async for request, delta in job.deltas():
+        choice = choices[request.tag * n + delta.index]
+        choice.text += delta.text
+        choice.num_tokens += len(delta.token_ids)
+        if delta.logprobs:
+            choice.logprobs += delta.logprobs
+        if delta.finish_reason is not None:
+            choice.finish_reason = delta.finish_reason
+    return choices
+
+
+async def _chat_stream(job: Job, model: str, n: int, texts, prompt_tokens: int, include_usage: bool):
+    response_id, created = new_id("chatcmpl"), now()
+
+    def chunk(choices: list[dict]) -> str:
+        return event(chat_chunk(response_id, created, model, choices, include_usage))
+
+    for i in range(len(job.requests) * n):
+        yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                      "finish_reason": None}])
+    completion_tokens = 0
+    try:
+        async for request, delta in job.deltas():
+            i = request.tag * n + delta.index
+            completion_tokens += len(delta.token_ids)
+            logprobs = chat_logprobs(texts, delta.logprobs) if texts and delta.logprobs else None
+            if delta.text or logprobs:
+                yield chunk([{"index": i, "delta": {"content": delta.text}, "logprobs": logprobs,
+                              "finish_reason": None}])
+            if delta.finish_reason is not None:
+                yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": delta.finish_reason}])
+    except APIError as e:
+        yield event(e.body())
+        yield DONE
+        return
+    if include_usage:
+        yield event({"id": response_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                     "system_fingerprint": None, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
+    yield DONE
+
+
+async def _completion_stream(job: Job, model: str, n: int, texts, prompt_tokens: int, include_usage: bool):
+    response_id, created = new_id("cmpl"), now()
+    completion_tokens = 0
+    offsets: dict[int, int] = {}
+    try:
+        async for request, delta in job.deltas():
+            i = request.tag * n + delta.index
+            completion_tokens += len(delta.token_ids)
+            logprobs = None
+            if texts and delta.logprobs:
+                logprobs, offsets[i] = completion_logprobs(texts, delta.logprobs, offsets.get(i, 0))
+            if delta.text or logprobs or delta.finish_reason is not None:
+                yield event(completion_chunk(response_id, created, model, [
+                    {"index": i, "text": delta.text, "logprobs": logprobs, "finish_reason": delta.finish_reason}],
+                    include_usage))
+    except APIError as e:
+        yield event(e.body())
+        yield DONE
+        return
+    if include_usage:
+        yield event({"id": response_id, "object": "text_completion", "created": created, "model": model,
+                     "system_fingerprint": None, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
+    yield DONE

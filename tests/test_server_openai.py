@@ -1,0 +1,234 @@
+"""The daemon's OpenAI-compatible API through the official `openai` client, against a real daemon process:
+answers must equal what the offline LLM gives for the same request, token for token, with exact usage."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from daemon_helpers import running_daemon
+from localllm import LLM, SamplingParams
+from localllm.loader.hf_dir import load_tokenizer
+from localllm.loader.resolve import resolve_model
+from tiny_models import build_model_dir
+
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "The quick brown fox"}]
+PROMPT = "Paged attention keeps"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return str(build_model_dir("llama", tmp_path_factory.mktemp("models") / "tiny-llama"))
+
+
+@pytest.fixture(scope="module")
+def daemon(tiny, tmp_path_factory):
+    with running_daemon(tmp_path_factory.mktemp("daemon"), models=[tiny]) as d:
+        yield d
+
+
+@pytest.fixture(scope="module")
+def offline(tiny):
+    return LLM(tiny, block_size=4, num_kv_blocks=128)
+
+
+@pytest.fixture(scope="module")
+def oai(daemon):
+    return daemon.openai()
+
+
+def greedy(max_tokens, **kw):
+    return SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True, **kw)
+
+
+def test_models_list_has_the_started_model_and_the_embedded_alias(oai, tiny):
+    ids = [m.id for m in oai.models.list().data]
+    assert tiny in ids and "smollm2:135m" in ids
+    assert oai.models.retrieve(tiny).id == tiny
+
+
+def test_chat_greedy_equals_offline(oai, offline, tiny):
+    r = oai.chat.completions.create(model=tiny, messages=MESSAGES, max_tokens=12, temperature=0,
+                                    extra_body={"ignore_eos": True}, user="someone")   # `user` is accepted, ignored
+    expected = offline.chat(MESSAGES, greedy(12))[0]
+    assert r.object == "chat.completion" and r.id.startswith("chatcmpl-") and r.model == tiny
+    assert r.choices[0].message.role == "assistant"
+    assert r.choices[0].message.content == expected.outputs[0].text
+    assert r.choices[0].finish_reason == "length"
+    assert r.choices[0].logprobs is None
+    assert r.usage.prompt_tokens == len(offline.engine.chat_prompt(MESSAGES)) == len(expected.prompt_token_ids)
+    assert r.usage.completion_tokens == 12
+    assert r.usage.total_tokens == r.usage.prompt_tokens + 12
+
+
+def test_chat_stream_equals_offline_with_usage(oai, offline, tiny):
+    stream = oai.chat.completions.create(model=tiny, messages=MESSAGES, max_tokens=12, temperature=0, stream=True,
+                                         stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+    chunks = list(stream)
+    expected = offline.chat(MESSAGES, greedy(12))[0]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected.outputs[0].text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
+    assert chunks[-1].choices == [] and all(c.usage is None for c in chunks[:-1])
+    assert chunks[-1].usage.prompt_tokens == len(expected.prompt_token_ids)
+    assert chunks[-1].usage.completion_tokens == 12
+
+
+def test_completions_equal_offline_stream_and_not(oai, offline, tiny):
+    expected = offline.generate(PROMPT, greedy(10))[0]
+    r = oai.completions.create(model=tiny, prompt=PROMPT, max_tokens=10, temperature=0, extra_body={"ignore_eos": True})
+    assert r.object == "text_completion" and r.choices[0].text == expected.outputs[0].text
+    assert r.choices[0].finish_reason == "length"
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (len(offline.tokenizer.encode(PROMPT)), 10)
+    chunks = list(oai.completions.create(model=tiny, prompt=PROMPT, max_tokens=10, temperature=0, stream=True,
+                                         stream_options={"include_usage": True}, extra_body={"ignore_eos": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == expected.outputs[0].text
+    assert chunks[-1].usage.completion_tokens == 10 and chunks[-1].usage.prompt_tokens == r.usage.prompt_tokens
+    ids = [5, 17, 42, 99, 3]
+    r = oai.completions.create(model=tiny, prompt=ids, max_tokens=6, temperature=0, extra_body={"ignore_eos": True})
+    assert r.choices[0].text == offline.generate([ids], greedy(6))[0].outputs[0].text
+    assert r.usage.prompt_tokens == 5
+
+
+def test_n_seeded_completions_equal_offline(oai, offline, tiny):
+    params = SamplingParams(n=3, temperature=0.9, seed=11, max_tokens=8, ignore_eos=True)
+    expected = [o.text for o in offline.chat(MESSAGES, params)[0].outputs]
+    assert len(set(expected)) > 1
+    r = oai.chat.completions.create(model=tiny, messages=MESSAGES, n=3, temperature=0.9, seed=11, max_tokens=8,
+                                    extra_body={"ignore_eos": True})
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    assert [c.message.content for c in r.choices] == expected
+    assert r.usage.completion_tokens == 24 and r.usage.prompt_tokens == len(offline.engine.chat_prompt(MESSAGES))
+    streamed = {0: "", 1: "", 2: ""}
+    for chunk in oai.chat.completions.create(model=tiny, messages=MESSAGES, n=3, temperature=0.9, seed=11,
+                                             max_tokens=8, stream=True, extra_body={"ignore_eos": True}):
+        for choice in chunk.choices:
+            streamed[choice.index] += choice.delta.content or ""
+    assert list(streamed.values()) == expected
+
+
+def test_several_prompts_times_n(oai, offline, tiny):
+    prompts = ["The quick brown", "Continuous batching"]
+    r = oai.completions.create(model=tiny, prompt=prompts, n=2, max_tokens=5, temperature=0,
+                               extra_body={"ignore_eos": True})
+    expected = offline.generate(prompts, greedy(5))
+    assert [c.index for c in r.choices] == [0, 1, 2, 3]
+    assert [c.text for c in r.choices] == [expected[0].outputs[0].text] * 2 + [expected[1].outputs[0].text] * 2
+    assert r.usage.prompt_tokens == sum(len(offline.tokenizer.encode(p)) for p in prompts)
+    assert r.usage.completion_tokens == 20
+
+
+def test_chat_logprobs_equal_offline(oai, offline, tiny):
+    r = oai.chat.completions.create(model=tiny, messages=MESSAGES, max_tokens=6, temperature=0, logprobs=True,
+                                    top_logprobs=3, extra_body={"ignore_eos": True})
+    expected = offline.chat(MESSAGES, greedy(6, logprobs=3))[0].outputs[0]
+    content = r.choices[0].logprobs.content
+    assert len(content) == 6
+    tokenizer = offline.tokenizer
+    for entry, token_id, sampled in zip(content, expected.token_ids, expected.logprobs):
+        assert entry.logprob == pytest.approx(sampled.logprob, abs=1e-4)
+        assert len(entry.top_logprobs) == 3
+        assert entry.top_logprobs[0].token == entry.token and entry.top_logprobs[0].logprob == entry.logprob
+        assert [t.logprob for t in entry.top_logprobs] == pytest.approx([lp for _, lp in sampled.top_logprobs],
+                                                                         abs=1e-4)
+        text = tokenizer.decode([token_id], skip_special_tokens=False)
+        if "\ufffd" not in text:
+            assert bytes(entry.bytes).decode() == text == entry.token
+    streamed = [e for chunk in oai.chat.completions.create(
+        model=tiny, messages=MESSAGES, max_tokens=6, temperature=0, logprobs=True, top_logprobs=3, stream=True,
+        extra_body={"ignore_eos": True}) for c in chunk.choices if c.logprobs for e in c.logprobs.content]
+    assert [(e.token, e.bytes) for e in streamed] == [(e.token, e.bytes) for e in content]
+
+
+def test_completions_logprobs_shape(oai, tiny):
+    r = oai.completions.create(model=tiny, prompt=PROMPT, max_tokens=5, temperature=0, logprobs=2,
+                               extra_body={"ignore_eos": True})
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 5
+    assert lp.text_offset[0] == 0
+    assert all(b - a == len(t) for a, b, t in zip(lp.text_offset, lp.text_offset[1:], lp.tokens))
+    for token, logprob, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+        assert 1 <= len(top) <= 2 and max(top.values()) == pytest.approx(logprob)   # greedy: the best token
+        assert token in top
+
+
+def test_stop_string_and_stop_token(oai, offline, tiny):
+    full = offline.chat(MESSAGES, greedy(16))[0].outputs[0]
+    stop = full.text[len(full.text) // 3: len(full.text) // 3 + 3]
+    expected = offline.chat(MESSAGES, greedy(16, stop=[stop]))[0].outputs[0]
+    assert expected.finish_reason == "stop"
+    r = oai.chat.completions.create(model=tiny, messages=MESSAGES, max_tokens=16, temperature=0, stop=[stop],
+                                    extra_body={"ignore_eos": True})
+    assert r.choices[0].finish_reason == "stop" and r.choices[0].message.content == expected.text
+    assert r.usage.completion_tokens == len(expected.token_ids)
+    streamed = list(oai.chat.completions.create(model=tiny, messages=MESSAGES, max_tokens=16, temperature=0,
+                                                stop=stop, stream=True, extra_body={"ignore_eos": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in streamed) == expected.text
+    assert streamed[-1].choices[0].finish_reason == "stop"
+    r = oai.chat.completions.create(model=tiny, messages=MESSAGES, max_completion_tokens=16, temperature=0,
+                                    extra_body={"stop_token_ids": [full.token_ids[2]]})
+    assert r.choices[0].finish_reason == "stop"
+    assert r.usage.completion_tokens == full.token_ids.index(full.token_ids[2]) + 1
+
+
+def test_max_completion_tokens_and_sampling_extras_equal_offline(oai, offline, tiny):
+    r = oai.chat.completions.create(model=tiny, messages=MESSAGES, max_completion_tokens=5, temperature=0,
+                                    extra_body={"ignore_eos": True})
+    assert r.usage.completion_tokens == 5 and r.choices[0].finish_reason == "length"
+    params = SamplingParams(temperature=0.8, top_p=0.9, top_k=5, min_p=0.05, repetition_penalty=1.3,
+                            presence_penalty=0.5, frequency_penalty=0.3, seed=3, max_tokens=10, min_tokens=4)
+    expected = offline.chat(MESSAGES, params)[0].outputs[0]
+    r = oai.chat.completions.create(model=tiny, messages=MESSAGES, temperature=0.8, top_p=0.9, seed=3, max_tokens=10,
+                                    presence_penalty=0.5, frequency_penalty=0.3,
+                                    extra_body={"top_k": 5, "min_p": 0.05, "repetition_penalty": 1.3, "min_tokens": 4})
+    assert r.choices[0].message.content == expected.text
+    assert r.usage.completion_tokens == len(expected.token_ids)
+    assert r.choices[0].finish_reason == expected.finish_reason
+
+
+def test_concurrent_requests_are_batched(daemon, oai, tiny):
+    n, max_tokens = 8, 48
+    messages = [[{"role": "user", "content": f"Story number {i}"}] for i in range(n)]
+
+    def run(i, results):
+        chunks = list(oai.chat.completions.create(model=tiny, messages=messages[i], max_tokens=max_tokens,
+                                                  temperature=0, stream=True, stream_options={"include_usage": True},
+                                                  extra_body={"ignore_eos": True}))
+        results[i] = chunks[-1].usage.completion_tokens
+
+    alone = {}
+    steps = daemon.model_status(tiny)["steps"]
+    start = time.perf_counter()
+    run(0, alone)
+    single_s = time.perf_counter() - start
+    single_steps = daemon.model_status(tiny)["steps"] - steps
+    results = {}
+    threads = [threading.Thread(target=run, args=(i, results)) for i in range(n)]
+    steps = daemon.model_status(tiny)["steps"]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    together_s = time.perf_counter() - start
+    together_steps = daemon.model_status(tiny)["steps"] - steps
+    assert results == {i: max_tokens for i in range(n)}
+    # one engine step serves all the running requests: n requests take about the steps of one, not n times
+    assert single_steps >= max_tokens
+    assert together_steps < 2 * single_steps, (together_steps, single_steps)
+    assert together_s < 0.6 * n * single_s, (together_s, single_s)
+
+
+def test_embedded_model_answers_paris(daemon):
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    r = daemon.openai().chat.completions.create(model="smollm2:135m", messages=question, temperature=0,
+                                                max_tokens=12, extra_body={"keep_alive": 0})
+    assert r.choices[0].message.content == "The capital of France is Paris."
+    assert r.choices[0].finish_reason == "stop"
+    tokenizer = load_tokenizer(resolve_model("smollm2:135m"))
+    text = tokenizer.apply_chat_template(question, add_generation_prompt=True, tokenize=False)
+    assert r.usage.prompt_tokens == len(tokenizer.encode(text, add_special_tokens=False))
+    assert r.usage.completion_tokens == 8   # 7 tokens of text and <|im_end|>
+    daemon.wait_until(lambda s: all(m["name"] != "smollm2:135m" for m in s["models"]), 30, "the unload")
