@@ -144,5 +144,11 @@ def run(
         raise typer.Exit(130) from None
 
 
+from localllm.cli.daemon import serve, stop  # noqa: E402  (the daemon's verbs live in their own module)
+
+app.command()(serve)
+app.command()(stop)
+
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,50 @@
+"""`localllm serve` (the daemon, in the foreground) and `localllm stop` (stop the background daemon)."""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from localllm.errors import LocalLLMError
+from localllm.server.settings import DEFAULT_HOST, DEFAULT_KEEP_ALIVE_S, DEFAULT_PORT
+
+
+def _fail(error: Exception) -> None:
+    typer.echo(f"Error: {' '.join(str(error).split()) or type(error).__name__}", err=True)
+    raise typer.Exit(1)
+
+
+def serve(
+    host: str = typer.Option(DEFAULT_HOST, "--host", help="Address to bind; a non-loopback one needs an API key."),
+    port: int = typer.Option(DEFAULT_PORT, "--port", help="Port to listen on; 0 = any free port."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="LOCALLLM_API_KEY",
+                                          help="Require 'Authorization: Bearer KEY' (all routes but /health)."),
+    allow_host: List[str] = typer.Option([], "--allow-host", help="Also accept this Host header ('*' = any)."),
+    cors_origin: List[str] = typer.Option([], "--cors-origin", help="Allow this browser origin ('*' = any)."),
+    keep_alive: float = typer.Option(DEFAULT_KEEP_ALIVE_S, "--keep-alive", help="Seconds an idle model stays loaded; < 0 = forever."),
+    max_queued: int = typer.Option(64, "--max-queued", help="Requests that may wait beyond those running."),
+    model: List[str] = typer.Option([], "--model", help="Allow and preload this model (alias, directory, .gguf)."),
+    engine: List[str] = typer.Option([], "--engine", metavar="KEY=VALUE", help="Engine setting, e.g. num_kv_blocks=512."),
+) -> None:
+    """Run the daemon in the foreground: an OpenAI-compatible API on http://HOST:PORT/v1."""
+    from localllm.server.daemon import serve as run_daemon
+    from localllm.server.settings import ServerSettings, parse_engine_overrides
+
+    try:
+        settings = ServerSettings(host=host, port=port, api_key=api_key, allowed_hosts=allow_host,
+                                  cors_origins=cors_origin, keep_alive_s=keep_alive, max_queued=max_queued,
+                                  models=model, engine=parse_engine_overrides(engine))
+        run_daemon(settings)
+    except (LocalLLMError, ValueError) as e:
+        _fail(e)
+
+
+def stop() -> None:
+    """Stop the background daemon (its models are unloaded)."""
+    from localllm.client import stop_daemon
+
+    try:
+        stopped = stop_daemon()
+    except (LocalLLMError, OSError) as e:
+        _fail(e)
+    typer.echo(f"stopped the daemon at {stopped.url} (pid {stopped.pid})" if stopped else "no daemon is running")
