@@ -1,2 +1,14 @@
 """Compute kernels (installed as localllm.kernels). Each op has a plain-torch reference, the ground truth for
-tests and the path used where Triton is unavailable. Nothing here imports the rest of localllm."""
+tests and the path used where Triton is unavailable. Nothing here imports the rest of localllm.
+
+Triton kernels (each module imports triton when imported; import them only where a GPU and triton exist):
+  kv_cache.store_kvcache            K and V rows of a step into their cache slots (negative slot = skip)
+  paged_attention.paged_attention   varlen causal paged attention for a whole step, GQA, sliding window,
+                                    split-K flash decoding for all-decode steps with long contexts
+  rmsnorm.rms_norm                  RMSNorm with optional fused residual add
+  rotary.rotary_embedding           neox-style rotary from cos/sin caches, in place or not
+  activation.silu_and_mul           SwiGLU gate
+Plain torch: paged_attention_ref (store_kvcache, decode_attention, prefill_attention, paged_attention_varlen) and the
+*_ref function beside each kernel. tests/test_kernels.py checks every kernel against its reference under Triton's
+interpreter; scripts/gpu_kernel_check.py does so on a GPU in bf16 and times them.
+"""

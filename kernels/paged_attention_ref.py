@@ -58,3 +58,20 @@ def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     mask = _visible(query_pos, torch.arange(context_len, device=q.device), sliding_window)
     out = torch.nn.functional.scaled_dot_product_attention(q.transpose(0, 1), k, v, attn_mask=mask, scale=scale)
     return out.transpose(0, 1)
+
+
+def paged_attention_varlen(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+                           query_start_loc: torch.Tensor | list[int], context_lens: torch.Tensor | list[int],
+                           scale: float, sliding_window: int | None = None) -> torch.Tensor:
+    """Reference of kernels.paged_attention.paged_attention: a whole step at once. Sequence i owns the query rows
+    query_start_loc[i]:query_start_loc[i + 1] of q [T, H, D], which are the last positions of its context_lens[i]
+    tokens (decodes, prefills, chunks after a cached prefix alike), causal. Returns [T, H, D]."""
+    starts = [int(x) for x in query_start_loc]
+    lens = [int(x) for x in context_lens]
+    out = torch.zeros_like(q)
+    for i, context_len in enumerate(lens):
+        start, end = starts[i], starts[i + 1]
+        if end > start:
+            out[start:end] = prefill_attention(q[start:end], k_cache, v_cache, block_tables[i], context_len, scale,
+                                               sliding_window)
+    return out
