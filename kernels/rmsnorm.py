@@ -1,0 +1,77 @@
+"""Triton fused RMSNorm with optional residual add, fp32 accumulation; `rms_norm_ref` is its plain-torch reference
+(the same arithmetic as localllm/layers/norm.py: residual added in the input dtype, normalised in fp32, cast back,
+then scaled by the weight in the input dtype)."""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None):
+    """Returns normed, or (normed, x + residual) when residual is given."""
+    if residual is not None:
+        residual = x + residual
+        x = residual
+    dtype = x.dtype
+    xf = x.float()
+    normed = weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(dtype)
+    return normed if residual is None else (normed, residual)
+
+
+@triton.jit
+def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n_cols, eps,
+                     stride_x, stride_r, stride_o, stride_ro,
+                     HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
+    if HAS_RESIDUAL:
+        r = tl.load(res_ptr + row * stride_r + cols, mask=mask, other=0.0)
+        x = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)   # rounded like the reference's x + residual
+        tl.store(res_out_ptr + row * stride_ro + cols, x, mask=mask)
+    xf = x.to(tl.float32)
+    inv = tl.rsqrt(tl.sum(xf * xf, 0) / n_cols + eps)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0)
+    y = (xf * inv).to(x.dtype).to(tl.float32) * w.to(tl.float32)
+    tl.store(out_ptr + row * stride_o + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None, *,
+             inplace: bool = False):
+    """RMSNorm over the last dim of x [..., N] with weight [N]. Without residual returns normed; with residual
+    [..., N] returns (normed, x + residual). inplace=True writes normed into x and x + residual into residual
+    (both must then be contiguous in the last dim with rows at a fixed stride) and returns them."""
+    n_cols = x.shape[-1]
+    assert weight.shape == (n_cols,)
+    x2 = x.reshape(-1, n_cols)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    rows = x2.shape[0]
+    r2 = None
+    if residual is not None:
+        assert residual.shape == x.shape
+        r2 = residual.reshape(-1, n_cols)
+        if r2.stride(-1) != 1:
+            r2 = r2.contiguous()
+    if inplace:
+        assert x2.data_ptr() == x.data_ptr() and (r2 is None or r2.data_ptr() == residual.data_ptr()), \
+            "inplace needs x and residual viewable as [rows, N]"
+        out2, res_out2 = x2, r2
+    else:
+        out2 = torch.empty((rows, n_cols), dtype=x.dtype, device=x.device)
+        res_out2 = torch.empty((rows, n_cols), dtype=x.dtype, device=x.device) if residual is not None else None
+    if rows:
+        block = triton.next_power_of_2(n_cols)
+        _rms_norm_kernel[(rows,)](
+            x2, r2 if r2 is not None else x2, weight, out2, res_out2 if res_out2 is not None else out2,
+            n_cols, float(eps), x2.stride(0), r2.stride(0) if r2 is not None else 0, out2.stride(0),
+            res_out2.stride(0) if res_out2 is not None else 0,
+            HAS_RESIDUAL=residual is not None, BLOCK=block,
+            num_warps=min(16, max(1, block // 256)),
+        )
+    if inplace:
+        return x if residual is None else (x, residual)
+    normed = out2.view(x.shape)
+    return normed if residual is None else (normed, res_out2.view(x.shape))
