@@ -11,10 +11,11 @@ import signal
 import socket
 import sys
 import time
+from pathlib import Path
 
 from localllm.errors import LocalLLMError
-from localllm.server.settings import (DEFAULT_HOST, DEFAULT_KEEP_ALIVE_S, DEFAULT_PORT, ServerSettings,
-                                      api_key_from_env, parse_engine_overrides)
+from localllm.server.settings import (API_KEY_ENV, DEFAULT_HOST, DEFAULT_KEEP_ALIVE_S, DEFAULT_PORT,
+                                      ServerSettings, api_key_from_env, parse_engine_overrides)
 from localllm.server.state import DaemonState, default_state_path, live_daemon, remove_state, write_state
 
 
@@ -64,7 +65,7 @@ def serve(settings: ServerSettings, log_level: str = "info") -> None:
     app = create_app(settings, url)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
                             timeout_graceful_shutdown=3, ws="none")
-    server = _Server(config)
+    server = _make_server(config)
     state = DaemonState(pid=os.getpid(), url=url, host=settings.host, port=port,
                         started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                         api_key_required=bool(settings.api_key))
@@ -77,28 +78,27 @@ def serve(settings: ServerSettings, log_level: str = "info") -> None:
         raise DaemonStartError("the daemon failed to start (see the messages above)")
 
 
-def _server_class():
+def _make_server(config):
+    """A uvicorn server that leaves SIGINT/SIGTERM to us: uvicorn re-raises them after shutting down, which
+    would kill the process before the state file is removed (see _serve)."""
     import uvicorn
 
     class Server(uvicorn.Server):
-        """uvicorn re-raises SIGTERM after shutting down, which would kill us before the state file is
-        removed; we take the signals ourselves instead (see _serve)."""
-
         @contextlib.contextmanager
         def capture_signals(self):
             yield
 
-    return Server
-
-
-def _Server(config):
-    return _server_class()(config)
+    return Server(config)
 
 
 async def _serve(server, sock: socket.socket, state_path, state: DaemonState) -> None:
     loop = asyncio.get_running_loop()
+    def on_signal() -> None:   # the first signal shuts down gracefully, a second one at once
+        server.force_exit = server.should_exit
+        server.should_exit = True
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+        loop.add_signal_handler(sig, on_signal)
     task = asyncio.ensure_future(server.serve(sockets=[sock]))
     while not server.started and not task.done():
         await asyncio.sleep(0.01)
@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m localllm.server", description="The localllm daemon.")
     p.add_argument("--host", default=DEFAULT_HOST)
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 = any free port")
-    p.add_argument("--api-key", default=None, help=f"prefer ${'LOCALLLM_API_KEY'}: arguments are visible to ps")
+    p.add_argument("--api-key", default=None, help=f"prefer ${API_KEY_ENV}: arguments are visible to ps")
     p.add_argument("--allow-host", action="append", default=[], help="accept this Host header name ('*' = any)")
     p.add_argument("--cors-origin", action="append", default=[], help="allow this browser origin ('*' = any)")
     p.add_argument("--keep-alive", type=float, default=DEFAULT_KEEP_ALIVE_S, help="seconds; < 0 = forever")
@@ -125,8 +125,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
-    from pathlib import Path
-
     return ServerSettings(host=args.host, port=args.port, api_key=args.api_key or api_key_from_env(),
                           allowed_hosts=args.allow_host, cors_origins=args.cors_origin, keep_alive_s=args.keep_alive,
                           max_queued=args.max_queued, models=args.model,

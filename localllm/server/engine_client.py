@@ -4,6 +4,7 @@ reader thread hands the pipe's messages to the loop, a writer thread feeds the p
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import queue
 import threading
@@ -20,6 +21,8 @@ from localllm.server import engine_process
 from localllm.server.errors import APIError
 from localllm.server.protocol import (AbortRequests, AddRequest, EngineFailed, EngineStats, FinishSequence,
                                       LoadFailed, Loaded, RequestFailed, Shutdown, StepOutput)
+
+log = logging.getLogger("localllm.server")
 
 
 class EngineLoadError(Exception):
@@ -167,6 +170,16 @@ class EngineClient:
 
     # --- on the event loop ---------------------------------------------------------------------------
     def _on_message(self, message) -> None:
+        try:
+            self._handle(message)
+        except Exception:  # noqa: BLE001 - a bug here must fail the requests, not leave them hanging
+            log.exception("processing a message of the engine of %s failed", self.name)
+            error = APIError(500, "Internal error while processing the engine's output.", code="internal_error")
+            for request in list(self._requests.values()):
+                request.queue.put_nowait(error)
+                self.abort(request)
+
+    def _handle(self, message) -> None:
         if isinstance(message, StepOutput):
             self.stats = message.stats
             if message.events:
