@@ -153,3 +153,19 @@ def test_serve_and_stop_verbs(tiny, tmp_path):
     finally:
         stop_process_group(serve)
         log.close()
+
+
+def test_models_known_to_the_store_are_loadable_by_name(tiny, tmp_path, monkeypatch):
+    from localllm.hub import store
+
+    monkeypatch.setenv("LOCALLLM_HOME", str(tmp_path / "home"))   # a store of its own, inherited by the daemon
+    store.save(store.ModelEntry(name="tiny:local", source="local", path=tiny, size=1, format="F32",
+                                modified="2026-01-01T00:00:00Z"))
+    with running_daemon(tmp_path / "daemon") as daemon:   # started with no --model at all
+        client = daemon.client()
+        assert "tiny:local" in client.models()
+        assert chat(client, "tiny:local")["model"] == "tiny:local"
+        assert daemon.model_status("tiny:local")["state"] == "ready"
+        with pytest.raises(DaemonError) as refused:
+            chat(client, tiny)   # the same files, named by path, were not allowed
+        assert refused.value.status == 404
