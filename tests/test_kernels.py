@@ -1,0 +1,389 @@
+"""Every Triton kernel of localllm.kernels against its plain-torch reference, on small shapes, run on the CPU by
+Triton's interpreter.
+
+Whether Triton interprets is fixed when a @triton.jit decorator runs, Triton's own library functions (tl.zeros,
+tl.sum, ...) included, which are decorated when triton is first imported. So TRITON_INTERPRET=1 must be set before
+triton is imported, and it must not leak into the rest of the test session (a process that imported triton in
+interpreter mode cannot compile real GPU kernels). Hence two modes:
+- in-process: when this process already runs Triton in interpreter mode (TRITON_INTERPRET=1 was set before triton
+  was imported, e.g. `TRITON_INTERPRET=1 pytest tests/test_kernels.py`), the kernel tests below run here, one by one;
+- otherwise (the normal `pytest` run): only test_kernels_under_triton_interpreter is collected, and it runs this file
+  in a child pytest with TRITON_INTERPRET=1, printing the child's report if anything fails.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+
+def _interpreting() -> bool:
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+        import triton.language as tl
+    except ImportError:
+        return False
+    return isinstance(getattr(tl, "zeros", None), InterpretedFunction)
+
+
+IN_PROCESS = _interpreting()
+
+
+def _loop_bounds_from_loads_work() -> bool:
+    """Probe: a loop whose bound is a loaded scalar (as in the attention kernels)."""
+    import triton.language as tl
+
+    @triton.jit
+    def probe(n_ptr, out_ptr):
+        acc = 0
+        for i in range(0, tl.load(n_ptr), 1):
+            acc += i
+        tl.store(out_ptr, acc)
+
+    out = torch.zeros(1, dtype=torch.int32)
+    try:
+        probe[(1,)](torch.tensor([4], dtype=torch.int32), out)
+    except Exception as e:   # noqa: BLE001  (InterpreterError wrapping a TypeError)
+        if "0-dimensional" not in repr(e):
+            raise
+        return False
+    return int(out[0]) == 6
+
+
+def _fix_interpreter_loop_bounds() -> None:
+    """Triton 3.6's interpreter turns a scalar into a loop bound with int(array of shape (1,)), which NumPy >= 2.5
+    rejects (later Triton squeezes first). Give tensors the later __index__; this only touches the interpreter of
+    this (test) process, and only where the probe above fails."""
+    import triton.runtime.interpreter as interp
+    original = interp._patch_lang_tensor
+
+    def patched(tensor, scope, *args, **kwargs):
+        original(tensor, scope, *args, **kwargs)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    interp._patch_lang_tensor = patched
+
+
+if IN_PROCESS and not _loop_bounds_from_loads_work():
+    _fix_interpreter_loop_bounds()
+    assert _loop_bounds_from_loads_work()
+
+
+def test_kernels_under_triton_interpreter():
+    """Runs the kernel tests of this file in a child process where Triton interprets (see the module docstring)."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+                          cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+                          timeout=900)
+    report = proc.stdout[-20000:] + proc.stderr[-5000:]
+    assert proc.returncode == 0, "kernel tests under TRITON_INTERPRET=1 failed:\n" + report
+    assert " passed" in proc.stdout and "failed" not in proc.stdout, report
+
+
+@pytest.fixture(scope="module")
+def K():
+    from localllm.kernels import activation, kv_cache, paged_attention, rmsnorm, rotary
+    return SimpleNamespace(kv_cache=kv_cache, paged_attention=paged_attention, rmsnorm=rmsnorm, rotary=rotary,
+                           activation=activation)
+
+
+from localllm.kernels import paged_attention_ref as ref  # noqa: E402  (plain torch, no triton)
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _paged_setup(ctx_lens, q_lens, num_heads, num_kv_heads, head_dim, block_size, dtype=torch.float32, seed=0,
+                 extra_cols=2):
+    """A cache filled with random K/V, blocks handed out in a random order, tables padded with 0 columns."""
+    g = _gen(seed)
+    blocks_per_seq = [-(-c // block_size) for c in ctx_lens]
+    num_blocks = sum(blocks_per_seq) + 3
+    k_cache = torch.randn(num_blocks, block_size, num_kv_heads, head_dim, generator=g).to(dtype)
+    v_cache = torch.randn(num_blocks, block_size, num_kv_heads, head_dim, generator=g).to(dtype)
+    order = (torch.randperm(num_blocks - 1, generator=g) + 1).tolist()
+    width = max(blocks_per_seq) + extra_cols
+    tables = torch.zeros(len(ctx_lens), width, dtype=torch.int32)
+    for i, n in enumerate(blocks_per_seq):
+        tables[i, :n] = torch.tensor(order[:n], dtype=torch.int32)
+        order = order[n:]
+    qsl = torch.zeros(len(q_lens) + 1, dtype=torch.int32)
+    qsl[1:] = torch.tensor(q_lens).cumsum(0)
+    q = torch.randn(int(qsl[-1]), num_heads, head_dim, generator=g).to(dtype)
+    return q, k_cache, v_cache, tables, qsl, torch.tensor(ctx_lens, dtype=torch.int32)
+
+
+def _check_attention(K, ctx_lens, q_lens, num_heads, num_kv_heads, head_dim, block_size, window=None,
+                     dtype=torch.float32, atol=2e-5, **kwargs):
+    q, kc, vc, tables, qsl, ctx = _paged_setup(ctx_lens, q_lens, num_heads, num_kv_heads, head_dim, block_size, dtype)
+    scale = head_dim ** -0.5
+    out = torch.full_like(q, float("nan"))   # poisoned: every row must be written
+    res = K.paged_attention.paged_attention(q, kc, vc, tables, qsl, ctx, scale, window, out=out,
+                                            max_query_len=max(q_lens), max_context_len=max(ctx_lens), **kwargs)
+    assert res is out
+    want = ref.paged_attention_varlen(q.float(), kc.float(), vc.float(), tables, qsl, ctx, scale, window)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), want, atol=atol, rtol=atol)
+    return q, kc, vc, tables, qsl, ctx, out
+
+
+# --- store_kvcache ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("num_kv_heads,head_dim,block_size", [(2, 16, 4), (1, 64, 16), (3, 24, 8)])
+def test_store_kvcache_matches_reference_and_skips_padding(K, num_kv_heads, head_dim, block_size):
+    g = _gen(1)
+    num_tokens, num_blocks = 9, 6
+    # k and v as strided views of one fused projection, like the model's qkv split
+    fused = torch.randn(num_tokens, 3 * num_kv_heads * head_dim, generator=g)
+    k = fused[:, num_kv_heads * head_dim:2 * num_kv_heads * head_dim].view(num_tokens, num_kv_heads, head_dim)
+    v = fused[:, 2 * num_kv_heads * head_dim:].view(num_tokens, num_kv_heads, head_dim)
+    slots = torch.randperm(num_blocks * block_size, generator=g)[:num_tokens]
+    slots[[2, 5]] = -1   # padded tokens of a CUDA-graph batch
+    k_cache = torch.randn(num_blocks, block_size, num_kv_heads, head_dim, generator=g)
+    v_cache = torch.randn_like(k_cache)
+    want_k, want_v = k_cache.clone(), v_cache.clone()
+    K.kv_cache.store_kvcache_ref(k, v, want_k, want_v, slots)
+    K.kv_cache.store_kvcache(k, v, k_cache, v_cache, slots.to(torch.int32))
+    assert torch.equal(k_cache, want_k) and torch.equal(v_cache, want_v)
+    # the reference agrees with the engine's CPU store where there is no padding
+    keep = slots >= 0
+    plain_k, plain_v = torch.zeros_like(k_cache), torch.zeros_like(v_cache)
+    ref.store_kvcache(k[keep], v[keep], plain_k, plain_v, slots[keep])
+    flat = slots[keep]
+    assert torch.equal(plain_k.view(-1, num_kv_heads, head_dim)[flat], k_cache.view(-1, num_kv_heads, head_dim)[flat])
+
+
+# --- paged attention: varlen (mixed decode / prefill / chunked prefill) ----------------------------------------
+
+# sequences: two decodes, a prefill after a cached prefix, a fresh prefill, a later chunk of a chunked prefill
+MIXED_CTX = [5, 37, 25, 13, 30]
+MIXED_Q = [1, 1, 9, 13, 6]
+
+
+@pytest.mark.parametrize("group,head_dim,block_size", [
+    (1, 16, 16), (2, 16, 4), (4, 16, 8), (1, 64, 4), (2, 64, 16), (4, 128, 16), (2, 128, 8), (4, 24, 4),
+])
+def test_paged_attention_mixed_batch(K, group, head_dim, block_size):
+    num_kv_heads = 2
+    _check_attention(K, MIXED_CTX, MIXED_Q, group * num_kv_heads, num_kv_heads, head_dim, block_size)
+
+
+def test_paged_attention_long_prefill_spans_several_query_tiles(K):
+    # q_len 40 with group 1 gives 32-row tiles in the interpreter: several tiles per sequence, several key tiles each
+    _check_attention(K, [70, 40, 3], [40, 40, 1], 2, 2, 16, 8)
+
+
+def test_paged_attention_with_gpu_tile_sizes(K, monkeypatch):
+    # the tiles the GPU gets (128-row query tiles, 64-key tiles, 64-key split-K steps), here in the interpreter
+    monkeypatch.setattr(K.paged_attention, "GPU_TILES_EVERYWHERE", True)
+    _check_attention(K, [150, 40, 7, 90], [1, 40, 7, 70], 8, 2, 16, 16)
+    _check_attention(K, [150, 40, 7, 90], [1, 40, 7, 70], 8, 2, 16, 16, window=33)
+    _check_attention(K, [300, 17, 129], [1, 1, 1], 4, 1, 16, 16, split_kv=True, partition_size=64)
+
+
+def test_paged_attention_random_batches(K):
+    g = _gen(7)
+    for trial in range(4):
+        num_seqs = int(torch.randint(1, 6, (1,), generator=g))
+        q_lens = torch.randint(1, 24, (num_seqs,), generator=g).tolist()
+        q_lens = [1 if torch.rand(1, generator=g) < 0.4 else n for n in q_lens]
+        ctx_lens = [n + int(torch.randint(0, 40, (1,), generator=g)) for n in q_lens]
+        window = [None, 8, 30][trial % 3]
+        _check_attention(K, ctx_lens, q_lens, 4, 2, 16, [4, 8, 16][trial % 3], window=window)
+
+
+def test_paged_attention_odd_group_and_tiny_head_dim(K):
+    # group 3 (rows padded to 16), head_dim 8 (padded to 16 lanes)
+    _check_attention(K, [9, 20], [1, 7], 6, 2, 8, 4)
+
+
+def test_paged_attention_fp16(K):
+    _check_attention(K, MIXED_CTX, MIXED_Q, 4, 2, 32, 8, dtype=torch.float16, atol=2e-3)
+
+
+@pytest.mark.parametrize("window", [4, 11, 64])
+def test_paged_attention_sliding_window(K, window):
+    _check_attention(K, [5, 37, 25, 30], [1, 1, 9, 20], 4, 2, 16, 4, window=window)
+
+
+def test_paged_attention_decode_batch_matches_decode_reference(K):
+    ctx_lens = [1, 7, 16, 33, 50]
+    q, kc, vc, tables, qsl, ctx, out = _check_attention(K, ctx_lens, [1] * 5, 8, 2, 16, 8, split_kv=False)
+    want = ref.decode_attention(q, kc, vc, tables, ctx, 16 ** -0.5)
+    torch.testing.assert_close(out, want, atol=2e-5, rtol=2e-5)
+
+
+# --- split-K (flash decoding) ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("group,head_dim,block_size,window", [(4, 16, 16, None), (2, 64, 8, None), (1, 16, 4, 50)])
+def test_split_k_decode_long_context(K, group, head_dim, block_size, window):
+    # contexts of a few hundred tokens over 32-token partitions: up to 10 partitions per sequence, uneven last ones
+    _check_attention(K, [300, 17, 129], [1, 1, 1], 2 * group, 2, head_dim, block_size, window=window,
+                     split_kv=True, partition_size=32)
+
+
+def test_split_k_is_chosen_automatically_for_long_decodes(K, monkeypatch):
+    pa = K.paged_attention
+    assert pa.use_split_kv(1, pa.SPLIT_MIN_CONTEXT + 1, 1, 8, num_sms=132)
+    assert pa.use_split_kv(1, 4096, 32, 8, num_sms=132)
+    assert not pa.use_split_kv(1, pa.SPLIT_MIN_CONTEXT, 1, 8, num_sms=132)      # short contexts
+    assert not pa.use_split_kv(2, 100_000, 1, 8, num_sms=132)                    # not all decodes
+    assert not pa.use_split_kv(1, 100_000, 64, 8, num_sms=132)                   # the one-pass grid fills the GPU
+    calls = []
+    original = pa._decode_split_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            calls.append(grid)
+            return original[grid]
+
+    monkeypatch.setattr(pa, "SPLIT_MIN_CONTEXT", 64)
+    monkeypatch.setattr(pa, "_decode_split_kernel", Spy())
+    _check_attention(K, [200, 65], [1, 1], 4, 2, 16, 16, partition_size=32)
+    assert calls and calls[0][2] == 7   # ceil(200 / 32) partitions
+
+
+def test_decode_of_empty_padded_sequence_is_zero_not_nan(K):
+    # CUDA-graph padding: a sequence with context 0 must not poison the output with NaN
+    for split in (False, True):
+        q, kc, vc, tables, qsl, ctx = _paged_setup([40, 1], [1, 1], 2, 1, 16, 8)
+        ctx[1] = 0
+        out = K.paged_attention.paged_attention(q, kc, vc, tables, qsl, ctx, 0.25, max_query_len=1,
+                                                max_context_len=40, split_kv=split, partition_size=16)
+        assert torch.isfinite(out).all() and torch.all(out[1] == 0)
+        want = ref.decode_attention(q[:1], kc, vc, tables[:1], ctx[:1], 0.25)
+        torch.testing.assert_close(out[:1], want, atol=2e-5, rtol=2e-5)
+
+
+def test_paged_attention_int64_metadata(K):
+    # the engine's batch builder may hand int64 tensors; the kernels accept them as well as int32
+    q, kc, vc, tables, qsl, ctx = _paged_setup(MIXED_CTX, MIXED_Q, 4, 2, 16, 8)
+    want = ref.paged_attention_varlen(q, kc, vc, tables, qsl, ctx, 0.25)
+    out = K.paged_attention.paged_attention(q, kc, vc, tables.long(), qsl.long(), ctx.long(), 0.25,
+                                            max_query_len=13, max_context_len=37)
+    torch.testing.assert_close(out, want, atol=2e-5, rtol=2e-5)
+    q, kc, vc, tables, qsl, ctx = _paged_setup([100, 7], [1, 1], 4, 2, 16, 8)
+    out = K.paged_attention.paged_attention(q, kc, vc, tables.long(), qsl.long(), ctx.long(), 0.25,
+                                            max_query_len=1, max_context_len=100, split_kv=True, partition_size=32)
+    torch.testing.assert_close(out, ref.decode_attention(q, kc, vc, tables, ctx, 0.25), atol=2e-5, rtol=2e-5)
+
+
+def test_sequences_without_queries_are_skipped(K):
+    # a sequence with q_len 0 (first, in the middle, last) owns no row: nothing is written for it, the rest is right
+    for split in (False, True):
+        q, kc, vc, tables, qsl, ctx = _paged_setup([30, 40, 9, 50], [0, 1, 0, 1], 2, 1, 16, 8)
+        out = torch.full_like(q, float("nan"))
+        K.paged_attention.paged_attention(q, kc, vc, tables, qsl, ctx, 0.25, out=out, max_query_len=1,
+                                          max_context_len=50, split_kv=split, partition_size=16)
+        torch.testing.assert_close(out, ref.paged_attention_varlen(q, kc, vc, tables, qsl, ctx, 0.25),
+                                   atol=2e-5, rtol=2e-5)
+    q, kc, vc, tables, qsl, ctx = _paged_setup([30, 40, 9, 50], [0, 5, 0, 1], 2, 1, 16, 8)
+    out = torch.full_like(q, float("nan"))
+    K.paged_attention.paged_attention(q, kc, vc, tables, qsl, ctx, 0.25, out=out, max_query_len=5,
+                                      max_context_len=50)
+    torch.testing.assert_close(out, ref.paged_attention_varlen(q, kc, vc, tables, qsl, ctx, 0.25),
+                               atol=2e-5, rtol=2e-5)
+
+
+def test_paged_attention_strided_q_view(K):
+    # q as a view of a fused qkv projection (token stride != H * D)
+    q, kc, vc, tables, qsl, ctx = _paged_setup([12, 20], [4, 20], 4, 2, 16, 4)
+    fused = torch.randn(q.shape[0], 4 * 16 + 2 * 2 * 16)
+    fused[:, :64] = q.reshape(q.shape[0], -1)
+    qv = fused[:, :64].view(q.shape[0], 4, 16)
+    out = K.paged_attention.paged_attention(qv, kc, vc, tables, qsl, ctx, 0.25, max_query_len=20,
+                                            max_context_len=20)
+    want = ref.paged_attention_varlen(q, kc, vc, tables, qsl, ctx, 0.25)
+    torch.testing.assert_close(out, want, atol=2e-5, rtol=2e-5)
+
+
+# --- rmsnorm, rotary, activation -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("hidden", [64, 48])
+def test_rms_norm(K, hidden):
+    g = _gen(2)
+    x = torch.randn(5, hidden, generator=g)
+    residual = torch.randn(5, hidden, generator=g)
+    weight = torch.rand(hidden, generator=g) + 0.5
+    torch.testing.assert_close(K.rmsnorm.rms_norm(x, weight, 1e-6), K.rmsnorm.rms_norm_ref(x, weight, 1e-6))
+    normed, new_res = K.rmsnorm.rms_norm(x, weight, 1e-6, residual)
+    want_normed, want_res = K.rmsnorm.rms_norm_ref(x, weight, 1e-6, residual)
+    torch.testing.assert_close(normed, want_normed)
+    torch.testing.assert_close(new_res, want_res)
+    # in place: x becomes normed, residual becomes x + residual; 3-D input (per-head q/k norm style)
+    x3, r3 = x.clone().view(5, -1, 16), residual.clone().view(5, -1, 16)
+    w16 = weight[:16].contiguous()
+    want_normed, want_res = K.rmsnorm.rms_norm_ref(x3.clone(), w16, 1e-5, r3.clone())
+    got_normed, got_res = K.rmsnorm.rms_norm(x3, w16, 1e-5, r3, inplace=True)
+    assert got_normed is x3 and got_res is r3
+    torch.testing.assert_close(x3, want_normed)
+    torch.testing.assert_close(r3, want_res)
+
+
+def test_rms_norm_matches_layer_arithmetic_fp16(K):
+    g = _gen(3)
+    x = torch.randn(4, 64, generator=g).half()
+    residual = torch.randn(4, 64, generator=g).half()
+    weight = (torch.rand(64, generator=g) + 0.5).half()
+    normed, new_res = K.rmsnorm.rms_norm(x, weight, 1e-6, residual)
+    want_normed, want_res = K.rmsnorm.rms_norm_ref(x, weight, 1e-6, residual)
+    assert torch.equal(new_res, want_res)
+    torch.testing.assert_close(normed, want_normed, atol=2e-3, rtol=2e-3)
+
+
+def _rope_cache(head_dim: int, max_pos: int, base: float = 10000.0):
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2).float() / head_dim))
+    freqs = torch.outer(torch.arange(max_pos, dtype=torch.float32), inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+@pytest.mark.parametrize("head_dim,num_heads,num_kv_heads", [(16, 4, 2), (64, 3, 1)])
+def test_rotary(K, head_dim, num_heads, num_kv_heads):
+    g = _gen(4)
+    cos, sin = _rope_cache(head_dim, 64)
+    positions = torch.randint(0, 64, (7,), generator=g)
+    q_size, kv_size = num_heads * head_dim, num_kv_heads * head_dim
+    qkv = torch.randn(7, q_size + 2 * kv_size, generator=g)
+    q = qkv[:, :q_size].view(7, num_heads, head_dim)
+    k = qkv[:, q_size:q_size + kv_size].view(7, num_kv_heads, head_dim)
+    want_q, want_k = K.rotary.rotary_ref(positions, q, k, cos, sin)
+    # the reference is the layer's formula: x * cos + rotate_half(x) * sin
+    c, s = cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)
+    rot = torch.cat((-q[..., head_dim // 2:], q[..., :head_dim // 2]), -1)
+    torch.testing.assert_close(want_q, q * c + rot * s)
+    got_q, got_k = K.rotary.rotary_embedding(positions, q, k, cos, sin)
+    torch.testing.assert_close(got_q, want_q)
+    torch.testing.assert_close(got_k, want_k)
+    v_before = qkv[:, q_size + kv_size:].clone()
+    got_q, got_k = K.rotary.rotary_embedding(positions.to(torch.int32), q, k, cos, sin, inplace=True)
+    assert got_q is q and got_k is k
+    torch.testing.assert_close(q, want_q)
+    torch.testing.assert_close(k, want_k)
+    assert torch.equal(qkv[:, q_size + kv_size:], v_before)   # v untouched
+
+
+@pytest.mark.parametrize("shape", [(6, 2 * 48), (2, 3, 2 * 64)])
+def test_silu_and_mul(K, shape):
+    x = torch.randn(*shape, generator=_gen(5))
+    got = K.activation.silu_and_mul(x)
+    assert got.shape == (*shape[:-1], shape[-1] // 2)
+    torch.testing.assert_close(got, K.activation.silu_and_mul_ref(x))
+    gate, up = x.chunk(2, -1)
+    torch.testing.assert_close(got, torch.nn.functional.silu(gate) * up)
+
+
+# Collect either the kernel tests (in-process mode) or the driver that runs them in a child (normal mode), not both.
+if IN_PROCESS:
+    del test_kernels_under_triton_interpreter
+else:
+    for _name in [n for n in list(globals()) if n.startswith("test_") and n != "test_kernels_under_triton_interpreter"]:
+        del globals()[_name]
