@@ -189,7 +189,7 @@ def test_max_completion_tokens_and_sampling_extras_equal_offline(oai, offline, t
 
 
 def test_concurrent_requests_are_batched(daemon, oai, tiny):
-    n, max_tokens = 8, 48
+    n, max_tokens = 8, 96
     messages = [[{"role": "user", "content": f"Story number {i}"}] for i in range(n)]
 
     def run(i, results):
