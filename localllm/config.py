@@ -19,6 +19,7 @@ class Config:
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
     num_threads: int | None = None    # CPU intra-op threads; None = torch's default
+    enforce_eager: bool = False       # GPU: no CUDA graphs (debugging)
 
     def __post_init__(self) -> None:
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):

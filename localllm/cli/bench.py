@@ -19,6 +19,7 @@ DtypeOpt = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or floa
 RandomOpt = typer.Option(None, "--random-weights", help="Build qwen3-0.6b, llama-3.2-1b or llama-3.1-8b from its "
                                                         "real config with random weights instead of loading one.")
 JsonOpt = typer.Option(None, "--json-out", help="Also write the result as JSON to this file.")
+MaxLenOpt = typer.Option(4096, "--max-model-len", help="Context length the engine is set up for.")
 
 
 def _load_core(model: str | None, random_weights: str | None, dtype: str, **config):
@@ -60,6 +61,7 @@ def latency(
     model: Optional[str] = ModelArg,
     random_weights: Optional[str] = RandomOpt,
     dtype: str = DtypeOpt,
+    max_model_len: int = MaxLenOpt,
     prompt_tokens: int = typer.Option(128, help="Prompt length of the decode run."),
     new_tokens: int = typer.Option(256, help="Tokens generated in the decode run."),
     ttft_prompt_tokens: int = typer.Option(1024, help="Prompt length of the time-to-first-token run."),
@@ -69,7 +71,7 @@ def latency(
     from localllm.benchmark import measure_latency
 
     try:
-        core, load_s = _load_core(model, random_weights, dtype)
+        core, load_s = _load_core(model, random_weights, dtype, max_model_len=max_model_len)
         name = random_weights or model or "smollm2:135m"
         _report(measure_latency(core, load_s, name, prompt_tokens, new_tokens, ttft_prompt_tokens), json_out)
     except (LocalLLMError, ValueError) as e:
@@ -81,6 +83,7 @@ def throughput(
     model: Optional[str] = ModelArg,
     random_weights: Optional[str] = RandomOpt,
     dtype: str = DtypeOpt,
+    max_model_len: int = MaxLenOpt,
     workload: str = typer.Option("streams", help="'streams' (N equal greedy streams) or 'nano-vllm'."),
     streams: int = typer.Option(16, help="Concurrent sequences of the 'streams' workload."),
     prompt_tokens: int = typer.Option(128, help="Prompt length of each stream."),
@@ -94,9 +97,7 @@ def throughput(
     if workload not in ("streams", "nano-vllm"):
         _fail(ValueError(f"unknown workload {workload!r}; use 'streams' or 'nano-vllm'"))
     try:
-        config = dict(max_num_seqs=max_num_seqs)
-        if workload == "nano-vllm":
-            config.update(max_model_len=4096)
+        config = dict(max_num_seqs=max_num_seqs, max_model_len=max_model_len)
         core, _ = _load_core(model, random_weights, dtype, **config)
         name = random_weights or model or "smollm2:135m"
         _report(measure_throughput(core, name, workload, streams, prompt_tokens, new_tokens), json_out)

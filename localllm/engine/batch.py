@@ -44,15 +44,22 @@ def build_step_batch(scheduled: list[ScheduledSeq], block_size: int, device: tor
     width = max(-(-n // block_size) for n in context_lens)
     tables = [s.seq.block_table[:width] + [0] * (width - min(width, len(s.seq.block_table))) for s in ordered]
 
-    def tensor(values, dtype=torch.int64):
+    # the GPU kernels take int32 metadata; the CPU path indexes with int64
+    index_dtype = torch.int32 if device.type == "cuda" else torch.int64
+
+    def tensor(values, dtype=index_dtype):
         return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
 
     meta = AttentionMetadata(
         slot_mapping=tensor(slots),
         block_tables=tensor(tables),
         context_lens=tensor(context_lens),
+        query_start_loc=tensor(query_start_loc),
         num_decodes=sum(1 for s in ordered if s.num_new_tokens == 1),
-        query_start_loc=query_start_loc,
+        max_query_len=max(s.num_new_tokens for s in ordered),
+        max_context_len=max(context_lens),
+        query_start_loc_host=query_start_loc,
         context_lens_host=context_lens,
     )
-    return StepBatch(tensor(input_ids), tensor(positions), meta, tensor(logits_indices), sampling_seqs)
+    return StepBatch(tensor(input_ids, torch.int64), tensor(positions, torch.int64), meta,
+                     tensor(logits_indices, torch.int64), sampling_seqs)

@@ -53,6 +53,8 @@ class EngineCore:
         self.num_blocks = self._num_kv_blocks(hf_config, model_len)
         self.runner.allocate_kv_cache(self.num_blocks, config.block_size)
         self.max_model_len = min(model_len, self.num_blocks * config.block_size)
+        if self.device.type == "cuda" and not config.enforce_eager:
+            self.runner.capture_decode_graphs(config.max_num_seqs, self.max_model_len, config.block_size)
         self.vocab_size = hf_config.vocab_size
         self.eos_token_ids = eos_token_ids
         self.block_manager = BlockManager(self.num_blocks, config.block_size, config.enable_prefix_caching)

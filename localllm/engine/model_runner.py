@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from localllm.engine.batch import StepBatch, build_step_batch
+from localllm.engine.cuda_graphs import DecodeGraphs
 from localllm.engine.request import Sequence
 from localllm.engine.scheduler import ScheduledSeq
 from localllm.layers.attention import Attention
@@ -40,7 +41,14 @@ class ModelRunner:
         else:
             load_weights(self.model, model_dir)
         self.model.eval()
+        self.hidden_size = hf_config.hidden_size
         self.kv_cache: torch.Tensor | None = None
+        self.decode_graphs: DecodeGraphs | None = None
+
+    @torch.inference_mode()
+    def capture_decode_graphs(self, max_num_seqs: int, max_model_len: int, block_size: int) -> None:
+        self.decode_graphs = DecodeGraphs(self.model, self.hidden_size, self.dtype, self.device, max_num_seqs,
+                                          max_model_len, block_size)
 
     def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
         layers = [m for m in self.model.modules() if isinstance(m, Attention)]
@@ -59,7 +67,7 @@ class ModelRunner:
             length = min(left, max_seq_len)
             seqs.append(Sequence("profile", [0] * length, None))
             left -= length
-        blocks_per_seq = -(-max_seq_len // block_size)
+        blocks_per_seq = -(-len(seqs[0]) // block_size)
         self.allocate_kv_cache(blocks_per_seq * len(seqs), block_size)
         for i, seq in enumerate(seqs):
             seq.block_table = list(range(i * blocks_per_seq, (i + 1) * blocks_per_seq))
@@ -82,7 +90,10 @@ class ModelRunner:
     @torch.inference_mode()
     def forward(self, batch: StepBatch) -> torch.Tensor:
         """Returns float32 logits [len(batch.sampling_seqs), vocab]."""
-        hidden = self.model(batch.input_ids, batch.positions, batch.attention)
+        if self.decode_graphs is not None and self.decode_graphs.can_run(batch):
+            hidden = self.decode_graphs.run(batch)
+        else:
+            hidden = self.model(batch.input_ids, batch.positions, batch.attention)
         if not batch.sampling_seqs:
             return hidden.new_empty((0, 0), dtype=torch.float32)
         return self.model.compute_logits(hidden[batch.logits_indices]).float()

@@ -1,4 +1,7 @@
-"""Attention over the paged KV cache. The per-step layout arrives as an explicit AttentionMetadata."""
+"""Attention over the paged KV cache. The per-step layout arrives as an explicit AttentionMetadata.
+
+On a GPU the Triton kernels of localllm.kernels do the work (one launch stores K/V, one attends for the
+whole step); elsewhere their plain-torch references do."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,11 +14,14 @@ from localllm.kernels import paged_attention_ref as ref
 
 @dataclass
 class AttentionMetadata:
-    slot_mapping: torch.Tensor      # [T] cache slot of every token of this step
+    slot_mapping: torch.Tensor      # [T] cache slot of every token of this step (-1 = padding, skipped)
     block_tables: torch.Tensor      # [B, max_blocks] block ids per sequence, padded with 0
     context_lens: torch.Tensor      # [B] tokens of each sequence in the cache once this step's are written
+    query_start_loc: torch.Tensor   # [B + 1] where each sequence's tokens start
     num_decodes: int                # sequences (and tokens) 0..num_decodes-1 have exactly one query token
-    query_start_loc: list[int]      # host copy, B + 1 entries: where each sequence's tokens start
+    max_query_len: int              # upper bounds, fixed per captured CUDA graph
+    max_context_len: int
+    query_start_loc_host: list[int]  # host copies for the plain-torch path
     context_lens_host: list[int]
 
 
@@ -34,6 +40,8 @@ class Attention(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """q: [T, H, D], k/v: [T, Hkv, D] for this step's tokens -> [T, H, D]."""
+        if q.is_cuda:
+            return self._forward_triton(q, k, v, meta)
         ref.store_kvcache(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
         out = torch.empty_like(q)
         n = meta.num_decodes
@@ -41,7 +49,16 @@ class Attention(nn.Module):
             out[:n] = ref.decode_attention(q[:n], self.k_cache, self.v_cache, meta.block_tables[:n],
                                            meta.context_lens[:n], self.scale, self.sliding_window)
         for i in range(n, len(meta.context_lens_host)):
-            start, end = meta.query_start_loc[i], meta.query_start_loc[i + 1]
+            start, end = meta.query_start_loc_host[i], meta.query_start_loc_host[i + 1]
             out[start:end] = ref.prefill_attention(q[start:end], self.k_cache, self.v_cache, meta.block_tables[i],
                                                    meta.context_lens_host[i], self.scale, self.sliding_window)
         return out
+
+    def _forward_triton(self, q, k, v, meta: AttentionMetadata) -> torch.Tensor:
+        from localllm.kernels.kv_cache import store_kvcache
+        from localllm.kernels.paged_attention import paged_attention
+
+        store_kvcache(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
+        return paged_attention(q, self.k_cache, self.v_cache, meta.block_tables, meta.query_start_loc,
+                               meta.context_lens, self.scale, self.sliding_window,
+                               max_query_len=meta.max_query_len, max_context_len=meta.max_context_len)
