@@ -232,3 +232,17 @@ def test_embedded_model_answers_paris(daemon):
     assert r.usage.prompt_tokens == len(tokenizer.encode(text, add_special_tokens=False))
     assert r.usage.completion_tokens == 8   # 7 tokens of text and <|im_end|>
     daemon.wait_until(lambda s: all(m["name"] != "smollm2:135m" for m in s["models"]), 30, "the unload")
+
+
+def test_the_shared_client_streams_and_reports_refusals(daemon, oai, tiny):
+    from localllm.client import DaemonError
+
+    with daemon.client() as client:
+        chunks = list(client.chat_stream(tiny, MESSAGES, max_tokens=6, temperature=0, ignore_eos=True))
+        whole = client.chat(tiny, MESSAGES, max_tokens=6, temperature=0, ignore_eos=True)
+        assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == \
+            whole["choices"][0]["message"]["content"]
+        with pytest.raises(DaemonError) as refused:
+            list(client.chat_stream("../../etc", MESSAGES))
+        assert refused.value.status == 404 and "does not exist" in str(refused.value)
+        assert tiny in client.models() and client.health()["status"] == "ok"
