@@ -6,7 +6,7 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Seed = Field(default=None, ge=-(2 ** 63), le=2 ** 64 - 1)
+Seed = Field(default=None, ge=-(2 ** 63), le=2 ** 63 - 1)   # seed + i (completion i) must fit torch's range
 
 
 class StreamOptions(BaseModel):
