@@ -2,7 +2,9 @@
 # What the lead runs on the GPU machine (device tool), from the repository root, with .whl carried.
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  && export PYTHONPATH=/tmp/site:$PWD || exit 1
+  && export PYTHONPATH=/tmp/site || exit 1
+# editable install: kernels/ is mapped to localllm.kernels, which a bare PYTHONPATH cannot do
+python3 -m pip install -q --no-deps --no-build-isolation -e . || exit 1
 export PYTHONUNBUFFERED=1 LOCALLLM_HOME=/tmp/llhome
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 ll() { python3 -m localllm.cli.main "$@"; }
