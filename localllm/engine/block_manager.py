@@ -127,6 +127,8 @@ class BlockManager:
             return
         num_full = seq.num_computed_tokens // self.block_size
         start = seq.num_hashed_blocks
+        if num_full <= start:   # most decode steps fill no block
+            return
         parent = self.blocks[seq.block_table[start - 1]].hash if start else None
         for i in range(start, num_full):
             block = self.blocks[seq.block_table[i]]

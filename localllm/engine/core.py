@@ -14,7 +14,7 @@ from localllm.engine.model_runner import ModelRunner, kv_bytes_per_block
 from localllm.engine.request import Sequence
 from localllm.engine.sampler import SampledToken, Sampler, SamplingRow
 from localllm.engine.scheduler import Scheduler
-from localllm.errors import PromptTooLongError
+from localllm.errors import LocalLLMError, PromptTooLongError
 from localllm.sampling_params import SamplingParams
 
 GiB = 1 << 30
@@ -73,7 +73,10 @@ class EngineCore:
             budget = free - step - (1 - self.config.gpu_memory_fraction) * total
         else:
             budget = self.config.kv_memory_gib * GiB
-        return max(1, int(budget // per_block))
+        if budget < per_block:
+            raise LocalLLMError(f"no memory left for the KV cache on {self.device} "
+                                f"({budget / GiB:.2f} GiB available after the weights and activations)")
+        return int(budget // per_block)
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
         n = len(prompt_token_ids)
@@ -120,8 +123,7 @@ class EngineCore:
         self.scheduler.step_done(out)
         if not batch.sampling_seqs:
             return []
-        rows = [SamplingRow(s.params, s.prompt_token_ids, s.output_token_ids, s.generator)
-                for s in batch.sampling_seqs]
+        rows = [self._sampling_row(s) for s in batch.sampling_seqs]
         events = []
         for seq, sampled in zip(batch.sampling_seqs, self.sampler(logits, rows)):
             seq.token_ids.append(sampled.token_id)
@@ -133,6 +135,14 @@ class EngineCore:
                 self._forget_if_done(seq.request_id)
             events.append(TokenEvent(seq.request_id, seq.index, sampled, reason))
         return events
+
+    @staticmethod
+    def _sampling_row(seq: Sequence) -> SamplingRow:
+        p = seq.params
+        # copying a long sequence's history every step costs; only penalties and min_tokens look at it
+        if p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty or p.min_tokens:
+            return SamplingRow(p, seq.prompt_token_ids, seq.output_token_ids, seq.generator)
+        return SamplingRow(p, [], [], seq.generator)
 
     def _fork(self, parent: Sequence) -> None:
         """The other n - 1 completions start from the parent's prompt, sharing its full prompt blocks."""

@@ -136,7 +136,7 @@ def _sample(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
     device = logits.device
     temperature = torch.tensor([row.params.temperature for row in rows], device=device)
     scaled = logits / temperature[:, None]
-    uniforms = torch.cat([torch.rand(1, generator=row.generator, device=device) for row in rows])
+    uniforms = _uniforms(rows, device)
     token_ids = torch.empty(len(rows), dtype=torch.long, device=device)
     for (width, top_k), members in _groups_by_candidate_window(rows, logits.shape[1]).items():
         group = (_rows_of(scaled, members), [rows[i] for i in members], uniforms[members])
@@ -147,6 +147,13 @@ def _sample(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
         else:
             token_ids[members] = _sample_nucleus(*group, width)
     return token_ids
+
+
+def _uniforms(rows: list[SamplingRow], device: torch.device) -> torch.Tensor:
+    """One uniform per row; a batch without seeded rows draws them in one launch instead of one per row."""
+    if all(row.generator is None for row in rows):
+        return torch.rand(len(rows), device=device)
+    return torch.cat([torch.rand(1, generator=row.generator, device=device) for row in rows])
 
 
 def _rows_of(tensor: torch.Tensor, index: list[int]) -> torch.Tensor:
