@@ -115,3 +115,13 @@ def test_n_completions_share_prompt_blocks(model_dir):
         core.step()
     assert_all_blocks_returned(llm)
     generate_and_check(llm, model_dir, [prompt], 8, n=3)
+
+
+def test_cached_free_block_count_tracks_the_free_list(model_dir):
+    llm = LLM(str(model_dir), block_size=4, num_kv_blocks=24)
+    batch = prompts(8, [13, 9, 21, 6])
+    generate_and_check(llm, model_dir, batch, 5)
+    generate_and_check(llm, model_dir, batch[:2], 5)   # hits, and evictions in a pool this small
+    manager = llm.engine.core.block_manager
+    assert manager.num_cached_free_blocks == sum(1 for b in manager.free if manager.blocks[b].hash is not None)
+    assert manager.num_cached_free_blocks > 0

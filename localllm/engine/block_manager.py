@@ -48,6 +48,7 @@ class BlockManager:
         self.blocks = [Block(i) for i in range(num_blocks)]
         self.free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))  # oldest first
         self.cached: dict[bytes, int] = {}   # hash -> block id
+        self._num_cached_free = 0
         self.stats = PrefixCacheStats()
 
     @property
@@ -56,7 +57,8 @@ class BlockManager:
 
     @property
     def num_cached_free_blocks(self) -> int:
-        return sum(1 for b in self.free if self.blocks[b].hash is not None)
+        """Free blocks that still hold a cached prefix (counted as they move, since status reads it every step)."""
+        return self._num_cached_free
 
     def blocks_needed(self, seq: Sequence, num_tokens: int) -> int:
         return max(0, -(-num_tokens // self.block_size) - len(seq.block_table))
@@ -65,11 +67,13 @@ class BlockManager:
         block = self.blocks[block_id]
         if block.ref_count == 0:
             del self.free[block_id]
+            self._num_cached_free -= block.hash is not None
         block.ref_count += 1
 
     def _allocate_fresh(self) -> int:
         block_id, _ = self.free.popitem(last=False)
         block = self.blocks[block_id]
+        self._num_cached_free -= block.hash is not None
         if block.hash is not None and self.cached.get(block.hash) == block_id:
             del self.cached[block.hash]   # evicted: its old contents are about to be overwritten
         block.hash = None
@@ -145,5 +149,6 @@ class BlockManager:
             block.ref_count -= 1
             if block.ref_count == 0:
                 self.free[block_id] = None
+                self._num_cached_free += block.hash is not None
         seq.block_table = []
         seq.num_computed_tokens = seq.num_hashed_blocks = 0
