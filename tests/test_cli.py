@@ -1,14 +1,41 @@
-"""The `localllm` command line, in-process (Typer's CliRunner) and once as a real subprocess."""
+"""`localllm run` through the daemon it starts in the background (Ollama-style), in-process (Typer's CliRunner)
+and as a real subprocess. Every daemon a test starts is stopped (or killed) by the `daemons` fixture."""
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
+from daemon_helpers import wait_gone
 from localllm.cli.main import app
+from localllm.client import DaemonError, find_daemon, stop_daemon
+from tiny_models import build_model_dir
 
 QUESTION = "What is the capital of France?"
 runner = CliRunner()
+
+
+@pytest.fixture
+def daemons(monkeypatch):
+    """`run` starts its daemon on any free port ($LOCALLLM_HOST); the daemons seen are taken down at the end."""
+    monkeypatch.setenv("LOCALLLM_HOST", "127.0.0.1:0")
+    assert find_daemon() is None
+    pids = []
+
+    def seen() -> int:
+        pid = find_daemon().pid
+        pids.append(pid)
+        return pid
+
+    yield seen
+    with contextlib.suppress(DaemonError, OSError):
+        stop_daemon()
+    for pid in pids:   # a killed daemon's engines exit on their own; make sure of it
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
 
 
 def _one_line_error(result) -> None:
@@ -18,28 +45,45 @@ def _one_line_error(result) -> None:
     assert len(lines) == 1 and lines[0].startswith("Error:"), result.stderr
 
 
-def test_help_lists_run():
+def test_help_lists_run_and_ps():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    assert "run" in result.stdout
+    assert "run" in result.stdout and "ps" in result.stdout
 
 
-def test_run_answers_with_the_embedded_model():
-    result = runner.invoke(app, ["run", QUESTION])
-    assert result.exit_code == 0, result.output
-    assert "Paris" in result.stdout
-
-
-def test_unknown_model_is_a_one_line_error():
-    _one_line_error(runner.invoke(app, ["run", "/nonexistent/model", "hi"]))
-
-
-def test_invalid_sampling_value_is_a_one_line_error():
-    _one_line_error(runner.invoke(app, ["run", "hi", "--temperature", "-1"]))
-
-
-def test_console_entry_point_in_a_subprocess():
+def test_run_starts_the_daemon_and_answers_with_the_embedded_model(daemons):
     result = subprocess.run([sys.executable, "-m", "localllm.cli.main", "run", QUESTION], capture_output=True,
                             text=True, stdin=subprocess.DEVNULL, env=os.environ.copy(), timeout=300)
     assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout
+    pid = daemons()   # left running in the background, as Ollama does
+    result = runner.invoke(app, ["run", QUESTION, "--verbose"])
+    assert result.exit_code == 0, result.output
+    assert "Paris" in result.stdout
+    assert "time to first token" in result.stderr and "started the daemon" not in result.stderr
+    assert daemons() == pid   # the same daemon answered
+
+
+def test_a_sigkilled_daemon_is_detected_and_restarted_by_the_next_run(daemons, tmp_path):
+    tiny = str(build_model_dir("qwen2", tmp_path / "tiny-qwen2"))
+    result = runner.invoke(app, ["run", tiny, "hi", "--max-tokens", "3", "--verbose"])
+    assert result.exit_code == 0, result.output
+    assert "started the daemon" in result.stderr
+    first = daemons()
+    os.kill(first, signal.SIGKILL)
+    assert wait_gone(first)
+    result = runner.invoke(app, ["run", tiny, "hi", "--max-tokens", "3", "--verbose"])
+    assert result.exit_code == 0, result.output
+    assert "started the daemon" in result.stderr
+    assert daemons() != first
+
+
+def test_unknown_model_is_a_one_line_error():
+    _one_line_error(runner.invoke(app, ["run", "/nonexistent/model", "hi"]))
+    _one_line_error(runner.invoke(app, ["run", "no-such-model", "hi"]))
+    assert find_daemon() is None   # refused before any daemon was started
+
+
+def test_invalid_sampling_value_is_a_one_line_error():
+    _one_line_error(runner.invoke(app, ["run", "hi", "--temperature", "-1"]))
+    assert find_daemon() is None

@@ -39,10 +39,22 @@ def serve(
         _fail(e)
 
 
-def stop() -> None:
-    """Stop the background daemon (its models are unloaded)."""
-    from localllm.client import stop_daemon
+def stop(model: Optional[str] = typer.Argument(None, help="Unload only this model; the daemon keeps running.")) -> None:
+    """Stop the background daemon (its models are unloaded), or unload only MODEL."""
+    from localllm.client import Client, find_daemon, stop_daemon
 
+    if model is not None:
+        state = find_daemon()
+        if state is None:
+            typer.echo("no daemon is running")
+            return
+        try:
+            with Client(state.url, timeout=30.0) as client:
+                unloaded = client.unload(model)["state"]
+        except LocalLLMError as e:
+            _fail(e)
+        typer.echo(f"unloaded {model}" if unloaded == "unloaded" else f"{model} unloads when its last request ends")
+        return
     try:
         stopped = stop_daemon()
     except (LocalLLMError, OSError) as e:

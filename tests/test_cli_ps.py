@@ -1,0 +1,120 @@
+"""`localllm ps`, `stop MODEL` and `run` against a real daemon serving a tiny model (started on the default state
+file in this session's $LOCALLLM_HOME, so the CLI finds it) and always taken down."""
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from daemon_helpers import running_daemon
+from localllm.cli.main import app
+from localllm.client import find_daemon
+from localllm.hub.pull import format_size
+from localllm.server.state import default_state_path
+from tiny_models import build_model_dir
+
+runner = CliRunner()
+
+
+def test_ps_without_a_daemon_says_so_and_starts_none():
+    result = runner.invoke(app, ["ps"])
+    assert result.exit_code == 0 and result.stdout.startswith("no daemon running")
+    result = runner.invoke(app, ["ps", "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout) is None
+    result = runner.invoke(app, ["stop", "anything"])
+    assert result.exit_code == 0 and "no daemon is running" in result.stdout
+    assert find_daemon() is None
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return str(build_model_dir("llama", tmp_path_factory.mktemp("models") / "tiny-llama"))
+
+
+@pytest.fixture(scope="module")
+def daemon(tiny, tmp_path_factory):
+    assert find_daemon() is None
+    with running_daemon(tmp_path_factory.mktemp("daemon"), models=[tiny], state_file=default_state_path()) as d:
+        yield d
+
+
+def chat(daemon, tiny, messages, max_tokens):
+    with daemon.client() as client:
+        reply = client.chat(tiny, messages, temperature=0, max_tokens=max_tokens)
+    return reply["choices"][0]["message"]["content"]
+
+
+def test_run_through_the_daemon_prints_what_the_api_answers(daemon, tiny):
+    expected = chat(daemon, tiny, [{"role": "user", "content": "The quick brown fox"}], 12)
+    result = runner.invoke(app, ["run", tiny, "The quick brown fox", "--max-tokens", "12"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == expected + "\n"
+
+
+def test_run_without_a_prompt_is_a_multi_turn_chat_through_the_daemon(daemon, tiny):
+    first = chat(daemon, tiny, [{"role": "user", "content": "hi"}], 6)
+    second = chat(daemon, tiny, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": first},
+                                 {"role": "user", "content": "again"}], 6)
+    result = runner.invoke(app, ["run", tiny, "--max-tokens", "6"], input="hi\nagain\n/bye\nnot asked\n")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{first}\n{second}\n"
+
+
+def test_ps_shows_the_model_and_the_daemon_s_numbers(daemon, tiny):
+    chat(daemon, tiny, [{"role": "user", "content": "hi"}], 4)
+    status = daemon.status()
+    result = runner.invoke(app, ["ps"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "SIZE", "PROCESSOR", "TP", "CONTEXT", "UNTIL"]
+    model = status["models"][0]
+    row = re.split(r" {3,}", lines[1])
+    assert row[0] == tiny and row[2:5] == ["CPU", "1", str(model["context_length"])], lines[1]
+    assert re.fullmatch(r"\d+\.\d (MiB|GiB)", row[1]) and row[1].split()[1] == format_size(model["memory_bytes"]).split()[1]
+    assert re.fullmatch(r"[45] minutes from now", row[5]), row[5]   # keep-alive 300 s, just used
+    kv = status["kv_blocks"]
+    assert kv["total"] == 128 and kv["used"] + kv["cached"] + kv["free"] == kv["total"] and kv["cached"] > 0
+    assert (f"KV cache:      {kv['used']} used / {kv['cached']} cached / {kv['free']} free of 128 blocks "
+            "(4 tokens each)") in lines
+    prefix = status["prefix_cache"]
+    assert f"prefix cache:  {prefix['hit_rate']:.1%} hit rate ({prefix['hits']} of {prefix['queries']} prompt tokens)" in lines
+    assert "requests:      0 running, 0 waiting" in lines
+    assert any(line.startswith("CPU: ") and "RAM: " in line and "GiB used" in line for line in lines)   # no GPU here
+    assert f"daemon:        pid {status['pid']} at {daemon.url}" in result.stdout
+
+
+def test_ps_json_is_the_status_plus_gpus(daemon, tiny):
+    result = runner.invoke(app, ["ps", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    status = daemon.status()
+    assert data["gpus"] == []
+    assert [m["name"] for m in data["models"]] == [tiny]
+    assert data["kv_blocks"] == status["kv_blocks"] and data["pid"] == status["pid"]
+
+
+def test_ps_watch_refreshes_until_ctrl_c(daemon, tiny):
+    watch = subprocess.Popen([sys.executable, "-m", "localllm.cli.main", "ps", "--watch", "--interval", "0.2"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(4)
+        watch.send_signal(signal.SIGINT)
+        out, err = watch.communicate(timeout=20)
+    finally:
+        watch.kill()
+    assert watch.returncode == 0, err
+    assert "Traceback" not in err and "NAME" in out and tiny in out and "Ctrl-C to quit" in out
+
+
+def test_stop_model_unloads_only_that_model(daemon, tiny):
+    pid = daemon.status()["pid"]
+    result = runner.invoke(app, ["stop", tiny])
+    assert result.exit_code == 0 and result.stdout.strip() == f"unloaded {tiny}"
+    status = daemon.status()
+    assert status["models"] == [] and status["pid"] == pid   # the daemon goes on
+    result = runner.invoke(app, ["stop", tiny])
+    assert result.exit_code == 1 and result.stderr.strip() == f"Error: The model '{tiny}' is not loaded."
