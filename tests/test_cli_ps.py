@@ -6,11 +6,13 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 from typer.testing import CliRunner
 
 from daemon_helpers import running_daemon
+from localllm.cli import ps
 from localllm.cli.main import app
 from localllm.client import find_daemon
 from localllm.hub.pull import format_size
@@ -118,3 +120,42 @@ def test_stop_model_unloads_only_that_model(daemon, tiny):
     assert status["models"] == [] and status["pid"] == pid   # the daemon goes on
     result = runner.invoke(app, ["stop", tiny])
     assert result.exit_code == 1 and result.stderr.strip() == f"Error: The model '{tiny}' is not loaded."
+
+
+def _fake_nvml(init_error: bool = False):
+    nvml = types.ModuleType("pynvml")
+    nvml.NVMLError = type("NVMLError", (Exception,), {})
+
+    def init():
+        if init_error:
+            raise nvml.NVMLError("NVML Shared Library Not Found")
+
+    nvml.nvmlInit, nvml.nvmlShutdown = init, lambda: None
+    nvml.nvmlDeviceGetCount = lambda: 2
+    nvml.nvmlDeviceGetHandleByIndex = lambda i: i
+    nvml.nvmlDeviceGetName = lambda h: b"NVIDIA H100 80GB HBM3"
+    nvml.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(used=(h + 1) * 12 << 30, total=80 << 30)
+    nvml.nvmlDeviceGetUtilizationRates = lambda h: types.SimpleNamespace(gpu=40 + h)
+    return nvml
+
+
+def test_ps_shows_each_gpu_through_nvml_and_nothing_without_a_driver(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", _fake_nvml(init_error=True))
+    assert ps.gpu_stats() == []
+    monkeypatch.setitem(sys.modules, "pynvml", _fake_nvml())
+    status = {"models": [{"name": "qwen3:8b", "state": "ready", "device": "cuda:0", "memory_bytes": 17 << 30,
+                          "context_length": 40960, "keep_alive_until": None, "keep_alive_forever": True,
+                          "tensor_parallel_size": 2},
+                         {"name": "qwen3:0.6b", "state": "loading"}],
+              "kv_blocks": {"total": 10, "used": 1, "cached": 2, "free": 7, "block_size": 16},
+              "prefix_cache": {"queries": 10, "hits": 5, "hit_rate": 0.5}, "running": 1, "waiting": 0,
+              "tokens_per_s": 1234.5, "pid": 1, "address": "http://127.0.0.1:11435", "uptime_s": 4000,
+              "gpus": ps.gpu_stats()}
+    assert ps.render(status).splitlines()[:6] == [
+        "NAME         SIZE       PROCESSOR   TP   CONTEXT   UNTIL",
+        "qwen3:8b     17.0 GiB   GPU 0       2    40960     Forever",
+        "qwen3:0.6b   -          -           -    -         loading",
+        "",
+        "GPU 0  NVIDIA H100 80GB HBM3: 12.0 GiB / 80.0 GiB used, 40% utilization",
+        "GPU 1  NVIDIA H100 80GB HBM3: 24.0 GiB / 80.0 GiB used, 41% utilization",
+    ]

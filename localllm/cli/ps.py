@@ -113,7 +113,7 @@ def render(status: dict | None, now: datetime | None = None) -> str:
 def _processor(device: str | None) -> str:
     if not device:
         return "-"
-    return "CPU" if device == "cpu" else device.replace("cuda", "GPU")
+    return "CPU" if device == "cpu" else device.replace("cuda:", "GPU ").replace("cuda", "GPU")
 
 
 def _until(model: dict, now: datetime) -> str:
