@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from daemon_helpers import wait_gone
+from fake_hub import hub, tiny_model_dir  # noqa: F401 (hub is a fixture)
 from localllm.cli.main import app
 from localllm.client import DaemonError, find_daemon, stop_daemon
 from tiny_models import build_model_dir
@@ -76,6 +77,20 @@ def test_a_sigkilled_daemon_is_detected_and_restarted_by_the_next_run(daemons, t
     assert result.exit_code == 0, result.output
     assert "started the daemon" in result.stderr
     assert daemons() != first
+
+
+def test_run_pulls_a_missing_model_first_without_asking(hub, daemons, monkeypatch, tmp_path_factory):
+    from localllm.hub import aliases, store
+
+    hub.add_dir("test-org/tiny-qwen3", tiny_model_dir(tmp_path_factory))
+    monkeypatch.setitem(aliases.ALIASES, "tiny:test", "test-org/tiny-qwen3")
+    result = runner.invoke(app, ["run", "tiny:test", "hi", "--max-tokens", "3"])   # stdin is not a terminal
+    assert result.exit_code == 0, result.output
+    assert "pulling" in result.stderr and store.find("tiny:test") is not None
+    daemons()
+    result = runner.invoke(app, ["run", "tiny:test", "hi", "--max-tokens", "3"])
+    assert result.exit_code == 0 and "pulling" not in result.stderr, result.output
+    assert hub.fetched("test-org/tiny-qwen3", "model.safetensors", "GET") != []
 
 
 def test_unknown_model_is_a_one_line_error():
