@@ -19,6 +19,7 @@ def _main() -> None:
     """localllm: run language models locally with localllm's own inference engine."""
 
 
+from localllm.cli.chat import chat  # noqa: E402  (the Textual app, localllm.tui)
 from localllm.cli.daemon import serve, stop  # noqa: E402  (the daemon's verbs live in their own module)
 from localllm.cli.ps import ps  # noqa: E402
 from localllm.cli.run import run  # noqa: E402
@@ -27,6 +28,7 @@ app.command()(run)
 app.command()(serve)
 app.command()(stop)
 app.command()(ps)
+app.command()(chat)
 
 
 if __name__ == "__main__":

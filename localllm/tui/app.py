@@ -1,0 +1,115 @@
+"""`localllm chat`'s app: owns the connection to the daemon (localllm.client) and polls /api/status for the
+stats line; the chat itself is ChatScreen."""
+from __future__ import annotations
+
+from textual import work
+from textual.app import App
+
+from localllm.client import Client, DaemonError, connect, ensure_daemon
+from localllm.hub.embedded import EMBEDDED_ALIAS
+from localllm.tui.conversations import Conversation
+from localllm.tui.screens.chat import ChatScreen
+from localllm.tui.screens.start_daemon import StartDaemonScreen
+from localllm.tui.widgets.stats_bar import daemon_text
+
+
+class ChatApp(App):
+    """`client`: a localllm.client.Client (or anything with its status/models/chat_stream methods); without one
+    the app finds the running daemon and offers to start one. `request_extra`: more fields for every chat
+    request. `poll_interval`: seconds between /api/status polls (0 = none)."""
+
+    CSS_PATH = "chat.tcss"
+    TITLE = "localllm chat"
+    ENABLE_COMMAND_PALETTE = False
+
+    def __init__(self, model: str | None = None, *, client: Client | None = None, system: str = "",
+                 temperature: float = 0.7, max_tokens: int = 512, conversation: Conversation | None = None,
+                 request_extra: dict | None = None, poll_interval: float = 1.0):
+        super().__init__()
+        self.client = client
+        self.model_given = model is not None or conversation is not None
+        self.conversation = conversation or Conversation(model=model or EMBEDDED_ALIAS, system=system,
+                                                         temperature=temperature, max_tokens=max_tokens)
+        self.request_extra = request_extra
+        self.poll_interval = poll_interval
+        self.chat: ChatScreen | None = None
+        self.offering = False
+
+    def on_mount(self) -> None:
+        self.chat = ChatScreen(self.conversation, self.request_extra)
+        self.push_screen(self.chat)
+        if self.poll_interval > 0:
+            self.set_interval(self.poll_interval, self.poll_status)
+        if self.client is None:
+            self.connect_daemon()
+        else:
+            self.check_model()
+
+    # the daemon
+
+    @work(thread=True, exclusive=True, group="connect")
+    def connect_daemon(self) -> None:
+        try:
+            self.client = connect()
+        except DaemonError as e:
+            self.call_from_thread(self.offer_start, str(e))
+            return
+        self.check_model()
+
+    def offer_start(self, reason: str) -> None:
+        if self.offering:
+            return
+        self.offering = True
+
+        def answered(start: bool | None) -> None:
+            self.offering = False
+            if start:
+                self.notify("Starting the daemon…")
+                self.start_daemon()
+            else:
+                self.exit(message="localllm chat: no daemon; start one with 'localllm serve'")
+        self.push_screen(StartDaemonScreen(reason), answered)
+
+    @work(thread=True, exclusive=True, group="connect")
+    def start_daemon(self) -> None:
+        try:
+            client = ensure_daemon()
+        except DaemonError as e:
+            self.call_from_thread(self.offer_start, f"Could not start the daemon: {e}")
+            return
+        if self.client is not None:
+            self.client.close()
+        self.client = client
+        self.call_from_thread(self.notify, f"Daemon running at {client.url}.")
+        self.check_model()
+
+    @work(thread=True, exclusive=True, group="check")
+    def check_model(self) -> None:
+        """Default to a loaded model when none was named; say so when the named one is not available."""
+        try:
+            names = self.client.models()
+            loaded = [m["name"] for m in self.client.status().get("models", [])]
+        except DaemonError as e:
+            self.call_from_thread(self.notify, f"The daemon does not answer: {e}", severity="error")
+            return
+        chat = self.chat
+        if not self.model_given and loaded and chat.conversation.model not in loaded:
+            self.call_from_thread(chat.set_model, loaded[0])
+        elif chat.conversation.model not in names:
+            self.call_from_thread(chat.show_error, f"Model '{chat.conversation.model}' is not available in this "
+                                                   "daemon (pull it, or pick another with Ctrl+O).")
+        self.poll_status()
+
+    @work(thread=True, exclusive=True, group="status")
+    def poll_status(self) -> None:
+        if self.client is None or self.chat is None:
+            return
+        model = self.chat.conversation.model
+        try:
+            text = daemon_text(self.client.status(), model)
+        except DaemonError as e:
+            text = daemon_text(None, model, "unreachable" if e.status is None else str(e))
+        try:
+            self.call_from_thread(self.chat.stats.show, daemon=text)
+        except RuntimeError:
+            pass
