@@ -70,9 +70,15 @@ def test_show_reads_headers_only(pulled, tiny_dir):
     assert "model.safetensors" in text
 
 
-def test_run_answers_with_a_pulled_model(pulled):
-    result = runner.invoke(app, ["run", "tiny:test", "hello", "--max-tokens", "3"])
-    assert result.exit_code == 0, result.output
+def test_run_answers_with_a_pulled_model(pulled, monkeypatch):
+    from localllm.client import stop_daemon
+
+    monkeypatch.setenv("LOCALLLM_HOST", "127.0.0.1:0")   # the daemon `run` starts: any free port, then stopped
+    try:
+        result = runner.invoke(app, ["run", "tiny:test", "hello", "--max-tokens", "3"])
+        assert result.exit_code == 0, result.output
+    finally:
+        stop_daemon()
 
 
 def test_rm_removes_and_then_is_an_error(pulled):
