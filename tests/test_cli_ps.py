@@ -66,6 +66,25 @@ def test_run_without_a_prompt_is_a_multi_turn_chat_through_the_daemon(daemon, ti
     assert result.stdout == f"{first}\n{second}\n"
 
 
+def test_ctrl_c_in_the_chat_exits_130(daemon, tiny):
+    chat = subprocess.Popen([sys.executable, "-m", "localllm.cli.main", "run", tiny], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)   # waiting for a line
+        chat.send_signal(signal.SIGINT)
+        out, err = chat.communicate(timeout=20)
+    finally:
+        chat.kill()
+    assert chat.returncode == 130 and "Traceback" not in err, err
+
+
+def test_a_local_path_the_running_daemon_was_not_started_with_is_a_one_line_error(daemon, tmp_path):
+    result = runner.invoke(app, ["run", str(tmp_path), "hi"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: the running daemon does not serve") and "localllm stop" in lines[0]
+
+
 def test_ps_shows_the_model_and_the_daemon_s_numbers(daemon, tiny):
     chat(daemon, tiny, [{"role": "user", "content": "hi"}], 4)
     status = daemon.status()
