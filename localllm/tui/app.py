@@ -89,7 +89,7 @@ class ChatApp(App):
         try:
             names = self.client.models()
             loaded = [m["name"] for m in self.client.status().get("models", [])]
-        except DaemonError as e:
+        except (DaemonError, KeyError, TypeError, ValueError) as e:
             self.call_from_thread(self.notify, f"The daemon does not answer: {e}", severity="error")
             return
         chat = self.chat
@@ -109,7 +109,9 @@ class ChatApp(App):
             text = daemon_text(self.client.status(), model)
         except DaemonError as e:
             text = daemon_text(None, model, "unreachable" if e.status is None else str(e))
+        except Exception as e:  # noqa: BLE001  (an odd status: shown, never a traceback)
+            text = daemon_text(None, model, f"bad status ({type(e).__name__})")
         try:
-            self.call_from_thread(self.chat.stats.show, daemon=text)
+            self.call_from_thread(self.chat.show_stats, daemon=text)
         except RuntimeError:
             pass

@@ -70,13 +70,15 @@ class ChatScreen(Screen):
         yield Footer(compact=True, show_command_palette=False)
 
     async def on_mount(self) -> None:
-        self.stats.show(model=self.conversation.model)
+        self.show_stats(model=self.conversation.model)
         await self.rebuild()
         self.query_one(PromptInput).focus()
 
-    @property
-    def stats(self) -> StatsBar:
-        return self.query_one(StatsBar)
+    def show_stats(self, **parts) -> None:
+        """Update the stats line (a no-op until the screen is composed)."""
+        bar = self.query_one_optional(StatsBar)
+        if bar is not None:
+            bar.show(**parts)
 
     @property
     def transcript(self) -> VerticalScroll:
@@ -150,6 +152,8 @@ class ChatScreen(Screen):
                 stream.close()   # early close aborts the request in the daemon
         except DaemonError as e:
             error = e
+        except Exception as e:  # noqa: BLE001  (a malformed chunk: said in the chat, never a traceback)
+            error = DaemonError(f"unexpected answer from the daemon: {type(e).__name__}: {e}", status=0)
         self._from_thread(self.end_reply, conversation, widget, stats, finish, error)
 
     def _from_thread(self, callback, *args) -> None:
@@ -160,7 +164,7 @@ class ChatScreen(Screen):
 
     async def add_delta(self, widget: ChatMessage, delta: str, stats: ReplyStats) -> None:
         await widget.append(delta)
-        self.stats.show(reply=reply_text(stats.tokens_per_s(), stats.ttft(), streaming=True))
+        self.show_stats(reply=reply_text(stats.tokens_per_s(), stats.ttft(), streaming=True))
         if self.transcript.max_scroll_y - self.transcript.scroll_y < 3:
             self.transcript.scroll_end(animate=False)
 
@@ -174,7 +178,7 @@ class ChatScreen(Screen):
             self._save(conversation)
         if conversation is not self.conversation:
             return
-        self.stats.show(reply=reply_text(stats.tokens_per_s(), stats.ttft()))
+        self.show_stats(reply=reply_text(stats.tokens_per_s(), stats.ttft()))
         if widget.content:
             tokens = stats.completion_tokens or stats.chunks
             widget.set_footnote({"stopped": "stopped", "length": f"{tokens} tokens (limit)"}.get(finish or "",
@@ -193,8 +197,10 @@ class ChatScreen(Screen):
             self.app.offer_start(str(error))
         elif error.status == 404:
             await self.show_error(f"{error}\nPick another model with Ctrl+O.")
-        else:
+        elif error.status:
             await self.show_error(f"The daemon refused the request: {error}")
+        else:
+            await self.show_error(str(error))
 
     def _save(self, conversation: Conversation) -> None:
         try:
@@ -252,7 +258,7 @@ class ChatScreen(Screen):
 
     def set_model(self, model: str) -> None:
         self.conversation.model = model
-        self.stats.show(model=model, daemon="…")
+        self.show_stats(model=model, daemon="…")
         self.notify(f"Now chatting with {short_model(model)}.")
         self.app.poll_status()
 
@@ -270,7 +276,7 @@ class ChatScreen(Screen):
             return
         self.stop_event.set()
         self.conversation = conversation
-        self.stats.show(model=conversation.model, reply=reply_text(None, None))
+        self.show_stats(model=conversation.model, reply=reply_text(None, None))
         await self.rebuild()
 
     def action_settings(self) -> None:
@@ -287,7 +293,7 @@ class ChatScreen(Screen):
         c = self.conversation
         self.conversation = Conversation(model=c.model, system=c.system, temperature=c.temperature,
                                          max_tokens=c.max_tokens)
-        self.stats.show(reply=reply_text(None, None))
+        self.show_stats(reply=reply_text(None, None))
         await self.rebuild()
 
     def action_save(self) -> None:

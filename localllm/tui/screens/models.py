@@ -35,9 +35,9 @@ class ModelPicker(ModalScreen[str | None]):
             names = client.models()
             try:
                 loaded = {m["name"]: m.get("state", "") for m in client.status().get("models", [])}
-            except DaemonError:
+            except (DaemonError, KeyError, TypeError):
                 loaded = {}
-        except DaemonError as e:
+        except (DaemonError, KeyError, TypeError) as e:
             self.app.call_from_thread(self.show_error, str(e))
             return
         self.app.call_from_thread(self.show_models, names, loaded)
