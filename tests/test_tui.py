@@ -14,6 +14,7 @@ from localllm.tui.app import ChatApp
 from localllm.tui.conversations import Conversation
 from localllm.tui.screens.chats import ChatsScreen
 from localllm.tui.screens.models import ModelPicker
+from localllm.tui.screens.settings import SettingsScreen
 from localllm.tui.screens.start_daemon import StartDaemonScreen
 from localllm.tui.widgets.message import ChatMessage
 from localllm.tui.widgets.stats_bar import StatsBar, daemon_text
@@ -140,6 +141,8 @@ def test_regenerate_and_edit_the_last_message(client, models):
             await until(pilot, lambda: not app.chat.streaming and len(app.chat.conversation.messages) == 2,
                         what="the regenerated reply")
             assert app.chat.conversation.messages[-1]["content"] == reply   # greedy: the same again
+            await pilot.press("ctrl+y")
+            assert app.clipboard == reply
             assert len(assistant_widgets(app)) == 1
             await pilot.press("up")   # empty input: take the last message back
             assert app.chat.query_one("#prompt").value == "Continuous batching"
@@ -275,6 +278,27 @@ def test_snapshot_model_picker(snap_compare):
                     and pilot.app.screen.query_one(OptionList).option_count == 2, what="the model list")
         await pilot.pause()
     assert snap_compare(fixed_app(), terminal_size=(80, 24), run_before=open_picker)
+
+
+def test_settings_modal_validates_and_applies():
+    async def go():
+        app = fixed_app()
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("ctrl+t")
+            await until(pilot, lambda: isinstance(app.screen, SettingsScreen))
+            app.screen.query_one("#temperature").value = "hot"
+            await pilot.click("#save")
+            assert "must be a number" in str(app.screen.query_one("#settings-error").render())
+            app.screen.query_one("#temperature").value = "0.2"
+            app.screen.query_one("#max-tokens").value = "64"
+            app.screen.query_one("#system").value = "Answer in French."
+            await pilot.click("#system")
+            await pilot.press("enter")   # Enter in a field saves too
+            await until(pilot, lambda: app.screen is app.chat, what="the modal to close")
+            c = app.chat.conversation
+            assert (c.temperature, c.max_tokens, c.system) == (0.2, 64, "Answer in French.")
+            assert c.request_messages()[0] == {"role": "system", "content": "Answer in French."}
+    run(go())
 
 
 def test_daemon_text_formats_status():
