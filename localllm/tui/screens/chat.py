@@ -74,6 +74,9 @@ class ChatScreen(Screen):
         await self.rebuild()
         self.query_one(PromptInput).focus()
 
+    def on_unmount(self) -> None:
+        self.stop_event.set()   # quitting mid-reply: the worker closes the stream, the daemon aborts it
+
     def show_stats(self, **parts) -> None:
         """Update the stats line (a no-op until the screen is composed)."""
         bar = self.query_one_optional(StatsBar)
