@@ -303,7 +303,7 @@ def test_settings_modal_validates_and_applies():
 
 def test_daemon_text_formats_status():
     status = FixedClient.STATUS
-    assert daemon_text(status, "tiny-llama") == "KV 0/1456 · prefix 75% · mem 612.0 MB"
+    assert daemon_text(status, "tiny-llama") == "KV 0/1456 · prefix 75% · mem 583.6 MiB"
     assert daemon_text(status, "other").startswith("not loaded")
     assert daemon_text(None, "x", "unreachable") == "daemon: unreachable"
 

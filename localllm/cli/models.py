@@ -27,7 +27,8 @@ def pull(
     revision: str = typer.Option("main", "--revision", help="Branch, tag or commit of the Hub repo."),
 ) -> None:
     """Download a model from the Hugging Face Hub (HF_ENDPOINT, HF_TOKEN apply) into the local store."""
-    from localllm.hub.pull import format_size, pull as pull_model
+    from localllm.hub.pull import pull as pull_model
+    from localllm.units import format_size
 
     try:
         with _RichReporter() as reporter:
@@ -43,7 +44,7 @@ def pull(
 def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts.")) -> None:
     """List the pulled models."""
     from localllm.hub import store
-    from localllm.hub.pull import format_size
+    from localllm.units import format_size
 
     try:
         entries = store.entries()
@@ -64,7 +65,7 @@ def show(
     """Show a model's architecture, parameter count, context length, format, chat template and files."""
     from localllm.hub import store
     from localllm.hub.model_info import describe
-    from localllm.hub.pull import format_size
+    from localllm.units import format_size
 
     try:
         entry = store.find(model)
@@ -99,7 +100,7 @@ def rm(
 ) -> None:
     """Remove pulled models and free the disk space only they use."""
     from localllm.hub import store
-    from localllm.hub.pull import format_size
+    from localllm.units import format_size
 
     for model in models:
         try:

@@ -12,7 +12,7 @@ import typer
 
 from localllm.cli.models import _table
 from localllm.errors import LocalLLMError
-from localllm.hub.pull import format_size
+from localllm.units import format_size
 
 NO_DAEMON = "no daemon running (start one with 'localllm serve', or 'localllm run' starts one)"
 

@@ -22,6 +22,7 @@ from localllm.errors import CorruptModelError, LocalLLMError, ModelNotFoundError
 from localllm.hub import store
 from localllm.hub.aliases import EMBEDDED, alias_target
 from localllm.hub.model_info import GGUF_MAGIC, describe, read_gguf_metadata_prefix
+from localllm.units import format_size
 
 
 class PullError(LocalLLMError):
@@ -461,15 +462,6 @@ def _check_relative(name: str, repo: str) -> None:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def format_size(n: int) -> str:
-    """Binary units, labelled as such: 812 B, 1.5 KiB, 298.9 MiB, 1.4 GiB."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError
 
 
 @contextlib.contextmanager

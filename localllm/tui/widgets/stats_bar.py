@@ -6,20 +6,12 @@ from pathlib import Path
 from rich.text import Text
 from textual.widgets import Static
 
+from localllm.units import format_size
+
 
 def short_model(name: str) -> str:
     """A model named by a path shows as its last part."""
     return Path(name).name if "/" in name else name
-
-
-def _bytes(n: float | None) -> str:
-    if not n:
-        return "?"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit in ("B", "KB") else f"{n:.1f} {unit}"
-        n /= 1000
-    return "?"
 
 
 def reply_text(tokens_per_s: float | None, ttft_s: float | None, streaming: bool = False) -> str:
@@ -43,7 +35,7 @@ def daemon_text(status: dict | None, model: str, error: str | None = None) -> st
     prefix = entry.get("prefix_cache") or {}
     parts = [f"KV {kv.get('used', 0)}/{kv.get('total', 0)}"]
     parts.append(f"prefix {prefix.get('hit_rate', 0) * 100:.0f}%" if prefix.get("queries") else "prefix –")
-    parts.append(f"mem {_bytes(entry.get('memory_bytes'))}")
+    parts.append(f"mem {format_size(entry['memory_bytes']) if entry.get('memory_bytes') else '?'}")
     return " · ".join(parts)
 
 
