@@ -22,7 +22,8 @@ def run(
     model: Optional[str] = typer.Argument(None, help=f"Alias ({EMBEDDED_ALIAS}, qwen3:0.6b, ...), pulled model, Hub "
                                                        "repo id, .gguf file or model directory; default: the "
                                                        "embedded model."),
-    prompt: Optional[str] = typer.Argument(None, help="Ask once and exit; without it, start an interactive chat."),
+    prompt: Optional[str] = typer.Argument(None, help="Ask once and exit; without it, chat (the chat app in a "
+                                                      "terminal, a plain line-by-line chat when piped)."),
     system: Optional[str] = typer.Option(None, "--system", help="System message."),
     max_tokens: int = typer.Option(512, "--max-tokens", help="Most tokens to generate per answer."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy (reproducible)."),
@@ -46,6 +47,11 @@ def run(
         client, started = daemon_client(preload)
         if verbose and started:
             typer.echo(f"started the daemon:  {time.perf_counter() - start:.2f} s ({client.url})", err=True)
+        if prompt is None and sys.stdin.isatty() and sys.stdout.isatty():
+            from localllm.tui.app import ChatApp   # a person at a terminal gets the chat app
+
+            ChatApp(name, client=client, system=system or "", temperature=temperature, max_tokens=max_tokens).run()
+            return
         messages = [{"role": "system", "content": system}] if system else []
         with client:
             if prompt is None:
