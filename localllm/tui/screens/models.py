@@ -1,6 +1,10 @@
-"""Pick the model to chat with: what the daemon may load (/v1/models), loaded ones marked."""
+"""Pick the model to chat with: what the daemon may load (/v1/models), each with its size and format
+(quantization or dtype) from the local model store, loaded ones marked; `p` pulls another one (PullScreen)."""
 from __future__ import annotations
 
+from pathlib import Path
+
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -10,14 +14,63 @@ from textual.widgets import Label, OptionList
 from textual.widgets.option_list import Option
 
 from localllm.client import DaemonError
+from localllm.units import format_size
+
+_NBSP = "\u00a0"
+_described: dict[tuple[str, float], tuple[int, str]] = {}  # (path, mtime) -> (size, format), read once
+
+
+def _describe_path(path: Path) -> tuple[int, str] | None:
+    """Size and format of a model directory or .gguf file on this machine (the daemon's local models)."""
+    from localllm.hub.model_info import describe
+
+    try:
+        key = (str(path.resolve()), path.stat().st_mtime)
+        if key not in _described:
+            info = describe(path)
+            _described[key] = (sum(f["size"] for f in info.get("files", [])), str(info.get("format") or "?"))
+        return _described[key]
+    except Exception:  # noqa: BLE001  (an unreadable model: shown without details)
+        return None
+
+
+def model_details(names: list[str]) -> dict[str, tuple[int, str]]:
+    """name -> (size in bytes, format) for what is known here: the store's entries (pulled models), the embedded
+    model's installed file, local paths the daemon was started with. Other names are left out."""
+    from localllm.hub import store
+    from localllm.hub.embedded import EMBEDDED_ALIASES, _installed_gguf
+
+    try:
+        entries = store.entries()
+    except Exception:  # noqa: BLE001  (an unreadable registry: the list still shows the names)
+        entries = []
+    by_name = {e.name.lower(): e for e in entries}
+    by_ref = {e.ref.lower(): e for e in entries if e.ref}
+    details = {}
+    for name in names:
+        key = name.lower()
+        entry = by_name.get(key) or by_ref.get(key)
+        if entry is None and key in EMBEDDED_ALIASES:
+            entry = next((e for e in entries if e.source == "embedded"), None)
+        if entry is not None:
+            details[name] = (entry.size, entry.format)
+            continue
+        path = _installed_gguf() if key in EMBEDDED_ALIASES else Path(name).expanduser()
+        if path is not None and ("/" in name or key in EMBEDDED_ALIASES) and path.exists():
+            described = _describe_path(path)
+            if described is not None:
+                details[name] = described
+    return details
 
 
 class ModelPicker(ModalScreen[str | None]):
-    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel"), Binding("p", "pull", "Pull…")]
+    NOTE = "Enter: chat with this model · p: pull a model · Esc: cancel"
 
     def __init__(self, current: str):
         super().__init__()
         self.current = current
+        self.wanted = current  # the option to highlight once the list is in
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog", id="model-dialog") as box:
@@ -26,6 +79,12 @@ class ModelPicker(ModalScreen[str | None]):
             yield OptionList(id="model-list")
 
     def on_mount(self) -> None:
+        self.fetch()
+
+    def reload(self, highlight: str | None = None) -> None:
+        """Fetch the list again (after a pull), highlighting `highlight`."""
+        if highlight:
+            self.wanted = highlight
         self.fetch()
 
     @work(thread=True, exclusive=True)
@@ -37,28 +96,47 @@ class ModelPicker(ModalScreen[str | None]):
                 loaded = {m["name"]: m.get("state", "") for m in client.status().get("models", [])}
             except (DaemonError, KeyError, TypeError):
                 loaded = {}
-        except (DaemonError, KeyError, TypeError) as e:
+        except (DaemonError, KeyError, TypeError, AttributeError) as e:
             self.app.call_from_thread(self.show_error, str(e))
             return
-        self.app.call_from_thread(self.show_models, names, loaded)
+        details = model_details(names)
+        self.app.call_from_thread(self.show_models, names, loaded, details)
 
     def show_error(self, message: str) -> None:
-        self.query_one("#model-note", Label).update(f"Cannot list models: {message}")
+        self.query_one("#model-note", Label).update(Text(f"Cannot list models: {message} · p: pull · Esc: cancel"))
 
-    def show_models(self, names: list[str], loaded: dict[str, str]) -> None:
+    def show_models(self, names: list[str], loaded: dict[str, str], details: dict[str, tuple[int, str]]) -> None:
         options = self.query_one(OptionList)
+        options.clear_options()
+        width = min(max((len(n) for n in names), default=0), 34)
         for name in names:
             marks = []
             if name in loaded:
                 marks.append(loaded[name] or "loaded")
             if name == self.current:
                 marks.append("current")
-            label = name + (f"  ({', '.join(marks)})" if marks else "")
+            # no-break spaces: the option list would fold runs of plain ones
+            label = Text(name.ljust(width, _NBSP))
+            size, fmt = details.get(name, (None, None))
+            size_text = format_size(size) if size is not None else "—"
+            label.append(f"  {size_text:{_NBSP}>10}  {fmt or '—':{_NBSP}<7}".replace(" ", _NBSP), style="dim")
+            if marks:
+                label.append(f"{_NBSP * 2}({', '.join(marks)})", style="bold")
             options.add_option(Option(label, id=name))
-        self.query_one("#model-note", Label).update("Enter: chat with this model · Esc: cancel")
-        if self.current in names:
-            options.highlighted = names.index(self.current)
+        self.query_one("#model-note", Label).update(self.NOTE)
+        wanted = self.wanted if self.wanted in names else self.current
+        if wanted in names:
+            options.highlighted = names.index(wanted)
         options.focus()
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         self.dismiss(event.option.id)
+
+    def action_pull(self) -> None:
+        from localllm.tui.screens.pull import PullScreen
+
+        def pulled(name: str | None) -> None:
+            if name:
+                self.reload(name)
+
+        self.app.push_screen(PullScreen(), pulled)

@@ -1,0 +1,164 @@
+"""The model picker of `localllm chat` (Ctrl+O): sizes and formats from the model store, and pulling a model
+from the fake Hub (tests/fake_hub.py) through the Pull dialog, with Textual's Pilot."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+from textual.widgets import Input, OptionList, ProgressBar
+
+from daemon_helpers import running_daemon
+from fake_hub import hub, tiny_model_dir  # noqa: F401 (hub is a fixture)
+from localllm.hub import pull as pull_module
+from localllm.hub import store
+from localllm.hub.embedded import EMBEDDED_ALIAS
+from localllm.tui.app import ChatApp
+from localllm.tui.screens.models import ModelPicker
+from localllm.tui.screens.pull import PullScreen
+from localllm.units import format_size
+from test_tui import run, until
+
+REPO = "test-org/tiny-qwen3"
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return tiny_model_dir(tmp_path_factory)
+
+
+@pytest.fixture
+def tiny_repo(hub, tiny_dir):
+    hub.add_dir(REPO, tiny_dir)
+    return hub
+
+
+class StoreClient:
+    """What a daemon sharing this LOCALLLM_HOME lists: the embedded model and the store's entries; none loaded."""
+
+    url = "http://127.0.0.1:1"
+
+    def models(self):
+        return [EMBEDDED_ALIAS] + [e.name for e in store.entries()]
+
+    def status(self):
+        return {"models": []}
+
+    def close(self):
+        pass
+
+
+def options_of(screen) -> dict[str, str]:
+    options = screen.query_one(OptionList)
+    return {options.get_option_at_index(i).id: str(options.get_option_at_index(i).prompt).replace("\u00a0", " ")
+            for i in range(options.option_count)}
+
+
+async def open_picker(pilot):
+    await pilot.press("ctrl+o")
+    await until(pilot, lambda: isinstance(pilot.app.screen, ModelPicker)
+                and pilot.app.screen.query_one(OptionList).option_count >= 1, what="the model list")
+    return pilot.app.screen
+
+
+async def open_pull(pilot, name):
+    await pilot.press("p")
+    await until(pilot, lambda: isinstance(pilot.app.screen, PullScreen), what="the pull dialog")
+    dialog = pilot.app.screen
+    await pilot.press(*name, "enter")
+    return dialog
+
+
+def test_picker_shows_size_and_format_of_pulled_models(tiny_repo):
+    entry = pull_module.pull(REPO)
+
+    async def go():
+        app = ChatApp(REPO, client=StoreClient(), poll_interval=0)
+        async with app.run_test(size=(100, 24)) as pilot:
+            picker = await open_picker(pilot)
+            await until(pilot, lambda: REPO in options_of(picker), what="the pulled model")
+            shown = options_of(picker)
+            assert format_size(entry.size) in shown[REPO] and "F32" in shown[REPO] and "current" in shown[REPO]
+            assert "MiB" in shown[EMBEDDED_ALIAS] and "Q4_1" in shown[EMBEDDED_ALIAS]   # the installed GGUF
+            assert "p: pull" in str(picker.query_one("#model-note").render())
+    run(go())
+
+
+def hold_verification(monkeypatch):
+    """Stops the pull after its downloads (before the sha256 check) until the test lets it go."""
+    release, reached = threading.Event(), threading.Event()
+    verify = pull_module._verify_all
+
+    def held(*args, **kwargs):
+        reached.set()
+        release.wait(20)
+        return verify(*args, **kwargs)
+    monkeypatch.setattr(pull_module, "_verify_all", held)
+    return release, reached
+
+
+def test_pull_through_the_dialog_then_pick_it(tiny_repo, tmp_path, monkeypatch):
+    release, reached = hold_verification(monkeypatch)
+
+    async def go(client):
+        app = ChatApp(EMBEDDED_ALIAS, client=client, poll_interval=0)
+        async with app.run_test(size=(100, 24)) as pilot:
+            picker = await open_picker(pilot)
+            assert REPO not in options_of(picker)
+            dialog = await open_pull(pilot, REPO)
+            bar = dialog.query_one(ProgressBar)
+            await until(pilot, lambda: reached.is_set() and bar.total and bar.progress == bar.total,
+                        what="the downloads")
+            await pilot.pause(0.15)   # one more tick of the dialog's timer
+            assert bar.display and bar.percentage == 1.0
+            shown = str(dialog.query_one("#pull-file").render())
+            assert format_size(bar.total) in shown and "/" in shown
+            assert dialog.query_one(Input).disabled
+            release.set()
+            await until(pilot, lambda: app.screen is picker and REPO in options_of(picker), what="the refreshed list")
+            options = picker.query_one(OptionList)
+            assert options.get_option_at_index(options.highlighted).id == REPO
+            assert "F32" in options_of(picker)[REPO]
+            await pilot.press("enter")
+            await until(pilot, lambda: app.screen is app.chat, what="the picker to close")
+            assert app.chat.conversation.model == REPO
+
+    # a real daemon under this test's LOCALLLM_HOME: it lists what the TUI pulled into the shared store
+    with running_daemon(tmp_path / "daemon") as daemon, daemon.client() as client:
+        run(go(client))
+        assert REPO in client.models()
+
+
+def test_bad_name_is_one_line_in_the_dialog(tiny_repo):
+    async def go():
+        app = ChatApp(EMBEDDED_ALIAS, client=StoreClient(), poll_interval=0)
+        async with app.run_test(size=(100, 24)) as pilot:
+            await open_picker(pilot)
+            dialog = await open_pull(pilot, "no-such-org/nothing")
+            error = dialog.query_one("#pull-error")
+            await until(pilot, lambda: error.display, what="the error")
+            text = str(error.render())
+            assert text.startswith("Error:") and "no-such-org/nothing" in text
+            assert "\n" not in text and "Traceback" not in text
+            assert not dialog.query_one(ProgressBar).display and not dialog.query_one(Input).disabled
+            await pilot.press("escape")
+            await until(pilot, lambda: isinstance(app.screen, ModelPicker), what="back to the picker")
+    run(go())
+
+
+def test_escape_leaves_the_pull_running_in_the_background(tiny_repo, monkeypatch):
+    release, reached = hold_verification(monkeypatch)
+
+    async def go():
+        app = ChatApp(EMBEDDED_ALIAS, client=StoreClient(), poll_interval=0)
+        async with app.run_test(size=(100, 24)) as pilot:
+            picker = await open_picker(pilot)
+            dialog = await open_pull(pilot, REPO)
+            await until(pilot, lambda: reached.is_set(), what="the downloads")
+            assert "background" in str(dialog.query_one("#pull-note").render())
+            await pilot.press("escape")
+            await until(pilot, lambda: app.screen is picker, what="back to the picker")
+            assert any("background" in str(n.message) for n in app._notifications)
+            release.set()
+            await until(pilot, lambda: REPO in options_of(picker), what="the list to show the pulled model")
+            assert any(str(n.message).startswith(f"Pulled {REPO}") for n in app._notifications)
+    run(go())
