@@ -16,7 +16,7 @@ from localllm.tui.app import ChatApp
 from localllm.tui.screens.models import ModelPicker
 from localllm.tui.screens.pull import PullScreen
 from localllm.units import format_size
-from test_tui import run, until
+from test_tui import run, send, until
 
 REPO = "test-org/tiny-qwen3"
 
@@ -100,7 +100,8 @@ def test_pull_through_the_dialog_then_pick_it(tiny_repo, tmp_path, monkeypatch):
     release, reached = hold_verification(monkeypatch)
 
     async def go(client):
-        app = ChatApp(EMBEDDED_ALIAS, client=client, poll_interval=0)
+        app = ChatApp(EMBEDDED_ALIAS, client=client, poll_interval=0, temperature=0, max_tokens=4,
+                      request_extra={"ignore_eos": True})
         async with app.run_test(size=(100, 24)) as pilot:
             picker = await open_picker(pilot)
             assert REPO not in options_of(picker)
@@ -121,11 +122,13 @@ def test_pull_through_the_dialog_then_pick_it(tiny_repo, tmp_path, monkeypatch):
             await pilot.press("enter")
             await until(pilot, lambda: app.screen is app.chat, what="the picker to close")
             assert app.chat.conversation.model == REPO
+            reply = await send(pilot, app, "The quick brown fox")   # the daemon loads the model just pulled
+            assert reply and app.chat.conversation.messages[-1] == {"role": "assistant", "content": reply}
 
     # a real daemon under this test's LOCALLLM_HOME: it lists what the TUI pulled into the shared store
     with running_daemon(tmp_path / "daemon") as daemon, daemon.client() as client:
         run(go(client))
-        assert REPO in client.models()
+        assert REPO in client.models() and daemon.model_status(REPO)["state"] == "ready"
 
 
 def test_bad_name_is_one_line_in_the_dialog(tiny_repo):

@@ -118,7 +118,7 @@ class PullScreen(ModalScreen[str | None]):
 
             try:
                 entry = pull(name, "main", progress)
-            except BaseException as e:  # noqa: BLE001  (any failure is one line in the dialog, never a traceback)
+            except Exception as e:  # noqa: BLE001  (any failure is one line in the dialog, never a traceback)
                 app.call_from_thread(self.finished, name, None, one_line(e))
                 return
             app.call_from_thread(self.finished, name, entry, None)
@@ -143,12 +143,12 @@ class PullScreen(ModalScreen[str | None]):
                 self.app.notify(f"Pull of {name} failed: {error}", severity="error")
             else:
                 self.app.notify(f"Pulled {entry.name} ({format_size(entry.size)}, {entry.format}).")
-                refresh = getattr(self.app.screen, "reload", None)
-                if refresh is not None:
-                    refresh(entry.name)  # the model picker, if it is open
+                from localllm.tui.screens.models import ModelPicker
+
+                if isinstance(self.app.screen, ModelPicker):  # the picker, open again: list the new model
+                    self.app.screen.reload(entry.name)
             return
         if error:
-            self.show_progress()
             self.query_one("#pull-bar").display = False
             self.query_one("#pull-file").display = False
             self.query_one("#pull-status").display = False
