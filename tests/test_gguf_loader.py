@@ -16,6 +16,7 @@ from localllm.hub import embedded
 from localllm.hub.embedded import embedded_gguf_path
 from localllm.loader.gguf import convert_gguf
 from localllm.loader.resolve import resolve_model
+from tiny_models import write_tiny_gguf
 
 
 @pytest.fixture(scope="module")
@@ -170,40 +171,7 @@ def _llama3_rope_freqs(factor=32.0, low=1.0, high=4.0, old_len=8192) -> np.ndarr
 
 
 def _write_tiny_llama(path: Path, rope_freqs: np.ndarray) -> None:
-    import gguf
-
-    hidden, rng = _TINY_HEADS * _TINY_HEAD_DIM, np.random.default_rng(0)
-    tokens = ["a", "b", "ab", "<|im_end|>"]
-    writer = gguf.GGUFWriter(path, "llama")
-    writer.add_block_count(1)
-    writer.add_context_length(131072)
-    writer.add_embedding_length(hidden)
-    writer.add_feed_forward_length(64)
-    writer.add_head_count(_TINY_HEADS)
-    writer.add_head_count_kv(_TINY_KV_HEADS)
-    writer.add_rope_freq_base(_TINY_THETA)
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_types([1, 1, 1, 3])
-    writer.add_token_merges(["a b"])
-    writer.add_eos_token_id(3)
-    writer.add_chat_template("{{ messages[0]['content'] }}<|im_end|>")
-    shapes = {"token_embd.weight": (len(tokens), hidden), "output_norm.weight": (hidden,),
-              "blk.0.attn_norm.weight": (hidden,), "blk.0.ffn_norm.weight": (hidden,),
-              "blk.0.attn_q.weight": (hidden, hidden),
-              "blk.0.attn_k.weight": (_TINY_KV_HEADS * _TINY_HEAD_DIM, hidden),
-              "blk.0.attn_v.weight": (_TINY_KV_HEADS * _TINY_HEAD_DIM, hidden),
-              "blk.0.attn_output.weight": (hidden, hidden), "blk.0.ffn_gate.weight": (64, hidden),
-              "blk.0.ffn_up.weight": (64, hidden), "blk.0.ffn_down.weight": (hidden, 64)}
-    for name, shape in shapes.items():
-        writer.add_tensor(name, rng.standard_normal(shape).astype(np.float32))
-    writer.add_tensor("rope_freqs.weight", rope_freqs)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write_tiny_gguf(path, rope_theta=_TINY_THETA, rope_freqs=rope_freqs, context_length=131072)
 
 
 def test_llama3_rope_scaling_is_recovered_from_rope_freqs(tmp_path):

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from huggingface_hub import constants
 
-from fake_hub import hub, tiny_model_dir, write_tiny_gguf  # noqa: F401 (hub is a fixture)
+from fake_hub import hub, tiny_model_dir  # noqa: F401 (hub is a fixture)
+from tiny_models import write_tiny_gguf
 from localllm.errors import CorruptModelError, ModelNotFoundError, UnsupportedModelError
 from localllm.hub import aliases, store
 from localllm.hub.pull import PullError, parse_model_ref, pull

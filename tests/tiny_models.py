@@ -67,3 +67,52 @@ def hf_greedy(model_dir: Path, prompt_ids: list[int], max_new_tokens: int) -> li
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                          do_sample=False, min_new_tokens=max_new_tokens, pad_token_id=0)
     return out[0, len(prompt_ids):].tolist()
+
+
+def write_tiny_gguf(path: Path, arch: str = "llama", quant: str = "F32", rope_theta: float | None = None,
+                    rope_freqs=None, context_length: int = 2048) -> Path:
+    """A one-layer GGUF (2 heads, 1 KV head, head_dim 16; F32, or Q8_0 weights) with a 4-token BPE vocabulary and a
+    chat template; rope_freqs (a llama.cpp Llama-3 scaling tensor) is written when given."""
+    import gguf
+    import numpy as np
+
+    hidden, ffn, rng = 32, 64, np.random.default_rng(0)
+    tokens = ["a", "b", "ab", "<|im_end|>"]
+    writer = gguf.GGUFWriter(path, arch)
+    writer.add_block_count(1)
+    writer.add_context_length(context_length)
+    writer.add_embedding_length(hidden)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(2)
+    writer.add_head_count_kv(1)
+    if rope_theta is not None:
+        writer.add_rope_freq_base(rope_theta)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if quant == "Q8_0" else gguf.LlamaFileType.ALL_F32)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types([1, 1, 1, 3])
+    writer.add_token_merges(["a b"])
+    writer.add_eos_token_id(3)
+    writer.add_chat_template("{{ messages[0]['content'] }}<|im_end|>")
+    shapes = {"token_embd.weight": (len(tokens), hidden), "output_norm.weight": (hidden,),
+              "blk.0.attn_norm.weight": (hidden,), "blk.0.ffn_norm.weight": (hidden,),
+              "blk.0.attn_q.weight": (hidden, hidden), "blk.0.attn_k.weight": (16, hidden),
+              "blk.0.attn_v.weight": (16, hidden), "blk.0.attn_output.weight": (hidden, hidden),
+              "blk.0.ffn_gate.weight": (ffn, hidden), "blk.0.ffn_up.weight": (ffn, hidden),
+              "blk.0.ffn_down.weight": (hidden, ffn)}
+    for name, shape in shapes.items():
+        weight = rng.standard_normal(shape).astype(np.float32)
+        if quant == "Q8_0" and len(shape) == 2:
+            kind = gguf.GGMLQuantizationType.Q8_0
+            writer.add_tensor(name, gguf.quants.quantize(weight, kind), raw_dtype=kind)
+        else:
+            writer.add_tensor(name, weight)
+    if rope_freqs is not None:
+        writer.add_tensor("rope_freqs.weight", rope_freqs)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
