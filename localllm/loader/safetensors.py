@@ -44,21 +44,16 @@ def load_weights(model: nn.Module, model_dir: Path) -> None:
                     loaded.add(target if shard_id is None else f"{target}:{shard_id}")
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise CorruptModelError(f"cannot read weights {file}: {str(e).splitlines()[0]}") from None
+    # a merged projection (qkv_proj, gate_up_proj) is complete once each of its checkpoint tensors has arrived
+    shards_of: dict[str, list] = {}
+    for our_part, shard_id in model.packed_modules.values():
+        shards_of.setdefault(our_part, []).append(shard_id)
     expected = set()
-    for target, p in params.items():
-        module = modules[target.rsplit(".", 1)[0]]
+    for target in params:
         if tied and target == "lm_head.weight":
             continue
-        shards = _shards_of(module)
-        expected |= {f"{target}:{s}" for s in shards} if shards and p.dim() >= 1 else {target}
+        shards = shards_of.get(target.rsplit(".", 2)[-2], [])
+        expected |= {f"{target}:{s}" for s in shards} if shards else {target}
     missing = sorted(expected - loaded)
     if missing:
         raise CorruptModelError(f"weights in {model_dir} lack {len(missing)} tensors, e.g. {missing[0]}")
-
-
-def _shards_of(module: nn.Module) -> list:
-    if hasattr(module, "out_sizes"):
-        return list(range(len(module.out_sizes)))
-    if hasattr(module, "total_kv_heads"):
-        return ["q", "k", "v"]
-    return []
