@@ -5,22 +5,16 @@ from localllm.config import Config
 from localllm.engine.core import EngineCore
 from localllm.engine.output_processor import OutputProcessor
 from localllm.engine.outputs import StreamDelta
-from localllm.loader.hf_dir import eos_token_ids, load_hf_config, load_tokenizer
-from localllm.loader.resolve import resolve_model
-from localllm.models import model_class
+from localllm.loader.hf_dir import open_model
 from localllm.sampling_params import SamplingParams
 
 
 class LLMEngine:
     def __init__(self, config: Config):
         self.config = config
-        self.model_dir = resolve_model(config.model)
-        hf_config = load_hf_config(self.model_dir)
-        model_class(hf_config)  # an unsupported architecture fails before anything heavy is loaded
-        self.hf_config = hf_config
-        self.tokenizer = load_tokenizer(self.model_dir)
-        self.core = EngineCore(config, self.model_dir, hf_config, eos_token_ids(self.model_dir, self.tokenizer,
-                                                                                  hf_config))
+        files = open_model(config.model)
+        self.model_dir, self.hf_config, self.tokenizer = files.model_dir, files.hf_config, files.tokenizer
+        self.core = EngineCore(config, files.model_dir, files.hf_config, files.eos_token_ids)
         self.output_processor = OutputProcessor(self.tokenizer)
 
     def encode(self, prompt: str | list[int]) -> list[int]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from localllm.errors import CorruptModelError, ModelNotFoundError, UnsupportedModelError
@@ -45,3 +46,23 @@ def eos_token_ids(model_dir: Path, tokenizer, hf_config) -> set[int]:
         elif isinstance(value, list):
             ids.update(v for v in value if isinstance(v, int))
     return ids
+
+
+@dataclass
+class ModelFiles:
+    """What a model name resolves to, read and checked before any weights are loaded."""
+    model_dir: Path
+    hf_config: object
+    tokenizer: object
+    eos_token_ids: set[int]
+
+
+def open_model(name: str | None) -> ModelFiles:
+    from localllm.loader.resolve import resolve_model
+    from localllm.models import model_class
+
+    model_dir = resolve_model(name)
+    hf_config = load_hf_config(model_dir)
+    model_class(hf_config)  # an unsupported architecture fails before anything heavy is loaded
+    tokenizer = load_tokenizer(model_dir)
+    return ModelFiles(model_dir, hf_config, tokenizer, eos_token_ids(model_dir, tokenizer, hf_config))

@@ -46,17 +46,13 @@ def _load(model: str, engine: dict, outbox: Connection):
     from localllm.config import Config
     from localllm.engine.core import EngineCore
     from localllm.errors import LocalLLMError
-    from localllm.loader.hf_dir import eos_token_ids, load_hf_config, load_tokenizer
-    from localllm.loader.resolve import resolve_model
-    from localllm.models import model_class
+    from localllm.loader.hf_dir import open_model
 
     try:
         config = Config(model=model, **engine)
-        model_dir = resolve_model(model)
-        hf_config = load_hf_config(model_dir)
-        model_class(hf_config)  # an unsupported architecture fails before the weights load
-        eos = eos_token_ids(model_dir, load_tokenizer(model_dir), hf_config)
-        core = EngineCore(config, model_dir, hf_config, eos)
+        files = open_model(model)
+        model_dir, eos = files.model_dir, files.eos_token_ids
+        core = EngineCore(config, model_dir, files.hf_config, eos)
     except (LocalLLMError, ValueError, OSError) as e:
         outbox.send(LoadFailed(type(e).__name__, " ".join(str(e).split())))
         return None
