@@ -78,7 +78,7 @@ def _attend_tile(q, scale_log2, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_row_
     return acc, m_new, l_i
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_seqs"])
 def _paged_attn_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, bt_ptr, qsl_ptr, ctx_ptr,
     scale_log2, window, num_seqs,
@@ -145,7 +145,7 @@ def _paged_attn_kernel(
              acc.to(out_ptr.dtype.element_ty), mask=row_valid[:, None] & d_mask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_parts"])
 def _decode_split_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, bt_ptr, qsl_ptr, ctx_ptr, part_acc_ptr, part_m_ptr, part_l_ptr,
     scale_log2, window, num_parts, num_heads,
@@ -196,7 +196,7 @@ def _decode_split_kernel(
              mask=row_valid[:, None] & d_mask[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_parts"])
 def _decode_reduce_kernel(
     part_acc_ptr, part_m_ptr, part_l_ptr, out_ptr, qsl_ptr, ctx_ptr,
     num_parts, num_heads, stride_ot, stride_oh,
@@ -285,8 +285,9 @@ def _prefill_config(max_query_len: int, group: int, gpu: bool) -> dict:
     if not gpu:
         return dict(BLOCK_M=min(32, _pow2_at_least(max_query_len * group, 16)), BLOCK_N=16, num_warps=4,
                     num_stages=1)
-    block_m = min(64, _pow2_at_least(max_query_len * group, 16))
-    return dict(BLOCK_M=block_m, BLOCK_N=64 if block_m >= 64 else 32, num_warps=4, num_stages=3, K_ROWS=True)
+    # One tile shape whatever the step's query lengths: each shape is a separate compile (seconds), and a short
+    # prompt wastes little in a 64-row tile, as it is bound by reading K/V, not by the rows it computes.
+    return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, K_ROWS=True)
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from localllm.config import Config
-from localllm.engine.batch import build_step_batch
+from localllm.engine.batch import StepBatchBuilder
 from localllm.engine.block_manager import BlockManager
 from localllm.engine.model_runner import ModelRunner, kv_bytes_per_block
 from localllm.engine.request import Sequence
@@ -50,6 +50,10 @@ class EngineCore:
         self.dtype = resolve_dtype(config, self.device)
         self.runner = ModelRunner(hf_config, model_dir, self.device, self.dtype)
         model_len = config.max_model_len or hf_config.max_position_embeddings
+        # the KV-sizing profile step may split its tokens over more sequences than max_num_seqs
+        max_step_seqs = max(config.max_num_seqs, -(-config.max_num_batched_tokens // model_len))
+        self.batch_builder = StepBatchBuilder(config.block_size, self.device, config.max_num_batched_tokens,
+                                              max_step_seqs, -(-model_len // config.block_size))
         self.num_blocks = self._num_kv_blocks(hf_config, model_len)
         self.runner.allocate_kv_cache(self.num_blocks, config.block_size)
         self.max_model_len = min(model_len, self.num_blocks * config.block_size)
@@ -68,7 +72,7 @@ class EngineCore:
             return self.config.num_kv_blocks
         per_block = kv_bytes_per_block(hf_config, self.config.block_size, self.dtype)
         if self.device.type == "cuda":
-            step = self.runner.peak_step_bytes(self.config.max_num_batched_tokens, model_len, self.config.block_size)
+            step = self.runner.peak_step_bytes(self.batch_builder, self.config.max_num_batched_tokens, model_len)
             free, total = torch.cuda.mem_get_info(self.device)
             budget = free - step - (1 - self.config.gpu_memory_fraction) * total
         else:
@@ -118,7 +122,7 @@ class EngineCore:
         out = self.scheduler.schedule()
         if not out.scheduled:
             return []
-        batch = build_step_batch(out.scheduled, self.config.block_size, self.device)
+        batch = self.batch_builder.build(out.scheduled)
         logits = self.runner.forward(batch)
         self.scheduler.step_done(out)
         if not batch.sampling_seqs:

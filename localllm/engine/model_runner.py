@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from localllm.engine.batch import StepBatch, build_step_batch
+from localllm.engine.batch import StepBatch, StepBatchBuilder
 from localllm.engine.cuda_graphs import DecodeGraphs
 from localllm.engine.request import Sequence
 from localllm.engine.scheduler import ScheduledSeq
@@ -59,7 +59,7 @@ class ModelRunner:
             layer.k_cache = self.kv_cache[0, i]
             layer.v_cache = self.kv_cache[1, i]
 
-    def peak_step_bytes(self, num_tokens: int, max_seq_len: int, block_size: int) -> int:
+    def peak_step_bytes(self, builder: StepBatchBuilder, num_tokens: int, max_seq_len: int) -> int:
         """GPU memory a step of num_tokens prompt tokens needs beyond the weights (activations, logits),
         measured by running one on a throwaway KV cache."""
         seqs, left = [], num_tokens
@@ -67,14 +67,14 @@ class ModelRunner:
             length = min(left, max_seq_len)
             seqs.append(Sequence("profile", [0] * length, None))
             left -= length
-        blocks_per_seq = -(-len(seqs[0]) // block_size)
-        self.allocate_kv_cache(blocks_per_seq * len(seqs), block_size)
+        blocks_per_seq = -(-len(seqs[0]) // builder.block_size)
+        self.allocate_kv_cache(blocks_per_seq * len(seqs), builder.block_size)
         for i, seq in enumerate(seqs):
             seq.block_table = list(range(i * blocks_per_seq, (i + 1) * blocks_per_seq))
         torch.cuda.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         before = torch.cuda.memory_allocated(self.device)
-        self.forward(build_step_batch([ScheduledSeq(s, len(s)) for s in seqs], block_size, self.device))
+        self.forward(builder.build([ScheduledSeq(s, len(s)) for s in seqs]))
         torch.cuda.synchronize(self.device)
         peak = torch.cuda.max_memory_allocated(self.device) - before
         self.release_kv_cache()

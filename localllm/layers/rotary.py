@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -45,15 +46,30 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", emb.cos(), persistent=False)
         self.register_buffer("sin", emb.sin(), persistent=False)
 
-    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """Looked up once per step and shared by every layer: [T, 1, D] each."""
-        return self.cos[positions].unsqueeze(1).to(dtype), self.sin[positions].unsqueeze(1).to(dtype)
+    def for_step(self, positions: torch.Tensor, dtype: torch.dtype) -> StepRotary:
+        """What every layer of one step needs to rotate its q and k."""
+        if positions.is_cuda:
+            return StepRotary(positions, self.cos, self.sin, fused=True)
+        # looked up once per step and shared by every layer: [T, 1, D] each
+        cos = self.cos[positions].unsqueeze(1).to(dtype)
+        sin = self.sin[positions].unsqueeze(1).to(dtype)
+        return StepRotary(positions, cos, sin, fused=False)
 
-    @staticmethod
-    def apply(cos_sin: tuple[torch.Tensor, torch.Tensor], q: torch.Tensor, k: torch.Tensor):
+
+@dataclass
+class StepRotary:
+    positions: torch.Tensor
+    cos: torch.Tensor   # fused: the [max_pos, D] caches; otherwise this step's rows, [T, 1, D]
+    sin: torch.Tensor
+    fused: bool         # one Triton launch per layer (GPU) instead of ~10 elementwise ops
+
+    def apply(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q: [T, Hq, D], k: [T, Hkv, D]."""
-        cos, sin = cos_sin
-        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        if self.fused:
+            from localllm.kernels.rotary import rotary_embedding
+
+            return rotary_embedding(self.positions, q, k, self.cos, self.sin, inplace=True)
+        return q * self.cos + _rotate_half(q) * self.sin, k * self.cos + _rotate_half(k) * self.sin
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

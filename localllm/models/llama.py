@@ -45,7 +45,7 @@ class LlamaAttention(nn.Module):
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = RotaryEmbedding.apply(rope, q, k)
+        q, k = rope.apply(q, k)
         out = self.attn(q, k, v, meta)
         return self.o_proj(out.flatten(1))
 
@@ -114,7 +114,7 @@ class LlamaForCausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         hidden = self.model.embed_tokens(input_ids)
-        rope = self.rotary.cos_sin(positions, hidden.dtype)
+        rope = self.rotary.for_step(positions, hidden.dtype)
         residual = None
         for layer in self.model.layers:
             hidden, residual = layer(rope, hidden, residual, meta)
