@@ -1,30 +1,81 @@
-"""Benchmark workloads for `localllm bench`: batch-1 latency and many-stream throughput, timed inside one
-process around the engine core so that the numbers are the engine's, not the terminal's."""
+"""Benchmark workloads for `localllm bench`: batch-1 latency, many-stream throughput and a decode sweep over batch
+sizes, each figure beside its roofline. The workloads and the results live here once; a backend (our engine in
+bench_engine.py, transformers in bench_hf.py) only runs prompts and times them, inside one process, so that the
+numbers are the runtime's, not the terminal's."""
 from __future__ import annotations
 
 import random
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
-from localllm.sampling_params import SamplingParams
+import torch
+
+from localllm.bench_device import DeviceLimits
+from localllm.bench_roofline import ModelShape, decode_roofline, percent, prefill_floor_s
+
+NANO_VLLM_TEMPERATURE = 0.6
+PROMPT_TOKEN_IDS = 10000   # random prompts draw from the first ids, as nano-vllm's do
+
+
+@dataclass
+class Workload:
+    """Prompts and how many tokens each must produce (end of sequence ignored); temperature 0 = greedy."""
+    name: str
+    prompts: list[list[int]]
+    max_tokens: list[int]
+    temperature: float
+
+
+@dataclass
+class GenerateStats:
+    output_tokens: int
+    elapsed_s: float
+    preemptions: int | None   # None where the runtime does not report them
+
+
+class Backend(Protocol):
+    name: str
+    model: str
+    device: torch.device
+    dtype: torch.dtype
+    vocab_size: int
+    shape: ModelShape
+    load_s: float
+
+    def warm_up(self, prompt: list[int]) -> None: ...
+
+    def time_to_first_token_s(self, prompt: list[int]) -> float: ...
+
+    def decode_tokens_per_s(self, prompt: list[int], new_tokens: int) -> float:
+        """Greedy, timed from the first token (after prefill) to the last."""
+
+    def generate_all(self, workload: Workload) -> GenerateStats: ...
 
 
 @dataclass
 class LatencyResult:
     model: str
+    backend: str
     device: str
     dtype: str
     load_s: float
     ttft_prompt_tokens: int
     ttft_ms: float
+    matmul_tflop_s: float
+    ttft_floor_ms: float
+    percent_of_ttft_floor: float
     decode_prompt_tokens: int
     decode_tokens: int
     decode_tokens_per_s: float
+    copy_bandwidth_gb_s: float
+    roofline_tokens_per_s: float
+    percent_of_roofline: float
 
 
 @dataclass
 class ThroughputResult:
     model: str
+    backend: str
     device: str
     dtype: str
     workload: str
@@ -33,7 +84,29 @@ class ThroughputResult:
     output_tokens: int
     elapsed_s: float
     output_tokens_per_s: float
-    preemptions: int
+    preemptions: int | None
+    copy_bandwidth_gb_s: float
+    roofline_s: float
+    roofline_tokens_per_s: float
+    percent_of_roofline: float
+    hf_output_tokens_per_s: float | None = None   # filled by compare_with_hf
+    ratio_to_hf: float | None = None
+
+
+@dataclass
+class SweepPoint:
+    batch_size: int
+    decode_tokens_per_s: float
+    roofline_tokens_per_s: float
+
+
+@dataclass
+class SweepResult:
+    model: str
+    device: str
+    dtype: str
+    copy_bandwidth_gb_s: float
+    points: list[SweepPoint] = field(default_factory=list)
 
 
 def random_prompts(count: int, length: int, vocab: int, seed: int) -> list[list[int]]:
@@ -41,65 +114,82 @@ def random_prompts(count: int, length: int, vocab: int, seed: int) -> list[list[
     return [[rng.randrange(vocab) for _ in range(length)] for _ in range(count)]
 
 
-def nano_vllm_workload() -> tuple[list[list[int]], list[int]]:
-    """nano-vllm's bench.py workload: 256 sequences, 133,966 output tokens in total."""
+def prompt_vocab(vocab_size: int) -> int:
+    return min(vocab_size, PROMPT_TOKEN_IDS)
+
+
+def nano_vllm_workload() -> Workload:
+    """nano-vllm's bench.py workload: 256 sequences, 133,966 output tokens in total, temperature 0.6."""
     rng = random.Random(0)
-    prompts = [[rng.randint(0, 10000) for _ in range(rng.randint(100, 1024))] for _ in range(256)]
+    prompts = [[rng.randint(0, PROMPT_TOKEN_IDS) for _ in range(rng.randint(100, 1024))] for _ in range(256)]
     max_tokens = [rng.randint(100, 1024) for _ in range(256)]
-    return prompts, max_tokens
+    return Workload("nano-vllm", prompts, max_tokens, NANO_VLLM_TEMPERATURE)
 
 
-def _run_to_completion(core) -> int:
-    tokens = 0
-    while core.has_unfinished:
-        tokens += len(core.step())
-    return tokens
+def throughput_workload(name: str, vocab_size: int, streams: int, prompt_tokens: int, new_tokens: int,
+                        seed: int = 0) -> Workload:
+    if name == "nano-vllm":
+        if vocab_size <= PROMPT_TOKEN_IDS:
+            raise ValueError(f"the nano-vllm workload draws token ids up to {PROMPT_TOKEN_IDS:,}; this model's "
+                             f"vocabulary has {vocab_size:,}")
+        return nano_vllm_workload()
+    if name == "streams":
+        prompts = random_prompts(streams, prompt_tokens, prompt_vocab(vocab_size), seed)
+        return Workload("streams", prompts, [new_tokens] * streams, 0.0)
+    raise ValueError(f"unknown workload {name!r}; use 'streams' or 'nano-vllm'")
 
 
-def measure_latency(core, load_s: float, model: str, prompt_tokens: int = 128, new_tokens: int = 256,
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def measure_latency(backend: Backend, limits: DeviceLimits, prompt_tokens: int = 128, new_tokens: int = 256,
                     ttft_prompt_tokens: int = 1024, seed: int = 0) -> LatencyResult:
-    vocab = min(core.vocab_size, 10000)
-    greedy = dict(temperature=0.0, ignore_eos=True)
-    warm = random_prompts(1, 16, vocab, seed + 1)[0]
-    core.add_request("warmup", warm, SamplingParams(max_tokens=4, **greedy))
-    _run_to_completion(core)
-
-    ttft_prompt = random_prompts(1, ttft_prompt_tokens, vocab, seed + 2)[0]
-    start = time.perf_counter()
-    core.add_request("ttft", ttft_prompt, SamplingParams(max_tokens=1, **greedy))
-    _run_to_completion(core)
-    ttft_ms = (time.perf_counter() - start) * 1000
-
-    core.add_request("decode", random_prompts(1, prompt_tokens, vocab, seed)[0],
-                     SamplingParams(max_tokens=new_tokens, **greedy))
-    while not core.step():   # prefill (possibly in chunks) until the first token
-        pass
-    start = time.perf_counter()
-    decoded = _run_to_completion(core)
-    rate = decoded / (time.perf_counter() - start)
-    return LatencyResult(model, str(core.device), str(core.dtype).removeprefix("torch."), load_s,
-                         ttft_prompt_tokens, ttft_ms, prompt_tokens, new_tokens, rate)
+    vocab = prompt_vocab(backend.vocab_size)
+    backend.warm_up(random_prompts(1, 16, vocab, seed + 1)[0])
+    ttft_s = backend.time_to_first_token_s(random_prompts(1, ttft_prompt_tokens, vocab, seed + 2)[0])
+    rate = backend.decode_tokens_per_s(random_prompts(1, prompt_tokens, vocab, seed)[0], new_tokens)
+    floor_s = prefill_floor_s(backend.shape, ttft_prompt_tokens, limits.matmul_tflop_s)
+    roofline = decode_roofline(backend.shape, limits.copy_bandwidth_gb_s, [prompt_tokens], [new_tokens])
+    return LatencyResult(backend.model, backend.name, str(backend.device), _dtype_name(backend.dtype),
+                         backend.load_s, ttft_prompt_tokens, ttft_s * 1000, limits.matmul_tflop_s, floor_s * 1000,
+                         percent(floor_s, ttft_s), prompt_tokens, new_tokens, rate, limits.copy_bandwidth_gb_s,
+                         roofline.tokens_per_s, percent(rate, roofline.tokens_per_s))
 
 
-def measure_throughput(core, model: str, workload: str = "streams", streams: int = 16, prompt_tokens: int = 128,
-                       new_tokens: int = 256, seed: int = 0) -> ThroughputResult:
-    if workload == "nano-vllm":
-        prompts, max_tokens = nano_vllm_workload()
-        params = [SamplingParams(temperature=0.6, ignore_eos=True, max_tokens=m) for m in max_tokens]
-    else:
-        prompts = random_prompts(streams, prompt_tokens, min(core.vocab_size, 10000), seed)
-        params = [SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=new_tokens)] * streams
-    core.add_request("warmup", prompts[0][:16], SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True))
-    _run_to_completion(core)
-    preempted_before = core.scheduler.num_preemptions
-    start = time.perf_counter()
-    for i, (prompt, p) in enumerate(zip(prompts, params)):
-        core.add_request(f"bench-{i}", prompt, p)
-    output_tokens = _run_to_completion(core)
-    elapsed = time.perf_counter() - start
-    return ThroughputResult(model, str(core.device), str(core.dtype).removeprefix("torch."), workload, len(prompts),
-                            sum(map(len, prompts)), output_tokens, elapsed, output_tokens / elapsed,
-                            core.scheduler.num_preemptions - preempted_before)
+def measure_throughput(backend: Backend, limits: DeviceLimits, workload: Workload) -> ThroughputResult:
+    backend.warm_up(workload.prompts[0][:16])
+    stats = backend.generate_all(workload)
+    rate = stats.output_tokens / stats.elapsed_s
+    roofline = decode_roofline(backend.shape, limits.copy_bandwidth_gb_s, [len(p) for p in workload.prompts],
+                               workload.max_tokens)
+    return ThroughputResult(backend.model, backend.name, str(backend.device), _dtype_name(backend.dtype),
+                            workload.name, len(workload.prompts), sum(map(len, workload.prompts)),
+                            stats.output_tokens, stats.elapsed_s, rate, stats.preemptions,
+                            limits.copy_bandwidth_gb_s, roofline.seconds, roofline.tokens_per_s,
+                            percent(rate, roofline.tokens_per_s))
+
+
+def compare_with_hf(result: ThroughputResult, hf_result: ThroughputResult) -> ThroughputResult:
+    result.hf_output_tokens_per_s = hf_result.output_tokens_per_s
+    result.ratio_to_hf = result.output_tokens_per_s / hf_result.output_tokens_per_s
+    return result
+
+
+def measure_sweep(engine, limits: DeviceLimits, batch_sizes: list[int], prompt_tokens: int = 128,
+                  new_tokens: int = 64, seed: int = 0) -> SweepResult:
+    """Decode tokens/s of `engine` (a bench_engine.EngineBackend) at each batch size; every point has prompts of
+    its own, so no point finds another's prompts in the prefix cache."""
+    vocab = prompt_vocab(engine.vocab_size)
+    engine.warm_up(random_prompts(1, 16, vocab, seed + 1)[0])
+    result = SweepResult(engine.model, str(engine.device), _dtype_name(engine.dtype), limits.copy_bandwidth_gb_s)
+    for batch_size in batch_sizes:
+        prompts = random_prompts(batch_size, prompt_tokens, vocab, seed + 1000 + batch_size)
+        rate = engine.batch_decode_tokens_per_s(prompts, new_tokens)
+        roofline = decode_roofline(engine.shape, limits.copy_bandwidth_gb_s, [prompt_tokens] * batch_size,
+                                   [new_tokens] * batch_size)
+        result.points.append(SweepPoint(batch_size, rate, roofline.tokens_per_s))
+    return result
 
 
 def as_dict(result) -> dict:

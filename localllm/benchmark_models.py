@@ -2,6 +2,9 @@
 device, so nothing is downloaded; speed does not depend on the weights' values)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 
 def random_weight_config(name: str):
     from transformers import LlamaConfig, Qwen3Config
@@ -28,3 +31,21 @@ def random_weight_config(name: str):
     if name not in configs:
         raise ValueError(f"unknown --random-weights architecture {name!r}; choose from {', '.join(configs)}")
     return configs[name]()
+
+
+@dataclass
+class BenchModel:
+    """What a bench run measures: random weights (model_dir None) or a resolved model directory."""
+    name: str
+    hf_config: object
+    model_dir: Path | None
+    eos_token_ids: set[int]
+
+
+def open_bench_model(model: str | None, random_weights: str | None) -> BenchModel:
+    if random_weights:
+        return BenchModel(random_weights, random_weight_config(random_weights), None, set())
+    from localllm.loader.hf_dir import open_model
+
+    files = open_model(model)
+    return BenchModel(model or "smollm2:135m", files.hf_config, files.model_dir, files.eos_token_ids)

@@ -1,8 +1,9 @@
-"""`localllm bench latency|throughput`: measure the engine and print a table (and JSON on request)."""
+"""`localllm bench latency|throughput|sweep`: measure a runtime (ours, or transformers for comparison) beside the
+roofline of the device it runs on, and print a table (and JSON on request)."""
 from __future__ import annotations
 
+import gc
 import json
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -12,31 +13,72 @@ from rich.table import Table
 
 from localllm.errors import LocalLLMError
 
-bench_app = typer.Typer(help="Measure latency and throughput of the engine.", no_args_is_help=True)
+bench_app = typer.Typer(help="Measure latency, throughput and a batch-size sweep beside the roofline.",
+                        no_args_is_help=True)
+
+BACKENDS = ("localllm", "hf")
+DEFAULT_SWEEP = "1,2,4,8,16,32,64,128,256"
 
 ModelArg = typer.Option(None, "--model", "-m", help="Model alias, .gguf file or directory; default: the embedded one.")
 DtypeOpt = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16.")
 RandomOpt = typer.Option(None, "--random-weights", help="Build qwen3-0.6b, llama-3.2-1b or llama-3.1-8b from its "
                                                         "real config with random weights instead of loading one.")
+BackendOpt = typer.Option("localllm", "--backend", help="localllm (this engine) or hf (transformers as the runtime).")
 JsonOpt = typer.Option(None, "--json-out", help="Also write the result as JSON to this file.")
 MaxLenOpt = typer.Option(4096, "--max-model-len", help="Context length the engine is set up for.")
 
 
-def _load_core(model: str | None, random_weights: str | None, dtype: str, **config):
-    """The engine core to measure, and the seconds it took to get ready."""
+def _fail(error: Exception) -> None:
+    typer.echo(f"Error: {' '.join(str(error).split())}", err=True)
+    raise typer.Exit(1)
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown --backend {backend!r}; choose from {', '.join(BACKENDS)}")
+
+
+def _prepare(model: str | None, random_weights: str | None, dtype: str):
+    """The model to build, and the device's limits, measured before anything is loaded onto it."""
+    from localllm.bench_device import measure_device
+    from localllm.benchmark_models import open_bench_model
+    from localllm.config import Config
+    from localllm.engine.core import resolve_device, resolve_dtype
+
+    bench_model = open_bench_model(model, random_weights)
+    config = Config(dtype=dtype)
+    device = resolve_device(config)
+    torch_dtype = resolve_dtype(config, device)
+    return bench_model, device, torch_dtype, measure_device(device, torch_dtype)
+
+
+def _load(backend: str, bench_model, dtype: str, device, torch_dtype, **config):
     from localllm.config import Config
 
-    start = time.perf_counter()
-    if random_weights:
-        from localllm.benchmark_models import random_weight_config
-        from localllm.engine.core import EngineCore
+    if backend == "hf":
+        from localllm.bench_hf import HFBackend
 
-        core = EngineCore(Config(dtype=dtype, **config), None, random_weight_config(random_weights), set())
-    else:
-        from localllm.engine.llm_engine import LLMEngine
+        batch_tokens = config.get("max_num_batched_tokens", Config().max_num_batched_tokens)
+        return HFBackend(bench_model, device, torch_dtype, batch_tokens)
+    from localllm.bench_engine import EngineBackend
 
-        core = LLMEngine(Config(model=model, dtype=dtype, **config)).core
-    return core, time.perf_counter() - start
+    return EngineBackend(bench_model, dtype, **config)
+
+
+def _free_device_memory(device) -> None:
+    """Once the last reference to a backend is gone: give its memory back before the next backend sizes its KV
+    cache from what is free (CUDA graphs and the caching allocator hold on to it otherwise)."""
+    import torch
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.2f}" if isinstance(value, float) else str(value)
 
 
 def _report(result, json_out: Path | None) -> None:
@@ -45,35 +87,38 @@ def _report(result, json_out: Path | None) -> None:
     fields = as_dict(result)
     table = Table(show_header=False, box=None)
     for key, value in fields.items():
-        table.add_row(key, f"{value:,.2f}" if isinstance(value, float) else str(value))
+        table.add_row(key, _cell(value))
     Console().print(table)
+    _write_json(fields, json_out)
+
+
+def _write_json(fields: dict, json_out: Path | None) -> None:
     if json_out:
         json_out.write_text(json.dumps(fields, indent=2) + "\n")
-
-
-def _fail(error: Exception) -> None:
-    typer.echo(f"Error: {' '.join(str(error).split())}", err=True)
-    raise typer.Exit(1)
 
 
 @bench_app.command()
 def latency(
     model: Optional[str] = ModelArg,
     random_weights: Optional[str] = RandomOpt,
+    backend: str = BackendOpt,
     dtype: str = DtypeOpt,
     max_model_len: int = MaxLenOpt,
     prompt_tokens: int = typer.Option(128, help="Prompt length of the decode run."),
-    new_tokens: int = typer.Option(256, help="Tokens generated in the decode run."),
+    new_tokens: int = typer.Option(256, help="Tokens generated in the decode run (at least 2)."),
     ttft_prompt_tokens: int = typer.Option(1024, help="Prompt length of the time-to-first-token run."),
     json_out: Optional[Path] = JsonOpt,
 ) -> None:
-    """Batch-1 decode tokens/s and time to first token, greedy, random prompt tokens."""
+    """Batch-1 decode tokens/s and time to first token, greedy, random prompt tokens, beside the roofline."""
     from localllm.benchmark import measure_latency
 
     try:
-        core, load_s = _load_core(model, random_weights, dtype, max_model_len=max_model_len)
-        name = random_weights or model or "smollm2:135m"
-        _report(measure_latency(core, load_s, name, prompt_tokens, new_tokens, ttft_prompt_tokens), json_out)
+        _check_backend(backend)
+        if new_tokens < 2:
+            raise ValueError("--new-tokens must be at least 2: decode is timed from the first token to the last")
+        bench_model, device, torch_dtype, limits = _prepare(model, random_weights, dtype)
+        runtime = _load(backend, bench_model, dtype, device, torch_dtype, max_model_len=max_model_len)
+        _report(measure_latency(runtime, limits, prompt_tokens, new_tokens, ttft_prompt_tokens), json_out)
     except (LocalLLMError, ValueError) as e:
         _fail(e)
 
@@ -82,6 +127,9 @@ def latency(
 def throughput(
     model: Optional[str] = ModelArg,
     random_weights: Optional[str] = RandomOpt,
+    backend: str = BackendOpt,
+    compare_hf: bool = typer.Option(False, "--compare-hf", help="Also run transformers' continuous batching on the "
+                                                                "same workload and report our ratio to it."),
     dtype: str = DtypeOpt,
     max_model_len: int = MaxLenOpt,
     workload: str = typer.Option("streams", help="'streams' (N equal greedy streams) or 'nano-vllm'."),
@@ -91,15 +139,69 @@ def throughput(
     max_num_seqs: int = typer.Option(256, help="Most sequences running at once."),
     json_out: Optional[Path] = JsonOpt,
 ) -> None:
-    """Aggregate output tokens/s of many sequences generated at once (continuous batching)."""
-    from localllm.benchmark import measure_throughput
+    """Aggregate output tokens/s of many sequences generated at once (continuous batching), beside the roofline."""
+    from localllm.benchmark import compare_with_hf, measure_throughput, throughput_workload
 
-    if workload not in ("streams", "nano-vllm"):
-        _fail(ValueError(f"unknown workload {workload!r}; use 'streams' or 'nano-vllm'"))
     try:
+        _check_backend(backend)
+        if compare_hf and backend != "localllm":
+            raise ValueError("--compare-hf compares localllm with hf; leave --backend at localllm")
+        bench_model, device, torch_dtype, limits = _prepare(model, random_weights, dtype)
+        work = throughput_workload(workload, bench_model.hf_config.vocab_size, streams, prompt_tokens, new_tokens)
         config = dict(max_num_seqs=max_num_seqs, max_model_len=max_model_len)
-        core, _ = _load_core(model, random_weights, dtype, **config)
-        name = random_weights or model or "smollm2:135m"
-        _report(measure_throughput(core, name, workload, streams, prompt_tokens, new_tokens), json_out)
+        runtime = _load(backend, bench_model, dtype, device, torch_dtype, **config)
+        result = measure_throughput(runtime, limits, work)
+        if compare_hf:
+            del runtime
+            _free_device_memory(device)
+            hf_runtime = _load("hf", bench_model, dtype, device, torch_dtype, **config)
+            result = compare_with_hf(result, measure_throughput(hf_runtime, limits, work))
+        _report(result, json_out)
     except (LocalLLMError, ValueError) as e:
         _fail(e)
+
+
+def _batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--batch-sizes must be comma-separated integers, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"--batch-sizes must be positive, got {text!r}")
+    return sizes
+
+
+@bench_app.command()
+def sweep(
+    model: Optional[str] = ModelArg,
+    random_weights: Optional[str] = RandomOpt,
+    dtype: str = DtypeOpt,
+    max_model_len: int = MaxLenOpt,
+    batch_sizes: str = typer.Option(DEFAULT_SWEEP, help="Comma-separated batch sizes."),
+    prompt_tokens: int = typer.Option(128, help="Prompt length of each sequence."),
+    new_tokens: int = typer.Option(64, help="Tokens generated by each sequence (at least 2)."),
+    json_out: Optional[Path] = JsonOpt,
+) -> None:
+    """Decode tokens/s of this engine against batch size (greedy, decode phase only), beside the roofline."""
+    from localllm.bench_roofline import percent
+    from localllm.benchmark import as_dict, measure_sweep
+
+    try:
+        sizes = _batch_sizes(batch_sizes)
+        if new_tokens < 2:
+            raise ValueError("--new-tokens must be at least 2: decode is timed from the first token to the last")
+        bench_model, device, torch_dtype, limits = _prepare(model, random_weights, dtype)
+        engine = _load("localllm", bench_model, dtype, device, torch_dtype, max_model_len=max_model_len,
+                       max_num_seqs=max(sizes))
+        result = measure_sweep(engine, limits, sizes, prompt_tokens, new_tokens)
+    except (LocalLLMError, ValueError) as e:
+        _fail(e)
+    table = Table(title=f"{result.model} on {result.device}, {result.dtype}, copy bandwidth "
+                        f"{result.copy_bandwidth_gb_s:,.1f} GB/s")
+    for column in ("batch size", "decode tok/s", "roofline tok/s", "% of roofline"):
+        table.add_column(column, justify="right")
+    for point in result.points:
+        table.add_row(str(point.batch_size), _cell(point.decode_tokens_per_s), _cell(point.roofline_tokens_per_s),
+                      f"{percent(point.decode_tokens_per_s, point.roofline_tokens_per_s):.1f}")
+    Console().print(table)
+    _write_json(as_dict(result), json_out)

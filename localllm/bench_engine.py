@@ -1,0 +1,76 @@
+"""localllm's own engine as a `localllm bench` backend: prompts go straight into EngineCore, timed around its
+steps (each step ends with the sampled tokens on the host, so wall-clock time is the device's time too)."""
+from __future__ import annotations
+
+import time
+
+from localllm.bench_roofline import model_shape
+from localllm.benchmark import GenerateStats, Workload
+from localllm.benchmark_models import BenchModel
+from localllm.sampling_params import SamplingParams
+
+
+def _greedy(max_tokens: int) -> SamplingParams:
+    return SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=max_tokens)
+
+
+class EngineBackend:
+    name = "localllm"
+
+    def __init__(self, bench_model: BenchModel, dtype: str, **config):
+        from localllm.config import Config
+        from localllm.engine.core import EngineCore
+
+        start = time.perf_counter()
+        self.core = EngineCore(Config(dtype=dtype, **config), bench_model.model_dir, bench_model.hf_config,
+                               bench_model.eos_token_ids)
+        self.load_s = time.perf_counter() - start
+        self.model = bench_model.name
+        self.device, self.dtype, self.vocab_size = self.core.device, self.core.dtype, self.core.vocab_size
+        self.shape = model_shape(self.core.runner.model, bench_model.hf_config, self.dtype.itemsize)
+        self._request_count = 0
+
+    def _add(self, prompt: list[int], params: SamplingParams) -> str:
+        request_id = f"bench-{self._request_count}"
+        self._request_count += 1
+        self.core.add_request(request_id, prompt, params)
+        return request_id
+
+    def _run_to_completion(self) -> int:
+        tokens = 0
+        while self.core.has_unfinished:
+            tokens += len(self.core.step())
+        return tokens
+
+    def warm_up(self, prompt: list[int]) -> None:
+        self._add(prompt, _greedy(4))
+        self._run_to_completion()
+
+    def time_to_first_token_s(self, prompt: list[int]) -> float:
+        start = time.perf_counter()
+        self._add(prompt, _greedy(1))
+        self._run_to_completion()
+        return time.perf_counter() - start
+
+    def batch_decode_tokens_per_s(self, prompts: list[list[int]], new_tokens: int) -> float:
+        """All prompts at once; the clock starts when every sequence has its first token, so prefill (chunked,
+        possibly mixed with early sequences' decoding) is not counted."""
+        waiting = {self._add(prompt, _greedy(new_tokens)) for prompt in prompts}
+        while waiting:
+            waiting -= {event.request_id for event in self.core.step()}
+        start = time.perf_counter()
+        decoded = self._run_to_completion()
+        return decoded / (time.perf_counter() - start)
+
+    def decode_tokens_per_s(self, prompt: list[int], new_tokens: int) -> float:
+        return self.batch_decode_tokens_per_s([prompt], new_tokens)
+
+    def generate_all(self, workload: Workload) -> GenerateStats:
+        preempted_before = self.core.scheduler.num_preemptions
+        start = time.perf_counter()
+        for prompt, max_tokens in zip(workload.prompts, workload.max_tokens):
+            params = SamplingParams(temperature=workload.temperature, ignore_eos=True, max_tokens=max_tokens)
+            self._add(prompt, params)
+        output_tokens = self._run_to_completion()
+        return GenerateStats(output_tokens, time.perf_counter() - start,
+                             self.core.scheduler.num_preemptions - preempted_before)

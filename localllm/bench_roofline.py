@@ -1,0 +1,67 @@
+"""Roofline arithmetic for `localllm bench`: the fastest a decode could go if each step only had to read every
+weight once and each running sequence's keys and values once at the device's copy bandwidth, and the fastest a
+prefill could go at the device's matmul rate. Plain arithmetic on integers, so it can be checked by hand."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What a decode step has to read, and what a prefill has to compute."""
+    num_params: int
+    weight_bytes_per_step: int   # every weight once, but an untied input embedding only gives one row per token
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    kv_dtype_bytes: int
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.kv_dtype_bytes
+
+
+def model_shape(model, hf_config, kv_dtype_bytes: int) -> ModelShape:
+    """The shape of a built model, ours or transformers': parameters() yields a tied embedding / LM head once,
+    which a step reads once (as the LM head); an untied input embedding is left out of the bytes, since a step
+    gathers a single row of it per sequence (for Llama-3.1-8B that is 1 GB of its 16 GB)."""
+    params = list(model.parameters())
+    param_bytes = sum(p.numel() * p.element_size() for p in params)
+    if not getattr(hf_config, "tie_word_embeddings", False):
+        param_bytes -= hf_config.vocab_size * hf_config.hidden_size * params[0].element_size()  # one weight dtype
+    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
+    return ModelShape(num_params=sum(p.numel() for p in params), weight_bytes_per_step=param_bytes,
+                      num_layers=hf_config.num_hidden_layers, num_kv_heads=hf_config.num_key_value_heads,
+                      head_dim=head_dim, kv_dtype_bytes=kv_dtype_bytes)
+
+
+@dataclass(frozen=True)
+class Roofline:
+    bytes_read: int
+    output_tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.output_tokens / self.seconds
+
+
+def decode_roofline(shape: ModelShape, bandwidth_gb_s: float, prompt_lens: list[int],
+                    max_tokens: list[int]) -> Roofline:
+    """Every sequence decodes from its prompt at once, one token per step: step t (from 1) runs the sequences
+    with max_tokens >= t, reads the weights once and, for each running sequence, the KV of its prompt_len + t
+    tokens. Prefill and scheduling are left out, so this is a bound, not a prediction."""
+    steps = max(max_tokens)
+    # sum over t = 1..m of (p + t) = m * p + m * (m + 1) / 2 context tokens read by one sequence
+    context_tokens = sum(m * p + m * (m + 1) // 2 for p, m in zip(prompt_lens, max_tokens))
+    bytes_read = steps * shape.weight_bytes_per_step + context_tokens * shape.kv_bytes_per_token
+    return Roofline(bytes_read, sum(max_tokens), bytes_read / (bandwidth_gb_s * 1e9))
+
+
+def prefill_floor_s(shape: ModelShape, prompt_tokens: int, matmul_tflop_s: float) -> float:
+    """2 FLOPs per parameter per prompt token at the measured matmul rate; attention's own FLOPs are left out."""
+    return 2 * shape.num_params * prompt_tokens / (matmul_tflop_s * 1e12)
+
+
+def percent(reached: float, bound: float) -> float:
+    return 100.0 * reached / bound
