@@ -20,6 +20,7 @@ class Config:
     enable_chunked_prefill: bool = True
     num_threads: int | None = None    # CPU intra-op threads; None = torch's default
     enforce_eager: bool = False       # GPU: no CUDA graphs (debugging)
+    overlap_steps: bool | None = None  # schedule the next step while the GPU runs this one; None = on GPU only
 
     def __post_init__(self) -> None:
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):

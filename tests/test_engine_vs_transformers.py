@@ -19,6 +19,13 @@ def model_dir(request, tmp_path_factory):
     return build_model_dir(request.param, tmp_path_factory.mktemp(request.param))
 
 
+# overlap: each step is scheduled before the previous one's tokens are read back (the GPU default), with inputs of
+# sequences whose token is in flight taken from the device tensor
+@pytest.fixture(params=[False, True], ids=["sync", "overlap"])
+def overlap(request):
+    return request.param
+
+
 @functools.lru_cache(maxsize=None)
 def _reference(model_dir, prompt: tuple[int, ...], max_new_tokens: int) -> list[int]:
     return hf_greedy(model_dir, list(prompt), max_new_tokens)
@@ -50,24 +57,24 @@ def generate_and_check(llm, model_dir, batch, max_tokens, n=1):
     return outs
 
 
-def test_single_prompt(model_dir):
-    llm = LLM(str(model_dir), block_size=4, num_kv_blocks=64)
+def test_single_prompt(model_dir, overlap):
+    llm = LLM(str(model_dir), overlap_steps=overlap, block_size=4, num_kv_blocks=64)
     batch = prompts(1, [11])
     generate_and_check(llm, model_dir, batch, 16)
     stats = llm.engine.core.block_manager.stats
     assert (stats.queries, stats.hits) == (11, 0)
 
 
-def test_batch_of_different_lengths(model_dir):
-    llm = LLM(str(model_dir), block_size=4, num_kv_blocks=128)
+def test_batch_of_different_lengths(model_dir, overlap):
+    llm = LLM(str(model_dir), overlap_steps=overlap, block_size=4, num_kv_blocks=128)
     batch = prompts(2, [3, 17, 8, 30, 1])
     generate_and_check(llm, model_dir, batch, 12)
     stats = llm.engine.core.block_manager.stats
     assert (stats.queries, stats.hits) == (3 + 17 + 8 + 30 + 1, 0)
 
 
-def test_chunked_prefill_small_budget(model_dir):
-    llm = LLM(str(model_dir), block_size=4, num_kv_blocks=64, max_num_batched_tokens=5)
+def test_chunked_prefill_small_budget(model_dir, overlap):
+    llm = LLM(str(model_dir), overlap_steps=overlap, block_size=4, num_kv_blocks=64, max_num_batched_tokens=5)
     batch = prompts(3, [23, 9, 14])
     steps = []
     original = llm.engine.core.scheduler.schedule
@@ -83,15 +90,15 @@ def test_chunked_prefill_small_budget(model_dir):
     assert any(len(s) > 1 and 1 in s and max(s) > 1 for s in steps), "prefill chunks never mixed with decodes"
 
 
-def test_preemption_by_tiny_kv_pool(model_dir):
-    llm = LLM(str(model_dir), block_size=4, num_kv_blocks=12)
+def test_preemption_by_tiny_kv_pool(model_dir, overlap):
+    llm = LLM(str(model_dir), overlap_steps=overlap, block_size=4, num_kv_blocks=12)
     batch = prompts(4, [10, 9, 11])
     generate_and_check(llm, model_dir, batch, 12)
     assert llm.engine.core.scheduler.num_preemptions > 0
 
 
-def test_second_request_hits_prefix_cache(model_dir):
-    llm = LLM(str(model_dir), block_size=4, num_kv_blocks=64)
+def test_second_request_hits_prefix_cache(model_dir, overlap):
+    llm = LLM(str(model_dir), overlap_steps=overlap, block_size=4, num_kv_blocks=64)
     first = prompts(5, [23])[0]
     generate_and_check(llm, model_dir, [first], 6)
     generate_and_check(llm, model_dir, [first], 6)
@@ -103,12 +110,13 @@ def test_second_request_hits_prefix_cache(model_dir):
     assert (stats.queries, stats.hits) == (23 + 23 + 19, 0 + 20 + 8)
 
 
-def test_n_completions_share_prompt_blocks(model_dir):
-    llm = LLM(str(model_dir), block_size=4, num_kv_blocks=64)
+def test_n_completions_share_prompt_blocks(model_dir, overlap):
+    llm = LLM(str(model_dir), overlap_steps=overlap, block_size=4, num_kv_blocks=64)
     prompt = prompts(7, [14])[0]
     core = llm.engine.core
     core.add_request("r", prompt, SamplingParams(max_tokens=8, n=3, **GREEDY))
-    core.step()  # prefill of the parent; the two other completions fork from it
+    while len(core.requests["r"]) < 3:   # the parent's prefill; the two other completions fork from it
+        core.step()
     shared = core.requests["r"][0].block_table[:(14 - 1) // 4]
     assert [core.block_manager.blocks[b].ref_count for b in shared] == [3, 3, 3]
     while core.has_unfinished:
@@ -117,8 +125,8 @@ def test_n_completions_share_prompt_blocks(model_dir):
     generate_and_check(llm, model_dir, [prompt], 8, n=3)
 
 
-def test_cached_free_block_count_tracks_the_free_list(model_dir):
-    llm = LLM(str(model_dir), block_size=4, num_kv_blocks=24)
+def test_cached_free_block_count_tracks_the_free_list(model_dir, overlap):
+    llm = LLM(str(model_dir), overlap_steps=overlap, block_size=4, num_kv_blocks=24)
     batch = prompts(8, [13, 9, 21, 6])
     generate_and_check(llm, model_dir, batch, 5)
     generate_and_check(llm, model_dir, batch[:2], 5)   # hits, and evictions in a pool this small

@@ -9,8 +9,14 @@ from tiny_models import build_model_dir
 
 
 @pytest.fixture(scope="module")
-def llm(tmp_path_factory):
-    return LLM(str(build_model_dir("qwen3", tmp_path_factory.mktemp("qwen3"))), block_size=4, num_kv_blocks=96)
+def model_dir(tmp_path_factory):
+    return build_model_dir("qwen3", tmp_path_factory.mktemp("qwen3"))
+
+
+# overlap: steps scheduled before the previous step's tokens are read back (the GPU default)
+@pytest.fixture(scope="module", params=[False, True], ids=["sync", "overlap"])
+def llm(request, model_dir):
+    return LLM(str(model_dir), block_size=4, num_kv_blocks=96, overlap_steps=request.param)
 
 
 @pytest.fixture(autouse=True)

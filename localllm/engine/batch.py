@@ -23,27 +23,28 @@ class StepBatch:
 class StepBatchBuilder:
     """Writes each step's index arrays into reusable host buffers and sends them to the device.
 
-    On a GPU the buffers are pinned: a copy from ordinary (pageable) memory waits for the GPU to go idle first,
-    which would stall the host behind the previous step. Reusing them is safe because every step ends with the
-    host reading its sampled tokens, after which the GPU has consumed the copies.
+    On a GPU they go through pinned memory: a copy from ordinary (pageable) memory first waits for the GPU to go
+    idle, which would stall the host behind the step in flight. torch's pinned-memory cache keeps each pinned
+    block until its copy has run, so the next step can be built while this one's copies are still queued.
     """
 
     def __init__(self, block_size: int, device: torch.device, max_num_tokens: int, max_num_seqs: int,
                  max_blocks_per_seq: int):
         self.block_size = block_size
         self.device = device
-        pin = device.type == "cuda"
         # the GPU kernels take int32 metadata; the CPU path indexes with int64
-        meta_dtype = torch.int32 if pin else torch.int64
-        self._tokens = torch.empty((3, max_num_tokens), dtype=torch.int64, pin_memory=pin)
-        self._meta_tokens = torch.empty(max_num_tokens, dtype=meta_dtype, pin_memory=pin)
-        self._meta_seqs = torch.empty((2, max_num_seqs + 1), dtype=meta_dtype, pin_memory=pin)
-        self._tables = torch.empty(max_num_seqs * max_blocks_per_seq, dtype=meta_dtype, pin_memory=pin)
+        meta_dtype = torch.int32 if device.type == "cuda" else torch.int64
+        self._tokens = torch.empty((3, max_num_tokens), dtype=torch.int64)
+        self._meta_tokens = torch.empty(max_num_tokens, dtype=meta_dtype)
+        self._meta_seqs = torch.empty((2, max_num_seqs + 1), dtype=meta_dtype)
+        self._tables = torch.empty(max_num_seqs * max_blocks_per_seq, dtype=meta_dtype)
 
     def _send(self, host: torch.Tensor) -> torch.Tensor:
-        return host.to(self.device, non_blocking=True) if self.device.type == "cuda" else host.clone()
+        return to_device(host, self.device) if self.device.type == "cuda" else host.clone()
 
-    def build(self, scheduled: list[ScheduledSeq]) -> StepBatch:
+    def build(self, scheduled: list[ScheduledSeq], in_flight_tokens: torch.Tensor | None = None) -> StepBatch:
+        """in_flight_tokens: the device tensor of tokens the step in flight samples, where sequences whose
+        latest token is not read back yet (Sequence.pending_index) take their input from."""
         # decodes first: the attention layer batches all single-token queries in one call
         ordered = sorted(scheduled, key=lambda s: s.num_new_tokens != 1)
         bs = self.block_size
@@ -55,15 +56,22 @@ class StepBatchBuilder:
         tables = self._tables.numpy()[:len(ordered) * width].reshape(len(ordered), width)
         sampling_seqs: list[Sequence] = []
         query_start_loc = [0]
+        pending_rows: list[int] = []
+        pending_from: list[int] = []
         t = 0
         for i, item in enumerate(ordered):
             seq, n = item.seq, item.num_new_tokens
             start, table = seq.num_computed_tokens, seq.block_table
-            ids[t:t + n] = seq.token_ids[start:start + n]
             if n == 1:
+                if start < len(seq.token_ids):
+                    ids[t] = seq.token_ids[start]
+                else:
+                    pending_rows.append(t)
+                    pending_from.append(seq.pending_index)
                 positions[t] = start
                 slots[t] = table[start // bs] * bs + start % bs
             else:
+                ids[t:t + n] = seq.token_ids[start:start + n]
                 pos = np.arange(start, start + n)
                 positions[t:t + n] = pos
                 slots[t:t + n] = np.asarray(table)[pos // bs] * bs + pos % bs
@@ -88,5 +96,16 @@ class StepBatchBuilder:
             query_start_loc_host=query_start_loc,
             context_lens_host=context_lens,
         )
-        return StepBatch(self._send(self._tokens[0, :t]), self._send(self._tokens[1, :t]), meta,
+        input_ids = self._send(self._tokens[0, :t])
+        if pending_rows:
+            rows, sources = to_device(torch.tensor([pending_rows, pending_from]), self.device)
+            input_ids[rows] = in_flight_tokens[sources]
+        return StepBatch(input_ids, self._send(self._tokens[1, :t]), meta,
                          self._send(self._tokens[2, :len(sampling_seqs)]), sampling_seqs)
+
+
+def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on the device, without making the host wait for the GPU (see StepBatchBuilder)."""
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)

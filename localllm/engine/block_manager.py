@@ -129,7 +129,8 @@ class BlockManager:
         """After a step: register the blocks this step filled so later prompts can share them."""
         if not self.enable_prefix_caching:
             return
-        num_full = seq.num_computed_tokens // self.block_size
+        # a token still in flight is computed but not yet known, so its block cannot be hashed yet
+        num_full = min(seq.num_computed_tokens, len(seq.token_ids)) // self.block_size
         start = seq.num_hashed_blocks
         if num_full <= start:   # most decode steps fill no block
             return

@@ -13,11 +13,20 @@ from localllm.engine.block_manager import BlockManager
 from localllm.engine.model_runner import ModelRunner, kv_bytes_per_block
 from localllm.engine.request import Sequence
 from localllm.engine.sampler import SampledToken, Sampler, SamplingRow
-from localllm.engine.scheduler import Scheduler
+from localllm.engine.scheduler import Scheduler, SchedulerOutput
 from localllm.errors import LocalLLMError, PromptTooLongError
 from localllm.sampling_params import SamplingParams
 
 GiB = 1 << 30
+
+
+@dataclass
+class InFlightStep:
+    """A step queued on the device whose sampled tokens the host has not read yet."""
+    seqs: list[Sequence]
+    token_ids: torch.Tensor        # on the device: the next step's inputs come from here
+    host_token_ids: torch.Tensor   # pinned copy, valid once `ready` has passed
+    ready: torch.cuda.Event | None
 
 
 @dataclass
@@ -63,7 +72,10 @@ class EngineCore:
         self.eos_token_ids = eos_token_ids
         self.block_manager = BlockManager(self.num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_batched_tokens, config.max_num_seqs,
-                                   config.enable_chunked_prefill)
+                                   config.enable_chunked_prefill, self.max_model_len)
+        # overlap only pays where the forward runs asynchronously to the host
+        self.overlap = config.overlap_steps if config.overlap_steps is not None else self.device.type == "cuda"
+        self.in_flight: InFlightStep | None = None
         self.sampler = Sampler(eos_token_ids)
         self.requests: dict[str, list[Sequence]] = {}
 
@@ -116,28 +128,63 @@ class EngineCore:
 
     @property
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished
+        return self.scheduler.has_unfinished or self.in_flight is not None
 
     def step(self) -> list[TokenEvent]:
+        """Runs one step. With overlap on, the tokens it samples are read back during the next call, after that
+        call has already queued its own step on the GPU, so the host's scheduling and bookkeeping run while the
+        GPU computes; a sequence that turns out to have finished then wastes one token's work."""
         out = self.scheduler.schedule()
-        if not out.scheduled:
-            return []
-        batch = self.batch_builder.build(out.scheduled)
+        launched = self._launch(out) if out.scheduled else None
+        events = self._read_back(self.in_flight) if self.in_flight else []
+        self.in_flight = None
+        if isinstance(launched, InFlightStep):
+            self.in_flight = launched
+        elif launched:
+            events += self._apply(*launched)
+        return events
+
+    def _launch(self, out: SchedulerOutput) -> InFlightStep | tuple[list[Sequence], list[SampledToken]] | None:
+        in_flight_tokens = self.in_flight.token_ids if self.in_flight else None
+        batch = self.batch_builder.build(out.scheduled, in_flight_tokens)
         logits = self.runner.forward(batch)
         self.scheduler.step_done(out)
-        if not batch.sampling_seqs:
-            return []
-        rows = [self._sampling_row(s) for s in batch.sampling_seqs]
+        seqs = batch.sampling_seqs
+        if not seqs:
+            return None
+        rows = [self._sampling_row(s) for s in seqs]
+        for i, seq in enumerate(seqs):
+            seq.num_pending += 1
+            seq.pending_index = i
+        if not self.overlap or any(Sampler.needs_host(s.params) for s in seqs):
+            return seqs, self.sampler(logits, rows)
+        token_ids = Sampler.token_ids(logits, rows)
+        host = torch.empty(token_ids.shape, dtype=token_ids.dtype, pin_memory=self.device.type == "cuda")
+        host.copy_(token_ids, non_blocking=True)
+        ready = torch.cuda.Event() if self.device.type == "cuda" else None
+        if ready is not None:
+            ready.record()
+        return InFlightStep(seqs, token_ids, host, ready)
+
+    def _read_back(self, step: InFlightStep) -> list[TokenEvent]:
+        if step.ready is not None:
+            step.ready.synchronize()
+        return self._apply(step.seqs, [SampledToken(t, None, None) for t in step.host_token_ids.tolist()])
+
+    def _apply(self, seqs: list[Sequence], sampled: list[SampledToken]) -> list[TokenEvent]:
         events = []
-        for seq, sampled in zip(batch.sampling_seqs, self.sampler(logits, rows)):
-            seq.token_ids.append(sampled.token_id)
+        for seq, token in zip(seqs, sampled):
+            seq.num_pending -= 1
+            if seq.is_finished:   # aborted or stopped while its token was in flight
+                continue
+            seq.token_ids.append(token.token_id)
             if seq.index == 0 and seq.params.n > 1 and seq.num_output_tokens == 1:
                 self._fork(seq)
-            reason = self._finish_reason(seq, sampled.token_id)
+            reason = self._finish_reason(seq, token.token_id)
             if reason:
                 self.scheduler.finish(seq, reason)
                 self._forget_if_done(seq.request_id)
-            events.append(TokenEvent(seq.request_id, seq.index, sampled, reason))
+            events.append(TokenEvent(seq.request_id, seq.index, token, reason))
         return events
 
     @staticmethod

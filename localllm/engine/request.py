@@ -35,9 +35,24 @@ class Sequence:
         self.num_hashed_blocks = 0              # leading blocks already registered in the prefix cache
         self.finish_reason: str | None = None
         self.generator: torch.Generator | None = None   # set by the core, on the device that samples
+        # Tokens sampled by steps still in flight, not yet read back; the next step takes its input on the device
+        # from row pending_index of the latest such step's sampled tokens.
+        self.num_pending = 0
+        self.pending_index = 0
 
     def __len__(self) -> int:
         return len(self.token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens including one still in flight: what the scheduler plans with."""
+        return len(self.token_ids) + self.num_pending
+
+    def has_all_tokens(self, max_model_len: int) -> bool:
+        """Whether the token in flight is the last one (max_tokens or a full context), so no step is due."""
+        limit = self.params.max_tokens
+        return self.num_tokens >= max_model_len or (limit is not None and
+                                                    self.num_tokens - self.num_prompt_tokens >= limit)
 
     @property
     def prompt_token_ids(self) -> list[int]:

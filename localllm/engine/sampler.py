@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from localllm.engine.batch import to_device
 from localllm.sampling_params import SamplingParams
 
 # A row with top-p but no top-k looks for its nucleus among this many best tokens first: a full
@@ -45,6 +46,19 @@ class Sampler:
         logits = self._penalised_and_masked(logits, rows)
         token_ids = _choose_tokens(logits, rows)
         return _sampled_tokens(logits, rows, token_ids)
+
+    @staticmethod
+    def token_ids(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+        """The chosen token ids, left on the logits' device, for rows that need neither penalties nor logprobs
+        (see needs_host): with a GPU, the host goes on without waiting for them (except for top-p rows whose
+        nucleus may be wider than NUCLEUS_WINDOW, which look at the result)."""
+        return _choose_tokens(logits.float(), rows)
+
+    @staticmethod
+    def needs_host(params: SamplingParams) -> bool:
+        """Whether sampling this request reads its token history or returns logprobs to the host."""
+        return (params.repetition_penalty != 1.0 or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
+                or params.min_tokens > 0 or params.logprobs is not None)
 
     def _penalised_and_masked(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
         repetition = [i for i, row in enumerate(rows) if row.params.repetition_penalty != 1.0]
@@ -134,19 +148,26 @@ def _sample(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
     from its own generator, so a seeded row gets the same tokens whatever else is in the batch.
     """
     device = logits.device
-    temperature = torch.tensor([row.params.temperature for row in rows], device=device)
+    temperature = to_device(torch.tensor([row.params.temperature for row in rows]), device)
     scaled = logits / temperature[:, None]
     uniforms = _uniforms(rows, device)
+    groups = _groups_by_candidate_window(rows, logits.shape[1])
+    if len(groups) == 1:   # the usual case; indexing by a list of rows would be a blocking host-to-device copy
+        return _sample_group(scaled, rows, uniforms, *next(iter(groups)))
     token_ids = torch.empty(len(rows), dtype=torch.long, device=device)
-    for (width, top_k), members in _groups_by_candidate_window(rows, logits.shape[1]).items():
-        group = (_rows_of(scaled, members), [rows[i] for i in members], uniforms[members])
-        if width is None:
-            token_ids[members] = _sample_full_vocabulary(*group)
-        elif top_k:
-            token_ids[members], _ = _sample_in_window(*group, width, renormalise_in_window=True)
-        else:
-            token_ids[members] = _sample_nucleus(*group, width)
+    for (width, top_k), members in groups.items():
+        token_ids[members] = _sample_group(_rows_of(scaled, members), [rows[i] for i in members], uniforms[members],
+                                           width, top_k)
     return token_ids
+
+
+def _sample_group(scaled: torch.Tensor, rows: list[SamplingRow], uniforms: torch.Tensor, width: int | None,
+                  top_k: bool) -> torch.Tensor:
+    if width is None:
+        return _sample_full_vocabulary(scaled, rows, uniforms)
+    if top_k:
+        return _sample_in_window(scaled, rows, uniforms, width, renormalise_in_window=True)[0]
+    return _sample_nucleus(scaled, rows, uniforms, width)
 
 
 def _uniforms(rows: list[SamplingRow], device: torch.device) -> torch.Tensor:
@@ -211,7 +232,7 @@ def _sample_in_window(scaled: torch.Tensor, rows: list[SamplingRow], uniforms: t
     normaliser = (values if renormalise_in_window else scaled).logsumexp(-1, keepdim=True)
     probs = (values - normaliser).exp()
     mass_through = probs.cumsum(-1)
-    top_p = torch.tensor([row.params.top_p for row in rows], device=scaled.device)[:, None]
+    top_p = to_device(torch.tensor([row.params.top_p for row in rows]), scaled.device)[:, None]
     # Keep the smallest prefix whose mass reaches top_p: every token whose predecessors fall short.
     in_nucleus = (mass_through - probs < top_p - TOP_P_SLACK) | (top_p >= 1.0)
     in_nucleus[:, 0] = True
@@ -223,7 +244,7 @@ def _sample_in_window(scaled: torch.Tensor, rows: list[SamplingRow], uniforms: t
 
 
 def _drop_below_min_p(probs: torch.Tensor, top_prob: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
-    min_p = torch.tensor([row.params.min_p for row in rows], device=probs.device)[:, None]
+    min_p = to_device(torch.tensor([row.params.min_p for row in rows]), probs.device)[:, None]
     return probs.masked_fill(probs < min_p * top_prob, 0.0)
 
 

@@ -23,7 +23,7 @@ class ScheduledSeq:
     @property
     def samples(self) -> bool:
         """Whether this step reaches the sequence's last token, so its logits give the next token."""
-        return self.seq.num_computed_tokens + self.num_new_tokens == len(self.seq)
+        return self.seq.num_computed_tokens + self.num_new_tokens == self.seq.num_tokens
 
 
 @dataclass
@@ -38,8 +38,9 @@ class SchedulerOutput:
 
 class Scheduler:
     def __init__(self, block_manager: BlockManager, max_num_batched_tokens: int, max_num_seqs: int,
-                 enable_chunked_prefill: bool):
+                 enable_chunked_prefill: bool, max_model_len: int):
         self.block_manager = block_manager
+        self.max_model_len = max_model_len
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_num_seqs = max_num_seqs
         self.enable_chunked_prefill = enable_chunked_prefill
@@ -63,7 +64,10 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            n = min(len(seq) - seq.num_computed_tokens, budget)
+            if seq.has_all_tokens(self.max_model_len):   # its last token is in flight; it finishes when read back
+                i += 1
+                continue
+            n = min(seq.num_tokens - seq.num_computed_tokens, budget)
             while not self.block_manager.can_allocate(seq, seq.num_computed_tokens + n):
                 victim = self.running.pop()
                 self._preempt(victim)
@@ -90,7 +94,7 @@ class Scheduler:
         manager = self.block_manager
         prefix = [] if seq.block_table else manager.cached_prefix(seq)   # forks arrive holding blocks
         computed = seq.num_computed_tokens if seq.block_table else len(prefix) * manager.block_size
-        n = len(seq) - computed
+        n = seq.num_tokens - computed
         if n > budget:
             if not self.enable_chunked_prefill:
                 return False
