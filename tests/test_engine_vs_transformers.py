@@ -133,3 +133,14 @@ def test_cached_free_block_count_tracks_the_free_list(model_dir, overlap):
     manager = llm.engine.core.block_manager
     assert manager.num_cached_free_blocks == sum(1 for b in manager.free if manager.blocks[b].hash is not None)
     assert manager.num_cached_free_blocks > 0
+
+
+def test_kv_pool_sized_from_memory_and_capped(model_dir):
+    """The CPU pool takes kv_memory_gib, but never more blocks than 4 full-length contexts per sequence slot."""
+    from localllm.engine.model_runner import kv_bytes_per_block
+
+    small = LLM(str(model_dir), block_size=4, kv_memory_gib=0.001).engine
+    per_block = kv_bytes_per_block(small.hf_config, 4, small.core.dtype)
+    assert small.core.num_blocks == int(0.001 * (1 << 30) // per_block)
+    large = LLM(str(model_dir), block_size=4, kv_memory_gib=4.0, max_num_seqs=3, max_model_len=50).engine
+    assert large.core.num_blocks == 4 * 3 * 13

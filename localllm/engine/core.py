@@ -92,7 +92,10 @@ class EngineCore:
         if budget < per_block:
             raise LocalLLMError(f"no memory left for the KV cache on {self.device} "
                                 f"({budget / GiB:.2f} GiB available after the weights and activations)")
-        return int(budget // per_block)
+        # Past a few full-length contexts per sequence slot, more blocks only feed the prefix cache, and a small
+        # model on a big GPU would otherwise get millions of them (seconds of bookkeeping at start).
+        most_useful = 4 * self.config.max_num_seqs * -(-model_len // self.config.block_size)
+        return int(min(budget // per_block, most_useful))
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
         n = len(prompt_token_ids)
