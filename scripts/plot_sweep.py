@@ -29,14 +29,18 @@ def load(path: str) -> dict:
     return sweep
 
 
-def title(sweeps: list[dict]) -> str:
-    # The files usually share device and bandwidth; list each distinct one so a mixed plot does not mislead.
-    setups = dict.fromkeys(f"{s['device']}, {s['dtype']}, copy bandwidth {s['copy_bandwidth_gb_s']:.0f} GB/s"
-                           for s in sweeps)
-    return "Decode throughput vs batch size\n" + "; ".join(setups)
+def title(sweeps: list[dict], device_name: str | None) -> str:
+    # Bandwidth is measured per run, so files from one card differ a little: group by device and dtype, and show
+    # the range, so that a plot mixing cards does not mislead.
+    setups: dict[str, list[float]] = {}
+    for s in sweeps:
+        setups.setdefault(f"{device_name or s['device']}, {s['dtype']}", []).append(s["copy_bandwidth_gb_s"])
+    parts = [f"{setup}, measured copy bandwidth {min(bw):,.0f}" + (f"-{max(bw):,.0f}" if max(bw) - min(bw) >= 1 else "")
+             + " GB/s" for setup, bw in setups.items()]
+    return "Decode throughput vs batch size\n" + "; ".join(parts)
 
 
-def plot(sweeps: list[dict], out: str) -> None:
+def plot(sweeps: list[dict], out: str, device_name: str | None) -> None:
     fig, ax = plt.subplots(figsize=(10, 6.25), dpi=100)  # 1000 x 625 px
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     batch_sizes: set[int] = set()
@@ -56,7 +60,7 @@ def plot(sweeps: list[dict], out: str) -> None:
     ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:,.0f}"))
     ax.set_xlabel("batch size (sequences decoding together)", fontsize=12)
     ax.set_ylabel("decode tokens/s (all sequences)", fontsize=12)
-    ax.set_title(title(sweeps), fontsize=13)
+    ax.set_title(title(sweeps, device_name), fontsize=13)
     ax.tick_params(labelsize=11)
     ax.grid(True, which="major", alpha=0.4)
     ax.grid(True, which="minor", axis="y", alpha=0.15)
@@ -71,8 +75,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+", help="JSON files written by `localllm bench sweep --json-out`")
     parser.add_argument("-o", "--output", default="assets/decode-vs-batch.png")
+    parser.add_argument("--device-name", help="what to call the device in the title (the JSON says only 'cuda')")
     args = parser.parse_args()
-    plot([load(f) for f in args.files], args.output)
+    plot([load(f) for f in args.files], args.output, args.device_name)
 
 
 if __name__ == "__main__":
