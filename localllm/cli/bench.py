@@ -92,6 +92,11 @@ def _report(result, json_out: Path | None) -> None:
     _write_json(fields, json_out)
 
 
+def _check_new_tokens(new_tokens: int) -> None:
+    if new_tokens < 2:
+        raise ValueError("--new-tokens must be at least 2: decode is timed from the first token to the last")
+
+
 def _write_json(fields: dict, json_out: Path | None) -> None:
     if json_out:
         json_out.write_text(json.dumps(fields, indent=2) + "\n")
@@ -114,8 +119,7 @@ def latency(
 
     try:
         _check_backend(backend)
-        if new_tokens < 2:
-            raise ValueError("--new-tokens must be at least 2: decode is timed from the first token to the last")
+        _check_new_tokens(new_tokens)
         bench_model, device, torch_dtype, limits = _prepare(model, random_weights, dtype)
         runtime = _load(backend, bench_model, dtype, device, torch_dtype, max_model_len=max_model_len)
         _report(measure_latency(runtime, limits, prompt_tokens, new_tokens, ttft_prompt_tokens), json_out)
@@ -188,8 +192,7 @@ def sweep(
 
     try:
         sizes = _batch_sizes(batch_sizes)
-        if new_tokens < 2:
-            raise ValueError("--new-tokens must be at least 2: decode is timed from the first token to the last")
+        _check_new_tokens(new_tokens)
         bench_model, device, torch_dtype, limits = _prepare(model, random_weights, dtype)
         engine = _load("localllm", bench_model, dtype, device, torch_dtype, max_model_len=max_model_len,
                        max_num_seqs=max(sizes))
