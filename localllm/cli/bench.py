@@ -111,7 +111,7 @@ def latency(
     max_model_len: int = MaxLenOpt,
     prompt_tokens: int = typer.Option(128, help="Prompt length of the decode run."),
     new_tokens: int = typer.Option(256, help="Tokens generated in the decode run (at least 2)."),
-    ttft_prompt_tokens: int = typer.Option(1024, help="Prompt length of the time-to-first-token run."),
+    ttft_prompt_tokens: int = typer.Option(1024, help="Prompt length of the time-to-first-token runs (median of 5 after one untimed)."),
     json_out: Optional[Path] = JsonOpt,
 ) -> None:
     """Batch-1 decode tokens/s and time to first token, greedy, random prompt tokens, beside the roofline."""
