@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from daemon_helpers import running_daemon
+from daemon_helpers import TINY_ENGINE, running_daemon
 from localllm import LLM, SamplingParams
 from localllm.loader.hf_dir import load_tokenizer
 from localllm.loader.resolve import resolve_model
@@ -246,3 +246,27 @@ def test_the_shared_client_streams_and_reports_refusals(daemon, oai, tiny):
             list(client.chat_stream("../../etc", MESSAGES))
         assert refused.value.status == 404 and "does not exist" in str(refused.value)
         assert tiny in client.models() and client.health()["status"] == "ok"
+
+
+def test_overlapped_steps_behind_the_api(tiny, offline, tmp_path):
+    """The GPU default (the next step queued before the last one's tokens are read back), forced on here: same
+    answers as the offline engine, stop strings cut in the same place, and a dropped stream frees its blocks."""
+    full = offline.chat(MESSAGES, greedy(16))[0].outputs[0]
+    stop = full.text[len(full.text) // 3: len(full.text) // 3 + 3]
+    expected = offline.chat(MESSAGES, greedy(16, stop=[stop]))[0].outputs[0]
+    with running_daemon(tmp_path, models=[tiny], engine=TINY_ENGINE + ["overlap_steps=true"]) as daemon:
+        oai = daemon.openai()
+        r = oai.chat.completions.create(model=tiny, messages=MESSAGES, max_tokens=16, temperature=0,
+                                        extra_body={"ignore_eos": True})
+        assert r.choices[0].message.content == full.text and r.usage.completion_tokens == 16
+        streamed = list(oai.chat.completions.create(model=tiny, messages=MESSAGES, max_tokens=16, temperature=0,
+                                                    stop=[stop], stream=True, extra_body={"ignore_eos": True}))
+        assert "".join(c.choices[0].delta.content or "" for c in streamed) == expected.text
+        assert streamed[-1].choices[0].finish_reason == "stop"
+        stream = oai.chat.completions.create(model=tiny, messages=MESSAGES, max_tokens=400, temperature=0,
+                                             stream=True, extra_body={"ignore_eos": True})
+        next(iter(stream))
+        stream.close()
+        status = daemon.wait_until(lambda s: s["models"][0]["running"] == 0
+                                   and s["models"][0]["kv_blocks"]["used"] == 0, 10, "the dropped stream to be freed")
+        assert status["models"][0]["requests"] == 0
