@@ -194,7 +194,7 @@ class EngineCore:
     def _sampling_row(seq: Sequence) -> SamplingRow:
         p = seq.params
         # copying a long sequence's history every step costs; only penalties and min_tokens look at it
-        if p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty or p.min_tokens:
+        if Sampler.reads_history(p):
             return SamplingRow(p, seq.prompt_token_ids, seq.output_token_ids, seq.generator)
         return SamplingRow(p, [], [], seq.generator)
 
@@ -210,7 +210,7 @@ class EngineCore:
         p = seq.params
         if token_id in p.stop_token_ids or (not p.ignore_eos and token_id in self.eos_token_ids):
             return "stop"
-        if (p.max_tokens is not None and seq.num_output_tokens >= p.max_tokens) or len(seq) >= self.max_model_len:
+        if seq.reached_length_limit(self.max_model_len):
             return "length"
         return None
 

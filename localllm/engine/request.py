@@ -50,9 +50,15 @@ class Sequence:
 
     def has_all_tokens(self, max_model_len: int) -> bool:
         """Whether the token in flight is the last one (max_tokens or a full context), so no step is due."""
+        return self._at_length_limit(self.num_tokens, max_model_len)
+
+    def reached_length_limit(self, max_model_len: int) -> bool:
+        """Whether the tokens read back so far already fill max_tokens or the context."""
+        return self._at_length_limit(len(self.token_ids), max_model_len)
+
+    def _at_length_limit(self, num_tokens: int, max_model_len: int) -> bool:
         limit = self.params.max_tokens
-        return self.num_tokens >= max_model_len or (limit is not None and
-                                                    self.num_tokens - self.num_prompt_tokens >= limit)
+        return num_tokens >= max_model_len or (limit is not None and num_tokens - self.num_prompt_tokens >= limit)
 
     @property
     def prompt_token_ids(self) -> list[int]:

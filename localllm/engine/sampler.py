@@ -55,10 +55,15 @@ class Sampler:
         return _choose_tokens(logits.float(), rows)
 
     @staticmethod
+    def reads_history(params: SamplingParams) -> bool:
+        """Whether sampling this request looks at its earlier tokens (penalties, min_tokens)."""
+        return (params.repetition_penalty != 1.0 or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
+                or params.min_tokens > 0)
+
+    @staticmethod
     def needs_host(params: SamplingParams) -> bool:
         """Whether sampling this request reads its token history or returns logprobs to the host."""
-        return (params.repetition_penalty != 1.0 or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
-                or params.min_tokens > 0 or params.logprobs is not None)
+        return Sampler.reads_history(params) or params.logprobs is not None
 
     def _penalised_and_masked(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
         repetition = [i for i, row in enumerate(rows) if row.params.repetition_penalty != 1.0]
