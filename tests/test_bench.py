@@ -7,9 +7,9 @@ import torch
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
-from localllm.bench_roofline import ModelShape, decode_roofline, model_shape, percent, prefill_floor_s
-from localllm.benchmark import nano_vllm_workload
-from localllm.benchmark_models import random_weight_config
+from localllm.bench.models import random_weight_config
+from localllm.bench.roofline import ModelShape, decode_roofline, model_shape, percent, prefill_floor_s
+from localllm.bench.workloads import nano_vllm_workload
 from localllm.cli.main import app
 from tiny_models import build_model_dir
 
@@ -156,10 +156,10 @@ def test_nano_vllm_workload_needs_a_large_vocabulary(tiny_dir):
 
 def test_both_backends_sample_each_sequence_to_its_own_length(tiny_dir):
     """The nano-vllm workload's shape: sampled (temperature 0.6), a different length per sequence."""
-    from localllm.bench_engine import EngineBackend
-    from localllm.bench_hf import HFBackend
-    from localllm.benchmark import Workload, random_prompts
-    from localllm.benchmark_models import open_bench_model
+    from localllm.bench.engine_backend import EngineBackend
+    from localllm.bench.hf_backend import HFBackend
+    from localllm.bench.models import open_bench_model
+    from localllm.bench.workloads import Workload, random_prompts
 
     bench_model = open_bench_model(str(tiny_dir), None)
     workload = Workload("mixed", random_prompts(4, 20, 300, seed=5), [3, 9, 2, 6], temperature=0.6)

@@ -40,8 +40,8 @@ def _check_backend(backend: str) -> None:
 
 def _prepare(model: str | None, random_weights: str | None, dtype: str):
     """The model to build, and the device's limits, measured before anything is loaded onto it."""
-    from localllm.bench_device import measure_device
-    from localllm.benchmark_models import open_bench_model
+    from localllm.bench.device_limits import measure_device
+    from localllm.bench.models import open_bench_model
     from localllm.config import Config
     from localllm.engine.core import resolve_device, resolve_dtype
 
@@ -56,11 +56,11 @@ def _load(backend: str, bench_model, dtype: str, device, torch_dtype, **config):
     from localllm.config import Config
 
     if backend == "hf":
-        from localllm.bench_hf import HFBackend
+        from localllm.bench.hf_backend import HFBackend
 
         batch_tokens = config.get("max_num_batched_tokens", Config().max_num_batched_tokens)
         return HFBackend(bench_model, device, torch_dtype, batch_tokens)
-    from localllm.bench_engine import EngineBackend
+    from localllm.bench.engine_backend import EngineBackend
 
     return EngineBackend(bench_model, dtype, **config)
 
@@ -82,7 +82,7 @@ def _cell(value) -> str:
 
 
 def _report(result, json_out: Path | None) -> None:
-    from localllm.benchmark import as_dict
+    from localllm.bench.measure import as_dict
 
     fields = as_dict(result)
     table = Table(show_header=False, box=None)
@@ -115,7 +115,7 @@ def latency(
     json_out: Optional[Path] = JsonOpt,
 ) -> None:
     """Batch-1 decode tokens/s and time to first token, greedy, random prompt tokens, beside the roofline."""
-    from localllm.benchmark import measure_latency
+    from localllm.bench.measure import measure_latency
 
     try:
         _check_backend(backend)
@@ -144,7 +144,8 @@ def throughput(
     json_out: Optional[Path] = JsonOpt,
 ) -> None:
     """Aggregate output tokens/s of many sequences generated at once (continuous batching), beside the roofline."""
-    from localllm.benchmark import compare_with_hf, measure_throughput, throughput_workload
+    from localllm.bench.measure import compare_with_hf, measure_throughput
+    from localllm.bench.workloads import throughput_workload
 
     try:
         _check_backend(backend)
@@ -187,8 +188,8 @@ def sweep(
     json_out: Optional[Path] = JsonOpt,
 ) -> None:
     """Decode tokens/s of this engine against batch size (greedy, decode phase only), beside the roofline."""
-    from localllm.bench_roofline import percent
-    from localllm.benchmark import as_dict, measure_sweep
+    from localllm.bench.measure import as_dict, measure_sweep
+    from localllm.bench.roofline import percent
 
     try:
         sizes = _batch_sizes(batch_sizes)

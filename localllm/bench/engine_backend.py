@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 
-from localllm.bench_roofline import model_shape
-from localllm.benchmark import GenerateStats, Workload
-from localllm.benchmark_models import BenchModel
+from localllm.bench.measure import GenerateStats
+from localllm.bench.models import BenchModel
+from localllm.bench.roofline import model_shape
+from localllm.bench.workloads import Workload
 from localllm.sampling_params import SamplingParams
 
 

@@ -1,30 +1,18 @@
-"""Benchmark workloads for `localllm bench`: batch-1 latency, many-stream throughput and a decode sweep over batch
-sizes, each figure beside its roofline. The workloads and the results live here once; a backend (our engine in
-bench_engine.py, transformers in bench_hf.py) only runs prompts and times them, inside one process, so that the
-numbers are the runtime's, not the terminal's."""
+"""The three measurements of `localllm bench`: batch-1 latency, many-stream throughput and a decode sweep over
+batch sizes, each figure beside its roofline. The results are defined here once; a backend (our engine in
+engine_backend.py, transformers in hf_backend.py) only runs prompts and times them, inside one process, so that
+the numbers are the runtime's, not the terminal's."""
 from __future__ import annotations
 
-import random
 import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 import torch
 
-from localllm.bench_device import DeviceLimits
-from localllm.bench_roofline import ModelShape, decode_roofline, percent, prefill_floor_s
-
-NANO_VLLM_TEMPERATURE = 0.6
-PROMPT_TOKEN_IDS = 10000   # random prompts draw from the first ids, as nano-vllm's do
-
-
-@dataclass
-class Workload:
-    """Prompts and how many tokens each must produce (end of sequence ignored); temperature 0 = greedy."""
-    name: str
-    prompts: list[list[int]]
-    max_tokens: list[int]
-    temperature: float
+from localllm.bench.device_limits import DeviceLimits
+from localllm.bench.roofline import ModelShape, decode_roofline, percent, prefill_floor_s
+from localllm.bench.workloads import Workload, prompt_vocab, random_prompts
 
 
 @dataclass
@@ -110,36 +98,6 @@ class SweepResult:
     points: list[SweepPoint] = field(default_factory=list)
 
 
-def random_prompts(count: int, length: int, vocab: int, seed: int) -> list[list[int]]:
-    rng = random.Random(seed)
-    return [[rng.randrange(vocab) for _ in range(length)] for _ in range(count)]
-
-
-def prompt_vocab(vocab_size: int) -> int:
-    return min(vocab_size, PROMPT_TOKEN_IDS)
-
-
-def nano_vllm_workload() -> Workload:
-    """nano-vllm's bench.py workload: 256 sequences, 133,966 output tokens in total, temperature 0.6."""
-    rng = random.Random(0)
-    prompts = [[rng.randint(0, PROMPT_TOKEN_IDS) for _ in range(rng.randint(100, 1024))] for _ in range(256)]
-    max_tokens = [rng.randint(100, 1024) for _ in range(256)]
-    return Workload("nano-vllm", prompts, max_tokens, NANO_VLLM_TEMPERATURE)
-
-
-def throughput_workload(name: str, vocab_size: int, streams: int, prompt_tokens: int, new_tokens: int,
-                        seed: int = 0) -> Workload:
-    if name == "nano-vllm":
-        if vocab_size <= PROMPT_TOKEN_IDS:
-            raise ValueError(f"the nano-vllm workload draws token ids up to {PROMPT_TOKEN_IDS:,}; this model's "
-                             f"vocabulary has {vocab_size:,}")
-        return nano_vllm_workload()
-    if name == "streams":
-        prompts = random_prompts(streams, prompt_tokens, prompt_vocab(vocab_size), seed)
-        return Workload("streams", prompts, [new_tokens] * streams, 0.0)
-    raise ValueError(f"unknown workload {name!r}; use 'streams' or 'nano-vllm'")
-
-
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
@@ -186,7 +144,7 @@ def compare_with_hf(result: ThroughputResult, hf_result: ThroughputResult) -> Th
 
 def measure_sweep(engine, limits: DeviceLimits, batch_sizes: list[int], prompt_tokens: int = 128,
                   new_tokens: int = 64, seed: int = 0) -> SweepResult:
-    """Decode tokens/s of `engine` (a bench_engine.EngineBackend) at each batch size; every point has prompts of
+    """Decode tokens/s of `engine` (an engine_backend.EngineBackend) at each batch size; every point has prompts of
     its own, so no point finds another's prompts in the prefix cache."""
     vocab = prompt_vocab(engine.vocab_size)
     engine.warm_up(random_prompts(1, 16, vocab, seed + 1)[0])

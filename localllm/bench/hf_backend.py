@@ -8,9 +8,10 @@ import time
 
 import torch
 
-from localllm.bench_roofline import model_shape
-from localllm.benchmark import GenerateStats, Workload
-from localllm.benchmark_models import BenchModel
+from localllm.bench.measure import GenerateStats
+from localllm.bench.models import BenchModel
+from localllm.bench.roofline import model_shape
+from localllm.bench.workloads import Workload
 
 # tokens per KV block of transformers' continuous batching: the default of both 5.17 (block_size) and later
 # versions (page_size), left unset since the name changed between them
