@@ -8,7 +8,9 @@ Triton kernels (each module imports triton when imported; import them only where
   rmsnorm.rms_norm                  RMSNorm with optional fused residual add
   rotary.rotary_embedding           neox-style rotary from cos/sin caches, in place or not
   activation.silu_and_mul           SwiGLU gate
-Plain torch: paged_attention_ref (store_kvcache, decode_attention, prefill_attention, paged_attention_varlen) and the
-*_ref function beside each kernel. tests/test_kernels.py checks every kernel against its reference under Triton's
-interpreter; scripts/gpu_kernel_check.py does so on a GPU in bf16 and times them.
+Plain torch (no triton; the ground truth of the tests and the CPU path of localllm.layers):
+  paged_attention_ref               store_kvcache, decode_attention, prefill_attention, paged_attention_varlen
+  rmsnorm_ref, rotary_ref, activation_ref   the reference of the kernel of the same name
+tests/test_kernels.py checks every kernel against its reference under Triton's interpreter;
+scripts/gpu_kernel_check.py does so on a GPU in bf16 and times them.
 """

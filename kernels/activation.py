@@ -1,16 +1,10 @@
 """Triton SiLU-and-mul (SwiGLU): [..., 2I] -> [..., I], silu(first half) * second half, computed in fp32.
-`silu_and_mul_ref` is the plain-torch reference (as localllm/layers/activation.py)."""
+Its plain-torch reference (and the CPU path) is activation_ref.silu_and_mul_ref."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
-
-
-def silu_and_mul_ref(x: torch.Tensor) -> torch.Tensor:
-    gate, up = x.chunk(2, -1)
-    return F.silu(gate) * up
 
 
 @triton.jit

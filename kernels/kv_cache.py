@@ -2,23 +2,13 @@
 
 Cache layout [num_blocks, block_size, num_kv_heads, head_dim]; slot s is block s // block_size, offset
 s % block_size. A slot of -1 (or any negative slot) is skipped: padded tokens of a CUDA-graph batch.
-The plain-torch reference is `store_kvcache_ref` below (paged_attention_ref.store_kvcache has no -1 support).
+The plain-torch reference (and the CPU path) is paged_attention_ref.store_kvcache.
 """
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
-
-
-def store_kvcache_ref(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                      slot_mapping: torch.Tensor) -> None:
-    """Reference: like paged_attention_ref.store_kvcache, but negative slots are skipped."""
-    keep = slot_mapping >= 0
-    num_kv_heads, head_dim = k.shape[1], k.shape[2]
-    slots = slot_mapping[keep].long()
-    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, k[keep].to(k_cache.dtype))
-    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, v[keep].to(v_cache.dtype))
 
 
 @triton.jit

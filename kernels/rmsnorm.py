@@ -1,22 +1,10 @@
-"""Triton fused RMSNorm with optional residual add, fp32 accumulation; `rms_norm_ref` is its plain-torch reference
-(the same arithmetic as localllm/layers/norm.py: residual added in the input dtype, normalised in fp32, cast back,
-then scaled by the weight in the input dtype)."""
+"""Triton fused RMSNorm with optional residual add, fp32 accumulation; its plain-torch reference (the same
+arithmetic, and the CPU path) is rmsnorm_ref.rms_norm_ref."""
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
-
-
-def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None):
-    """Returns normed, or (normed, x + residual) when residual is given."""
-    if residual is not None:
-        residual = x + residual
-        x = residual
-    dtype = x.dtype
-    xf = x.float()
-    normed = weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(dtype)
-    return normed if residual is None else (normed, residual)
 
 
 @triton.jit

@@ -1,24 +1,12 @@
 """Triton neox-style (rotate-half) rotary embedding for q [T, Hq, D] and k [T, Hkv, D], from cos/sin caches
 [max_pos, D] (as built by localllm/layers/rotary.py, scaling already baked in) indexed by positions [T].
 out = x * cos + rotate_half(x) * sin, rotate_half(x) = cat(-x[D/2:], x[:D/2]); computed in fp32.
-`rotary_ref` is the plain-torch reference."""
+Its plain-torch reference (and the CPU path) is rotary_ref.rotary_ref."""
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
-
-
-def rotary_ref(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos_cache: torch.Tensor,
-               sin_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    cos = cos_cache[positions].unsqueeze(1).float()
-    sin = sin_cache[positions].unsqueeze(1).float()
-
-    def rot(x):
-        x1, x2 = x.float().chunk(2, -1)
-        return (x.float() * cos + torch.cat((-x2, x1), dim=-1) * sin).to(x.dtype)
-
-    return rot(q), rot(k)
 
 
 @triton.jit

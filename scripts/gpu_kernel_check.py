@@ -104,6 +104,9 @@ def attention_case(pa, ref, model: str, q_lens: list[int], ctx_lens: list[int], 
 def check_all(gen) -> None:
     from localllm.kernels import activation, kv_cache, paged_attention as pa, paged_attention_ref as ref, rmsnorm
     from localllm.kernels import rotary
+    from localllm.kernels.activation_ref import silu_and_mul_ref
+    from localllm.kernels.rmsnorm_ref import rms_norm_ref
+    from localllm.kernels.rotary_ref import rotary_ref
 
     # store_kvcache: a prefill-sized step, some padded (-1) slots; must be bit-exact
     for model in MODELS:
@@ -118,7 +121,7 @@ def check_all(gen) -> None:
                               generator=gen)
         v_cache = torch.randn_like(k_cache)
         want_k, want_v = k_cache.clone(), v_cache.clone()
-        kv_cache.store_kvcache_ref(k, v, want_k, want_v, slots)
+        ref.store_kvcache(k, v, want_k, want_v, slots)
         kv_cache.store_kvcache(k, v, k_cache, v_cache, slots.to(torch.int32))
         torch.cuda.synchronize()
         report(f"store_kvcache {model} T={num_tokens} (padded slots)", torch.cat([k_cache, v_cache]),
@@ -129,16 +132,16 @@ def check_all(gen) -> None:
         x = torch.randn(1024, hidden, device="cuda", dtype=DTYPE, generator=gen)
         res = torch.randn(1024, hidden, device="cuda", dtype=DTYPE, generator=gen)
         w = (torch.rand(hidden, device="cuda", generator=gen) + 0.5).to(DTYPE)
-        report(f"rms_norm hidden={hidden}", rmsnorm.rms_norm(x, w, 1e-5), rmsnorm.rms_norm_ref(x, w, 1e-5),
+        report(f"rms_norm hidden={hidden}", rmsnorm.rms_norm(x, w, 1e-5), rms_norm_ref(x, w, 1e-5),
                1e-2, 1e-2)
         got_n, got_r = rmsnorm.rms_norm(x, w, 1e-5, res)
-        want_n, want_r = rmsnorm.rms_norm_ref(x, w, 1e-5, res)
+        want_n, want_r = rms_norm_ref(x, w, 1e-5, res)
         report(f"rms_norm+residual hidden={hidden} (normed)", got_n, want_n, 1e-2, 1e-2)
         report(f"rms_norm+residual hidden={hidden} (residual, exact)", got_r, want_r, 0.0, 0.0)
     # per-head q/k norm (Qwen3): [T, H, 128] over the last dim
     x = torch.randn(512, 16, 128, device="cuda", dtype=DTYPE, generator=gen)
     w = (torch.rand(128, device="cuda", generator=gen) + 0.5).to(DTYPE)
-    report("rms_norm per-head [512,16,128]", rmsnorm.rms_norm(x, w, 1e-6), rmsnorm.rms_norm_ref(x, w, 1e-6),
+    report("rms_norm per-head [512,16,128]", rmsnorm.rms_norm(x, w, 1e-6), rms_norm_ref(x, w, 1e-6),
            1e-2, 1e-2)
 
     # rotary: fp32 cos/sin cache (llama3 base), q/k as views of a fused qkv
@@ -152,7 +155,7 @@ def check_all(gen) -> None:
         q = qkv[:, :hq * d].view(num_tokens, hq, d)
         k = qkv[:, hq * d:(hq + hkv) * d].view(num_tokens, hkv, d)
         pos = torch.randint(0, 8192, (num_tokens,), device="cuda", generator=gen)
-        want_q, want_k = rotary.rotary_ref(pos, q, k, cos, sin)
+        want_q, want_k = rotary_ref(pos, q, k, cos, sin)
         got_q, got_k = rotary.rotary_embedding(pos, q, k, cos, sin)
         report(f"rotary {model} q", got_q, want_q, 1e-2, 1e-2)
         report(f"rotary {model} k", got_k, want_k, 1e-2, 1e-2)
@@ -162,7 +165,7 @@ def check_all(gen) -> None:
     # silu_and_mul: Llama-8B / 1B intermediate sizes
     for inter in (14336, 8192, 3072):
         x = torch.randn(512, 2 * inter, device="cuda", dtype=DTYPE, generator=gen)
-        report(f"silu_and_mul I={inter}", activation.silu_and_mul(x), activation.silu_and_mul_ref(x.float()),
+        report(f"silu_and_mul I={inter}", activation.silu_and_mul(x), silu_and_mul_ref(x.float()),
                1e-2, 1e-2)
 
     # paged attention

@@ -94,7 +94,11 @@ def K():
                            activation=activation)
 
 
-from localllm.kernels import paged_attention_ref as ref  # noqa: E402  (plain torch, no triton)
+# the references: plain torch, no triton
+from localllm.kernels import paged_attention_ref as ref  # noqa: E402
+from localllm.kernels.activation_ref import silu_and_mul_ref  # noqa: E402
+from localllm.kernels.rmsnorm_ref import rms_norm_ref  # noqa: E402
+from localllm.kernels.rotary_ref import rotary_ref  # noqa: E402
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -150,15 +154,9 @@ def test_store_kvcache_matches_reference_and_skips_padding(K, num_kv_heads, head
     k_cache = torch.randn(num_blocks, block_size, num_kv_heads, head_dim, generator=g)
     v_cache = torch.randn_like(k_cache)
     want_k, want_v = k_cache.clone(), v_cache.clone()
-    K.kv_cache.store_kvcache_ref(k, v, want_k, want_v, slots)
+    ref.store_kvcache(k, v, want_k, want_v, slots)
     K.kv_cache.store_kvcache(k, v, k_cache, v_cache, slots.to(torch.int32))
     assert torch.equal(k_cache, want_k) and torch.equal(v_cache, want_v)
-    # the reference agrees with the engine's CPU store where there is no padding
-    keep = slots >= 0
-    plain_k, plain_v = torch.zeros_like(k_cache), torch.zeros_like(v_cache)
-    ref.store_kvcache(k[keep], v[keep], plain_k, plain_v, slots[keep])
-    flat = slots[keep]
-    assert torch.equal(plain_k.view(-1, num_kv_heads, head_dim)[flat], k_cache.view(-1, num_kv_heads, head_dim)[flat])
 
 
 # --- paged attention: varlen (mixed decode / prefill / chunked prefill) ----------------------------------------
@@ -313,15 +311,15 @@ def test_rms_norm(K, hidden):
     x = torch.randn(5, hidden, generator=g)
     residual = torch.randn(5, hidden, generator=g)
     weight = torch.rand(hidden, generator=g) + 0.5
-    torch.testing.assert_close(K.rmsnorm.rms_norm(x, weight, 1e-6), K.rmsnorm.rms_norm_ref(x, weight, 1e-6))
+    torch.testing.assert_close(K.rmsnorm.rms_norm(x, weight, 1e-6), rms_norm_ref(x, weight, 1e-6))
     normed, new_res = K.rmsnorm.rms_norm(x, weight, 1e-6, residual)
-    want_normed, want_res = K.rmsnorm.rms_norm_ref(x, weight, 1e-6, residual)
+    want_normed, want_res = rms_norm_ref(x, weight, 1e-6, residual)
     torch.testing.assert_close(normed, want_normed)
     torch.testing.assert_close(new_res, want_res)
     # in place: x becomes normed, residual becomes x + residual; 3-D input (per-head q/k norm style)
     x3, r3 = x.clone().view(5, -1, 16), residual.clone().view(5, -1, 16)
     w16 = weight[:16].contiguous()
-    want_normed, want_res = K.rmsnorm.rms_norm_ref(x3.clone(), w16, 1e-5, r3.clone())
+    want_normed, want_res = rms_norm_ref(x3.clone(), w16, 1e-5, r3.clone())
     got_normed, got_res = K.rmsnorm.rms_norm(x3, w16, 1e-5, r3, inplace=True)
     assert got_normed is x3 and got_res is r3
     torch.testing.assert_close(x3, want_normed)
@@ -334,7 +332,7 @@ def test_rms_norm_matches_layer_arithmetic_fp16(K):
     residual = torch.randn(4, 64, generator=g).half()
     weight = (torch.rand(64, generator=g) + 0.5).half()
     normed, new_res = K.rmsnorm.rms_norm(x, weight, 1e-6, residual)
-    want_normed, want_res = K.rmsnorm.rms_norm_ref(x, weight, 1e-6, residual)
+    want_normed, want_res = rms_norm_ref(x, weight, 1e-6, residual)
     assert torch.equal(new_res, want_res)
     torch.testing.assert_close(normed, want_normed, atol=2e-3, rtol=2e-3)
 
@@ -355,7 +353,7 @@ def test_rotary(K, head_dim, num_heads, num_kv_heads):
     qkv = torch.randn(7, q_size + 2 * kv_size, generator=g)
     q = qkv[:, :q_size].view(7, num_heads, head_dim)
     k = qkv[:, q_size:q_size + kv_size].view(7, num_kv_heads, head_dim)
-    want_q, want_k = K.rotary.rotary_ref(positions, q, k, cos, sin)
+    want_q, want_k = rotary_ref(positions, q, k, cos, sin)
     # the reference is the layer's formula: x * cos + rotate_half(x) * sin
     c, s = cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)
     rot = torch.cat((-q[..., head_dim // 2:], q[..., :head_dim // 2]), -1)
@@ -376,7 +374,7 @@ def test_silu_and_mul(K, shape):
     x = torch.randn(*shape, generator=_gen(5))
     got = K.activation.silu_and_mul(x)
     assert got.shape == (*shape[:-1], shape[-1] // 2)
-    torch.testing.assert_close(got, K.activation.silu_and_mul_ref(x))
+    torch.testing.assert_close(got, silu_and_mul_ref(x))
     gate, up = x.chunk(2, -1)
     torch.testing.assert_close(got, torch.nn.functional.silu(gate) * up)
 

@@ -1,6 +1,7 @@
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from localllm.kernels.activation_ref import silu_and_mul_ref
 
 
 class SiluAndMul(nn.Module):
@@ -11,5 +12,4 @@ class SiluAndMul(nn.Module):
             from localllm.kernels.activation import silu_and_mul
 
             return silu_and_mul(x)
-        gate, up = x.chunk(2, -1)
-        return F.silu(gate) * up
+        return silu_and_mul_ref(x)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from localllm.errors import UnsupportedModelError
+from localllm.kernels.rotary_ref import rotate_ref, step_rows
 
 
 def rope_inv_freq(head_dim: int, rope: dict) -> torch.Tensor:
@@ -46,20 +47,18 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", emb.cos(), persistent=False)
         self.register_buffer("sin", emb.sin(), persistent=False)
 
-    def for_step(self, positions: torch.Tensor, dtype: torch.dtype) -> StepRotary:
+    def for_step(self, positions: torch.Tensor) -> StepRotary:
         """What every layer of one step needs to rotate its q and k."""
         if positions.is_cuda:
             return StepRotary(positions, self.cos, self.sin, fused=True)
-        # looked up once per step and shared by every layer: [T, 1, D] each
-        cos = self.cos[positions].unsqueeze(1).to(dtype)
-        sin = self.sin[positions].unsqueeze(1).to(dtype)
-        return StepRotary(positions, cos, sin, fused=False)
+        # looked up once per step and shared by every layer
+        return StepRotary(positions, *step_rows(positions, self.cos, self.sin), fused=False)
 
 
 @dataclass
 class StepRotary:
     positions: torch.Tensor
-    cos: torch.Tensor   # fused: the [max_pos, D] caches; otherwise this step's rows, [T, 1, D]
+    cos: torch.Tensor   # fused: the [max_pos, D] caches; otherwise this step's rows, [T, 1, D] fp32
     sin: torch.Tensor
     fused: bool         # one Triton launch per layer (GPU) instead of ~10 elementwise ops
 
@@ -69,9 +68,4 @@ class StepRotary:
             from localllm.kernels.rotary import rotary_embedding
 
             return rotary_embedding(self.positions, q, k, self.cos, self.sin, inplace=True)
-        return q * self.cos + _rotate_half(q) * self.sin, k * self.cos + _rotate_half(k) * self.sin
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, -1)
-    return torch.cat((-x2, x1), dim=-1)
+        return rotate_ref(q, self.cos, self.sin), rotate_ref(k, self.cos, self.sin)

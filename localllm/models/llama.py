@@ -114,7 +114,7 @@ class LlamaForCausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         hidden = self.model.embed_tokens(input_ids)
-        rope = self.rotary.for_step(positions, hidden.dtype)
+        rope = self.rotary.for_step(positions)
         residual = None
         for layer in self.model.layers:
             hidden, residual = layer(rope, hidden, residual, meta)
