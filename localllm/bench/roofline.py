@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from localllm.hf_config import attention_head_dim
+
 
 @dataclass(frozen=True)
 class ModelShape:
@@ -29,7 +31,7 @@ def model_shape(model, hf_config, kv_dtype_bytes: int) -> ModelShape:
     param_bytes = sum(p.numel() * p.element_size() for p in params)
     if not getattr(hf_config, "tie_word_embeddings", False):
         param_bytes -= hf_config.vocab_size * hf_config.hidden_size * params[0].element_size()  # one weight dtype
-    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
+    head_dim = attention_head_dim(hf_config)
     return ModelShape(num_params=sum(p.numel() for p in params), weight_bytes_per_step=param_bytes,
                       num_layers=hf_config.num_hidden_layers, num_kv_heads=hf_config.num_key_value_heads,
                       head_dim=head_dim, kv_dtype_bytes=kv_dtype_bytes)

@@ -9,13 +9,14 @@ from localllm.engine.batch import StepBatch, StepBatchBuilder
 from localllm.engine.cuda_graphs import DecodeGraphs
 from localllm.engine.request import Sequence
 from localllm.engine.scheduler import ScheduledSeq
+from localllm.hf_config import attention_head_dim
 from localllm.layers.attention import Attention
 from localllm.loader.safetensors import load_weights
 from localllm.models import model_class
 
 
 def kv_bytes_per_block(hf_config, block_size: int, dtype: torch.dtype) -> int:
-    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
+    head_dim = attention_head_dim(hf_config)
     per_token = 2 * hf_config.num_hidden_layers * hf_config.num_key_value_heads * head_dim
     return per_token * block_size * dtype.itemsize
 

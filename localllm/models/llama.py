@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from localllm.hf_config import attention_head_dim
 from localllm.layers.activation import SiluAndMul
 from localllm.layers.attention import Attention, AttentionMetadata
 from localllm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
@@ -23,7 +24,7 @@ class LlamaAttention(nn.Module):
 
     def __init__(self, cfg, sliding_window: int | None):
         super().__init__()
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        head_dim = attention_head_dim(cfg)
         qkv_bias, o_bias = self.biases(cfg)
         self.qkv_proj = QKVParallelLinear(cfg.hidden_size, head_dim, cfg.num_attention_heads,
                                           cfg.num_key_value_heads, bias=qkv_bias)
@@ -94,7 +95,7 @@ class LlamaForCausalLM(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.config = cfg
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        head_dim = attention_head_dim(cfg)
         self.rotary = RotaryEmbedding(head_dim, cfg.max_position_embeddings, rope_parameters(cfg))
         self.model = nn.Module()
         self.model.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size)
