@@ -1,5 +1,12 @@
 """What a model directory or GGUF file holds, read from headers only (no weights are loaded):
-architecture, parameter count, context length, dtype or quantization, chat template, files."""
+architecture, parameter count, context length, dtype or quantization, chat template, files.
+
+A GGUF header is walked here rather than opened with gguf.GGUFReader (which the loader uses to convert weights):
+the reader parses every element of the vocabulary and merges arrays into numpy parts, so on the embedded
+SmolLM2-135M (49,152 tokens) it took 17-20 s where this walk, which seeks past arrays, took 0.3-0.4 s (both
+measured on a loaded 2-core machine); `show`, `list`, the chat app's model picker and the pull probe (a 256 KiB
+prefix of a remote file, which the reader cannot open) need only the scalar keys and the tensor shapes.
+The names of types and quantizations still come from the gguf package."""
 from __future__ import annotations
 
 import io
