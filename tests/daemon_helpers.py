@@ -59,6 +59,24 @@ class Daemon:
                 raise AssertionError(f"timed out waiting for {what}; last status: {status}")
             time.sleep(0.05)
 
+    def requests_answered(self, endpoint: str) -> int:
+        """How many requests to `endpoint` the daemon has answered, by its /metrics (any status)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with self.http() as http:
+            text = http.get("/metrics").text
+        return int(sum(sample.value for family in text_string_to_metric_families(text)
+                       for sample in family.samples
+                       if sample.name == "localllm_requests_total" and sample.labels["endpoint"] == endpoint))
+
+    def wait_for_requests(self, endpoint: str, count: int, timeout: float = 60.0) -> None:
+        """Until the daemon has answered `count` requests to `endpoint` in all."""
+        deadline = time.monotonic() + timeout
+        while (answered := self.requests_answered(endpoint)) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {count} requests to {endpoint}; {answered} so far")
+            time.sleep(0.05)
+
     def log(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 

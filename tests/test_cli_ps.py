@@ -5,7 +5,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import types
 
 import pytest
@@ -67,10 +66,12 @@ def test_run_without_a_prompt_is_a_multi_turn_chat_through_the_daemon(daemon, ti
 
 
 def test_ctrl_c_in_the_chat_exits_130(daemon, tiny):
+    health_checks = daemon.requests_answered("/health")
     chat = subprocess.Popen([sys.executable, "-m", "localllm.cli.main", "run", tiny], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(3)   # waiting for a line
+        # the chat has found the daemon (checking its /health): it is past start-up, in the command itself
+        daemon.wait_for_requests("/health", health_checks + 1)
         chat.send_signal(signal.SIGINT)
         out, err = chat.communicate(timeout=20)
     finally:
@@ -119,10 +120,12 @@ def test_ps_json_is_the_status_plus_gpus(daemon, tiny):
 
 
 def test_ps_watch_refreshes_until_ctrl_c(daemon, tiny):
+    status_reads = daemon.requests_answered("/api/status")
     watch = subprocess.Popen([sys.executable, "-m", "localllm.cli.main", "ps", "--watch", "--interval", "0.2"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(4)
+        # the first screen, then a refresh: the watch is in its loop (it prints to a pipe only when it stops)
+        daemon.wait_for_requests("/api/status", status_reads + 2)
         watch.send_signal(signal.SIGINT)
         out, err = watch.communicate(timeout=20)
     finally:

@@ -110,7 +110,7 @@ def test_keep_alive_unloads_idle_models_and_loading_state_is_visible(tiny, tmp_p
         assert result["usage"]["completion_tokens"] == 3
         model = daemon.model_status(tiny)
         assert model["state"] == "ready" and model["keep_alive_forever"] and model["keep_alive_until"] is None
-        time.sleep(1.5)
+        time.sleep(1.5)   # past the 1 s keep-alive: what is checked is that nothing happens, so no condition to wait for
         assert daemon.model_status(tiny)["state"] == "ready"   # kept: the request asked for forever
         assert chat(client, tiny, keep_alive=0)["usage"]["completion_tokens"] == 3
         daemon.wait_until(lambda s: not s["models"], 5, "the keep_alive 0 unload")
