@@ -1,29 +1,94 @@
 #!/usr/bin/env bash
-# What the lead runs on the GPU machine (device tool), from the repository root, with .whl carried.
-# STAGES picks what runs (default: check latency throughput sweep); every result lands under $OUT.
+# localllm's GPU checks and benchmarks, run from the repository root on a machine with an NVIDIA GPU.
 set -u
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  && export PYTHONPATH=/tmp/site || exit 1
-# editable install: kernels/ is mapped to localllm.kernels, which a bare PYTHONPATH cannot do
-python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || exit 1
-export PYTHONUNBUFFERED=1 LOCALLLM_HOME=/tmp/llhome
+
+usage() {
+  cat <<'EOF'
+Usage: scripts/gpu_run.sh [--wheels DIR] OUTPUT_DIR [STAGE...]
+
+Runs localllm's checks and benchmarks on this machine's GPU, from the repository root, and writes every result
+into OUTPUT_DIR (created if missing). The models are built from their real configs with random weights, so
+nothing is downloaded.
+
+Stages (default: check latency throughput sweep):
+  check        greedy tokens of the engine on the GPU against transformers  -> engine_check.txt
+  latency      localllm bench latency for each model of $ARCHS              -> latency-ARCH.json
+  throughput   localllm bench throughput, nano-vllm workload, qwen3-0.6b    -> throughput-nano-vllm.json
+  sweep        localllm bench sweep for each model of $SWEEP_ARCHS          -> sweep-ARCH.json
+  hf-latency   latency with transformers as the runtime, each of $ARCHS     -> hf-latency-ARCH.json
+  compare-hf   the throughput stage beside transformers' continuous batching -> throughput-vs-hf.json
+
+Options:
+  --wheels DIR  first install the wheels in DIR (localllm's dependencies) without the network, then localllm
+                itself from this checkout; otherwise localllm must already be installed (pip install -e '.[test]')
+
+Environment:
+  ARCHS         models of latency and hf-latency (default: qwen3-0.6b llama-3.2-1b llama-3.1-8b)
+  SWEEP_ARCHS   models of sweep (default: qwen3-0.6b llama-3.1-8b)
+  LOCALLLM_HOME the model store to use (default: a new temporary directory)
+
+Example: scripts/gpu_run.sh results/ latency sweep
+EOF
+}
+
+wheels=""
+case "${1:-}" in
+  -h|--help) usage; exit 0 ;;
+  --wheels) wheels=${2:?"--wheels needs a directory"}; shift 2 ;;
+esac
+if [ $# -lt 1 ]; then
+  usage >&2
+  exit 2
+fi
+out=$1
+shift
+stages=${*:-check latency throughput sweep}
+for stage in $stages; do
+  case $stage in
+    check|latency|throughput|sweep|hf-latency|compare-hf) ;;
+    *) echo "Error: unknown stage '$stage' (see scripts/gpu_run.sh --help)" >&2; exit 2 ;;
+  esac
+done
+mkdir -p "$out" || exit 1
+
+if [ -n "$wheels" ]; then
+  site=$(mktemp -d)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" "$wheels"/*.whl \
+    || exit 1
+  export PYTHONPATH=$site
+  # an editable install, since kernels/ is installed as localllm.kernels (a bare PYTHONPATH cannot map it)
+  python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null || exit 1
+fi
+if ! python3 -c "import localllm.kernels" 2>/dev/null; then
+  echo "Error: localllm is not installed; pip install -e '.[test]', or give its wheels with --wheels DIR" >&2
+  exit 1
+fi
+
+if ! command -v nvidia-smi >/dev/null; then
+  echo "Error: no nvidia-smi here; these checks and benchmarks need an NVIDIA GPU and its driver" >&2
+  exit 1
+fi
+
+export PYTHONUNBUFFERED=1
+export LOCALLLM_HOME=${LOCALLLM_HOME:-$(mktemp -d)}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 ll() { python3 -m localllm.cli.main "$@"; }
-ARCHS=${ARCHS:-qwen3-0.6b llama-3.2-1b llama-3.1-8b}
-for stage in ${STAGES:-check latency throughput sweep}; do
+archs=${ARCHS:-qwen3-0.6b llama-3.2-1b llama-3.1-8b}
+sweep_archs=${SWEEP_ARCHS:-qwen3-0.6b llama-3.1-8b}
+for stage in $stages; do
   echo "== $stage $(date -u +%H:%M:%S)"
   case $stage in
-    check) python3 scripts/gpu_engine_check.py 2>&1 | grep -v -e Loading -e Writing | tee $OUT/engine_check.txt ;;
-    latency) for arch in $ARCHS; do
-        ll bench latency --random-weights $arch --json-out $OUT/latency-$arch.json 2>&1 | tail -20; done ;;
+    check) python3 scripts/gpu_engine_check.py 2>&1 | grep -v -e Loading -e Writing | tee "$out/engine_check.txt" ;;
+    latency) for arch in $archs; do
+        ll bench latency --random-weights "$arch" --json-out "$out/latency-$arch.json" 2>&1 | tail -20; done ;;
     throughput) ll bench throughput --random-weights qwen3-0.6b --workload nano-vllm \
-        --json-out $OUT/throughput-nano-vllm.json 2>&1 | tail -20 ;;
-    sweep) for arch in ${SWEEP_ARCHS:-qwen3-0.6b llama-3.1-8b}; do
-        ll bench sweep --random-weights $arch --json-out $OUT/sweep-$arch.json 2>&1 | tail -14; done ;;
-    hf-latency) for arch in $ARCHS; do
-        ll bench latency --backend hf --random-weights $arch --json-out $OUT/hf-latency-$arch.json 2>&1 | tail -20
+        --json-out "$out/throughput-nano-vllm.json" 2>&1 | tail -20 ;;
+    sweep) for arch in $sweep_archs; do
+        ll bench sweep --random-weights "$arch" --json-out "$out/sweep-$arch.json" 2>&1 | tail -14; done ;;
+    hf-latency) for arch in $archs; do
+        ll bench latency --backend hf --random-weights "$arch" --json-out "$out/hf-latency-$arch.json" 2>&1 | tail -20
         done ;;
     compare-hf) ll bench throughput --random-weights qwen3-0.6b --workload nano-vllm --compare-hf \
-        --json-out $OUT/throughput-vs-hf.json 2>&1 | tail -24 ;;
+        --json-out "$out/throughput-vs-hf.json" 2>&1 | tail -24 ;;
   esac
 done
