@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from localllm.errors import LocalLLMError
+from localllm.errors import LocalLLMError, one_line
 
 bench_app = typer.Typer(help="Measure latency, throughput and a batch-size sweep beside the roofline.",
                         no_args_is_help=True)
@@ -29,7 +29,7 @@ MaxLenOpt = typer.Option(4096, "--max-model-len", help="Context length the engin
 
 
 def _fail(error: Exception) -> None:
-    typer.echo(f"Error: {' '.join(str(error).split())}", err=True)
+    typer.echo(f"Error: {one_line(error)}", err=True)
     raise typer.Exit(1)
 
 

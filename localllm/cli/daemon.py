@@ -5,12 +5,12 @@ from typing import List, Optional
 
 import typer
 
-from localllm.errors import LocalLLMError
+from localllm.errors import LocalLLMError, one_line
 from localllm.server.settings import DEFAULT_HOST, DEFAULT_KEEP_ALIVE_S, DEFAULT_PORT
 
 
 def _fail(error: Exception) -> None:
-    typer.echo(f"Error: {' '.join(str(error).split()) or type(error).__name__}", err=True)
+    typer.echo(f"Error: {one_line(error)}", err=True)
     raise typer.Exit(1)
 
 

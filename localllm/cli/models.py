@@ -9,7 +9,7 @@ from typing import List
 
 import typer
 
-from localllm.errors import LocalLLMError, ModelNotFoundError
+from localllm.errors import LocalLLMError, ModelNotFoundError, one_line
 from localllm.hub.aliases import ALIASES
 
 
@@ -193,8 +193,7 @@ class _RichReporter:
 
 
 def _fail(error: Exception) -> None:
-    message = " ".join(str(error).split()) or type(error).__name__
-    typer.echo(f"Error: {message}", err=True)
+    typer.echo(f"Error: {one_line(error)}", err=True)
     raise typer.Exit(1)
 
 

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 import typer
 
 from localllm.cli.models import _table
-from localllm.errors import LocalLLMError
+from localllm.errors import LocalLLMError, one_line
 from localllm.units import format_size
 
 NO_DAEMON = "no daemon running (start one with 'localllm serve', or 'localllm run' starts one)"
@@ -29,7 +29,7 @@ def ps(
     try:
         status = read_status()
     except LocalLLMError as e:
-        typer.echo(f"Error: {' '.join(str(e).split())}", err=True)
+        typer.echo(f"Error: {one_line(e)}", err=True)
         raise typer.Exit(1) from None
     if as_json:
         typer.echo(json.dumps(status, indent=2))
@@ -160,7 +160,7 @@ def _watch(interval: float) -> None:
         try:
             body = render(read_status())
         except LocalLLMError as e:   # e.g. the daemon stopped between finding and asking it
-            body = f"Error: {' '.join(str(e).split())}"
+            body = f"Error: {one_line(e)}"
         return Text(f"{body}\n\nrefreshing every {interval:g} s; Ctrl-C to quit")
 
     try:

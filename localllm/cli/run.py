@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from localllm.errors import LocalLLMError, ModelNotFoundError
+from localllm.errors import LocalLLMError, ModelNotFoundError, one_line
 from localllm.hub.embedded import EMBEDDED_ALIAS, EMBEDDED_ALIASES
 
 HOST_ENV = "LOCALLLM_HOST"   # "HOST:PORT" of the daemon `run` starts when none runs (port 0 = any free port)
@@ -207,8 +207,7 @@ def _is_model(arg: str) -> bool:
 
 
 def _print_error(error: Exception) -> None:
-    message = " ".join(str(error).split()) or type(error).__name__
-    typer.echo(f"Error: {message}", err=True)
+    typer.echo(f"Error: {one_line(error)}", err=True)
 
 
 def _fail(error: Exception, model: str | None) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from localllm.errors import CorruptModelError, LocalLLMError, ModelNotFoundError, UnsupportedModelError
+from localllm.errors import CorruptModelError, LocalLLMError, ModelNotFoundError, UnsupportedModelError, first_line
 from localllm.hub import store
 from localllm.hub.aliases import EMBEDDED, alias_target
 from localllm.hub.model_info import GGUF_MAGIC, describe, read_gguf_metadata_prefix
@@ -487,15 +487,15 @@ def _hub_errors(repo: str, revision: str, filename: str | None = None):
     except remote_missing:
         raise ModelNotFoundError(f"{what} not found on {endpoint()}") from None
     except hf.HfHubHTTPError as e:
-        raise PullError(f"{endpoint()} refused {what}: {_first_line(e)}") from None
+        raise PullError(f"{endpoint()} refused {what}: {first_line(e)}") from None
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise PullError(f"the disk filled up while downloading {what}") from None
-        raise PullError(f"download of {what} failed ({_first_line(e)}); run the pull again") from None
+        raise PullError(f"download of {what} failed ({first_line(e)}); run the pull again") from None
     except Exception as e:
         if type(e).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "requests", "urllib3"):
             raise PullError(f"network error while pulling {what} from {endpoint()} "
-                            f"({_first_line(e) or type(e).__name__}); check the connection and HF_ENDPOINT, "
+                            f"({first_line(e)}); check the connection and HF_ENDPOINT, "
                             "then pull again") from None
         raise
 
@@ -503,9 +503,4 @@ def _hub_errors(repo: str, revision: str, filename: str | None = None):
 def _cause(error: BaseException) -> str:
     while error.__cause__ is not None:
         error = error.__cause__
-    return _first_line(error) or type(error).__name__
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    return lines[0].strip()[:300] if lines else ""
+    return first_line(error)

@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from localllm.errors import CorruptModelError, ModelNotFoundError, UnsupportedModelError
+from localllm.errors import CorruptModelError, ModelNotFoundError, UnsupportedModelError, first_line
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ def _open(gguf_path: Path):
         raise ModelNotFoundError(f"cannot read model file {gguf_path}: {e.strerror or e}") from None
     except Exception as e:  # gguf/numpy report a damaged file with whatever error its bytes provoke
         raise CorruptModelError(
-            f"{gguf_path} is not a readable GGUF file (truncated or corrupt: {_first_line(e)})") from None
+            f"{gguf_path} is not a readable GGUF file (truncated or corrupt: {first_line(e)})") from None
 
 
 def _scalar_metadata(reader) -> dict[str, object]:
@@ -288,7 +288,7 @@ def _dequantize(gguf_path: Path, tensor) -> np.ndarray:
             f"{gguf_path.name}: tensor {tensor.name} uses quantization {tensor.tensor_type.name}, "
             "which gguf cannot dequantize") from None
     except Exception as e:
-        raise CorruptModelError(f"{gguf_path}: tensor {tensor.name} is damaged ({_first_line(e)})") from None
+        raise CorruptModelError(f"{gguf_path}: tensor {tensor.name} is damaged ({first_line(e)})") from None
     if weight.shape != _hf_shape(tensor):
         raise CorruptModelError(f"{gguf_path}: tensor {tensor.name} holds {weight.shape}, "
                                 f"not its declared {_hf_shape(tensor)}")
@@ -322,7 +322,7 @@ def _save_tokenizer(gguf_path: Path, build_dir: Path) -> None:
     try:
         tokenizer = AutoTokenizer.from_pretrained(source_dir, gguf_file=gguf_path.name, local_files_only=True)
     except Exception as e:
-        raise UnsupportedModelError(f"{gguf_path.name}: cannot build its tokenizer ({_first_line(e)})") from None
+        raise UnsupportedModelError(f"{gguf_path.name}: cannot build its tokenizer ({first_line(e)})") from None
     finally:
         shutil.rmtree(source_dir)
     # chat template inside tokenizer_config.json, where every transformers version looks for it
@@ -339,8 +339,3 @@ def _publish(build_dir: Path, out_dir: Path) -> None:
 
 def _write_json(path: Path, value: dict) -> None:
     path.write_text(json.dumps(value, indent=2) + "\n")
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:200] if text else type(error).__name__

@@ -5,7 +5,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from localllm.errors import CorruptModelError, ModelNotFoundError, UnsupportedModelError
+from localllm.errors import CorruptModelError, ModelNotFoundError, UnsupportedModelError, first_line
 
 
 def load_hf_config(model_dir: Path):
@@ -18,7 +18,7 @@ def load_hf_config(model_dir: Path):
     except json.JSONDecodeError as e:
         raise CorruptModelError(f"{model_dir / 'config.json'} is not valid JSON: {e}") from None
     except (ValueError, KeyError) as e:
-        raise UnsupportedModelError(f"cannot read the config in {model_dir}: {str(e).splitlines()[0]}") from None
+        raise UnsupportedModelError(f"cannot read the config in {model_dir}: {first_line(e)}") from None
 
 
 def load_tokenizer(model_dir: Path):
@@ -27,7 +27,7 @@ def load_tokenizer(model_dir: Path):
     try:
         return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     except (OSError, ValueError, json.JSONDecodeError) as e:
-        raise CorruptModelError(f"cannot load the tokenizer in {model_dir}: {str(e).splitlines()[0]}") from None
+        raise CorruptModelError(f"cannot load the tokenizer in {model_dir}: {first_line(e)}") from None
 
 
 def eos_token_ids(model_dir: Path, tokenizer, hf_config) -> set[int]:

@@ -7,7 +7,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from localllm.errors import CorruptModelError, ModelNotFoundError
+from localllm.errors import CorruptModelError, ModelNotFoundError, first_line
 
 
 def _param_and_shard(model: nn.Module, name: str):
@@ -43,7 +43,7 @@ def load_weights(model: nn.Module, model_dir: Path) -> None:
                         params[target].data.copy_(tensor)
                     loaded.add(target if shard_id is None else f"{target}:{shard_id}")
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise CorruptModelError(f"cannot read weights {file}: {str(e).splitlines()[0]}") from None
+            raise CorruptModelError(f"cannot read weights {file}: {first_line(e)}") from None
     # a merged projection (qkv_proj, gate_up_proj) is complete once each of its checkpoint tensors has arrived
     shards_of: dict[str, list] = {}
     for our_part, shard_id in model.packed_modules.values():

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from localllm.errors import LocalLLMError
+from localllm.errors import LocalLLMError, one_line
 from localllm.server.settings import (API_KEY_ENV, DEFAULT_HOST, DEFAULT_KEEP_ALIVE_S, DEFAULT_PORT,
                                       ServerSettings, api_key_from_env, parse_engine_overrides)
 from localllm.server.state import DaemonState, default_state_path, live_daemon, remove_state, write_state
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         serve(settings_from_args(args), args.log_level)
     except (DaemonStartError, ValueError) as e:
-        print(f"Error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"Error: {one_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from localllm.engine.output_processor import OutputProcessor
 from localllm.engine.outputs import StreamDelta
+from localllm.errors import one_line
 from localllm.loader.hf_dir import load_tokenizer
 from localllm.sampling_params import SamplingParams
 from localllm.server import engine_process
@@ -105,7 +106,7 @@ class EngineClient:
             self.tokenizer = await asyncio.to_thread(load_tokenizer, Path(info.model_dir))
         except Exception as e:  # noqa: BLE001 - the engine loaded it, so this is unexpected; report, don't crash
             await self.stop()
-            raise EngineLoadError(type(e).__name__, " ".join(str(e).split())) from None
+            raise EngineLoadError(type(e).__name__, one_line(e)) from None
         self.processor = OutputProcessor(self.tokenizer)
         return info
 

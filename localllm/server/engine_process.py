@@ -6,6 +6,7 @@ import os
 import time
 from multiprocessing.connection import Connection
 
+from localllm.errors import one_line
 from localllm.server.protocol import (AbortRequests, AddRequest, EngineFailed, EngineStats, FinishSequence,
                                       LoadFailed, Loaded, RequestFailed, Shutdown, StepOutput)
 
@@ -36,7 +37,7 @@ def main(model: str, engine: dict, inbox: Connection, outbox: Connection) -> Non
         return  # the daemon is gone
     except Exception as e:  # noqa: BLE001 - report anything, then exit; the daemon decides what to do
         try:
-            outbox.send(EngineFailed(f"{type(e).__name__}: {' '.join(str(e).split())}"))
+            outbox.send(EngineFailed(f"{type(e).__name__}: {one_line(e)}"))
         except OSError:
             pass
         raise SystemExit(1) from None
@@ -54,10 +55,10 @@ def _load(model: str, engine: dict, outbox: Connection):
         model_dir, eos = files.model_dir, files.eos_token_ids
         core = EngineCore(config, model_dir, files.hf_config, eos)
     except (LocalLLMError, ValueError, OSError) as e:
-        outbox.send(LoadFailed(type(e).__name__, " ".join(str(e).split())))
+        outbox.send(LoadFailed(type(e).__name__, one_line(e)))
         return None
     except Exception as e:  # noqa: BLE001
-        outbox.send(LoadFailed("EngineError", f"{type(e).__name__}: {' '.join(str(e).split())}"))
+        outbox.send(LoadFailed("EngineError", f"{type(e).__name__}: {one_line(e)}"))
         return None
     runner = core.runner
     outbox.send(Loaded(
@@ -113,7 +114,7 @@ def _handle(core, message, outbox: Connection) -> None:
         try:
             core.add_request(message.request_id, message.prompt_token_ids, message.params)
         except Exception as e:  # noqa: BLE001 - a refused request never takes the engine down
-            outbox.send(RequestFailed(message.request_id, type(e).__name__, " ".join(str(e).split())))
+            outbox.send(RequestFailed(message.request_id, type(e).__name__, one_line(e)))
     elif isinstance(message, AbortRequests):
         for request_id in message.request_ids:
             core.abort_request(request_id)

@@ -2,6 +2,7 @@
 refusal as a 400 naming the parameter. Sampling values are validated by SamplingParams itself."""
 from __future__ import annotations
 
+from localllm.errors import one_line
 from localllm.sampling_params import SamplingParams
 from localllm.server.errors import APIError
 from localllm.server.openai_schemas import ChatCompletionRequest, CompletionRequest
@@ -81,7 +82,7 @@ def chat_prompt(tokenizer, body: ChatCompletionRequest) -> list[int]:
     try:
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     except Exception as e:  # noqa: BLE001 - a template that refuses the conversation (e.g. role order)
-        raise _bad(f"The model's chat template rejected the messages: {' '.join(str(e).split())}",
+        raise _bad(f"The model's chat template rejected the messages: {one_line(e)}",
                    "messages") from None
     return tokenizer.encode(text, add_special_tokens=False)
 

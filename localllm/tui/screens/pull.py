@@ -12,12 +12,9 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, ProgressBar
 
+from localllm.errors import one_line
 from localllm.hub.pull import Reporter, SilentBar
 from localllm.units import format_size
-
-
-def one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 class PullProgress(Reporter):
