@@ -7,7 +7,8 @@
 
 Errors carry X-Error-Code (RepoNotFound, RevisionNotFound, EntryNotFound) as the Hub's do; huggingface_hub maps
 them to its exception types. Faults to inject: `drop_once` (the first GET of a file sends half of it and closes
-the connection) and `corrupt` (the bytes served differ from what the listing's sha256 describes)."""
+the connection), `corrupt` (the bytes served differ from what the listing's sha256 describes) and `before_body`
+(called with (repo_id, filename) before a file's bytes are sent, e.g. to fill the disk mid-pull)."""
 from __future__ import annotations
 
 import hashlib
@@ -33,6 +34,7 @@ class FakeHub:
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         self.drop_once: set[tuple[str, str]] = set()
         self.corrupt: set[tuple[str, str]] = set()
+        self.before_body = None
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._server.daemon_threads = True
         self._server.hub = self
@@ -146,6 +148,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if head:
             return
+        if hub.before_body is not None:
+            hub.before_body(repo_id, filename)
         if status == 200 and (repo_id, filename) in hub.drop_once:
             hub.drop_once.discard((repo_id, filename))
             self.wfile.write(body[:len(body) // 2])

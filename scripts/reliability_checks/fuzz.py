@@ -1,0 +1,105 @@
+"""Schema fuzzing: schemathesis generates valid and invalid requests for every operation of the daemon's
+served /openapi.json. No answer may be a 5xx and every error must have OpenAI's shape; how far the answers
+conform to the schema (documented status codes, content types, bodies) is reported as a figure."""
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+from reliability_checks.report import Section
+from reliability_checks.responses import error_shape_problem, stream_error
+from reliability_checks.server import EMBEDDED, LocalServer
+
+MAX_GENERATED_TOKENS = 8   # generated requests that reach the model are kept short
+
+
+def fuzz(server: LocalServer, examples: int, schema_file: Path | None = None, command: str = "") -> Section:
+    import schemathesis
+
+    section = Section(f"bad input: schemathesis, {examples} cases per operation and mode", command)
+    with server.http(timeout=30) as http:
+        served = http.get("/openapi.json")
+    section.figures["openapi_json_status"] = served.status_code
+    if schema_file is None:
+        if not section.check("the daemon serves /openapi.json", served.status_code == 200, served.text[:200]):
+            return section
+        schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
+    else:
+        schema = schemathesis.openapi.from_path(schema_file)
+        section.figures["schema"] = f"{schema_file} (not the served one)"
+    server.load()
+    results = _run(schema, server, examples)
+    fivexx = [r for r in results if r[1] >= 500]
+    wrong = [r for r in results if r[2]]
+    conformance = collections.Counter(kind for r in results for kind in r[3])
+    section.figures.update({"requests": len(results),
+                            "answers_by_status": dict(sorted(collections.Counter(str(r[1]) for r in results).items())),
+                            "5xx": len(fivexx), "wrong_error_shape": len(wrong),
+                            "schema_conformance_failures": dict(conformance)})
+    section.check("0 responses with status 5xx", not fivexx, _examples(fivexx))
+    section.check("every error in OpenAI's shape", not wrong, _examples(wrong))
+    section.check("the daemon is alive after fuzzing", server.alive())
+    return section
+
+
+def _run(schema, server: LocalServer, examples: int) -> list[tuple]:
+    """(request, status, shape problem, schema conformance failures) for every generated case."""
+    from hypothesis import HealthCheck, Phase, given, settings
+    from schemathesis.generation import GenerationMode
+
+    results = []
+    for operation in schema.get_all_operations():
+        operation = operation.ok()
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            @settings(max_examples=examples, database=None, deadline=None, derandomize=True,
+                      phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+            @given(operation.as_strategy(generation_mode=mode))
+            def send(case):
+                _aim_at_the_model(case)
+                results.append(_send(server, case))
+
+            send()
+    return results
+
+
+def _aim_at_the_model(case) -> None:
+    """Half of the generated bodies name the served model (so that they reach sampling and the engine
+    rather than stopping at 404), and none asks for many tokens."""
+    body = case.body
+    if not isinstance(body, dict):
+        return
+    if isinstance(body.get("model"), str) and hash(body["model"]) % 2 == 0:
+        body["model"] = EMBEDDED
+    for field in ("max_tokens", "max_completion_tokens", "min_tokens"):
+        value = body.get(field)
+        if isinstance(value, int) and not isinstance(value, bool) and value > MAX_GENERATED_TOKENS:
+            body[field] = MAX_GENERATED_TOKENS
+    if body.get("model") == EMBEDDED and "max_tokens" not in body and "max_completion_tokens" not in body:
+        body["max_tokens"] = MAX_GENERATED_TOKENS
+
+
+def _send(server: LocalServer, case) -> tuple:
+    from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
+                                                   status_code_conformance)
+
+    response = case.call(base_url=server.url, headers=server.headers(), timeout=120)
+    content_type = response.headers.get("content-type", [""])
+    content_type = content_type[0] if isinstance(content_type, list) else content_type
+    problem = None
+    if response.status_code >= 400:
+        problem = error_shape_problem(response.status_code, response.content)
+    elif content_type.startswith("text/event-stream"):
+        code = stream_error(response.content)
+        problem = f"stream ended with error {code}" if code else None
+    failed = []
+    for check in (status_code_conformance, content_type_conformance, response_schema_conformance):
+        try:
+            case.validate_response(response, checks=[check])
+        except AssertionError:
+            failed.append(check.__name__)
+    return f"{case.method} {case.formatted_path} {str(case.body)[:120]}", response.status_code, problem, failed
+
+
+def _examples(results: list[tuple], limit: int = 5) -> str:
+    return "; ".join(f"{r[0]} -> {r[1]} {r[2] or ''}" for r in results[:limit]) + (
+        f"; and {len(results) - limit} more" if len(results) > limit else "")
