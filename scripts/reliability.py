@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help=f"comma-separated sections, of: {', '.join(SECTIONS)}")
     parser.add_argument("--home", type=Path, help="LOCALLLM_HOME for the daemons (default: a new temporary one)")
     parser.add_argument("--schema", type=Path, help="fuzz against this OpenAPI file instead of the served one")
+    parser.add_argument("--engine", action="append", default=[], metavar="KEY=VALUE",
+                        help="engine setting for the main daemon, e.g. num_threads=1 on a shared machine")
     args = parser.parse_args(argv)
     only = args.only.split(",") if args.only else list(SECTIONS)
     unknown = sorted(set(only) - set(SECTIONS))
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     home = args.home or Path(tempfile.mkdtemp(prefix="localllm-reliability-"))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # so that the daemons are stopped on the way out
     sections = run_suite(home, QUICK if args.quick else FULL, only, args.schema,
-                         progress=lambda section: print(render([section]), flush=True))
+                         progress=lambda section: print(render([section]), flush=True), engine=args.engine)
     print(render(sections))
     if args.out:
         machine = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -20,8 +20,9 @@ from reliability_checks.suite import MAIN_ARGS, MAIN_SECTIONS, QUICK, main_secti
 
 @pytest.fixture(scope="module")
 def server(localllm_home):
-    """The session's home, so that the embedded model's conversion is shared with the other tests."""
-    with LocalServer(Path(localllm_home), MAIN_ARGS) as daemon:
+    """The session's home, so that the embedded model's conversion is shared with the other tests; one
+    intra-op thread, as CPU test machines are shared (several torch threads on a busy CPU run ~7x slower)."""
+    with LocalServer(Path(localllm_home), MAIN_ARGS + ["--engine", "num_threads=1"]) as daemon:
         yield daemon
 
 

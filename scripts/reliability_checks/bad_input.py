@@ -45,7 +45,8 @@ def bad_input(server: LocalServer, max_at_once: int, command: str = "", **sizes)
                             "health_worst_during": health.worst[1]})
     section.check("0 responses with status 5xx", not fivexx, _names(fivexx))
     section.check("every error in OpenAI's shape, no stream ending in an engine error", not wrong, _names(wrong))
-    section.check("/api/status answers 200 after every case", not status_broken, _names(status_broken))
+    section.check("/api/status answers 200 after every case", not status_broken,
+                  "; ".join(f"after {o.case}: {o.status_after}" for o in status_broken))
     section.check("/health answers within 1 s throughout", health.worst[0] < 1.0,
                   f"{health.worst[0]:.2f} s during {health.worst[1]}")
     _after(server, section)

@@ -4,6 +4,8 @@ conform to the schema (documented status codes, content types, bodies) is report
 from __future__ import annotations
 
 import collections
+import contextlib
+import zlib
 from pathlib import Path
 
 from reliability_checks.report import Section
@@ -45,6 +47,7 @@ def fuzz(server: LocalServer, examples: int, schema_file: Path | None = None, co
 def _run(schema, server: LocalServer, examples: int) -> list[tuple]:
     """(request, status, shape problem, schema conformance failures) for every generated case."""
     from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis.errors import Unsatisfiable
     from schemathesis.generation import GenerationMode
 
     results = []
@@ -58,7 +61,8 @@ def _run(schema, server: LocalServer, examples: int) -> list[tuple]:
                 _aim_at_the_model(case)
                 results.append(_send(server, case))
 
-            send()
+            with contextlib.suppress(Unsatisfiable):   # e.g. no invalid request exists for GET /health
+                send()
     return results
 
 
@@ -68,7 +72,7 @@ def _aim_at_the_model(case) -> None:
     body = case.body
     if not isinstance(body, dict):
         return
-    if isinstance(body.get("model"), str) and hash(body["model"]) % 2 == 0:
+    if isinstance(body.get("model"), str) and zlib.crc32(body["model"].encode("utf-8", "replace")) % 2 == 0:
         body["model"] = EMBEDDED
     for field in ("max_tokens", "max_completion_tokens", "min_tokens"):
         value = body.get(field)
@@ -79,6 +83,7 @@ def _aim_at_the_model(case) -> None:
 
 
 def _send(server: LocalServer, case) -> tuple:
+    from schemathesis.core.failures import Failure, FailureGroup
     from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
                                                    status_code_conformance)
 
@@ -95,7 +100,7 @@ def _send(server: LocalServer, case) -> tuple:
     for check in (status_code_conformance, content_type_conformance, response_schema_conformance):
         try:
             case.validate_response(response, checks=[check])
-        except AssertionError:
+        except (Failure, FailureGroup):
             failed.append(check.__name__)
     return f"{case.method} {case.formatted_path} {str(case.body)[:120]}", response.status_code, problem, failed
 

@@ -37,7 +37,7 @@ def pull_disk_full(home: Path, command: str = "") -> Section:
             env = clean_env(store, HF_ENDPOINT=hub.url)
             failed = run_cli(store, "pull", REPO, env=env, timeout=300, preexec_fn=limit)
             section.figures.update({"mechanism": mechanism, "first_pull_exit_code": failed.returncode,
-                                    "first_pull_error": failed.stderr.strip()[-300:]})
+                                    "first_pull_error": (failed.stderr.strip().splitlines() or [""])[-1]})
             _after_the_failure(store, env, source, failed, section)
         again = run_cli(store, "pull", REPO, env=env, timeout=300)
         section.check("with room again, the same pull completes", again.returncode == 0, again.stderr[-300:])
@@ -77,7 +77,8 @@ def _pulled_sha(store: Path, env: dict) -> str | None:
 @contextlib.contextmanager
 def _small_disk(store: Path, hub, weights_size: int):
     """Yields (what simulates the full disk, a preexec_fn for the pull). The tmpfs is unmounted after."""
-    store.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(store, ignore_errors=True)   # a store of its own, empty, each run
+    store.mkdir(parents=True)
     mounted = os.geteuid() == 0 and subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={weights_size * 2 + (4 << 20)},mode=0700", "tmpfs", str(store)],
         capture_output=True).returncode == 0
@@ -103,8 +104,11 @@ def _small_disk(store: Path, hub, weights_size: int):
 def _move_out_of_tmpfs(store: Path) -> None:
     """Copies what the failed pull left to the real disk, so the second pull resumes from it."""
     keep = store.with_name(store.name + ".kept")
-    shutil.copytree(store, keep, symlinks=True)
-    subprocess.run(["umount", str(store)], check=True)
+    shutil.rmtree(keep, ignore_errors=True)
+    try:
+        shutil.copytree(store, keep, symlinks=True)
+    finally:
+        subprocess.run(["umount", str(store)], check=True)
     shutil.copytree(keep, store, symlinks=True, dirs_exist_ok=True)
     shutil.rmtree(keep)
 

@@ -49,7 +49,7 @@ def _public_bind_needs_a_key(home: Path, section: Section) -> None:
     result = run_cli(home, "serve", "--host", "0.0.0.0", "--port", "0", timeout=60)
     lines = result.stderr.strip().splitlines()
     section.check("`serve --host 0.0.0.0` without a key refuses to start, with one Error: line",
-                  result.returncode != 0 and len(lines) == 1 and lines[0].startswith("Error:"), result.stderr.strip()[-300:])
+                  result.returncode != 0 and len(lines) == 1 and lines[0].startswith("Error:"), " | ".join(lines))
 
 
 def _routes(server: LocalServer) -> list[tuple[str, str]]:

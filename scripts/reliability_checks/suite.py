@@ -34,13 +34,14 @@ QUICK = Sizes(8, 2, 16, 5, 2, 12, 10_000, 100_000, 20 << 20, " --quick")
 
 
 def run_suite(home: Path, sizes: Sizes, only: list[str], schema: Path | None = None,
-              progress=lambda section: None) -> list[Section]:
-    """Runs the sections named in `only`; `progress` sees each one as it ends."""
+              progress=lambda section: None, engine: list[str] = ()) -> list[Section]:
+    """Runs the sections named in `only`; `progress` sees each one as it ends. `engine` holds KEY=VALUE
+    settings for the main daemon's engine."""
     sections = _Reported(progress)
     wanted = [name for name in MAIN_SECTIONS if name in only]
     if wanted:
         try:
-            with LocalServer(home, MAIN_ARGS) as server:
+            with LocalServer(home, MAIN_ARGS + [a for item in engine for a in ("--engine", item)]) as server:
                 for name in wanted:
                     sections.append(_guarded(name, sizes, lambda c: main_section(name, server, sizes, schema, c)))
         except Exception as e:   # the daemon did not start or stop: say so for every section left
