@@ -12,7 +12,8 @@ from localllm.engine.batch import StepBatchBuilder
 from localllm.engine.block_manager import BlockManager
 from localllm.engine.model_runner import ModelRunner, kv_bytes_per_block
 from localllm.engine.request import Sequence
-from localllm.engine.sampler import SampledToken, Sampler, SamplingRow
+from localllm.engine.events import SampledToken, TokenEvent
+from localllm.engine.sampler import Sampler, SamplingRow
 from localllm.engine.scheduler import Scheduler, SchedulerOutput
 from localllm.errors import LocalLLMError, PromptTooLongError
 from localllm.sampling_params import SamplingParams
@@ -20,22 +21,13 @@ from localllm.sampling_params import SamplingParams
 GiB = 1 << 30
 
 
-@dataclass
+@dataclass(frozen=True)
 class InFlightStep:
     """A step queued on the device whose sampled tokens the host has not read yet."""
     seqs: list[Sequence]
     token_ids: torch.Tensor        # on the device: the next step's inputs come from here
     host_token_ids: torch.Tensor   # pinned copy, valid once `ready` has passed
     ready: torch.cuda.Event | None
-
-
-@dataclass
-class TokenEvent:
-    """What one sequence did in one step: a new token, and/or finishing."""
-    request_id: str
-    index: int
-    sampled: SampledToken | None
-    finish_reason: str | None = None
 
 
 def resolve_device(config: Config) -> torch.device:

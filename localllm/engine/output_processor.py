@@ -2,7 +2,7 @@
 in-process LLMEngine and the daemon's front end, which talk to a local and a remote core respectively."""
 from __future__ import annotations
 
-from localllm.engine.core import TokenEvent
+from localllm.engine.events import TokenEvent
 from localllm.engine.detokenizer import IncrementalDetokenizer
 from localllm.engine.outputs import StreamDelta
 from localllm.sampling_params import SamplingParams

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from localllm.engine.sampler import SampledToken
+from localllm.engine.events import SampledToken
 
 
 @dataclass
@@ -26,7 +26,7 @@ class RequestOutput:
         return all(o.finish_reason is not None for o in self.outputs)
 
 
-@dataclass
+@dataclass(frozen=True)
 class StreamDelta:
     """New text and tokens of one completion since the previous step."""
     request_id: str

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from localllm.engine.batch import to_device
+from localllm.engine.events import SampledToken
 from localllm.sampling_params import SamplingParams
 
 # A row with top-p but no top-k looks for its nucleus among this many best tokens first: a full
@@ -26,13 +27,6 @@ class SamplingRow:
     output_token_ids: list[int]
     # Seeded per sequence when params.seed is set, on the logits' device; None = torch's global RNG.
     generator: torch.Generator | None
-
-
-@dataclass
-class SampledToken:
-    token_id: int
-    logprob: float | None                          # set when params.logprobs is not None
-    top_logprobs: list[tuple[int, float]] | None   # the top params.logprobs (token_id, logprob), best first
 
 
 class Sampler:

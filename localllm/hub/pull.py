@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+from localllm.architectures import gguf_architecture, hf_architecture
 from localllm.errors import CorruptModelError, LocalLLMError, ModelNotFoundError, UnsupportedModelError, first_line
 from localllm.hub import store
 from localllm.hub.aliases import EMBEDDED, alias_target
@@ -177,9 +178,9 @@ def pull(model: str, revision: str = "main", reporter: Reporter | None = None) -
 def _local_entry(ref: ModelRef, path: Path, source: str) -> store.ModelEntry:
     info = describe(path)
     if path.is_file():
-        check_gguf_architecture(info["architecture"], path.name)
+        gguf_architecture(info["architecture"], path.name)
     else:
-        check_hf_architecture(json.loads((path / "config.json").read_text()), str(path))
+        hf_architecture(json.loads((path / "config.json").read_text()).get("architectures"), str(path))
     return store.ModelEntry(
         name=ref.name, source=source, path=str(path), size=sum(f["size"] for f in info["files"]),
         format=info["format"], modified=_now(), files=[f["name"] for f in info["files"]],
@@ -216,7 +217,7 @@ def _pull_safetensors(ref: ModelRef, commit: str, siblings: dict, reporter: Repo
         store.discard_files(snapshot, ["config.json"], force=True)
         raise CorruptModelError(f"config.json of {repo} is not valid JSON ({e})") from None
     try:
-        architecture = check_hf_architecture(config, repo)
+        architecture = hf_architecture(config.get("architectures"), repo).hf_class
     except UnsupportedModelError:
         store.discard_files(snapshot, ["config.json"])  # nothing of a model we cannot run stays behind
         raise
@@ -267,7 +268,7 @@ def _pull_gguf(ref: ModelRef, commit: str, siblings: dict, ggufs: list[str], rep
     reporter.status(f"reading the header of {filename}")
     metadata = _probe_gguf_header(repo, commit, filename)
     if "general.architecture" in metadata:  # else the header was too long to probe: checked after download
-        check_gguf_architecture(metadata["general.architecture"], f"{repo}/{filename}")
+        gguf_architecture(metadata["general.architecture"], f"{repo}/{filename}")
         reporter.status(f"architecture {metadata['general.architecture']}: supported")
 
     snapshot = snapshot_dir(repo, commit)
@@ -277,7 +278,7 @@ def _pull_gguf(ref: ModelRef, commit: str, siblings: dict, ggufs: list[str], rep
     path = snapshot / filename
     try:
         info = describe(path)
-        check_gguf_architecture(info["architecture"], f"{repo}/{filename}")
+        gguf_architecture(info["architecture"], f"{repo}/{filename}")
     except (UnsupportedModelError, CorruptModelError):
         store.discard_files(snapshot, [filename])
         raise
@@ -315,25 +316,6 @@ def pick_gguf(repo: str, quant: str | None, ggufs: list[str]) -> str:
 def gguf_tag(filename: str) -> str:
     """The quantization tag in a GGUF file name: Qwen3-0.6B-Q8_0.gguf -> Q8_0."""
     return re.split(r"[-./]", _SPLIT_GGUF.sub(".gguf", filename)[:-len(".gguf")])[-1]
-
-
-def check_hf_architecture(config: dict, where: str) -> str:
-    from localllm.models import ARCHITECTURES
-
-    names = config.get("architectures") or []
-    for name in names:
-        if name in ARCHITECTURES:
-            return name
-    raise UnsupportedModelError(f"{where}: architecture {', '.join(map(str, names)) or '(none given)'} is not "
-                                f"supported (supported: {', '.join(ARCHITECTURES)})")
-
-
-def check_gguf_architecture(arch: str, where: str) -> None:
-    from localllm.loader.gguf import GGUF_ARCHITECTURES
-
-    if arch not in GGUF_ARCHITECTURES:
-        raise UnsupportedModelError(f"{where}: GGUF architecture {arch!r} is not supported "
-                                    f"(supported: {', '.join(GGUF_ARCHITECTURES)})")
 
 
 def endpoint() -> str:

@@ -12,29 +12,14 @@ import re
 import shutil
 import struct
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from localllm.architectures import Architecture, gguf_architecture
 from localllm.errors import CorruptModelError, ModelNotFoundError, UnsupportedModelError, first_line
 
-
-@dataclass(frozen=True)
-class _Architecture:
-    model_type: str
-    hf_class: str
-    # llama.cpp interleaves the rotary halves of q/k rows for llama-family models, not for qwen
-    permuted_qk: bool
-
-
-GGUF_ARCHITECTURES = {
-    "llama": _Architecture("llama", "LlamaForCausalLM", permuted_qk=True),
-    "mistral": _Architecture("mistral", "MistralForCausalLM", permuted_qk=True),
-    "qwen2": _Architecture("qwen2", "Qwen2ForCausalLM", permuted_qk=False),
-    "qwen3": _Architecture("qwen3", "Qwen3ForCausalLM", permuted_qk=False),
-}
 
 _GLOBAL_TENSORS = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -74,11 +59,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     if metadata.get("split.count", 1) > 1:
         raise UnsupportedModelError(f"{gguf_path.name} is one part of a split GGUF; merge the parts first "
                                     "(llama-gguf-split --merge)")
-    arch = GGUF_ARCHITECTURES.get(arch_name)
-    if arch is None:
-        raise UnsupportedModelError(
-            f"{gguf_path.name}: GGUF architecture {arch_name!r} is not supported "
-            f"(supported: {', '.join(GGUF_ARCHITECTURES)})")
+    arch = gguf_architecture(arch_name, gguf_path.name)
     tensors = {t.name: t for t in reader.tensors}
     config = _hf_config(gguf_path, arch_name, arch, metadata, tensors)
     plan = _tensor_plan(gguf_path, arch, config, tensors)
@@ -129,7 +110,7 @@ def _scalar_metadata(reader) -> dict[str, object]:
     return values
 
 
-def _hf_config(gguf_path: Path, arch_name: str, arch: _Architecture, metadata: dict, tensors: dict) -> dict:
+def _hf_config(gguf_path: Path, arch_name: str, arch: Architecture, metadata: dict, tensors: dict) -> dict:
     def hparam(key: str, default=None):
         value = metadata.get(f"{arch_name}.{key}", default)
         if value is None:
@@ -243,7 +224,7 @@ def _reverse_qk_permutation(weight: np.ndarray, num_heads: int) -> np.ndarray:
     return weight.reshape(num_heads, half, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
-def _tensor_plan(gguf_path: Path, arch: _Architecture, config: dict,
+def _tensor_plan(gguf_path: Path, arch: Architecture, config: dict,
                  tensors: dict) -> list[tuple[str, tuple[int, ...], Callable[[], np.ndarray]]]:
     """(Hugging Face name, shape, loader) per output tensor; loading is deferred to keep one in memory at a time."""
     plan = []
@@ -252,7 +233,7 @@ def _tensor_plan(gguf_path: Path, arch: _Architecture, config: dict,
             continue
         hf_name, module = _hf_name(gguf_path, name)
         heads = {"attn_q": config["num_attention_heads"], "attn_k": config["num_key_value_heads"]}.get(module)
-        if arch.permuted_qk and heads:
+        if arch.gguf_permuted_qk and heads:
             def load(tensor=tensor, heads=heads):
                 return _reverse_qk_permutation(_dequantize(gguf_path, tensor), heads)
         else:

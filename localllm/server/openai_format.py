@@ -6,7 +6,7 @@ import uuid
 import weakref
 from dataclasses import dataclass, field
 
-from localllm.engine.sampler import SampledToken
+from localllm.engine.events import SampledToken
 
 LOGPROB_FLOOR = -9999.0   # JSON has no -inf; OpenAI clients expect a number
 
