@@ -6,10 +6,10 @@ import threading
 import time
 
 import pytest
+from transformers import AutoTokenizer
 
 from daemon_helpers import TINY_ENGINE, running_daemon
 from localllm import LLM, SamplingParams
-from localllm.loader.hf_dir import load_tokenizer
 from localllm.loader.resolve import resolve_model
 from tiny_models import build_model_dir
 
@@ -227,7 +227,7 @@ def test_embedded_model_answers_paris(daemon):
                                                 max_tokens=12, extra_body={"keep_alive": 0})
     assert r.choices[0].message.content == "The capital of France is Paris."
     assert r.choices[0].finish_reason == "stop"
-    tokenizer = load_tokenizer(resolve_model("smollm2:135m"))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2:135m"))   # transformers as the reference
     text = tokenizer.apply_chat_template(question, add_generation_prompt=True, tokenize=False)
     assert r.usage.prompt_tokens == len(tokenizer.encode(text, add_special_tokens=False))
     assert r.usage.completion_tokens == 8   # 7 tokens of text and <|im_end|>

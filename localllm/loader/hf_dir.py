@@ -5,7 +5,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from localllm.architectures import hf_architecture
 from localllm.errors import CorruptModelError, ModelNotFoundError, UnsupportedModelError, first_line
+from localllm.loader.tokenizer import Tokenizer
 
 
 def load_hf_config(model_dir: Path):
@@ -21,16 +23,7 @@ def load_hf_config(model_dir: Path):
         raise UnsupportedModelError(f"cannot read the config in {model_dir}: {first_line(e)}") from None
 
 
-def load_tokenizer(model_dir: Path):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
-    except (OSError, ValueError, json.JSONDecodeError) as e:
-        raise CorruptModelError(f"cannot load the tokenizer in {model_dir}: {first_line(e)}") from None
-
-
-def eos_token_ids(model_dir: Path, tokenizer, hf_config) -> set[int]:
+def eos_token_ids(model_dir: Path, tokenizer: Tokenizer, hf_config) -> set[int]:
     """Generation stops at any of the ids the model's generation config, config or tokenizer name."""
     ids: set[int] = set()
     sources = [getattr(hf_config, "eos_token_id", None), tokenizer.eos_token_id]
@@ -53,16 +46,16 @@ class ModelFiles:
     """What a model name resolves to, read and checked before any weights are loaded."""
     model_dir: Path
     hf_config: object
-    tokenizer: object
+    tokenizer: Tokenizer
     eos_token_ids: set[int]
 
 
 def open_model(name: str | None) -> ModelFiles:
     from localllm.loader.resolve import resolve_model
-    from localllm.models import model_class
 
     model_dir = resolve_model(name)
     hf_config = load_hf_config(model_dir)
-    model_class(hf_config)  # an unsupported architecture fails before anything heavy is loaded
-    tokenizer = load_tokenizer(model_dir)
+    # an unsupported architecture fails before anything heavy is loaded
+    hf_architecture(getattr(hf_config, "architectures", None), str(model_dir))
+    tokenizer = Tokenizer.from_dir(model_dir)
     return ModelFiles(model_dir, hf_config, tokenizer, eos_token_ids(model_dir, tokenizer, hf_config))

@@ -80,7 +80,7 @@ def chat_prompt(tokenizer, body: ChatCompletionRequest) -> list[int]:
         role = "system" if message.role == "developer" else message.role
         messages.append({"role": role, "content": content or ""})
     try:
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
     except Exception as e:  # noqa: BLE001 - a template that refuses the conversation (e.g. role order)
         raise _bad(f"The model's chat template rejected the messages: {one_line(e)}",
                    "messages") from None
