@@ -13,15 +13,18 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from localllm.config import Config
 from localllm.engine.output_processor import OutputProcessor
 from localllm.engine.outputs import StreamDelta
 from localllm.errors import one_line
-from localllm.loader.hf_dir import load_tokenizer
+from localllm.loader.tokenizer import Tokenizer
 from localllm.sampling_params import SamplingParams
 from localllm.server import engine_process
 from localllm.server.errors import APIError
-from localllm.server.protocol import (AbortRequests, AddRequest, EngineFailed, EngineStats, FinishSequence,
-                                      LoadFailed, Loaded, RequestFailed, Shutdown, StepOutput)
+from localllm.server.protocol import (PROTOCOL_VERSION, AbortRequests, AddRequest, DecodeError, EngineFailed,
+                                      EngineStats, FinishSequence, FromEngine, LoadFailed, Loaded, MessageRefused,
+                                      ProtocolError, Receiver, RequestFailed, Sender, Shutdown, Start, StepOutput,
+                                      check_version)
 
 log = logging.getLogger("localllm.server")
 
@@ -56,10 +59,9 @@ class EngineRequest:
 
 
 class EngineClient:
-    def __init__(self, name: str, spec: str, engine: dict, metrics=None, on_exit=None):
+    def __init__(self, name: str, config: Config, metrics=None, on_exit=None):
         self.name = name              # what requests call the model
-        self.spec = spec              # what the engine resolves (alias, directory or .gguf file)
-        self.engine = engine
+        self.config = config          # config.model: what the engine resolves (alias, directory or .gguf file)
         self.metrics = metrics
         self.on_exit = on_exit        # called on the loop when the process ends for any reason
         self.info: Loaded | None = None
@@ -92,18 +94,20 @@ class EngineClient:
         self._loop = asyncio.get_running_loop()
         self._loaded = self._loop.create_future()
         ctx = multiprocessing.get_context("spawn")
-        engine_in, self._to_engine = ctx.Pipe(duplex=False)
-        self._from_engine, engine_out = ctx.Pipe(duplex=False)
-        self.process = ctx.Process(target=engine_process.main, args=(self.spec, self.engine, engine_in, engine_out),
+        engine_in, to_engine = ctx.Pipe(duplex=False)
+        from_engine, engine_out = ctx.Pipe(duplex=False)
+        self._to_engine, self._from_engine = Sender(to_engine), Receiver(from_engine, FromEngine)
+        self.process = ctx.Process(target=engine_process.main, args=(engine_in, engine_out),
                                    name=f"localllm-engine[{self.name}]", daemon=True)
         await asyncio.to_thread(self.process.start)
         engine_in.close()   # keep only our ends, so that its death reads as end-of-file
         engine_out.close()
         threading.Thread(target=self._read_loop, name=f"engine-reader[{self.name}]", daemon=True).start()
         threading.Thread(target=self._write_loop, name=f"engine-writer[{self.name}]", daemon=True).start()
+        self._send(Start(PROTOCOL_VERSION, self.config))
         info = await self._loaded
         try:
-            self.tokenizer = await asyncio.to_thread(load_tokenizer, Path(info.model_dir))
+            self.tokenizer = await asyncio.to_thread(Tokenizer.from_dir, Path(info.model_dir))
         except Exception as e:  # noqa: BLE001 - the engine loaded it, so this is unexpected; report, don't crash
             await self.stop()
             raise EngineLoadError(type(e).__name__, one_line(e)) from None
@@ -159,9 +163,12 @@ class EngineClient:
     def _read_loop(self) -> None:
         while True:
             try:
-                message = self._from_engine.recv()
+                message = self._from_engine.receive()
             except (EOFError, OSError):
                 message = _Exited()
+            except DecodeError:   # the engine runs this same code, so this is a bug: say so, keep reading
+                log.exception("the engine of %s sent bytes that are not a message", self.name)
+                continue
             try:
                 self._loop.call_soon_threadsafe(self._on_message, message)
             except RuntimeError:  # the loop is closed: the daemon is exiting
@@ -186,8 +193,7 @@ class EngineClient:
             if message.events:
                 self._route(message.events)
         elif isinstance(message, Loaded):
-            self.info, self.stats = message, message.stats
-            self._loaded.set_result(message)
+            self._on_loaded(message)
         elif isinstance(message, RequestFailed):
             request = self._requests.pop(message.request_id, None)
             if request is not None:
@@ -199,8 +205,19 @@ class EngineClient:
             self._loaded.set_exception(EngineLoadError(message.error_type, message.message))
         elif isinstance(message, EngineFailed):
             self.failure = message.message
+        elif isinstance(message, MessageRefused):
+            log.error("the engine of %s refused a message: %s", self.name, message.reason)
         elif isinstance(message, _Exited):
             self._on_exit()
+
+    def _on_loaded(self, message: Loaded) -> None:
+        try:
+            check_version(message.protocol, "the engine")
+        except ProtocolError as e:
+            self._loaded.set_exception(EngineLoadError("ProtocolError", str(e)))
+            return
+        self.info, self.stats = message, message.stats
+        self._loaded.set_result(message)
 
     def _route(self, events) -> None:
         live = []

@@ -7,8 +7,10 @@ import time
 from multiprocessing.connection import Connection
 
 from localllm.errors import one_line
-from localllm.server.protocol import (AbortRequests, AddRequest, EngineFailed, EngineStats, FinishSequence,
-                                      LoadFailed, Loaded, RequestFailed, Shutdown, StepOutput)
+from localllm.server.protocol import (PROTOCOL_VERSION, AbortRequests, AddRequest, DecodeError, EngineFailed,
+                                      EngineStats, FinishSequence, LoadFailed, Loaded, MessageRefused, ProtocolError,
+                                      Receiver, RequestFailed, Sender, Shutdown, Start, StepOutput, ToEngine,
+                                      check_version)
 
 IDLE_CHECK_S = 1.0      # how often an idle engine checks that its daemon is still alive
 STATS_EVERY_S = 0.25    # steps that yield no token (prefill chunks) still report counters this often
@@ -23,12 +25,20 @@ def default_num_threads() -> int:
     return cores if cores <= 4 else cores - 1
 
 
-def main(model: str, engine: dict, inbox: Connection, outbox: Connection) -> None:
-    """Entry point of the spawned process."""
+def main(inbox_connection: Connection, outbox_connection: Connection) -> None:
+    """Entry point of the spawned process: waits for Start, loads, then serves."""
+    inbox, outbox = Receiver(inbox_connection, ToEngine), Sender(outbox_connection)
+    try:
+        start = _handshake(inbox)
+    except (DecodeError, ProtocolError) as e:
+        outbox.send(LoadFailed("ProtocolError", one_line(e)))
+        return
+    except EOFError:
+        return  # the daemon is gone
     import torch
 
-    torch.set_num_threads(engine.get("num_threads") or default_num_threads())
-    core = _load(model, engine, outbox)
+    torch.set_num_threads(start.config.num_threads or default_num_threads())
+    core = _load(start.config, outbox)
     if core is None:
         return
     try:
@@ -43,15 +53,21 @@ def main(model: str, engine: dict, inbox: Connection, outbox: Connection) -> Non
         raise SystemExit(1) from None
 
 
-def _load(model: str, engine: dict, outbox: Connection):
-    from localllm.config import Config
+def _handshake(inbox: Receiver) -> Start:
+    message = inbox.receive()
+    if not isinstance(message, Start):
+        raise ProtocolError(f"the first message must be Start, got {type(message).__name__}")
+    check_version(message.protocol, "the front end")
+    return message
+
+
+def _load(config, outbox: Sender):
     from localllm.engine.core import EngineCore
     from localllm.errors import LocalLLMError
     from localllm.loader.hf_dir import open_model
 
     try:
-        config = Config(model=model, **engine)
-        files = open_model(model)
+        files = open_model(config.model)
         model_dir, eos = files.model_dir, files.eos_token_ids
         core = EngineCore(config, model_dir, files.hf_config, eos)
     except (LocalLLMError, ValueError, OSError) as e:
@@ -62,7 +78,8 @@ def _load(model: str, engine: dict, outbox: Connection):
         return None
     runner = core.runner
     outbox.send(Loaded(
-        model_dir=str(model_dir), device=str(core.device), dtype=str(core.dtype).removeprefix("torch."),
+        protocol=PROTOCOL_VERSION, model_dir=str(model_dir), device=str(core.device),
+        dtype=str(core.dtype).removeprefix("torch."),
         max_model_len=core.max_model_len, vocab_size=core.vocab_size, block_size=config.block_size,
         num_blocks=core.num_blocks,
         param_bytes=sum(p.numel() * p.element_size() for p in runner.model.parameters()),
@@ -71,17 +88,17 @@ def _load(model: str, engine: dict, outbox: Connection):
     return core
 
 
-def stats_of(core) -> EngineStats:
+def stats_of(core, steps: int = 0) -> EngineStats:
     manager = core.block_manager
     total, free = len(manager.blocks), manager.num_free_blocks
     cached = manager.num_cached_free_blocks
     return EngineStats(running=len(core.scheduler.running), waiting=len(core.scheduler.waiting),
                        blocks_total=total, blocks_used=total - free, blocks_cached=cached,
                        blocks_free=free - cached, prefix_queries=manager.stats.queries,
-                       prefix_hits=manager.stats.hits, preemptions=core.scheduler.num_preemptions)
+                       prefix_hits=manager.stats.hits, preemptions=core.scheduler.num_preemptions, steps=steps)
 
 
-def _serve(core, inbox: Connection, outbox: Connection) -> None:
+def _serve(core, inbox: Receiver, outbox: Sender) -> None:
     parent = os.getppid()
     steps = 0
     last_sent = 0.0
@@ -92,7 +109,11 @@ def _serve(core, inbox: Connection, outbox: Connection) -> None:
                     return                        # orphaned: the daemon died without closing the pipe
         changed = False
         while inbox.poll():
-            message = inbox.recv()
+            try:
+                message = inbox.receive()
+            except DecodeError as e:   # not a message of this protocol (a pickle, say): refuse it, go on
+                outbox.send(MessageRefused(one_line(e)))
+                continue
             if isinstance(message, Shutdown):
                 return
             _handle(core, message, outbox)
@@ -103,13 +124,11 @@ def _serve(core, inbox: Connection, outbox: Connection) -> None:
             steps += 1
         now = time.monotonic()
         if events or changed or now - last_sent > STATS_EVERY_S:
-            stats = stats_of(core)
-            stats.steps = steps
-            outbox.send(StepOutput(events, stats))
+            outbox.send(StepOutput(events, stats_of(core, steps)))
             last_sent = now
 
 
-def _handle(core, message, outbox: Connection) -> None:
+def _handle(core, message, outbox: Sender) -> None:
     if isinstance(message, AddRequest):
         try:
             core.add_request(message.request_id, message.prompt_token_ids, message.params)
@@ -120,5 +139,5 @@ def _handle(core, message, outbox: Connection) -> None:
             core.abort_request(request_id)
     elif isinstance(message, FinishSequence):
         core.finish_sequence(message.request_id, message.index, message.reason)
-    else:
-        raise TypeError(f"unexpected message {type(message).__name__}")
+    else:   # a second Start: the model is loaded once
+        outbox.send(MessageRefused(f"unexpected {type(message).__name__} after the start"))

@@ -138,7 +138,7 @@ class ModelManager:
 
     def _load(self, name: str, spec: str) -> LoadedModel:
         loop = asyncio.get_running_loop()
-        client = EngineClient(name, spec, self.settings.engine, self.metrics, on_exit=self._engine_exited)
+        client = EngineClient(name, self.settings.engine_config(spec), self.metrics, on_exit=self._engine_exited)
         model = LoadedModel(name, spec, client, self.settings.keep_alive_s, loop.create_future())
         model.ready.add_done_callback(lambda f: f.cancelled() or f.exception())  # never "unretrieved"
         self.models[name] = model

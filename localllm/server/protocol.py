@@ -1,42 +1,59 @@
-"""The messages between the daemon's front end and an engine process. They travel pickled over two one-way
-multiprocessing pipes; only token ids and numbers cross, never text."""
+"""Every message between the daemon's front end and an engine process, and how it travels.
+
+Each message is a frozen msgspec struct, tagged with its class name, msgpack-encoded and sent over one of two
+one-way multiprocessing pipes with send_bytes/recv_bytes. Never pickle: a message carries data only, and bytes
+that do not decode to a declared message are refused, never executed. Only token ids and numbers cross, never
+text. The front end's first message, Start, and the engine's answer, Loaded, both carry PROTOCOL_VERSION, and
+each side checks the other's.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Union
 
-from localllm.engine.core import TokenEvent
+import msgspec
+
+from localllm.config import Config
+from localllm.engine.events import TokenEvent
 from localllm.sampling_params import SamplingParams
+
+# Raise on any change to the messages below.
+PROTOCOL_VERSION = 1
+
+
+class Message(msgspec.Struct, frozen=True, tag=True, array_like=True):
+    """Encoded as [tag, field, ...]: field names never cross."""
 
 
 # front end -> engine
-@dataclass
-class AddRequest:
+class Start(Message):
+    """The first message: which model to load, and how."""
+    protocol: int
+    config: Config
+
+
+class AddRequest(Message):
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
 
 
-@dataclass
-class AbortRequests:
+class AbortRequests(Message):
     request_ids: list[str]
 
 
-@dataclass
-class FinishSequence:
+class FinishSequence(Message):
     """A stop string ended completion `index` of a request in the front end."""
     request_id: str
     index: int
     reason: str = "stop"
 
 
-@dataclass
-class Shutdown:
+class Shutdown(Message):
     pass
 
 
 # engine -> front end
-@dataclass
-class EngineStats:
+class EngineStats(msgspec.Struct, frozen=True, array_like=True):
     running: int = 0
     waiting: int = 0
     blocks_total: int = 0
@@ -49,8 +66,8 @@ class EngineStats:
     steps: int = 0
 
 
-@dataclass
-class Loaded:
+class Loaded(Message):
+    protocol: int
     model_dir: str
     device: str
     dtype: str
@@ -61,30 +78,74 @@ class Loaded:
     param_bytes: int
     kv_cache_bytes: int
     eos_token_ids: list[int]
-    stats: EngineStats = field(default_factory=EngineStats)
+    stats: EngineStats = EngineStats()
 
 
-@dataclass
-class LoadFailed:
+class LoadFailed(Message):
     error_type: str   # the exception's class name, e.g. ModelNotFoundError
     message: str
 
 
-@dataclass
-class StepOutput:
+class StepOutput(Message):
     events: list[TokenEvent]
     stats: EngineStats
 
 
-@dataclass
-class RequestFailed:
+class RequestFailed(Message):
     """The core refused a request (e.g. a prompt too long): nothing was scheduled for it."""
     request_id: str
     error_type: str
     message: str
 
 
-@dataclass
-class EngineFailed:
+class MessageRefused(Message):
+    """The engine received bytes that are not a message of this protocol, and ignored them."""
+    reason: str
+
+
+class EngineFailed(Message):
     """The engine hit an unexpected error and is exiting; every request in it is lost."""
     message: str
+
+
+ToEngine = Union[Start, AddRequest, AbortRequests, FinishSequence, Shutdown]
+FromEngine = Union[Loaded, LoadFailed, StepOutput, RequestFailed, MessageRefused, EngineFailed]
+
+# msgspec.DecodeError (ValidationError included): what receive() raises for bytes that are no declared message.
+DecodeError = msgspec.DecodeError
+
+
+class ProtocolError(Exception):
+    pass
+
+
+def check_version(theirs: int, who: str) -> None:
+    if theirs != PROTOCOL_VERSION:
+        raise ProtocolError(f"{who} speaks protocol version {theirs}, this process {PROTOCOL_VERSION}")
+
+
+class Sender:
+    """The sending end of a one-way pipe."""
+
+    def __init__(self, connection):
+        self.connection = connection
+        self._encoder = msgspec.msgpack.Encoder()
+
+    def send(self, message: Message) -> None:
+        self.connection.send_bytes(self._encoder.encode(message))
+
+
+class Receiver:
+    """The receiving end of a one-way pipe, which accepts the messages of one direction (ToEngine or FromEngine)."""
+
+    def __init__(self, connection, accepts):
+        self.connection = connection
+        self._decoder = msgspec.msgpack.Decoder(accepts)
+
+    def receive(self):
+        """The next message; raises DecodeError for bytes that are not one (a pickle, say), EOFError once the
+        other end has closed."""
+        return self._decoder.decode(self.connection.recv_bytes())
+
+    def poll(self, timeout: float | None = 0.0) -> bool:
+        return self.connection.poll(timeout)
