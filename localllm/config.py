@@ -1,10 +1,10 @@
-"""The one engine configuration object."""
+"""The one engine configuration object, frozen once made: the engine process receives it whole at start."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     model: str | None = None          # alias, local HF directory or .gguf file; None = the embedded default
     dtype: str = "auto"               # "auto" = float32 on CPU, bfloat16 on GPU

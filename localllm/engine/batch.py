@@ -11,7 +11,7 @@ from localllm.engine.scheduler import ScheduledSeq
 from localllm.layers.attention import AttentionMetadata
 
 
-@dataclass
+@dataclass(frozen=True)
 class StepBatch:
     input_ids: torch.Tensor          # [T] this step's tokens of every sequence, one after another
     positions: torch.Tensor          # [T]

@@ -9,13 +9,13 @@ prefix cache).
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from localllm.engine.block_manager import BlockManager
 from localllm.engine.request import Sequence, SequenceStatus
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScheduledSeq:
     seq: Sequence
     num_new_tokens: int
@@ -26,9 +26,9 @@ class ScheduledSeq:
         return self.seq.num_computed_tokens + self.num_new_tokens == self.seq.num_tokens
 
 
-@dataclass
+@dataclass(frozen=True)
 class SchedulerOutput:
-    scheduled: list[ScheduledSeq] = field(default_factory=list)
+    scheduled: list[ScheduledSeq]
     num_preempted: int = 0
 
     @property
@@ -59,7 +59,8 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def schedule(self) -> SchedulerOutput:
-        out = SchedulerOutput()
+        scheduled: list[ScheduledSeq] = []
+        num_preempted = 0
         budget = self.max_num_batched_tokens
         i = 0
         while i < len(self.running) and budget > 0:
@@ -71,26 +72,26 @@ class Scheduler:
             while not self.block_manager.can_allocate(seq, seq.num_computed_tokens + n):
                 victim = self.running.pop()
                 self._preempt(victim)
-                out.num_preempted += 1
+                num_preempted += 1
                 if victim is seq:
                     break
             else:
                 self.block_manager.allocate(seq, seq.num_computed_tokens + n)
-                out.scheduled.append(ScheduledSeq(seq, n))
+                scheduled.append(ScheduledSeq(seq, n))
                 budget -= n
                 i += 1
                 continue
             break
-        if out.num_preempted:
-            return out
+        if num_preempted:
+            return SchedulerOutput(scheduled, num_preempted)
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
-            if not self._admit(seq, budget, out):
+            if not self._admit(seq, budget, scheduled):
                 break
-            budget -= out.scheduled[-1].num_new_tokens
-        return out
+            budget -= scheduled[-1].num_new_tokens
+        return SchedulerOutput(scheduled)
 
-    def _admit(self, seq: Sequence, budget: int, out: SchedulerOutput) -> bool:
+    def _admit(self, seq: Sequence, budget: int, scheduled: list[ScheduledSeq]) -> bool:
         manager = self.block_manager
         prefix = [] if seq.block_table else manager.cached_prefix(seq)   # forks arrive holding blocks
         computed = seq.num_computed_tokens if seq.block_table else len(prefix) * manager.block_size
@@ -108,7 +109,7 @@ class Scheduler:
         self.waiting.popleft()
         seq.status = SequenceStatus.RUNNING
         self.running.append(seq)
-        out.scheduled.append(ScheduledSeq(seq, n))
+        scheduled.append(ScheduledSeq(seq, n))
         return True
 
     def _preempt(self, seq: Sequence) -> None:
