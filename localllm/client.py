@@ -13,9 +13,9 @@ from pathlib import Path
 
 import httpx
 
+from localllm import settings
 from localllm.errors import LocalLLMError
 from localllm.hub.paths import data_dir
-from localllm.server.settings import API_KEY_ENV, DEFAULT_HOST, DEFAULT_PORT
 from localllm.server.state import DaemonState, default_state_path, live_daemon, pid_alive, read_state, remove_state
 
 LOG_NAME = "daemon.log"
@@ -32,7 +32,7 @@ class DaemonError(LocalLLMError):
 class Client:
     def __init__(self, url: str, api_key: str | None = None, timeout: float = 600.0):
         self.url = url.rstrip("/")
-        api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+        api_key = api_key if api_key is not None else settings.api_key()
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=httpx.Timeout(timeout, connect=5.0))
 
@@ -106,41 +106,36 @@ def find_daemon(state_file: Path | None = None) -> DaemonState | None:
     return live_daemon(state_file or default_state_path())
 
 
-def connect(state_file: Path | None = None, api_key: str | None = None) -> Client:
-    state = find_daemon(state_file)
-    if state is None:
-        raise DaemonError("no localllm daemon is running; start one with 'localllm serve'")
-    return Client(state.url, api_key)
-
-
-def ensure_daemon(*, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, models: list[str] = (),
+def ensure_daemon(*, host: str | None = None, port: int | None = None, models: list[str] = (),
                   args: list[str] = (), state_file: Path | None = None, api_key: str | None = None,
                   timeout: float = 60.0, log_file: Path | None = None) -> Client:
-    """A client of the running daemon, starting one in the background first if none runs."""
+    """A client of the running daemon, starting one in the background first if none runs: at HOST:PORT, by
+    default where $LOCALLLM_HOST says (localllm.settings)."""
     state_file = state_file or default_state_path()
     state = find_daemon(state_file)
     if state is None:
-        process, log_file = spawn_daemon(host=host, port=port, models=models, args=args, state_file=state_file,
-                                         api_key=api_key, log_file=log_file)
+        address = settings.daemon_address()
+        process, log_file = spawn_daemon(host=host or address.host, port=address.port if port is None else port,
+                                         models=models, args=args, state_file=state_file, api_key=api_key,
+                                         log_file=log_file)
         state = wait_for_daemon(process, state_file, timeout, log_file)
     return Client(state.url, api_key)
 
 
-def spawn_daemon(*, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, models: list[str] = (),
-                 args: list[str] = (), state_file: Path | None = None, api_key: str | None = None,
+def spawn_daemon(*, host: str, port: int, models: list[str] = (), args: list[str] = (),
+                 state_file: Path | None = None, api_key: str | None = None,
                  log_file: Path | None = None) -> tuple[subprocess.Popen, Path]:
-    """Starts `python -m localllm.server` detached (its own session, output to a log file)."""
+    """Starts `localllm serve` detached (its own session, output to a log file)."""
     state_file = state_file or default_state_path()
     log_file = log_file or data_dir() / LOG_NAME
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "localllm.server", "--host", host, "--port", str(port),
+    command = [sys.executable, "-m", "localllm", "serve", "--host", host, "--port", str(port),
                "--state-file", str(state_file)]
     for model in models:
         command += ["--model", model]
     command += list(args)
-    env = os.environ.copy()
-    if api_key:
-        env[API_KEY_ENV] = api_key   # not on the command line, where ps would show it
+    # the key travels in the environment, not on the command line, where ps would show it
+    env = settings.child_environment(**({settings.API_KEY.name: api_key} if api_key else {}))
     with open(log_file, "ab") as log:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True, close_fds=True, env=env)
@@ -190,5 +185,5 @@ def stop_daemon(state_file: Path | None = None, timeout: float = 15.0) -> Daemon
     return state
 
 
-__all__ = ["Client", "DaemonError", "connect", "ensure_daemon", "find_daemon", "read_state", "spawn_daemon",
+__all__ = ["Client", "DaemonError", "ensure_daemon", "find_daemon", "read_state", "spawn_daemon",
            "stop_daemon", "wait_for_daemon"]

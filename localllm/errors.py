@@ -9,6 +9,10 @@ class ModelNotFoundError(LocalLLMError):
     pass
 
 
+class InvalidModelNameError(ModelNotFoundError):
+    """A name that cannot name a model at all (spaces, '..', not owner/name): no model by it could be found."""
+
+
 class UnsupportedModelError(LocalLLMError):
     pass
 

@@ -1,4 +1,4 @@
-"""Real daemons for tests: `python -m localllm.server` on a free loopback port (port 0), started through
+"""Real daemons for tests: `localllm serve` on a free loopback port (port 0), started through
 localllm.client like the CLI does, and always taken down, engine processes included."""
 from __future__ import annotations
 

@@ -80,6 +80,7 @@ def test_ctrl_c_in_the_chat_exits_130(daemon, tiny):
 
 
 def test_a_local_path_the_running_daemon_was_not_started_with_is_a_one_line_error(daemon, tmp_path):
+    (tmp_path / "config.json").write_text("{}")   # a model directory as far as the name goes
     result = runner.invoke(app, ["run", str(tmp_path), "hi"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     lines = result.stderr.strip().splitlines()

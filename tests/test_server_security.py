@@ -53,7 +53,7 @@ def test_defaults_bind_loopback_and_need_a_key_elsewhere():
 
 
 def test_the_daemon_refuses_to_start_on_a_public_address_without_a_key(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "localllm.server", "--host", "0.0.0.0", "--port", "0",
+    result = subprocess.run([sys.executable, "-m", "localllm", "serve", "--host", "0.0.0.0", "--port", "0",
                              "--state-file", str(tmp_path / "s.json")], capture_output=True, text=True, timeout=60,
                             env={k: v for k, v in __import__("os").environ.items() if k != "LOCALLLM_API_KEY"})
     assert result.returncode == 1

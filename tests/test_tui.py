@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 
 import pytest
 
 from daemon_helpers import running_daemon
+from localllm.client import find_daemon, stop_daemon
 from localllm.tui import conversations
 from localllm.tui.app import ChatApp
 from localllm.tui.conversations import Conversation
 from localllm.tui.screens.chats import ChatsScreen
 from localllm.tui.screens.models import ModelPicker
 from localllm.tui.screens.settings import SettingsScreen
-from localllm.tui.screens.start_daemon import StartDaemonScreen
 from localllm.tui.widgets.message import ChatMessage
 from localllm.tui.widgets.stats_bar import StatsBar, daemon_text
 from textual.widgets import Markdown, OptionList
@@ -219,16 +220,46 @@ def test_missing_model_is_said_in_the_chat(client):
     run(go())
 
 
-def test_no_daemon_offers_to_start_one():
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_without_a_daemon_the_chat_starts_one_at_localllm_host(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOCALLLM_HOME", str(tmp_path))   # no daemon runs under this home
+    port = free_port()
+    monkeypatch.setenv("LOCALLLM_HOST", f"127.0.0.1:{port}")
+
     async def go():
-        app = ChatApp("tiny", poll_interval=0)   # no client: finds no daemon under this session's LOCALLLM_HOME
+        app = ChatApp("tiny", poll_interval=0)   # no client: it must find or start the daemon itself
         async with app.run_test(size=(80, 24)) as pilot:
-            await until(pilot, lambda: isinstance(app.screen, StartDaemonScreen), what="the offer")
-            assert "no localllm daemon is running" in str(app.screen.query_one("#start-reason").render())
-            await pilot.click("#quit")
+            await until(pilot, lambda: app.client is not None, timeout=90, what="the daemon")
+            errors = lambda: [w.content for w in app.chat.query(ChatMessage) if w.role == "error"]
+            await until(pilot, lambda: errors(), what="the daemon's answer about the model")
+            assert "'tiny' is not available" in errors()[0]
+            assert app.screen is app.chat   # no dialog on the way
+    try:
+        run(go())
+        state = find_daemon()
+        assert state is not None and (state.host, state.port) == ("127.0.0.1", port)
+        assert state.url == f"http://127.0.0.1:{port}"
+    finally:
+        assert stop_daemon() is not None
+
+
+def test_a_daemon_that_cannot_start_ends_the_chat_with_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOCALLLM_HOME", str(tmp_path))
+    monkeypatch.setenv("LOCALLLM_HOST", "127.0.0.1:port")
+
+    async def go():
+        app = ChatApp("tiny", poll_interval=0)
+        async with app.run_test(size=(80, 24)) as pilot:
             await until(pilot, lambda: not app.is_running, what="the app to quit")
-        assert app.return_code == 0
-    run(go())
+        return app
+    app = run(go())
+    assert app.return_code == 1 and app.return_value.startswith("Error: $LOCALLLM_HOST='127.0.0.1:port' is not usable")
+    assert find_daemon() is None
 
 
 # snapshots: a fake client with fixed models and status, so nothing in the picture changes between runs

@@ -1,12 +1,23 @@
 """`localllm serve` (the daemon, in the foreground) and `localllm stop` (stop the background daemon)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import List, Optional
 
 import typer
+from typer.core import TyperCommand
 
+from localllm import settings as env
 from localllm.errors import LocalLLMError, one_line
-from localllm.server.settings import DEFAULT_HOST, DEFAULT_KEEP_ALIVE_S, DEFAULT_PORT
+
+
+class ServeCommand(TyperCommand):
+    """`localllm serve --help` ends with the environment variables, as `ollama serve --help` does: plain lines
+    after the options (an epilog would be re-wrapped by rich)."""
+
+    def format_help(self, ctx, formatter) -> None:
+        super().format_help(ctx, formatter)
+        formatter.write("\n" + env.help_table() + "\n")
 
 
 def _fail(error: Exception) -> None:
@@ -15,28 +26,39 @@ def _fail(error: Exception) -> None:
 
 
 def serve(
-    host: str = typer.Option(DEFAULT_HOST, "--host", help="Address to bind; a non-loopback one needs an API key."),
-    port: int = typer.Option(DEFAULT_PORT, "--port", help="Port to listen on; 0 = any free port."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="LOCALLLM_API_KEY",
-                                          help="Require 'Authorization: Bearer KEY' (all routes but /health)."),
+    host: Optional[str] = typer.Option(None, "--host", show_default=False, help="Address to bind (default: from "
+                                       "$LOCALLLM_HOST); a non-loopback one needs an API key."),
+    port: Optional[int] = typer.Option(None, "--port", show_default=False, help="Port to listen on (default: from "
+                                       "$LOCALLLM_HOST); 0 = any free port."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", help="Require 'Authorization: Bearer KEY' (all "
+                                          "routes but /health); prefer $LOCALLLM_API_KEY, which ps does not show."),
     allow_host: List[str] = typer.Option([], "--allow-host", help="Also accept this Host header ('*' = any)."),
-    cors_origin: List[str] = typer.Option([], "--cors-origin", help="Allow this browser origin ('*' = any)."),
-    keep_alive: float = typer.Option(DEFAULT_KEEP_ALIVE_S, "--keep-alive", help="Seconds an idle model stays loaded; < 0 = forever."),
-    max_queued: int = typer.Option(64, "--max-queued", help="Requests that may wait beyond those running."),
+    cors_origin: List[str] = typer.Option([], "--cors-origin", help="Allow this browser origin ('*' = any; "
+                                          "default: $LOCALLLM_ORIGINS)."),
+    keep_alive: Optional[float] = typer.Option(None, "--keep-alive", show_default=False, help="Seconds an idle "
+                                               "model stays loaded; < 0 = forever (default: $LOCALLLM_KEEP_ALIVE)."),
+    max_queued: Optional[int] = typer.Option(None, "--max-queued", show_default=False, help="Requests that may "
+                                             "wait beyond those running (default: $LOCALLLM_MAX_QUEUED)."),
     model: List[str] = typer.Option([], "--model", help="Allow and preload this model (alias, directory, .gguf)."),
-    engine: List[str] = typer.Option([], "--engine", metavar="KEY=VALUE", help="Engine setting, e.g. num_kv_blocks=512."),
+    engine: List[str] = typer.Option([], "--engine", metavar="KEY=VALUE",
+                                     help="Engine setting, e.g. num_kv_blocks=512."),
+    state_file: Optional[Path] = typer.Option(None, "--state-file", hidden=True,
+                                              help="Where to record the address (default: the data directory)."),
 ) -> None:
     """Run the daemon in the foreground: an OpenAI-compatible API on http://HOST:PORT/v1."""
     from localllm.server.daemon import serve as run_daemon
     from localllm.server.settings import ServerSettings, parse_engine_overrides
 
     try:
-        settings = ServerSettings(host=host, port=port, api_key=api_key, allowed_hosts=allow_host,
-                                  cors_origins=cors_origin, keep_alive_s=keep_alive, max_queued=max_queued,
-                                  models=model, engine=parse_engine_overrides(engine))
+        settings = ServerSettings.from_environment(
+            host=host, port=port, api_key=api_key, cors_origins=cors_origin, keep_alive_s=keep_alive,
+            max_queued=max_queued, allowed_hosts=allow_host, models=model, engine=parse_engine_overrides(engine),
+            state_file=state_file.expanduser() if state_file else None)
         run_daemon(settings)
     except (LocalLLMError, ValueError) as e:
         _fail(e)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
 
 
 def stop(model: Optional[str] = typer.Argument(None, help="Unload only this model; the daemon keeps running.")) -> None:

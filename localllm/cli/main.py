@@ -20,12 +20,12 @@ def _main() -> None:
 
 
 from localllm.cli.chat import chat  # noqa: E402  (the Textual app, localllm.tui)
-from localllm.cli.daemon import serve, stop  # noqa: E402  (the daemon's verbs live in their own module)
+from localllm.cli.daemon import ServeCommand, serve, stop  # noqa: E402  (the daemon's verbs live in their own module)
 from localllm.cli.ps import ps  # noqa: E402
 from localllm.cli.run import run  # noqa: E402
 
 app.command()(run)
-app.command()(serve)
+app.command(cls=ServeCommand)(serve)
 app.command()(stop)
 app.command()(ps)
 app.command()(chat)

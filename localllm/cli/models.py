@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import List
 
 import typer
@@ -63,20 +62,17 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
     """Show a model's architecture, parameter count, context length, format, chat template and files."""
-    from localllm.hub import store
     from localllm.hub.model_info import describe
+    from localllm.hub.reference import resolve_reference
     from localllm.units import format_size
 
     try:
-        entry = store.find(model)
-        if entry is not None:
-            path = store.local_path_of(entry.name)
-            header = {"name": entry.name, "source": entry.ref or entry.source, "revision": entry.revision}
-        elif Path(model).expanduser().exists():
-            path = Path(model).expanduser().resolve()
-            header = {"name": path.name, "source": "local", "revision": None}
-        else:
-            raise ModelNotFoundError(f"model '{model}' not found (see 'localllm list'; get it with 'localllm pull')")
+        reference = resolve_reference(model)
+        path = reference.local_files()
+        entry = reference.entry
+        header = {"name": entry.name if entry else reference.name,
+                  "source": (entry.ref or entry.source) if entry else reference.kind,
+                  "revision": entry.revision if entry else None}
         info = {**header, **describe(path), "path": str(path)}
     except (LocalLLMError, OSError) as e:
         _fail(e)
@@ -100,11 +96,12 @@ def rm(
 ) -> None:
     """Remove pulled models and free the disk space only they use."""
     from localllm.hub import store
+    from localllm.hub.reference import resolve_reference
     from localllm.units import format_size
 
     for model in models:
         try:
-            entry = store.find(model)
+            entry = resolve_reference(model).entry
             if entry is None:
                 raise ModelNotFoundError(f"model '{model}' not found (see 'localllm list')")
             if not force and _is_loaded(entry.name):

@@ -4,7 +4,6 @@ repo that is not in the store yet is pulled first."""
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import time
 from pathlib import Path
@@ -12,10 +11,8 @@ from typing import Optional
 
 import typer
 
-from localllm.errors import LocalLLMError, ModelNotFoundError, one_line
-from localllm.hub.embedded import EMBEDDED_ALIAS, EMBEDDED_ALIASES
-
-HOST_ENV = "LOCALLLM_HOST"   # "HOST:PORT" of the daemon `run` starts when none runs (port 0 = any free port)
+from localllm.errors import InvalidModelNameError, LocalLLMError, one_line
+from localllm.hub.embedded import EMBEDDED_ALIAS
 
 
 def run(
@@ -35,14 +32,13 @@ def run(
     """Chat with a model through the daemon (started if needed): answer PROMPT once, or chat interactively."""
     from localllm.sampling_params import SamplingParams
 
-    if model is not None and prompt is None and not _is_model(model):
-        model, prompt = None, model
     params = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "max_tokens": max_tokens}
     if seed is not None:
         params["seed"] = seed
     try:
         SamplingParams(**params)   # bad values are refused here, before any daemon is started
-        name, preload = resolve_model(model)
+        reference, prompt = _model_and_prompt(model, prompt)
+        name, preload = model_to_serve(reference)
         start = time.perf_counter()
         client, started = daemon_client(preload)
         if verbose and started:
@@ -65,50 +61,48 @@ def run(
         raise typer.Exit(130) from None
 
 
-def resolve_model(model: str | None) -> tuple[str, list[str]]:
-    """The name to send to the daemon, and the models a daemon started now must allow (local paths). A known
-    alias or Hub repo missing from the store is pulled first (nothing is asked: a pull is what `run` means)."""
-    if model is None or model.strip().lower() in EMBEDDED_ALIASES:
-        return EMBEDDED_ALIAS, []
-    from localllm.hub import store
-    from localllm.hub.pull import PullError, parse_model_ref
+def _model_and_prompt(model: str | None, prompt: str | None):
+    """The reference of the model named, and the prompt: a lone positional argument that cannot name a model
+    (words, spaces) is the prompt to the default model."""
+    from localllm.hub.reference import resolve_reference
 
-    path = Path(model).expanduser()
-    if path.exists():
-        local = str(path.resolve())
-        return local, [local]
-    entry = store.find(model)
-    if entry is not None:
-        return entry.name, []
     try:
-        parse_model_ref(model)
-    except PullError as e:
-        raise ModelNotFoundError(f"model '{model}' not found: {e}") from None
-    return _pull(model.strip()).name, []
+        return resolve_reference(model), prompt
+    except InvalidModelNameError:
+        if prompt is not None:
+            raise
+        return resolve_reference(None), model
 
 
-def _pull(model: str):
+def model_to_serve(reference) -> tuple[str, list[str]]:
+    """The name to send the daemon for a resolved model, and the models a daemon started now must allow (a
+    local path). A known alias or Hub repo missing from the store is pulled first (nothing is asked: a pull is
+    what `run` means)."""
+    if reference.kind == "embedded":
+        return EMBEDDED_ALIAS, []
+    if reference.entry is not None:
+        return reference.entry.name, []
+    if reference.kind == "local":
+        return str(reference.path), [str(reference.path)]
+    return _pull(reference).name, []
+
+
+def _pull(reference):
     from localllm.cli.models import _RichReporter
-    from localllm.hub.pull import pull
+    from localllm.hub.pull import pull_reference
 
     with _RichReporter() as reporter:
-        reporter.status(f"{model} is not pulled yet: pulling it from the Hugging Face Hub")
-        return pull(model, reporter=reporter)
+        reporter.status(f"{reference.name} is not pulled yet: pulling it from the Hugging Face Hub")
+        return pull_reference(reference, reporter=reporter)
 
 
 def daemon_client(models: list[str] = ()):
-    """A client of the running daemon, starting one in the background first (at $LOCALLLM_HOST, default
-    127.0.0.1:11435) when none runs. Also says whether it started one."""
+    """A client of the running daemon, starting one in the background first (where $LOCALLLM_HOST says) when
+    none runs. Also says whether it started one."""
     from localllm.client import ensure_daemon, find_daemon
-    from localllm.server.settings import DEFAULT_HOST, DEFAULT_PORT
 
-    host, _, port = (os.environ.get(HOST_ENV) or "").rpartition(":")
-    try:
-        port = int(port) if port else DEFAULT_PORT
-    except ValueError:
-        raise ValueError(f"${HOST_ENV} must be HOST:PORT, got {os.environ[HOST_ENV]!r}") from None
     running = find_daemon() is not None
-    return ensure_daemon(host=host or DEFAULT_HOST, port=port, models=models), not running
+    return ensure_daemon(models=models), not running
 
 
 def print_stream(client, model: str, messages: list[dict], params: dict, verbose: bool) -> str:
@@ -180,30 +174,6 @@ def _repl(client, model: str, history: list[dict], params: dict, verbose: bool) 
             _print_error(e)   # e.g. this turn does not fit the context: the session goes on
             continue
         history = turn + [{"role": "assistant", "content": reply}]
-
-
-def _is_model(arg: str) -> bool:
-    """Whether a lone positional argument names a model rather than being a prompt."""
-    if arg.lower() in EMBEDDED_ALIASES or arg.lower().endswith(".gguf"):
-        return True
-    from localllm.hub.aliases import alias_target
-    from localllm.hub.pull import PullError, parse_model_ref
-    from localllm.hub.store import find
-
-    try:
-        if alias_target(arg) is not None or find(arg) is not None:  # an alias or a pulled model
-            return True
-    except LocalLLMError:  # an unreadable registry: `run` reports it when it resolves the model
-        pass
-    try:
-        if Path(arg).expanduser().exists():
-            return True
-    except OSError:  # e.g. a long prompt is "File name too long"
-        return False
-    try:   # a Hub repo id (owner/name, owner/name-GGUF:Q4_K_M): no spaces, one slash
-        return parse_model_ref(arg).kind in ("hub", "gguf")
-    except PullError:
-        return False
 
 
 def _print_error(error: Exception) -> None:

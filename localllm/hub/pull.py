@@ -11,23 +11,23 @@ import errno
 import fnmatch
 import hashlib
 import json
-import os
 import re
 import shutil
-from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+from localllm import settings
 from localllm.architectures import gguf_architecture, hf_architecture
 from localllm.errors import CorruptModelError, LocalLLMError, ModelNotFoundError, UnsupportedModelError, first_line
 from localllm.hub import store
-from localllm.hub.aliases import EMBEDDED, alias_target
 from localllm.hub.model_info import GGUF_MAGIC, describe, read_gguf_metadata_prefix
+from localllm.hub.paths import hub_cache_dir
+from localllm.hub.reference import ModelReference, resolve_reference
 from localllm.units import format_size
 
 
 class PullError(LocalLLMError):
-    """A pull that cannot go on: a bad name, too little disk space, the Hub unreachable, a download cut short."""
+    """A pull that cannot go on: too little disk space, the Hub unreachable, a download cut short."""
 
 
 # Besides the weights, a safetensors model needs these (when the repo has them); never *.bin, *.pt, *.pth, pickles.
@@ -39,23 +39,8 @@ _INDEX = "model.safetensors.index.json"
 _PICKLES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _DEFAULT_QUANT = "Q4_K_M"  # what a GGUF repo gives when no tag is named and it holds several files, as in Ollama
 _GGUF_PROBE_BYTES = 256 << 10  # general.architecture is among the first keys of a GGUF header
-_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
-_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _SPLIT_GGUF = re.compile(r"-\d{5}-of-\d{5}\.gguf$", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    name: str                   # the name the model is stored under
-    kind: str                   # "embedded", "local", "hub" (safetensors repo) or "gguf" (a repo's .gguf file)
-    repo: str | None = None
-    quant: str | None = None
-    path: Path | None = None
-
-    @property
-    def ref(self) -> str | None:
-        return f"{self.repo}:{self.quant}" if self.quant else self.repo
 
 
 class Reporter:
@@ -102,60 +87,14 @@ class SilentBar:
         pass
 
 
-def parse_model_ref(model: str) -> ModelRef:
-    """What `model` names. Refuses '..' in names, absolute paths that are not existing models, malformed ids."""
-    text = model.strip()
-    if not text or "\0" in text or any(c.isspace() for c in text):
-        raise PullError(f"invalid model name {model!r}")
-    target = alias_target(text)
-    if target == EMBEDDED:
-        return ModelRef(name=text.lower(), kind="embedded")
-    if target is not None:
-        return replace(_repo_ref(target), name=text.lower())
-    path = Path(text).expanduser()
-    if _looks_like_path(text):
-        if path.exists():
-            return _local_ref(text, path)
-        if path.is_absolute():
-            raise PullError(f"'{text}' is an absolute path but no such file or directory exists; a local model "
-                            "must be an existing directory or .gguf file, a Hub repo id looks like owner/name")
-        if ".." not in text:
-            raise PullError(f"no such file or directory: '{text}'")
-    if ".." in text:
-        raise PullError(f"invalid model name '{text}': '..' is not allowed in a model name")
-    return _repo_ref(text)
-
-
-def _looks_like_path(text: str) -> bool:
-    return (text.startswith(("/", "./", "../", "~", ".\\")) or os.path.isabs(text) or text.lower().endswith(".gguf")
-            or os.sep in text and Path(text).expanduser().exists())
-
-
-def _local_ref(text: str, path: Path) -> ModelRef:
-    path = path.resolve()
-    if path.is_dir() and not (path / "config.json").is_file():
-        raise PullError(f"'{text}' is a directory without config.json, not a model")
-    if path.is_file():
-        with open(path, "rb") as f:
-            if f.read(4) != GGUF_MAGIC:
-                raise PullError(f"'{text}' is not a GGUF file")
-    name = path.stem if path.is_file() else path.name
-    return ModelRef(name=name, kind="local", path=path)
-
-
-def _repo_ref(text: str) -> ModelRef:
-    repo, _, tag = text.partition(":")
-    if not _REPO_ID.fullmatch(repo) or "--" in repo or ".." in repo or repo.endswith((".", "-")) \
-            or (tag and not _TAG.fullmatch(tag)) or ".." in tag:
-        raise PullError(f"invalid model name '{text}': expected an alias such as qwen3:0.6b (see 'localllm pull "
-                        "--help'), a Hub repo id owner/name, owner/name-GGUF:QUANT, or an existing local path")
-    return ModelRef(name=text, kind="gguf" if tag else "hub", repo=repo, quant=tag or None)
-
-
 def pull(model: str, revision: str = "main", reporter: Reporter | None = None) -> store.ModelEntry:
-    """Download (or find) `model`, verify it and record it in the store; returns its entry."""
+    """Download (or find) what `model` names (hub.reference), verify it and record it in the store."""
+    return pull_reference(resolve_reference(model, revision), reporter)
+
+
+def pull_reference(ref: ModelReference, reporter: Reporter | None = None) -> store.ModelEntry:
+    """Download (or find) the model `ref` stands for, verify it and record it in the store; returns its entry."""
     reporter = reporter or Reporter()
-    ref = parse_model_ref(model)
     if ref.kind == "embedded":
         from localllm.hub.embedded import embedded_gguf_path
 
@@ -165,7 +104,7 @@ def pull(model: str, revision: str = "main", reporter: Reporter | None = None) -
         reporter.status(f"registering the local model {ref.path}")
         entry = _local_entry(ref, ref.path, source="local")
     else:
-        entry = _pull_from_hub(ref, revision, reporter)
+        entry = _pull_from_hub(ref, reporter)
     previous = next((e for e in store.entries() if e.name == entry.name), None)
     reporter.status("writing manifest")
     store.save(entry)
@@ -175,7 +114,7 @@ def pull(model: str, revision: str = "main", reporter: Reporter | None = None) -
     return entry
 
 
-def _local_entry(ref: ModelRef, path: Path, source: str) -> store.ModelEntry:
+def _local_entry(ref: ModelReference, path: Path, source: str) -> store.ModelEntry:
     info = describe(path)
     if path.is_file():
         gguf_architecture(info["architecture"], path.name)
@@ -187,9 +126,10 @@ def _local_entry(ref: ModelRef, path: Path, source: str) -> store.ModelEntry:
         architecture=info["architecture"])
 
 
-def _pull_from_hub(ref: ModelRef, revision: str, reporter: Reporter) -> store.ModelEntry:
+def _pull_from_hub(ref: ModelReference, reporter: Reporter) -> store.ModelEntry:
     from huggingface_hub import HfApi
 
+    revision = ref.revision
     reporter.status(f"pulling manifest of {ref.repo}")
     with _hub_errors(ref.repo, revision):
         info = HfApi(endpoint=endpoint()).model_info(ref.repo, revision=revision, files_metadata=True)
@@ -205,7 +145,7 @@ def _pull_from_hub(ref: ModelRef, revision: str, reporter: Reporter) -> store.Mo
     return _pull_safetensors(ref, commit, siblings, reporter)
 
 
-def _pull_safetensors(ref: ModelRef, commit: str, siblings: dict, reporter: Reporter) -> store.ModelEntry:
+def _pull_safetensors(ref: ModelReference, commit: str, siblings: dict, reporter: Reporter) -> store.ModelEntry:
     repo = ref.repo
     snapshot = snapshot_dir(repo, commit)
     if "config.json" not in siblings:
@@ -259,7 +199,8 @@ def _pull_safetensors(ref: ModelRef, commit: str, siblings: dict, reporter: Repo
         files=files, architecture=architecture)
 
 
-def _pull_gguf(ref: ModelRef, commit: str, siblings: dict, ggufs: list[str], reporter: Reporter) -> store.ModelEntry:
+def _pull_gguf(ref: ModelReference, commit: str, siblings: dict, ggufs: list[str],
+               reporter: Reporter) -> store.ModelEntry:
     repo = ref.repo
     filename = pick_gguf(repo, ref.quant, ggufs)
     _check_relative(filename, repo)
@@ -320,15 +261,13 @@ def gguf_tag(filename: str) -> str:
 
 def endpoint() -> str:
     """HF_ENDPOINT as set now (huggingface_hub reads it once, at import)."""
-    from huggingface_hub import constants
-
-    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+    return settings.hf_endpoint()
 
 
 def snapshot_dir(repo: str, commit: str) -> Path:
     from huggingface_hub.file_download import repo_folder_name
 
-    return store.hub_cache_dir() / repo_folder_name(repo_id=repo, repo_type="model") / "snapshots" / commit
+    return hub_cache_dir() / repo_folder_name(repo_id=repo, repo_type="model") / "snapshots" / commit
 
 
 def _record_ref(repo: str, revision: str, commit: str) -> None:
@@ -369,7 +308,7 @@ def _download(repo: str, commit: str, filename: str, siblings: dict, reporter: R
 
     with _hub_errors(repo, commit, filename):
         return Path(hf_hub_download(
-            repo, filename, revision=commit, cache_dir=store.hub_cache_dir(), endpoint=endpoint(),
+            repo, filename, revision=commit, cache_dir=hub_cache_dir(), endpoint=endpoint(),
             tqdm_class=reporter.bar_class(filename, _size(siblings.get(filename)))))
 
 
@@ -383,7 +322,7 @@ def _fetch(repo: str, commit: str, files: list[str], siblings: dict, reporter: R
 
 def _check_disk_space(repo: str, snapshot: Path, files: list[str], siblings: dict) -> None:
     needed = sum(_size(siblings[f]) or 0 for f in files if not (snapshot / f).exists())
-    where = store.hub_cache_dir()
+    where = hub_cache_dir()
     while not where.exists() and where != where.parent:
         where = where.parent
     free = shutil.disk_usage(where).free

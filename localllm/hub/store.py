@@ -1,8 +1,7 @@
 """The registry of pulled models: one JSON manifest under data_dir()/models, written atomically.
 
-The files themselves live in huggingface_hub's cache (data_dir()/hub unless HF_HUB_CACHE or HF_HOME say
-otherwise); an entry records which snapshot files belong to the model, so that removing it frees exactly the
-blobs no other snapshot still links to."""
+The files themselves live in huggingface_hub's cache (paths.hub_cache_dir()); an entry records which snapshot
+files belong to the model, so that removing it frees exactly the blobs no other snapshot still links to."""
 from __future__ import annotations
 
 import contextlib
@@ -14,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from localllm.errors import ModelNotFoundError
-from localllm.hub.paths import data_dir
+from localllm.hub.paths import converted_dir, data_dir, hub_cache_dir
 
 _MANIFEST_VERSION = 1
 
@@ -44,49 +43,14 @@ def store_dir() -> Path:
     return data_dir() / "models"
 
 
-def hub_cache_dir() -> Path:
-    """huggingface_hub's cache: the user's own if they configured one, else ours, beside the manifest."""
-    for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(variable):
-            return Path(os.environ[variable]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    return data_dir() / "hub"
-
-
 def entries() -> list[ModelEntry]:
     return sorted(_read().values(), key=lambda e: e.name.lower())
 
 
 def find(name: str) -> ModelEntry | None:
-    """The entry stored under `name` (case-insensitive), or under the repo or alias target it names."""
-    from localllm.hub.aliases import EMBEDDED, alias_target
-
-    models = _read()
+    """The entry stored under `name` (case-insensitive); what else a name can mean is hub.reference's job."""
     key = name.strip().lower()
-    for entry in models.values():
-        if entry.name.lower() == key:
-            return entry
-    target = alias_target(key)
-    wanted = {key} | ({target.lower()} if target and target != EMBEDDED else set())
-    for entry in models.values():
-        if entry.ref and entry.ref.lower() in wanted:
-            return entry
-    if target == EMBEDDED:
-        return next((e for e in models.values() if e.source == "embedded"), None)
-    return None
-
-
-def local_path_of(name: str) -> Path | None:
-    """Where a pulled model's files are, for the loader; None if `name` was never pulled."""
-    entry = find(name)
-    if entry is None:
-        return None
-    path = Path(entry.path)
-    if not path.exists():
-        raise ModelNotFoundError(f"model '{name}' was pulled but its files are gone ({path}); "
-                                 f"run 'localllm pull {entry.name}' again")
-    return path
+    return next((e for e in _read().values() if e.name.lower() == key), None)
 
 
 def save(entry: ModelEntry) -> None:
@@ -99,8 +63,6 @@ def save(entry: ModelEntry) -> None:
 def remove(name: str) -> tuple[ModelEntry, int]:
     """Unregister a model and delete what only it uses: its snapshot links, the blobs nothing else links to,
     and the converted copy of a GGUF. Files of a local model are never touched. Returns (entry, bytes freed)."""
-    from localllm.loader.resolve import converted_dir
-
     with _locked():
         models = _read()
         entry = find(name)

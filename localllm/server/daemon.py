@@ -2,7 +2,6 @@
 remove it on the way out (SIGTERM and Ctrl-C shut down gracefully, stopping every engine process)."""
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -11,11 +10,9 @@ import signal
 import socket
 import sys
 import time
-from pathlib import Path
 
-from localllm.errors import LocalLLMError, one_line
-from localllm.server.settings import (API_KEY_ENV, DEFAULT_HOST, DEFAULT_KEEP_ALIVE_S, DEFAULT_PORT,
-                                      ServerSettings, api_key_from_env, parse_engine_overrides)
+from localllm.errors import LocalLLMError
+from localllm.server.settings import ServerSettings
 from localllm.server.state import DaemonState, default_state_path, live_daemon, remove_state, write_state
 
 
@@ -47,13 +44,13 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(settings: ServerSettings, log_level: str = "info") -> None:
+def serve(settings: ServerSettings) -> None:
     """Runs the daemon in the foreground until SIGTERM/SIGINT. Raises DaemonStartError if it cannot start."""
     import uvicorn
 
     from localllm.server.app import create_app
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s localllm: %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s localllm: %(message)s", stream=sys.stderr)
     state_path = settings.state_file or default_state_path()
     running = live_daemon(state_path)   # also cleans the state a killed daemon left behind
     if running is not None:
@@ -106,39 +103,3 @@ async def _serve(server, sock: socket.socket, state_path, state: DaemonState) ->
         write_state(state_path, state)
         logging.getLogger("localllm.server").info("listening on %s (pid %d)", state.url, state.pid)
     await task
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m localllm.server", description="The localllm daemon.")
-    p.add_argument("--host", default=DEFAULT_HOST)
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 = any free port")
-    p.add_argument("--api-key", default=None, help=f"prefer ${API_KEY_ENV}: arguments are visible to ps")
-    p.add_argument("--allow-host", action="append", default=[], help="accept this Host header name ('*' = any)")
-    p.add_argument("--cors-origin", action="append", default=[], help="allow this browser origin ('*' = any)")
-    p.add_argument("--keep-alive", type=float, default=DEFAULT_KEEP_ALIVE_S, help="seconds; < 0 = forever")
-    p.add_argument("--max-queued", type=int, default=64)
-    p.add_argument("--model", action="append", default=[], help="allow and preload this model")
-    p.add_argument("--engine", action="append", default=[], metavar="KEY=VALUE", help="engine Config override")
-    p.add_argument("--state-file", default=None)
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    return p
-
-
-def settings_from_args(args: argparse.Namespace) -> ServerSettings:
-    return ServerSettings(host=args.host, port=args.port, api_key=args.api_key or api_key_from_env(),
-                          allowed_hosts=args.allow_host, cors_origins=args.cors_origin, keep_alive_s=args.keep_alive,
-                          max_queued=args.max_queued, models=args.model,
-                          engine=parse_engine_overrides(args.engine),
-                          state_file=Path(args.state_file).expanduser() if args.state_file else None)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        serve(settings_from_args(args), args.log_level)
-    except (DaemonStartError, ValueError) as e:
-        print(f"Error: {one_line(e)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0

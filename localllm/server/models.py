@@ -10,7 +10,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from localllm.errors import LocalLLMError
+from localllm.hub import store
 from localllm.hub.embedded import EMBEDDED_ALIAS, EMBEDDED_ALIASES
+from localllm.hub.reference import resolve_reference
 from localllm.server.engine_client import EngineClient, EngineLoadError
 from localllm.server.errors import APIError, model_not_found
 from localllm.server.settings import ServerSettings
@@ -57,8 +60,6 @@ class ModelManager:
         if not isinstance(name, str) or not name.strip() or len(name) > _MAX_NAME or "\0" in name:
             return None
         key = name.strip()
-        if key.lower() in EMBEDDED_ALIASES:
-            return EMBEDDED_ALIAS, EMBEDDED_ALIAS
         if key in self._allowed:
             return self._allowed[key]
         if "/" in key or key.startswith("~"):   # a path to a model the daemon was started with
@@ -68,10 +69,7 @@ class ModelManager:
                 found = None
             if found is not None:
                 return found
-        entry = _store_entry(key)
-        if entry is not None:
-            return entry.name, entry.path
-        return None
+        return _known(key)
 
     def available(self) -> list[str]:
         names = [EMBEDDED_ALIAS] + [canonical for canonical, _ in self._allowed.values()]
@@ -239,21 +237,22 @@ def _rss(pid: int | None) -> int | None:
         return None
 
 
-def _store_entry(name: str):
-    """The model store's entry for `name`, if the store (localllm.hub.store) exists and knows it."""
+def _known(name: str) -> tuple[str, str] | None:
+    """(model name, engine spec) of the embedded model or a pulled one that `name` names (hub.reference, never
+    read as a path), else None."""
     try:
-        from localllm.hub import store
-        entry = store.find(name)
-    except Exception:  # noqa: BLE001 - no store yet, or an unreadable one: the name is simply not known
+        reference = resolve_reference(name, paths=False)
+    except LocalLLMError:   # a bad name, or an unreadable store: the name is simply not known
         return None
-    if entry is None or not getattr(entry, "path", None):
+    if reference.kind == "embedded":
+        return EMBEDDED_ALIAS, EMBEDDED_ALIAS
+    if reference.entry is None or not reference.entry.path:
         return None
-    return entry
+    return reference.entry.name, reference.entry.path
 
 
 def _store_entries() -> list:
     try:
-        from localllm.hub import store
-        return [e for e in store.entries() if getattr(e, "path", None)]
-    except Exception:  # noqa: BLE001
+        return [e for e in store.entries() if e.path]
+    except Exception:  # noqa: BLE001 - an unreadable store lists nothing
         return []

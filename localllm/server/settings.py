@@ -2,16 +2,12 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from localllm import settings as env
 from localllm.config import Config
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 11435
-DEFAULT_KEEP_ALIVE_S = 300.0
-API_KEY_ENV = "LOCALLLM_API_KEY"
 # Config fields a daemon may not override: the model is chosen per request.
 _NOT_OVERRIDABLE = {"model"}
 
@@ -28,13 +24,13 @@ def is_loopback(host: str) -> bool:
 
 @dataclass
 class ServerSettings:
-    host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT                 # 0 = any free port (the state file tells which)
+    host: str = env.HOST.default.host
+    port: int = env.HOST.default.port        # 0 = any free port (the state file tells which)
     api_key: str | None = None               # required when host is not a loopback address
     allowed_hosts: list[str] = field(default_factory=list)   # Host header names accepted besides loopback; "*" = any
     cors_origins: list[str] = field(default_factory=list)    # browser origins allowed; "*" = any
-    keep_alive_s: float = DEFAULT_KEEP_ALIVE_S   # idle time before a model is unloaded; < 0 = never
-    max_queued: int = 64                     # requests that may wait beyond what the engine runs at once
+    keep_alive_s: float = env.KEEP_ALIVE.default  # idle time before a model is unloaded; < 0 = never
+    max_queued: int = env.MAX_QUEUED.default  # requests that may wait beyond what the engine runs at once
     models: list[str] = field(default_factory=list)  # names/paths loadable besides aliases and the store; preloaded
     engine: dict = field(default_factory=dict)       # Config overrides for every engine process
     state_file: Path | None = None           # None = localllm.server.state.default_state_path()
@@ -48,12 +44,25 @@ class ServerSettings:
             raise ValueError(f"max_queued must be >= 0, got {self.max_queued}")
         if not is_loopback(self.host) and not self.api_key:
             raise ValueError(f"binding to {self.host}, which is not a loopback address, needs an API key "
-                             f"(--api-key or ${API_KEY_ENV})")
+                             f"(--api-key or ${env.API_KEY.name})")
         known = {f.name for f in fields(Config)} - _NOT_OVERRIDABLE
         unknown = sorted(set(self.engine) - known)
         if unknown:
             raise ValueError(f"unknown engine setting {unknown[0]!r}; known: {', '.join(sorted(known))}")
         self.engine_config()  # validates the values
+
+    @classmethod
+    def from_environment(cls, *, host: str | None = None, port: int | None = None, api_key: str | None = None,
+                         cors_origins: list[str] = (), keep_alive_s: float | None = None,
+                         max_queued: int | None = None, **given) -> "ServerSettings":
+        """Settings from what was given (flags), the rest from the environment (localllm.settings)."""
+        if host is None or port is None:
+            address = env.daemon_address()
+            host, port = host if host is not None else address.host, port if port is not None else address.port
+        return cls(host=host, port=port,
+                   api_key=api_key or env.api_key(), cors_origins=list(cors_origins) or env.cors_origins(),
+                   keep_alive_s=keep_alive_s if keep_alive_s is not None else env.keep_alive_s(),
+                   max_queued=max_queued if max_queued is not None else env.max_queued(), **given)
 
     def engine_config(self, model: str | None = None) -> Config:
         return Config(model=model, **self.engine)
@@ -92,6 +101,3 @@ def parse_engine_overrides(items: list[str]) -> dict:
         out[key] = value
     return out
 
-
-def api_key_from_env() -> str | None:
-    return os.environ.get(API_KEY_ENV) or None

@@ -5,18 +5,19 @@ from __future__ import annotations
 from textual import work
 from textual.app import App
 
-from localllm.client import Client, DaemonError, connect, ensure_daemon
+from localllm.client import Client, DaemonError, ensure_daemon
+from localllm.errors import LocalLLMError
 from localllm.hub.embedded import EMBEDDED_ALIAS
 from localllm.tui.conversations import Conversation
 from localllm.tui.screens.chat import ChatScreen
-from localllm.tui.screens.start_daemon import StartDaemonScreen
 from localllm.tui.widgets.stats_bar import daemon_text
 
 
 class ChatApp(App):
     """`client`: a localllm.client.Client (or anything with its status/models/chat_stream methods); without one
-    the app finds the running daemon and offers to start one. `request_extra`: more fields for every chat
-    request. `poll_interval`: seconds between /api/status polls (0 = none)."""
+    the app finds the running daemon, or starts one where the settings say ($LOCALLLM_HOST), allowing
+    `daemon_models` besides the store's (local paths, as `localllm run` does). `request_extra`: more fields for
+    every chat request. `poll_interval`: seconds between /api/status polls (0 = none)."""
 
     CSS_PATH = "chat.tcss"
     TITLE = "localllm chat"
@@ -24,7 +25,7 @@ class ChatApp(App):
 
     def __init__(self, model: str | None = None, *, client: Client | None = None, system: str = "",
                  temperature: float = 0.7, max_tokens: int = 512, conversation: Conversation | None = None,
-                 request_extra: dict | None = None, poll_interval: float = 1.0):
+                 request_extra: dict | None = None, poll_interval: float = 1.0, daemon_models: list[str] = ()):
         super().__init__()
         self.client = client
         self.model_given = model is not None or conversation is not None
@@ -32,8 +33,8 @@ class ChatApp(App):
                                                          temperature=temperature, max_tokens=max_tokens)
         self.request_extra = request_extra
         self.poll_interval = poll_interval
+        self.daemon_models = list(daemon_models)
         self.chat: ChatScreen | None = None
-        self.offering = False
 
     def on_mount(self) -> None:
         self.chat = ChatScreen(self.conversation, self.request_extra)
@@ -49,38 +50,14 @@ class ChatApp(App):
 
     @work(thread=True, exclusive=True, group="connect")
     def connect_daemon(self) -> None:
+        """The running daemon, or one started now in the background, as `localllm run` does (no question asked:
+        the chat needs it). A daemon that cannot start ends the app (return code 1) with its one-line reason as
+        the app's result, for the command line to print."""
         try:
-            self.client = connect()
-        except DaemonError as e:
-            self.call_from_thread(self.offer_start, str(e))
+            self.client = ensure_daemon(models=self.daemon_models)
+        except LocalLLMError as e:
+            self.call_from_thread(self.exit, f"Error: {' '.join(str(e).split())}", 1)
             return
-        self.check_model()
-
-    def offer_start(self, reason: str) -> None:
-        if self.offering:
-            return
-        self.offering = True
-
-        def answered(start: bool | None) -> None:
-            self.offering = False
-            if start:
-                self.notify("Starting the daemon…")
-                self.start_daemon()
-            else:
-                self.exit(message="localllm chat: no daemon; start one with 'localllm serve'")
-        self.push_screen(StartDaemonScreen(reason), answered)
-
-    @work(thread=True, exclusive=True, group="connect")
-    def start_daemon(self) -> None:
-        try:
-            client = ensure_daemon()
-        except DaemonError as e:
-            self.call_from_thread(self.offer_start, f"Could not start the daemon: {e}")
-            return
-        if self.client is not None:
-            self.client.close()
-        self.client = client
-        self.call_from_thread(self.notify, f"Daemon running at {client.url}.")
         self.check_model()
 
     @work(thread=True, exclusive=True, group="check")

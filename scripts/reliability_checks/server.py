@@ -14,6 +14,8 @@ from pathlib import Path
 
 import httpx
 
+from localllm import settings
+
 EMBEDDED = "smollm2:135m"
 
 
@@ -27,10 +29,10 @@ def localllm_command() -> list[str]:
 
 
 def clean_env(home: Path, **extra: str) -> dict[str, str]:
-    """The environment of every localllm process the suite starts: its own home, no inherited key, Hub
-    settings or daemon address, so that the user's setup cannot change a figure."""
-    dropped = ("LOCALLLM_API_KEY", "LOCALLLM_HOST", "HF_HUB_OFFLINE", "HF_HOME", "HF_HUB_CACHE",
-               "HUGGINGFACE_HUB_CACHE", "HF_ENDPOINT", "HF_TOKEN")
+    """The environment of every localllm process the suite starts: its own home and none of the other
+    variables localllm honours (key, daemon address, keep-alive, queue, Hub settings), so that the user's
+    setup cannot change a figure."""
+    dropped = {variable.name for variable in settings.VARIABLES}
     env = {k: v for k, v in os.environ.items() if k not in dropped}
     return {**env, "LOCALLLM_HOME": str(home), **extra}
 

@@ -14,6 +14,8 @@ from textual.widgets import Label, OptionList
 from textual.widgets.option_list import Option
 
 from localllm.client import DaemonError
+from localllm.errors import LocalLLMError
+from localllm.tui.screens.pull import PullScreen
 from localllm.units import format_size
 
 _NBSP = "\u00a0"
@@ -35,29 +37,20 @@ def _describe_path(path: Path) -> tuple[int, str] | None:
 
 
 def model_details(names: list[str]) -> dict[str, tuple[int, str]]:
-    """name -> (size in bytes, format) for what is known here: the store's entries (pulled models), the embedded
-    model's installed file, local paths the daemon was started with. Other names are left out."""
-    from localllm.hub import store
-    from localllm.hub.embedded import EMBEDDED_ALIASES, _installed_gguf
+    """name -> (size in bytes, format) for what is known here (hub.reference): pulled models from the store, the
+    embedded model's installed file, local paths the daemon was started with. Other names are left out."""
+    from localllm.hub.reference import resolve_reference
 
-    try:
-        entries = store.entries()
-    except Exception:  # noqa: BLE001  (an unreadable registry: the list still shows the names)
-        entries = []
-    by_name = {e.name.lower(): e for e in entries}
-    by_ref = {e.ref.lower(): e for e in entries if e.ref}
     details = {}
     for name in names:
-        key = name.lower()
-        entry = by_name.get(key) or by_ref.get(key)
-        if entry is None and key in EMBEDDED_ALIASES:
-            entry = next((e for e in entries if e.source == "embedded"), None)
-        if entry is not None:
-            details[name] = (entry.size, entry.format)
+        try:
+            reference = resolve_reference(name)
+        except LocalLLMError:   # a name unknown here, or an unreadable registry: shown without details
             continue
-        path = _installed_gguf() if key in EMBEDDED_ALIASES else Path(name).expanduser()
-        if path is not None and ("/" in name or key in EMBEDDED_ALIASES) and path.exists():
-            described = _describe_path(path)
+        if reference.entry is not None:
+            details[name] = (reference.entry.size, reference.entry.format)
+        elif reference.path is not None:
+            described = _describe_path(reference.path)
             if described is not None:
                 details[name] = described
     return details
@@ -132,9 +125,11 @@ class ModelPicker(ModalScreen[str | None]):
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         self.dismiss(event.option.id)
 
-    def action_pull(self) -> None:
-        from localllm.tui.screens.pull import PullScreen
+    def on_pull_screen_pulled(self, message: PullScreen.Pulled) -> None:
+        """A pull started from an earlier picker ended: list the new model."""
+        self.reload(message.model)
 
+    def action_pull(self) -> None:
         def pulled(name: str | None) -> None:
             if name:
                 self.reload(name)

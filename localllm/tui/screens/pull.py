@@ -9,6 +9,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, ProgressBar
 
@@ -61,9 +62,16 @@ class PullProgress(Reporter):
 
 
 class PullScreen(ModalScreen[str | None]):
-    """Dismissed with the pulled model's name, or None (Esc; a pull in flight goes on in the background)."""
+    """Dismissed with the pulled model's name, or None (Esc; a pull in flight goes on in the background). A pull
+    that ends after the dialog closed tells the screen on top with a Pulled message (the model picker lists
+    the new model)."""
 
     BINDINGS = [Binding("escape", "close", "Close")]
+
+    class Pulled(Message):
+        def __init__(self, model: str):
+            super().__init__()
+            self.model = model
 
     def __init__(self):
         super().__init__()
@@ -140,10 +148,7 @@ class PullScreen(ModalScreen[str | None]):
                 self.app.notify(f"Pull of {name} failed: {error}", severity="error")
             else:
                 self.app.notify(f"Pulled {entry.name} ({format_size(entry.size)}, {entry.format}).")
-                from localllm.tui.screens.models import ModelPicker
-
-                if isinstance(self.app.screen, ModelPicker):  # the picker, open again: list the new model
-                    self.app.screen.reload(entry.name)
+                self.app.screen.post_message(self.Pulled(entry.name))
             return
         if error:
             self.query_one("#pull-bar").display = False
