@@ -25,6 +25,8 @@ def serve(
     max_queued: int = typer.Option(64, "--max-queued", help="Requests that may wait beyond those running."),
     model: List[str] = typer.Option([], "--model", help="Allow and preload this model (alias, directory, .gguf)."),
     engine: List[str] = typer.Option([], "--engine", metavar="KEY=VALUE", help="Engine setting, e.g. num_kv_blocks=512."),
+    tp: Optional[int] = typer.Option(None, "--tp", min=1, help="Split each model over N GPUs (tensor parallelism); "
+                                                              "default: the fewest GPUs that fit it, 1 on CPU."),
 ) -> None:
     """Run the daemon in the foreground: an OpenAI-compatible API on http://HOST:PORT/v1."""
     from localllm.server.daemon import serve as run_daemon
@@ -33,10 +35,15 @@ def serve(
     try:
         settings = ServerSettings(host=host, port=port, api_key=api_key, allowed_hosts=allow_host,
                                   cors_origins=cors_origin, keep_alive_s=keep_alive, max_queued=max_queued,
-                                  models=model, engine=parse_engine_overrides(engine))
+                                  models=model, engine=parse_engine_overrides(engine + tp_override(tp)))
         run_daemon(settings)
     except (LocalLLMError, ValueError) as e:
         _fail(e)
+
+
+def tp_override(tp: int | None) -> list[str]:
+    """--tp N as the engine setting it stands for."""
+    return [] if tp is None else [f"tensor_parallel_size={tp}"]
 
 
 def stop(model: Optional[str] = typer.Argument(None, help="Unload only this model; the daemon keeps running.")) -> None:

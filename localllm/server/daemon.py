@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queued", type=int, default=64)
     p.add_argument("--model", action="append", default=[], help="allow and preload this model")
     p.add_argument("--engine", action="append", default=[], metavar="KEY=VALUE", help="engine Config override")
+    p.add_argument("--tp", type=int, default=None, help="tensor-parallel degree (default: the fewest GPUs that fit)")
     p.add_argument("--state-file", default=None)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
@@ -128,7 +129,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     return ServerSettings(host=args.host, port=args.port, api_key=args.api_key or api_key_from_env(),
                           allowed_hosts=args.allow_host, cors_origins=args.cors_origin, keep_alive_s=args.keep_alive,
                           max_queued=args.max_queued, models=args.model,
-                          engine=parse_engine_overrides(args.engine),
+                          engine=parse_engine_overrides(args.engine + ([] if args.tp is None
+                                                                       else [f"tensor_parallel_size={args.tp}"])),
                           state_file=Path(args.state_file).expanduser() if args.state_file else None)
 
 

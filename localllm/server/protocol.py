@@ -50,6 +50,14 @@ class EngineStats:
 
 
 @dataclass
+class RankMemory:
+    """What one tensor-parallel rank's GPU holds for the model."""
+    device: str
+    weight_bytes: int
+    kv_cache_bytes: int
+
+
+@dataclass
 class Loaded:
     model_dir: str
     device: str
@@ -62,6 +70,9 @@ class Loaded:
     kv_cache_bytes: int
     eos_token_ids: list[int]
     stats: EngineStats = field(default_factory=EngineStats)
+    tensor_parallel_size: int = 1
+    worker_pids: list[int] = field(default_factory=list)   # the tensor-parallel workers under the engine process
+    gpus: list[RankMemory] = field(default_factory=list)    # one per rank; empty on CPU
 
 
 @dataclass
