@@ -174,7 +174,8 @@ def throughput(
         bench_model, device, torch_dtype, limits = _prepare(model, random_weights, dtype)
         work = throughput_workload(workload, bench_model.hf_config.vocab_size, streams, prompt_tokens, new_tokens)
         config = dict(max_num_seqs=max_num_seqs, max_model_len=max_model_len)
-        runtime = _load(backend, bench_model, dtype, device, torch_dtype, **config, **_tp_config(backend, tp, allreduce))
+        config.update(_tp_config(backend, tp, allreduce))
+        runtime = _load(backend, bench_model, dtype, device, torch_dtype, **config)
         try:
             result = measure_throughput(runtime, limits, work)
         finally:
