@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from localllm.engine.batch import CMD_STOP, HEADER_LEN, H, PackedStep, payload_len
+from localllm.engine.batch import CMD_STOP, HEADER_LEN, H, PackedStep, payload_len, to_device
 from localllm.layers.parallel import broadcast_from_first
 
 
@@ -19,13 +19,13 @@ class StepChannel:
     # --- rank 0 ---------------------------------------------------------------------------------------
     def send(self, packed: PackedStep, payload: torch.Tensor) -> None:
         """payload: packed.payload already on this rank's device (what rank 0 runs itself)."""
-        broadcast_from_first(packed.header.to(self.wire_device))
+        broadcast_from_first(to_device(packed.header, self.wire_device))   # pinned: no wait for the GPU
         broadcast_from_first(payload)
 
     def send_stop(self) -> None:
         header = torch.zeros(HEADER_LEN, dtype=torch.int64)
         header[H["command"]] = CMD_STOP
-        broadcast_from_first(header.to(self.wire_device))
+        broadcast_from_first(to_device(header, self.wire_device))
 
     def send_tokens(self, token_ids: torch.Tensor) -> None:
         broadcast_from_first(token_ids)
