@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+TP_ALLREDUCE_KINDS = ("nccl", "symm_mem")
+
 
 @dataclass(frozen=True)
 class Config:
@@ -21,6 +23,9 @@ class Config:
     num_threads: int | None = None    # CPU intra-op threads; None = torch's default
     enforce_eager: bool = False       # GPU: no CUDA graphs (debugging)
     overlap_steps: bool | None = None  # schedule the next step while the GPU runs this one; None = on GPU only
+    tensor_parallel_size: int | None = None  # ranks the model is split over; None = 1 on CPU, on GPUs the fewest
+    #                                          that fit the weights and a useful KV pool
+    tp_allreduce: str = "nccl"        # all-reduce of the ranks: nccl (gloo on CPU) or symm_mem (small ones, GPUs)
 
     def __post_init__(self) -> None:
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):
@@ -33,5 +38,9 @@ class Config:
             raise ValueError(f"max_num_seqs must be positive, got {self.max_num_seqs}")
         if not 0.0 < self.gpu_memory_fraction <= 1.0:
             raise ValueError(f"gpu_memory_fraction must be in (0, 1], got {self.gpu_memory_fraction}")
+        if self.tensor_parallel_size is not None and self.tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size must be at least 1, got {self.tensor_parallel_size}")
+        if self.tp_allreduce not in TP_ALLREDUCE_KINDS:
+            raise ValueError(f"tp_allreduce must be one of {', '.join(TP_ALLREDUCE_KINDS)}, got {self.tp_allreduce!r}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")

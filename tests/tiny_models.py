@@ -32,6 +32,18 @@ CONFIGS = {
         num_key_value_heads=2, head_dim=24, max_position_embeddings=1024, tie_word_embeddings=False),
 }
 
+# for tensor parallelism over 2 ranks: heads that split evenly, KV heads split (llama, qwen3) or fewer than the ranks
+# and replicated (qwen2), odd vocabularies (the last rank's slice is padded), biases (qwen2), q/k norms (qwen3)
+TP_CONFIGS = {
+    "llama": CONFIGS["llama"],
+    "qwen2": lambda: Qwen2Config(
+        vocab_size=301, hidden_size=48, intermediate_size=72, num_hidden_layers=2, num_attention_heads=6,
+        num_key_value_heads=1, max_position_embeddings=1024, tie_word_embeddings=True),
+    "qwen3": lambda: Qwen3Config(
+        vocab_size=307, hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=24, max_position_embeddings=1024, tie_word_embeddings=False),
+}
+
 
 def build_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE())
@@ -43,8 +55,8 @@ def build_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", chat_template=CHAT_TEMPLATE)
 
 
-def build_model_dir(arch: str, out: Path, seed: int = 0) -> Path:
-    cfg = CONFIGS[arch]()
+def build_model_dir(arch: str, out: Path, seed: int = 0, configs: dict = CONFIGS) -> Path:
+    cfg = configs[arch]()
     tokenizer = build_tokenizer()
     cfg.eos_token_id = tokenizer.eos_token_id
     cfg.bos_token_id = None

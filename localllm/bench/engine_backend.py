@@ -28,8 +28,14 @@ class EngineBackend:
         self.load_s = time.perf_counter() - start
         self.model = bench_model.name
         self.device, self.dtype, self.vocab_size = self.core.device, self.core.dtype, self.core.vocab_size
-        self.shape = model_shape(self.core.runner.model, bench_model.hf_config, self.dtype.itemsize)
+        self.tensor_parallel_size = self.core.tensor_parallel_size
+        self.shape = model_shape(self.core.runner.model, bench_model.hf_config, self.dtype.itemsize,
+                                 self.tensor_parallel_size)
         self._request_count = 0
+
+    def close(self) -> None:
+        """Stops the tensor-parallel workers, if any."""
+        self.core.shutdown()
 
     def _add(self, prompt: list[int], params: SamplingParams) -> str:
         request_id = f"bench-{self._request_count}"

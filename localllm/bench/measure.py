@@ -59,6 +59,7 @@ class LatencyResult:
     copy_bandwidth_gb_s: float
     roofline_tokens_per_s: float
     percent_of_roofline: float
+    tensor_parallel_size: int = 1   # with more, the floors and rooflines are one GPU's share, run on each at once
 
 
 @dataclass
@@ -80,6 +81,7 @@ class ThroughputResult:
     percent_of_roofline: float
     hf_output_tokens_per_s: float | None = None   # filled by compare_with_hf
     ratio_to_hf: float | None = None
+    tensor_parallel_size: int = 1
 
 
 @dataclass
@@ -120,7 +122,7 @@ def measure_latency(backend: Backend, limits: DeviceLimits, prompt_tokens: int =
     return LatencyResult(backend.model, backend.name, str(backend.device), _dtype_name(backend.dtype),
                          backend.load_s, ttft_prompt_tokens, ttft_s * 1000, limits.matmul_tflop_s, floor_s * 1000,
                          percent(floor_s, ttft_s), prompt_tokens, new_tokens, rate, limits.copy_bandwidth_gb_s,
-                         roofline.tokens_per_s, percent(rate, roofline.tokens_per_s))
+                         roofline.tokens_per_s, percent(rate, roofline.tokens_per_s), _degree(backend))
 
 
 def measure_throughput(backend: Backend, limits: DeviceLimits, workload: Workload) -> ThroughputResult:
@@ -133,7 +135,11 @@ def measure_throughput(backend: Backend, limits: DeviceLimits, workload: Workloa
                             workload.name, len(workload.prompts), sum(map(len, workload.prompts)),
                             stats.output_tokens, stats.elapsed_s, rate, stats.preemptions,
                             limits.copy_bandwidth_gb_s, roofline.seconds, roofline.tokens_per_s,
-                            percent(rate, roofline.tokens_per_s))
+                            percent(rate, roofline.tokens_per_s), tensor_parallel_size=_degree(backend))
+
+
+def _degree(backend) -> int:
+    return getattr(backend, "tensor_parallel_size", 1)
 
 
 def compare_with_hf(result: ThroughputResult, hf_result: ThroughputResult) -> ThroughputResult:

@@ -1,5 +1,6 @@
 """The real configs of the models `localllm bench --random-weights` builds (weights drawn at random on the
-device, so nothing is downloaded; speed does not depend on the weights' values)."""
+device, so nothing is downloaded; speed does not depend on the weights' values). With tensor parallelism each
+rank draws only its own shard on its own GPU: a 70B model is never built whole, nor written anywhere."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,6 +26,11 @@ def random_weight_config(name: str):
         "llama-3.1-8b": lambda: LlamaConfig(
             vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
             num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=131072,
+            rms_norm_eps=1e-5, rope_parameters={**llama3_rope, "factor": 8.0}, tie_word_embeddings=False,
+            architectures=["LlamaForCausalLM"]),
+        "llama-3.1-70b": lambda: LlamaConfig(
+            vocab_size=128256, hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
+            num_attention_heads=64, num_key_value_heads=8, head_dim=128, max_position_embeddings=131072,
             rms_norm_eps=1e-5, rope_parameters={**llama3_rope, "factor": 8.0}, tie_word_embeddings=False,
             architectures=["LlamaForCausalLM"]),
     }

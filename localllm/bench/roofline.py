@@ -23,17 +23,18 @@ class ModelShape:
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.kv_dtype_bytes
 
 
-def model_shape(model, hf_config, kv_dtype_bytes: int) -> ModelShape:
+def model_shape(model, hf_config, kv_dtype_bytes: int, tp: int = 1) -> ModelShape:
     """The shape of a built model, ours or transformers': parameters() yields a tied embedding / LM head once,
     which a step reads once (as the LM head); an untied input embedding is left out of the bytes, since a step
-    gathers a single row of it per sequence (for Llama-3.1-8B that is 1 GB of its 16 GB)."""
+    gathers a single row of it per sequence (for Llama-3.1-8B that is 1 GB of its 16 GB). With tensor parallelism
+    `model` is one rank's shard, so the shape is one GPU's, and the roofline that GPU's (all run in parallel)."""
     params = list(model.parameters())
     param_bytes = sum(p.numel() * p.element_size() for p in params)
-    if not getattr(hf_config, "tie_word_embeddings", False):
-        param_bytes -= hf_config.vocab_size * hf_config.hidden_size * params[0].element_size()  # one weight dtype
+    if not getattr(hf_config, "tie_word_embeddings", False):   # one weight dtype; a rank's slice of the vocabulary
+        param_bytes -= -(-hf_config.vocab_size // tp) * hf_config.hidden_size * params[0].element_size()
     head_dim = attention_head_dim(hf_config)
     return ModelShape(num_params=sum(p.numel() for p in params), weight_bytes_per_step=param_bytes,
-                      num_layers=hf_config.num_hidden_layers, num_kv_heads=hf_config.num_key_value_heads,
+                      num_layers=hf_config.num_hidden_layers, num_kv_heads=max(1, hf_config.num_key_value_heads // tp),
                       head_dim=head_dim, kv_dtype_bytes=kv_dtype_bytes)
 
 

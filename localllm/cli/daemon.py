@@ -44,6 +44,8 @@ def serve(
                                      help="Engine setting, e.g. num_kv_blocks=512."),
     state_file: Optional[Path] = typer.Option(None, "--state-file", hidden=True,
                                               help="Where to record the address (default: the data directory)."),
+    tp: Optional[int] = typer.Option(None, "--tp", min=1, help="Split each model over N GPUs (tensor parallelism); "
+                                                              "default: the fewest GPUs that fit it, 1 on CPU."),
 ) -> None:
     """Run the daemon in the foreground: an OpenAI-compatible API on http://HOST:PORT/v1."""
     from localllm.server.daemon import serve as run_daemon
@@ -52,13 +54,19 @@ def serve(
     try:
         settings = ServerSettings.from_environment(
             host=host, port=port, api_key=api_key, cors_origins=cors_origin, keep_alive_s=keep_alive,
-            max_queued=max_queued, allowed_hosts=allow_host, models=model, engine=parse_engine_overrides(engine),
+            max_queued=max_queued, allowed_hosts=allow_host, models=model,
+            engine=parse_engine_overrides(engine + tp_override(tp)),
             state_file=state_file.expanduser() if state_file else None)
         run_daemon(settings)
     except (LocalLLMError, ValueError) as e:
         _fail(e)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+
+
+def tp_override(tp: int | None) -> list[str]:
+    """--tp N as the engine setting it stands for."""
+    return [] if tp is None else [f"tensor_parallel_size={tp}"]
 
 
 def stop(model: Optional[str] = typer.Argument(None, help="Unload only this model; the daemon keeps running.")) -> None:

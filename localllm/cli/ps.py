@@ -12,6 +12,7 @@ import typer
 
 from localllm.cli.models import _table
 from localllm.errors import LocalLLMError, one_line
+from localllm.gpu_stats import gpu_stats
 from localllm.units import format_size
 
 NO_DAEMON = "no daemon running (start one with 'localllm serve', or 'localllm run' starts one)"
@@ -46,37 +47,8 @@ def read_status() -> dict | None:
         return None
     with Client(state.url, timeout=10.0) as client:
         status = client.status()
-    status["gpus"] = gpu_stats()
+    status["gpus"] = gpu_stats()   # read here too: the same machine, and fresher than the daemon's
     return status
-
-
-def gpu_stats() -> list[dict]:
-    """Per-GPU memory and utilization through NVML; [] without nvidia-ml-py, a driver or a GPU."""
-    try:
-        import pynvml
-    except ImportError:
-        return []
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        return []
-    try:
-        gpus = []
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            name = pynvml.nvmlDeviceGetName(handle)
-            gpus.append({"index": index, "name": name.decode() if isinstance(name, bytes) else name,
-                         "memory_used_bytes": int(memory.used), "memory_total_bytes": int(memory.total),
-                         "utilization_percent": int(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)})
-        return gpus
-    except pynvml.NVMLError:
-        return []
-    finally:
-        try:
-            pynvml.nvmlShutdown()
-        except pynvml.NVMLError:
-            pass
 
 
 def render(status: dict | None, now: datetime | None = None) -> str:
@@ -89,14 +61,15 @@ def render(status: dict | None, now: datetime | None = None) -> str:
         if m["state"] != "ready":
             rows.append((m["name"], "-", "-", "-", "-", "loading"))
             continue
-        rows.append((m["name"], format_size(m["memory_bytes"]), _processor(m.get("device")),
+        rows.append((m["name"], format_size(m["memory_bytes"]), _processor(m),
                      str(m.get("tensor_parallel_size", 1)), str(m["context_length"]), _until(m, now)))
     kv, prefix = status["kv_blocks"], status["prefix_cache"]
     lines = [_table(rows), ""]
     if status.get("gpus"):
         for g in status["gpus"]:
             lines.append(f"GPU {g['index']}  {g['name']}: {format_size(g['memory_used_bytes'])} / "
-                         f"{format_size(g['memory_total_bytes'])} used, {g['utilization_percent']}% utilization")
+                         f"{format_size(g['memory_total_bytes'])} used, {g['utilization_percent']}% utilization"
+                         + _models_on_gpu(status["models"], g["index"]))
     else:
         lines.append(_cpu_line(status.get("host_memory") or {}))
     lines += [
@@ -110,10 +83,22 @@ def render(status: dict | None, now: datetime | None = None) -> str:
     return "\n".join(lines)
 
 
-def _processor(device: str | None) -> str:
+def _processor(model: dict) -> str:
+    """CPU, or the GPUs the model spans (GPU 0, GPU 0,1)."""
+    device = model.get("device")
     if not device:
         return "-"
-    return "CPU" if device == "cpu" else device.replace("cuda:", "GPU ").replace("cuda", "GPU")
+    if device == "cpu":
+        return "CPU"
+    gpus = [g["device"].removeprefix("cuda:") for g in model.get("gpus") or []]
+    return f"GPU {','.join(gpus)}" if gpus else device.replace("cuda:", "GPU ").replace("cuda", "GPU")
+
+
+def _models_on_gpu(models: list[dict], index: int) -> str:
+    """', NAME: weights X, KV Y' for each model with a shard on GPU `index`."""
+    parts = [f"{m['name']}: weights {format_size(g['weight_bytes'])}, KV {format_size(g['kv_cache_bytes'])}"
+             for m in models for g in m.get("gpus") or [] if g["device"] == f"cuda:{index}"]
+    return "".join(f"; {part}" for part in parts)
 
 
 def _until(model: dict, now: datetime) -> str:

@@ -28,6 +28,8 @@ def run(
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling threshold, in (0, 1]."),
     top_k: int = typer.Option(0, "--top-k", help="Sample among the k likeliest tokens; 0 = off."),
     verbose: bool = typer.Option(False, "--verbose", help="Print timings and token counts to stderr."),
+    tp: Optional[int] = typer.Option(None, "--tp", min=1, help="Split the model over N GPUs (applies when this "
+                                                              "starts the daemon); default: the fewest that fit."),
 ) -> None:
     """Chat with a model through the daemon (started if needed): answer PROMPT once, or chat interactively."""
     from localllm.sampling_params import SamplingParams
@@ -40,7 +42,7 @@ def run(
         reference, prompt = _model_and_prompt(model, prompt)
         name, preload = model_to_serve(reference)
         start = time.perf_counter()
-        client, started = daemon_client(preload)
+        client, started = daemon_client(preload, [] if tp is None else ["--tp", str(tp)])
         if verbose and started:
             typer.echo(f"started the daemon:  {time.perf_counter() - start:.2f} s ({client.url})", err=True)
         if prompt is None and sys.stdin.isatty() and sys.stdout.isatty():
@@ -96,13 +98,13 @@ def _pull(reference):
         return pull_reference(reference, reporter=reporter)
 
 
-def daemon_client(models: list[str] = ()):
+def daemon_client(models: list[str] = (), args: list[str] = ()):
     """A client of the running daemon, starting one in the background first (where $LOCALLLM_HOST says) when
-    none runs. Also says whether it started one."""
+    none runs, with ARGS added to its command line. Also says whether it started one."""
     from localllm.client import ensure_daemon, find_daemon
 
     running = find_daemon() is not None
-    return ensure_daemon(models=models), not running
+    return ensure_daemon(models=models, args=args), not running
 
 
 def print_stream(client, model: str, messages: list[dict], params: dict, verbose: bool) -> str:

@@ -1,7 +1,13 @@
-"""The flattened input of one forward pass, built from the scheduler's decision."""
+"""The flattened input of one forward pass, built from the scheduler's decision.
+
+A step travels as a PackedStep: a fixed-size int64 header (the lengths) and one flat int32 payload (token ids,
+positions, slot mapping, logits rows, query starts, context lengths, block tables, in-flight rows). The engine
+core packs it; every tensor-parallel rank, the core's own included, turns the same two arrays into a StepBatch
+with `unpack`, so the ranks run the same forward from the same numbers.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -10,6 +16,18 @@ from localllm.engine.request import Sequence
 from localllm.engine.scheduler import ScheduledSeq
 from localllm.layers.attention import AttentionMetadata
 
+# header fields, in order
+HEADER_FIELDS = ("command", "num_tokens", "num_seqs", "num_sampling", "table_width", "num_decodes",
+                 "max_query_len", "max_context_len", "num_pending", "mirror_sampled")
+H = {name: i for i, name in enumerate(HEADER_FIELDS)}
+HEADER_LEN = len(HEADER_FIELDS)
+CMD_STEP, CMD_STOP = 1, 0
+
+
+def payload_len(header) -> int:
+    t, b, s = int(header[H["num_tokens"]]), int(header[H["num_seqs"]]), int(header[H["num_sampling"]])
+    return 3 * t + s + 2 * b + 1 + b * int(header[H["table_width"]]) + 2 * int(header[H["num_pending"]])
+
 
 @dataclass(frozen=True)
 class StepBatch:
@@ -17,43 +35,54 @@ class StepBatch:
     positions: torch.Tensor          # [T]
     attention: AttentionMetadata
     logits_indices: torch.Tensor     # [S] the last token of each sequence that samples this step
-    sampling_seqs: list[Sequence]    # those S sequences, in the same order
+    sampling_seqs: list[Sequence] = field(default_factory=list)   # those S sequences (on rank 0), in order
+
+
+@dataclass
+class PackedStep:
+    header: torch.Tensor             # [HEADER_LEN] int64, on the host
+    payload: torch.Tensor            # [payload_len(header)] int32, on the host
+    sampling_seqs: list[Sequence]
 
 
 class StepBatchBuilder:
-    """Writes each step's index arrays into reusable host buffers and sends them to the device.
+    """Writes each step's index arrays into one reusable host buffer.
 
-    On a GPU they go through pinned memory: a copy from ordinary (pageable) memory first waits for the GPU to go
-    idle, which would stall the host behind the step in flight. torch's pinned-memory cache keeps each pinned
-    block until its copy has run, so the next step can be built while this one's copies are still queued.
+    On a GPU it is sent through pinned memory: a copy from ordinary (pageable) memory first waits for the GPU to
+    go idle, which would stall the host behind the step in flight. torch's pinned-memory cache keeps each pinned
+    block until its copy has run, so the next step can be built while this one's copy is still queued.
     """
 
     def __init__(self, block_size: int, device: torch.device, max_num_tokens: int, max_num_seqs: int,
                  max_blocks_per_seq: int):
         self.block_size = block_size
         self.device = device
-        # the GPU kernels take int32 metadata; the CPU path indexes with int64
-        meta_dtype = torch.int32 if device.type == "cuda" else torch.int64
-        self._tokens = torch.empty((3, max_num_tokens), dtype=torch.int64)
-        self._meta_tokens = torch.empty(max_num_tokens, dtype=meta_dtype)
-        self._meta_seqs = torch.empty((2, max_num_seqs + 1), dtype=meta_dtype)
-        self._tables = torch.empty(max_num_seqs * max_blocks_per_seq, dtype=meta_dtype)
-
-    def _send(self, host: torch.Tensor) -> torch.Tensor:
-        return to_device(host, self.device) if self.device.type == "cuda" else host.clone()
+        size = 3 * max_num_tokens + max_num_seqs + 2 * max_num_seqs + 1 + max_num_seqs * max_blocks_per_seq \
+            + 2 * max_num_seqs
+        self._payload = torch.empty(size, dtype=torch.int32)
+        self._header = torch.zeros(HEADER_LEN, dtype=torch.int64)
 
     def build(self, scheduled: list[ScheduledSeq], in_flight_tokens: torch.Tensor | None = None) -> StepBatch:
-        """in_flight_tokens: the device tensor of tokens the step in flight samples, where sequences whose
-        latest token is not read back yet (Sequence.pending_index) take their input from."""
+        """The step as this process runs it (no other rank involved)."""
+        packed = self.pack(scheduled)
+        batch = unpack(packed.header, self.to_device(packed.payload), self.device, in_flight_tokens)
+        batch.sampling_seqs = packed.sampling_seqs
+        return batch
+
+    def to_device(self, payload: torch.Tensor) -> torch.Tensor:
+        return to_device(payload, self.device) if self.device.type == "cuda" else payload.clone()
+
+    def pack(self, scheduled: list[ScheduledSeq]) -> PackedStep:
         # decodes first: the attention layer batches all single-token queries in one call
         ordered = sorted(scheduled, key=lambda s: s.num_new_tokens != 1)
         bs = self.block_size
-        ids, positions, logits_at = self._tokens.numpy()
-        slots = self._meta_tokens.numpy()
-        query_start, context = self._meta_seqs.numpy()
         context_lens = [s.seq.num_computed_tokens + s.num_new_tokens for s in ordered]
-        width = max(-(-n // bs) for n in context_lens)
-        tables = self._tables.numpy()[:len(ordered) * width].reshape(len(ordered), width)
+        num_tokens = sum(s.num_new_tokens for s in ordered)
+        b, width = len(ordered), max(-(-n // bs) for n in context_lens)
+        buf = self._payload.numpy()
+        ids, positions, slots = (buf[i * num_tokens:(i + 1) * num_tokens] for i in range(3))
+        tables = np.zeros((b, width), dtype=np.int32)   # the kernels never read past a sequence's blocks
+        logits_at: list[int] = []
         sampling_seqs: list[Sequence] = []
         query_start_loc = [0]
         pending_rows: list[int] = []
@@ -65,7 +94,8 @@ class StepBatchBuilder:
             if n == 1:
                 if start < len(seq.token_ids):
                     ids[t] = seq.token_ids[start]
-                else:
+                else:   # its input is the token the step in flight samples
+                    ids[t] = 0
                     pending_rows.append(t)
                     pending_from.append(seq.pending_index)
                 positions[t] = start
@@ -76,32 +106,43 @@ class StepBatchBuilder:
                 positions[t:t + n] = pos
                 slots[t:t + n] = np.asarray(table)[pos // bs] * bs + pos % bs
             tables[i, :len(table)] = table
-            tables[i, len(table):] = 0   # the kernels never read past a sequence's blocks; the CPU gather does
             t += n
             query_start_loc.append(t)
             if item.samples:
-                logits_at[len(sampling_seqs)] = t - 1
+                logits_at.append(t - 1)
                 sampling_seqs.append(seq)
-        num_seqs = len(ordered)
-        query_start[:num_seqs + 1] = query_start_loc
-        context[:num_seqs] = context_lens
-        meta = AttentionMetadata(
-            slot_mapping=self._send(self._meta_tokens[:t]),
-            block_tables=self._send(self._tables[:num_seqs * width].view(num_seqs, width)),
-            context_lens=self._send(self._meta_seqs[1, :num_seqs]),
-            query_start_loc=self._send(self._meta_seqs[0, :num_seqs + 1]),
-            num_decodes=sum(1 for s in ordered if s.num_new_tokens == 1),
-            max_query_len=max(s.num_new_tokens for s in ordered),
-            max_context_len=max(context_lens),
-            query_start_loc_host=query_start_loc,
-            context_lens_host=context_lens,
-        )
-        input_ids = self._send(self._tokens[0, :t])
-        if pending_rows:
-            rows, sources = to_device(torch.tensor([pending_rows, pending_from]), self.device)
-            input_ids[rows] = in_flight_tokens[sources]
-        return StepBatch(input_ids, self._send(self._tokens[1, :t]), meta,
-                         self._send(self._tokens[2, :len(sampling_seqs)]), sampling_seqs)
+        tail = np.concatenate([np.asarray(logits_at, dtype=np.int32), query_start_loc, context_lens,
+                               tables.reshape(-1), pending_rows, pending_from]).astype(np.int32)
+        buf[3 * t:3 * t + len(tail)] = tail
+        header = self._header
+        header.numpy()[:] = (CMD_STEP, t, b, len(sampling_seqs), width,
+                             sum(1 for s in ordered if s.num_new_tokens == 1),
+                             max(s.num_new_tokens for s in ordered), max(context_lens), len(pending_rows), 0)
+        return PackedStep(header.clone(), self._payload[:3 * t + len(tail)], sampling_seqs)
+
+
+def unpack(header: torch.Tensor, payload: torch.Tensor, device: torch.device,
+           in_flight_tokens: torch.Tensor | None) -> StepBatch:
+    """The StepBatch of a packed step whose payload is already on `device`. in_flight_tokens: the device tensor
+    of tokens the step in flight samples, where the rows of sequences whose latest token is not read back yet
+    take their input from."""
+    t, b, s, width, n_pending = (int(header[H[k]]) for k in
+                                 ("num_tokens", "num_seqs", "num_sampling", "table_width", "num_pending"))
+    if device.type != "cuda":
+        payload = payload.long()   # the plain-torch path indexes with int64; the GPU kernels take int32
+    sizes = [t, t, t, s, b + 1, b, b * width, n_pending, n_pending]
+    ids, positions, slots, logits_at, query_start, context_lens, tables, rows, sources = payload.split(sizes)
+    input_ids = ids.long()
+    if n_pending:
+        input_ids[rows.long()] = in_flight_tokens[sources.long()]
+    on_host = device.type != "cuda"
+    meta = AttentionMetadata(
+        slot_mapping=slots, block_tables=tables.view(b, width), context_lens=context_lens,
+        query_start_loc=query_start, num_seqs=b, num_decodes=int(header[H["num_decodes"]]),
+        max_query_len=int(header[H["max_query_len"]]), max_context_len=int(header[H["max_context_len"]]),
+        query_start_loc_host=query_start.tolist() if on_host else [],
+        context_lens_host=context_lens.tolist() if on_host else [])
+    return StepBatch(input_ids, positions.long(), meta, logits_at.long())
 
 
 def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:

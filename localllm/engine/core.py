@@ -5,20 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import contextlib
+
 import torch
 
 from localllm.config import Config
-from localllm.engine.batch import StepBatchBuilder
+from localllm.engine.batch import H, unpack
 from localllm.engine.block_manager import BlockManager
-from localllm.engine.model_runner import ModelRunner, kv_bytes_per_block
+from localllm.engine.rank_setup import set_up_rank
 from localllm.engine.request import Sequence
 from localllm.engine.events import SampledToken, TokenEvent
 from localllm.engine.sampler import Sampler, SamplingRow
 from localllm.engine.scheduler import Scheduler, SchedulerOutput
-from localllm.errors import LocalLLMError, PromptTooLongError
+from localllm.engine.tensor_parallel import TensorParallel, resolve_degree
+from localllm.errors import PromptTooLongError
 from localllm.sampling_params import SamplingParams
-
-GiB = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -43,23 +44,30 @@ def resolve_dtype(config: Config, device: torch.device) -> torch.dtype:
 
 
 class EngineCore:
-    def __init__(self, config: Config, model_dir: Path, hf_config, eos_token_ids: set[int]):
+    def __init__(self, config: Config, model_dir: Path | None, hf_config, eos_token_ids: set[int],
+                 on_worker_failure=None):
+        """model_dir None = random weights. on_worker_failure(message): what to do, from a watchdog thread, when
+        a tensor-parallel worker dies (default: make the step waiting on it fail)."""
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         self.config = config
         self.device = resolve_device(config)
         self.dtype = resolve_dtype(config, self.device)
-        self.runner = ModelRunner(hf_config, model_dir, self.device, self.dtype)
         model_len = config.max_model_len or hf_config.max_position_embeddings
-        # the KV-sizing profile step may split its tokens over more sequences than max_num_seqs
-        max_step_seqs = max(config.max_num_seqs, -(-config.max_num_batched_tokens // model_len))
-        self.batch_builder = StepBatchBuilder(config.block_size, self.device, config.max_num_batched_tokens,
-                                              max_step_seqs, -(-model_len // config.block_size))
-        self.num_blocks = self._num_kv_blocks(hf_config, model_len)
-        self.runner.allocate_kv_cache(self.num_blocks, config.block_size)
-        self.max_model_len = min(model_len, self.num_blocks * config.block_size)
-        if self.device.type == "cuda" and not config.enforce_eager:
-            self.runner.capture_decode_graphs(config.max_num_seqs, self.max_model_len, config.block_size)
+        self.tensor_parallel_size = resolve_degree(config, hf_config, self.device, self.dtype, model_len)
+        self.tp: TensorParallel | None = None
+        if self.tensor_parallel_size > 1:
+            self.tp = TensorParallel.start(self.tensor_parallel_size, config, hf_config, model_dir, self.device,
+                                           self.dtype, on_worker_failure)
+            self.device = self.tp.device
+        try:
+            with self._worker_failures():
+                setup = set_up_rank(config, hf_config, model_dir, self.device, self.dtype)
+        except BaseException:
+            self.shutdown()
+            raise
+        self.runner, self.batch_builder = setup.runner, setup.builder
+        self.num_blocks, self.max_model_len = setup.num_blocks, setup.max_model_len
         self.vocab_size = hf_config.vocab_size
         self.eos_token_ids = eos_token_ids
         self.block_manager = BlockManager(self.num_blocks, config.block_size, config.enable_prefix_caching)
@@ -71,23 +79,17 @@ class EngineCore:
         self.sampler = Sampler(eos_token_ids)
         self.requests: dict[str, list[Sequence]] = {}
 
-    def _num_kv_blocks(self, hf_config, model_len: int) -> int:
-        if self.config.num_kv_blocks:
-            return self.config.num_kv_blocks
-        per_block = kv_bytes_per_block(hf_config, self.config.block_size, self.dtype)
-        if self.device.type == "cuda":
-            step = self.runner.peak_step_bytes(self.batch_builder, self.config.max_num_batched_tokens, model_len)
-            free, total = torch.cuda.mem_get_info(self.device)
-            budget = free - step - (1 - self.config.gpu_memory_fraction) * total
-        else:
-            budget = self.config.kv_memory_gib * GiB
-        if budget < per_block:
-            raise LocalLLMError(f"no memory left for the KV cache on {self.device} "
-                                f"({budget / GiB:.2f} GiB available after the weights and activations)")
-        # Past a few full-length contexts per sequence slot, more blocks only feed the prefix cache, and a small
-        # model on a big GPU would otherwise get millions of them (seconds of bookkeeping at start).
-        most_useful = 4 * self.config.max_num_seqs * -(-model_len // self.config.block_size)
-        return int(min(budget // per_block, most_useful))
+    def _worker_failures(self):
+        return self.tp.failures() if self.tp else contextlib.nullcontext()
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return self.tp.workers.pids if self.tp else []
+
+    def shutdown(self) -> None:
+        """Stops the tensor-parallel workers (nothing to do without them); the core is unusable afterwards."""
+        if self.tp is not None:
+            self.tp.stop()
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
         n = len(prompt_token_ids)
@@ -130,7 +132,8 @@ class EngineCore:
         call has already queued its own step on the GPU, so the host's scheduling and bookkeeping run while the
         GPU computes; a sequence that turns out to have finished then wastes one token's work."""
         out = self.scheduler.schedule()
-        launched = self._launch(out) if out.scheduled else None
+        with self._worker_failures():
+            launched = self._launch(out) if out.scheduled else None
         events = self._read_back(self.in_flight) if self.in_flight else []
         self.in_flight = None
         if isinstance(launched, InFlightStep):
@@ -140,20 +143,27 @@ class EngineCore:
         return events
 
     def _launch(self, out: SchedulerOutput) -> InFlightStep | tuple[list[Sequence], list[SampledToken]] | None:
-        in_flight_tokens = self.in_flight.token_ids if self.in_flight else None
-        batch = self.batch_builder.build(out.scheduled, in_flight_tokens)
+        packed = self.batch_builder.pack(out.scheduled)
+        seqs = packed.sampling_seqs
+        stays_on_device = bool(seqs) and self.overlap and not any(Sampler.needs_host(s.params) for s in seqs)
+        packed.header[H["mirror_sampled"]] = int(stays_on_device)
+        payload = self.batch_builder.to_device(packed.payload)
+        if self.tp:   # the other ranks run the same forward
+            self.tp.channel.send(packed, payload)
+        batch = unpack(packed.header, payload, self.device, self.in_flight.token_ids if self.in_flight else None)
         logits = self.runner.forward(batch)
         self.scheduler.step_done(out)
-        seqs = batch.sampling_seqs
         if not seqs:
             return None
         rows = [self._sampling_row(s) for s in seqs]
         for i, seq in enumerate(seqs):
             seq.num_pending += 1
             seq.pending_index = i
-        if not self.overlap or any(Sampler.needs_host(s.params) for s in seqs):
+        if not stays_on_device:
             return seqs, self.sampler(logits, rows)
         token_ids = Sampler.token_ids(logits, rows)
+        if self.tp:   # the next step's inputs may come from these, on every rank
+            self.tp.channel.send_tokens(token_ids)
         host = torch.empty(token_ids.shape, dtype=token_ids.dtype, pin_memory=self.device.type == "cuda")
         host.copy_(token_ids, non_blocking=True)
         ready = torch.cuda.Event() if self.device.type == "cuda" else None

@@ -42,17 +42,17 @@ class DecodeGraphs:
 
     def _metadata(self, size: int) -> AttentionMetadata:
         return AttentionMetadata(self.slot_mapping[:size], self.block_tables[:size], self.context_lens[:size],
-                                 self.query_start_loc[:size + 1], num_decodes=size, max_query_len=1,
+                                 self.query_start_loc[:size + 1], num_seqs=size, num_decodes=size, max_query_len=1,
                                  max_context_len=self.max_model_len, query_start_loc_host=[], context_lens_host=[])
 
     def can_run(self, batch: StepBatch) -> bool:
         meta = batch.attention
-        return meta.max_query_len == 1 and len(meta.context_lens_host) <= self.sizes[-1]
+        return meta.max_query_len == 1 and meta.num_seqs <= self.sizes[-1]
 
     def run(self, batch: StepBatch) -> torch.Tensor:
         """Hidden states [B, hidden] of an all-decode batch."""
         meta = batch.attention
-        n = len(meta.context_lens_host)
+        n = meta.num_seqs
         size = next(s for s in self.sizes if s >= n)
         self.input_ids[:n] = batch.input_ids
         self.positions[:n] = batch.positions

@@ -18,6 +18,16 @@ class LLM:
         self.engine = LLMEngine(Config(model=model, **config))
         self._ids = itertools.count()
 
+    def shutdown(self) -> None:
+        """Stops the tensor-parallel worker processes, if any; the LLM is unusable afterwards."""
+        self.engine.shutdown()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
     @property
     def tokenizer(self):
         return self.engine.tokenizer

@@ -1,6 +1,8 @@
 """Text in, text out around the engine core: tokenizing, incremental detokenizing and stop strings."""
 from __future__ import annotations
 
+import weakref
+
 from localllm.config import Config
 from localllm.engine.core import EngineCore
 from localllm.engine.output_processor import OutputProcessor
@@ -16,6 +18,11 @@ class LLMEngine:
         self.model_dir, self.hf_config, self.tokenizer = files.model_dir, files.hf_config, files.tokenizer
         self.core = EngineCore(config, files.model_dir, files.hf_config, files.eos_token_ids)
         self.output_processor = OutputProcessor(self.tokenizer)
+        # tensor-parallel workers stop with the engine, or at the latest when the interpreter exits
+        self._finalizer = weakref.finalize(self, self.core.shutdown)
+
+    def shutdown(self) -> None:
+        self._finalizer()
 
     def encode(self, prompt: str | list[int]) -> list[int]:
         return list(prompt) if not isinstance(prompt, str) else self.tokenizer.encode(prompt)

@@ -15,9 +15,11 @@ from localllm.loader.safetensors import load_weights
 from localllm.models import model_class
 
 
-def kv_bytes_per_block(hf_config, block_size: int, dtype: torch.dtype) -> int:
+def kv_bytes_per_block(hf_config, block_size: int, dtype: torch.dtype, tp: int = 1) -> int:
+    """One rank's bytes of one block: its KV heads (one each when they are replicated over the ranks)."""
     head_dim = attention_head_dim(hf_config)
-    per_token = 2 * hf_config.num_hidden_layers * hf_config.num_key_value_heads * head_dim
+    kv_heads = max(1, hf_config.num_key_value_heads // tp)
+    per_token = 2 * hf_config.num_hidden_layers * kv_heads * head_dim
     return per_token * block_size * dtype.itemsize
 
 
@@ -89,12 +91,14 @@ class ModelRunner:
         torch.cuda.empty_cache()
 
     @torch.inference_mode()
-    def forward(self, batch: StepBatch) -> torch.Tensor:
-        """Returns float32 logits [len(batch.sampling_seqs), vocab]."""
+    def forward(self, batch: StepBatch) -> torch.Tensor | None:
+        """Returns float32 logits [number of sampling rows, vocab]; None on tensor-parallel ranks other than 0,
+        which only contribute their slice of the vocabulary."""
         if self.decode_graphs is not None and self.decode_graphs.can_run(batch):
             hidden = self.decode_graphs.run(batch)
         else:
             hidden = self.model(batch.input_ids, batch.positions, batch.attention)
-        if not batch.sampling_seqs:
+        if batch.logits_indices.shape[0] == 0:
             return hidden.new_empty((0, 0), dtype=torch.float32)
-        return self.model.compute_logits(hidden[batch.logits_indices]).float()
+        logits = self.model.compute_logits(hidden[batch.logits_indices])
+        return None if logits is None else logits.float()

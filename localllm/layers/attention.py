@@ -18,10 +18,11 @@ class AttentionMetadata:
     block_tables: torch.Tensor      # [B, max_blocks] block ids per sequence, padded with 0
     context_lens: torch.Tensor      # [B] tokens of each sequence in the cache once this step's are written
     query_start_loc: torch.Tensor   # [B + 1] where each sequence's tokens start
+    num_seqs: int                   # B
     num_decodes: int                # sequences (and tokens) 0..num_decodes-1 have exactly one query token
     max_query_len: int              # upper bounds, fixed per captured CUDA graph
     max_context_len: int
-    query_start_loc_host: list[int]  # host copies for the plain-torch path
+    query_start_loc_host: list[int]  # host copies for the plain-torch path (empty on a GPU)
     context_lens_host: list[int]
 
 
@@ -48,7 +49,7 @@ class Attention(nn.Module):
         if n:
             out[:n] = ref.decode_attention(q[:n], self.k_cache, self.v_cache, meta.block_tables[:n],
                                            meta.context_lens[:n], self.scale, self.sliding_window)
-        for i in range(n, len(meta.context_lens_host)):
+        for i in range(n, meta.num_seqs):
             start, end = meta.query_start_loc_host[i], meta.query_start_loc_host[i + 1]
             out[start:end] = ref.prefill_attention(q[start:end], self.k_cache, self.v_cache, meta.block_tables[i],
                                                    meta.context_lens_host[i], self.scale, self.sliding_window)

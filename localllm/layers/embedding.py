@@ -1,12 +1,13 @@
-"""Token embedding and LM head split over the vocabulary for tensor parallelism."""
+"""Token embedding and LM head split over the vocabulary for tensor parallelism: each rank keeps
+ceil(vocab / tp) rows (the last rank's tail is zero padding)."""
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from localllm.layers.parallel import all_reduce, tp_rank, tp_size
+from localllm.layers.parallel import all_reduce, gather_to_first, tp_rank, tp_size
+from localllm.layers.shards import rows, shape_of
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -17,14 +18,16 @@ class VocabParallelEmbedding(nn.Module):
         self.start = tp_rank() * self.per_rank
         self.weight = nn.Parameter(torch.empty(self.per_rank, hidden_size), requires_grad=False)
 
-    def load_weight(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
-        shard = loaded[self.start:self.start + self.per_rank]
+    def load_weight(self, param: nn.Parameter, loaded, shard_id=None) -> None:
+        size = max(0, min(self.per_rank, shape_of(loaded)[0] - self.start))
         param.data.zero_()
-        param.data[: shard.shape[0]].copy_(shard)
+        if size:
+            param.data[:size].copy_(rows(loaded, self.start, size))
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         if tp_size() == 1:
             return F.embedding(token_ids, self.weight)
+        # each rank looks up the ids in its slice and contributes zeros for the others; the sum has every row
         local = token_ids - self.start
         mine = (local >= 0) & (local < self.per_rank)
         y = F.embedding(local.clamp(0, self.per_rank - 1), self.weight) * mine.unsqueeze(-1)
@@ -32,12 +35,9 @@ class VocabParallelEmbedding(nn.Module):
 
 
 class ParallelLMHead(VocabParallelEmbedding):
-    """Projects hidden states to logits; each rank computes its slice of the vocabulary."""
+    """Projects hidden states to logits; each rank computes its slice of the vocabulary, and only rank 0 (which
+    samples) receives the whole rows. The caller passes only the rows that sample."""
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(hidden, self.weight)
-        if tp_size() > 1:
-            parts = [torch.empty_like(logits) for _ in range(tp_size())]
-            dist.all_gather(parts, logits)
-            logits = torch.cat(parts, dim=-1)
-        return logits[..., : self.vocab_size]
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        logits = gather_to_first(F.linear(hidden, self.weight))
+        return None if logits is None else logits[..., : self.vocab_size]

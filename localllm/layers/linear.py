@@ -1,4 +1,10 @@
-"""Linear layers split for tensor parallelism (Megatron style); each knows how to load its shard."""
+"""Linear layers split for tensor parallelism (Megatron style); each loads only its own shard.
+
+Column-parallel layers (QKV, gate/up) keep a slice of the output features and need no communication; a
+row-parallel layer (o_proj, down_proj) keeps a slice of the input features, and its partial products are summed
+over the ranks with one all-reduce. A column-parallel layer feeding a row-parallel one therefore costs one
+all-reduce per pair.
+"""
 from __future__ import annotations
 
 import torch
@@ -6,11 +12,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from localllm.layers.parallel import all_reduce, tp_rank, tp_size
+from localllm.layers.shards import columns, rows, whole
 
 
-def _divide(n: int, d: int) -> int:
+def _divide(n: int, d: int, what: str) -> int:
     if n % d:
-        raise ValueError(f"{n} is not divisible by the tensor-parallel size {d}")
+        raise ValueError(f"tensor_parallel_size {d} does not divide the model's {n} {what}")
     return n // d
 
 
@@ -19,13 +26,13 @@ class ColumnParallelLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False):
         super().__init__()
-        self.out_per_rank = _divide(out_features, tp_size())
+        self.out_per_rank = _divide(out_features, tp_size(), "output features")
         self.weight = nn.Parameter(torch.empty(self.out_per_rank, in_features), requires_grad=False)
         self.bias = nn.Parameter(torch.empty(self.out_per_rank), requires_grad=False) if bias else None
 
-    def load_weight(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
+    def load_weight(self, param: nn.Parameter, loaded, shard_id=None) -> None:
         size = param.shape[0]
-        param.data.copy_(loaded.narrow(0, tp_rank() * size, size))
+        param.data.copy_(rows(loaded, tp_rank() * size, size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
@@ -38,35 +45,46 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
         self.out_sizes = out_sizes
         super().__init__(in_features, sum(out_sizes), bias)
 
-    def load_weight(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
+    def load_weight(self, param: nn.Parameter, loaded, shard_id=None) -> None:
         tp = tp_size()
         offset = sum(self.out_sizes[:shard_id]) // tp
-        size = self.out_sizes[shard_id] // tp
-        param.data.narrow(0, offset, size).copy_(loaded.narrow(0, tp_rank() * size, size))
+        size = _divide(self.out_sizes[shard_id], tp, "intermediate features")
+        param.data.narrow(0, offset, size).copy_(rows(loaded, tp_rank() * size, size))
 
 
 class QKVParallelLinear(ColumnParallelLinear):
-    """Q, K and V projections in one matrix; each rank holds its own heads of each."""
+    """Q, K and V projections in one matrix; each rank holds its own heads of each. With fewer KV heads than
+    ranks, each KV head is replicated on the tp / num_kv_heads neighbouring ranks whose query heads use it."""
 
     def __init__(self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool = False):
         tp = tp_size()
         self.head_dim = head_dim
-        self.num_heads = _divide(num_heads, tp)
+        self.num_heads = _divide(num_heads, tp, "attention heads")
         self.total_kv_heads = num_kv_heads
-        # with more ranks than KV heads, neighbouring ranks each keep a copy of one KV head
-        self.num_kv_heads = _divide(num_kv_heads, tp) if num_kv_heads >= tp else 1
+        if num_kv_heads >= tp:
+            self.num_kv_heads = _divide(num_kv_heads, tp, "key/value heads")
+        else:
+            if tp % num_kv_heads:
+                raise ValueError(f"tensor_parallel_size {tp} is not a multiple of the model's {num_kv_heads} "
+                                 "key/value heads")
+            self.num_kv_heads = 1
         super().__init__(hidden_size, (self.num_heads + 2 * self.num_kv_heads) * head_dim * tp, bias)
 
-    def load_weight(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
+    def kv_head_index(self) -> int:
+        """Which of the checkpoint's KV-head groups of size num_kv_heads this rank holds."""
+        if self.total_kv_heads >= tp_size():
+            return tp_rank()
+        return tp_rank() * self.total_kv_heads // tp_size()
+
+    def load_weight(self, param: nn.Parameter, loaded, shard_id=None) -> None:
         q_size = self.num_heads * self.head_dim
         kv_size = self.num_kv_heads * self.head_dim
         if shard_id == "q":
             offset, size, index = 0, q_size, tp_rank()
         else:
             offset = q_size if shard_id == "k" else q_size + kv_size
-            size = kv_size
-            index = tp_rank() if self.total_kv_heads >= tp_size() else tp_rank() * self.total_kv_heads // tp_size()
-        param.data.narrow(0, offset, size).copy_(loaded.narrow(0, index * size, size))
+            size, index = kv_size, self.kv_head_index()
+        param.data.narrow(0, offset, size).copy_(rows(loaded, index * size, size))
 
 
 class RowParallelLinear(nn.Module):
@@ -74,18 +92,17 @@ class RowParallelLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False):
         super().__init__()
-        self.in_per_rank = _divide(in_features, tp_size())
+        self.in_per_rank = _divide(in_features, tp_size(), "input features")
         self.weight = nn.Parameter(torch.empty(out_features, self.in_per_rank), requires_grad=False)
         self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
 
-    def load_weight(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
+    def load_weight(self, param: nn.Parameter, loaded, shard_id=None) -> None:
         if param.dim() == 1:  # the bias is added once, after the reduction
-            param.data.copy_(loaded)
+            param.data.copy_(whole(loaded))
             return
         size = param.shape[1]
-        param.data.copy_(loaded.narrow(1, tp_rank() * size, size))
+        param.data.copy_(columns(loaded, tp_rank() * size, size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight)
-        all_reduce(y)
+        y = all_reduce(F.linear(x, self.weight))
         return y if self.bias is None else y + self.bias

@@ -1,4 +1,5 @@
-"""Fills one of our model modules from a Hugging Face safetensors directory (never pickle files)."""
+"""Fills one of our model modules from a Hugging Face safetensors directory (never pickle files). Tensors are
+read as slices of the memory-mapped files, so with tensor parallelism each rank reads only its own shard."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,6 +9,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from localllm.errors import CorruptModelError, ModelNotFoundError, first_line
+from localllm.layers.shards import whole
 
 
 def _param_and_shard(model: nn.Module, name: str):
@@ -36,11 +38,11 @@ def load_weights(model: nn.Module, model_dir: Path) -> None:
                     if target not in params:
                         raise CorruptModelError(f"{file.name}: unexpected tensor {name!r} for this architecture")
                     module = modules[target.rsplit(".", 1)[0]]
-                    tensor = f.get_tensor(name)
+                    tensor = f.get_slice(name)
                     if hasattr(module, "load_weight"):
                         module.load_weight(params[target], tensor, shard_id)
                     else:
-                        params[target].data.copy_(tensor)
+                        params[target].data.copy_(whole(tensor))
                     loaded.add(target if shard_id is None else f"{target}:{shard_id}")
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise CorruptModelError(f"cannot read weights {file}: {first_line(e)}") from None

@@ -3,14 +3,15 @@ TokenEvent batches (with the core's counters) out. Runs the model only; all text
 from __future__ import annotations
 
 import os
+import sys
 import time
 from multiprocessing.connection import Connection
 
 from localllm.errors import one_line
 from localllm.server.protocol import (PROTOCOL_VERSION, AbortRequests, AddRequest, DecodeError, EngineFailed,
                                       EngineStats, FinishSequence, LoadFailed, Loaded, MessageRefused, ProtocolError,
-                                      Receiver, RequestFailed, Sender, Shutdown, Start, StepOutput, ToEngine,
-                                      check_version)
+                                      RankMemory, Receiver, RequestFailed, Sender, Shutdown, Start, StepOutput,
+                                      ToEngine, check_version)
 
 IDLE_CHECK_S = 1.0      # how often an idle engine checks that its daemon is still alive
 STATS_EVERY_S = 0.25    # steps that yield no token (prefill chunks) still report counters this often
@@ -51,6 +52,16 @@ def main(inbox_connection: Connection, outbox_connection: Connection) -> None:
         except OSError:
             pass
         raise SystemExit(1) from None
+    finally:
+        core.shutdown()   # its tensor-parallel workers, if any
+
+
+def _exit_on_worker_failure(message: str) -> None:
+    """A tensor-parallel worker died (the watchdog has stopped the others): the engine cannot go on, and its
+    main thread may be stuck in a collective, so the process ends here; the front end then answers 503 and
+    loads the model again on the next request."""
+    print(f"localllm engine: {message}", file=sys.stderr, flush=True)
+    os._exit(1)
 
 
 def _handshake(inbox: Receiver) -> Start:
@@ -69,7 +80,7 @@ def _load(config, outbox: Sender):
     try:
         files = open_model(config.model)
         model_dir, eos = files.model_dir, files.eos_token_ids
-        core = EngineCore(config, model_dir, files.hf_config, eos)
+        core = EngineCore(config, model_dir, files.hf_config, eos, on_worker_failure=_exit_on_worker_failure)
     except (LocalLLMError, ValueError, OSError) as e:
         outbox.send(LoadFailed(type(e).__name__, one_line(e)))
         return None
@@ -77,14 +88,18 @@ def _load(config, outbox: Sender):
         outbox.send(LoadFailed("EngineError", f"{type(e).__name__}: {one_line(e)}"))
         return None
     runner = core.runner
+    # every rank holds shards of the same shapes, so rank 0's sizes are each GPU's
+    weights = sum(p.numel() * p.element_size() for p in runner.model.parameters())
+    kv = runner.kv_cache.numel() * runner.kv_cache.element_size()
+    tp = core.tensor_parallel_size
+    gpus = [RankMemory(f"cuda:{rank}", weights, kv) for rank in range(tp)] if core.device.type == "cuda" else []
     outbox.send(Loaded(
         protocol=PROTOCOL_VERSION, model_dir=str(model_dir), device=str(core.device),
         dtype=str(core.dtype).removeprefix("torch."),
         max_model_len=core.max_model_len, vocab_size=core.vocab_size, block_size=config.block_size,
-        num_blocks=core.num_blocks,
-        param_bytes=sum(p.numel() * p.element_size() for p in runner.model.parameters()),
-        kv_cache_bytes=runner.kv_cache.numel() * runner.kv_cache.element_size(),
-        eos_token_ids=sorted(eos), stats=stats_of(core)))
+        num_blocks=core.num_blocks, param_bytes=weights * tp, kv_cache_bytes=kv * tp,
+        eos_token_ids=sorted(eos), stats=stats_of(core), tensor_parallel_size=tp, worker_pids=core.worker_pids,
+        gpus=gpus))
     return core
 
 

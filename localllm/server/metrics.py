@@ -8,6 +8,8 @@ from collections import deque
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from localllm.gpu_stats import gpu_stats
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
                     20.0, 40.0, 80.0)
@@ -73,10 +75,18 @@ class _EngineCollector:
         hits = CounterMetricFamily("localllm_prefix_cache_hits", "Prompt tokens found in the prefix cache",
                                    labels=["model"])
         loaded = GaugeMetricFamily("localllm_model_loaded", "1 when ready, 0 while loading", labels=["model"])
-        for name, state, stats in self.models.engine_stats():
+        degree = GaugeMetricFamily("localllm_tensor_parallel_size", "GPUs (or CPU ranks) the model is split over",
+                                   labels=["model"])
+        rank_memory = GaugeMetricFamily("localllm_gpu_model_bytes", "Memory of one GPU holding the model's weights "
+                                        "or KV cache", labels=["model", "device", "kind"])
+        for name, state, stats, info in self.models.engine_stats():
             loaded.add_metric([name], 1.0 if state == "ready" else 0.0)
             if stats is None:
                 continue
+            degree.add_metric([name], info.tensor_parallel_size)
+            for gpu in info.gpus:
+                rank_memory.add_metric([name, gpu.device, "weights"], gpu.weight_bytes)
+                rank_memory.add_metric([name, gpu.device, "kv_cache"], gpu.kv_cache_bytes)
             running.add_metric([name], stats.running)
             waiting.add_metric([name], stats.waiting)
             for kind in ("used", "cached", "free"):
@@ -84,7 +94,18 @@ class _EngineCollector:
             queries.add_metric([name], stats.prefix_queries)
             hits.add_metric([name], stats.prefix_hits)
             hit_rate.add_metric([name], stats.prefix_hits / stats.prefix_queries if stats.prefix_queries else 0.0)
-        yield from (running, waiting, blocks, hit_rate, queries, hits, loaded)
+        yield from (running, waiting, blocks, hit_rate, queries, hits, loaded, degree, rank_memory)
+        yield from _gpu_families()
+
+
+def _gpu_families():
+    """Each GPU's memory in use and utilization, as NVML reports them at scrape time (nothing without GPUs)."""
+    used = GaugeMetricFamily("localllm_gpu_memory_used_bytes", "GPU memory in use (all processes)", labels=["gpu"])
+    utilization = GaugeMetricFamily("localllm_gpu_utilization_percent", "GPU utilization", labels=["gpu"])
+    for gpu in gpu_stats():
+        used.add_metric([str(gpu["index"])], gpu["memory_used_bytes"])
+        utilization.add_metric([str(gpu["index"])], gpu["utilization_percent"])
+    yield from (used, utilization)
 
 
 _ENDPOINTS = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/api/status",

@@ -190,7 +190,9 @@ class ModelManager:
 
     # --- status ----------------------------------------------------------------------------------------
     def engine_stats(self):
-        return [(m.name, m.state, m.client.stats if m.state == "ready" else None) for m in self.models.values()]
+        """(name, state, latest counters, Loaded) of each model; the last two None while it loads."""
+        return [(m.name, m.state, m.client.stats if m.state == "ready" else None,
+                 m.client.info if m.state == "ready" else None) for m in self.models.values()]
 
     def status(self) -> list[dict]:
         return [_model_status(m) for m in self.models.values()]
@@ -211,7 +213,10 @@ def _model_status(model: LoadedModel) -> dict:
         out.update({
             "device": info.device, "dtype": info.dtype, "context_length": info.max_model_len,
             "param_bytes": info.param_bytes, "kv_cache_bytes": info.kv_cache_bytes,
-            "memory_bytes": _rss(client.pid) or info.param_bytes + info.kv_cache_bytes,
+            "memory_bytes": _memory_bytes(info, [client.pid, *info.worker_pids]),
+            "tensor_parallel_size": info.tensor_parallel_size, "worker_pids": list(info.worker_pids),
+            "gpus": [{"device": g.device, "weight_bytes": g.weight_bytes, "kv_cache_bytes": g.kv_cache_bytes}
+                     for g in info.gpus],
             "running": stats.running, "waiting": stats.waiting,
             "kv_blocks": {"total": stats.blocks_total, "used": stats.blocks_used, "cached": stats.blocks_cached,
                           "free": stats.blocks_free, "block_size": info.block_size},
@@ -224,6 +229,14 @@ def _model_status(model: LoadedModel) -> dict:
 
 def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+
+
+def _memory_bytes(info, pids: list[int | None]) -> int:
+    """GPU: the weights and KV pool on all ranks; CPU: the resident memory of the engine and its workers."""
+    on_host = [_rss(pid) for pid in pids] if not info.gpus else []
+    if on_host and all(on_host):
+        return sum(on_host)
+    return info.param_bytes + info.kv_cache_bytes
 
 
 def _rss(pid: int | None) -> int | None:

@@ -17,7 +17,7 @@ from localllm.engine.events import TokenEvent
 from localllm.sampling_params import SamplingParams
 
 # Raise on any change to the messages below.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 
 class Message(msgspec.Struct, frozen=True, tag=True, array_like=True):
@@ -66,6 +66,13 @@ class EngineStats(msgspec.Struct, frozen=True, array_like=True):
     steps: int = 0
 
 
+class RankMemory(msgspec.Struct, frozen=True, array_like=True):
+    """What one tensor-parallel rank's GPU holds for the model."""
+    device: str
+    weight_bytes: int
+    kv_cache_bytes: int
+
+
 class Loaded(Message):
     protocol: int
     model_dir: str
@@ -79,6 +86,9 @@ class Loaded(Message):
     kv_cache_bytes: int
     eos_token_ids: list[int]
     stats: EngineStats = EngineStats()
+    tensor_parallel_size: int = 1
+    worker_pids: list[int] = []          # the tensor-parallel workers under the engine process
+    gpus: list[RankMemory] = []          # one per rank; empty on CPU
 
 
 class LoadFailed(Message):

@@ -8,6 +8,7 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from localllm.gpu_stats import gpu_stats
 from localllm.server.metrics import CONTENT_TYPE
 from localllm.server.openai_schemas import UnloadRequest
 
@@ -44,6 +45,7 @@ async def status(request: Request) -> dict:
         "running": sum(m["running"] for m in ready), "waiting": sum(m["waiting"] for m in ready),
         "tokens_per_s": round(daemon.metrics.recent_tokens_per_s(), 2),
         "host_memory": host_memory(),
+        "gpus": gpu_stats(),
     }
 
 

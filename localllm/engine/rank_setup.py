@@ -1,0 +1,65 @@
+"""What every tensor-parallel rank (the engine core's own, rank 0, included) does once before serving steps:
+build and load its shard of the model, size the KV pool (the ranks agree on the smallest count that fits all of
+them), allocate it and capture the decode CUDA graphs. The ranks run this in lockstep, since the profiling step
+and the graph captures contain collectives."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from localllm.config import Config
+from localllm.engine.batch import StepBatchBuilder
+from localllm.engine.model_runner import ModelRunner, kv_bytes_per_block
+from localllm.errors import LocalLLMError
+from localllm.layers.allreduce import make_reducer
+from localllm.layers.parallel import min_over_ranks, tp_size, use_reducer
+
+GiB = 1 << 30
+
+
+@dataclass
+class RankSetup:
+    runner: ModelRunner
+    builder: StepBatchBuilder
+    num_blocks: int
+    max_model_len: int
+
+
+def set_up_rank(config: Config, hf_config, model_dir: Path | None, device: torch.device,
+                dtype: torch.dtype) -> RankSetup:
+    runner = ModelRunner(hf_config, model_dir, device, dtype)
+    if tp_size() > 1 and config.tp_allreduce != "nccl":
+        use_reducer(make_reducer(config.tp_allreduce, device, dtype))
+    model_len = config.max_model_len or hf_config.max_position_embeddings
+    # the KV-sizing profile step may split its tokens over more sequences than max_num_seqs
+    max_step_seqs = max(config.max_num_seqs, -(-config.max_num_batched_tokens // model_len))
+    builder = StepBatchBuilder(config.block_size, device, config.max_num_batched_tokens, max_step_seqs,
+                               -(-model_len // config.block_size))
+    num_blocks = min_over_ranks(_num_kv_blocks(config, runner, builder, hf_config, model_len), device)
+    runner.allocate_kv_cache(num_blocks, config.block_size)
+    max_model_len = min(model_len, num_blocks * config.block_size)
+    if device.type == "cuda" and not config.enforce_eager:
+        runner.capture_decode_graphs(config.max_num_seqs, max_model_len, config.block_size)
+    return RankSetup(runner, builder, num_blocks, max_model_len)
+
+
+def _num_kv_blocks(config: Config, runner: ModelRunner, builder: StepBatchBuilder, hf_config, model_len: int) -> int:
+    if config.num_kv_blocks:
+        return config.num_kv_blocks
+    per_block = kv_bytes_per_block(hf_config, config.block_size, runner.dtype, tp_size())
+    device = runner.device
+    if device.type == "cuda":
+        step = runner.peak_step_bytes(builder, config.max_num_batched_tokens, model_len)
+        free, total = torch.cuda.mem_get_info(device)
+        budget = free - step - (1 - config.gpu_memory_fraction) * total
+    else:   # kv_memory_gib is the whole pool's, shared by the ranks' shards of it
+        budget = config.kv_memory_gib * GiB / tp_size()
+    if budget < per_block:
+        raise LocalLLMError(f"no memory left for the KV cache on {device} "
+                            f"({budget / GiB:.2f} GiB available after the weights and activations)")
+    # Past a few full-length contexts per sequence slot, more blocks only feed the prefix cache, and a small
+    # model on a big GPU would otherwise get millions of them (seconds of bookkeeping at start).
+    most_useful = 4 * config.max_num_seqs * -(-model_len // config.block_size)
+    return int(min(budget // per_block, most_useful))
