@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Tensor parallelism on a machine with 2 GPUs: correctness against one rank, 8B and 70B speed, the all-reduce share of
 # a decode step, and `localllm ps` with a TP=2 model. Usage: scripts/gpu_tp.sh OUTDIR (every stage's JSON lands
-# there). STAGES picks stages (default: all, in this order; ~9 minutes on 2 H200s). Run from the repository root.
+# there). STAGES picks stages (default: all, in this order; ~9 minutes on 2 H200s). SMOLLM2_GGUF names the embedded
+# model's GGUF where its package is not installed. Run from the repository root.
 set -u
 OUT=${1:?usage: scripts/gpu_tp.sh OUTDIR}
 mkdir -p "$OUT"
@@ -20,7 +21,8 @@ for stage in ${STAGES:-fp32 agreement latency-8b latency-70b throughput-70b thro
   echo "== $stage $(date -u +%H:%M:%S)"
   case $stage in
     fp32) python3 scripts/gpu_tp_agreement.py --tiny /tmp/tp-tiny --new-tokens 64 --json-out "$OUT/fp32-tiny.json" ;;
-    agreement) python3 scripts/gpu_tp_agreement.py --padded /tmp/tp-smollm2 --new-tokens 250 --prompts 4 \
+    agreement) python3 scripts/gpu_tp_agreement.py --padded /tmp/tp-smollm2 ${SMOLLM2_GGUF:+--gguf "$SMOLLM2_GGUF"} \
+        --new-tokens 250 --prompts 4 \
         --json-out "$OUT/agreement-bf16.json" | tail -8 ;;
     latency-8b) lat llama-3.1-8b 1 nccl; lat llama-3.1-8b 2 nccl; lat llama-3.1-8b 2 symm_mem ;;
     latency-70b) lat llama-3.1-70b 2 nccl; lat llama-3.1-70b 2 symm_mem ;;

@@ -30,12 +30,13 @@ PROMPTS = ["Write a long story about a lighthouse keeper.", "Explain how a CPU c
            "List the countries of Europe and their capitals.", "Describe the water cycle to a ten-year-old."]
 
 
-def padded_smollm2(out: Path) -> Path:
-    """The embedded model (9 query heads over 3 KV heads) with one more KV group of 3 query heads whose q, k, v and
-    o weights are zero, so 12 over 4: the same function, split evenly over 2 (or 4) ranks."""
+def padded_smollm2(out: Path, gguf: Path | None = None) -> Path:
+    """The embedded model (9 query heads over 3 KV heads; or its GGUF file given here, on a machine without the
+    package) with one more KV group of 3 query heads whose q, k, v and o weights are zero, so 12 over 4: the same
+    function, split evenly over 2 (or 4) ranks."""
     from localllm.loader.resolve import resolve_model
 
-    source = resolve_model(None)
+    source = resolve_model(str(gguf) if gguf else None)
     config = json.loads((source / "config.json").read_text())
     heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
     head_dim = config.get("head_dim") or config["hidden_size"] // heads
@@ -95,6 +96,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tiny", type=Path)
     p.add_argument("--padded", type=Path)
+    p.add_argument("--gguf", type=Path, help="with --padded: the embedded model's GGUF file (default: its package)")
     p.add_argument("--new-tokens", type=int, default=250)
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--json-out", type=Path)
@@ -112,7 +114,7 @@ def main() -> None:
                   "tokens": sum(len(t) for _, t in one), "identical": one == two,
                   "common_prefix": [common_prefix(a[1], b[1]) for a, b in zip(one, two)]}
     else:
-        model = str(padded_smollm2(args.padded))
+        model = str(padded_smollm2(args.padded, args.gguf))
         two = generate(model, 2, "bfloat16", PROMPTS[:args.prompts], args.new_tokens)
         one = generate(model, 1, "bfloat16", PROMPTS[:args.prompts], args.new_tokens)
         predicted = teacher_forced_top1(model, "bfloat16", two)
