@@ -7,7 +7,7 @@ with `unpack`, so the ranks run the same forward from the same numbers.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -66,8 +66,7 @@ class StepBatchBuilder:
         """The step as this process runs it (no other rank involved)."""
         packed = self.pack(scheduled)
         batch = unpack(packed.header, self.to_device(packed.payload), self.device, in_flight_tokens)
-        batch.sampling_seqs = packed.sampling_seqs
-        return batch
+        return replace(batch, sampling_seqs=packed.sampling_seqs)
 
     def to_device(self, payload: torch.Tensor) -> torch.Tensor:
         return to_device(payload, self.device) if self.device.type == "cuda" else payload.clone()
