@@ -89,6 +89,7 @@ class EngineCore:
     def shutdown(self) -> None:
         """Stops the tensor-parallel workers (nothing to do without them); the core is unusable afterwards."""
         if self.tp is not None:
+            self.runner.release_graphs()
             self.tp.stop()
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:

@@ -1,6 +1,7 @@
 """Owns the model and the KV pool; turns a step's batch into logits of the sequences that sample."""
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import torch
@@ -49,6 +50,13 @@ class ModelRunner:
         self.decode_graphs: DecodeGraphs | None = None
 
     @torch.inference_mode()
+    def release_graphs(self) -> None:
+        """Drops the captured decode graphs and waits for the GPU, so a process group they captured can end."""
+        if self.decode_graphs is not None:
+            self.decode_graphs = None
+            gc.collect()
+            torch.cuda.synchronize(self.device)
+
     def capture_decode_graphs(self, max_num_seqs: int, max_model_len: int, block_size: int) -> None:
         self.decode_graphs = DecodeGraphs(self.model, self.hidden_size, self.dtype, self.device, max_num_seqs,
                                           max_model_len, block_size)

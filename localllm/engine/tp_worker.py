@@ -99,6 +99,7 @@ def _serve(runner, channel, device) -> None:
         runner.forward(unpack(header, payload, device, in_flight))
         if int(header[H["mirror_sampled"]]):
             in_flight = channel.receive_tokens(int(header[H["num_sampling"]]))
+    runner.release_graphs()
     destroy_tensor_parallel()
 
 

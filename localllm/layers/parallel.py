@@ -62,17 +62,14 @@ def use_reducer(reducer) -> None:
 
 
 def destroy_tensor_parallel() -> None:
+    """Ends the group. CUDA graphs that captured its all-reduces must be released first (ModelRunner.release_graphs):
+    destroying, or aborting, an NCCL group they still hold hangs (seen on two H200s; pytorch/pytorch#115388)."""
     global _group
     if _group is None:
         return
     _group = None
     with contextlib.suppress(Exception):   # a peer that died already makes the teardown fail; nothing to keep
-        if dist.get_backend() == "nccl":
-            # destroying an NCCL communicator that CUDA graphs have captured waits on the peers and was seen to
-            # hang for good on two H200s; aborting it returns at once
-            dist.distributed_c10d._abort_process_group()
-        else:
-            dist.destroy_process_group()
+        dist.destroy_process_group()
 
 
 @contextlib.contextmanager
