@@ -178,6 +178,13 @@ def hf_hub_cache() -> Path | None:
     return configured
 
 
+def set_library_defaults(values: dict[str, str]) -> None:
+    """Variables that a library reads (NCCL...), set in this process and the ones it starts unless the user
+    set them already."""
+    for name, value in values.items():
+        os.environ.setdefault(name, value)
+
+
 def child_environment(**overrides: str) -> dict[str, str]:
     """The environment for a process localllm starts: this one's, with `overrides` (name=value) set."""
     return {**os.environ, **overrides}

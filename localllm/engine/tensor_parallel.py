@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from localllm import settings
 from localllm.config import Config
 from localllm.engine.step_channel import StepChannel
 from localllm.engine.tp_degree import (TensorParallelError, check_degree, degree_error, free_gpu_bytes, model_size,
@@ -59,8 +60,7 @@ class TensorParallel:
               dtype: torch.dtype, on_failure=None) -> TensorParallel:
         """Starts the workers and joins their group as rank 0 (they load their shards meanwhile)."""
         if device.type == "cuda":
-            for key, value in NCCL_ENV.items():
-                os.environ.setdefault(key, value)   # read by NCCL in this process and inherited by the workers
+            settings.set_library_defaults(NCCL_ENV)   # read by NCCL in this process and inherited by the workers
             device = torch.device("cuda", 0)
             torch.cuda.set_device(device)
         else:
