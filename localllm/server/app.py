@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from fastapi import FastAPI
 
 from localllm.server import routes_openai, routes_status
+from localllm.server.body_limit import BodyLimitMiddleware
 from localllm.server.errors import install_handlers
 from localllm.server.metrics import Metrics, RequestCounter
 from localllm.server.models import ModelManager
@@ -45,6 +46,7 @@ def create_app(settings: ServerSettings, address: str | None = None) -> FastAPI:
     install_handlers(app)
     app.include_router(routes_openai.router)
     app.include_router(routes_status.router)
-    app.add_middleware(SecurityMiddleware, settings=settings)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(SecurityMiddleware, settings=settings)   # before the body is read
     app.add_middleware(RequestCounter, metrics=metrics)   # outermost: refusals are counted too
     return app

@@ -1,6 +1,8 @@
 """The OpenAI-compatible endpoints: /v1/models, /v1/chat/completions and /v1/completions."""
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -53,8 +55,8 @@ async def _serve(request: Request, body, chat: bool):
     job = Job(daemon.models, model, body.keep_alive)
     try:
         client = model.client
-        prompts = ([chat_prompt(client.tokenizer, body)] if chat
-                   else completion_prompts(client.tokenizer, body, client.info.vocab_size))
+        # a prompt of megabytes takes seconds to template and tokenize: in a thread, so others are served meanwhile
+        prompts = await asyncio.to_thread(_prompts, client, body, chat)
         check_context(prompts, params.max_tokens, client.info.max_model_len, "messages" if chat else "prompt")
         limit = daemon.settings.max_num_seqs + daemon.settings.max_queued
         if params.n * len(prompts) > limit:
@@ -79,6 +81,12 @@ async def _serve(request: Request, body, chat: bool):
         job.close()
     shape = chat_response if chat else completion_response
     return JSONResponse(shape(new_id("chatcmpl" if chat else "cmpl"), model.name, choices, texts, prompt_tokens))
+
+
+def _prompts(client, body, chat: bool) -> list[list[int]]:
+    if chat:
+        return [chat_prompt(client.tokenizer, body)]
+    return completion_prompts(client.tokenizer, body, client.info.vocab_size)
 
 
 async def _collect(job: Job, n: int) -> list[Choice]:
