@@ -47,6 +47,8 @@ def serve(
                                      help="Engine setting, e.g. num_kv_blocks=512."),
     state_file: Optional[Path] = typer.Option(None, "--state-file", hidden=True,
                                               help="Where to record the address (default: the data directory)."),
+    log_file: Optional[Path] = typer.Option(None, "--log-file", hidden=True,
+                                            help="Log there, rotated, with stdout and stderr (default: stderr)."),
     tp: Optional[int] = typer.Option(None, "--tp", min=1, help="Split each model over N GPUs (tensor parallelism); "
                                                               "default: the fewest GPUs that fit it, 1 on CPU."),
 ) -> None:
@@ -60,7 +62,7 @@ def serve(
             max_queued=max_queued, max_body_bytes=max_body_bytes, allowed_hosts=allow_host, models=model,
             engine=parse_engine_overrides(engine + tp_override(tp)),
             state_file=state_file.expanduser() if state_file else None)
-        run_daemon(settings)
+        run_daemon(settings, log_file.expanduser() if log_file else None)
     except (LocalLLMError, ValueError) as e:
         _fail(e)
     except KeyboardInterrupt:
