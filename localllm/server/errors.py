@@ -84,7 +84,7 @@ def install_handlers(app) -> None:
         message = {404: f"Unknown route {request.method} {request.url.path}.",
                    405: f"Method {request.method} is not allowed on {request.url.path}."}.get(
             exc.status_code, str(exc.detail))
-        return APIError(exc.status_code, message).response()
+        return APIError(exc.status_code, message, headers=exc.headers).response()   # e.g. 405's Allow
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

@@ -71,6 +71,8 @@ class ChatMessage(BaseModel):
 
 
 class ChatCompletionRequest(_Sampling):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"model": "smollm2:135m", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 8}]})
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: Optional[int] = None
     logprobs: Optional[bool] = False
@@ -82,6 +84,8 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"model": "smollm2:135m", "prompt": "Once upon a time", "max_tokens": 8}]})
     prompt: Union[Text, list[Text], list[int], list[list[int]]]
     logprobs: Optional[int] = None
     echo: Optional[bool] = False

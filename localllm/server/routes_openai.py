@@ -14,9 +14,11 @@ from localllm.server.openai_format import (Choice, chat_chunk, chat_logprobs, ch
 from localllm.server.openai_requests import (chat_prompt, check_context, completion_prompts, reject_unsupported,
                                              sampling_params)
 from localllm.server.openai_schemas import ChatCompletionRequest, CompletionRequest
+from localllm.server.openapi import ChatCompletion, Completion, ModelCard, ModelList, answer, errors
 from localllm.server.sse import DONE, SSEResponse, event
 
 router = APIRouter()
+GENERATION_ERRORS = (400, 401, 404, 413, 500, 503)
 _CREATED = now()
 
 
@@ -24,12 +26,12 @@ def _card(name: str) -> dict:
     return {"id": name, "object": "model", "created": _CREATED, "owned_by": "localllm"}
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", response_model=None, responses={200: {"model": ModelList}, **errors(401)})
 async def list_models(request: Request) -> dict:
     return {"object": "list", "data": [_card(n) for n in request.app.state.daemon.models.available()]}
 
 
-@router.get("/v1/models/{model:path}")
+@router.get("/v1/models/{model:path}", response_model=None, responses={200: {"model": ModelCard}, **errors(401, 404)})
 async def get_model(model: str, request: Request) -> dict:
     found = request.app.state.daemon.models.lookup(model)
     if found is None:
@@ -37,12 +39,14 @@ async def get_model(model: str, request: Request) -> dict:
     return _card(found[0])
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", response_model=None,
+             responses={**answer(ChatCompletion), **errors(*GENERATION_ERRORS)})
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     return await _serve(request, body, chat=True)
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", response_model=None,
+             responses={**answer(Completion), **errors(*GENERATION_ERRORS)})
 async def completions(body: CompletionRequest, request: Request):
     return await _serve(request, body, chat=False)
 
