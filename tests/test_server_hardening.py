@@ -178,4 +178,4 @@ def test_health_answers_while_a_huge_prompt_is_tokenized(daemon, tiny, route):
     # the prompt is far over the context: refused after tokenizing it, which took seconds
     assert_error(result["response"], 400, "context_length_exceeded")
     assert len(latencies) >= 5, latencies
-    assert max(latencies) < 1.0, latencies
+    assert max(latencies) < 2.0, latencies   # tokenizing on the event loop held /health for the whole 5+ s

@@ -20,6 +20,9 @@ _WHY = {
     503: "The model's queue is full, or its engine stopped: retry (Retry-After says when).",
 }
 
+# one server-sent event as a client parses it; its data is a JSON chunk, or [DONE] at the end
+_EVENT = {"type": "object", "properties": {"data": {"type": "string"}}, "required": ["data"]}
+
 
 class Health(BaseModel):
     status: Literal["ok"]
@@ -87,7 +90,8 @@ def answer(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
     """The 200 of a generation route: the whole answer as JSON, or with "stream": true server-sent events."""
     return {200: {"model": model, "description": "The answer, or with \"stream\": true its chunks as "
                   "server-sent events (data: {chunk} lines, then data: [DONE]).",
-                  "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+                  "content": {"text/event-stream": {"schema": _EVENT}}}}
+
 
 
 def openapi_schema(app: FastAPI) -> dict:
