@@ -15,7 +15,7 @@ import httpx
 
 from localllm import settings
 from localllm.errors import LocalLLMError
-from localllm.hub.paths import data_dir
+from localllm.hub.paths import data_dir, open_private
 from localllm.server.state import DaemonState, default_state_path, live_daemon, pid_alive, read_state, remove_state
 
 LOG_NAME = "daemon.log"
@@ -128,15 +128,14 @@ def spawn_daemon(*, host: str, port: int, models: list[str] = (), args: list[str
     """Starts `localllm serve` detached (its own session, output to a log file)."""
     state_file = state_file or default_state_path()
     log_file = log_file or data_dir() / LOG_NAME
-    log_file.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "localllm", "serve", "--host", host, "--port", str(port),
-               "--state-file", str(state_file)]
+               "--state-file", str(state_file), "--log-file", str(log_file)]
     for model in models:
         command += ["--model", model]
     command += list(args)
     # the key travels in the environment, not on the command line, where ps would show it
     env = settings.child_environment(**({settings.API_KEY.name: api_key} if api_key else {}))
-    with open(log_file, "ab") as log:
+    with open_private(log_file) as log:   # what it prints before its own logging is set up, or if it crashes
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True, close_fds=True, env=env)
     return process, log_file

@@ -83,10 +83,11 @@ class Daemon:
 
 @contextlib.contextmanager
 def running_daemon(directory: Path, models: list[str] = (), engine: list[str] = TINY_ENGINE, args: list[str] = (),
-                   api_key: str | None = None, wait_ready: bool = True, state_file: Path | None = None):
+                   api_key: str | None = None, wait_ready: bool = True, state_file: Path | None = None,
+                   log_file: Path | None = None):
     directory.mkdir(parents=True, exist_ok=True)
     state_file = state_file or directory / "daemon.json"
-    log_file = directory / "daemon.log"
+    log_file = log_file or directory / "daemon.log"
     extra = [a for item in engine for a in ("--engine", item)] + list(args)
     process, _ = spawn_daemon(host="127.0.0.1", port=0, models=models, args=extra, state_file=state_file,
                               api_key=api_key, log_file=log_file)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import socket
 import threading
@@ -190,15 +191,17 @@ def tiny_model_dir(tmp_path_factory, arch: str = "qwen3") -> Path:
 
 @pytest.fixture
 def hub(monkeypatch, tmp_path):
-    """A fake Hub, reached through HF_ENDPOINT, and an empty localllm home (store and HF cache) per test."""
+    """A fake Hub, reached through HF_ENDPOINT, and an empty localllm home (store and HF cache) per test. None
+    of the user's Hugging Face settings (HF_HUB_OFFLINE, HF_HOME, a token...) reaches the test."""
     from huggingface_hub import constants
 
     monkeypatch.setenv("LOCALLLM_HOME", str(tmp_path / "home"))
-    for variable in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "HF_TOKEN"):
+    for variable in [v for v in os.environ if v.startswith(("HF_", "HUGGINGFACE_"))] + ["TRANSFORMERS_OFFLINE"]:
         monkeypatch.delenv(variable, raising=False)
     fake = FakeHub()
-    # localllm reads HF_ENDPOINT when it pulls; huggingface_hub read it once at import into constants (its own
-    # telemetry and URL template use those), so both are pointed at the fake
+    # localllm reads HF_ENDPOINT when it pulls; huggingface_hub read it and HF_HUB_OFFLINE once at import into
+    # constants (its own telemetry and URL template use those), so both are set for the fake
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_ENDPOINT", fake.url)
     monkeypatch.setattr(constants, "ENDPOINT", fake.url)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", fake.url + "/{repo_id}/resolve/{revision}/{filename}")

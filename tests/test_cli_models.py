@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from fake_hub import hub, tiny_model_dir  # noqa: F401 (hub is a fixture)
 from localllm.cli.main import app
+from localllm.client import DaemonError
 from localllm.hub import aliases
 
 REPO = "test-org/tiny-qwen3"
@@ -109,6 +110,26 @@ def test_rm_refuses_a_model_the_daemon_has_loaded_unless_forced(pulled, monkeypa
     monkeypatch.setattr(models, "_is_loaded", lambda name: name == "tiny:test")
     _one_line_error(runner.invoke(app, ["rm", "tiny:test"]), "loaded by the daemon", "--force")
     assert runner.invoke(app, ["rm", "tiny:test", "--force"]).exit_code == 0
+
+
+def test_rm_force_of_a_model_the_daemon_has_loaded_unloads_it(pulled, tmp_path):
+    from daemon_helpers import running_daemon, wait_gone
+    from localllm.server.state import default_state_path
+
+    with running_daemon(tmp_path / "daemon", state_file=default_state_path()) as daemon:
+        client = daemon.client()
+        answer = client.chat("tiny:test", [{"role": "user", "content": "hi"}], max_tokens=2, ignore_eos=True)
+        assert answer["usage"]["completion_tokens"] == 2
+        pid = daemon.model_status("tiny:test")["pid"]
+        _one_line_error(runner.invoke(app, ["rm", "tiny:test"]), "loaded by the daemon", "--force")
+        result = runner.invoke(app, ["rm", "tiny:test", "--force"])
+        assert result.exit_code == 0 and result.stdout.startswith("deleted 'tiny:test'"), result.output
+        assert daemon.status()["models"] == [] and wait_gone(pid)
+        assert "tiny:test" not in client.models()
+        with pytest.raises(DaemonError) as refused:
+            client.unload("tiny:test")
+        assert refused.value.status == 404
+        client.close()
 
 
 def test_progress_bar_takes_what_huggingface_hub_reports(hub):

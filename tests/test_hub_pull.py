@@ -220,3 +220,17 @@ def test_pulling_a_new_revision_replaces_the_old_files(tiny_repo, tiny_dir):
     assert not Path(old.path).exists() and [e.revision for e in store.entries()] == [new.revision]
     # the unchanged files share their blobs with the new snapshot: only the old generation config is gone
     assert len(list((repo_folder / "blobs").iterdir())) == len(new.files)
+
+
+@pytest.fixture
+def offline_user(monkeypatch):
+    """A user who keeps HF_HUB_OFFLINE=1 (and TRANSFORMERS_OFFLINE) in their shell, set before `hub` runs."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)   # as huggingface_hub read it at import
+
+
+def test_the_fake_hub_works_whatever_hf_variables_the_user_has_set(offline_user, hub, tiny_dir):
+    hub.add_dir(REPO, tiny_dir)
+    entry = pull(REPO)
+    assert entry.repo == REPO and store.find(REPO) == entry

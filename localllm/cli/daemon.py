@@ -9,6 +9,7 @@ from typer.core import TyperCommand
 
 from localllm import settings as env
 from localllm.errors import LocalLLMError, one_line
+from localllm.server.settings import DEFAULT_MAX_BODY_BYTES
 
 
 class ServeCommand(TyperCommand):
@@ -39,11 +40,15 @@ def serve(
                                                "model stays loaded; < 0 = forever (default: $LOCALLLM_KEEP_ALIVE)."),
     max_queued: Optional[int] = typer.Option(None, "--max-queued", show_default=False, help="Requests that may "
                                              "wait beyond those running (default: $LOCALLLM_MAX_QUEUED)."),
+    max_body_bytes: int = typer.Option(DEFAULT_MAX_BODY_BYTES, "--max-body-bytes",
+                                       help="Refuse larger request bodies (413)."),
     model: List[str] = typer.Option([], "--model", help="Allow and preload this model (alias, directory, .gguf)."),
     engine: List[str] = typer.Option([], "--engine", metavar="KEY=VALUE",
                                      help="Engine setting, e.g. num_kv_blocks=512."),
     state_file: Optional[Path] = typer.Option(None, "--state-file", hidden=True,
                                               help="Where to record the address (default: the data directory)."),
+    log_file: Optional[Path] = typer.Option(None, "--log-file", hidden=True,
+                                            help="Log there, rotated, with stdout and stderr (default: stderr)."),
     tp: Optional[int] = typer.Option(None, "--tp", min=1, help="Split each model over N GPUs (tensor parallelism); "
                                                               "default: the fewest GPUs that fit it, 1 on CPU."),
 ) -> None:
@@ -54,10 +59,10 @@ def serve(
     try:
         settings = ServerSettings.from_environment(
             host=host, port=port, api_key=api_key, cors_origins=cors_origin, keep_alive_s=keep_alive,
-            max_queued=max_queued, allowed_hosts=allow_host, models=model,
+            max_queued=max_queued, max_body_bytes=max_body_bytes, allowed_hosts=allow_host, models=model,
             engine=parse_engine_overrides(engine + tp_override(tp)),
             state_file=state_file.expanduser() if state_file else None)
-        run_daemon(settings)
+        run_daemon(settings, log_file.expanduser() if log_file else None)
     except (LocalLLMError, ValueError) as e:
         _fail(e)
     except KeyboardInterrupt:

@@ -104,8 +104,11 @@ def rm(
             entry = resolve_reference(model).entry
             if entry is None:
                 raise ModelNotFoundError(f"model '{model}' not found (see 'localllm list')")
-            if not force and _is_loaded(entry.name):
-                raise LocalLLMError(f"model '{entry.name}' is loaded by the daemon; unload it first or pass --force")
+            if _is_loaded(entry.name):
+                if not force:
+                    raise LocalLLMError(f"model '{entry.name}' is loaded by the daemon; unload it first or pass "
+                                        "--force")
+                _unload(entry.name)   # else the daemon keeps serving, and showing, a model that no longer exists
             entry, freed = store.remove(entry.name)
         except (LocalLLMError, OSError) as e:
             _fail(e)
@@ -127,6 +130,21 @@ def _is_loaded(name: str) -> bool:
     except LocalLLMError:  # a daemon that does not answer serves nothing from these files
         return False
     return any(m.get("name") == name for m in models)
+
+
+def _unload(name: str) -> None:
+    """Asks the running daemon to unload `name` (at once if idle, else when its last request ends)."""
+    from localllm.client import Client, DaemonError, find_daemon
+
+    state = find_daemon()
+    if state is None:
+        return
+    try:
+        with Client(state.url, timeout=30.0) as client:
+            client.unload(name)
+    except DaemonError as e:
+        if e.status != 404:   # 404: it was unloaded meanwhile
+            raise
 
 
 class _RichReporter:

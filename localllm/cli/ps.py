@@ -107,7 +107,10 @@ def _until(model: dict, now: datetime) -> str:
     until = model.get("keep_alive_until")
     if until is None:
         return "in use"
-    seconds = (datetime.fromisoformat(until.replace("Z", "+00:00")) - now).total_seconds()
+    try:
+        seconds = (datetime.fromisoformat(until.replace("Z", "+00:00")) - now).total_seconds()
+    except (AttributeError, TypeError, ValueError):   # a daemon of another version may write it otherwise
+        return "-"
     return "Stopping..." if seconds <= 0 else f"{_duration(seconds)} from now"
 
 

@@ -1,8 +1,11 @@
 """Where localllm keeps what it downloads and derives: its data directory, huggingface_hub's cache of pulled
-files, and the cache of GGUF models converted for the loader (rm frees it, the loader fills it)."""
+files, and the cache of GGUF models converted for the loader (rm frees it, the loader fills it). What is ours
+is readable by the user only: logs, saved chats and the daemon's state can hold prompts and keys."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 from pathlib import Path
 
 from localllm import settings
@@ -34,3 +37,25 @@ def converted_dir(gguf_path: Path) -> Path:
     stat = path.stat()
     identity = f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0{CONVERTER_VERSION}"
     return data_dir() / "converted" / f"{path.stem}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
+
+
+def private_dir(path: Path) -> Path:
+    """`path`, created with its missing parents as 0700. The data directory, when `path` is in it, is made 0700
+    too if it is open to others (as versions before this one left it)."""
+    missing = [path, *(p for p in path.parents if not p.exists())]
+    for directory in sorted(missing, key=lambda p: len(p.parts)):   # mkdir(parents=True) would make them 0755
+        directory.mkdir(mode=0o700, exist_ok=True)
+    home = data_dir()
+    if path == home or home in path.parents:
+        with contextlib.suppress(OSError):   # not ours to change: leave it
+            if home.stat().st_mode & 0o077:
+                home.chmod(0o700)
+    return path
+
+
+def open_private(path: Path, mode: str = "ab", **kwargs):
+    """`path` opened as open() would, created 0600 in a 0700 directory (and made 0600 if it was not)."""
+    private_dir(path.parent)
+    stream = open(path, mode, opener=lambda name, flags: os.open(name, flags, 0o600), **kwargs)
+    os.fchmod(stream.fileno(), 0o600)
+    return stream

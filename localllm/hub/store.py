@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from localllm.errors import ModelNotFoundError
-from localllm.hub.paths import converted_dir, data_dir, hub_cache_dir
+from localllm.hub.paths import converted_dir, data_dir, hub_cache_dir, private_dir
 
 _MANIFEST_VERSION = 1
 
@@ -162,7 +162,7 @@ def _read() -> dict[str, ModelEntry]:
 
 def _write(models: dict[str, ModelEntry]) -> None:
     directory = store_dir()
-    directory.mkdir(parents=True, exist_ok=True)
+    private_dir(directory)
     data = {"version": _MANIFEST_VERSION, "models": {name: asdict(e) for name, e in sorted(models.items())}}
     fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".json", dir=directory)
     try:
@@ -181,7 +181,7 @@ def _write(models: dict[str, ModelEntry]) -> None:
 def _locked():
     """Serialises read-modify-write of the manifest between processes (two pulls at once)."""
     directory = store_dir()
-    directory.mkdir(parents=True, exist_ok=True)
+    private_dir(directory)
     with open(directory / ".lock", "w") as lock:
         try:
             import fcntl

@@ -19,6 +19,7 @@ import numpy as np
 
 from localllm.architectures import Architecture, gguf_architecture
 from localllm.errors import CorruptModelError, ModelNotFoundError, UnsupportedModelError, first_line
+from localllm.hub.paths import private_dir
 
 
 _GLOBAL_TENSORS = {
@@ -64,7 +65,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     config = _hf_config(gguf_path, arch_name, arch, metadata, tensors)
     plan = _tensor_plan(gguf_path, arch, config, tensors)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(out_dir.parent)
     build_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     build_dir.chmod(0o755)  # mkdtemp's private 0o700 would follow the directory into place
     try:

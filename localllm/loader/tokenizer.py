@@ -38,7 +38,9 @@ class Tokenizer:
         return cls(backend, special_tokens, _chat_template(model_dir, config))
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return self.backend_tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+        # encode_batch releases the GIL while it works (encode holds it): the daemon's other threads, its event
+        # loop included, go on while a long prompt is tokenized
+        return self.backend_tokenizer.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
 
     def decode(self, token_ids: list[int], skip_special_tokens: bool = False) -> str:
         return self.backend_tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)

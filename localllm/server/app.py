@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 from fastapi import FastAPI
 
 from localllm.server import routes_openai, routes_status
+from localllm.server.body_limit import BodyLimitMiddleware
 from localllm.server.errors import install_handlers
 from localllm.server.metrics import Metrics, RequestCounter
 from localllm.server.models import ModelManager
+from localllm.server.openapi import openapi_schema
 from localllm.server.security import SecurityMiddleware
 from localllm.server.settings import ServerSettings
 
@@ -40,11 +42,14 @@ def create_app(settings: ServerSettings, address: str | None = None) -> FastAPI:
         finally:
             await models.shutdown()
 
-    app = FastAPI(title="localllm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="localllm", version=routes_status.VERSION, lifespan=lifespan, docs_url=None,
+                  redoc_url=None, openapi_url="/openapi.json")
+    app.openapi = lambda: openapi_schema(app)
     app.state.daemon = daemon
     install_handlers(app)
     app.include_router(routes_openai.router)
     app.include_router(routes_status.router)
-    app.add_middleware(SecurityMiddleware, settings=settings)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(SecurityMiddleware, settings=settings)   # before the body is read
     app.add_middleware(RequestCounter, metrics=metrics)   # outermost: refusals are counted too
     return app

@@ -10,8 +10,10 @@ import signal
 import socket
 import sys
 import time
+from pathlib import Path
 
 from localllm.errors import LocalLLMError
+from localllm.server.logfile import DaemonLogHandler
 from localllm.server.settings import ServerSettings
 from localllm.server.state import DaemonState, default_state_path, live_daemon, remove_state, write_state
 
@@ -44,13 +46,15 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(settings: ServerSettings) -> None:
-    """Runs the daemon in the foreground until SIGTERM/SIGINT. Raises DaemonStartError if it cannot start."""
+def serve(settings: ServerSettings, log_file: Path | None = None) -> None:
+    """Runs the daemon in the foreground until SIGTERM/SIGINT. Raises DaemonStartError if it cannot start.
+    With `log_file`, logs there (rotated; stdout and stderr follow), else to stderr."""
     import uvicorn
 
     from localllm.server.app import create_app
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s localllm: %(message)s", stream=sys.stderr)
+    handler = DaemonLogHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s localllm: %(message)s", handlers=[handler])
     state_path = settings.state_file or default_state_path()
     running = live_daemon(state_path)   # also cleans the state a killed daemon left behind
     if running is not None:

@@ -1,6 +1,8 @@
 """API errors in OpenAI's JSON shape: {"error": {"message", "type", "param", "code"}}, never a traceback."""
 from __future__ import annotations
 
+import json
+
 from fastapi import Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -10,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
           404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
           429: "rate_limit_error"}
+_UNION_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}
 
 
 class APIError(Exception):
@@ -27,7 +30,14 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+        return _ErrorResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+class _ErrorResponse(JSONResponse):
+    """ASCII JSON: a message may quote what the client sent, lone surrogates included, and must still encode."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
 
 
 def model_not_found(name: str) -> APIError:
@@ -35,14 +45,21 @@ def model_not_found(name: str) -> APIError:
                     code="model_not_found")
 
 
+def _param(loc) -> str | None:
+    """A pydantic error location as a parameter path (messages.0.content), without the names pydantic gives
+    the members of a union (str, list[int], function-after[...])."""
+    parts = [str(p) for p in loc if p != "body" and not (isinstance(p, str) and ("[" in p or p in _UNION_TAGS))]
+    return ".".join(parts) or None
+
+
 def _validation_error(exc: RequestValidationError) -> APIError:
-    first = exc.errors()[0] if exc.errors() else {}
+    # of a union's failed members, the one that got deepest into the value is the one the client meant
+    first = max(exc.errors(), key=lambda e: len(e.get("loc", ())), default={})
     kind = first.get("type", "")
     if kind == "json_invalid":
         return APIError(400, f"We could not parse the JSON body of your request: {first.get('msg', 'invalid JSON')}",
                         code="invalid_json")
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    param = ".".join(loc) or None
+    param = _param(first.get("loc", ()))
     if kind == "missing":
         message = f"Missing required parameter: '{param}'." if param else "The request body is missing."
         return APIError(400, message, param=param, code="missing_required_parameter")
@@ -67,7 +84,7 @@ def install_handlers(app) -> None:
         message = {404: f"Unknown route {request.method} {request.url.path}.",
                    405: f"Method {request.method} is not allowed on {request.url.path}."}.get(
             exc.status_code, str(exc.detail))
-        return APIError(exc.status_code, message).response()
+        return APIError(exc.status_code, message, headers=exc.headers).response()   # e.g. 405's Allow
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

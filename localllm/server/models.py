@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from localllm.errors import LocalLLMError
@@ -198,16 +200,22 @@ class ModelManager:
         return [_model_status(m) for m in self.models.values()]
 
 
+def keep_alive_status(keep_alive_s: float, expires_at: float | None) -> dict:
+    """The keep-alive fields of a model's status, plain JSON whatever was stored (a value that cannot be
+    shown is null)."""
+    until = None
+    if expires_at is not None and math.isfinite(expires_at):
+        until = _iso(time.time() + expires_at - time.monotonic())
+    return {"keep_alive_s": keep_alive_s if math.isfinite(keep_alive_s) else None, "keep_alive_until": until,
+            "keep_alive_forever": keep_alive_s < 0}
+
+
 def _model_status(model: LoadedModel) -> dict:
     client, info, stats = model.client, model.client.info, model.client.stats
-    until = None
-    if model.expires_at is not None:
-        until = _iso(time.time() + model.expires_at - time.monotonic())
     out = {
         "name": model.name, "state": model.state, "pid": client.pid,
         "loading_since": _iso(model.loading_since), "loaded_at": _iso(model.loaded_at) if model.loaded_at else None,
-        "keep_alive_s": model.keep_alive_s, "keep_alive_until": until,
-        "keep_alive_forever": model.keep_alive_s < 0, "requests": client.num_requests,
+        **keep_alive_status(model.keep_alive_s, model.expires_at), "requests": client.num_requests,
     }
     if info is not None:
         out.update({
@@ -227,8 +235,12 @@ def _model_status(model: LoadedModel) -> dict:
     return out
 
 
-def _iso(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+def _iso(t: float) -> str | None:
+    """UTC ISO 8601 with milliseconds; None past what datetime reads back (year 9999)."""
+    try:
+        return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    except (OverflowError, ValueError, OSError):
+        return None
 
 
 def _memory_bytes(info, pids: list[int | None]) -> int:

@@ -2,11 +2,27 @@
 (a string is not a number); unknown fields are ignored, as `user` is."""
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from localllm.server.settings import MAX_KEEP_ALIVE_S
 
 Seed = Field(default=None, ge=-(2 ** 63), le=2 ** 63 - 1)   # seed + i (completion i) must fit torch's range
+
+
+def _encodable(text: str) -> str:
+    """JSON may carry a lone UTF-16 surrogate ("\\ud800"), which no tokenizer or UTF-8 writer takes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"the text is not valid Unicode (a lone surrogate at index {e.start})") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_encodable)]   # every string of a request body
+# seconds to keep the model loaded after this request; 0 = unload at once, < 0 = forever
+KeepAlive = Annotated[float, Field(allow_inf_nan=False, le=MAX_KEEP_ALIVE_S)]
 
 
 class StreamOptions(BaseModel):
@@ -17,19 +33,19 @@ class StreamOptions(BaseModel):
 class _Sampling(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
-    model: str
+    model: Text
     n: int = 1
     max_tokens: Optional[int] = None
     temperature: Optional[float] = None          # OpenAI's default is 1
     top_p: Optional[float] = None
-    stop: Optional[Union[str, list[str]]] = None
+    stop: Optional[Union[Text, list[Text]]] = None
     seed: Optional[int] = Seed
     presence_penalty: Optional[float] = None
     frequency_penalty: Optional[float] = None
     logit_bias: Optional[dict[str, float]] = None
     stream: Optional[bool] = False
     stream_options: Optional[StreamOptions] = None
-    user: Optional[str] = None
+    user: Optional[Text] = None
     # engine extras (vLLM-style), e.g. extra_body={"top_k": 40} with the openai client
     top_k: Optional[int] = None
     min_p: Optional[float] = None
@@ -38,42 +54,45 @@ class _Sampling(BaseModel):
     min_tokens: Optional[int] = None
     stop_token_ids: Optional[list[int]] = None
     skip_special_tokens: Optional[bool] = None
-    # seconds to keep the model loaded after this request; 0 = unload at once, < 0 = forever
-    keep_alive: Optional[float] = None
+    keep_alive: Optional[KeepAlive] = None
 
 
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
-    type: str
-    text: Optional[str] = None
+    type: Text
+    text: Optional[Text] = None
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Optional[Union[str, list[TextPart]]] = None
-    name: Optional[str] = None
+    content: Optional[Union[Text, list[TextPart]]] = None
+    name: Optional[Text] = None
 
 
 class ChatCompletionRequest(_Sampling):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"model": "smollm2:135m", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 8}]})
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: Optional[int] = None
     logprobs: Optional[bool] = False
     top_logprobs: Optional[int] = None
     tools: Optional[list] = None
-    tool_choice: Optional[Union[str, dict]] = None
+    tool_choice: Optional[Union[Text, dict]] = None
     functions: Optional[list] = None
     response_format: Optional[dict] = None
 
 
 class CompletionRequest(_Sampling):
-    prompt: Union[str, list[str], list[int], list[list[int]]]
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"model": "smollm2:135m", "prompt": "Once upon a time", "max_tokens": 8}]})
+    prompt: Union[Text, list[Text], list[int], list[list[int]]]
     logprobs: Optional[int] = None
     echo: Optional[bool] = False
-    suffix: Optional[str] = None
+    suffix: Optional[Text] = None
     best_of: Optional[int] = None
 
 
 class UnloadRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
-    model: str
+    model: Text

@@ -1,6 +1,8 @@
 """The OpenAI-compatible endpoints: /v1/models, /v1/chat/completions and /v1/completions."""
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -12,9 +14,11 @@ from localllm.server.openai_format import (Choice, chat_chunk, chat_logprobs, ch
 from localllm.server.openai_requests import (chat_prompt, check_context, completion_prompts, reject_unsupported,
                                              sampling_params)
 from localllm.server.openai_schemas import ChatCompletionRequest, CompletionRequest
+from localllm.server.openapi import ChatCompletion, Completion, ModelCard, ModelList, answer, errors
 from localllm.server.sse import DONE, SSEResponse, event
 
 router = APIRouter()
+GENERATION_ERRORS = (400, 401, 404, 413, 500, 503)
 _CREATED = now()
 
 
@@ -22,12 +26,12 @@ def _card(name: str) -> dict:
     return {"id": name, "object": "model", "created": _CREATED, "owned_by": "localllm"}
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", response_model=None, responses={200: {"model": ModelList}, **errors(401)})
 async def list_models(request: Request) -> dict:
     return {"object": "list", "data": [_card(n) for n in request.app.state.daemon.models.available()]}
 
 
-@router.get("/v1/models/{model:path}")
+@router.get("/v1/models/{model:path}", response_model=None, responses={200: {"model": ModelCard}, **errors(401, 404)})
 async def get_model(model: str, request: Request) -> dict:
     found = request.app.state.daemon.models.lookup(model)
     if found is None:
@@ -35,12 +39,14 @@ async def get_model(model: str, request: Request) -> dict:
     return _card(found[0])
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", response_model=None,
+             responses={**answer(ChatCompletion), **errors(*GENERATION_ERRORS)})
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     return await _serve(request, body, chat=True)
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", response_model=None,
+             responses={**answer(Completion), **errors(*GENERATION_ERRORS)})
 async def completions(body: CompletionRequest, request: Request):
     return await _serve(request, body, chat=False)
 
@@ -53,8 +59,8 @@ async def _serve(request: Request, body, chat: bool):
     job = Job(daemon.models, model, body.keep_alive)
     try:
         client = model.client
-        prompts = ([chat_prompt(client.tokenizer, body)] if chat
-                   else completion_prompts(client.tokenizer, body, client.info.vocab_size))
+        # a prompt of megabytes takes seconds to template and tokenize: in a thread, so others are served meanwhile
+        prompts = await asyncio.to_thread(_prompts, client, body, chat)
         check_context(prompts, params.max_tokens, client.info.max_model_len, "messages" if chat else "prompt")
         limit = daemon.settings.max_num_seqs + daemon.settings.max_queued
         if params.n * len(prompts) > limit:
@@ -79,6 +85,12 @@ async def _serve(request: Request, body, chat: bool):
         job.close()
     shape = chat_response if chat else completion_response
     return JSONResponse(shape(new_id("chatcmpl" if chat else "cmpl"), model.name, choices, texts, prompt_tokens))
+
+
+def _prompts(client, body, chat: bool) -> list[list[int]]:
+    if chat:
+        return [chat_prompt(client.tokenizer, body)]
+    return completion_prompts(client.tokenizer, body, client.info.vocab_size)
 
 
 async def _collect(job: Job, n: int) -> list[Choice]:

@@ -6,27 +6,31 @@ import os
 import time
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 
 from localllm.gpu_stats import gpu_stats
 from localllm.server.metrics import CONTENT_TYPE
 from localllm.server.openai_schemas import UnloadRequest
+from localllm.server.openapi import Health, Unloaded, errors
 
 router = APIRouter()
 VERSION = "0.1.0"
 
 
-@router.get("/health")
+@router.get("/health", response_model=None, responses={200: {"model": Health}, **errors()})
 async def health() -> dict:
     return {"status": "ok", "pid": os.getpid()}
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse, responses={
+    200: {"description": "Prometheus metrics, in its text format.", "content": {"text/plain": {}}}, **errors(401)})
 async def metrics(request: Request) -> Response:
     return Response(request.app.state.daemon.metrics.render(), media_type=CONTENT_TYPE)
 
 
-@router.get("/api/status")
+@router.get("/api/status", response_model=None, responses={
+    200: {"description": "Loaded models, KV blocks, queue, throughput and memory (read by `localllm ps`)."},
+    **errors(401)})
 async def status(request: Request) -> dict:
     daemon = request.app.state.daemon
     models = daemon.models.status()
@@ -49,7 +53,7 @@ async def status(request: Request) -> dict:
     }
 
 
-@router.post("/api/unload")
+@router.post("/api/unload", response_model=None, responses={200: {"model": Unloaded}, **errors(400, 401, 404, 413)})
 async def unload(body: UnloadRequest, request: Request) -> dict:
     state = request.app.state.daemon.models.unload(body.model)
     return {"model": body.model, "state": state}

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from localllm import settings as env
 from localllm.config import Config
 
+MAX_KEEP_ALIVE_S = 10 * 365 * 86400.0      # longer than this is what a negative value (forever) is for
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024   # far above any context's worth of text, far below a memory worry
 # Config fields a daemon may not override: the model is chosen per request.
 _NOT_OVERRIDABLE = {"model"}
 
@@ -31,6 +34,7 @@ class ServerSettings:
     cors_origins: list[str] = field(default_factory=list)    # browser origins allowed; "*" = any
     keep_alive_s: float = env.KEEP_ALIVE.default  # idle time before a model is unloaded; < 0 = never
     max_queued: int = env.MAX_QUEUED.default  # requests that may wait beyond what the engine runs at once
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES   # larger request bodies are refused with 413
     models: list[str] = field(default_factory=list)  # names/paths loadable besides aliases and the store; preloaded
     engine: dict = field(default_factory=dict)       # Config overrides for every engine process
     state_file: Path | None = None           # None = localllm.server.state.default_state_path()
@@ -42,6 +46,9 @@ class ServerSettings:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         if self.max_queued < 0:
             raise ValueError(f"max_queued must be >= 0, got {self.max_queued}")
+        if self.max_body_bytes <= 0:
+            raise ValueError(f"max_body_bytes must be positive, got {self.max_body_bytes}")
+        check_keep_alive(self.keep_alive_s)
         if not is_loopback(self.host) and not self.api_key:
             raise ValueError(f"binding to {self.host}, which is not a loopback address, needs an API key "
                              f"(--api-key or ${env.API_KEY.name})")
@@ -70,6 +77,15 @@ class ServerSettings:
     @property
     def max_num_seqs(self) -> int:
         return self.engine_config().max_num_seqs
+
+
+def check_keep_alive(seconds: float) -> float:
+    """A keep-alive duration the daemon can store, show and count down: finite and at most MAX_KEEP_ALIVE_S;
+    negative means forever."""
+    if not math.isfinite(seconds) or seconds > MAX_KEEP_ALIVE_S:
+        raise ValueError(f"keep_alive must be a finite number of seconds, at most {MAX_KEEP_ALIVE_S:.0f} "
+                         f"(a negative value keeps the model loaded forever), got {seconds}")
+    return seconds
 
 
 def parse_engine_overrides(items: list[str]) -> dict:

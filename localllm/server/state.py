@@ -9,7 +9,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from localllm.hub.paths import data_dir
+from localllm.hub.paths import data_dir, private_dir
 
 STATE_NAME = "daemon.json"
 
@@ -30,7 +30,7 @@ def default_state_path() -> Path:
 
 def write_state(path: Path, state: DaemonState) -> None:
     """Atomically, readable by the user only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=".daemon-", suffix=".json", dir=path.parent)
     try:
         os.fchmod(fd, 0o600)

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from localllm.hub.paths import data_dir
+from localllm.hub.paths import data_dir, private_dir
 
 
 def chats_dir() -> Path:
@@ -58,7 +58,7 @@ def _path(conversation_id: str) -> Path:
 def save(conversation: Conversation) -> Path:
     conversation.updated_at = _now()
     path = _path(conversation.id)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(asdict(conversation), indent=1, ensure_ascii=False))
     os.replace(tmp, path)
