@@ -6,7 +6,9 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Seed = Field(default=None, ge=-(2 ** 63), le=2 ** 63 - 1)   # seed + i (completion i) must fit torch's range
+from localllm.sampling_params import MAX_SEED, MIN_SEED
+
+Seed = Field(default=None, ge=MIN_SEED, le=MAX_SEED)
 
 
 class StreamOptions(BaseModel):
