@@ -59,7 +59,8 @@ def test_widest_accepted_values_generate(llm):
                 SamplingParams(repetition_penalty=100.0, temperature=1e-5, max_tokens=6, seed=3)]
     for params in extremes:
         for out in llm.generate(PROMPTS, params):
-            assert out.outputs[0].token_ids and all(0 <= t < llm.engine.core.vocab_size for t in out.outputs[0].token_ids)
+            tokens = out.outputs[0].token_ids
+            assert tokens and all(0 <= t < llm.engine.core.vocab_size for t in tokens)
 
 
 def test_stop_token_ids_outside_the_vocabulary_are_refused_by_the_engine(llm):
@@ -144,7 +145,8 @@ ARBITRARY = {
     **{name: ANY_FLOAT for name in ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty",
                                     "frequency_penalty")},
     "n": st.integers(-2, 0), "top_k": st.integers(-(2 ** 70), 2 ** 70), "seed": st.integers(-(2 ** 70), 2 ** 70),
-    "max_tokens": st.integers(-2, 0), "min_tokens": st.integers(-2, 9), "stop_token_ids": st.lists(st.integers(-3, 330)),
+    "max_tokens": st.integers(-2, 0), "min_tokens": st.integers(-2, 9),
+    "stop_token_ids": st.lists(st.integers(-3, 330)),
     "ignore_eos": st.booleans(), "logprobs": st.integers(-3, 25),
 }
 

@@ -17,7 +17,7 @@ from localllm.engine.events import TokenEvent
 from localllm.sampling_params import SamplingParams
 
 # Raise on any change to the messages below.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 
 class Message(msgspec.Struct, frozen=True, tag=True, array_like=True):
@@ -78,6 +78,7 @@ class Loaded(Message):
     param_bytes: int
     kv_cache_bytes: int
     eos_token_ids: list[int]
+    num_threads: int   # the CPU threads of the engine process (torch's intra-op pool)
     stats: EngineStats = EngineStats()
 
 
