@@ -3,11 +3,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# Below this, a temperature samples greedily: logits divided by it overflow float32 (and 1e-300 rounds to 0), while
+# the distribution it asks for is already the argmax but for logits tied to within 1e-5.
+GREEDY_BELOW_TEMPERATURE = 1e-5
+# Above this, every token is within a hair of equally likely for real logits (a spread of 30 becomes 0.3), so
+# larger values would only open the way to overflow (1e300 is infinite in float32).
+MAX_TEMPERATURE = 100.0
+# A seen token's logit is divided or multiplied by the penalty; beyond these the effect is saturated, and
+# 1e-300 or 1e300 are 0 and infinity in float32.
+MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 0.01, 100.0
+# torch seeds are 64-bit; completion i of a seeded request draws from seed + i.
+MIN_SEED, MAX_SEED = -(2 ** 63), 2 ** 63 - 1
+
 
 @dataclass
 class SamplingParams:
     n: int = 1
-    temperature: float = 1.0          # 0 = greedy
+    temperature: float = 1.0          # 0 (or below GREEDY_BELOW_TEMPERATURE) = greedy
     top_p: float = 1.0
     top_k: int = 0                    # 0 or -1 = off
     min_p: float = 0.0
@@ -32,17 +44,25 @@ class SamplingParams:
             self.top_k = 0
         checks = [
             (self.n >= 1, f"n must be at least 1, got {self.n}"),
-            (self.temperature >= 0.0, f"temperature must be >= 0, got {self.temperature}"),
+            # written as ranges, so that NaN (which compares false) is refused along with infinities
+            (0.0 <= self.temperature <= MAX_TEMPERATURE,
+             f"temperature must be in [0, {MAX_TEMPERATURE:g}], got {self.temperature}"),
             (0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p}"),
             (self.top_k >= 0, f"top_k must be -1, 0 or positive, got {self.top_k}"),
             (0.0 <= self.min_p <= 1.0, f"min_p must be in [0, 1], got {self.min_p}"),
-            (self.repetition_penalty > 0.0, f"repetition_penalty must be > 0, got {self.repetition_penalty}"),
+            (MIN_REPETITION_PENALTY <= self.repetition_penalty <= MAX_REPETITION_PENALTY,
+             f"repetition_penalty must be in [{MIN_REPETITION_PENALTY:g}, {MAX_REPETITION_PENALTY:g}], "
+             f"got {self.repetition_penalty}"),
             (-2.0 <= self.presence_penalty <= 2.0, f"presence_penalty must be in [-2, 2], got {self.presence_penalty}"),
             (-2.0 <= self.frequency_penalty <= 2.0, f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}"),
+            (self.seed is None or MIN_SEED <= self.seed <= MAX_SEED,
+             f"seed must be in [-2**63, 2**63 - 1], got {self.seed}"),
             (self.max_tokens is None or self.max_tokens >= 1, f"max_tokens must be at least 1, got {self.max_tokens}"),
             (self.min_tokens >= 0, f"min_tokens must be >= 0, got {self.min_tokens}"),
             (self.max_tokens is None or self.min_tokens <= self.max_tokens,
              f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})"),
+            (all(t >= 0 for t in self.stop_token_ids),
+             f"stop_token_ids must not be negative, got {self.stop_token_ids}"),
             (self.logprobs is None or 0 <= self.logprobs <= 20, f"logprobs must be in [0, 20], got {self.logprobs}"),
         ]
         for ok, message in checks:
@@ -51,4 +71,4 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_BELOW_TEMPERATURE

@@ -31,7 +31,7 @@ MESSAGES = [
     AbortRequests(["r1", "r2"]),
     FinishSequence("r1", 1, "stop"),
     Shutdown(),
-    Loaded(PROTOCOL_VERSION, "/models/x", "cpu", "float32", 1024, 331, 4, 64, 1000, 2000, [2, 7], STATS),
+    Loaded(PROTOCOL_VERSION, "/models/x", "cpu", "float32", 1024, 331, 4, 64, 1000, 2000, [2, 7], 2, STATS),
     LoadFailed("ModelNotFoundError", "no such model"),
     StepOutput(EVENTS, STATS),
     RequestFailed("r1", "PromptTooLongError", "too long"),
@@ -57,7 +57,7 @@ def test_every_declared_message_round_trips():
 
 def test_a_message_of_the_other_direction_or_with_bad_fields_is_refused():
     sender, receiver = pipe(ToEngine)
-    sender.send(Loaded(PROTOCOL_VERSION, "/m", "cpu", "float32", 8, 8, 4, 4, 0, 0, []))
+    sender.send(Loaded(PROTOCOL_VERSION, "/m", "cpu", "float32", 8, 8, 4, 4, 0, 0, [], 1))
     with pytest.raises(DecodeError):
         receiver.receive()
     sender.connection.send_bytes(b"\x93\xaaAddRequest\xa2r1\x91\xa1x")   # a prompt id that is a string

@@ -136,6 +136,43 @@ def test_bad_sampling_values_are_400(http, tiny, patch, param):
     assert_error(http.post("/v1/chat/completions", json={**chat_body(tiny), **patch}), 400, param=param)
 
 
+@pytest.mark.parametrize("temperature", [1e-300, 1e-45])
+def test_a_temperature_too_small_for_float32_samples_greedily(daemon, http, tiny, temperature):
+    pid = daemon.model_status(tiny)["pid"]
+    body = {"model": tiny, "prompt": "The quick", "max_tokens": 8, "ignore_eos": True}
+    tiny_temperature = http.post("/v1/completions", json={**body, "temperature": temperature})
+    greedy = http.post("/v1/completions", json={**body, "temperature": 0})
+    assert tiny_temperature.status_code == 200, tiny_temperature.text
+    assert tiny_temperature.json()["choices"][0]["text"] == greedy.json()["choices"][0]["text"]
+    assert daemon.model_status(tiny)["pid"] == pid
+
+
+@pytest.mark.parametrize("fields, param", [
+    ('"temperature": Infinity, "min_tokens": 5', "temperature"),
+    ('"temperature": NaN', "temperature"),
+    ('"temperature": 1e300', "temperature"),
+    ('"repetition_penalty": 1e-300', "repetition_penalty"),
+    ('"repetition_penalty": Infinity', "repetition_penalty"),
+    ('"top_p": NaN', "top_p"),
+    ('"presence_penalty": -Infinity', "presence_penalty"),
+])
+def test_sampling_values_that_cannot_be_honoured_are_400_and_the_engine_lives(daemon, http, tiny, fields, param):
+    pid = daemon.model_status(tiny)["pid"]
+    body = f'{{"model": "{tiny}", "prompt": "The quick", "max_tokens": 8, {fields}}}'
+    r = http.post("/v1/completions", content=body.encode(), headers={"content-type": "application/json"})
+    assert_error(r, 400, "invalid_value", param=param)
+    assert http.post("/v1/completions", json={"model": tiny, "prompt": "hi", "max_tokens": 2}).status_code == 200
+    assert daemon.model_status(tiny)["pid"] == pid
+
+
+def test_a_stop_token_id_outside_the_vocabulary_is_400(daemon, http, tiny):
+    pid = daemon.model_status(tiny)["pid"]
+    r = http.post("/v1/completions", json={"model": tiny, "prompt": "hi", "max_tokens": 4, "min_tokens": 2,
+                                           "stop_token_ids": [10 ** 6]})
+    assert "stop token id 1000000 is outside the vocabulary" in assert_error(r, 400)["message"]
+    assert daemon.model_status(tiny)["pid"] == pid
+
+
 def test_bad_completions_values_are_400(http, tiny):
     assert_error(http.post("/v1/completions", json={"model": tiny, "prompt": "hi", "logprobs": 25}), 400,
                  param="logprobs")

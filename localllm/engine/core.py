@@ -102,14 +102,19 @@ class EngineCore:
         if not self.config.enable_chunked_prefill and n > self.config.max_num_batched_tokens:
             raise PromptTooLongError(f"the prompt has {n} tokens, more than max_num_batched_tokens "
                                      f"({self.config.max_num_batched_tokens}) with chunked prefill off")
-        bad = [t for t in prompt_token_ids if not 0 <= t < self.vocab_size]
-        if bad:
-            raise ValueError(f"token id {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1})")
+        self._check_in_vocabulary(prompt_token_ids, "token id")
+        # the sampler bans stop ids by index while min_tokens is not reached
+        self._check_in_vocabulary(params.stop_token_ids, "stop token id")
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
         seq = self._new_sequence(request_id, prompt_token_ids, params, 0)
         self.requests[request_id] = [seq]
         self.scheduler.add(seq)
+
+    def _check_in_vocabulary(self, token_ids: list[int], what: str) -> None:
+        bad = [t for t in token_ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise ValueError(f"{what} {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1})")
 
     def _new_sequence(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
                       index: int) -> Sequence:

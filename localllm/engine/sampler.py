@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,7 @@ NUCLEUS_WINDOW = 1024
 # float32 cumulative sums are off by about 1e-7 per term; without some slack a nucleus that reaches
 # top_p exactly (0.3 + 0.3 for top_p 0.6) could take in one token more.
 TOP_P_SLACK = 1e-6
+FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
 @dataclass
@@ -126,15 +128,29 @@ def _apply_presence_and_frequency_penalties(logits: torch.Tensor, row_index: lis
     logits[at] -= presence + frequency * counts
 
 
+def _finite_preferences(logits: torch.Tensor) -> torch.Tensor:
+    """A copy where NaN is -inf (never chosen while any other token is left) and +inf the largest float32 (the
+    tokens at +inf share the probability, where they would make the softmax NaN); -inf stays impossible.
+
+    Whatever a model or an extreme setting produces, what comes out of sampling is then a token of the vocabulary.
+    """
+    return logits.nan_to_num(nan=-math.inf, posinf=FLOAT32_MAX, neginf=-math.inf)
+
+
+def _greedy(logits: torch.Tensor) -> torch.Tensor:
+    """The best token of each row (the first one where nothing is finite: argmax alone would pick a NaN)."""
+    return _finite_preferences(logits).argmax(-1)
+
+
 def _choose_tokens(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
     greedy = [i for i, row in enumerate(rows) if row.params.greedy]
     sampled = [i for i, row in enumerate(rows) if not row.params.greedy]
     if not sampled:
-        return logits.argmax(-1)
+        return _greedy(logits)
     if not greedy:
         return _sample(logits, rows)
     token_ids = torch.empty(len(rows), dtype=torch.long, device=logits.device)
-    token_ids[greedy] = logits[greedy].argmax(-1)
+    token_ids[greedy] = _greedy(logits[greedy])
     token_ids[sampled] = _sample(logits[sampled], [rows[i] for i in sampled])
     return token_ids
 
@@ -148,7 +164,7 @@ def _sample(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
     """
     device = logits.device
     temperature = to_device(torch.tensor([row.params.temperature for row in rows]), device)
-    scaled = logits / temperature[:, None]
+    scaled = _with_a_candidate_in_every_row(_finite_preferences(logits / temperature[:, None]))
     uniforms = _uniforms(rows, device)
     groups = _groups_by_candidate_window(rows, logits.shape[1])
     if len(groups) == 1:   # the usual case; indexing by a list of rows would be a blocking host-to-device copy
@@ -167,6 +183,15 @@ def _sample_group(scaled: torch.Tensor, rows: list[SamplingRow], uniforms: torch
     if top_k:
         return _sample_in_window(scaled, rows, uniforms, width, renormalise_in_window=True)[0]
     return _sample_nucleus(scaled, rows, uniforms, width)
+
+
+def _with_a_candidate_in_every_row(scaled: torch.Tensor) -> torch.Tensor:
+    """A row where every token is impossible (-inf: all banned, or NaN from the model) has no distribution; it
+    takes its first token, as greedy sampling does, rather than NaN probabilities and an index past the end.
+    Done in place on the device, so the host does not wait to learn which rows those are."""
+    nothing_left = scaled.amax(-1, keepdim=True) == -math.inf
+    scaled[:, :1] = scaled[:, :1].masked_fill(nothing_left, 0.0)
+    return scaled
 
 
 def _uniforms(rows: list[SamplingRow], device: torch.device) -> torch.Tensor:
@@ -266,7 +291,8 @@ def _sampled_tokens(logits: torch.Tensor, rows: list[SamplingRow], token_ids: to
     # Logprobs come after penalties and bans, so a token the sampler cannot pick shows as impossible,
     # but before temperature, top-k, top-p and min-p, so they describe the model rather than each
     # request's sampling settings and stay comparable across requests.
-    logprobs = torch.log_softmax(_rows_of(logits, wanted), -1)
+    # (a row with no finite logit has every logprob -inf rather than NaN)
+    logprobs = _finite_preferences(torch.log_softmax(_finite_preferences(_rows_of(logits, wanted)), -1))
     chosen = logprobs.gather(1, token_ids[wanted][:, None]).squeeze(1).tolist()
     top_values, top_ids = logprobs.topk(max(rows[i].params.logprobs for i in wanted), -1)
     top_values, top_ids = top_values.tolist(), top_ids.tolist()

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 import queue
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from localllm.config import Config
@@ -27,12 +28,28 @@ from localllm.server.protocol import (PROTOCOL_VERSION, AbortRequests, AddReques
                                       check_version)
 
 log = logging.getLogger("localllm.server")
+# Starting an engine process lends it the daemon's environment for a moment (see _start_with_environment).
+_SPAWN_LOCK = threading.Lock()
 
 
 class EngineLoadError(Exception):
     def __init__(self, error_type: str, message: str):
         super().__init__(message)
         self.error_type = error_type
+
+
+def _start_with_environment(process, environment: dict[str, str]) -> None:
+    """Starts the process with these variables in its environment, from its first instruction: whatever it imports
+    before reading them, OpenMP is configured as asked. A variable the user set for the daemon wins. The daemon's
+    own environment is as it was once the process has started."""
+    with _SPAWN_LOCK:
+        added = {name: value for name, value in environment.items() if name not in os.environ}
+        os.environ.update(added)
+        try:
+            process.start()
+        finally:
+            for name in added:
+                del os.environ[name]
 
 
 @dataclass
@@ -99,12 +116,13 @@ class EngineClient:
         self._to_engine, self._from_engine = Sender(to_engine), Receiver(from_engine, FromEngine)
         self.process = ctx.Process(target=engine_process.main, args=(engine_in, engine_out),
                                    name=f"localllm-engine[{self.name}]", daemon=True)
-        await asyncio.to_thread(self.process.start)
+        num_threads = self.config.num_threads or engine_process.default_num_threads()
+        await asyncio.to_thread(_start_with_environment, self.process, engine_process.openmp_environment(num_threads))
         engine_in.close()   # keep only our ends, so that its death reads as end-of-file
         engine_out.close()
         threading.Thread(target=self._read_loop, name=f"engine-reader[{self.name}]", daemon=True).start()
         threading.Thread(target=self._write_loop, name=f"engine-writer[{self.name}]", daemon=True).start()
-        self._send(Start(PROTOCOL_VERSION, self.config))
+        self._send(Start(PROTOCOL_VERSION, replace(self.config, num_threads=num_threads)))
         info = await self._loaded
         try:
             self.tokenizer = await asyncio.to_thread(Tokenizer.from_dir, Path(info.model_dir))

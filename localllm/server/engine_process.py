@@ -18,12 +18,25 @@ STATS_EVERY_S = 0.25    # steps that yield no token (prefill chunks) still repor
 
 
 def default_num_threads() -> int:
-    """All the cores this process may use, less one for the front end on machines with more than four."""
+    """All the cores this process may use (its CPU affinity, which a container or `taskset` narrows), less one for
+    the front end on machines with more than four."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
     return cores if cores <= 4 else cores - 1
+
+
+def openmp_environment(num_threads: int) -> dict[str, str]:
+    """What OpenMP reads once, when torch loads it: a pool of num_threads, whose idle threads sleep at once. It
+    must be in the engine process's environment from its start (see engine_client._start_with_environment).
+
+    By default a thread that has finished its share of an op spins until the others are done. When another process
+    (a second engine, anything busy) holds one of the cores, the spinning thread burns its time slice while the one
+    it waits for is not running, at each of a decode step's ~1,500 ops: batch-1 decode fell from ~28 to 2-3 tok/s
+    on two cores (docs/benchmarks.md).
+    """
+    return {"OMP_NUM_THREADS": str(num_threads), "OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def main(inbox_connection: Connection, outbox_connection: Connection) -> None:
@@ -73,6 +86,8 @@ def _handshake(inbox: Receiver) -> Start:
 
 
 def _load(config, outbox: Sender):
+    import torch
+
     from localllm.engine.core import EngineCore
     from localllm.errors import LocalLLMError
     from localllm.loader.hf_dir import open_model
@@ -98,7 +113,8 @@ def _load(config, outbox: Sender):
         dtype=str(core.dtype).removeprefix("torch."),
         max_model_len=core.max_model_len, vocab_size=core.vocab_size, block_size=config.block_size,
         num_blocks=core.num_blocks, param_bytes=weights * tp, kv_cache_bytes=kv * tp,
-        eos_token_ids=sorted(eos), stats=stats_of(core), tensor_parallel_size=tp, worker_pids=core.worker_pids,
+        eos_token_ids=sorted(eos), num_threads=torch.get_num_threads(),
+        stats=stats_of(core), tensor_parallel_size=tp, worker_pids=core.worker_pids,
         gpus=gpus))
     return core
 

@@ -8,7 +8,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from localllm.server.settings import MAX_KEEP_ALIVE_S
 
-Seed = Field(default=None, ge=-(2 ** 63), le=2 ** 63 - 1)   # seed + i (completion i) must fit torch's range
+from localllm.sampling_params import MAX_SEED, MIN_SEED
+
+Seed = Field(default=None, ge=MIN_SEED, le=MAX_SEED)
 
 
 def _encodable(text: str) -> str:

@@ -85,6 +85,7 @@ class Loaded(Message):
     param_bytes: int
     kv_cache_bytes: int
     eos_token_ids: list[int]
+    num_threads: int   # the CPU threads of the engine process (torch's intra-op pool)
     stats: EngineStats = EngineStats()
     tensor_parallel_size: int = 1
     worker_pids: list[int] = []          # the tensor-parallel workers under the engine process
