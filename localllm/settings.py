@@ -4,6 +4,7 @@ as it is at the call; `localllm serve --help` prints the table. A bad value is a
 variable. Torch-free and cheap to import: the CLI, the daemon and the engine all read it."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -183,6 +184,20 @@ def set_library_defaults(values: dict[str, str]) -> None:
     set them already."""
     for name, value in values.items():
         os.environ.setdefault(name, value)
+
+
+@contextlib.contextmanager
+def lent_environment(values: dict[str, str]):
+    """Sets these variables in this process for the duration of the block (a variable the user set wins), for a
+    process started inside it that must have them from its first instruction (multiprocessing's spawn passes no
+    environment of its own); afterwards this process's environment is as it was. Callers serialise their use."""
+    added = {name: value for name, value in values.items() if name not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for name in added:
+            del os.environ[name]
 
 
 def child_environment(**overrides: str) -> dict[str, str]:

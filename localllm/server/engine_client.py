@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
-import os
 import queue
 import threading
 import time
@@ -14,6 +13,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from localllm import settings
 from localllm.config import Config
 from localllm.engine.output_processor import OutputProcessor
 from localllm.engine.outputs import StreamDelta
@@ -39,17 +39,10 @@ class EngineLoadError(Exception):
 
 
 def _start_with_environment(process, environment: dict[str, str]) -> None:
-    """Starts the process with these variables in its environment, from its first instruction: whatever it imports
-    before reading them, OpenMP is configured as asked. A variable the user set for the daemon wins. The daemon's
-    own environment is as it was once the process has started."""
-    with _SPAWN_LOCK:
-        added = {name: value for name, value in environment.items() if name not in os.environ}
-        os.environ.update(added)
-        try:
-            process.start()
-        finally:
-            for name in added:
-                del os.environ[name]
+    """Starts the process with these variables in its environment from its first instruction: whatever it imports
+    before reading them, OpenMP is configured as asked."""
+    with _SPAWN_LOCK, settings.lent_environment(environment):
+        process.start()
 
 
 @dataclass
