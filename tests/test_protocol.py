@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import pickle
+import threading
 import typing
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from localllm import LLM, SamplingParams
 from localllm.config import Config
 from localllm.engine.events import SampledToken, TokenEvent
 from localllm.server import engine_process
+from localllm.server.engine_client import EngineClient
 from localllm.server.protocol import (PROTOCOL_VERSION, AbortRequests, AddRequest, DecodeError, EngineFailed,
                                       EngineStats, FinishSequence, FromEngine, LoadFailed, Loaded, MessageRefused,
                                       Receiver, RequestFailed, Sender, Shutdown, Start, StepOutput, ToEngine)
@@ -63,6 +65,21 @@ def test_a_message_of_the_other_direction_or_with_bad_fields_is_refused():
     sender.connection.send_bytes(b"\x93\xaaAddRequest\xa2r1\x91\xa1x")   # a prompt id that is a string
     with pytest.raises(DecodeError):
         receiver.receive()
+
+
+def test_a_message_that_cannot_be_encoded_fails_its_sender_and_the_pipe_carries_on():
+    """Encoding happens in the caller: text that is no valid Unicode (a lone surrogate in a stop string) raises
+    there, and the writer thread goes on delivering the messages that follow."""
+    receiving, sending = multiprocessing.Pipe(duplex=False)
+    client = EngineClient("m", Config())
+    client._to_engine = Sender(sending)
+    threading.Thread(target=client._write_loop, daemon=True).start()
+    with pytest.raises(UnicodeEncodeError):
+        client._send(AddRequest("r1", [1, 2], SamplingParams(stop=["\ud800"])))
+    client._send(AbortRequests(["r2"]))
+    receiver = Receiver(receiving, ToEngine)
+    assert receiver.poll(30) and receiver.receive() == AbortRequests(["r2"])
+    client._outgoing.put(None)   # ends the writer thread
 
 
 class WritesAFile:

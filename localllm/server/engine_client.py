@@ -107,15 +107,18 @@ class EngineClient:
         engine_in, to_engine = ctx.Pipe(duplex=False)
         from_engine, engine_out = ctx.Pipe(duplex=False)
         self._to_engine, self._from_engine = Sender(to_engine), Receiver(from_engine, FromEngine)
+        num_threads = self.config.num_threads or engine_process.default_num_threads()
+        try:
+            self._send(Start(PROTOCOL_VERSION, replace(self.config, num_threads=num_threads)))   # sent once it runs
+        except UnicodeEncodeError as e:   # a model path that is no valid Unicode
+            raise EngineLoadError("ModelNotFoundError", f"the model name is not valid Unicode ({e.reason})") from None
         self.process = ctx.Process(target=engine_process.main, args=(engine_in, engine_out),
                                    name=f"localllm-engine[{self.name}]", daemon=True)
-        num_threads = self.config.num_threads or engine_process.default_num_threads()
         await asyncio.to_thread(_start_with_environment, self.process, engine_process.openmp_environment(num_threads))
         engine_in.close()   # keep only our ends, so that its death reads as end-of-file
         engine_out.close()
         threading.Thread(target=self._read_loop, name=f"engine-reader[{self.name}]", daemon=True).start()
         threading.Thread(target=self._write_loop, name=f"engine-writer[{self.name}]", daemon=True).start()
-        self._send(Start(PROTOCOL_VERSION, replace(self.config, num_threads=num_threads)))
         info = await self._loaded
         try:
             self.tokenizer = await asyncio.to_thread(Tokenizer.from_dir, Path(info.model_dir))
@@ -130,9 +133,9 @@ class EngineClient:
         if self.exited:
             raise self._gone_error()
         request = EngineRequest(uuid.uuid4().hex, len(prompt_token_ids), params, queue_, tag)
+        self._send(AddRequest(request.request_id, prompt_token_ids, params))   # raises before it is registered
         self._requests[request.request_id] = request
         self.processor.add_request(request.request_id, params)
-        self._send(AddRequest(request.request_id, prompt_token_ids, params))
         return request
 
     def abort(self, request: EngineRequest) -> None:
@@ -162,12 +165,13 @@ class EngineClient:
 
     # --- threads -------------------------------------------------------------------------------------
     def _send(self, message) -> None:
-        self._outgoing.put(message)
+        """Encoded here, so that a message that cannot be encoded fails its caller, not the writer thread."""
+        self._outgoing.put(self._to_engine.encode(message))
 
     def _write_loop(self) -> None:
-        while (message := self._outgoing.get()) is not None:
+        while (data := self._outgoing.get()) is not None:
             try:
-                self._to_engine.send(message)
+                self._to_engine.send_bytes(data)
             except OSError:
                 return
 

@@ -142,8 +142,15 @@ class Sender:
         self.connection = connection
         self._encoder = msgspec.msgpack.Encoder()
 
+    def encode(self, message: Message) -> bytes:
+        """Raises UnicodeEncodeError for text that is not valid Unicode (a lone surrogate)."""
+        return self._encoder.encode(message)
+
+    def send_bytes(self, data: bytes) -> None:
+        self.connection.send_bytes(data)
+
     def send(self, message: Message) -> None:
-        self.connection.send_bytes(self._encoder.encode(message))
+        self.send_bytes(self.encode(message))
 
 
 class Receiver:
