@@ -11,24 +11,27 @@ if ls .whl/*.whl >/dev/null 2>&1; then   # the wheels the GPU machine lacks (fas
     && export PYTHONPATH=/tmp/site || exit 1
 fi
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || exit 1
-export PYTHONUNBUFFERED=1 LOCALLLM_HOME=${LOCALLLM_HOME:-/tmp/llhome} NCCL_NVLS_ENABLE=0
+export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 LOCALLLM_HOME=${LOCALLLM_HOME:-/tmp/llhome} NCCL_NVLS_ENABLE=0
+# A command that hangs (a collective whose peer is gone) gets SIGABRT after STAGE_TIMEOUT seconds, so the fault
+# handler prints every thread's stack and the next stage still runs.
+py() { timeout -k 20 -s ABRT "${STAGE_TIMEOUT:-600}" python3 "$@"; }
 nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpus.txt"
-ll() { python3 -m localllm.cli.main "$@"; }
+ll() { py -m localllm.cli.main "$@"; }
 lat() { ll bench latency --random-weights "$1" --tp "$2" --allreduce "$3" --json-out "$OUT/latency-$1-tp$2-$3.json" 2>&1 | tail -6; }
 thr() { ll bench throughput --random-weights "$1" --tp "$2" --workload nano-vllm \
           --json-out "$OUT/throughput-$1-tp$2.json" 2>&1 | tail -6; }
 for stage in ${STAGES:-fp32 agreement latency-8b latency-70b throughput-70b throughput-8b allreduce ps}; do
   echo "== $stage $(date -u +%H:%M:%S)"
   case $stage in
-    fp32) python3 scripts/gpu_tp_agreement.py --tiny /tmp/tp-tiny --new-tokens 64 --json-out "$OUT/fp32-tiny.json" ;;
-    agreement) python3 scripts/gpu_tp_agreement.py --padded /tmp/tp-smollm2 ${SMOLLM2_GGUF:+--gguf "$SMOLLM2_GGUF"} \
+    fp32) py scripts/gpu_tp_agreement.py --tiny /tmp/tp-tiny --new-tokens 64 --json-out "$OUT/fp32-tiny.json" ;;
+    agreement) py scripts/gpu_tp_agreement.py --padded /tmp/tp-smollm2 ${SMOLLM2_GGUF:+--gguf "$SMOLLM2_GGUF"} \
         --new-tokens 250 --prompts 4 \
         --json-out "$OUT/agreement-bf16.json" | tail -8 ;;
     latency-8b) lat llama-3.1-8b 1 nccl; lat llama-3.1-8b 2 nccl; lat llama-3.1-8b 2 symm_mem ;;
     latency-70b) lat llama-3.1-70b 2 nccl; lat llama-3.1-70b 2 symm_mem ;;
     throughput-70b) thr llama-3.1-70b 2 ;;
     throughput-8b) thr llama-3.1-8b 1; thr llama-3.1-8b 2 ;;
-    allreduce) python3 scripts/gpu_tp_allreduce.py --json-out "$OUT/allreduce.json" \
+    allreduce) py scripts/gpu_tp_allreduce.py --json-out "$OUT/allreduce.json" \
         --latency-json "8b=$OUT/latency-llama-3.1-8b-tp2-nccl.json" \
         --latency-json "70b=$OUT/latency-llama-3.1-70b-tp2-nccl.json" | tail -30 ;;
     ps) [ -d /tmp/tp-smollm2 ] || python3 -c "import sys; sys.path.insert(0, 'scripts')
