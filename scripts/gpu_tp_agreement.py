@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import random
@@ -81,8 +82,8 @@ def teacher_forced_top1(model: str, dtype: str, pairs) -> list[list[int]]:
         for prompt, tokens in pairs:
             seq = Sequence("score", prompt + tokens[:-1], SamplingParams())
             core.block_manager.allocate(seq, len(seq))
-            batch = core.batch_builder.build([ScheduledSeq(seq, len(seq))])
-            batch.logits_indices = torch.arange(len(prompt) - 1, len(seq), device=core.device)
+            batch = dataclasses.replace(core.batch_builder.build([ScheduledSeq(seq, len(seq))]),
+                                        logits_indices=torch.arange(len(prompt) - 1, len(seq), device=core.device))
             predictions.append(core.runner.forward(batch).argmax(-1).tolist())
             core.block_manager.free_sequence(seq)
     return predictions

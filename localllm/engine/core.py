@@ -155,7 +155,7 @@ class EngineCore:
         packed.header[H["mirror_sampled"]] = int(stays_on_device)
         payload = self.batch_builder.to_device(packed.payload)
         if self.tp:   # the other ranks run the same forward
-            self.tp.channel.send(packed, payload)
+            self.tp.channel.send(packed)
         batch = unpack(packed.header, payload, self.device, self.in_flight.token_ids if self.in_flight else None)
         logits = self.runner.forward(batch)
         self.scheduler.step_done(out)

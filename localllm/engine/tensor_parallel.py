@@ -11,7 +11,7 @@ import torch
 
 from localllm import settings
 from localllm.config import Config
-from localllm.engine.step_channel import StepChannel
+from localllm.engine.step_channel import StepSender
 from localllm.engine.tp_degree import (TensorParallelError, check_degree, degree_error, free_gpu_bytes, model_size,
                                        pick_degree)
 from localllm.engine.tp_workers import TPWorkers, WorkerDiedError
@@ -52,7 +52,7 @@ def worker_threads(config: Config, world_size: int) -> int:
 @dataclass
 class TensorParallel:
     workers: TPWorkers
-    channel: StepChannel
+    channel: StepSender
     device: torch.device          # rank 0's
 
     @classmethod
@@ -68,7 +68,7 @@ class TensorParallel:
         store = create_store(world_size)
         workers = TPWorkers(world_size, store.port, device, dtype, config, hf_config, model_dir,
                             worker_threads(config, world_size), on_failure)
-        group = cls(workers, StepChannel(device), device)
+        group = cls(workers, StepSender(device, workers.step_fds), device)
         try:
             with group.failures():
                 init_tensor_parallel(0, world_size, device, store)
@@ -91,4 +91,5 @@ class TensorParallel:
 
     def stop(self) -> None:
         self.workers.stop(self.channel.send_stop)
+        self.channel.close()
         destroy_tensor_parallel()

@@ -31,6 +31,7 @@ class WorkerSpec(msgspec.Struct, frozen=True):
     hf_config: dict           # the model's config, as transformers' to_dict gives it
     config: dict              # the engine Config's fields
     status_fd: int            # where a load failure is written, one line of JSON, for rank 0 to report
+    step_fd: int              # the read end of the pipe rank 0 writes each step to (step_channel.py)
 
 
 class WorkerFailed(msgspec.Struct, frozen=True):
@@ -75,7 +76,7 @@ def _set_up(spec: WorkerSpec, torch):
 
     from localllm.config import Config
     from localllm.engine.rank_setup import set_up_rank
-    from localllm.engine.step_channel import StepChannel
+    from localllm.engine.step_channel import StepReceiver
     from localllm.layers.parallel import connect_store, init_tensor_parallel
 
     device = torch.device(spec.device)
@@ -84,7 +85,7 @@ def _set_up(spec: WorkerSpec, torch):
     init_tensor_parallel(spec.rank, spec.world_size, device, connect_store(spec.port, spec.world_size))
     setup = set_up_rank(Config(**spec.config), hf_config_from_dict(spec.hf_config),
                         Path(spec.model_dir) if spec.model_dir else None, device, getattr(torch, spec.dtype))
-    return setup.runner, StepChannel(device), device
+    return setup.runner, StepReceiver(device, spec.step_fd), device
 
 
 def _serve(runner, channel, device) -> None:

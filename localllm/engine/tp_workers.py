@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import msgspec
 
+from localllm.engine.step_channel import open_step_pipe
 from localllm.engine.tp_worker import WorkerFailed, WorkerSpec
 from localllm.errors import LocalLLMError
 
@@ -52,14 +53,20 @@ class TPWorkers:
         self._status_read, status_write = os.pipe()
         fields = dataclasses.asdict(config)
         self.processes: list[subprocess.Popen] = []
+        self.step_fds: list[int] = []   # the write end of each worker's step pipe (step_channel.py)
         try:
             for rank in range(1, world_size):
+                step_read, step_write = open_step_pipe()
+                self.step_fds.append(step_write)
                 spec = WorkerSpec(rank, world_size, port, os.getpid(), rank_device(device, rank),
                                   str(dtype).removeprefix("torch."), num_threads,
                                   str(model_dir) if model_dir is not None else None, hf_config.to_dict(), fields,
-                                  status_write)
-                process = subprocess.Popen([sys.executable, "-m", "localllm.engine.tp_worker"],
-                                           stdin=subprocess.PIPE, pass_fds=(status_write,))
+                                  status_write, step_read)
+                try:
+                    process = subprocess.Popen([sys.executable, "-m", "localllm.engine.tp_worker"],
+                                               stdin=subprocess.PIPE, pass_fds=(status_write, step_read))
+                finally:
+                    os.close(step_read)
                 process.stdin.write(msgspec.json.encode(spec))
                 process.stdin.close()
                 self.processes.append(process)
