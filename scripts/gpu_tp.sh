@@ -35,7 +35,8 @@ for stage in ${STAGES:-fp32 agreement latency-8b latency-70b throughput-70b thro
         --latency-json "8b=$OUT/latency-llama-3.1-8b-tp2-nccl.json" \
         --latency-json "70b=$OUT/latency-llama-3.1-70b-tp2-nccl.json" | tail -30 ;;
     ps) [ -d /tmp/tp-smollm2 ] || python3 -c "import sys; sys.path.insert(0, 'scripts')
-from pathlib import Path; from gpu_tp_agreement import padded_smollm2; padded_smollm2(Path('/tmp/tp-smollm2'))"
+from pathlib import Path; from gpu_tp_agreement import padded_smollm2
+padded_smollm2(Path('/tmp/tp-smollm2'), Path('$SMOLLM2_GGUF') if '${SMOLLM2_GGUF:-}' else None)"
         ll serve --port 0 --tp 2 --model /tmp/tp-smollm2 > "$OUT/serve.log" 2>&1 &
         for _ in $(seq 120); do ll ps --json 2>/dev/null | grep -q '"state": "ready"' && break; sleep 1; done
         ll run /tmp/tp-smollm2 "Say hello." --max-tokens 16 > "$OUT/run.txt" 2>&1

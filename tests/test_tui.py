@@ -266,7 +266,8 @@ def test_a_daemon_that_cannot_start_ends_the_chat_with_one_line(tmp_path, monkey
 
 class FixedClient:
     url = "http://127.0.0.1:11435"
-    STATUS = {"models": [{"name": "tiny-llama", "state": "ready",
+    STATUS = {"models": [{"name": "tiny-llama", "state": "ready", "device": "cuda:0",
+                          "gpus": [{"device": "cuda:0"}, {"device": "cuda:1"}],
                           "kv_blocks": {"total": 1456, "used": 0, "cached": 24, "free": 1432, "block_size": 16},
                           "prefix_cache": {"queries": 4, "hits": 3, "hit_rate": 0.75}, "memory_bytes": 612_000_000}]}
 
@@ -334,7 +335,9 @@ def test_settings_modal_validates_and_applies():
 
 def test_daemon_text_formats_status():
     status = FixedClient.STATUS
-    assert daemon_text(status, "tiny-llama") == "KV 0/1456 · prefix 75% · mem 583.6 MiB"
+    assert daemon_text(status, "tiny-llama") == "GPU 0,1 · KV 0/1456 · prefix 75% · mem 583.6 MiB"
+    on_cpu = {"models": [dict(status["models"][0], device="cpu", gpus=[])]}
+    assert daemon_text(on_cpu, "tiny-llama").startswith("CPU · KV 0/1456")
     assert daemon_text(status, "other").startswith("not loaded")
     assert daemon_text(None, "x", "unreachable") == "daemon: unreachable"
 

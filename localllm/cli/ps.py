@@ -13,6 +13,7 @@ import typer
 from localllm.cli.models import _table
 from localllm.errors import LocalLLMError, one_line
 from localllm.gpu_stats import gpu_stats
+from localllm.placement import processor_label
 from localllm.units import format_size
 
 NO_DAEMON = "no daemon running (start one with 'localllm serve', or 'localllm run' starts one)"
@@ -61,7 +62,7 @@ def render(status: dict | None, now: datetime | None = None) -> str:
         if m["state"] != "ready":
             rows.append((m["name"], "-", "-", "-", "-", "loading"))
             continue
-        rows.append((m["name"], format_size(m["memory_bytes"]), _processor(m),
+        rows.append((m["name"], format_size(m["memory_bytes"]), processor_label(m),
                      str(m.get("tensor_parallel_size", 1)), str(m["context_length"]), _until(m, now)))
     kv, prefix = status["kv_blocks"], status["prefix_cache"]
     lines = [_table(rows), ""]
@@ -81,17 +82,6 @@ def render(status: dict | None, now: datetime | None = None) -> str:
         f"daemon:        pid {status['pid']} at {status['address']}, up {_duration(status['uptime_s'])}",
     ]
     return "\n".join(lines)
-
-
-def _processor(model: dict) -> str:
-    """CPU, or the GPUs the model spans (GPU 0, GPU 0,1)."""
-    device = model.get("device")
-    if not device:
-        return "-"
-    if device == "cpu":
-        return "CPU"
-    gpus = [g["device"].removeprefix("cuda:") for g in model.get("gpus") or []]
-    return f"GPU {','.join(gpus)}" if gpus else device.replace("cuda:", "GPU ").replace("cuda", "GPU")
 
 
 def _models_on_gpu(models: list[dict], index: int) -> str:
