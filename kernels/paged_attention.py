@@ -48,7 +48,8 @@ def _find_seq(qsl_ptr, target, num_seqs, BLOCK_Q: tl.constexpr):
 def _attend_tile(q, scale_log2, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_row_ptr, kv_head, start_n, kv_end,
                  q_pos, window, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
                  offs_n, offs_d, d_mask,
-                 BLOCK_SIZE: tl.constexpr, SLIDING: tl.constexpr, CAUSAL: tl.constexpr, K_ROWS: tl.constexpr):
+                 BLOCK_SIZE: tl.constexpr, SLIDING: tl.constexpr, CAUSAL: tl.constexpr, K_ROWS: tl.constexpr,
+                 DOT_PRECISION: tl.constexpr):
     """One BLOCK_N slice of keys [start_n, start_n + BLOCK_N) against the query rows; online-softmax update."""
     k_pos = start_n + offs_n
     k_valid = k_pos < kv_end
@@ -62,7 +63,7 @@ def _attend_tile(q, scale_log2, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_row_
     else:
         kt = tl.load(k_cache_ptr + k_off[None, :] + offs_d[:, None], mask=k_valid[None, :] & d_mask[:, None],
                      other=0.0)
-    qk = tl.dot(q, kt) * scale_log2                     # [BLOCK_M, BLOCK_N] fp32, log2 units
+    qk = tl.dot(q, kt, input_precision=DOT_PRECISION) * scale_log2                     # [BLOCK_M, BLOCK_N] fp32, log2 units
     visible = k_valid[None, :]
     if CAUSAL:
         visible = visible & (k_pos[None, :] <= q_pos[:, None])
@@ -74,7 +75,7 @@ def _attend_tile(q, scale_log2, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_row_
     alpha = tl.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
     v = tl.load(v_cache_ptr + v_off[:, None] + offs_d[None, :], mask=k_valid[:, None] & d_mask[None, :], other=0.0)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
     return acc, m_new, l_i
 
 
@@ -87,6 +88,7 @@ def _paged_attn_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, GROUP: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     SLIDING: tl.constexpr, IS_DECODE: tl.constexpr, K_ROWS: tl.constexpr = False,
+    DOT_PRECISION: tl.constexpr = "tf32",
 ):
     pid = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -133,12 +135,12 @@ def _paged_attn_kernel(
         acc, m_i, l_i = _attend_tile(q, scale_log2, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_row, kv_head,
                                      start_n, kv_end, q_pos, window,
                                      stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
-                                     offs_n, offs_d, d_mask, BLOCK_SIZE, SLIDING, False, K_ROWS)
+                                     offs_n, offs_d, d_mask, BLOCK_SIZE, SLIDING, False, K_ROWS, DOT_PRECISION)
     for start_n in range(diag_start, kv_end, BLOCK_N):
         acc, m_i, l_i = _attend_tile(q, scale_log2, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_row, kv_head,
                                      start_n, kv_end, q_pos, window,
                                      stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
-                                     offs_n, offs_d, d_mask, BLOCK_SIZE, SLIDING, True, K_ROWS)
+                                     offs_n, offs_d, d_mask, BLOCK_SIZE, SLIDING, True, K_ROWS, DOT_PRECISION)
 
     acc = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
     tl.store(out_ptr + row[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
@@ -153,7 +155,7 @@ def _decode_split_kernel(
     stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, GROUP: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, PARTITION: tl.constexpr,
-    SLIDING: tl.constexpr, K_ROWS: tl.constexpr = False,
+    SLIDING: tl.constexpr, K_ROWS: tl.constexpr = False, DOT_PRECISION: tl.constexpr = "tf32",
 ):
     """Flash-decoding phase 1: sequence x KV head x context partition -> unnormalised partial (acc, max, sum)."""
     seq = tl.program_id(0)
@@ -187,7 +189,7 @@ def _decode_split_kernel(
         acc, m_i, l_i = _attend_tile(q, scale_log2, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_row, kv_head,
                                      start_n, p_end, q_pos, window,
                                      stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
-                                     offs_n, offs_d, d_mask, BLOCK_SIZE, False, False, K_ROWS)
+                                     offs_n, offs_d, d_mask, BLOCK_SIZE, False, False, K_ROWS, DOT_PRECISION)
 
     idx = (tok * num_heads + head) * num_parts + part      # [T, H, num_parts]
     tl.store(part_m_ptr + idx, m_i, mask=row_valid)
@@ -327,6 +329,9 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     scale_log2 = float(scale) * _LOG2E
     block_d = _pow2_at_least(head_dim, 16)
     on_gpu = q.device.type == "cuda" or GPU_TILES_EVERYWHERE
+    # Triton's float32 dot runs in TF32 (10-bit mantissa) unless told otherwise: enough to flip greedy tokens
+    # against transformers' float32, which the exact path promises; bf16/fp16 inputs are unaffected.
+    dot_precision = "ieee" if q.dtype == torch.float32 else "tf32"
     common_strides = (k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
                       v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0))
 
@@ -349,7 +354,8 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
             scale_log2, window, num_parts, num_heads, q.stride(0), q.stride(1), *common_strides,
             HEAD_DIM=head_dim, BLOCK_D=block_d, GROUP=group, BLOCK_M=_pow2_at_least(group, 16),
             BLOCK_N=cfg["BLOCK_N"], BLOCK_SIZE=block_size, PARTITION=cfg["PARTITION"], SLIDING=window > 0,
-            K_ROWS=cfg.get("K_ROWS", False), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+            K_ROWS=cfg.get("K_ROWS", False), DOT_PRECISION=dot_precision, num_warps=cfg["num_warps"],
+            num_stages=cfg["num_stages"],
         )
         _decode_reduce_kernel[(num_seqs, num_heads)](
             part_acc, part_m, part_l, out, query_start_loc, context_lens, num_parts, num_heads,
@@ -374,6 +380,6 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), *common_strides,
         HEAD_DIM=head_dim, BLOCK_D=block_d, GROUP=group, BLOCK_Q=block_q, BLOCK_M=block_m, BLOCK_N=cfg["BLOCK_N"],
         BLOCK_SIZE=block_size, SLIDING=window > 0, IS_DECODE=is_decode, K_ROWS=cfg.get("K_ROWS", False),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        DOT_PRECISION=dot_precision, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return out
