@@ -32,6 +32,14 @@ def reject_unsupported(body) -> None:
             raise _bad("best_of other than n is not supported.", "best_of", "unsupported_parameter")
 
 
+def check_generates(model) -> None:
+    """An embedding model (a LoadedModel whose engine pools) is refused text generation: it is trained to make
+    vectors, and may have no LM head at all."""
+    if model.client.pooling is not None:
+        raise _bad(f"The model '{model.name}' is an embedding model: it serves /v1/embeddings, not text generation.",
+                   "model", "model_not_generative")
+
+
 def sampling_params(body: ChatCompletionRequest | CompletionRequest) -> SamplingParams:
     if isinstance(body, ChatCompletionRequest):
         max_tokens_param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"

@@ -95,6 +95,17 @@ class CompletionRequest(_Sampling):
     best_of: Optional[int] = None
 
 
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True, json_schema_extra={"examples": [
+        {"model": "qwen3-embedding:0.6b", "input": ["The quick brown fox", "Paged attention"]}]})
+    model: Text
+    input: Union[Text, list[Text], list[int], list[list[int]]]
+    encoding_format: Optional[Literal["float", "base64"]] = None   # None = float
+    dimensions: Optional[int] = Field(default=None, ge=1)
+    user: Optional[Text] = None
+    keep_alive: Optional[KeepAlive] = None
+
+
 class UnloadRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
     model: Text

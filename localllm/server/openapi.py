@@ -3,7 +3,7 @@ shape, and no 422 (request validation fails with 400, see errors.py), so schema-
 can rely on it."""
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -67,6 +67,24 @@ class ChatCompletion(_Answer):
 
 class Completion(_Answer):
     object: Literal["text_completion"]
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"]
+    index: int
+    embedding: Union[list[float], str]   # a base64 string with "encoding_format": "base64"
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"]
+    model: str
+    data: list[Embedding]
+    usage: EmbeddingUsage
 
 
 class ErrorDetail(BaseModel):

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible endpoints: /v1/models, /v1/chat/completions and /v1/completions."""
+"""The OpenAI-compatible endpoints: /v1/models, /v1/chat/completions, /v1/completions and /v1/embeddings."""
 from __future__ import annotations
 
 import asyncio
@@ -6,15 +6,17 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from localllm.server.embeddings import embed
 from localllm.server.errors import APIError, model_not_found
 from localllm.server.jobs import ClientGone, Job, unless_disconnected
 from localllm.server.openai_format import (Choice, chat_chunk, chat_logprobs, chat_response, completion_chunk,
-                                           completion_logprobs, completion_response, new_id, now, token_texts,
-                                           usage)
-from localllm.server.openai_requests import (chat_prompt, check_context, completion_prompts, reject_unsupported,
-                                             sampling_params)
-from localllm.server.openai_schemas import ChatCompletionRequest, CompletionRequest
-from localllm.server.openapi import ChatCompletion, Completion, ModelCard, ModelList, answer, errors
+                                           completion_logprobs, completion_response, embedding_list, new_id, now,
+                                           token_texts, usage)
+from localllm.server.openai_requests import (chat_prompt, check_context, check_generates, completion_prompts,
+                                             reject_unsupported, sampling_params)
+from localllm.server.openai_schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from localllm.server.openapi import (ChatCompletion, Completion, EmbeddingList, ModelCard, ModelList, answer,
+                                     errors)
 from localllm.server.sse import DONE, SSEResponse, event
 
 router = APIRouter()
@@ -51,6 +53,17 @@ async def completions(body: CompletionRequest, request: Request):
     return await _serve(request, body, chat=False)
 
 
+@router.post("/v1/embeddings", response_model=None,
+             responses={200: {"model": EmbeddingList}, **errors(*GENERATION_ERRORS)})
+async def embeddings(body: EmbeddingRequest, request: Request):
+    try:
+        result = await embed(request, body.model, body.input, dimensions=body.dimensions,
+                             keep_alive_s=body.keep_alive)
+    except ClientGone:
+        return Response(status_code=499)   # nobody reads it; the requests were aborted
+    return JSONResponse(embedding_list(result.model, result.vectors, result.prompt_tokens, body.encoding_format))
+
+
 async def _serve(request: Request, body, chat: bool):
     daemon = request.app.state.daemon
     reject_unsupported(body)
@@ -59,6 +72,7 @@ async def _serve(request: Request, body, chat: bool):
     job = Job(daemon.models, model, body.keep_alive)
     try:
         client = model.client
+        check_generates(model)
         # a prompt of megabytes takes seconds to template and tokenize: in a thread, so others are served meanwhile
         prompts = await asyncio.to_thread(_prompts, client, body, chat)
         check_context(prompts, params.max_tokens, client.info.max_model_len, "messages" if chat else "prompt")
