@@ -45,19 +45,22 @@ TP_CONFIGS = {
 }
 
 
-def build_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
+def build_tokenizer(vocab_size: int = 300, special_tokens: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
+    """special_tokens: more special tokens (e.g. fill-in-the-middle ones), after <|im_start|> and <|im_end|>."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|im_start|>", "<|im_end|>"],
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size,
+                                  special_tokens=["<|im_start|>", "<|im_end|>", *special_tokens],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(TEXT, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", chat_template=CHAT_TEMPLATE)
 
 
-def build_model_dir(arch: str, out: Path, seed: int = 0, configs: dict = CONFIGS) -> Path:
+def build_model_dir(arch: str, out: Path, seed: int = 0, configs: dict = CONFIGS,
+                    special_tokens: tuple[str, ...] = ()) -> Path:
     cfg = configs[arch]()
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(special_tokens=special_tokens)
     cfg.eos_token_id = tokenizer.eos_token_id
     cfg.bos_token_id = None
     torch.manual_seed(seed)
@@ -97,7 +100,8 @@ def build_embedding_model_dir(out: Path, mode: str = "last", normalize: bool = T
     tokenizer_file = out / "tokenizer.json"
     backend = Tokenizer.from_file(str(tokenizer_file))
     end = backend.token_to_id("<|im_end|>")
-    backend.post_processor = processors.TemplateProcessing(single="$A <|im_end|>", special_tokens=[("<|im_end|>", end)])
+    backend.post_processor = processors.TemplateProcessing(single="$A <|im_end|>",
+                                                           special_tokens=[("<|im_end|>", end)])
     backend.save(str(tokenizer_file))
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
