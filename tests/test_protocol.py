@@ -19,8 +19,9 @@ from localllm.pooling_params import PoolingParams
 from localllm.server import engine_process
 from localllm.server.engine_client import EngineClient
 from localllm.server.protocol import (PROTOCOL_VERSION, AbortRequests, AddRequest, DecodeError, EmbedRequest,
-                                      EngineFailed, EngineStats, FinishSequence, FromEngine, LoadFailed, Loaded, MessageRefused,
-                                      Receiver, RequestFailed, Sender, Shutdown, Start, StepOutput, ToEngine)
+                                      EngineFailed, EngineStats, FinishSequence, FromEngine, LoadFailed, Loaded,
+                                      MessageRefused, Receiver, RequestFailed, Sender, Shutdown, Start, StepOutput,
+                                      ToEngine)
 from tiny_models import build_model_dir
 
 PARAMS = SamplingParams(n=2, temperature=0.7, top_k=5, seed=3, max_tokens=9, stop=["x", "yz"], stop_token_ids=[4],

@@ -1,6 +1,6 @@
 """The front end's side of one engine process: start it, send it requests, and route its token events,
-detokenized by an OutputProcessor, and its embeddings to per-request asyncio queues. Nothing here blocks the event loop: a
-reader thread hands the pipe's messages to the loop, a writer thread feeds the pipe."""
+detokenized by an OutputProcessor, and its embeddings to per-request asyncio queues. Nothing here blocks the event
+loop: a reader thread hands the pipe's messages to the loop, a writer thread feeds the pipe."""
 from __future__ import annotations
 
 import asyncio
@@ -24,9 +24,9 @@ from localllm.sampling_params import SamplingParams
 from localllm.server import engine_process
 from localllm.server.errors import APIError
 from localllm.server.protocol import (PROTOCOL_VERSION, AbortRequests, AddRequest, DecodeError, EmbedRequest,
-                                      EngineFailed, EngineStats, FinishSequence, FromEngine, LoadFailed, Loaded, MessageRefused,
-                                      ProtocolError, Receiver, RequestFailed, Sender, Shutdown, Start, StepOutput,
-                                      check_version)
+                                      EngineFailed, EngineStats, FinishSequence, FromEngine, LoadFailed, Loaded,
+                                      MessageRefused, ProtocolError, Receiver, RequestFailed, Sender, Shutdown, Start,
+                                      StepOutput, check_version)
 
 log = logging.getLogger("localllm.server")
 # Starting an engine process lends it the daemon's environment for a moment (see _start_with_environment).

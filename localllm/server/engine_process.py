@@ -10,9 +10,9 @@ from multiprocessing.connection import Connection
 
 from localllm.errors import one_line
 from localllm.server.protocol import (PROTOCOL_VERSION, AbortRequests, AddRequest, DecodeError, EmbedRequest,
-                                      EngineFailed, EngineStats, FinishSequence, LoadFailed, Loaded, MessageRefused, ProtocolError,
-                                      RankMemory, Receiver, RequestFailed, Sender, Shutdown, Start, StepOutput,
-                                      ToEngine, check_version)
+                                      EngineFailed, EngineStats, FinishSequence, LoadFailed, Loaded, MessageRefused,
+                                      ProtocolError, RankMemory, Receiver, RequestFailed, Sender, Shutdown, Start,
+                                      StepOutput, ToEngine, check_version)
 
 IDLE_CHECK_S = 1.0      # how often an idle engine checks that its daemon is still alive
 STATS_EVERY_S = 0.25    # steps that yield no token (prefill chunks) still report counters this often
