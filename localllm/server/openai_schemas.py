@@ -113,6 +113,11 @@ class ResponseInputItem(BaseModel):
     content: Optional[Union[Text, list[ResponseContentPart]]] = None
 
 
+class ResponseTextConfig(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    format: Optional[dict] = None   # {"type": "text"} (the default); other formats go to chat's response_format
+
+
 class ResponsesRequest(SamplingExtras):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"model": "smollm2:135m", "input": "Hello!", "instructions": "Be brief.", "max_output_tokens": 8}]})
@@ -127,7 +132,7 @@ class ResponsesRequest(SamplingExtras):
     store: Optional[bool] = None                 # None = true, as OpenAI
     metadata: Optional[dict[str, Text]] = None
     user: Optional[Text] = None
-    text: Optional[dict] = None                  # {"format": {"type": "text"}}; other formats go to response_format
+    text: Optional[ResponseTextConfig] = None
     tools: Optional[list] = None
     tool_choice: Optional[Union[Text, dict]] = None
     parallel_tool_calls: Optional[bool] = None

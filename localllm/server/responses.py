@@ -99,12 +99,16 @@ def _message(item, i: int) -> dict:
 def chat_request(body: ResponsesRequest, messages: list[dict]) -> ChatCompletionRequest:
     """The chat completion this response is: the same sampling and the same refusals (tools, formats)."""
     system = [{"role": "system", "content": body.instructions}] if body.instructions is not None else []
-    text_format = (body.text or {}).get("format") or {"type": "text"}
+    text_format = text_format_of(body)
     response_format = text_format if text_format.get("type") == "text" else _chat_format(text_format)
     return ChatCompletionRequest(
         model=body.model, messages=system + messages, max_completion_tokens=body.max_output_tokens,
         temperature=body.temperature, top_p=body.top_p, tools=body.tools, tool_choice=body.tool_choice,
         response_format=response_format, **body.model_dump(include=set(SamplingExtras.model_fields)))
+
+
+def text_format_of(body: ResponsesRequest) -> dict:
+    return (body.text.format if body.text is not None else None) or {"type": "text"}
 
 
 def _chat_format(text_format: dict) -> dict:
@@ -161,7 +165,7 @@ class ResponseDraft:
             "parallel_tool_calls": body.parallel_tool_calls is not False,
             "previous_response_id": body.previous_response_id, "reasoning": {"effort": None, "summary": None},
             "store": body.store is not False, "temperature": body.temperature, "top_p": body.top_p,
-            "text": {"format": (body.text or {}).get("format") or {"type": "text"}}, "tool_choice": "auto",
+            "text": {"format": text_format_of(body)}, "tool_choice": "auto",
             "tools": [], "truncation": "disabled", "usage": self.usage, "user": body.user,
             "metadata": body.metadata or {}, "background": False,
         }
