@@ -234,3 +234,21 @@ def test_the_fake_hub_works_whatever_hf_variables_the_user_has_set(offline_user,
     hub.add_dir(REPO, tiny_dir)
     entry = pull(REPO)
     assert entry.repo == REPO and store.find(REPO) == entry
+
+
+def test_pulling_an_embedding_model_brings_its_sentence_transformers_files(hub, tmp_path):
+    from localllm import LLM
+    from localllm.loader.pooling_config import read_pooling_config
+    from tiny_models import build_embedding_model_dir
+
+    model_dir = build_embedding_model_dir(tmp_path / "tiny-embedding", "last")
+    (model_dir / "config_sentence_transformers.json").write_text('{"prompts": {"query": "Query: "}}')
+    hub.add_dir("Qwen/Qwen3-Embedding-0.6B", model_dir, extra={**UNWANTED, "2_Dense/model.safetensors": b"x" * 64})
+    entry = pull("qwen3-embedding:0.6b")   # the alias of the real repo, served by the fake Hub
+    assert {"modules.json", "1_Pooling/config.json", "config_sentence_transformers.json"} <= set(entry.files)
+    assert not any(name.startswith("2_Dense") for name in entry.files)
+    pooling = read_pooling_config(Path(entry.path))
+    # Qwen3-Embedding is trained for Matryoshka truncation down to 32: recognized by its repo's name
+    assert (pooling.mode, pooling.normalize, pooling.matryoshka_dimensions) == ("last", True, list(range(32, 49)))
+    with LLM("qwen3-embedding:0.6b", block_size=4, num_kv_blocks=32) as llm:
+        assert len(llm.embed("hello")[0]) == 48

@@ -13,12 +13,15 @@ import pytest
 
 from localllm import LLM, SamplingParams
 from localllm.config import Config
-from localllm.engine.events import SampledToken, TokenEvent
+from localllm.engine.events import EmbeddingEvent, SampledToken, TokenEvent
+from localllm.loader.pooling_config import PoolingConfig
+from localllm.pooling_params import PoolingParams
 from localllm.server import engine_process
 from localllm.server.engine_client import EngineClient
-from localllm.server.protocol import (PROTOCOL_VERSION, AbortRequests, AddRequest, DecodeError, EngineFailed,
-                                      EngineStats, FinishSequence, FromEngine, LoadFailed, Loaded, MessageRefused,
-                                      Receiver, RequestFailed, Sender, Shutdown, Start, StepOutput, ToEngine)
+from localllm.server.protocol import (PROTOCOL_VERSION, AbortRequests, AddRequest, DecodeError, EmbedRequest,
+                                      EngineFailed, EngineStats, FinishSequence, FromEngine, LoadFailed, Loaded,
+                                      MessageRefused, Receiver, RequestFailed, Sender, Shutdown, Start, StepOutput,
+                                      ToEngine)
 from tiny_models import build_model_dir
 
 PARAMS = SamplingParams(n=2, temperature=0.7, top_k=5, seed=3, max_tokens=9, stop=["x", "yz"], stop_token_ids=[4],
@@ -30,12 +33,16 @@ EVENTS = [TokenEvent("r1", 0, SampledToken(17, -0.25, [(17, -0.25), (3, -1.5)]),
 MESSAGES = [
     Start(PROTOCOL_VERSION, Config(model="/models/x", block_size=4, num_kv_blocks=64, overlap_steps=True)),
     AddRequest("r1", [1, 2, 3], PARAMS),
+    EmbedRequest("e1", [1, 2, 3], PoolingParams(dimensions=32)),
     AbortRequests(["r1", "r2"]),
     FinishSequence("r1", 1, "stop"),
     Shutdown(),
     Loaded(PROTOCOL_VERSION, "/models/x", "cpu", "float32", 1024, 331, 4, 64, 1000, 2000, [2, 7], 2, STATS),
+    Loaded(PROTOCOL_VERSION, "/models/e", "cpu", "float32", 1024, 331, 4, 64, 1000, 2000, [2], 2, STATS,
+           pooling=PoolingConfig("last", True, 64, [32, 64]), generates=False),
     LoadFailed("ModelNotFoundError", "no such model"),
     StepOutput(EVENTS, STATS),
+    StepOutput([], STATS, [EmbeddingEvent("e1", [0.25, -0.5, 1e-30])]),
     RequestFailed("r1", "PromptTooLongError", "too long"),
     MessageRefused("not a message"),
     EngineFailed("RuntimeError: boom"),

@@ -45,19 +45,22 @@ TP_CONFIGS = {
 }
 
 
-def build_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
+def build_tokenizer(vocab_size: int = 300, special_tokens: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
+    """special_tokens: more special tokens (e.g. fill-in-the-middle ones), after <|im_start|> and <|im_end|>."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|im_start|>", "<|im_end|>"],
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size,
+                                  special_tokens=["<|im_start|>", "<|im_end|>", *special_tokens],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(TEXT, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", chat_template=CHAT_TEMPLATE)
 
 
-def build_model_dir(arch: str, out: Path, seed: int = 0, configs: dict = CONFIGS) -> Path:
+def build_model_dir(arch: str, out: Path, seed: int = 0, configs: dict = CONFIGS,
+                    special_tokens: tuple[str, ...] = ()) -> Path:
     cfg = configs[arch]()
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(special_tokens=special_tokens)
     cfg.eos_token_id = tokenizer.eos_token_id
     cfg.bos_token_id = None
     torch.manual_seed(seed)
@@ -69,6 +72,63 @@ def build_model_dir(arch: str, out: Path, seed: int = 0, configs: dict = CONFIGS
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+ST_MODES = {"last": "pooling_mode_lasttoken", "mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token"}
+
+
+def build_embedding_model_dir(out: Path, mode: str = "last", normalize: bool = True, bare: bool = True,
+                              seed: int = 0, config: dict | None = None) -> Path:
+    """A tiny Qwen3 embedding model as sentence-transformers saves one (Qwen3-Embedding's layout): modules.json with
+    Transformer, Pooling (`mode`) and optionally Normalize; the tokenizer appends its end token to every input.
+    bare: the checkpoint holds the decoder alone (tensor names without "model.", no LM head), as Qwen3-Embedding's
+    does; else a whole Qwen3ForCausalLM, which can also generate. `config`: entries added to config.json."""
+    import json
+
+    from tokenizers import processors
+
+    build_model_dir("qwen3", out, seed)
+    if bare:
+        from transformers import AutoModel
+        decoder = AutoModel.from_pretrained(out, dtype=torch.float32)
+        for path in out.glob("*.safetensors"):
+            path.unlink()
+        decoder.save_pretrained(out)
+    settings = json.loads((out / "config.json").read_text())
+    settings.update({"architectures": ["Qwen3ForCausalLM"], **(config or {})})
+    (out / "config.json").write_text(json.dumps(settings))
+    tokenizer_file = out / "tokenizer.json"
+    backend = Tokenizer.from_file(str(tokenizer_file))
+    end = backend.token_to_id("<|im_end|>")
+    backend.post_processor = processors.TemplateProcessing(single="$A <|im_end|>",
+                                                           special_tokens=[("<|im_end|>", end)])
+    backend.save(str(tokenizer_file))
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    (out / "modules.json").write_text(json.dumps(modules))
+    (out / "1_Pooling").mkdir()
+    flags = {flag: flag == ST_MODES[mode] for flag in ST_MODES.values()}
+    (out / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": settings["hidden_size"], "include_prompt": True, **flags}))
+    return out
+
+
+def hf_embeddings(model_dir: Path, texts: list[str], mode: str, normalize: bool) -> list[list[float]]:
+    """transformers' AutoModel (the bare decoder) on each text alone, pooled as sentence-transformers pools."""
+    from transformers import AutoModel, AutoTokenizer
+
+    model = AutoModel.from_pretrained(model_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    vectors = []
+    for text in texts:
+        ids = torch.tensor([tokenizer(text)["input_ids"]])
+        with torch.no_grad():
+            hidden = model(input_ids=ids).last_hidden_state[0]
+        vector = {"last": hidden[-1], "mean": hidden.mean(0), "cls": hidden[0]}[mode]
+        vectors.append(torch.nn.functional.normalize(vector, dim=0) if normalize else vector)
+    return [v.tolist() for v in vectors]
 
 
 def hf_greedy(model_dir: Path, prompt_ids: list[int], max_new_tokens: int) -> list[int]:

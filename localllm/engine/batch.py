@@ -38,11 +38,24 @@ class StepBatch:
     sampling_seqs: list[Sequence] = field(default_factory=list)   # those S sequences (on rank 0), in order
 
 
+@dataclass(frozen=True)
+class PoolingSlice:
+    """The rows of one pooling sequence in a step: rows [start, start + length) of the hidden states hold its
+    tokens at positions [first_position, first_position + length)."""
+    seq: Sequence
+    start: int
+    length: int
+    first_position: int
+    last_chunk: bool                 # the step computes its last prompt token: its vector is complete after it
+
+
 @dataclass
 class PackedStep:
     header: torch.Tensor             # [HEADER_LEN] int64, on the host
     payload: torch.Tensor            # [payload_len(header)] int32, on the host
     sampling_seqs: list[Sequence]
+    # rank 0's own: no other rank pools, since every rank holds the same whole hidden states
+    pooling: list[PoolingSlice] = field(default_factory=list)
 
 
 class StepBatchBuilder:
@@ -83,6 +96,7 @@ class StepBatchBuilder:
         tables = np.zeros((b, width), dtype=np.int32)   # the kernels never read past a sequence's blocks
         logits_at: list[int] = []
         sampling_seqs: list[Sequence] = []
+        pooling: list[PoolingSlice] = []
         query_start_loc = [0]
         pending_rows: list[int] = []
         pending_from: list[int] = []
@@ -110,6 +124,8 @@ class StepBatchBuilder:
             if item.samples:
                 logits_at.append(t - 1)
                 sampling_seqs.append(seq)
+            elif seq.pools:
+                pooling.append(PoolingSlice(seq, t - n, n, start, item.reaches_last_token))
         tail = np.concatenate([np.asarray(logits_at, dtype=np.int32), query_start_loc, context_lens,
                                tables.reshape(-1), pending_rows, pending_from]).astype(np.int32)
         buf[3 * t:3 * t + len(tail)] = tail
@@ -117,7 +133,7 @@ class StepBatchBuilder:
         header.numpy()[:] = (CMD_STEP, t, b, len(sampling_seqs), width,
                              sum(1 for s in ordered if s.num_new_tokens == 1),
                              max(s.num_new_tokens for s in ordered), max(context_lens), len(pending_rows), 0)
-        return PackedStep(header.clone(), self._payload[:3 * t + len(tail)], sampling_seqs)
+        return PackedStep(header.clone(), self._payload[:3 * t + len(tail)], sampling_seqs, pooling)
 
 
 def unpack(header: torch.Tensor, payload: torch.Tensor, device: torch.device,

@@ -1,5 +1,5 @@
-"""The engine core: token ids in, token ids out. One step = schedule -> forward -> sample -> bookkeeping.
-Text (tokenizing, detokenizing, stop strings) lives a layer above, in LLMEngine."""
+"""The engine core: token ids in, token ids (or pooled vectors) out. One step = schedule -> forward -> sample and
+pool -> bookkeeping. Text (tokenizing, detokenizing, stop strings) lives a layer above, in LLMEngine."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,15 +10,18 @@ import contextlib
 import torch
 
 from localllm.config import Config
-from localllm.engine.batch import H, unpack
+from localllm.engine.batch import H, PoolingSlice, unpack
 from localllm.engine.block_manager import BlockManager
 from localllm.engine.rank_setup import set_up_rank
 from localllm.engine.request import Sequence
-from localllm.engine.events import SampledToken, TokenEvent
+from localllm.engine.events import EmbeddingEvent, SampledToken, TokenEvent
+from localllm.engine.pooler import Pooler
 from localllm.engine.sampler import Sampler, SamplingRow
 from localllm.engine.scheduler import Scheduler, SchedulerOutput
 from localllm.engine.tensor_parallel import TensorParallel, resolve_degree
 from localllm.errors import PromptTooLongError
+from localllm.loader.pooling_config import PoolingConfig
+from localllm.pooling_params import PoolingParams
 from localllm.sampling_params import SamplingParams
 
 
@@ -45,9 +48,10 @@ def resolve_dtype(config: Config, device: torch.device) -> torch.dtype:
 
 class EngineCore:
     def __init__(self, config: Config, model_dir: Path | None, hf_config, eos_token_ids: set[int],
-                 on_worker_failure=None):
+                 on_worker_failure=None, pooling: PoolingConfig | None = None):
         """model_dir None = random weights. on_worker_failure(message): what to do, from a watchdog thread, when
-        a tensor-parallel worker dies (default: make the step waiting on it fail)."""
+        a tensor-parallel worker dies (default: make the step waiting on it fail). pooling: how the model makes
+        embeddings (None: it makes none)."""
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         self.config = config
@@ -77,6 +81,8 @@ class EngineCore:
         self.overlap = config.overlap_steps if config.overlap_steps is not None else self.device.type == "cuda"
         self.in_flight: InFlightStep | None = None
         self.sampler = Sampler(eos_token_ids)
+        self.pooler = Pooler(pooling) if pooling is not None else None
+        self.embeddings: list[EmbeddingEvent] = []   # finished pooling requests, until take_embeddings()
         self.requests: dict[str, list[Sequence]] = {}
 
     def _worker_failures(self):
@@ -92,34 +98,61 @@ class EngineCore:
             self.runner.release_graphs()
             self.tp.stop()
 
-    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+    def add_request(self, request_id: str, prompt_token_ids: list[int],
+                    params: SamplingParams | PoolingParams) -> None:
+        """A generation request (SamplingParams) or a pooling one (PoolingParams: its prompt is computed and pooled
+        into one vector, which take_embeddings() hands out)."""
         n = len(prompt_token_ids)
         if n == 0:
             raise ValueError("the prompt is empty")
-        if n >= self.max_model_len:
-            raise PromptTooLongError(f"the prompt has {n} tokens but the context holds {self.max_model_len}, "
-                                     "and at least one must be left for the reply")
+        if isinstance(params, PoolingParams):
+            self._check_pooling(params, n)
+        else:
+            self._check_generation(params, n)
         if not self.config.enable_chunked_prefill and n > self.config.max_num_batched_tokens:
             raise PromptTooLongError(f"the prompt has {n} tokens, more than max_num_batched_tokens "
                                      f"({self.config.max_num_batched_tokens}) with chunked prefill off")
         self._check_in_vocabulary(prompt_token_ids, "token id")
-        # the sampler bans stop ids by index while min_tokens is not reached
-        self._check_in_vocabulary(params.stop_token_ids, "stop token id")
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
         seq = self._new_sequence(request_id, prompt_token_ids, params, 0)
         self.requests[request_id] = [seq]
         self.scheduler.add(seq)
 
+    def _check_generation(self, params: SamplingParams, n: int) -> None:
+        if not self.runner.has_lm_head:
+            raise ValueError("the model has no language-model head: it computes embeddings only")
+        if n >= self.max_model_len:
+            raise PromptTooLongError(f"the prompt has {n} tokens but the context holds {self.max_model_len}, "
+                                     "and at least one must be left for the reply")
+        # the sampler bans stop ids by index while min_tokens is not reached
+        self._check_in_vocabulary(params.stop_token_ids, "stop token id")
+
+    def _check_pooling(self, params: PoolingParams, n: int) -> None:
+        if self.pooler is None:
+            raise ValueError("the model is not an embedding model (it has no sentence-transformers pooling config)")
+        if n > self.max_model_len:
+            raise PromptTooLongError(f"the input has {n} tokens but the context holds {self.max_model_len}")
+        dimension = self.pooler.config.dimension
+        if params.dimensions is not None and params.dimensions > dimension:
+            raise ValueError(f"dimensions must be at most {dimension}, the model's, got {params.dimensions}")
+
+    def take_embeddings(self) -> list[EmbeddingEvent]:
+        """The vectors of the pooling requests finished since the last call."""
+        done, self.embeddings = self.embeddings, []
+        return done
+
     def _check_in_vocabulary(self, token_ids: list[int], what: str) -> None:
         bad = [t for t in token_ids if not 0 <= t < self.vocab_size]
         if bad:
             raise ValueError(f"{what} {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1})")
 
-    def _new_sequence(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+    def _new_sequence(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams | PoolingParams,
                       index: int) -> Sequence:
         seq = Sequence(request_id, prompt_token_ids, params, index)
-        if params.seed is not None:   # completion i of a seeded request draws from seed + i
+        if seq.pools:
+            seq.shares_cached_prefix = self.pooler.shares_cached_prefix
+        elif params.seed is not None:   # completion i of a seeded request draws from seed + i
             seq.generator = torch.Generator(self.device).manual_seed(params.seed + index)
         return seq
 
@@ -157,8 +190,11 @@ class EngineCore:
         if self.tp:   # the other ranks run the same forward
             self.tp.channel.send(packed)
         batch = unpack(packed.header, payload, self.device, self.in_flight.token_ids if self.in_flight else None)
-        logits = self.runner.forward(batch)
+        hidden = self.runner.hidden_states(batch)
+        logits = self.runner.logits(hidden, batch)
         self.scheduler.step_done(out)
+        if packed.pooling:
+            self._pool(hidden, packed.pooling)
         if not seqs:
             return None
         rows = [self._sampling_row(s) for s in seqs]
@@ -176,6 +212,14 @@ class EngineCore:
         if ready is not None:
             ready.record()
         return InFlightStep(seqs, token_ids, host, ready)
+
+    def _pool(self, hidden: torch.Tensor, slices: list[PoolingSlice]) -> None:
+        """Finishes the pooling sequences this step completed (their blocks are freed at once). Reading their
+        vectors back waits for the step, so a step that completes one does not overlap the next."""
+        for seq, vector in self.pooler(hidden, slices):
+            self.scheduler.finish(seq, "stop")
+            self._forget_if_done(seq.request_id)
+            self.embeddings.append(EmbeddingEvent(seq.request_id, vector.tolist()))
 
     def _read_back(self, step: InFlightStep) -> list[TokenEvent]:
         if step.ready is not None:

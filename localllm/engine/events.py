@@ -19,3 +19,9 @@ class TokenEvent(msgspec.Struct, frozen=True, array_like=True):
     index: int
     sampled: SampledToken | None
     finish_reason: str | None = None
+
+
+class EmbeddingEvent(msgspec.Struct, frozen=True, array_like=True):
+    """A pooling request's result: its vector, pooled (and normalized, and truncated) as the model and request ask."""
+    request_id: str
+    embedding: list[float]

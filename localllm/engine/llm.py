@@ -1,4 +1,5 @@
-"""The offline API: LLM(model).generate(prompts, params) and LLM.chat(messages, params)."""
+"""The offline API: LLM(model).generate(prompts, params), LLM.chat(messages, params) and, for an embedding model,
+LLM.embed(inputs)."""
 from __future__ import annotations
 
 import itertools
@@ -7,6 +8,7 @@ from collections.abc import Iterator
 from localllm.config import Config
 from localllm.engine.llm_engine import LLMEngine
 from localllm.engine.outputs import CompletionOutput, RequestOutput, StreamDelta
+from localllm.pooling_params import PoolingParams
 from localllm.sampling_params import SamplingParams
 
 Prompt = str | list[int]
@@ -42,6 +44,24 @@ class LLM:
              params: SamplingParams | list[SamplingParams] | None = None) -> list[RequestOutput]:
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         return self._run([self.engine.chat_prompt(c) for c in conversations], params)
+
+    def embed(self, inputs: Prompt | list[Prompt], params: PoolingParams | None = None) -> list[list[float]]:
+        """One vector per input (text, or token ids), pooled as the model's sentence-transformers config says;
+        the inputs are batched together, and with any generation in flight."""
+        if isinstance(inputs, str) or (inputs and isinstance(inputs[0], int)):
+            inputs = [inputs]
+        ids = [str(next(self._ids)) for _ in inputs]
+        vectors: dict[str, list[float]] = {}
+        try:
+            for request_id, prompt in zip(ids, inputs):
+                self.engine.add_embedding_request(request_id, self.engine.encode(prompt), params or PoolingParams())
+            while self.engine.has_unfinished:
+                self.engine.step()
+                vectors.update((e.request_id, e.embedding) for e in self.engine.take_embeddings())
+        finally:
+            for request_id in ids:
+                self.engine.abort_request(request_id)
+        return [vectors[request_id] for request_id in ids]
 
     def stream(self, prompt_token_ids: list[int], params: SamplingParams | None = None) -> Iterator[StreamDelta]:
         """One request, delta by delta; closing the iterator early aborts the request."""

@@ -1,13 +1,16 @@
-"""Text in, text out around the engine core: tokenizing, incremental detokenizing and stop strings."""
+"""Text in, text out around the engine core: tokenizing, incremental detokenizing and stop strings; and text in,
+vectors out for an embedding model."""
 from __future__ import annotations
 
 import weakref
 
 from localllm.config import Config
 from localllm.engine.core import EngineCore
+from localllm.engine.events import EmbeddingEvent
 from localllm.engine.output_processor import OutputProcessor
 from localllm.engine.outputs import StreamDelta
 from localllm.loader.hf_dir import open_model
+from localllm.pooling_params import PoolingParams
 from localllm.sampling_params import SamplingParams
 
 
@@ -16,7 +19,8 @@ class LLMEngine:
         self.config = config
         files = open_model(config.model)
         self.model_dir, self.hf_config, self.tokenizer = files.model_dir, files.hf_config, files.tokenizer
-        self.core = EngineCore(config, files.model_dir, files.hf_config, files.eos_token_ids)
+        self.pooling = files.pooling
+        self.core = EngineCore(config, files.model_dir, files.hf_config, files.eos_token_ids, pooling=files.pooling)
         self.output_processor = OutputProcessor(self.tokenizer)
         # tensor-parallel workers stop with the engine, or at the latest when the interpreter exits
         self._finalizer = weakref.finalize(self, self.core.shutdown)
@@ -36,6 +40,13 @@ class LLMEngine:
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
         self.core.add_request(request_id, prompt_token_ids, params)
         self.output_processor.add_request(request_id, params)
+
+    def add_embedding_request(self, request_id: str, prompt_token_ids: list[int], params: PoolingParams) -> None:
+        self.core.add_request(request_id, prompt_token_ids, params)
+
+    def take_embeddings(self) -> list[EmbeddingEvent]:
+        """The vectors of the embedding requests that the steps so far finished."""
+        return self.core.take_embeddings()
 
     def abort_request(self, request_id: str) -> None:
         self.core.abort_request(request_id)

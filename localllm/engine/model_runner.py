@@ -28,6 +28,7 @@ class ModelRunner:
     def __init__(self, hf_config, model_dir: Path | None, device: torch.device, dtype: torch.dtype):
         """model_dir None = random weights (benchmarks of speed only)."""
         self.device = device
+        self.has_lm_head = True   # False for an embedding model whose checkpoint has no LM head: it cannot generate
         self.dtype = dtype
         default_dtype = torch.get_default_dtype()
         torch.set_default_dtype(dtype)
@@ -43,7 +44,7 @@ class ModelRunner:
                 else:
                     param.data.fill_(1.0)
         else:
-            load_weights(self.model, model_dir)
+            self.has_lm_head = load_weights(self.model, model_dir)
         self.model.eval()
         self.hidden_size = hf_config.hidden_size
         self.kv_cache: torch.Tensor | None = None
@@ -102,10 +103,19 @@ class ModelRunner:
     def forward(self, batch: StepBatch) -> torch.Tensor | None:
         """Returns float32 logits [number of sampling rows, vocab]; None on tensor-parallel ranks other than 0,
         which only contribute their slice of the vocabulary."""
+        return self.logits(self.hidden_states(batch), batch)
+
+    @torch.inference_mode()
+    def hidden_states(self, batch: StepBatch) -> torch.Tensor:
+        """The final (normed) hidden states [T, hidden] of every token of the step, whole on every rank. From a
+        decode graph they are its static buffer, overwritten by the next replay: read them before that."""
         if self.decode_graphs is not None and self.decode_graphs.can_run(batch):
-            hidden = self.decode_graphs.run(batch)
-        else:
-            hidden = self.model(batch.input_ids, batch.positions, batch.attention)
+            return self.decode_graphs.run(batch)
+        return self.model(batch.input_ids, batch.positions, batch.attention)
+
+    @torch.inference_mode()
+    def logits(self, hidden: torch.Tensor, batch: StepBatch) -> torch.Tensor | None:
+        """forward's logits, from the step's hidden states."""
         if batch.logits_indices.shape[0] == 0:
             return hidden.new_empty((0, 0), dtype=torch.float32)
         logits = self.model.compute_logits(hidden[batch.logits_indices])

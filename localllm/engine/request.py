@@ -1,10 +1,11 @@
-"""A sequence being generated: its tokens, its place in the KV cache and how far it has been computed."""
+"""A sequence being generated or pooled: its tokens, its place in the KV cache and how far it has been computed."""
 from __future__ import annotations
 
 import enum
 import itertools
 from typing import TYPE_CHECKING
 
+from localllm.pooling_params import PoolingParams
 from localllm.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
@@ -21,7 +22,8 @@ _seq_ids = itertools.count()
 
 
 class Sequence:
-    def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, index: int = 0):
+    def __init__(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams | PoolingParams,
+                 index: int = 0):
         self.seq_id = next(_seq_ids)
         self.request_id = request_id
         self.index = index                      # which of the request's n completions
@@ -39,6 +41,15 @@ class Sequence:
         # from row pending_index of the latest such step's sampled tokens.
         self.num_pending = 0
         self.pending_index = 0
+        # A pooling sequence computes its prompt only. Pooling over every token (mean, cls) needs each token's
+        # hidden state, so such a sequence may not skip a cached prefix; `pooled` carries its partial result
+        # (a running sum, or the first token's state) from one prefill chunk to the next.
+        self.shares_cached_prefix = True
+        self.pooled: torch.Tensor | None = None
+
+    @property
+    def pools(self) -> bool:
+        return isinstance(self.params, PoolingParams)
 
     def __len__(self) -> int:
         return len(self.token_ids)
@@ -57,6 +68,8 @@ class Sequence:
         return self._at_length_limit(len(self.token_ids), max_model_len)
 
     def _at_length_limit(self, num_tokens: int, max_model_len: int) -> bool:
+        if self.pools:   # it never grows: it is done when its prompt is computed
+            return False
         limit = self.params.max_tokens
         return num_tokens >= max_model_len or (limit is not None and num_tokens - self.num_prompt_tokens >= limit)
 

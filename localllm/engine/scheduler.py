@@ -21,9 +21,14 @@ class ScheduledSeq:
     num_new_tokens: int
 
     @property
-    def samples(self) -> bool:
-        """Whether this step reaches the sequence's last token, so its logits give the next token."""
+    def reaches_last_token(self) -> bool:
+        """Whether this step computes the sequence's last token (so far)."""
         return self.seq.num_computed_tokens + self.num_new_tokens == self.seq.num_tokens
+
+    @property
+    def samples(self) -> bool:
+        """Whether this step's logits give the sequence's next token (a pooling sequence never samples)."""
+        return self.reaches_last_token and not self.seq.pools
 
 
 @dataclass(frozen=True)
@@ -93,7 +98,8 @@ class Scheduler:
 
     def _admit(self, seq: Sequence, budget: int, scheduled: list[ScheduledSeq]) -> bool:
         manager = self.block_manager
-        prefix = [] if seq.block_table else manager.cached_prefix(seq)   # forks arrive holding blocks
+        # forks arrive holding blocks
+        prefix = [] if seq.block_table or not seq.shares_cached_prefix else manager.cached_prefix(seq)
         computed = seq.num_computed_tokens if seq.block_table else len(prefix) * manager.block_size
         n = seq.num_tokens - computed
         if n > budget:

@@ -26,6 +26,7 @@ ALIASES: dict[str, str] = {
     "llama3.2:3b": "meta-llama/Llama-3.2-3B-Instruct",
     "llama3.1:8b": "meta-llama/Llama-3.1-8B-Instruct",
     "mistral:7b": "mistralai/Mistral-7B-Instruct-v0.3",
+    "qwen3-embedding:0.6b": "Qwen/Qwen3-Embedding-0.6B",   # an embedding model: /v1/embeddings
 }
 
 

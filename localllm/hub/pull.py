@@ -31,10 +31,12 @@ class PullError(LocalLLMError):
 
 
 # Besides the weights, a safetensors model needs these (when the repo has them); never *.bin, *.pt, *.pth, pickles.
+# An embedding model's sentence-transformers files (modules.json, the Pooling module's config) say how it pools.
 _SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                "special_tokens_map.json", "added_tokens.json", "tokenizer.model", "vocab.json", "merges.txt",
-               "chat_template.jinja", "chat_template.json")
-_SIDE_PATTERNS = ("additional_chat_templates/*.jinja",)
+               "chat_template.jinja", "chat_template.json", "modules.json", "sentence_bert_config.json",
+               "config_sentence_transformers.json")
+_SIDE_PATTERNS = ("additional_chat_templates/*.jinja", "*_Pooling/config.json")
 _INDEX = "model.safetensors.index.json"
 _PICKLES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _DEFAULT_QUANT = "Q4_K_M"  # what a GGUF repo gives when no tag is named and it holds several files, as in Ollama

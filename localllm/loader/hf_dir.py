@@ -1,4 +1,5 @@
-"""Config, tokenizer and end-of-sequence ids of a Hugging Face model directory, with user-facing errors."""
+"""Config, tokenizer, end-of-sequence ids and pooling of a Hugging Face model directory, with user-facing
+errors."""
 from __future__ import annotations
 
 import json
@@ -7,6 +8,7 @@ from pathlib import Path
 
 from localllm.architectures import hf_architecture
 from localllm.errors import CorruptModelError, ModelNotFoundError, UnsupportedModelError, first_line
+from localllm.loader.pooling_config import PoolingConfig, read_pooling_config
 from localllm.loader.tokenizer import Tokenizer
 
 
@@ -48,6 +50,7 @@ class ModelFiles:
     hf_config: object
     tokenizer: Tokenizer
     eos_token_ids: set[int]
+    pooling: PoolingConfig | None = None   # set for an embedding model (a sentence-transformers directory)
 
 
 def open_model(name: str | None) -> ModelFiles:
@@ -58,4 +61,5 @@ def open_model(name: str | None) -> ModelFiles:
     # an unsupported architecture fails before anything heavy is loaded
     hf_architecture(getattr(hf_config, "architectures", None), str(model_dir))
     tokenizer = Tokenizer.from_dir(model_dir)
-    return ModelFiles(model_dir, hf_config, tokenizer, eos_token_ids(model_dir, tokenizer, hf_config))
+    return ModelFiles(model_dir, hf_config, tokenizer, eos_token_ids(model_dir, tokenizer, hf_config),
+                      read_pooling_config(model_dir))

@@ -10,17 +10,27 @@ from torch import nn
 
 from localllm.errors import CorruptModelError, ModelNotFoundError, first_line
 from localllm.layers.shards import whole
+from localllm.loader.pooling_config import read_pooling_config
 
 
-def _param_and_shard(model: nn.Module, name: str):
+def _param_and_shard(model: nn.Module, name: str, params: dict):
     for hf_part, (our_part, shard_id) in model.packed_modules.items():
         if f".{hf_part}." in name:
-            return name.replace(f".{hf_part}.", f".{our_part}."), shard_id
-    return name, None
+            name, shard = name.replace(f".{hf_part}.", f".{our_part}."), shard_id
+            break
+    else:
+        shard = None
+    # a checkpoint of the bare decoder (what sentence-transformers saves: Qwen3-Embedding) names its tensors
+    # without the "model." of the *ForCausalLM wrapper
+    if name not in params and f"model.{name}" in params:
+        name = f"model.{name}"
+    return name, shard
 
 
 @torch.no_grad()
-def load_weights(model: nn.Module, model_dir: Path) -> None:
+def load_weights(model: nn.Module, model_dir: Path) -> bool:
+    """Returns whether the LM head was loaded: an embedding model (a sentence-transformers directory) may come
+    without one, and then computes embeddings only."""
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
         raise ModelNotFoundError(f"no .safetensors weights in {model_dir}")
@@ -34,7 +44,7 @@ def load_weights(model: nn.Module, model_dir: Path) -> None:
                 for name in f.keys():
                     if "rotary_emb" in name or (tied and name == "lm_head.weight"):
                         continue
-                    target, shard_id = _param_and_shard(model, name)
+                    target, shard_id = _param_and_shard(model, name, params)
                     if target not in params:
                         raise CorruptModelError(f"{file.name}: unexpected tensor {name!r} for this architecture")
                     module = modules[target.rsplit(".", 1)[0]]
@@ -57,5 +67,8 @@ def load_weights(model: nn.Module, model_dir: Path) -> None:
         shards = shards_of.get(target.rsplit(".", 2)[-2], [])
         expected |= {f"{target}:{s}" for s in shards} if shards else {target}
     missing = sorted(expected - loaded)
+    if missing == ["lm_head.weight"] and read_pooling_config(model_dir) is not None:
+        return False
     if missing:
         raise CorruptModelError(f"weights in {model_dir} lack {len(missing)} tensors, e.g. {missing[0]}")
+    return True

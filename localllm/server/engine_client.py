@@ -1,6 +1,6 @@
 """The front end's side of one engine process: start it, send it requests, and route its token events,
-detokenized by an OutputProcessor, to per-request asyncio queues. Nothing here blocks the event loop: a
-reader thread hands the pipe's messages to the loop, a writer thread feeds the pipe."""
+detokenized by an OutputProcessor, and its embeddings to per-request asyncio queues. Nothing here blocks the event
+loop: a reader thread hands the pipe's messages to the loop, a writer thread feeds the pipe."""
 from __future__ import annotations
 
 import asyncio
@@ -19,13 +19,14 @@ from localllm.engine.output_processor import OutputProcessor
 from localllm.engine.outputs import StreamDelta
 from localllm.errors import one_line
 from localllm.loader.tokenizer import Tokenizer
+from localllm.pooling_params import PoolingParams
 from localllm.sampling_params import SamplingParams
 from localllm.server import engine_process
 from localllm.server.errors import APIError
-from localllm.server.protocol import (PROTOCOL_VERSION, AbortRequests, AddRequest, DecodeError, EngineFailed,
-                                      EngineStats, FinishSequence, FromEngine, LoadFailed, Loaded, MessageRefused,
-                                      ProtocolError, Receiver, RequestFailed, Sender, Shutdown, Start, StepOutput,
-                                      check_version)
+from localllm.server.protocol import (PROTOCOL_VERSION, AbortRequests, AddRequest, DecodeError, EmbedRequest,
+                                      EngineFailed, EngineStats, FinishSequence, FromEngine, LoadFailed, Loaded,
+                                      MessageRefused, ProtocolError, Receiver, RequestFailed, Sender, Shutdown, Start,
+                                      StepOutput, check_version)
 
 log = logging.getLogger("localllm.server")
 # Starting an engine process lends it the daemon's environment for a moment (see _start_with_environment).
@@ -53,10 +54,11 @@ class _Exited:
 @dataclass
 class EngineRequest:
     """One engine request as the front end follows it. Several may share one queue (a completions call with
-    several prompts); the queue receives (request, StreamDelta) pairs, or an APIError if the request fails."""
+    several prompts); the queue receives (request, StreamDelta) pairs, or for a pooling request one (request,
+    EmbeddingEvent) pair, or an APIError if the request fails."""
     request_id: str
     num_prompt_tokens: int
-    params: SamplingParams
+    params: SamplingParams | PoolingParams
     queue: asyncio.Queue
     tag: int = 0                               # the caller's index of this request (which prompt)
     submitted_at: float = field(default_factory=time.monotonic)
@@ -128,14 +130,23 @@ class EngineClient:
         self.processor = OutputProcessor(self.tokenizer)
         return info
 
-    def submit(self, prompt_token_ids: list[int], params: SamplingParams, queue_: asyncio.Queue,
+    @property
+    def pooling(self):
+        """How the model makes embeddings (a PoolingConfig), or None when it makes none."""
+        return self.info.pooling if self.info is not None else None
+
+    def submit(self, prompt_token_ids: list[int], params: SamplingParams | PoolingParams, queue_: asyncio.Queue,
                tag: int = 0) -> EngineRequest:
+        """A generation request (SamplingParams), or a pooling one (PoolingParams)."""
         if self.exited:
             raise self._gone_error()
         request = EngineRequest(uuid.uuid4().hex, len(prompt_token_ids), params, queue_, tag)
-        self._send(AddRequest(request.request_id, prompt_token_ids, params))   # raises before it is registered
+        pools = isinstance(params, PoolingParams)
+        message = (EmbedRequest if pools else AddRequest)(request.request_id, prompt_token_ids, params)
+        self._send(message)   # raises before the request is registered
         self._requests[request.request_id] = request
-        self.processor.add_request(request.request_id, params)
+        if not pools:
+            self.processor.add_request(request.request_id, params)
         return request
 
     def abort(self, request: EngineRequest) -> None:
@@ -207,6 +218,10 @@ class EngineClient:
             self.stats = message.stats
             if message.events:
                 self._route(message.events)
+            for embedding in message.embeddings:
+                request = self._requests.pop(embedding.request_id, None)
+                if request is not None:
+                    request.queue.put_nowait((request, embedding))
         elif isinstance(message, Loaded):
             self._on_loaded(message)
         elif isinstance(message, RequestFailed):

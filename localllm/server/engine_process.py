@@ -1,5 +1,6 @@
 """The engine process: loads one model into an EngineCore and serves it over two pipes. Token ids in,
-TokenEvent batches (with the core's counters) out. Runs the model only; all text stays in the front end."""
+TokenEvent and EmbeddingEvent batches (with the core's counters) out. Runs the model only; all text stays in the
+front end."""
 from __future__ import annotations
 
 import os
@@ -8,10 +9,10 @@ import time
 from multiprocessing.connection import Connection
 
 from localllm.errors import one_line
-from localllm.server.protocol import (PROTOCOL_VERSION, AbortRequests, AddRequest, DecodeError, EngineFailed,
-                                      EngineStats, FinishSequence, LoadFailed, Loaded, MessageRefused, ProtocolError,
-                                      RankMemory, Receiver, RequestFailed, Sender, Shutdown, Start, StepOutput,
-                                      ToEngine, check_version)
+from localllm.server.protocol import (PROTOCOL_VERSION, AbortRequests, AddRequest, DecodeError, EmbedRequest,
+                                      EngineFailed, EngineStats, FinishSequence, LoadFailed, Loaded, MessageRefused,
+                                      ProtocolError, RankMemory, Receiver, RequestFailed, Sender, Shutdown, Start,
+                                      StepOutput, ToEngine, check_version)
 
 IDLE_CHECK_S = 1.0      # how often an idle engine checks that its daemon is still alive
 STATS_EVERY_S = 0.25    # steps that yield no token (prefill chunks) still report counters this often
@@ -95,7 +96,8 @@ def _load(config, outbox: Sender):
     try:
         files = open_model(config.model)
         model_dir, eos = files.model_dir, files.eos_token_ids
-        core = EngineCore(config, model_dir, files.hf_config, eos, on_worker_failure=_exit_on_worker_failure)
+        core = EngineCore(config, model_dir, files.hf_config, eos, on_worker_failure=_exit_on_worker_failure,
+                          pooling=files.pooling)
     except (LocalLLMError, ValueError, OSError) as e:
         outbox.send(LoadFailed(type(e).__name__, one_line(e)))
         return None
@@ -115,7 +117,7 @@ def _load(config, outbox: Sender):
         num_blocks=core.num_blocks, param_bytes=weights * tp, kv_cache_bytes=kv * tp,
         eos_token_ids=sorted(eos), num_threads=torch.get_num_threads(),
         stats=stats_of(core), tensor_parallel_size=tp, worker_pids=core.worker_pids,
-        gpus=gpus))
+        gpus=gpus, pooling=files.pooling, generates=runner.has_lm_head))
     return core
 
 
@@ -153,14 +155,15 @@ def _serve(core, inbox: Receiver, outbox: Sender) -> None:
         if core.has_unfinished:
             events = core.step()
             steps += 1
+        embeddings = core.take_embeddings()
         now = time.monotonic()
-        if events or changed or now - last_sent > STATS_EVERY_S:
-            outbox.send(StepOutput(events, stats_of(core, steps)))
+        if events or embeddings or changed or now - last_sent > STATS_EVERY_S:
+            outbox.send(StepOutput(events, stats_of(core, steps), embeddings))
             last_sent = now
 
 
 def _handle(core, message, outbox: Sender) -> None:
-    if isinstance(message, AddRequest):
+    if isinstance(message, (AddRequest, EmbedRequest)):
         try:
             core.add_request(message.request_id, message.prompt_token_ids, message.params)
         except Exception as e:  # noqa: BLE001 - a refused request never takes the engine down

@@ -108,8 +108,8 @@ def _gpu_families():
     yield from (used, utilization)
 
 
-_ENDPOINTS = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/api/status",
-              "/api/unload"}
+_ENDPOINTS = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/models", "/health",
+              "/metrics", "/api/status", "/api/unload"}
 
 
 class RequestCounter:

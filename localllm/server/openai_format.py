@@ -1,6 +1,8 @@
-"""OpenAI response shapes: whole answers, stream chunks, usage and both logprobs formats."""
+"""OpenAI response shapes: whole answers, stream chunks, usage, both logprobs formats and embedding lists."""
 from __future__ import annotations
 
+import base64
+import struct
 import time
 import uuid
 import weakref
@@ -144,6 +146,17 @@ def completion_response(response_id: str, model: str, choices: list[Choice], tex
         "usage": usage(prompt_tokens, sum(c.num_tokens for c in choices)),
         "system_fingerprint": None,
     }
+
+
+def embedding_list(model: str, vectors: list[list[float]], prompt_tokens: int, encoding_format: str | None) -> dict:
+    """base64: each vector's float32 values, little-endian, as OpenAI sends them (its client decodes them so)."""
+    def encoded(vector: list[float]):
+        if encoding_format == "base64":
+            return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+        return vector
+    return {"object": "list", "model": model,
+            "data": [{"object": "embedding", "index": i, "embedding": encoded(v)} for i, v in enumerate(vectors)],
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}
 
 
 # --- stream chunks ----------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ refusal as a 400 naming the parameter. Sampling values are validated by Sampling
 from __future__ import annotations
 
 from localllm.errors import one_line
+from localllm.loader.fim import FimUnsupportedError, fim_prompt
 from localllm.sampling_params import SamplingParams
 from localllm.server.errors import APIError
 from localllm.server.openai_schemas import ChatCompletionRequest, CompletionRequest
@@ -26,10 +27,16 @@ def reject_unsupported(body) -> None:
     else:
         if body.echo:
             raise _bad("echo is not supported.", "echo", "unsupported_parameter")
-        if body.suffix:
-            raise _bad("suffix is not supported.", "suffix", "unsupported_parameter")
         if body.best_of is not None and body.best_of != body.n:
             raise _bad("best_of other than n is not supported.", "best_of", "unsupported_parameter")
+
+
+def check_generates(model) -> None:
+    """An embedding model (a LoadedModel whose engine pools) is refused text generation: it is trained to make
+    vectors, and may have no LM head at all."""
+    if model.client.pooling is not None:
+        raise _bad(f"The model '{model.name}' is an embedding model: it serves /v1/embeddings, not text generation.",
+                   "model", "model_not_generative")
 
 
 def sampling_params(body: ChatCompletionRequest | CompletionRequest) -> SamplingParams:
@@ -88,7 +95,10 @@ def chat_prompt(tokenizer, body: ChatCompletionRequest) -> list[int]:
 
 
 def completion_prompts(tokenizer, body: CompletionRequest, vocab_size: int) -> list[list[int]]:
+    """The prompts' token ids; with a (non-empty) suffix, fill-in-the-middle prompts of text prompts."""
     prompt = body.prompt
+    if body.suffix:
+        return _fim_prompts(tokenizer, body)
     if isinstance(prompt, str):
         prompts = [tokenizer.encode(prompt)]
     elif not prompt:
@@ -106,6 +116,17 @@ def completion_prompts(tokenizer, body: CompletionRequest, vocab_size: int) -> l
         if bad is not None:
             raise _bad(f"Token id {bad} is outside the vocabulary (0..{vocab_size - 1}).", "prompt")
     return prompts
+
+
+def _fim_prompts(tokenizer, body: CompletionRequest) -> list[list[int]]:
+    texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    if not texts or not all(isinstance(t, str) for t in texts):
+        raise _bad("With a suffix, the prompt must be text (a string or a list of strings).", "prompt")
+    try:
+        return [fim_prompt(tokenizer, text, body.suffix) for text in texts]
+    except FimUnsupportedError as e:
+        raise _bad(f"The model '{body.model}' cannot fill in the middle: {e}.", "suffix",
+                   "unsupported_parameter") from None
 
 
 def check_context(prompts: list[list[int]], max_tokens: int | None, context: int, param: str) -> None:

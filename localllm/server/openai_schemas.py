@@ -32,23 +32,14 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class _Sampling(BaseModel):
+class SamplingExtras(BaseModel):
+    """Sampling fields every generation route takes: OpenAI's chat ones that /v1/responses lacks, and the engine
+    extras (vLLM-style), e.g. extra_body={"top_k": 40} with the openai client."""
     model_config = ConfigDict(extra="ignore", strict=True)
 
-    model: Text
-    n: int = 1
-    max_tokens: Optional[int] = None
-    temperature: Optional[float] = None          # OpenAI's default is 1
-    top_p: Optional[float] = None
-    stop: Optional[Union[Text, list[Text]]] = None
     seed: Optional[int] = Seed
     presence_penalty: Optional[float] = None
     frequency_penalty: Optional[float] = None
-    logit_bias: Optional[dict[str, float]] = None
-    stream: Optional[bool] = False
-    stream_options: Optional[StreamOptions] = None
-    user: Optional[Text] = None
-    # engine extras (vLLM-style), e.g. extra_body={"top_k": 40} with the openai client
     top_k: Optional[int] = None
     min_p: Optional[float] = None
     repetition_penalty: Optional[float] = None
@@ -57,6 +48,19 @@ class _Sampling(BaseModel):
     stop_token_ids: Optional[list[int]] = None
     skip_special_tokens: Optional[bool] = None
     keep_alive: Optional[KeepAlive] = None
+
+
+class _Sampling(SamplingExtras):
+    model: Text
+    n: int = 1
+    max_tokens: Optional[int] = None
+    temperature: Optional[float] = None          # OpenAI's default is 1
+    top_p: Optional[float] = None
+    stop: Optional[Union[Text, list[Text]]] = None
+    logit_bias: Optional[dict[str, float]] = None
+    stream: Optional[bool] = False
+    stream_options: Optional[StreamOptions] = None
+    user: Optional[Text] = None
 
 
 class TextPart(BaseModel):
@@ -93,6 +97,59 @@ class CompletionRequest(_Sampling):
     echo: Optional[bool] = False
     suffix: Optional[Text] = None
     best_of: Optional[int] = None
+
+
+class ResponseContentPart(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    type: Text                     # input_text or output_text (an earlier answer); nothing else is supported
+    text: Optional[Text] = None
+
+
+class ResponseInputItem(BaseModel):
+    """An item of a /v1/responses `input` list: a message (the only kind supported)."""
+    model_config = ConfigDict(extra="ignore", strict=True)
+    type: Optional[Text] = None    # "message", or left out
+    role: Optional[Literal["user", "assistant", "system", "developer"]] = None
+    content: Optional[Union[Text, list[ResponseContentPart]]] = None
+
+
+class ResponseTextConfig(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    format: Optional[dict] = None   # {"type": "text"} (the default); other formats go to chat's response_format
+
+
+class ResponsesRequest(SamplingExtras):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"model": "smollm2:135m", "input": "Hello!", "instructions": "Be brief.", "max_output_tokens": 8}]})
+    model: Text
+    input: Union[Text, list[ResponseInputItem]]
+    instructions: Optional[Text] = None
+    max_output_tokens: Optional[int] = Field(default=None, ge=1)
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+    stream: Optional[bool] = False
+    previous_response_id: Optional[Text] = None
+    store: Optional[bool] = None                 # None = true, as OpenAI
+    metadata: Optional[dict[str, Text]] = None
+    user: Optional[Text] = None
+    text: Optional[ResponseTextConfig] = None
+    tools: Optional[list] = None
+    tool_choice: Optional[Union[Text, dict]] = None
+    parallel_tool_calls: Optional[bool] = None
+    top_logprobs: Optional[int] = None
+    background: Optional[bool] = None
+    conversation: Optional[Union[Text, dict]] = None
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True, json_schema_extra={"examples": [
+        {"model": "qwen3-embedding:0.6b", "input": ["The quick brown fox", "Paged attention"]}]})
+    model: Text
+    input: Union[Text, list[Text], list[int], list[list[int]]]
+    encoding_format: Optional[Literal["float", "base64"]] = None   # None = float
+    dimensions: Optional[int] = Field(default=None, ge=1)
+    user: Optional[Text] = None
+    keep_alive: Optional[KeepAlive] = None
 
 
 class UnloadRequest(BaseModel):

@@ -3,7 +3,7 @@ shape, and no 422 (request validation fails with 400, see errors.py), so schema-
 can rely on it."""
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -14,7 +14,7 @@ _WHY = {
          "feature.",
     401: "The daemon requires an API key (Authorization: Bearer) and none or a wrong one was sent.",
     403: "The Host or Origin header is not allowed.",
-    404: "The model is not known (or, for /api/unload, not loaded).",
+    404: "The model is not known (or, for /api/unload, not loaded), or the response id is not kept.",
     413: "The request body is larger than the daemon accepts.",
     500: "The model failed to load, or its engine failed while generating.",
     503: "The model's queue is full, or its engine stopped: retry (Retry-After says when).",
@@ -69,6 +69,36 @@ class Completion(_Answer):
     object: Literal["text_completion"]
 
 
+class Embedding(BaseModel):
+    object: Literal["embedding"]
+    index: int
+    embedding: Union[list[float], str]   # a base64 string with "encoding_format": "base64"
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"]
+    model: str
+    data: list[Embedding]
+    usage: EmbeddingUsage
+
+
+class ResponseObject(BaseModel):
+    """A /v1/responses answer (its main fields; see the Responses API for the others)."""
+    id: str
+    object: Literal["response"]
+    created_at: int
+    status: Literal["completed", "incomplete", "in_progress", "failed"]
+    model: str
+    output: list[dict[str, Any]]
+    usage: Optional[dict[str, Any]]
+    previous_response_id: Optional[str]
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: str
@@ -86,10 +116,12 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorResponse, "description": _WHY[status]} for status in sorted({403, *statuses})}
 
 
-def answer(model: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
-    """The 200 of a generation route: the whole answer as JSON, or with "stream": true server-sent events."""
+def answer(model: type[BaseModel], done: bool = True) -> dict[int | str, dict[str, Any]]:
+    """The 200 of a generation route: the whole answer as JSON, or with "stream": true server-sent events (ending
+    with data: [DONE] when `done`)."""
+    end = ", then data: [DONE]" if done else ""
     return {200: {"model": model, "description": "The answer, or with \"stream\": true its chunks as "
-                  "server-sent events (data: {chunk} lines, then data: [DONE]).",
+                  f"server-sent events (data: {{chunk}} lines{end}).",
                   "content": {"text/event-stream": {"schema": _EVENT}}}}
 
 

@@ -13,11 +13,13 @@ from typing import Union
 import msgspec
 
 from localllm.config import Config
-from localllm.engine.events import TokenEvent
+from localllm.engine.events import EmbeddingEvent, TokenEvent
+from localllm.loader.pooling_config import PoolingConfig
+from localllm.pooling_params import PoolingParams
 from localllm.sampling_params import SamplingParams
 
 # Raise on any change to the messages below.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 
 class Message(msgspec.Struct, frozen=True, tag=True, array_like=True):
@@ -35,6 +37,13 @@ class AddRequest(Message):
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
+
+
+class EmbedRequest(Message):
+    """A pooling request: the prompt is computed (never sampled) and pooled into one vector (an EmbeddingEvent)."""
+    request_id: str
+    prompt_token_ids: list[int]
+    params: PoolingParams
 
 
 class AbortRequests(Message):
@@ -90,6 +99,8 @@ class Loaded(Message):
     tensor_parallel_size: int = 1
     worker_pids: list[int] = []          # the tensor-parallel workers under the engine process
     gpus: list[RankMemory] = []          # one per rank; empty on CPU
+    pooling: PoolingConfig | None = None   # an embedding model's pooling; None for a model that only generates
+    generates: bool = True               # False for an embedding model without an LM head
 
 
 class LoadFailed(Message):
@@ -100,6 +111,7 @@ class LoadFailed(Message):
 class StepOutput(Message):
     events: list[TokenEvent]
     stats: EngineStats
+    embeddings: list[EmbeddingEvent] = []   # the pooling requests the step finished
 
 
 class RequestFailed(Message):
@@ -119,7 +131,7 @@ class EngineFailed(Message):
     message: str
 
 
-ToEngine = Union[Start, AddRequest, AbortRequests, FinishSequence, Shutdown]
+ToEngine = Union[Start, AddRequest, EmbedRequest, AbortRequests, FinishSequence, Shutdown]
 FromEngine = Union[Loaded, LoadFailed, StepOutput, RequestFailed, MessageRefused, EngineFailed]
 
 # msgspec.DecodeError (ValidationError included): what receive() raises for bytes that are no declared message.

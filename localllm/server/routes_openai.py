@@ -1,20 +1,19 @@
-"""The OpenAI-compatible endpoints: /v1/models, /v1/chat/completions and /v1/completions."""
+"""The OpenAI-compatible endpoints: /v1/models, /v1/chat/completions, /v1/completions and /v1/embeddings."""
 from __future__ import annotations
-
-import asyncio
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from localllm.server.embeddings import embed
 from localllm.server.errors import APIError, model_not_found
+from localllm.server.generation import collect, start
 from localllm.server.jobs import ClientGone, Job, unless_disconnected
-from localllm.server.openai_format import (Choice, chat_chunk, chat_logprobs, chat_response, completion_chunk,
-                                           completion_logprobs, completion_response, new_id, now, token_texts,
-                                           usage)
-from localllm.server.openai_requests import (chat_prompt, check_context, completion_prompts, reject_unsupported,
-                                             sampling_params)
-from localllm.server.openai_schemas import ChatCompletionRequest, CompletionRequest
-from localllm.server.openapi import ChatCompletion, Completion, ModelCard, ModelList, answer, errors
+from localllm.server.openai_format import (chat_chunk, chat_logprobs, chat_response, completion_chunk,
+                                           completion_logprobs, completion_response, embedding_list, new_id, now,
+                                           token_texts, usage)
+from localllm.server.openai_schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from localllm.server.openapi import (ChatCompletion, Completion, EmbeddingList, ModelCard, ModelList, answer,
+                                     errors)
 from localllm.server.sse import DONE, SSEResponse, event
 
 router = APIRouter()
@@ -51,59 +50,35 @@ async def completions(body: CompletionRequest, request: Request):
     return await _serve(request, body, chat=False)
 
 
-async def _serve(request: Request, body, chat: bool):
-    daemon = request.app.state.daemon
-    reject_unsupported(body)
-    params = sampling_params(body)   # bad values fail before any model is loaded
-    model = await daemon.models.acquire(body.model)
-    job = Job(daemon.models, model, body.keep_alive)
+@router.post("/v1/embeddings", response_model=None,
+             responses={200: {"model": EmbeddingList}, **errors(*GENERATION_ERRORS)})
+async def embeddings(body: EmbeddingRequest, request: Request):
     try:
-        client = model.client
-        # a prompt of megabytes takes seconds to template and tokenize: in a thread, so others are served meanwhile
-        prompts = await asyncio.to_thread(_prompts, client, body, chat)
-        check_context(prompts, params.max_tokens, client.info.max_model_len, "messages" if chat else "prompt")
-        limit = daemon.settings.max_num_seqs + daemon.settings.max_queued
-        if params.n * len(prompts) > limit:
-            raise APIError(400, f"n x prompts ({params.n * len(prompts)}) is more than this server takes at once "
-                                f"({limit}).", param="n", code="invalid_value")
-        job.submit(prompts, params)
-        daemon.metrics.prompt_tokens.labels(model.name).inc(sum(map(len, prompts)))
-    except BaseException:
-        job.close()
-        raise
-    texts = token_texts(client.tokenizer) if params.logprobs is not None else None
-    prompt_tokens = sum(map(len, prompts))
+        result = await embed(request, body.model, body.input, dimensions=body.dimensions,
+                             keep_alive_s=body.keep_alive)
+    except ClientGone:
+        return Response(status_code=499)   # nobody reads it; the requests were aborted
+    return JSONResponse(embedding_list(result.model, result.vectors, result.prompt_tokens, body.encoding_format))
+
+
+async def _serve(request: Request, body, chat: bool):
+    generation = await start(request, body, chat)
+    job, model, params = generation.job, generation.model, generation.params
+    texts = token_texts(model.client.tokenizer) if params.logprobs is not None else None
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         stream = _chat_stream if chat else _completion_stream
-        return SSEResponse(stream(job, model.name, params.n, texts, prompt_tokens, include_usage), job.close)
+        return SSEResponse(stream(job, model.name, params.n, texts, generation.prompt_tokens, include_usage),
+                           job.close)
     try:
-        choices = await unless_disconnected(request, _collect(job, params.n))
+        choices = await unless_disconnected(request, collect(job, params.n))
     except ClientGone:
         return Response(status_code=499)   # nobody reads it; the request was aborted
     finally:
         job.close()
     shape = chat_response if chat else completion_response
-    return JSONResponse(shape(new_id("chatcmpl" if chat else "cmpl"), model.name, choices, texts, prompt_tokens))
-
-
-def _prompts(client, body, chat: bool) -> list[list[int]]:
-    if chat:
-        return [chat_prompt(client.tokenizer, body)]
-    return completion_prompts(client.tokenizer, body, client.info.vocab_size)
-
-
-async def _collect(job: Job, n: int) -> list[Choice]:
-    choices = [Choice() for _ in range(len(job.requests) * n)]
-    async for request, delta in job.deltas():
-        choice = choices[request.tag * n + delta.index]
-        choice.text += delta.text
-        choice.num_tokens += len(delta.token_ids)
-        if delta.logprobs:
-            choice.logprobs += delta.logprobs
-        if delta.finish_reason is not None:
-            choice.finish_reason = delta.finish_reason
-    return choices
+    return JSONResponse(shape(new_id("chatcmpl" if chat else "cmpl"), model.name, choices, texts,
+                              generation.prompt_tokens))
 
 
 async def _chat_stream(job: Job, model: str, n: int, texts, prompt_tokens: int, include_usage: bool):

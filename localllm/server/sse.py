@@ -12,8 +12,10 @@ from starlette.types import Receive, Scope, Send
 DONE = "data: [DONE]\n\n"
 
 
-def event(payload: dict) -> str:
-    return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
+def event(payload: dict, name: str | None = None) -> str:
+    """One event; `name` is its `event:` field (the Responses API names each event by its type)."""
+    data = f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
+    return f"event: {name}\n{data}" if name else data
 
 
 class SSEResponse(StreamingResponse):
