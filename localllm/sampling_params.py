@@ -16,6 +16,14 @@ MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 0.01, 100.0
 MIN_SEED, MAX_SEED = -(2 ** 63), 2 ** 63 - 1
 
 
+@dataclass(frozen=True)
+class Guidance:
+    """Constrained decoding: "json_object", "json_schema" (value: the schema's JSON text) or "lark" (value: an
+    llguidance Lark grammar, which may embed %json{...} schemas)."""
+    kind: str
+    value: str = ""
+
+
 @dataclass
 class SamplingParams:
     n: int = 1
@@ -34,6 +42,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None       # None = off; k = the sampled token's logprob plus the top k
     skip_special_tokens: bool = True
+    guidance: Guidance | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

@@ -130,7 +130,7 @@ def test_prompt_plus_max_tokens_over_the_context_is_400_with_the_numbers(http, t
     ({"top_logprobs": 2}, "top_logprobs"),
     ({"seed": 2 ** 70}, "seed"),
     ({"logit_bias": {"5": 10}}, "logit_bias"),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"tools": [{"type": "function", "function": {"name": "f g"}}]}, "tools[0].function.name"),
 ])
 def test_bad_sampling_values_are_400(http, tiny, patch, param):
     assert_error(http.post("/v1/chat/completions", json={**chat_body(tiny), **patch}), 400, param=param)

@@ -15,13 +15,14 @@ SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_
 
 
 def render_chat(template: str, messages: list[dict], add_generation_prompt: bool, special_tokens: dict[str, str],
-                **template_kwargs) -> str:
-    """The conversation as the prompt text the model was trained on. Keys whose value is None are dropped from
-    each message, as transformers does (APIs send content=None next to tool calls)."""
+                tools: list[dict] | None = None, **template_kwargs) -> str:
+    """The conversation as the prompt text the model was trained on; `tools` in OpenAI's shape
+    ({"type": "function", "function": {...}}). Keys whose value is None are dropped from each message, as
+    transformers does (APIs send content=None next to tool calls)."""
     if not messages:
         raise ValueError("cannot apply the chat template to an empty conversation")
     messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
-    return _compiled(template).render(messages=messages, tools=None, documents=None,
+    return _compiled(template).render(messages=messages, tools=tools, documents=None,
                                       add_generation_prompt=add_generation_prompt,
                                       **{**special_tokens, **template_kwargs})
 

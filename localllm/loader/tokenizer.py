@@ -60,12 +60,14 @@ class Tokenizer:
         eos = self.special_tokens_map.get("eos_token")
         return None if eos is None else self.convert_tokens_to_ids(eos)
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = False, **template_kwargs) -> str:
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = False,
+                            tools: list[dict] | None = None, **template_kwargs) -> str:
         """The prompt text of a conversation (tokenize it with encode(text, add_special_tokens=False))."""
-        return render_chat(self._template(), messages, add_generation_prompt, self.special_tokens_map,
-                           **template_kwargs)
+        return render_chat(self.template_text(), messages, add_generation_prompt, self.special_tokens_map,
+                           tools=tools, **template_kwargs)
 
-    def _template(self) -> str:
+    def template_text(self) -> str:
+        """The chat template apply_chat_template renders: the only one, or the one named 'default'."""
         template = self.chat_template
         if isinstance(template, dict):
             if "default" not in template:

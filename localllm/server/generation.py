@@ -13,6 +13,7 @@ from localllm.server.models import LoadedModel
 from localllm.server.openai_format import Choice
 from localllm.server.openai_requests import (chat_prompt, check_context, check_generates, completion_prompts,
                                              reject_unsupported, sampling_params)
+from localllm.server.openai_tools import ToolPlan, tool_plan
 
 
 @dataclass
@@ -21,6 +22,7 @@ class Generation:
     job: Job                       # close it once the answer is sent, however it ends
     params: SamplingParams
     prompts: list[list[int]]
+    tools: ToolPlan | None         # a chat's tools: what the answers' calls are read with
 
     @property
     def prompt_tokens(self) -> int:
@@ -37,8 +39,11 @@ async def start(request, body, chat: bool) -> Generation:
     try:
         client = model.client
         check_generates(model)
+        tools = tool_plan(client.tokenizer, body) if chat else None
         # a prompt of megabytes takes seconds to template and tokenize: in a thread, so others are served meanwhile
-        prompts = await asyncio.to_thread(_prompts, client, body, chat)
+        prompts = await asyncio.to_thread(_prompts, client, body, tools)
+        if tools:
+            params = tools.sampling(params, client.tokenizer)
         check_context(prompts, params.max_tokens, client.info.max_model_len, "messages" if chat else "prompt")
         limit = daemon.settings.max_num_seqs + daemon.settings.max_queued
         if params.n * len(prompts) > limit:
@@ -49,12 +54,12 @@ async def start(request, body, chat: bool) -> Generation:
     except BaseException:
         job.close()
         raise
-    return Generation(model, job, params, prompts)
+    return Generation(model, job, params, prompts, tools)
 
 
-def _prompts(client, body, chat: bool) -> list[list[int]]:
-    if chat:
-        return [chat_prompt(client.tokenizer, body)]
+def _prompts(client, body, tools: ToolPlan | None) -> list[list[int]]:
+    if tools:
+        return [chat_prompt(client.tokenizer, body, tools)]
     return completion_prompts(client.tokenizer, body, client.info.vocab_size)
 
 

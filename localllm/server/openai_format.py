@@ -122,13 +122,22 @@ class Choice:
     num_tokens: int = 0
     logprobs: list[SampledToken] = field(default_factory=list)
     finish_reason: str | None = None
+    tool_calls: list[dict] = field(default_factory=list)
+
+
+def _message(choice: Choice) -> dict:
+    message = {"role": "assistant", "content": choice.text, "refusal": None}
+    if choice.tool_calls:
+        message["content"] = choice.text or None   # as OpenAI answers a call without text
+        message["tool_calls"] = choice.tool_calls
+    return message
 
 
 def chat_response(response_id: str, model: str, choices: list[Choice], texts: TokenTexts | None,
                   prompt_tokens: int) -> dict:
     return {
         "id": response_id, "object": "chat.completion", "created": now(), "model": model,
-        "choices": [{"index": i, "message": {"role": "assistant", "content": c.text, "refusal": None},
+        "choices": [{"index": i, "message": _message(c),
                      "logprobs": chat_logprobs(texts, c.logprobs) if texts else None,
                      "finish_reason": c.finish_reason} for i, c in enumerate(choices)],
         "usage": usage(prompt_tokens, sum(c.num_tokens for c in choices)),

@@ -7,6 +7,7 @@ from localllm.loader.fim import FimUnsupportedError, fim_prompt
 from localllm.sampling_params import SamplingParams
 from localllm.server.errors import APIError
 from localllm.server.openai_schemas import ChatCompletionRequest, CompletionRequest
+from localllm.server.openai_tools import ToolPlan, check_tools, template_tool_calls
 
 MAX_TOP_LOGPROBS = 20
 
@@ -19,8 +20,7 @@ def reject_unsupported(body) -> None:
     if body.logit_bias:
         raise _bad("logit_bias is not supported.", "logit_bias", "unsupported_parameter")
     if isinstance(body, ChatCompletionRequest):
-        if body.tools or body.functions or body.tool_choice not in (None, "none"):
-            raise _bad("Tools and function calling are not supported.", "tools", "unsupported_parameter")
+        check_tools(body)
         if body.response_format and body.response_format.get("type", "text") != "text":
             raise _bad("Only response_format {'type': 'text'} is supported.", "response_format",
                        "unsupported_parameter")
@@ -71,10 +71,26 @@ def sampling_params(body: ChatCompletionRequest | CompletionRequest) -> Sampling
         raise _bad(f"{e}.", param) from None
 
 
-def chat_prompt(tokenizer, body: ChatCompletionRequest) -> list[int]:
+def chat_prompt(tokenizer, body: ChatCompletionRequest, tools: ToolPlan) -> list[int]:
     """The chat-templated prompt ids, exactly as the offline LLM.chat builds them."""
+    return tokenizer.encode(chat_text(tokenizer, body, tools), add_special_tokens=False)
+
+
+def chat_text(tokenizer, body: ChatCompletionRequest, tools: ToolPlan) -> str:
+    """The conversation rendered by the model's template; with tools, as transformers'
+    apply_chat_template(messages, tools=..., add_generation_prompt=True) renders them."""
     if not tokenizer.chat_template:
         raise _bad(f"The model '{body.model}' has no chat template; use /v1/completions.", "messages")
+    tools.check_supported()
+    messages, template_kwargs = tools.conversation(_template_messages(body))
+    try:
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, **template_kwargs)
+    except Exception as e:  # noqa: BLE001 - a template that refuses the conversation (e.g. role order)
+        raise _bad(f"The model's chat template rejected the messages: {one_line(e)}",
+                   "messages") from None
+
+
+def _template_messages(body: ChatCompletionRequest) -> list[dict]:
     messages = []
     for i, message in enumerate(body.messages):
         content = message.content
@@ -85,13 +101,16 @@ def chat_prompt(tokenizer, body: ChatCompletionRequest) -> list[int]:
                                f"messages[{i}].content", "unsupported_content")
             content = "\n".join(part.text for part in content)
         role = "system" if message.role == "developer" else message.role
-        messages.append({"role": role, "content": content or ""})
-    try:
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-    except Exception as e:  # noqa: BLE001 - a template that refuses the conversation (e.g. role order)
-        raise _bad(f"The model's chat template rejected the messages: {one_line(e)}",
-                   "messages") from None
-    return tokenizer.encode(text, add_special_tokens=False)
+        entry = {"role": role, "content": content or ""}
+        if message.tool_calls:
+            entry["tool_calls"] = template_tool_calls(message, i)
+        if role == "tool":
+            if message.tool_call_id is None:
+                raise _bad("A tool message needs the tool_call_id of the call it answers.",
+                           f"messages[{i}].tool_call_id", "missing_required_parameter")
+            entry["tool_call_id"] = message.tool_call_id
+        messages.append(entry)
+    return messages
 
 
 def completion_prompts(tokenizer, body: CompletionRequest, vocab_size: int) -> list[list[int]]:

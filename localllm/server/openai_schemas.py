@@ -69,11 +69,51 @@ class TextPart(BaseModel):
     text: Optional[Text] = None
 
 
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    name: Text
+    description: Optional[Text] = None
+    parameters: Optional[dict] = None        # a JSON schema for the arguments object; none = no arguments
+    strict: Optional[bool] = None            # calls are always valid against the schema under tool_choice required
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    name: Text
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    type: Literal["function"]
+    function: FunctionName
+
+
+class CalledFunction(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    name: Text
+    arguments: Text                          # a JSON object, as a string
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    id: Text
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Optional[Union[Text, list[TextPart]]] = None
     name: Optional[Text] = None
+    tool_calls: Optional[list[ToolCall]] = None     # an assistant's calls
+    tool_call_id: Optional[Text] = None             # which call a tool message answers
 
 
 class ChatCompletionRequest(_Sampling):
@@ -83,8 +123,9 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: Optional[int] = None
     logprobs: Optional[bool] = False
     top_logprobs: Optional[int] = None
-    tools: Optional[list] = None
-    tool_choice: Optional[Union[Text, dict]] = None
+    tools: Optional[list[Tool]] = None
+    tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = None
+    parallel_tool_calls: Optional[bool] = None
     functions: Optional[list] = None
     response_format: Optional[dict] = None
 

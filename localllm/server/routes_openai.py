@@ -12,6 +12,7 @@ from localllm.server.openai_format import (chat_chunk, chat_logprobs, chat_respo
                                            completion_logprobs, completion_response, embedding_list, new_id, now,
                                            token_texts, usage)
 from localllm.server.openai_schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from localllm.server.openai_tools import ToolPlan, finish_reason, read_calls, stream_deltas
 from localllm.server.openapi import (ChatCompletion, Completion, EmbeddingList, ModelCard, ModelList, answer,
                                      errors)
 from localllm.server.sse import DONE, SSEResponse, event
@@ -67,27 +68,33 @@ async def _serve(request: Request, body, chat: bool):
     texts = token_texts(model.client.tokenizer) if params.logprobs is not None else None
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        stream = _chat_stream if chat else _completion_stream
-        return SSEResponse(stream(job, model.name, params.n, texts, generation.prompt_tokens, include_usage),
-                           job.close)
+        shape = (_chat_stream(job, model.name, params.n, texts, generation.prompt_tokens, include_usage,
+                              generation.tools) if chat
+                 else _completion_stream(job, model.name, params.n, texts, generation.prompt_tokens, include_usage))
+        return SSEResponse(shape, job.close)
     try:
         choices = await unless_disconnected(request, collect(job, params.n))
     except ClientGone:
         return Response(status_code=499)   # nobody reads it; the request was aborted
     finally:
         job.close()
+    if generation.tools and generation.tools.reads_calls:
+        for choice in choices:
+            read_calls(choice, generation.tools.parser())
     shape = chat_response if chat else completion_response
     return JSONResponse(shape(new_id("chatcmpl" if chat else "cmpl"), model.name, choices, texts,
                               generation.prompt_tokens))
 
 
-async def _chat_stream(job: Job, model: str, n: int, texts, prompt_tokens: int, include_usage: bool):
+async def _chat_stream(job: Job, model: str, n: int, texts, prompt_tokens: int, include_usage: bool,
+                       tools: ToolPlan):
     response_id, created = new_id("chatcmpl"), now()
 
     def chunk(choices: list[dict]) -> str:
         return event(chat_chunk(response_id, created, model, choices, include_usage))
 
-    for i in range(len(job.requests) * n):
+    parsers = [tools.parser() for _ in range(len(job.requests) * n)]
+    for i in range(len(parsers)):
         yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                       "finish_reason": None}])
     completion_tokens = 0
@@ -96,11 +103,15 @@ async def _chat_stream(job: Job, model: str, n: int, texts, prompt_tokens: int, 
             i = request.tag * n + delta.index
             completion_tokens += len(delta.token_ids)
             logprobs = chat_logprobs(texts, delta.logprobs) if texts and delta.logprobs else None
-            if delta.text or logprobs:
-                yield chunk([{"index": i, "delta": {"content": delta.text}, "logprobs": logprobs,
-                              "finish_reason": None}])
-            if delta.finish_reason is not None:
-                yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": delta.finish_reason}])
+            parser, reason = parsers[i], delta.finish_reason
+            pieces = [delta.text] if parser is None else parser.feed(delta.text) + (
+                parser.finish() if reason is not None else [])
+            deltas = stream_deltas(pieces, parser.calls if parser else []) or ([{"content": ""}] if logprobs else [])
+            for k, piece in enumerate(deltas):
+                yield chunk([{"index": i, "delta": piece, "logprobs": None if k else logprobs, "finish_reason": None}])
+            if reason is not None:
+                reason = finish_reason(reason, parser.calls) if parser else reason
+                yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": reason}])
     except APIError as e:
         yield event(e.body())
         yield DONE
