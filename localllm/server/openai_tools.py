@@ -99,7 +99,11 @@ class ToolPlan:
         functions = [f for f in self.functions if f["name"] == self.choice] if named else self.functions
         marker = tokenizer.convert_tokens_to_ids("[TOOL_CALLS]") if self.family is MISTRAL else None
         grammar = tool_call_grammar(self.family, functions, self.parallel and not named, marker)
-        return dataclasses.replace(params, guidance=Guidance("lark", grammar))
+        try:
+            return dataclasses.replace(params, guidance=Guidance("lark", grammar))
+        except ValueError as e:   # a setting the grammar cannot be combined with
+            raise _bad(f"tool_choice {self.choice!r} cannot be served with these settings: {e}.",
+                       "tool_choice") from None
 
     def parser(self) -> ToolCallParser | None:
         if not self.reads_calls:
