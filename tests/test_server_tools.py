@@ -1,6 +1,7 @@
 """Tool calling through the official openai client against a real daemon serving the embedded SmolLM2: the tools
-reach the prompt, tool_choice "required" and a named function give valid calls (grammar-constrained), streamed
-calls equal the non-streamed ones, and an agent loop (call, tool result, final answer) runs to its end."""
+reach the prompt, calls the model writes are read (streamed or not, alike), tool_choice "required" and a named
+function give valid calls (grammar-constrained), and an agent loop (call, tool result, final answer) runs to its
+end."""
 from __future__ import annotations
 
 import importlib.util
@@ -25,6 +26,22 @@ WEATHER = {"type": "function", "function": {
 CLOCK = {"type": "function", "function": {"name": "get_time", "description": "The time now, in UTC."}}
 TOOLS = [WEATHER, CLOCK]
 QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+
+def past_call(i: int, city: str) -> list[dict]:
+    """One earlier turn of the agent loop: the question, the call, its result, the answer."""
+    call = {"id": f"call_{i}", "type": "function",
+            "function": {"name": "get_weather", "arguments": json.dumps({"city": city, "unit": "celsius"})}}
+    return [{"role": "user", "content": f"What is the weather in {city}?"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": f"call_{i}", "content": "sunny"},
+            {"role": "assistant", "content": f"It is sunny in {city}."}]
+
+
+# after three turns like it, the embedded model (greedy) calls get_weather for Paris by itself
+FEW_SHOT = [*past_call(0, "London"), *past_call(1, "Rome"), *past_call(2, "Berlin"), *QUESTION]
+PARIS_CALL = ("get_weather", '{"city": "Paris", "unit": "celsius"}')
 
 requires_grammar = pytest.mark.skipif(importlib.util.find_spec("localllm.guidance") is None,
                                       reason="to be completed: needs grammar-constrained decoding (localllm.guidance)")
@@ -79,6 +96,40 @@ def test_the_tools_reach_the_prompt_in_the_models_markup(oai):
     assert all(c.function.name in ("get_weather", "get_time") for c in choice.message.tool_calls or [])
 
 
+def test_auto_reads_the_call_the_model_writes_streamed_or_not(oai):
+    r = oai.chat.completions.create(model=MODEL, messages=FEW_SHOT, tools=TOOLS, temperature=0, max_tokens=40)
+    choice = r.choices[0]
+    assert (choice.message.content, choice.finish_reason) == (None, "tool_calls")
+    (call,) = choice.message.tool_calls
+    assert (call.function.name, call.function.arguments) == PARIS_CALL and call.id.startswith("call_")
+    stream = oai.chat.completions.create(model=MODEL, messages=FEW_SHOT, tools=TOOLS, temperature=0, max_tokens=40,
+                                         stream=True)
+    content, calls, finish = reassembled(stream)
+    assert (content, finish) == (None, "tool_calls")
+    assert [(c["name"], c["arguments"]) for c in calls] == [PARIS_CALL]
+
+
+def test_tool_choice_none_reads_no_calls(oai):
+    r = oai.chat.completions.create(model=MODEL, messages=FEW_SHOT, tools=TOOLS, temperature=0, max_tokens=40,
+                                    tool_choice="none")
+    choice = r.choices[0]
+    assert choice.message.tool_calls is None and choice.finish_reason == "stop"
+    assert choice.message.content == ('<tool_call>[{"name": "get_weather", "arguments": '
+                                      '{"city": "Paris", "unit": "celsius"}}]</tool_call>')
+
+
+def test_an_agent_loop_calls_gets_the_result_and_answers(oai):
+    messages = list(FEW_SHOT)
+    first = oai.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS, temperature=0, max_tokens=40)
+    (call,) = first.choices[0].message.tool_calls
+    messages.append(first.choices[0].message.model_dump(exclude_none=True))
+    messages.append({"role": "tool", "tool_call_id": call.id, "content": "18 degrees, cloudy"})
+    final = oai.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS, temperature=0, max_tokens=40)
+    answer = final.choices[0]
+    assert answer.message.tool_calls is None and answer.finish_reason == "stop"
+    assert "18 degrees" in answer.message.content
+
+
 @pytest.mark.parametrize("body, param", [
     ({"tool_choice": {"type": "function", "function": {"name": "launch"}}}, "tool_choice"),
     ({"tools": [{"type": "function", "function": {"name": "no spaces"}}]}, "tools[0].function.name"),
@@ -126,7 +177,7 @@ def test_a_named_function_is_called_once(oai):
 
 
 @requires_grammar
-def test_an_agent_loop_calls_gets_the_result_and_answers(oai):
+def test_an_agent_loop_with_a_forced_first_call(oai):
     messages = list(QUESTION)
     first = oai.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS, temperature=0, max_tokens=64,
                                         tool_choice="required", parallel_tool_calls=False)
