@@ -77,6 +77,10 @@ def refuse_unsupported(body: ResponsesRequest) -> None:
                    "unsupported_parameter")
     if body.top_logprobs:
         raise _bad("top_logprobs is not supported on /v1/responses.", "top_logprobs", "unsupported_parameter")
+    # Responses' tools and calls have their own shapes (function_call items); /v1/chat/completions takes tools
+    if body.tools or body.tool_choice not in (None, "auto", "none"):
+        raise _bad("Tools are not supported on /v1/responses; /v1/chat/completions takes them.", "tools",
+                   "unsupported_parameter")
 
 
 def _message(item, i: int) -> dict:
@@ -97,13 +101,13 @@ def _message(item, i: int) -> dict:
 
 
 def chat_request(body: ResponsesRequest, messages: list[dict]) -> ChatCompletionRequest:
-    """The chat completion this response is: the same sampling and the same refusals (tools, formats)."""
+    """The chat completion this response is: the same sampling and the same refusals (formats)."""
     system = [{"role": "system", "content": body.instructions}] if body.instructions is not None else []
     text_format = text_format_of(body)
     response_format = text_format if text_format.get("type") == "text" else _chat_format(text_format)
     return ChatCompletionRequest(
         model=body.model, messages=system + messages, max_completion_tokens=body.max_output_tokens,
-        temperature=body.temperature, top_p=body.top_p, tools=body.tools, tool_choice=body.tool_choice,
+        temperature=body.temperature, top_p=body.top_p,
         response_format=response_format, **body.model_dump(include=set(SamplingExtras.model_fields)))
 
 
