@@ -14,14 +14,23 @@ MAX_TEMPERATURE = 100.0
 MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 0.01, 100.0
 # torch seeds are 64-bit; completion i of a seeded request draws from seed + i.
 MIN_SEED, MAX_SEED = -(2 ** 63), 2 ** 63 - 1
+GUIDANCE_KINDS = ("json_object", "json_schema", "lark")
+_GUIDANCE_VALUES = {"json_schema": "JSON schema (as JSON text)", "lark": "Lark grammar"}
 
 
 @dataclass(frozen=True)
 class Guidance:
-    """Constrained decoding: "json_object", "json_schema" (value: the schema's JSON text) or "lark" (value: an
-    llguidance Lark grammar, which may embed %json{...} schemas)."""
+    """A grammar the output must follow (constrained decoding): "json_object" (any JSON object), "json_schema"
+    (value: the schema as JSON text) or "lark" (value: an llguidance Lark grammar, which may embed %json{...}).
+    localllm.guidance.validate_guidance checks that the grammar compiles."""
     kind: str
     value: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in GUIDANCE_KINDS:
+            raise ValueError(f"guidance kind must be one of {', '.join(GUIDANCE_KINDS)}, got {self.kind!r}")
+        if self.kind != "json_object" and not self.value:
+            raise ValueError(f"guidance of kind {self.kind!r} needs its {_GUIDANCE_VALUES[self.kind]} as the value")
 
 
 @dataclass
@@ -42,7 +51,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None       # None = off; k = the sampled token's logprob plus the top k
     skip_special_tokens: bool = True
-    guidance: Guidance | None = None
+    guidance: Guidance | None = None  # None = free text
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -73,6 +82,9 @@ class SamplingParams:
             (all(t >= 0 for t in self.stop_token_ids),
              f"stop_token_ids must not be negative, got {self.stop_token_ids}"),
             (self.logprobs is None or 0 <= self.logprobs <= 20, f"logprobs must be in [0, 20], got {self.logprobs}"),
+            # under a grammar, the grammar decides where the output ends
+            (self.guidance is None or not self.ignore_eos, "ignore_eos cannot be combined with guidance"),
+            (self.guidance is None or self.min_tokens == 0, "min_tokens cannot be combined with guidance"),
         ]
         for ok, message in checks:
             if not ok:

@@ -13,7 +13,7 @@ from localllm.loader.resolve import resolve_model
 HEAVY = ("torch", "transformers")
 TORCH_FREE = ["localllm.server.app", "localllm.client", "localllm.cli.main", "localllm.tui.app",
               "localllm.engine.scheduler", "localllm.engine.block_manager", "localllm.hub.pull",
-              "localllm.server.protocol"]
+              "localllm.server.protocol", "localllm.guidance"]
 
 
 def loaded_after(code: str) -> list[str]:

@@ -9,6 +9,7 @@ import threading
 import typing
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from localllm import LLM, SamplingParams
@@ -16,6 +17,7 @@ from localllm.config import Config
 from localllm.engine.events import EmbeddingEvent, SampledToken, TokenEvent
 from localllm.loader.pooling_config import PoolingConfig
 from localllm.pooling_params import PoolingParams
+from localllm.sampling_params import Guidance
 from localllm.server import engine_process
 from localllm.server.engine_client import EngineClient
 from localllm.server.protocol import (PROTOCOL_VERSION, AbortRequests, AddRequest, DecodeError, EmbedRequest,
@@ -34,6 +36,7 @@ MESSAGES = [
     Start(PROTOCOL_VERSION, Config(model="/models/x", block_size=4, num_kv_blocks=64, overlap_steps=True)),
     AddRequest("r1", [1, 2, 3], PARAMS),
     EmbedRequest("e1", [1, 2, 3], PoolingParams(dimensions=32)),
+    AddRequest("r2", [4], SamplingParams(max_tokens=30, guidance=Guidance("json_schema", '{"type": "object"}'))),
     AbortRequests(["r1", "r2"]),
     FinishSequence("r1", 1, "stop"),
     Shutdown(),
@@ -71,6 +74,9 @@ def test_a_message_of_the_other_direction_or_with_bad_fields_is_refused():
         receiver.receive()
     sender.connection.send_bytes(b"\x93\xaaAddRequest\xa2r1\x91\xa1x")   # a prompt id that is a string
     with pytest.raises(DecodeError):
+        receiver.receive()
+    sender.connection.send_bytes(msgspec.msgpack.encode(["AddRequest", "r1", [1], {"guidance": {"kind": "regex"}}]))
+    with pytest.raises(DecodeError, match="guidance kind must be one of"):
         receiver.receive()
 
 
