@@ -15,6 +15,7 @@ from localllm.engine.block_manager import BlockManager
 from localllm.engine.rank_setup import set_up_rank
 from localllm.engine.request import Sequence
 from localllm.engine.events import EmbeddingEvent, SampledToken, TokenEvent
+from localllm.engine.grammar import GrammarMatchers, grammar_ended
 from localllm.engine.pooler import Pooler
 from localllm.engine.sampler import Sampler, SamplingRow
 from localllm.engine.scheduler import Scheduler, SchedulerOutput
@@ -23,6 +24,18 @@ from localllm.errors import PromptTooLongError
 from localllm.loader.pooling_config import PoolingConfig
 from localllm.pooling_params import PoolingParams
 from localllm.sampling_params import SamplingParams
+
+
+@dataclass(frozen=True)
+class ForwardedStep:
+    """A step whose forward is queued on the device and whose tokens are not sampled yet."""
+    seqs: list[Sequence]
+    logits: torch.Tensor
+    stays_on_device: bool
+
+    @property
+    def guided(self) -> bool:
+        return any(seq.matcher is not None for seq in self.seqs)
 
 
 @dataclass(frozen=True)
@@ -48,10 +61,11 @@ def resolve_dtype(config: Config, device: torch.device) -> torch.dtype:
 
 class EngineCore:
     def __init__(self, config: Config, model_dir: Path | None, hf_config, eos_token_ids: set[int],
-                 on_worker_failure=None, pooling: PoolingConfig | None = None):
+                 on_worker_failure=None, pooling: PoolingConfig | None = None, tokenizer_dir: Path | None = None):
         """model_dir None = random weights. on_worker_failure(message): what to do, from a watchdog thread, when
         a tensor-parallel worker dies (default: make the step waiting on it fail). pooling: how the model makes
-        embeddings (None: it makes none)."""
+        embeddings (None: it makes none). tokenizer_dir: where the tokenizer.json that grammars are matched against
+        is (default: model_dir's)."""
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         self.config = config
@@ -84,6 +98,8 @@ class EngineCore:
         self.pooler = Pooler(pooling) if pooling is not None else None
         self.embeddings: list[EmbeddingEvent] = []   # finished pooling requests, until take_embeddings()
         self.requests: dict[str, list[Sequence]] = {}
+        self.tokenizer_dir = tokenizer_dir or model_dir
+        self._grammar_matchers: GrammarMatchers | None = None
 
     def _worker_failures(self):
         return self.tp.failures() if self.tp else contextlib.nullcontext()
@@ -152,9 +168,22 @@ class EngineCore:
         seq = Sequence(request_id, prompt_token_ids, params, index)
         if seq.pools:
             seq.shares_cached_prefix = self.pooler.shares_cached_prefix
-        elif params.seed is not None:   # completion i of a seeded request draws from seed + i
-            seq.generator = torch.Generator(self.device).manual_seed(params.seed + index)
+        else:
+            if params.seed is not None:   # completion i of a seeded request draws from seed + i
+                seq.generator = torch.Generator(self.device).manual_seed(params.seed + index)
+            if params.guidance is not None:   # a grammar that does not compile fails the request here
+                seq.matcher = self.grammar_matchers.start(params.guidance)
         return seq
+
+    @property
+    def grammar_matchers(self) -> GrammarMatchers:
+        """Built with the first guided request: reading the tokenizer's vocabulary takes about half a second."""
+        if self._grammar_matchers is None:
+            if self.tokenizer_dir is None:
+                raise ValueError("guided decoding needs a tokenizer, and this engine was started without one")
+            self._grammar_matchers = GrammarMatchers(Path(self.tokenizer_dir) / "tokenizer.json", self.eos_token_ids,
+                                                     self.vocab_size, self.device)
+        return self._grammar_matchers
 
     def abort_request(self, request_id: str) -> None:
         """Frees the request's blocks at once."""
@@ -172,16 +201,21 @@ class EngineCore:
         GPU computes; a sequence that turns out to have finished then wastes one token's work."""
         out = self.scheduler.schedule()
         with self._worker_failures():
-            launched = self._launch(out) if out.scheduled else None
+            forwarded = self._forward(out) if out.scheduled else None
+            # a grammar's mask needs the token of the step in flight, so guided steps sample after the read-back
+            sampled = self._sample(forwarded) if forwarded and not forwarded.guided else None
         events = self._read_back(self.in_flight) if self.in_flight else []
         self.in_flight = None
-        if isinstance(launched, InFlightStep):
-            self.in_flight = launched
-        elif launched:
-            events += self._apply(*launched)
+        if forwarded and forwarded.guided:
+            with self._worker_failures():
+                sampled = self._sample(forwarded)
+        if isinstance(sampled, InFlightStep):
+            self.in_flight = sampled
+        elif sampled:
+            events += self._apply(*sampled)
         return events
 
-    def _launch(self, out: SchedulerOutput) -> InFlightStep | tuple[list[Sequence], list[SampledToken]] | None:
+    def _forward(self, out: SchedulerOutput) -> ForwardedStep | None:
         packed = self.batch_builder.pack(out.scheduled)
         seqs = packed.sampling_seqs
         stays_on_device = bool(seqs) and self.overlap and not any(Sampler.needs_host(s.params) for s in seqs)
@@ -197,11 +231,18 @@ class EngineCore:
             self._pool(hidden, packed.pooling)
         if not seqs:
             return None
-        rows = [self._sampling_row(s) for s in seqs]
         for i, seq in enumerate(seqs):
             seq.num_pending += 1
             seq.pending_index = i
-        if not stays_on_device:
+        return ForwardedStep(seqs, logits, stays_on_device)
+
+    def _sample(self, step: ForwardedStep) -> InFlightStep | tuple[list[Sequence], list[SampledToken]]:
+        seqs, logits = step.seqs, step.logits
+        rows = [self._sampling_row(s) for s in seqs]
+        mask = self.grammar_matchers.masks(seqs) if step.guided else None
+        if mask is not None:
+            mask.apply_(logits)   # the runner's logits are this step's own
+        if not step.stays_on_device:
             return seqs, self.sampler(logits, rows)
         token_ids = Sampler.token_ids(logits, rows)
         if self.tp:   # the next step's inputs may come from these, on every rank
@@ -236,6 +277,8 @@ class EngineCore:
             if seq.index == 0 and seq.params.n > 1 and seq.num_output_tokens == 1:
                 self._fork(seq)
             reason = self._finish_reason(seq, token.token_id)
+            if seq.matcher is not None and grammar_ended(seq.matcher, token.token_id):
+                reason = "stop"   # the output is complete (a length limit reached on its last token included)
             if reason:
                 self.scheduler.finish(seq, reason)
                 self._forget_if_done(seq.request_id)
