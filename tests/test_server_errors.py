@@ -131,6 +131,11 @@ def test_prompt_plus_max_tokens_over_the_context_is_400_with_the_numbers(http, t
     ({"seed": 2 ** 70}, "seed"),
     ({"logit_bias": {"5": 10}}, "logit_bias"),
     ({"tools": [{"type": "function", "function": {"name": "f g"}}]}, "tools[0].function.name"),
+    ({"response_format": {"type": "xml"}}, "response_format.type"),
+    ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strin"}}}},
+     "response_format"),
+    ({"response_format": {"type": "json_object"}, "ignore_eos": True}, "ignore_eos"),
 ])
 def test_bad_sampling_values_are_400(http, tiny, patch, param):
     assert_error(http.post("/v1/chat/completions", json={**chat_body(tiny), **patch}), 400, param=param)

@@ -2,11 +2,14 @@
 refusal as a 400 naming the parameter. Sampling values are validated by SamplingParams itself."""
 from __future__ import annotations
 
+import json
+
 from localllm.errors import one_line
+from localllm.guidance import validate_guidance
 from localllm.loader.fim import FimUnsupportedError, fim_prompt
-from localllm.sampling_params import SamplingParams
+from localllm.sampling_params import Guidance, SamplingParams
 from localllm.server.errors import APIError
-from localllm.server.openai_schemas import ChatCompletionRequest, CompletionRequest
+from localllm.server.openai_schemas import ChatCompletionRequest, CompletionRequest, ResponseFormat
 from localllm.server.openai_tools import ToolPlan, check_tools, template_tool_calls
 
 MAX_TOP_LOGPROBS = 20
@@ -21,9 +24,6 @@ def reject_unsupported(body) -> None:
         raise _bad("logit_bias is not supported.", "logit_bias", "unsupported_parameter")
     if isinstance(body, ChatCompletionRequest):
         check_tools(body)
-        if body.response_format and body.response_format.get("type", "text") != "text":
-            raise _bad("Only response_format {'type': 'text'} is supported.", "response_format",
-                       "unsupported_parameter")
     else:
         if body.echo:
             raise _bad("echo is not supported.", "echo", "unsupported_parameter")
@@ -56,6 +56,7 @@ def sampling_params(body: ChatCompletionRequest | CompletionRequest) -> Sampling
         raise _bad(f"{logprobs_param} must be in [0, {MAX_TOP_LOGPROBS}], got {logprobs}.", logprobs_param)
     def pick(value, default):
         return default if value is None else value
+    guidance = response_guidance(body.response_format)
     try:
         return SamplingParams(
             n=body.n, temperature=pick(body.temperature, 1.0), top_p=pick(body.top_p, 1.0),
@@ -64,11 +65,31 @@ def sampling_params(body: ChatCompletionRequest | CompletionRequest) -> Sampling
             presence_penalty=pick(body.presence_penalty, 0.0), frequency_penalty=pick(body.frequency_penalty, 0.0),
             seed=body.seed, max_tokens=max_tokens, min_tokens=pick(body.min_tokens, 0), stop=body.stop,
             stop_token_ids=pick(body.stop_token_ids, []), ignore_eos=pick(body.ignore_eos, False),
-            logprobs=logprobs, skip_special_tokens=pick(body.skip_special_tokens, True))
+            logprobs=logprobs, skip_special_tokens=pick(body.skip_special_tokens, True),
+            guidance=guidance)
     except ValueError as e:
         param = str(e).split(" ", 1)[0]
         param = {"max_tokens": max_tokens_param, "logprobs": logprobs_param}.get(param, param)
         raise _bad(f"{e}.", param) from None
+
+
+def response_guidance(response_format: ResponseFormat | None) -> Guidance | None:
+    """The grammar a response_format asks for, checked here so that a bad schema is a 400 naming the problem."""
+    if response_format is None or response_format.type == "text":
+        return None
+    spec = response_format.json_schema
+    if response_format.type == "json_object" or (spec is not None and spec.schema_ is None):
+        guidance = Guidance("json_object")
+    elif spec is None:
+        raise _bad("response_format of type 'json_schema' needs a 'json_schema' object with the 'schema'.",
+                   "response_format.json_schema", "missing_required_parameter")
+    else:
+        guidance = Guidance("json_schema", json.dumps(spec.schema_))
+    try:
+        validate_guidance(guidance)
+    except ValueError as e:
+        raise _bad(f"Invalid response_format: {e}.", "response_format") from None
+    return guidance
 
 
 def chat_prompt(tokenizer, body: ChatCompletionRequest, tools: ToolPlan) -> list[int]:

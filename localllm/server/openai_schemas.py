@@ -32,6 +32,22 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class JSONSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    name: Text = "response"
+    description: Optional[Text] = None
+    # `schema` would shadow a BaseModel attribute; the wire name stays "schema"
+    schema_: Optional[dict] = Field(default=None, alias="schema")
+    strict: Optional[bool] = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's response_format: free text, any JSON object, or JSON following a schema."""
+    model_config = ConfigDict(extra="ignore", strict=True)
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: Optional[JSONSchemaFormat] = None
+
+
 class SamplingExtras(BaseModel):
     """Sampling fields every generation route takes: OpenAI's chat ones that /v1/responses lacks, and the engine
     extras (vLLM-style), e.g. extra_body={"top_k": 40} with the openai client."""
@@ -61,6 +77,7 @@ class _Sampling(SamplingExtras):
     stream: Optional[bool] = False
     stream_options: Optional[StreamOptions] = None
     user: Optional[Text] = None
+    response_format: Optional[ResponseFormat] = None   # also on /v1/completions, as vLLM takes it
 
 
 class TextPart(BaseModel):
@@ -127,7 +144,6 @@ class ChatCompletionRequest(_Sampling):
     tool_choice: Optional[Union[Literal["none", "auto", "required"], NamedToolChoice]] = None
     parallel_tool_calls: Optional[bool] = None
     functions: Optional[list] = None
-    response_format: Optional[dict] = None
 
 
 class CompletionRequest(_Sampling):
