@@ -1,7 +1,8 @@
-"""`localllm bench`: the roofline arithmetic checked by hand, and latency / throughput / sweep run through the CLI
-on a tiny random-weight model with both backends, checking that the JSON's figures agree with each other."""
+"""`localllm bench`: the roofline arithmetic checked by hand, and latency / throughput / sweep / grammar run through
+the CLI on a tiny random-weight model with both backends, checking that the JSON's figures agree with each other."""
 import json
 
+import jsonschema_rs
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -133,12 +134,41 @@ def test_sweep(tmp_path, tiny_dir, tiny_shape):
         assert point["roofline_tokens_per_s"] == pytest.approx(expected)
 
 
+def test_throughput_with_every_request_under_a_json_schema(tmp_path, tiny_dir):
+    """The grammar never ends, so each guided stream still produces exactly its tokens."""
+    r = _bench(tmp_path, "throughput", "--model", str(tiny_dir), "--streams", "3", "--prompt-tokens", "10",
+               "--new-tokens", "6", "--json-schema")
+    assert (r["workload"], r["output_tokens"]) == ("streams, JSON schema", 18)
+
+
+def test_grammar_mask_cost(tmp_path, tiny_dir):
+    r = _bench(tmp_path, "grammar", "--model", str(tiny_dir), "--sequences", "2,5", "--steps", "12",
+               "--device", "cpu")["results"]
+    assert [(x["sequences"], x["steps"], x["device"], x["vocab_size"]) for x in r] == [(2, 12, "cpu", 331),
+                                                                                        (5, 12, "cpu", 331)]
+    for x in r:
+        assert x["mask_ms"] > 0 and x["mask_p90_ms"] >= x["mask_ms"] and x["apply_ms"] > 0 and x["advance_ms"] > 0
+        assert x["mask_per_sequence_us"] == pytest.approx(1000 * x["mask_ms"] / x["sequences"])
+
+
+def test_the_grammar_documents_follow_the_schema():
+    from localllm.bench.grammar import BENCH_SCHEMA, bench_documents
+
+    validator = jsonschema_rs.validator_for(BENCH_SCHEMA)
+    documents = bench_documents(50)
+    assert len(set(documents)) == 50
+    for document in documents:
+        validator.validate(json.loads(document))
+
+
 @pytest.mark.parametrize("args, message", [
     (["latency", "--backend", "vllm"], "unknown --backend 'vllm'"),
     (["throughput", "--random-weights", "gpt-5"], "unknown --random-weights architecture 'gpt-5'"),
     (["throughput", "--backend", "hf", "--compare-hf"], "--compare-hf compares localllm with hf"),
     (["sweep", "--batch-sizes", "1,two"], "--batch-sizes must be comma-separated integers"),
     (["latency", "--new-tokens", "1"], "--new-tokens must be at least 2"),
+    (["throughput", "--backend", "hf", "--json-schema"], "--json-schema runs this engine only"),
+    (["grammar", "--sequences", "0"], "--sequences must be positive"),
 ])
 def test_bad_input_is_one_error_line(args, message):
     result = runner.invoke(app, ["bench", *args])

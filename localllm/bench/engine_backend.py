@@ -24,7 +24,7 @@ class EngineBackend:
 
         start = time.perf_counter()
         self.core = EngineCore(Config(dtype=dtype, **config), bench_model.model_dir, bench_model.hf_config,
-                               bench_model.eos_token_ids)
+                               bench_model.eos_token_ids, tokenizer_dir=bench_model.tokenizer_dir)
         self.load_s = time.perf_counter() - start
         self.model = bench_model.name
         self.device, self.dtype, self.vocab_size = self.core.device, self.core.dtype, self.core.vocab_size
@@ -76,7 +76,9 @@ class EngineBackend:
         preempted_before = self.core.scheduler.num_preemptions
         start = time.perf_counter()
         for prompt, max_tokens in zip(workload.prompts, workload.max_tokens):
-            params = SamplingParams(temperature=workload.temperature, ignore_eos=True, max_tokens=max_tokens)
+            # a workload's grammar never lets a sequence end, as ignore_eos (which a grammar refuses) would not
+            params = SamplingParams(temperature=workload.temperature, ignore_eos=workload.guidance is None,
+                                    max_tokens=max_tokens, guidance=workload.guidance)
             self._add(prompt, params)
         output_tokens = self._run_to_completion()
         return GenerateStats(output_tokens, time.perf_counter() - start,

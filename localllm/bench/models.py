@@ -3,7 +3,7 @@ device, so nothing is downloaded; speed does not depend on the weights' values).
 rank draws only its own shard on its own GPU: a 70B model is never built whole, nor written anywhere."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 
@@ -46,6 +46,17 @@ class BenchModel:
     hf_config: object
     model_dir: Path | None
     eos_token_ids: set[int]
+    tokenizer_dir: Path | None = None   # the tokenizer grammars are matched against; random weights have none
+
+
+def with_a_tokenizer(bench_model: BenchModel) -> BenchModel:
+    """Random weights get the embedded model's tokenizer for grammars: its 49,152 tokens, the rest of the model's
+    vocabulary never allowed under a grammar."""
+    from localllm.loader.hf_dir import open_model
+
+    if bench_model.tokenizer_dir is not None:
+        return bench_model
+    return replace(bench_model, tokenizer_dir=open_model(None).model_dir)
 
 
 def open_bench_model(model: str | None, random_weights: str | None) -> BenchModel:
@@ -54,4 +65,5 @@ def open_bench_model(model: str | None, random_weights: str | None) -> BenchMode
     from localllm.loader.hf_dir import open_model
 
     files = open_model(model)
-    return BenchModel(model or "smollm2:135m", files.hf_config, files.model_dir, files.eos_token_ids)
+    return BenchModel(model or "smollm2:135m", files.hf_config, files.model_dir, files.eos_token_ids,
+                      files.model_dir)

@@ -3,7 +3,9 @@ same ones, and nano-vllm's throughput workload."""
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from localllm.sampling_params import Guidance
 
 NANO_VLLM_TEMPERATURE = 0.6
 PROMPT_TOKEN_IDS = 10000   # random prompts draw from the first ids, as nano-vllm's do
@@ -16,6 +18,15 @@ class Workload:
     prompts: list[list[int]]
     max_tokens: list[int]
     temperature: float
+    guidance: Guidance | None = None   # a grammar every request follows, one that never ends
+
+
+def guided(workload: Workload) -> Workload:
+    """The same workload with every request under the small JSON schema of `bench grammar`: JSON objects one
+    after another, so each request still produces exactly its max_tokens."""
+    from localllm.bench.grammar import endless_objects_guidance
+
+    return replace(workload, name=f"{workload.name}, JSON schema", guidance=endless_objects_guidance())
 
 
 def random_prompts(count: int, length: int, vocab: int, seed: int) -> list[list[int]]:
