@@ -139,14 +139,14 @@ def test_prefix_cache_hits_do_not_change_the_output(llm):
     assert_valid(second)
 
 
-def test_preempted_sequences_keep_their_grammar_state(model_dir):
+def test_preempted_sequences_keep_their_grammar_state(llm, model_dir):
     """Too few blocks for every sequence at once: some are preempted and recomputed midway, and still produce
     the documents they produce unhindered."""
     params = [guided(temperature=1.0, seed=seed) for seed in range(6)]
     prompts = [PROMPTS[seed % 3] for seed in range(6)]
-    roomy = LLM(str(model_dir), block_size=4, num_kv_blocks=512)
-    expected = [o.outputs[0].token_ids for o in roomy.generate(prompts, params)]
-    tight = LLM(str(model_dir), block_size=4, num_kv_blocks=90, max_num_batched_tokens=64)
+    expected = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
+    tight = LLM(str(model_dir), block_size=4, num_kv_blocks=90, max_num_batched_tokens=64,
+                overlap_steps=llm.engine.config.overlap_steps)
     outputs = tight.generate(prompts, params)
     assert tight.engine.core.scheduler.num_preemptions > 0
     assert [o.outputs[0].token_ids for o in outputs] == expected
