@@ -136,6 +136,11 @@ def test_prompt_plus_max_tokens_over_the_context_is_400_with_the_numbers(http, t
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strin"}}}},
      "response_format"),
     ({"response_format": {"type": "json_object"}, "ignore_eos": True}, "ignore_eos"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}], "response_format": {"type": "json_object"}},
+     "response_format"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"type": "array", "uniqueItems": True}}}}}], "tool_choice": "required"},
+     "tools"),
 ])
 def test_bad_sampling_values_are_400(http, tiny, patch, param):
     assert_error(http.post("/v1/chat/completions", json={**chat_body(tiny), **patch}), 400, param=param)

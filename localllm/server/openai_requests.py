@@ -24,6 +24,11 @@ def reject_unsupported(body) -> None:
         raise _bad("logit_bias is not supported.", "logit_bias", "unsupported_parameter")
     if isinstance(body, ChatCompletionRequest):
         check_tools(body)
+        structured = body.response_format is not None and body.response_format.type != "text"
+        if structured and body.tools and body.tool_choice != "none":
+            # one grammar holds the output: calls could not be written under a JSON schema, nor the answer after
+            raise _bad("response_format cannot be combined with tools unless tool_choice is 'none'.",
+                       "response_format", "unsupported_parameter")
     else:
         if body.echo:
             raise _bad("echo is not supported.", "echo", "unsupported_parameter")

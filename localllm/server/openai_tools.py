@@ -10,6 +10,7 @@ import json
 import re
 from dataclasses import dataclass
 
+from localllm.guidance import validate_guidance
 from localllm.sampling_params import Guidance, SamplingParams
 from localllm.server.errors import APIError
 from localllm.server.openai_format import Choice
@@ -98,9 +99,13 @@ class ToolPlan:
         named = self.choice != "required"
         functions = [f for f in self.functions if f["name"] == self.choice] if named else self.functions
         marker = tokenizer.convert_tokens_to_ids("[TOOL_CALLS]") if self.family is MISTRAL else None
-        grammar = tool_call_grammar(self.family, functions, self.parallel and not named, marker)
+        guidance = Guidance("lark", tool_call_grammar(self.family, functions, self.parallel and not named, marker))
+        try:   # a parameters schema the grammar cannot enforce (say with uniqueItems) is refused here, not in the engine
+            validate_guidance(guidance)
+        except ValueError as e:
+            raise _bad(f"tool_choice {self.choice!r} needs the tools' parameters enforced, and {e}.", "tools") from None
         try:
-            return dataclasses.replace(params, guidance=Guidance("lark", grammar))
+            return dataclasses.replace(params, guidance=guidance)
         except ValueError as e:   # a setting the grammar cannot be combined with
             raise _bad(f"tool_choice {self.choice!r} cannot be served with these settings: {e}.",
                        "tool_choice") from None

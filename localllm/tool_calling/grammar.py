@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 
+from localllm.guidance import JSON_FORMAT
 from localllm.tool_calling.families import HERMES, LLAMA3_JSON, MISTRAL, SMOLLM2, ToolFamily
 
 NO_PARAMETERS = {"type": "object", "properties": {}, "additionalProperties": False}
-_JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
 def tool_call_grammar(family: ToolFamily, functions: list[dict], parallel: bool,
@@ -22,7 +22,7 @@ def tool_call_grammar(family: ToolFamily, functions: list[dict], parallel: bool,
     rules = [f"call: {' | '.join(f'call_{i}' for i in range(len(functions)))}"]
     for i, function in enumerate(functions):
         head = f'{{"name": {json.dumps(function["name"])}, "{args_key}": '
-        schema = {**(function.get("parameters") or NO_PARAMETERS), "x-guidance": _JSON_LAYOUT}
+        schema = {**(function.get("parameters") or NO_PARAMETERS), "x-guidance": JSON_FORMAT}
         rules.append(f"call_{i}: {_literal(head)} args_{i} {_literal('}')}")
         rules.append(f"args_{i}: %json {json.dumps(schema)}")
     return "\n".join([_start(family, parallel, marker_token_id), *rules]) + "\n"
