@@ -100,6 +100,17 @@ def test_a_bad_schema_is_a_400_naming_the_problem(oai, tiny):
     assert 'the JSON schema is invalid or unsupported: Unimplemented keys: ["uniqueItems"]' in error["message"]
 
 
+def test_responses_take_the_schema_as_text_format(oai, offline, tiny):
+    expected = offline.chat(MESSAGES, offline_params(temperature=0, max_tokens=120))[0].outputs[0]
+    r = oai.responses.create(model=tiny, input=MESSAGES[0]["content"], temperature=0, max_output_tokens=120,
+                             text={"format": {"type": "json_schema", "name": "record", "schema": SCHEMA,
+                                              "strict": True}})
+    assert r.status == "completed" and r.output_text == expected.text
+    with pytest.raises(openai.BadRequestError) as refused:
+        oai.responses.create(model=tiny, input="x", text={"format": {"type": "xml"}})
+    assert refused.value.body["param"] == "text.format.type"
+
+
 def test_parse_with_a_pydantic_model_on_the_embedded_model(oai):
     messages = [{"role": "user", "content": "Which city is the capital of France? Answer in JSON."}]
     r = oai.chat.completions.parse(model=EMBEDDED, messages=messages, response_format=City, temperature=0,

@@ -10,9 +10,11 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from pydantic import ValidationError
+
 from localllm.server.errors import APIError
 from localllm.server.openai_format import Choice, new_id
-from localllm.server.openai_schemas import ChatCompletionRequest, ResponsesRequest, SamplingExtras
+from localllm.server.openai_schemas import ChatCompletionRequest, ResponseFormat, ResponsesRequest, SamplingExtras
 
 MAX_STORED_RESPONSES = 256
 _TEXT_PARTS = ("input_text", "output_text")
@@ -103,8 +105,7 @@ def _message(item, i: int) -> dict:
 def chat_request(body: ResponsesRequest, messages: list[dict]) -> ChatCompletionRequest:
     """The chat completion this response is: the same sampling and the same refusals (formats)."""
     system = [{"role": "system", "content": body.instructions}] if body.instructions is not None else []
-    text_format = text_format_of(body)
-    response_format = text_format if text_format.get("type") == "text" else _chat_format(text_format)
+    response_format = _chat_format(text_format_of(body))
     return ChatCompletionRequest(
         model=body.model, messages=system + messages, max_completion_tokens=body.max_output_tokens,
         temperature=body.temperature, top_p=body.top_p,
@@ -115,12 +116,17 @@ def text_format_of(body: ResponsesRequest) -> dict:
     return (body.text.format if body.text is not None else None) or {"type": "text"}
 
 
-def _chat_format(text_format: dict) -> dict:
-    """Responses' text.format as chat's response_format ({"type": "json_schema", "json_schema": {...}})."""
-    kind = text_format.get("type")
-    if kind == "json_schema":
-        return {"type": kind, "json_schema": {k: v for k, v in text_format.items() if k != "type"}}
-    return dict(text_format)
+def _chat_format(text_format: dict) -> ResponseFormat:
+    """Responses' text.format as chat's response_format (a schema's name, schema and strict go under
+    "json_schema")."""
+    if text_format.get("type") == "json_schema":
+        text_format = {"type": "json_schema", "json_schema": {k: v for k, v in text_format.items() if k != "type"}}
+    try:
+        return ResponseFormat.model_validate(text_format)
+    except ValidationError as e:
+        error = e.errors()[0]
+        where = ".".join(str(part) for part in ("text", "format", *error["loc"]) if part != "json_schema")
+        raise _bad(f"Invalid value for '{where}': {error['msg']}.", where) from None
 
 
 @dataclass
