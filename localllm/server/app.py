@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from localllm.server import routes_openai, routes_responses, routes_status
 from localllm.server.body_limit import BodyLimitMiddleware
 from localllm.server.errors import install_handlers
+from localllm.server.json_body import JSONBodyMiddleware
 from localllm.server.metrics import Metrics, RequestCounter
 from localllm.server.models import ModelManager
 from localllm.server.openapi import openapi_schema
@@ -52,6 +53,7 @@ def create_app(settings: ServerSettings, address: str | None = None) -> FastAPI:
     app.include_router(routes_openai.router)
     app.include_router(routes_responses.router)
     app.include_router(routes_status.router)
+    app.add_middleware(JSONBodyMiddleware)   # innermost: bodies are JSON whatever their label
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(SecurityMiddleware, settings=settings)   # before the body is read
     app.add_middleware(RequestCounter, metrics=metrics)   # outermost: refusals are counted too

@@ -32,7 +32,7 @@ def reject_unsupported(body) -> None:
     else:
         if body.echo:
             raise _bad("echo is not supported.", "echo", "unsupported_parameter")
-        if body.best_of is not None and body.best_of != body.n:
+        if body.best_of is not None and body.best_of != (1 if body.n is None else body.n):
             raise _bad("best_of other than n is not supported.", "best_of", "unsupported_parameter")
 
 
@@ -64,7 +64,7 @@ def sampling_params(body: ChatCompletionRequest | CompletionRequest) -> Sampling
     guidance = response_guidance(body.response_format)
     try:
         return SamplingParams(
-            n=body.n, temperature=pick(body.temperature, 1.0), top_p=pick(body.top_p, 1.0),
+            n=pick(body.n, 1), temperature=pick(body.temperature, 1.0), top_p=pick(body.top_p, 1.0),
             top_k=pick(body.top_k, 0), min_p=pick(body.min_p, 0.0),
             repetition_penalty=pick(body.repetition_penalty, 1.0),
             presence_penalty=pick(body.presence_penalty, 0.0), frequency_penalty=pick(body.frequency_penalty, 0.0),

@@ -1,5 +1,6 @@
 """Request bodies of the OpenAI-compatible API, with the vLLM-style extra sampling fields. Types are strict
-(a string is not a number); unknown fields are ignored, as `user` is."""
+(a string is not a number); unknown fields are ignored, as `user` is; every optional field takes null for its
+default, as OpenAI's API does."""
 from __future__ import annotations
 
 from typing import Annotated, Literal, Optional, Union
@@ -29,7 +30,7 @@ KeepAlive = Annotated[float, Field(allow_inf_nan=False, le=MAX_KEEP_ALIVE_S)]
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
-    include_usage: bool = False
+    include_usage: Optional[bool] = False
 
 
 class JSONSchemaFormat(BaseModel):
@@ -68,7 +69,7 @@ class SamplingExtras(BaseModel):
 
 class _Sampling(SamplingExtras):
     model: Text
-    n: int = 1
+    n: Optional[int] = None                      # 1
     max_tokens: Optional[int] = None
     temperature: Optional[float] = None          # OpenAI's default is 1
     top_p: Optional[float] = None
