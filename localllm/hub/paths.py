@@ -59,3 +59,22 @@ def open_private(path: Path, mode: str = "ab", **kwargs):
     stream = open(path, mode, opener=lambda name, flags: os.open(name, flags, 0o600), **kwargs)
     os.fchmod(stream.fileno(), 0o600)
     return stream
+
+
+@contextlib.contextmanager
+def locked(lock_file: Path):
+    """Holds an exclusive advisory lock on `lock_file` (created in a 0700 directory) for the block, so that
+    processes sharing the data directory take turns. Windows has no advisory locks: there the block runs
+    unguarded, and writers rely on their atomic renames alone."""
+    private_dir(lock_file.parent)
+    with open(lock_file, "w") as lock:
+        try:
+            import fcntl
+        except ImportError:
+            yield
+            return
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

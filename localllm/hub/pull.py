@@ -18,16 +18,13 @@ from pathlib import Path
 
 from localllm import settings
 from localllm.architectures import gguf_architecture, hf_architecture
-from localllm.errors import CorruptModelError, LocalLLMError, ModelNotFoundError, UnsupportedModelError, first_line
+from localllm.errors import CorruptModelError, ModelNotFoundError, PullError, UnsupportedModelError, first_line
 from localllm.hub import store
 from localllm.hub.model_info import GGUF_MAGIC, describe, read_gguf_metadata_prefix
 from localllm.hub.paths import hub_cache_dir
+from localllm.hub.progress import Reporter
 from localllm.hub.reference import ModelReference, resolve_reference
 from localllm.units import format_size
-
-
-class PullError(LocalLLMError):
-    """A pull that cannot go on: too little disk space, the Hub unreachable, a download cut short."""
 
 
 # Besides the weights, a safetensors model needs these (when the repo has them); never *.bin, *.pt, *.pth, pickles.
@@ -45,50 +42,6 @@ _COMMIT = re.compile(r"[0-9a-f]{40}")
 _SPLIT_GGUF = re.compile(r"-\d{5}-of-\d{5}\.gguf$", re.IGNORECASE)
 
 
-class Reporter:
-    """How a pull shows its progress; this one shows nothing. The CLI's draws rich progress bars."""
-
-    def status(self, message: str) -> None:
-        pass
-
-    def bar_class(self, filename: str, size: int | None):
-        """A tqdm-like class huggingface_hub instantiates (with total=, initial=, desc=...) to report bytes."""
-        return SilentBar
-
-
-class SilentBar:
-    """The part of tqdm's interface huggingface_hub's downloaders use (plain HTTP and Xet), doing nothing."""
-
-    total: int | None = None
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def update_transfer(self, n: int = 1) -> None:  # network bytes (Xet); the bars count bytes written
-        pass
-
-    def set_postfix_str(self, *args, **kwargs) -> None:
-        pass
-
-    def set_transfer_postfix_str(self, *args, **kwargs) -> None:
-        pass
-
-    def refresh(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
-
-
 def pull(model: str, revision: str = "main", reporter: Reporter | None = None) -> store.ModelEntry:
     """Download (or find) what `model` names (hub.reference), verify it and record it in the store."""
     return pull_reference(resolve_reference(model, revision), reporter)
@@ -100,8 +53,7 @@ def pull_reference(ref: ModelReference, reporter: Reporter | None = None) -> sto
     if ref.kind == "embedded":
         from localllm.hub.embedded import embedded_gguf_path
 
-        reporter.status(f"{ref.name} is the embedded model: nothing to download")
-        entry = _local_entry(ref, embedded_gguf_path(), source="embedded")
+        entry = _local_entry(ref, embedded_gguf_path(reporter), source="embedded")
     elif ref.kind == "local":
         reporter.status(f"registering the local model {ref.path}")
         entry = _local_entry(ref, ref.path, source="local")

@@ -15,7 +15,7 @@ from pathlib import Path
 from localllm.errors import InvalidModelNameError, ModelNotFoundError
 from localllm.hub import store
 from localllm.hub.aliases import alias_target
-from localllm.hub.embedded import EMBEDDED_ALIAS, EMBEDDED_ALIASES, embedded_gguf_path, installed_gguf
+from localllm.hub.embedded import EMBEDDED_ALIAS, EMBEDDED_ALIASES, embedded_gguf_path, stored_gguf
 from localllm.hub.model_info import GGUF_MAGIC
 
 _MAX_NAME = 1024
@@ -81,7 +81,7 @@ def resolve_reference(name: str | None, revision: str = "main", *, paths: bool =
 
 def _embedded() -> ModelReference:
     entry = next((e for e in store.entries() if e.source == "embedded"), None)
-    path = Path(entry.path) if entry is not None else installed_gguf()
+    path = Path(entry.path) if entry is not None else stored_gguf()
     return ModelReference(EMBEDDED_ALIAS, "embedded", path=path, entry=entry)
 
 

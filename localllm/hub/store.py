@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from localllm.errors import ModelNotFoundError
-from localllm.hub.paths import converted_dir, data_dir, hub_cache_dir, private_dir
+from localllm.hub.paths import converted_dir, data_dir, hub_cache_dir, locked, private_dir
 
 _MANIFEST_VERSION = 1
 
@@ -177,19 +177,6 @@ def _write(models: dict[str, ModelEntry]) -> None:
             os.unlink(tmp)
 
 
-@contextlib.contextmanager
 def _locked():
     """Serialises read-modify-write of the manifest between processes (two pulls at once)."""
-    directory = store_dir()
-    private_dir(directory)
-    with open(directory / ".lock", "w") as lock:
-        try:
-            import fcntl
-        except ImportError:  # Windows: no advisory locks; the atomic replace still keeps the file whole
-            yield
-            return
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    return locked(store_dir() / ".lock")

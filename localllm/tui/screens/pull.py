@@ -14,7 +14,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, ProgressBar
 
 from localllm.errors import one_line
-from localllm.hub.pull import Reporter, SilentBar
+from localllm.hub.progress import Reporter, SilentBar
 from localllm.units import format_size
 
 
