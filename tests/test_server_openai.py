@@ -2,6 +2,7 @@
 answers must equal what the offline LLM gives for the same request, token for token, with exact usage."""
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -271,3 +272,29 @@ def test_overlapped_steps_behind_the_api(tiny, offline, tmp_path):
         daemon.wait_until(lambda s: s["models"][0]["requests"] == 0 and s["models"][0]["running"] == 0
                           and s["models"][0]["waiting"] == 0 and s["models"][0]["kv_blocks"]["used"] == 0, 10,
                           "the dropped stream to be forgotten and its blocks freed")
+
+
+def test_null_means_the_default_for_every_optional_field(daemon, offline, tiny):
+    """OpenAI's API takes null for any optional field (some clients send every field, unset ones as null)."""
+    nulls = {f: None for f in ("n", "temperature", "top_p", "stop", "seed", "presence_penalty", "frequency_penalty",
+                               "logit_bias", "stream", "stream_options", "user", "top_k", "min_p", "logprobs",
+                               "top_logprobs", "max_completion_tokens", "tools", "tool_choice", "response_format")}
+    body = {"model": tiny, "messages": MESSAGES, "max_tokens": 5, "ignore_eos": True, **nulls, "temperature": 0}
+    with daemon.http() as http:
+        answer = http.post("/v1/chat/completions", json=body)
+    assert answer.status_code == 200, answer.text
+    assert [c["message"]["content"] for c in answer.json()["choices"]] == [
+        offline.chat(MESSAGES, greedy(5))[0].outputs[0].text]   # n null: one choice
+
+
+def test_a_body_without_json_content_type_is_read_as_json(daemon, offline, tiny):
+    """`curl -d '{...}'` labels the body application/x-www-form-urlencoded; scripts often send no label."""
+    body = json.dumps({"model": tiny, "prompt": PROMPT, "max_tokens": 4, "temperature": 0, "ignore_eos": True})
+    expected = offline.generate(PROMPT, greedy(4))[0].outputs[0].text
+    with daemon.http() as http:
+        for headers in ({"content-type": "application/x-www-form-urlencoded"}, {"content-type": "text/plain"}, {}):
+            answer = http.post("/v1/completions", content=body.encode(), headers=headers)
+            assert answer.status_code == 200 and answer.json()["choices"][0]["text"] == expected, answer.text
+        garbage = http.post("/v1/completions", content=b"model=x&prompt=y",
+                            headers={"content-type": "application/x-www-form-urlencoded"})
+        assert garbage.status_code == 400 and garbage.json()["error"]["code"] == "invalid_json"
