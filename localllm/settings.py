@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Generic, NamedTuple, TypeVar
 
+from localllm.durations import parse_duration
 from localllm.errors import LocalLLMError
 
 T = TypeVar("T")
@@ -66,17 +67,6 @@ def _address(text: str) -> Address:
     return Address(host or default.host, port_number)
 
 
-_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def _duration(text: str) -> float:
-    """Seconds, or a number with a unit as Ollama takes it: 90, 90s, 5m, 1h, -1 (forever)."""
-    match = re.fullmatch(r"(-?\d+(?:\.\d+)?)\s*([smh]?)", text.lower())
-    if not match:
-        raise ValueError("expected seconds or a duration such as 5m or 1h (negative = forever)")
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-
-
 def _count(text: str) -> int:
     if not text.isdigit():
         raise ValueError("expected a whole number >= 0")
@@ -114,7 +104,7 @@ API_KEY: Variable[str | None] = Variable(
     "LOCALLLM_API_KEY", _text, None,
     "Key the daemon requires (Authorization: Bearer KEY, all routes but /health) and clients send")
 KEEP_ALIVE: Variable[float] = Variable(
-    "LOCALLLM_KEEP_ALIVE", _duration, 300.0,
+    "LOCALLLM_KEEP_ALIVE", parse_duration, 300.0,
     "How long an idle model stays loaded: seconds, or 5m, 1h; negative = forever")
 MAX_QUEUED: Variable[int] = Variable(
     "LOCALLLM_MAX_QUEUED", _count, 64,

@@ -135,3 +135,35 @@ def test_refusals_are_counted_in_metrics(daemon):
         text = c.get("/metrics").text
     assert 'localllm_requests_total{endpoint="/v1/models",status="403"}' in text
     assert 'localllm_requests_total{endpoint="/v1/models",status="401"}' in text
+
+
+def assert_refused_ollama(response, status, fragment):
+    """On the Ollama API a refusal is Ollama's shape: its clients read {"error": "..."} as the message."""
+    assert response.status_code == status and set(response.json()) == {"error"}, response.text
+    assert isinstance(response.json()["error"], str) and fragment in response.json()["error"]
+
+
+def test_the_ollama_api_has_the_same_door(daemon, tiny):
+    import ollama
+
+    routes = [("GET", "/"), ("GET", "/api/tags"), ("GET", "/api/version"), ("POST", "/api/chat"),
+              ("POST", "/api/generate"), ("POST", "/api/show"), ("GET", "/api/ps"), ("POST", "/api/pull"),
+              ("DELETE", "/api/delete")]
+    with raw(daemon, key=False) as c:
+        for method, path in routes:
+            refused = c.request(method, path, json={"model": tiny})
+            assert_refused_ollama(refused, 401, "API key")
+            assert refused.headers["www-authenticate"] == "Bearer"
+    with raw(daemon, {"Host": "evil.example"}) as c:
+        assert_refused_ollama(c.get("/api/tags"), 403, "evil.example")
+    with raw(daemon, {"Origin": "http://evil.example"}) as c:
+        assert_refused_ollama(c.post("/api/chat", json={}), 403, "http://evil.example")
+    with raw(daemon, {"Origin": ALLOWED_ORIGIN}, key=False) as c:
+        preflight = c.options("/api/delete", headers={"Access-Control-Request-Method": "DELETE"})
+        assert preflight.status_code == 204 and "DELETE" in preflight.headers["access-control-allow-methods"]
+    with pytest.raises(ollama.ResponseError) as anonymous:
+        ollama.Client(host=daemon.url).list()
+    assert anonymous.value.status_code == 401 and "API key" in anonymous.value.error
+    client = ollama.Client(host=daemon.url, headers={"Authorization": f"Bearer {KEY}"})
+    answer = client.generate(tiny, "hi", raw=True, options={"num_predict": 2})
+    assert answer.eval_count == 2 and tiny in [m.model for m in client.list().models]

@@ -145,13 +145,14 @@ def safetensors_header(path: Path) -> dict:
     return header
 
 
-def describe(path: Path) -> dict:
-    """A summary of a model directory (config.json + *.safetensors) or of a .gguf file."""
+def describe(path: Path, with_metadata: bool = False) -> dict:
+    """A summary of a model directory (config.json + *.safetensors) or of a .gguf file; `with_metadata` adds
+    "metadata": the GGUF's scalar keys, or the directory's config.json."""
     path = Path(path)
-    return _describe_gguf(path) if path.is_file() else _describe_dir(path)
+    return _describe_gguf(path, with_metadata) if path.is_file() else _describe_dir(path, with_metadata)
 
 
-def _describe_dir(model_dir: Path) -> dict:
+def _describe_dir(model_dir: Path, with_metadata: bool = False) -> dict:
     config = _json(model_dir / "config.json")
     params, dtype_bytes = 0, Counter()
     for file in sorted(model_dir.glob("*.safetensors")):
@@ -166,7 +167,7 @@ def _describe_dir(model_dir: Path) -> dict:
     chat_template = bool(tokenizer_config.get("chat_template")) or any(
         (model_dir / name).is_file() for name in ("chat_template.jinja", "chat_template.json"))
     architectures = config.get("architectures") or []
-    return {
+    summary = {
         "architecture": architectures[0] if architectures else config.get("model_type", "unknown"),
         "parameters": params,
         "context_length": context,
@@ -174,16 +175,17 @@ def _describe_dir(model_dir: Path) -> dict:
         "chat_template": chat_template,
         "files": _files(p for p in sorted(model_dir.iterdir()) if p.is_file()),
     }
+    return {**summary, "metadata": config} if with_metadata else summary
 
 
-def _describe_gguf(gguf_path: Path) -> dict:
+def _describe_gguf(gguf_path: Path, with_metadata: bool = False) -> dict:
     try:
         with open(gguf_path, "rb", buffering=1 << 20) as f:
             metadata, tensors = read_gguf_header(f)
     except Truncated:
         raise CorruptModelError(f"{gguf_path.name}: the GGUF header is truncated") from None
     arch = metadata.get("general.architecture", "unknown")
-    return {
+    summary = {
         "architecture": arch,
         "parameters": sum(math.prod(shape) for _, shape, _ in tensors),
         "context_length": metadata.get(f"{arch}.context_length"),
@@ -191,6 +193,7 @@ def _describe_gguf(gguf_path: Path) -> dict:
         "chat_template": bool(metadata.get("tokenizer.chat_template")),
         "files": _files([gguf_path]),
     }
+    return {**summary, "metadata": metadata} if with_metadata else summary
 
 
 def _files(paths) -> list[dict]:

@@ -35,7 +35,7 @@ class Tokenizer:
         special = {**_json(model_dir / "special_tokens_map.json"), **config}
         special_tokens = {name: _content(special[name]) for name in SPECIAL_TOKEN_NAMES
                           if special.get(name) is not None}
-        return cls(backend, special_tokens, _chat_template(model_dir, config))
+        return cls(backend, special_tokens, chat_template_of(model_dir, config))
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         # encode_batch releases the GIL while it works (encode holds it): the daemon's other threads, its event
@@ -79,7 +79,7 @@ class Tokenizer:
         return template
 
 
-def _chat_template(model_dir: Path, config: dict) -> str | dict | None:
+def chat_template_of(model_dir: Path, config: dict) -> str | dict | None:
     """Template files take priority over the tokenizer config's entry; several templates are keyed by name."""
     templates = {}
     if (model_dir / "chat_template.jinja").is_file():

@@ -7,13 +7,14 @@ from dataclasses import dataclass, field
 
 from fastapi import FastAPI
 
-from localllm.server import routes_openai, routes_responses, routes_status
+from localllm.server import routes_ollama, routes_openai, routes_responses, routes_status
 from localllm.server.body_limit import BodyLimitMiddleware
 from localllm.server.errors import install_handlers
 from localllm.server.json_body import JSONBodyMiddleware
 from localllm.server.metrics import Metrics, RequestCounter
 from localllm.server.models import ModelManager
 from localllm.server.openapi import openapi_schema
+from localllm.server.pulls import Pulls
 from localllm.server.responses import ResponseStore
 from localllm.server.security import SecurityMiddleware
 from localllm.server.settings import ServerSettings
@@ -27,6 +28,7 @@ class Daemon:
     metrics: Metrics
     address: str | None = None
     responses: ResponseStore = field(default_factory=ResponseStore)   # kept for previous_response_id
+    pulls: Pulls = field(default_factory=Pulls)
     started_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     started_monotonic: float = field(default_factory=time.monotonic)
 
@@ -53,6 +55,7 @@ def create_app(settings: ServerSettings, address: str | None = None) -> FastAPI:
     app.include_router(routes_openai.router)
     app.include_router(routes_responses.router)
     app.include_router(routes_status.router)
+    app.include_router(routes_ollama.router)
     app.add_middleware(JSONBodyMiddleware)   # innermost: bodies are JSON whatever their label
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(SecurityMiddleware, settings=settings)   # before the body is read

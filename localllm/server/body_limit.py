@@ -1,4 +1,4 @@
-"""The cap on request bodies: 413 in OpenAI's error shape as soon as the Content-Length header, or else the
+"""The cap on request bodies: 413 (in the route's error shape, errors.py) as soon as the Content-Length header, or else the
 bytes streamed in so far, go over it. A pure ASGI middleware that reads the body itself (the routes would read
 all of it anyway) and hands it on in one piece."""
 from __future__ import annotations
@@ -36,7 +36,7 @@ class BodyLimitMiddleware:
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         error = APIError(413, f"The request body is larger than this server accepts ({self.max_bytes} bytes).",
                          code="request_too_large")
-        await error.response()(scope, receive, send)
+        await error.response(scope["path"])(scope, receive, send)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

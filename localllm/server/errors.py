@@ -1,4 +1,5 @@
-"""API errors in OpenAI's JSON shape: {"error": {"message", "type", "param", "code"}}, never a traceback."""
+"""API errors in OpenAI's JSON shape, {"error": {"message", "type", "param", "code"}}, or on the Ollama API's
+routes in Ollama's, {"error": "message"} (its clients read that string); never a traceback."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,9 @@ _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permi
           404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
           429: "rate_limit_error"}
 _UNION_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}
+# The Ollama API's routes (routes_ollama.py and the embeddings routes): their errors are Ollama-shaped.
+OLLAMA_PATHS = frozenset({"/", "/api/version", "/api/tags", "/api/show", "/api/ps", "/api/chat", "/api/generate",
+                          "/api/pull", "/api/delete", "/api/embed", "/api/embeddings"})
 
 
 class APIError(Exception):
@@ -26,11 +30,14 @@ class APIError(Exception):
         self.type = type or _TYPES.get(status, "server_error")
         self.headers = headers
 
-    def body(self) -> dict:
+    def body(self, path: str | None = None) -> dict:
+        """The error as the route at `path` answers it: Ollama's shape on the Ollama API, else OpenAI's."""
+        if path in OLLAMA_PATHS:
+            return {"error": self.message}
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-    def response(self) -> JSONResponse:
-        return _ErrorResponse(self.body(), status_code=self.status, headers=self.headers)
+    def response(self, path: str | None = None) -> JSONResponse:
+        return _ErrorResponse(self.body(path), status_code=self.status, headers=self.headers)
 
 
 class _ErrorResponse(JSONResponse):
@@ -73,19 +80,20 @@ def _validation_error(exc: RequestValidationError) -> APIError:
 def install_handlers(app) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
-        return exc.response()
+        return exc.response(request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
-        return _validation_error(exc).response()
+        return _validation_error(exc).response(request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         message = {404: f"Unknown route {request.method} {request.url.path}.",
                    405: f"Method {request.method} is not allowed on {request.url.path}."}.get(
             exc.status_code, str(exc.detail))
-        return APIError(exc.status_code, message, headers=exc.headers).response()   # e.g. 405's Allow
+        return APIError(exc.status_code, message, headers=exc.headers).response(request.url.path)   # 405's Allow
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
-        return APIError(500, f"Internal error: {type(exc).__name__}.", code="internal_error").response()
+        return APIError(500, f"Internal error: {type(exc).__name__}.", code="internal_error").response(
+            request.url.path)

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from localllm.gpu_stats import gpu_stats
+from localllm.server.errors import OLLAMA_PATHS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
@@ -109,7 +110,7 @@ def _gpu_families():
 
 
 _ENDPOINTS = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/models", "/health",
-              "/metrics", "/api/status", "/api/unload"}
+              "/metrics", "/api/status", "/api/unload", *OLLAMA_PATHS}
 
 
 class RequestCounter:

@@ -105,10 +105,25 @@ def chat_prompt(tokenizer, body: ChatCompletionRequest, tools: ToolPlan) -> list
 def chat_text(tokenizer, body: ChatCompletionRequest, tools: ToolPlan) -> str:
     """The conversation rendered by the model's template; with tools, as transformers'
     apply_chat_template(messages, tools=..., add_generation_prompt=True) renders them."""
-    if not tokenizer.chat_template:
-        raise _bad(f"The model '{body.model}' has no chat template; use /v1/completions.", "messages")
+    require_template(tokenizer, body.model, "use /v1/completions")
     tools.check_supported()
     messages, template_kwargs = tools.conversation(_template_messages(body))
+    return render_template(tokenizer, messages, **template_kwargs)
+
+
+def require_template(tokenizer, model: str, instead: str) -> None:
+    """Refuses a model without a chat template; `instead` says what it takes."""
+    if not tokenizer.chat_template:
+        raise _bad(f"The model '{model}' has no chat template; {instead}.", "messages")
+
+
+def templated_prompt(tokenizer, model: str, messages: list[dict], instead: str, **template_kwargs) -> list[int]:
+    """`messages` through the model's chat template, as token ids (other APIs' chats)."""
+    require_template(tokenizer, model, instead)
+    return tokenizer.encode(render_template(tokenizer, messages, **template_kwargs), add_special_tokens=False)
+
+
+def render_template(tokenizer, messages: list[dict], **template_kwargs) -> str:
     try:
         return tokenizer.apply_chat_template(messages, add_generation_prompt=True, **template_kwargs)
     except Exception as e:  # noqa: BLE001 - a template that refuses the conversation (e.g. role order)
@@ -155,11 +170,7 @@ def completion_prompts(tokenizer, body: CompletionRequest, vocab_size: int) -> l
     else:
         prompts = [list(p) for p in prompt]
     for ids in prompts:
-        if not ids:
-            raise _bad("A prompt is empty (no tokens).", "prompt")
-        bad = next((t for t in ids if not 0 <= t < vocab_size), None)
-        if bad is not None:
-            raise _bad(f"Token id {bad} is outside the vocabulary (0..{vocab_size - 1}).", "prompt")
+        check_prompt_ids(ids, vocab_size, "prompt")
     return prompts
 
 
@@ -172,6 +183,14 @@ def _fim_prompts(tokenizer, body: CompletionRequest) -> list[list[int]]:
     except FimUnsupportedError as e:
         raise _bad(f"The model '{body.model}' cannot fill in the middle: {e}.", "suffix",
                    "unsupported_parameter") from None
+
+
+def check_prompt_ids(ids: list[int], vocab_size: int, param: str) -> None:
+    if not ids:
+        raise _bad("A prompt is empty (no tokens).", param)
+    bad = next((t for t in ids if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise _bad(f"Token id {bad} is outside the vocabulary (0..{vocab_size - 1}).", param)
 
 
 def check_context(prompts: list[list[int]], max_tokens: int | None, context: int, param: str) -> None:

@@ -1,5 +1,5 @@
-"""The API as /openapi.json describes it: the statuses each route really answers, every error in OpenAI's
-shape, and no 422 (request validation fails with 400, see errors.py), so schema-driven clients and fuzzers
+"""The API as /openapi.json describes it: the statuses each route really answers, every error in its route's
+shape (OpenAI's, or Ollama's on the Ollama API), and no 422 (request validation fails with 400, see errors.py), so schema-driven clients and fuzzers
 can rely on it."""
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ _WHY = {
     404: "The model is not known (or, for /api/unload, not loaded), or the response id is not kept.",
     413: "The request body is larger than the daemon accepts.",
     500: "The model failed to load, or its engine failed while generating.",
+    502: "The Hub (or the package index, for the embedded model) failed, or sent a file that is corrupt.",
     503: "The model's queue is full, or its engine stopped: retry (Retry-After says when).",
 }
 
@@ -110,10 +111,15 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """`responses=` of a route: its error statuses, each with the error model, and 403 (Host and Origin are
-    checked on every route)."""
-    return {status: {"model": ErrorResponse, "description": _WHY[status]} for status in sorted({403, *statuses})}
+class OllamaError(BaseModel):
+    error: str
+
+
+def errors(*statuses: int, ollama: bool = False) -> dict[int | str, dict[str, Any]]:
+    """`responses=` of a route: its error statuses, each with the error model (Ollama's on its API), and 403
+    (Host and Origin are checked on every route)."""
+    model = OllamaError if ollama else ErrorResponse
+    return {status: {"model": model, "description": _WHY[status]} for status in sorted({403, *statuses})}
 
 
 def answer(model: type[BaseModel], done: bool = True) -> dict[int | str, dict[str, Any]]:
@@ -130,7 +136,8 @@ def openapi_schema(app: FastAPI) -> dict:
     """app.openapi: FastAPI's schema without the 422 it adds to every route taking a body."""
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, routes=app.routes,
-                             description="localllm's daemon: an OpenAI-compatible API and its own status routes.")
+                             description="localllm's daemon: an OpenAI-compatible API, the Ollama API and its own "
+                                         "status routes.")
         for path in schema.get("paths", {}).values():
             for operation in path.values():
                 operation.get("responses", {}).pop("422", None)

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import json
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from localllm.server.errors import APIError
 from localllm.server.settings import ServerSettings, is_loopback
 
 OPEN_PATHS = {"/health"}
-_CORS_METHODS = "GET, POST, OPTIONS"
+_CORS_METHODS = "GET, HEAD, POST, DELETE, OPTIONS"
 
 
 def host_name(host_header: str) -> str:
@@ -42,19 +42,20 @@ class SecurityMiddleware:
         headers = Headers(scope=scope)
         host = headers.get("host")
         if host is not None and not self._host_allowed(host):
-            return await _reject(send, 403, f"Host '{host}' is not allowed; the daemon answers loopback names and "
-                                 "those given with --allow-host.", "permission_error", "host_not_allowed")
+            return await _reject(scope, receive, send, 403, f"Host '{host}' is not allowed; the daemon answers "
+                                 "loopback names and those given with --allow-host.", "host_not_allowed")
         origin = headers.get("origin")
         if origin is not None:
             if not self._origin_allowed(origin):
-                return await _reject(send, 403, f"Cross-origin requests from '{origin}' are not allowed; add the "
-                                     "origin with --cors-origin.", "permission_error", "origin_not_allowed")
+                return await _reject(scope, receive, send, 403, f"Cross-origin requests from '{origin}' are not "
+                                     "allowed; add the origin with --cors-origin.", "origin_not_allowed")
             send = _with_cors(send, origin)
             if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
                 return await _preflight(send, headers)
         if self.api_key and scope["path"] not in OPEN_PATHS and not self._key_ok(headers):
-            return await _reject(send, 401, "Incorrect or missing API key: send 'Authorization: Bearer <key>'.",
-                                 "invalid_request_error", "invalid_api_key", {"www-authenticate": "Bearer"})
+            return await _reject(scope, receive, send, 401, "Incorrect or missing API key: send 'Authorization: "
+                                 "Bearer <key>'.", "invalid_api_key", {"www-authenticate": "Bearer"},
+                                 "invalid_request_error")
         await self.app(scope, receive, send)
 
     def _host_allowed(self, host: str) -> bool:
@@ -95,10 +96,7 @@ async def _preflight(send: Send, headers: Headers) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-async def _reject(send: Send, status: int, message: str, type_: str, code: str,
-                  extra: dict[str, str] | None = None) -> None:
-    body = json.dumps({"error": {"message": message, "type": type_, "param": None, "code": code}}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+async def _reject(scope: Scope, receive: Receive, send: Send, status: int, message: str, code: str,
+                  headers: dict[str, str] | None = None, type_: str | None = None) -> None:
+    error = APIError(status, message, code=code, type=type_, headers=headers)
+    await error.response(scope["path"])(scope, receive, send)

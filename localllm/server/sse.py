@@ -1,5 +1,6 @@
-"""Server-sent events that stop as soon as the client goes away: the stream's generator is cancelled (its
-`finally` blocks run) and `on_close` is called exactly once, however the response ends."""
+"""Streamed answers (server-sent events for the OpenAI API, newline-delimited JSON for Ollama's) that stop as
+soon as the client goes away: the stream's generator is cancelled (its `finally` blocks run) and `on_close`
+is called exactly once, however the response ends."""
 from __future__ import annotations
 
 import json
@@ -18,9 +19,14 @@ def event(payload: dict, name: str | None = None) -> str:
     return f"event: {name}\n{data}" if name else data
 
 
+def ndjson_line(payload: dict) -> str:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
 class SSEResponse(StreamingResponse):
-    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None]):
-        super().__init__(content, media_type="text/event-stream",
+    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None],
+                 media_type: str = "text/event-stream"):
+        super().__init__(content, media_type=media_type,
                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self.on_close = on_close
 
@@ -45,3 +51,10 @@ class SSEResponse(StreamingResponse):
             if aclose is not None:
                 with anyio.CancelScope(shield=True):
                     await aclose()
+
+
+class NDJSONResponse(SSEResponse):
+    """One JSON object a line (application/x-ndjson), as Ollama streams its answers and progress."""
+
+    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None] = lambda: None):
+        super().__init__(content, on_close, media_type="application/x-ndjson")
