@@ -55,6 +55,31 @@ class Client:
     def models(self) -> list[str]:
         return [m["id"] for m in self._json("GET", "/v1/models")["data"]]
 
+    def tags(self) -> list[dict]:
+        """The models whose files are here, with size and details (Ollama's /api/tags entries)."""
+        return self._json("GET", "/api/tags")["models"]
+
+    def pull(self, model: str, revision: str = "main") -> Iterator[dict]:
+        """The daemon's progress lines while it pulls `model` (Ollama's: {status}, or {status, digest, total,
+        completed} for a file), the last one {"status": "success", "model": the name it is stored under}. A
+        failure raises DaemonError. Another client pulling the same model shares the download; leaving early
+        leaves the pull running in the daemon."""
+        body = {"model": model, "revision": revision}
+        patient = httpx.Timeout(None, connect=5.0)   # no read timeout: hashing a large file sends nothing a while
+        try:
+            with self.http.stream("POST", "/api/pull", json=body, timeout=patient) as response:
+                if response.status_code != 200:
+                    response.read()
+                    raise _refusal(response)
+                for line in response.iter_lines():
+                    if line.strip():
+                        event = json.loads(line)
+                        if "error" in event:
+                            raise DaemonError(str(event["error"]))
+                        yield event
+        except httpx.HTTPError as e:
+            raise DaemonError(f"lost the daemon at {self.url}: {e}") from None
+
     def unload(self, model: str) -> dict:
         return self._json("POST", "/api/unload", json={"model": model})
 
@@ -83,6 +108,16 @@ class Client:
         except httpx.HTTPError as e:
             raise DaemonError(f"lost the daemon at {self.url}: {e}") from None
 
+    def pull_to_end(self, model: str, revision: str = "main", on_progress=lambda event: None) -> dict:
+        """Pulls `model` through the daemon, handing each progress line but the last to `on_progress`; returns
+        the pulled model's /api/tags entry ({"name": ...} alone if it has none)."""
+        for event in self.pull(model, revision):
+            if event.get("status") == "success":
+                name = event.get("model") or model
+                return next((m for m in self.tags() if m["name"] == name), {"name": name})
+            on_progress(event)
+        raise DaemonError(f"the daemon ended the pull of {model} without saying it succeeded")
+
     def _json(self, method: str, path: str, **kwargs) -> dict:
         try:
             response = self.http.request(method, path, **kwargs)
@@ -93,9 +128,19 @@ class Client:
         return response.json()
 
 
+def model_text(model: dict) -> str:
+    """A model's /api/tags entry as a line shows it: its name, with its size and quantization when known."""
+    from localllm.units import format_size
+
+    size, details = model.get("size"), model.get("details") or {}
+    return model["name"] + (f" ({format_size(size)}, {details.get('quantization_level')})" if size else "")
+
+
 def _refusal(response: httpx.Response) -> DaemonError:
+    """The daemon's error, in OpenAI's shape ({"error": {"message"}}) or on the Ollama API in Ollama's."""
     try:
-        message = response.json()["error"]["message"]
+        error = response.json()["error"]
+        message = error if isinstance(error, str) else error["message"]
     except (ValueError, KeyError, TypeError):
         message = response.text[:200] or f"HTTP {response.status_code}"
     return DaemonError(message, response.status_code)

@@ -1,4 +1,5 @@
-"""`localllm pull / list / show / rm` as a user runs them (Typer's CliRunner), against the fake Hub."""
+"""`localllm pull / list / show / rm` as a user runs them (Typer's CliRunner), against the fake Hub; pull goes
+through a real daemon, found as the CLI finds it (the state file of this test's LOCALLLM_HOME)."""
 import json
 import math
 import re
@@ -7,12 +8,15 @@ import pytest
 from safetensors import safe_open
 from typer.testing import CliRunner
 
+from daemon_helpers import running_daemon
 from fake_hub import hub, tiny_model_dir  # noqa: F401 (hub is a fixture)
 from localllm.cli.main import app
-from localllm.client import DaemonError
-from localllm.hub import aliases
+from localllm.client import DaemonError, find_daemon
+from localllm.hub.aliases import ALIASES
+from localllm.server.state import default_state_path
 
-REPO = "test-org/tiny-qwen3"
+ALIAS = "qwen3:0.6b"
+REPO = ALIASES[ALIAS]   # the fake Hub serves a tiny model under the alias' repo id
 runner = CliRunner()
 
 
@@ -22,10 +26,17 @@ def tiny_dir(tmp_path_factory):
 
 
 @pytest.fixture
-def pulled(hub, tiny_dir, monkeypatch):
+def cli_daemon(hub, tmp_path):
+    """The daemon the CLI finds, started inside the fake Hub's environment."""
+    with running_daemon(tmp_path / "daemon", state_file=default_state_path()) as daemon:
+        yield daemon
+
+
+@pytest.fixture
+def pulled(hub, tiny_dir, tmp_path):
     hub.add_dir(REPO, tiny_dir)
-    monkeypatch.setitem(aliases.ALIASES, "tiny:test", REPO)
-    result = runner.invoke(app, ["pull", "tiny:test"])
+    with running_daemon(tmp_path / "pulling-daemon", state_file=default_state_path()):
+        result = runner.invoke(app, ["pull", ALIAS])
     assert result.exit_code == 0, result.output
     return result
 
@@ -40,13 +51,19 @@ def _one_line_error(result, *fragments) -> None:
 
 
 def test_pull_shows_progress_and_success(pulled):
-    assert "pulling manifest of test-org/tiny-qwen3" in pulled.stderr
+    assert f"pulling manifest of {REPO}" in pulled.stderr
     assert "architecture Qwen3ForCausalLM: supported" in pulled.stderr
     assert "verifying sha256 digest" in pulled.stderr
     # one bar per file, with its size in binary units
     bar = next(line for line in pulled.stderr.splitlines() if "pulling model.safetensors" in line)
     assert "100%" in bar and "KiB" in bar
-    assert pulled.stdout.strip().startswith("success: tiny:test (30")
+    assert pulled.stdout.strip().startswith(f"success: {ALIAS} (30") and pulled.stdout.strip().endswith(", F32)")
+
+
+def test_a_local_model_is_registered_without_a_daemon(hub, tiny_dir):
+    result = runner.invoke(app, ["pull", str(tiny_dir)])
+    assert result.exit_code == 0 and result.stdout.startswith(f"success: {tiny_dir.name} ("), result.output
+    assert find_daemon() is None
 
 
 def test_list_is_a_borderless_table_and_json(pulled):
@@ -54,15 +71,15 @@ def test_list_is_a_borderless_table_and_json(pulled):
     assert result.exit_code == 0
     header, row = result.stdout.strip().splitlines()
     assert header.split() == ["NAME", "SIZE", "FORMAT", "MODIFIED"]
-    assert re.fullmatch(r"tiny:test   \d+\.\d KiB   F32      (just now|\d+ seconds? ago)", row), row
+    assert re.fullmatch(r"qwen3:0\.6b   \d+\.\d KiB   F32      (just now|\d+ seconds? ago)", row), row
     entries = json.loads(runner.invoke(app, ["list", "--json"]).stdout)
-    assert [e["name"] for e in entries] == ["tiny:test"] and entries[0]["repo"] == REPO
+    assert [e["name"] for e in entries] == [ALIAS] and entries[0]["repo"] == REPO
 
 
 def test_show_reads_headers_only(pulled, tiny_dir):
     with safe_open(str(tiny_dir / "model.safetensors"), "np") as f:
         params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
-    info = json.loads(runner.invoke(app, ["show", "tiny:test", "--json"]).stdout)
+    info = json.loads(runner.invoke(app, ["show", ALIAS, "--json"]).stdout)
     assert info["architecture"] == "Qwen3ForCausalLM" and info["parameters"] == params
     assert info["context_length"] == 1024 and info["chat_template"] is True and info["format"] == "F32"
     assert {f["name"] for f in info["files"]} == {p.name for p in tiny_dir.iterdir()}
@@ -76,17 +93,31 @@ def test_run_answers_with_a_pulled_model(pulled, monkeypatch):
 
     monkeypatch.setenv("LOCALLLM_HOST", "127.0.0.1:0")   # the daemon `run` starts: any free port, then stopped
     try:
-        result = runner.invoke(app, ["run", "tiny:test", "hello", "--max-tokens", "3"])
+        result = runner.invoke(app, ["run", ALIAS, "hello", "--max-tokens", "3"])
         assert result.exit_code == 0, result.output
     finally:
         stop_daemon()
 
 
+def test_run_pulls_a_known_alias_through_the_daemon_first(hub, tiny_dir, monkeypatch):
+    from localllm.client import stop_daemon
+
+    hub.add_dir(REPO, tiny_dir)
+    monkeypatch.setenv("LOCALLLM_HOST", "127.0.0.1:0")
+    try:
+        result = runner.invoke(app, ["run", ALIAS, "hello", "--max-tokens", "3"])
+        assert result.exit_code == 0, result.output
+    finally:
+        stop_daemon()
+    assert f"{ALIAS} is not here yet: pulling it" in result.stderr and "verifying sha256 digest" in result.stderr
+    assert hub.fetched(REPO, "model.safetensors", "GET") == [None]
+
+
 def test_rm_removes_and_then_is_an_error(pulled):
-    result = runner.invoke(app, ["rm", "tiny:test"])
-    assert result.exit_code == 0 and result.stdout.startswith("deleted 'tiny:test' (freed 30")
+    result = runner.invoke(app, ["rm", ALIAS])
+    assert result.exit_code == 0 and result.stdout.startswith(f"deleted '{ALIAS}' (freed 30")
     assert runner.invoke(app, ["list"]).stdout.strip() == "NAME   SIZE   FORMAT   MODIFIED"
-    _one_line_error(runner.invoke(app, ["rm", "tiny:test"]), "not found")
+    _one_line_error(runner.invoke(app, ["rm", ALIAS]), "not found")
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -95,21 +126,22 @@ def test_rm_removes_and_then_is_an_error(pulled):
     (["pull", "test-org/missing"], "not found on http://127.0.0.1"),
     (["show", "nothing:here"], "not found"),
 ])
-def test_errors_are_one_line(hub, args, fragment):
+def test_errors_are_one_line(cli_daemon, args, fragment):
     _one_line_error(runner.invoke(app, args), fragment)
 
 
-def test_unreachable_hub_is_a_one_line_error(hub, monkeypatch):
+def test_unreachable_hub_is_a_one_line_error(hub, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
-    _one_line_error(runner.invoke(app, ["pull", REPO]), "127.0.0.1:9")
+    with running_daemon(tmp_path / "daemon", state_file=default_state_path()):
+        _one_line_error(runner.invoke(app, ["pull", REPO]), "127.0.0.1:9")
 
 
 def test_rm_refuses_a_model_the_daemon_has_loaded_unless_forced(pulled, monkeypatch):
     from localllm.cli import models
 
-    monkeypatch.setattr(models, "_is_loaded", lambda name: name == "tiny:test")
-    _one_line_error(runner.invoke(app, ["rm", "tiny:test"]), "loaded by the daemon", "--force")
-    assert runner.invoke(app, ["rm", "tiny:test", "--force"]).exit_code == 0
+    monkeypatch.setattr(models, "_is_loaded", lambda name: name == ALIAS)
+    _one_line_error(runner.invoke(app, ["rm", ALIAS]), "loaded by the daemon", "--force")
+    assert runner.invoke(app, ["rm", ALIAS, "--force"]).exit_code == 0
 
 
 def test_rm_force_of_a_model_the_daemon_has_loaded_unloads_it(pulled, tmp_path):
@@ -118,34 +150,33 @@ def test_rm_force_of_a_model_the_daemon_has_loaded_unloads_it(pulled, tmp_path):
 
     with running_daemon(tmp_path / "daemon", state_file=default_state_path()) as daemon:
         client = daemon.client()
-        answer = client.chat("tiny:test", [{"role": "user", "content": "hi"}], max_tokens=2, ignore_eos=True)
+        answer = client.chat(ALIAS, [{"role": "user", "content": "hi"}], max_tokens=2, ignore_eos=True)
         assert answer["usage"]["completion_tokens"] == 2
-        pid = daemon.model_status("tiny:test")["pid"]
-        _one_line_error(runner.invoke(app, ["rm", "tiny:test"]), "loaded by the daemon", "--force")
-        result = runner.invoke(app, ["rm", "tiny:test", "--force"])
-        assert result.exit_code == 0 and result.stdout.startswith("deleted 'tiny:test'"), result.output
+        pid = daemon.model_status(ALIAS)["pid"]
+        _one_line_error(runner.invoke(app, ["rm", ALIAS]), "loaded by the daemon", "--force")
+        result = runner.invoke(app, ["rm", ALIAS, "--force"])
+        assert result.exit_code == 0 and result.stdout.startswith(f"deleted '{ALIAS}'"), result.output
         assert daemon.status()["models"] == [] and wait_gone(pid)
-        assert "tiny:test" not in client.models()
+        assert ALIAS not in client.models()
         with pytest.raises(DaemonError) as refused:
-            client.unload("tiny:test")
+            client.unload(ALIAS)
         assert refused.value.status == 404
         client.close()
 
 
-def test_progress_bar_takes_what_huggingface_hub_reports(hub):
-    """The calls huggingface_hub makes on a bar, plain HTTP and Xet alike, land on one rich task."""
-    from localllm.cli.models import _RichReporter
+def test_the_daemons_progress_lines_become_one_bar_per_file():
+    from localllm.cli.models import _PullProgress
 
-    with _RichReporter() as reporter:
-        bar = reporter.bar_class("model.safetensors", 100)(unit="B", unit_scale=True, total=None, initial=10,
-                                                           desc="(…)model.safetensors")
-        bar.update(40)
-        bar.update_transfer(35)
-        bar.set_postfix_str("1 MB/s", refresh=False)
-        bar.total = max(bar.total or 0, 120)
-        bar.update(70)
-        task = reporter.progress.tasks[0]
-        assert (task.completed, task.total, task.description) == (120, 120, "model.safetensors")
+    with _PullProgress() as shown:
+        shown.show({"status": "pulling manifest of x"})
+        for completed in (0, 40, 100):
+            shown.show({"status": "pulling model.safetensors", "digest": "model.safetensors", "total": 100,
+                        "completed": completed})
+        shown.show({"status": "pulling config.json", "digest": "config.json", "total": 7, "completed": 7})
+        tasks = {t.description: (t.completed, t.total) for t in shown.progress.tasks}
+        assert tasks == {"model.safetensors": (100, 100), "config.json": (7, 7)}
+        shown.show({"status": "verifying sha256 digest"})   # a status line closes the bars drawn so far
+        assert shown.progress is None
 
 
 def test_is_loaded_asks_the_daemon_status(monkeypatch):

@@ -39,3 +39,13 @@ def test_the_front_end_tokenizes_and_renders_chats_without_them():
 
 def test_the_check_itself_sees_torch():
     assert loaded_after("import localllm.engine.core") == ["torch"]
+
+
+def test_the_chat_app_reaches_models_only_through_the_daemon():
+    """It pulls, lists and chats through localllm.client: neither the model store, the pull code, the loader nor
+    the engine is imported (and nothing of them is called in its threads, since nothing of them is loaded)."""
+    code = ("import json, sys\nimport localllm.tui.app, localllm.tui.screens.pull, localllm.tui.screens.models\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('localllm.hub.store', "
+            "'localllm.hub.pull', 'localllm.hub.reference', 'localllm.loader', 'localllm.engine')))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert json.loads(out.stdout.splitlines()[-1]) == []

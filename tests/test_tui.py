@@ -274,6 +274,9 @@ class FixedClient:
     def models(self):
         return ["tiny-llama", "smollm2:135m"]
 
+    def tags(self):   # what the daemon lists with sizes: the embedded model's file is here, tiny-llama's not
+        return [{"name": "smollm2:135m", "size": 98362432, "details": {"quantization_level": "Q4_1"}}]
+
     def status(self):
         return self.STATUS
 

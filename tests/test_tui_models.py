@@ -1,5 +1,6 @@
-"""The model picker of `localllm chat` (Ctrl+O): sizes and formats from the model store, and pulling a model
-from the fake Hub (tests/fake_hub.py) through the Pull dialog, with Textual's Pilot."""
+"""The model picker of `localllm chat` (Ctrl+O): sizes and formats as the daemon lists them, and pulling a model
+from the fake Hub (tests/fake_hub.py) through the Pull dialog, which pulls through the daemon, with Textual's
+Pilot against a real daemon."""
 from __future__ import annotations
 
 import threading
@@ -9,8 +10,6 @@ from textual.widgets import Input, OptionList, ProgressBar
 
 from daemon_helpers import running_daemon
 from fake_hub import hub, tiny_model_dir  # noqa: F401 (hub is a fixture)
-from localllm.hub import pull as pull_module
-from localllm.hub import store
 from localllm.hub.embedded import EMBEDDED_ALIAS
 from localllm.tui.app import ChatApp
 from localllm.tui.screens.models import ModelPicker
@@ -27,24 +26,11 @@ def tiny_dir(tmp_path_factory):
 
 
 @pytest.fixture
-def tiny_repo(hub, tiny_dir):
+def client(hub, tiny_dir, tmp_path):
+    """A client of a daemon started inside the fake Hub's environment, which serves REPO."""
     hub.add_dir(REPO, tiny_dir)
-    return hub
-
-
-class StoreClient:
-    """What a daemon sharing this LOCALLLM_HOME lists: the embedded model and the store's entries; none loaded."""
-
-    url = "http://127.0.0.1:1"
-
-    def models(self):
-        return [EMBEDDED_ALIAS] + [e.name for e in store.entries()]
-
-    def status(self):
-        return {"models": []}
-
-    def close(self):
-        pass
+    with running_daemon(tmp_path / "daemon") as daemon, daemon.client() as client:
+        yield client
 
 
 def options_of(screen) -> dict[str, str]:
@@ -68,36 +54,36 @@ async def open_pull(pilot, name):
     return dialog
 
 
-def test_picker_shows_size_and_format_of_pulled_models(tiny_repo):
-    entry = pull_module.pull(REPO)
+def test_picker_shows_size_and_format_of_pulled_models(client, tiny_dir):
+    pulled = client.pull_to_end(REPO)
 
     async def go():
-        app = ChatApp(REPO, client=StoreClient(), poll_interval=0)
+        app = ChatApp(REPO, client=client, poll_interval=0)
         async with app.run_test(size=(100, 24)) as pilot:
             picker = await open_picker(pilot)
             await until(pilot, lambda: REPO in options_of(picker), what="the pulled model")
             shown = options_of(picker)
-            assert format_size(entry.size) in shown[REPO] and "F32" in shown[REPO] and "current" in shown[REPO]
-            assert "MiB" in shown[EMBEDDED_ALIAS] and "Q4_1" in shown[EMBEDDED_ALIAS]   # the installed GGUF
+            assert format_size(pulled["size"]) in shown[REPO] and "F32" in shown[REPO] and "current" in shown[REPO]
+            assert "MiB" in shown[EMBEDDED_ALIAS] and "Q4_1" in shown[EMBEDDED_ALIAS]   # the fetched GGUF
             assert "p: pull" in str(picker.query_one("#model-note").render())
     run(go())
 
 
-def hold_verification(monkeypatch):
-    """Stops the pull after its downloads (before the sha256 check) until the test lets it go."""
+def hold_download(hub):
+    """Stops the pull before the weights' bytes are sent until the test lets it go."""
     release, reached = threading.Event(), threading.Event()
-    verify = pull_module._verify_all
 
-    def held(*args, **kwargs):
-        reached.set()
-        release.wait(20)
-        return verify(*args, **kwargs)
-    monkeypatch.setattr(pull_module, "_verify_all", held)
+    def hold(repo_id, filename):
+        if filename == "model.safetensors":
+            reached.set()
+            release.wait(20)
+    hub.before_body = hold
     return release, reached
 
 
-def test_pull_through_the_dialog_then_pick_it(tiny_repo, tmp_path, monkeypatch):
-    release, reached = hold_verification(monkeypatch)
+def test_pull_through_the_dialog_then_pick_it(client, hub, tiny_dir):
+    release, reached = hold_download(hub)
+    size = (tiny_dir / "model.safetensors").stat().st_size
 
     async def go(client):
         app = ChatApp(EMBEDDED_ALIAS, client=client, poll_interval=0, temperature=0, max_tokens=4,
@@ -107,15 +93,15 @@ def test_pull_through_the_dialog_then_pick_it(tiny_repo, tmp_path, monkeypatch):
             assert REPO not in options_of(picker)
             dialog = await open_pull(pilot, REPO)
             bar = dialog.query_one(ProgressBar)
-            await until(pilot, lambda: reached.is_set() and bar.total and bar.progress == bar.total,
-                        what="the downloads")
+            await until(pilot, lambda: reached.is_set() and bar.total == size, what="the download to start")
             await pilot.pause(0.15)   # one more tick of the dialog's timer
-            assert bar.display and bar.percentage == 1.0
+            assert bar.display and bar.progress == 0
             shown = str(dialog.query_one("#pull-file").render())
-            assert format_size(bar.total) in shown and "/" in shown
+            assert shown.startswith("model.safetensors") and format_size(size) in shown and "/" in shown
             assert dialog.query_one(Input).disabled
             release.set()
             await until(pilot, lambda: app.screen is picker and REPO in options_of(picker), what="the refreshed list")
+            assert any(str(n.message).startswith(f"Pulled {REPO} (") for n in app._notifications)
             options = picker.query_one(OptionList)
             assert options.get_option_at_index(options.highlighted).id == REPO
             assert "F32" in options_of(picker)[REPO]
@@ -125,15 +111,13 @@ def test_pull_through_the_dialog_then_pick_it(tiny_repo, tmp_path, monkeypatch):
             reply = await send(pilot, app, "The quick brown fox")   # the daemon loads the model just pulled
             assert reply and app.chat.conversation.messages[-1] == {"role": "assistant", "content": reply}
 
-    # a real daemon under this test's LOCALLLM_HOME: it lists what the TUI pulled into the shared store
-    with running_daemon(tmp_path / "daemon") as daemon, daemon.client() as client:
-        run(go(client))
-        assert REPO in client.models() and daemon.model_status(REPO)["state"] == "ready"
+    run(go(client))
+    assert REPO in client.models() and any(m["name"] == REPO for m in client.status()["models"])
 
 
-def test_bad_name_is_one_line_in_the_dialog(tiny_repo):
+def test_bad_name_is_one_line_in_the_dialog(client):
     async def go():
-        app = ChatApp(EMBEDDED_ALIAS, client=StoreClient(), poll_interval=0)
+        app = ChatApp(EMBEDDED_ALIAS, client=client, poll_interval=0)
         async with app.run_test(size=(100, 24)) as pilot:
             await open_picker(pilot)
             dialog = await open_pull(pilot, "no-such-org/nothing")
@@ -148,11 +132,11 @@ def test_bad_name_is_one_line_in_the_dialog(tiny_repo):
     run(go())
 
 
-def test_escape_leaves_the_pull_running_in_the_background(tiny_repo, monkeypatch):
-    release, reached = hold_verification(monkeypatch)
+def test_escape_leaves_the_pull_running_in_the_background(client, hub):
+    release, reached = hold_download(hub)
 
     async def go():
-        app = ChatApp(EMBEDDED_ALIAS, client=StoreClient(), poll_interval=0)
+        app = ChatApp(EMBEDDED_ALIAS, client=client, poll_interval=0)
         async with app.run_test(size=(100, 24)) as pilot:
             picker = await open_picker(pilot)
             dialog = await open_pull(pilot, REPO)

@@ -16,18 +16,23 @@ def chat(
 ) -> None:
     """Chat in a terminal UI with live engine stats (uses the daemon, started at $LOCALLLM_HOST if none runs).
     A model is resolved as `localllm run` resolves it: an alias or Hub repo not pulled yet is pulled first."""
-    from localllm.cli.run import model_to_serve
+    from localllm.cli.run import daemon_client, model_to_serve, needs_pull, pull_if_missing
     from localllm.hub.reference import resolve_reference
     from localllm.tui.app import ChatApp
 
-    name, daemon_models = None, []
+    name, daemon_models, client = None, [], None
     try:
         if model is not None:
-            name, daemon_models = model_to_serve(resolve_reference(model))
+            reference = resolve_reference(model)
+            name, daemon_models = model_to_serve(reference)
+            if needs_pull(reference):   # pulling it first needs the daemon now
+                client = daemon_client(daemon_models)[0]
+                name = pull_if_missing(client, reference, name)
     except (LocalLLMError, OSError) as e:
         typer.echo(f"Error: {' '.join(str(e).split()) or type(e).__name__}", err=True)
         raise typer.Exit(1) from None
-    app = ChatApp(name, system=system, temperature=temperature, max_tokens=max_tokens, daemon_models=daemon_models)
+    app = ChatApp(name, client=client, system=system, temperature=temperature, max_tokens=max_tokens,
+                  daemon_models=daemon_models)
     reason = app.run()
     if app.return_code:
         typer.echo(reason, err=True)

@@ -1,4 +1,6 @@
-"""`localllm pull / list / show / rm`: thin handlers over localllm.hub (pull, store, model_info)."""
+"""`localllm pull / list / show / rm`: thin handlers. `pull` goes through the daemon's /api/pull (started if none
+runs), so that clients pulling one model share one download and its progress; the others read the model store
+and headers (localllm.hub)."""
 from __future__ import annotations
 
 import json
@@ -10,6 +12,7 @@ import typer
 
 from localllm.errors import LocalLLMError, ModelNotFoundError, one_line
 from localllm.hub.aliases import ALIASES
+from localllm.hub.progress import Reporter
 
 
 def register(app: typer.Typer) -> None:
@@ -25,19 +28,34 @@ def pull(
                                           "with a quant tag (owner/name-GGUF:Q4_K_M), or a local model path."),
     revision: str = typer.Option("main", "--revision", help="Branch, tag or commit of the Hub repo."),
 ) -> None:
-    """Download a model from the Hugging Face Hub (HF_ENDPOINT, HF_TOKEN apply) into the local store."""
-    from localllm.hub.pull import pull as pull_model
-    from localllm.units import format_size
+    """Download a model from the Hugging Face Hub (HF_ENDPOINT, HF_TOKEN apply) into the local store, through the
+    daemon (started if none runs); a local path is registered as it is."""
+    from localllm.client import ensure_daemon, model_text
+    from localllm.hub.reference import resolve_reference
 
     try:
-        with _RichReporter() as reporter:
-            entry = pull_model(model, revision, reporter)
+        reference = resolve_reference(model, revision)   # a bad name is refused here, before any daemon starts
+        if reference.kind == "local":
+            from localllm.hub.pull import pull_reference
+
+            entry = pull_reference(reference, _PullProgress())
+            pulled = {"name": entry.name, "size": entry.size, "details": {"quantization_level": entry.format}}
+        else:
+            with ensure_daemon() as client:
+                pulled = pull_through(client, model, revision)
     except KeyboardInterrupt:
-        typer.echo("Error: pull interrupted; files downloaded completely are kept, pull again to go on", err=True)
+        typer.echo("Error: stopped watching; the daemon finishes the pull (run the pull again to follow it)",
+                   err=True)
         raise typer.Exit(130) from None
     except (LocalLLMError, OSError) as e:
         _fail(e)
-    typer.echo(f"success: {entry.name} ({format_size(entry.size)}, {entry.format})")
+    typer.echo(f"success: {model_text(pulled)}")
+
+
+def pull_through(client, model: str, revision: str = "main") -> dict:
+    """Pulls `model` through the daemon, its progress on stderr; returns its /api/tags entry (Client.pull_to_end)."""
+    with _PullProgress() as progress:
+        return client.pull_to_end(model, revision, progress.show)
 
 
 def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts.")) -> None:
@@ -64,7 +82,7 @@ def show(
     """Show a model's architecture, parameter count, context length, format, chat template and files."""
     from localllm.hub.model_info import describe
     from localllm.hub.reference import resolve_reference
-    from localllm.units import format_size
+    from localllm.units import format_count, format_size
 
     try:
         reference = resolve_reference(model)
@@ -81,7 +99,7 @@ def show(
         return
     source = info["source"] + (f" @ {info['revision'][:12]}" if info["revision"] else "")
     fields = [("name", info["name"]), ("source", source), ("architecture", info["architecture"]),
-              ("parameters", _count(info["parameters"])), ("context length", info["context_length"] or "unknown"),
+              ("parameters", format_count(info["parameters"])), ("context length", info["context_length"] or "unknown"),
               ("format", info["format"]), ("chat template", "yes" if info["chat_template"] else "no"),
               ("path", info["path"])]
     lines = ["  Model"] + [f"    {k:<18}{v}" for k, v in fields] + ["", "  Files"]
@@ -147,15 +165,17 @@ def _unload(name: str) -> None:
             raise
 
 
-class _RichReporter:
-    """Status lines and one rich progress bar (size, speed, time left) per downloaded file, on stderr.
-    A status line closes the bars drawn so far, so the output reads in order on a terminal and in a log."""
+class _PullProgress(Reporter):
+    """A pull's progress on stderr: its status lines, and one rich progress bar (size, speed, time left) per
+    file, from the daemon's progress lines. A status line closes the bars drawn so far, so the output reads in
+    order on a terminal and in a log."""
 
     def __init__(self):
         from rich.console import Console
 
         self.console = Console(stderr=True)
         self.progress = None
+        self.tasks: dict[str, int] = {}
 
     def __enter__(self):
         return self
@@ -163,48 +183,34 @@ class _RichReporter:
     def __exit__(self, *exc) -> None:
         self._close_bars()
 
+    def show(self, event: dict) -> None:
+        """One progress line of the daemon (Ollama's shape)."""
+        if event.get("digest"):
+            self.file(event["digest"], event.get("completed") or 0, event.get("total"))
+        elif event.get("status"):
+            self.status(event["status"])
+
     def status(self, message: str) -> None:
         self._close_bars()
         self.console.print(message, markup=False, highlight=False)
 
-    def _close_bars(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()  # leaves the finished bars on screen
-            self.progress = None
-
-    def _bars(self):
-        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                                   TransferSpeedColumn)
-
+    def file(self, name: str, completed: int, total: int | None) -> None:
         if self.progress is None:
+            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                                       TransferSpeedColumn)
+
             self.progress = Progress(TextColumn("pulling {task.description}"), BarColumn(),
                                      TextColumn("{task.percentage:>3.0f}%"), DownloadColumn(binary_units=True),
                                      TransferSpeedColumn(), TimeRemainingColumn(), console=self.console)
             self.progress.start()
-        return self.progress
+        if name not in self.tasks:
+            self.tasks[name] = self.progress.add_task(name, total=total, completed=completed)
+        self.progress.update(self.tasks[name], completed=completed, total=total)
 
-    def bar_class(self, filename: str, size: int | None):
-        from localllm.hub.progress import SilentBar
-
-        reporter = self
-
-        class Bar(SilentBar):
-            def __init__(self, *args, total=None, initial=0, **kwargs):
-                self.progress = reporter._bars()
-                self.task = self.progress.add_task(filename, total=total or size, completed=initial)
-
-            def update(self, n: int = 1) -> None:
-                self.progress.update(self.task, advance=n)
-
-            @property
-            def total(self):
-                return next(t.total for t in self.progress.tasks if t.id == self.task)
-
-            @total.setter
-            def total(self, value) -> None:
-                self.progress.update(self.task, total=value)
-
-        return Bar
+    def _close_bars(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()  # leaves the finished bars on screen
+            self.progress, self.tasks = None, {}
 
 
 def _fail(error: Exception) -> None:
@@ -216,13 +222,6 @@ def _table(rows: list[tuple]) -> str:
     """A borderless table, columns three spaces apart, as Ollama prints them."""
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("   ".join(f"{str(cell):<{w}}" for cell, w in zip(row, widths)).rstrip() for row in rows)
-
-
-def _count(n: int) -> str:
-    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= scale:
-            return f"{n / scale:.2f}{suffix}"
-    return str(n)
 
 
 def _ago(iso: str) -> str:

@@ -1,6 +1,6 @@
 """`localllm run`: chat with a model through the daemon, which is started in the background when none runs
 (as Ollama does). The answer streams from /v1/chat/completions via localllm.client; a known alias or Hub
-repo that is not in the store yet is pulled first."""
+repo that is not in the store yet (or the embedded model, not fetched yet) is pulled first, through the daemon."""
 from __future__ import annotations
 
 import contextlib
@@ -45,6 +45,7 @@ def run(
         client, started = daemon_client(preload, [] if tp is None else ["--tp", str(tp)])
         if verbose and started:
             typer.echo(f"started the daemon:  {time.perf_counter() - start:.2f} s ({client.url})", err=True)
+        name = pull_if_missing(client, reference, name)
         if prompt is None and sys.stdin.isatty() and sys.stdout.isatty():
             from localllm.tui.app import ChatApp   # a person at a terminal gets the chat app
 
@@ -78,24 +79,31 @@ def _model_and_prompt(model: str | None, prompt: str | None):
 
 def model_to_serve(reference) -> tuple[str, list[str]]:
     """The name to send the daemon for a resolved model, and the models a daemon started now must allow (a
-    local path). A known alias or Hub repo missing from the store is pulled first (nothing is asked: a pull is
-    what `run` means)."""
+    local path)."""
     if reference.kind == "embedded":
         return EMBEDDED_ALIAS, []
     if reference.entry is not None:
         return reference.entry.name, []
     if reference.kind == "local":
         return str(reference.path), [str(reference.path)]
-    return _pull(reference).name, []
+    return reference.name, []
 
 
-def _pull(reference):
-    from localllm.cli.models import _RichReporter
-    from localllm.hub.pull import pull_reference
+def needs_pull(reference) -> bool:
+    """Whether the model's files are not here: a known alias or Hub repo not in the store, or the embedded
+    model not fetched yet."""
+    return reference.path is None and reference.kind != "local"
 
-    with _RichReporter() as reporter:
-        reporter.status(f"{reference.name} is not pulled yet: pulling it from the Hugging Face Hub")
-        return pull_reference(reference, reporter=reporter)
+
+def pull_if_missing(client, reference, name: str) -> str:
+    """`name`, pulled through the daemon first (with its progress) when it needs_pull. Nothing is asked: a
+    pull is what `run` means."""
+    if not needs_pull(reference):
+        return name
+    from localllm.cli.models import pull_through
+
+    typer.echo(f"{reference.name} is not here yet: pulling it", err=True)
+    return pull_through(client, name)["name"]
 
 
 def daemon_client(models: list[str] = (), args: list[str] = ()):

@@ -1,8 +1,7 @@
 """Pick the model to chat with: what the daemon may load (/v1/models), each with its size and format
-(quantization or dtype) from the local model store, loaded ones marked; `p` pulls another one (PullScreen)."""
+(quantization or dtype) as the daemon lists them (/api/tags), loaded ones marked; `p` pulls another one
+(PullScreen)."""
 from __future__ import annotations
-
-from pathlib import Path
 
 from rich.text import Text
 from textual import work
@@ -14,46 +13,19 @@ from textual.widgets import Label, OptionList
 from textual.widgets.option_list import Option
 
 from localllm.client import DaemonError
-from localllm.errors import LocalLLMError
 from localllm.tui.screens.pull import PullScreen
 from localllm.units import format_size
 
 _NBSP = "\u00a0"
-_described: dict[tuple[str, float], tuple[int, str]] = {}  # (path, mtime) -> (size, format), read once
 
 
-def _describe_path(path: Path) -> tuple[int, str] | None:
-    """Size and format of a model directory or .gguf file on this machine (the daemon's local models)."""
-    from localllm.hub.model_info import describe
-
+def model_details(client) -> dict[str, tuple[int, str]]:
+    """name -> (size in bytes, format) of the models whose files the daemon has (/api/tags); others are left
+    out, as is everything when the daemon cannot say."""
     try:
-        key = (str(path.resolve()), path.stat().st_mtime)
-        if key not in _described:
-            info = describe(path)
-            _described[key] = (sum(f["size"] for f in info.get("files", [])), str(info.get("format") or "?"))
-        return _described[key]
-    except Exception:  # noqa: BLE001  (an unreadable model: shown without details)
-        return None
-
-
-def model_details(names: list[str]) -> dict[str, tuple[int, str]]:
-    """name -> (size in bytes, format) for what is known here (hub.reference): pulled models from the store, the
-    embedded model's installed file, local paths the daemon was started with. Other names are left out."""
-    from localllm.hub.reference import resolve_reference
-
-    details = {}
-    for name in names:
-        try:
-            reference = resolve_reference(name)
-        except LocalLLMError:   # a name unknown here, or an unreadable registry: shown without details
-            continue
-        if reference.entry is not None:
-            details[name] = (reference.entry.size, reference.entry.format)
-        elif reference.path is not None:
-            described = _describe_path(reference.path)
-            if described is not None:
-                details[name] = described
-    return details
+        return {m["name"]: (m["size"], m["details"]["quantization_level"]) for m in client.tags()}
+    except (DaemonError, KeyError, TypeError):
+        return {}
 
 
 class ModelPicker(ModalScreen[str | None]):
@@ -92,7 +64,7 @@ class ModelPicker(ModalScreen[str | None]):
         except (DaemonError, KeyError, TypeError, AttributeError) as e:
             self.app.call_from_thread(self.show_error, str(e))
             return
-        details = model_details(names)
+        details = model_details(client)
         self.app.call_from_thread(self.show_models, names, loaded, details)
 
     def show_error(self, message: str) -> None:

@@ -1,6 +1,7 @@
-"""Pull a model from the Hub inside the TUI: a name in a small input, localllm.hub.pull.pull in a thread worker,
-its progress (file name, bytes done/total) on a ProgressBar. The worker belongs to the app, so closing the dialog
-(Esc) leaves a pull in flight to finish in the background; the app says when it is done."""
+"""Pull a model inside the TUI, through the daemon (localllm.client): a name in a small input, the daemon's
+progress lines read by a thread worker, the current file's bytes done/total on a ProgressBar. The worker
+belongs to the app, so closing the dialog (Esc) leaves a pull in flight to go on in the background (the daemon
+finishes it even if the app exits); the app says when it is done."""
 from __future__ import annotations
 
 import threading
@@ -13,14 +14,14 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, ProgressBar
 
+from localllm.client import model_text
 from localllm.errors import one_line
-from localllm.hub.progress import Reporter, SilentBar
 from localllm.units import format_size
 
 
-class PullProgress(Reporter):
-    """What the pull has reached, written by the download threads and read by the dialog's timer (no widget is
-    touched from those threads)."""
+class PullProgress:
+    """What the pull has reached, written by the worker that reads the daemon's progress lines and read by the
+    dialog's timer (no widget is touched from that thread)."""
 
     def __init__(self):
         self.lock = threading.Lock()
@@ -29,32 +30,13 @@ class PullProgress(Reporter):
         self.done = 0
         self.total: int | None = None
 
-    def status(self, message: str) -> None:
+    def show(self, event: dict) -> None:
+        """One progress line of the daemon (Ollama's shape)."""
         with self.lock:
-            self.message = message
-
-    def bar_class(self, filename: str, size: int | None):
-        progress = self
-
-        class Bar(SilentBar):
-            def __init__(self, *args, total=None, initial=0, **kwargs):
-                with progress.lock:
-                    progress.filename, progress.done, progress.total = filename, initial or 0, total or size
-
-            def update(self, n: int = 1) -> None:
-                with progress.lock:
-                    progress.done += n or 0
-
-            @property
-            def total(self):
-                return progress.total
-
-            @total.setter
-            def total(self, value) -> None:
-                with progress.lock:
-                    progress.total = value
-
-        return Bar
+            if event.get("digest"):
+                self.filename, self.done, self.total = event["digest"], event.get("completed") or 0, event.get("total")
+            elif event.get("status"):
+                self.message = event["status"]
 
     def snapshot(self) -> tuple[str, str | None, int, int | None]:
         with self.lock:
@@ -119,14 +101,14 @@ class PullScreen(ModalScreen[str | None]):
         progress, app = self.progress, self.app
 
         def run() -> None:
-            from localllm.hub.pull import pull
-
             try:
-                entry = pull(name, "main", progress)
+                if app.client is None:
+                    raise ConnectionError("not connected to the daemon yet")
+                pulled = app.client.pull_to_end(name, on_progress=progress.show)
             except Exception as e:  # noqa: BLE001  (any failure is one line in the dialog, never a traceback)
                 app.call_from_thread(self.finished, name, None, one_line(e))
                 return
-            app.call_from_thread(self.finished, name, entry, None)
+            app.call_from_thread(self.finished, name, pulled, None)
 
         app.run_worker(run, thread=True, group="pull", name=f"pull {name}", exit_on_error=False)
 
@@ -141,14 +123,14 @@ class PullScreen(ModalScreen[str | None]):
         self.query_one("#pull-file", Label).update(Text(f"{filename}  {bytes_text}"))
         self.query_one("#pull-bar", ProgressBar).update(total=total, progress=done)
 
-    def finished(self, name: str, entry, error: str | None) -> None:
+    def finished(self, name: str, pulled: dict | None, error: str | None) -> None:
         self.pulling = None
         if not self.is_attached or self.app.screen is not self:  # closed meanwhile: the pull ran in the background
             if error:
                 self.app.notify(f"Pull of {name} failed: {error}", severity="error")
             else:
-                self.app.notify(f"Pulled {entry.name} ({format_size(entry.size)}, {entry.format}).")
-                self.app.screen.post_message(self.Pulled(entry.name))
+                self.app.notify(f"Pulled {model_text(pulled)}.")
+                self.app.screen.post_message(self.Pulled(pulled["name"]))
             return
         if error:
             self.query_one("#pull-bar").display = False
@@ -161,8 +143,8 @@ class PullScreen(ModalScreen[str | None]):
             error_label.update(Text(f"Error: {error}"))
             error_label.display = True
             return
-        self.app.notify(f"Pulled {entry.name} ({format_size(entry.size)}, {entry.format}).")
-        self.dismiss(entry.name)
+        self.app.notify(f"Pulled {model_text(pulled)}.")
+        self.dismiss(pulled["name"])
 
     def action_close(self) -> None:
         if self.pulling:
