@@ -150,6 +150,7 @@ def test_ps_shows_the_loaded_model(client, daemon):
     ({"model": EMBEDDED_ALIAS, "messages": MESSAGES, "tools": [{"type": "function"}]}, 400, "tools"),
     ({"model": EMBEDDED_ALIAS, "messages": [{"role": "user", "content": "hi", "images": ["AAAA"]}]}, 400, "images"),
     ({"model": EMBEDDED_ALIAS, "messages": [{"role": "robot", "content": "hi"}]}, 400, "role"),
+    ({"model": EMBEDDED_ALIAS, "messages": MESSAGES, "logprobs": True}, 400, "logprobs"),
 ])
 def test_errors_are_ollama_shaped(daemon, body, status, fragment):
     with daemon.http() as http:

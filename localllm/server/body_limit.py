@@ -1,6 +1,6 @@
-"""The cap on request bodies: 413 (in the route's error shape, errors.py) as soon as the Content-Length header, or else the
-bytes streamed in so far, go over it. A pure ASGI middleware that reads the body itself (the routes would read
-all of it anyway) and hands it on in one piece."""
+"""The cap on request bodies: 413 (in the route's error shape, errors.py) as soon as the Content-Length header,
+or else the bytes streamed in so far, go over it. A pure ASGI middleware that reads the body itself (the routes
+would read all of it anyway) and hands it on in one piece."""
 from __future__ import annotations
 
 from starlette.datastructures import Headers

@@ -61,6 +61,9 @@ def reject_unsupported(body: ChatRequest | GenerateRequest) -> None:
         raise _bad("format (JSON mode and structured outputs) is not supported yet", "format")
     if body.think not in (None, False):
         raise _bad(f"\"{body.model_name}\" does not support thinking", "think")
+    if body.logprobs:
+        raise _bad("logprobs are not supported on this API yet; the OpenAI API's /v1/chat/completions gives them",
+                   "logprobs")
     if isinstance(body, ChatRequest):
         if body.tools:
             raise _bad(f"\"{body.model_name}\" does not support tools", "tools")

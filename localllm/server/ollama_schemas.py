@@ -63,6 +63,7 @@ class _Generation(_Named):
     stream: Optional[bool] = None
     keep_alive: Optional[KeepAlive] = None
     think: Optional[Union[bool, Text]] = None
+    logprobs: Optional[bool] = None
 
 
 class ChatMessage(_Body):

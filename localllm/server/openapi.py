@@ -1,6 +1,6 @@
 """The API as /openapi.json describes it: the statuses each route really answers, every error in its route's
-shape (OpenAI's, or Ollama's on the Ollama API), and no 422 (request validation fails with 400, see errors.py), so schema-driven clients and fuzzers
-can rely on it."""
+shape (OpenAI's, or Ollama's on the Ollama API), and no 422 (request validation fails with 400, see
+errors.py), so schema-driven clients and fuzzers can rely on it."""
 from __future__ import annotations
 
 from typing import Any, Literal, Optional, Union
