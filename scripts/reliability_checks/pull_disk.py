@@ -1,7 +1,9 @@
 """A store disk that fills up during `localllm pull` (from the loopback fake Hub in tests/fake_hub.py): the
 pull fails with one clear line, nothing half-written is listed or used, and once there is room again the same
 pull completes with the right bytes. As root the store is a small tmpfs that a filler file fills as the weights
-start to arrive (a real ENOSPC); otherwise the pull runs under an RLIMIT_FSIZE smaller than the weights."""
+start to arrive (a real ENOSPC); otherwise the pull runs under an RLIMIT_FSIZE smaller than the weights. The
+pull runs in the daemon that `localllm pull` starts (on a free port), which inherits the limit; it is stopped
+after each pull, so that the second one runs in a daemon without it."""
 from __future__ import annotations
 
 import contextlib
@@ -34,12 +36,18 @@ def pull_disk_full(home: Path, command: str = "") -> Section:
     try:
         hub.add_dir(REPO, source)
         with _small_disk(store, hub, (source / WEIGHTS).stat().st_size) as (mechanism, limit):
-            env = clean_env(store, HF_ENDPOINT=hub.url)
-            failed = run_cli(store, "pull", REPO, env=env, timeout=300, preexec_fn=limit)
+            env = clean_env(store, HF_ENDPOINT=hub.url, LOCALLLM_HOST="127.0.0.1:0")
+            try:
+                failed = run_cli(store, "pull", REPO, env=env, timeout=300, preexec_fn=limit)
+            finally:
+                run_cli(store, "stop", env=env, timeout=60)   # before the tmpfs is unmounted
             section.figures.update({"mechanism": mechanism, "first_pull_exit_code": failed.returncode,
                                     "first_pull_error": (failed.stderr.strip().splitlines() or [""])[-1]})
             _after_the_failure(store, env, source, failed, section)
-        again = run_cli(store, "pull", REPO, env=env, timeout=300)
+        try:
+            again = run_cli(store, "pull", REPO, env=env, timeout=300)
+        finally:
+            run_cli(store, "stop", env=env, timeout=60)
         section.check("with room again, the same pull completes", again.returncode == 0, again.stderr[-300:])
         section.check("the pulled weights are the Hub's bytes", _pulled_sha(store, env) ==
                       hashlib.sha256((source / WEIGHTS).read_bytes()).hexdigest())

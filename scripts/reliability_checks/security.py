@@ -72,7 +72,8 @@ def _api_key_everywhere(server: LocalServer, section: Section) -> None:
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
                 response = anonymous.request(method, path, json={}, headers=headers)
                 expected = 200 if path == "/health" else 401
-                if response.status_code != expected or (expected == 401 and error_shape_problem(401, response.content)):
+                shape = error_shape_problem(401, response.content, path) if expected == 401 else None
+                if response.status_code != expected or shape:
                     bad.append(f"{method} {path} {headers or 'no key'} -> {response.status_code}")
     section.figures["routes_checked_for_the_key"] = len(routes)
     section.check("with a key set, every route but /health answers 401 without it (missing, wrong, no Bearer)",
