@@ -115,3 +115,27 @@ def test_bad_inputs_get_400(daemon, models, body, param, message):
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["param"] == param and message in error["message"]
+
+
+def test_the_ollama_embed_routes_serve_the_same_vectors(daemon, oai, offline, models):
+    import ollama
+
+    client = ollama.Client(host=daemon.url, timeout=120)
+    got = client.embed(model=models["matryoshka"], input=TEXTS)
+    assert got.model == models["matryoshka"] and got.prompt_eval_count == sum(len(offline.tokenizer.encode(t))
+                                                                              for t in TEXTS)
+    assert_close(got.embeddings, offline.embed(TEXTS))
+    assert got.total_duration >= got.load_duration >= 0
+    assert_close(client.embed(model=models["matryoshka"], input=TEXTS[0], dimensions=16).embeddings,
+                 offline.embed(TEXTS[0], PoolingParams(dimensions=16)))
+    assert_close([client.embeddings(model=models["matryoshka"], prompt=TEXTS[1]).embedding], offline.embed([TEXTS[1]]))
+    cut = client.embed(model=models["plain"], input="fox " * 600)   # cut to the context, as Ollama's default
+    assert cut.prompt_eval_count == 512
+    assert client.show(models["plain"]).capabilities == ["embedding"]
+    for kwargs, status, fragment in [({"model": models["chat"], "input": "hi"}, 400, "not an embedding model"),
+                                     ({"model": models["plain"], "input": "fox " * 600, "truncate": False}, 400,
+                                      "maximum context length"),
+                                     ({"model": "no-such-model", "input": "hi"}, 404, "not found")]:
+        with pytest.raises(ollama.ResponseError) as refused:
+            client.embed(**kwargs)
+        assert refused.value.status_code == status and fragment in refused.value.error

@@ -57,3 +57,16 @@ def test_no_fim_tokens_or_a_token_prompt_gets_400(oai, models):
     with pytest.raises(openai.BadRequestError) as refused:
         oai.completions.create(model=models["fim"], prompt=[1, 2, 3], suffix=SUFFIX, max_tokens=2)
     assert refused.value.body["param"] == "prompt" and "must be text" in refused.value.message
+
+
+def test_api_generate_with_a_suffix_fills_in_the_middle(oai, models):
+    import ollama
+
+    client = ollama.Client(host=str(oai.base_url).removesuffix("/v1/"), timeout=120)
+    expected = oai.completions.create(model=models["fim"], prompt=PREFIX, suffix=SUFFIX, max_tokens=6, temperature=0)
+    answer = client.generate(models["fim"], PREFIX, suffix=SUFFIX, options={"temperature": 0, "num_predict": 6})
+    assert answer.prompt_eval_count == expected.usage.prompt_tokens and answer.context is None
+    assert answer.response == expected.choices[0].text and answer.eval_count == expected.usage.completion_tokens
+    with pytest.raises(ollama.ResponseError) as refused:
+        client.generate(models["plain"], PREFIX, suffix=SUFFIX)
+    assert refused.value.status_code == 400 and "cannot fill in the middle" in refused.value.error

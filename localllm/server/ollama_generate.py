@@ -12,12 +12,13 @@ from datetime import datetime, timezone
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from localllm.loader.fim import FimUnsupportedError, fim_prompt
 from localllm.sampling_params import SamplingParams
 from localllm.server.errors import APIError
 from localllm.server.jobs import ClientGone, Job, unless_disconnected
 from localllm.server.ollama_models import find
 from localllm.server.ollama_schemas import DEFAULT_OPTIONS, ChatRequest, GenerateRequest, Options
-from localllm.server.openai_requests import check_prompt_ids, templated_prompt
+from localllm.server.openai_requests import check_generates, check_prompt_ids, templated_prompt
 from localllm.server.sse import NDJSONResponse, ndjson_line
 
 # SamplingParams' names of the options whose names differ, for error messages in the client's terms
@@ -75,8 +76,6 @@ def reject_unsupported(body: ChatRequest | GenerateRequest) -> None:
         return
     if body.images:
         raise _bad("images are not supported: localllm's models take text only", "images")
-    if body.suffix:
-        raise _bad("suffix (fill-in-the-middle) is not supported", "suffix")
     if body.template:
         raise _bad("template is not supported: the model's own chat template is applied (or none, with raw)",
                    "template")
@@ -87,6 +86,11 @@ def _prompt(client, body: ChatRequest | GenerateRequest, name: str) -> list[int]
     if isinstance(body, ChatRequest):
         messages = [{"role": m.role, "content": m.content or ""} for m in body.messages]
         return templated_prompt(tokenizer, name, messages, "use /api/generate with raw")
+    if body.suffix:   # fill in the middle, between prompt and suffix, in the layout the model was trained on
+        try:
+            return fim_prompt(tokenizer, body.prompt or "", body.suffix)
+        except FimUnsupportedError as e:
+            raise _bad(f"The model '{name}' cannot fill in the middle: {e}.", "suffix") from None
     if body.raw or not tokenizer.chat_template:
         ids = tokenizer.encode(body.prompt or "") if body.prompt else []
     else:
@@ -148,14 +152,16 @@ async def serve(request: Request, body: ChatRequest | GenerateRequest):
     params = sampling_params(body.options)   # bad values fail before any model is loaded
     chat = isinstance(body, ChatRequest)
     model = await daemon.models.acquire(name)
-    if not (body.messages if chat else (body.prompt or body.context)):
+    if not (body.messages if chat else (body.prompt or body.context or body.suffix)):
         daemon.models.release(model, body.keep_alive)
         answer = Answer(body.model_name, chat, [], False, started, time.monotonic_ns())
         return JSONResponse({**answer.chunk("", done=True), "done_reason": "unload" if body.keep_alive == 0
                              else "load"})
     job = Job(daemon.models, model, body.keep_alive)
     try:
-        answer = Answer(body.model_name, chat, [], not chat and not body.raw, started, time.monotonic_ns())
+        check_generates(model)
+        with_context = not chat and not body.raw and not body.suffix
+        answer = Answer(body.model_name, chat, [], with_context, started, time.monotonic_ns())
         answer.prompt = await asyncio.to_thread(_prompt, model.client, body, name)   # seconds for a long one
         num_ctx = body.options.num_ctx if body.options else None
         job.submit([answer.prompt], fit_context(params, len(answer.prompt), model.client.info.max_model_len, num_ctx))

@@ -150,9 +150,19 @@ def show(manager: ModelManager, name: str) -> dict:
         "template": _template(path, info) or "",
         "details": details(path, info),
         "model_info": _model_info(path, info),
-        "capabilities": ["completion"],
+        "capabilities": ["embedding"] if _embeds(path) else ["completion"],
         "modified_at": entry.modified if entry else _iso(path.stat().st_mtime),
     }
+
+
+def _embeds(path: Path) -> bool:
+    """Whether the model is an embedding model (one with a sentence-transformers pooling config)."""
+    from localllm.loader.pooling_config import read_pooling_config
+
+    try:
+        return path.is_dir() and read_pooling_config(path) is not None
+    except LocalLLMError:   # pooling this engine does not run: not an embedding model it serves
+        return False
 
 
 def _template(path: Path, info: dict) -> str | None:

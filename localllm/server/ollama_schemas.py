@@ -105,3 +105,19 @@ class PullRequest(_Named):
 
 class DeleteRequest(_Named):
     pass
+
+
+class EmbedRequest(_Named):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"model": "qwen3-embedding:0.6b", "input": "Hello!"}]})
+    input: Union[Text, list[Text]]
+    truncate: Optional[bool] = None      # None: true, as Ollama
+    dimensions: Optional[int] = None
+    options: Optional[dict] = None       # accepted; sampling options mean nothing to an embedding
+    keep_alive: Optional[KeepAlive] = None
+
+
+class EmbeddingsRequest(_Named):
+    """The older /api/embeddings: one prompt, one vector."""
+    prompt: Text
+    options: Optional[dict] = None
+    keep_alive: Optional[KeepAlive] = None

@@ -1,5 +1,5 @@
 """The Ollama API on the daemon, in Ollama's shapes field for field, for the clients and tools that speak only
-it: version, tags, show, ps, chat, generate, pull and delete, and the "Ollama is running" probe. Errors are
+it: version, tags, show, ps, chat, generate, embed, pull and delete, and the "Ollama is running" probe. Errors are
 {"error": "..."} (errors.py). docs/api.md lists what is served and what is not."""
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ from localllm.errors import LocalLLMError, one_line
 from localllm.hub import store
 from localllm.hub.reference import resolve_reference
 from localllm.server import ollama_generate, ollama_models
+from localllm.server.embeddings import embed
 from localllm.server.errors import APIError
-from localllm.server.ollama_schemas import ChatRequest, DeleteRequest, GenerateRequest, PullRequest, ShowRequest
+from localllm.server.jobs import ClientGone
+from localllm.server.ollama_schemas import (ChatRequest, DeleteRequest, EmbeddingsRequest, EmbedRequest,
+                                            GenerateRequest, PullRequest, ShowRequest)
 from localllm.server.openapi import errors
 from localllm.server.pulls import failure_status
 from localllm.server.routes_status import VERSION
@@ -68,6 +71,31 @@ async def chat(body: ChatRequest, request: Request):
                                   "object."), **errors(*_GENERATION_ERRORS, ollama=True)})
 async def generate(body: GenerateRequest, request: Request):
     return await ollama_generate.serve(request, body)
+
+
+@router.post("/api/embed", response_model=None, responses=errors(400, 401, 404, 413, 500, 503, ollama=True))
+async def embed_inputs(body: EmbedRequest, request: Request):
+    """One vector per input, from the embeddings service /v1/embeddings uses (inputs cut to the context unless
+    truncate is false)."""
+    name = ollama_models.find(request.app.state.daemon.models, body.model_name)
+    try:
+        result = await embed(request, name, body.input, dimensions=body.dimensions, truncate=body.truncate is not False,
+                             keep_alive_s=body.keep_alive)
+    except ClientGone:
+        return Response(status_code=499)   # nobody reads it
+    return {"model": body.model_name, "embeddings": result.vectors, "total_duration": int(result.total_s * 1e9),
+            "load_duration": int(result.load_s * 1e9), "prompt_eval_count": result.prompt_tokens}
+
+
+@router.post("/api/embeddings", response_model=None, responses=errors(400, 401, 404, 413, 500, 503, ollama=True))
+async def embed_prompt(body: EmbeddingsRequest, request: Request):
+    """Ollama's older embeddings route: one prompt, one vector, cut to the context."""
+    name = ollama_models.find(request.app.state.daemon.models, body.model_name)
+    try:
+        result = await embed(request, name, body.prompt, truncate=True, keep_alive_s=body.keep_alive, param="prompt")
+    except ClientGone:
+        return Response(status_code=499)
+    return {"embedding": result.vectors[0]}
 
 
 @router.post("/api/pull", response_model=None,
