@@ -79,18 +79,22 @@ def test_a_sigkilled_daemon_is_detected_and_restarted_by_the_next_run(daemons, t
     assert daemons() != first
 
 
-def test_run_pulls_a_missing_model_first_without_asking(hub, daemons, monkeypatch, tmp_path_factory):
-    from localllm.hub import aliases, store
+def test_run_pulls_a_missing_model_first_without_asking(hub, daemons, tmp_path_factory):
+    """Through the daemon it starts, which knows the alias table: the fake Hub serves a tiny model under the
+    repo id of a real alias."""
+    from localllm.hub import store
+    from localllm.hub.aliases import ALIASES
 
-    hub.add_dir("test-org/tiny-qwen3", tiny_model_dir(tmp_path_factory))
-    monkeypatch.setitem(aliases.ALIASES, "tiny:test", "test-org/tiny-qwen3")
-    result = runner.invoke(app, ["run", "tiny:test", "hi", "--max-tokens", "3"])   # stdin is not a terminal
+    alias = "qwen3:0.6b"
+    hub.add_dir(ALIASES[alias], tiny_model_dir(tmp_path_factory))
+    result = runner.invoke(app, ["run", alias, "hi", "--max-tokens", "3"])   # stdin is not a terminal
     assert result.exit_code == 0, result.output
-    assert "pulling" in result.stderr and store.find("tiny:test") is not None
+    assert f"{alias} is not here yet: pulling it" in result.stderr and "verifying sha256 digest" in result.stderr
+    assert store.find(alias) is not None
     daemons()
-    result = runner.invoke(app, ["run", "tiny:test", "hi", "--max-tokens", "3"])
+    result = runner.invoke(app, ["run", alias, "hi", "--max-tokens", "3"])
     assert result.exit_code == 0 and "pulling" not in result.stderr, result.output
-    assert hub.fetched("test-org/tiny-qwen3", "model.safetensors", "GET") != []
+    assert hub.fetched(ALIASES[alias], "model.safetensors", "GET") == [None]
 
 
 def test_unknown_model_is_a_one_line_error():

@@ -99,20 +99,6 @@ def test_run_answers_with_a_pulled_model(pulled, monkeypatch):
         stop_daemon()
 
 
-def test_run_pulls_a_known_alias_through_the_daemon_first(hub, tiny_dir, monkeypatch):
-    from localllm.client import stop_daemon
-
-    hub.add_dir(REPO, tiny_dir)
-    monkeypatch.setenv("LOCALLLM_HOST", "127.0.0.1:0")
-    try:
-        result = runner.invoke(app, ["run", ALIAS, "hello", "--max-tokens", "3"])
-        assert result.exit_code == 0, result.output
-    finally:
-        stop_daemon()
-    assert f"{ALIAS} is not here yet: pulling it" in result.stderr and "verifying sha256 digest" in result.stderr
-    assert hub.fetched(REPO, "model.safetensors", "GET") == [None]
-
-
 def test_rm_removes_and_then_is_an_error(pulled):
     result = runner.invoke(app, ["rm", ALIAS])
     assert result.exit_code == 0 and result.stdout.startswith(f"deleted '{ALIAS}' (freed 30")

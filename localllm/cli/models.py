@@ -28,8 +28,9 @@ def pull(
                                           "with a quant tag (owner/name-GGUF:Q4_K_M), or a local model path."),
     revision: str = typer.Option("main", "--revision", help="Branch, tag or commit of the Hub repo."),
 ) -> None:
-    """Download a model from the Hugging Face Hub (HF_ENDPOINT, HF_TOKEN apply) into the local store, through the
-    daemon (started if none runs); a local path is registered as it is."""
+    """Download a model from the Hugging Face Hub into the local store, through the daemon (started if none runs;
+    its HF_ENDPOINT and HF_TOKEN apply); a local path is registered as it is."""
+    from localllm import settings
     from localllm.client import ensure_daemon, model_text
     from localllm.hub.reference import resolve_reference
 
@@ -41,6 +42,7 @@ def pull(
             entry = pull_reference(reference, _PullProgress())
             pulled = {"name": entry.name, "size": entry.size, "details": {"quantization_level": entry.format}}
         else:
+            settings.hf_endpoint()   # a bad $HF_ENDPOINT is refused here, before any daemon starts
             with ensure_daemon() as client:
                 pulled = pull_through(client, model, revision)
     except KeyboardInterrupt:
