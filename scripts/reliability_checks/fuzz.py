@@ -80,12 +80,13 @@ def _aim_at_the_model(case) -> None:
         return
     if isinstance(body.get("model"), str) and zlib.crc32(body["model"].encode("utf-8", "replace")) % 2 == 0:
         body["model"] = EMBEDDED
-    for field in ("max_tokens", "max_completion_tokens", "min_tokens"):
+    limits = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+    for field in (*limits, "min_tokens"):
         value = body.get(field)
         if isinstance(value, int) and not isinstance(value, bool) and value > MAX_GENERATED_TOKENS:
             body[field] = MAX_GENERATED_TOKENS
-    if body.get("model") == EMBEDDED and "max_tokens" not in body and "max_completion_tokens" not in body:
-        body["max_tokens"] = MAX_GENERATED_TOKENS
+    if body.get("model") == EMBEDDED and not any(field in body for field in limits):
+        body["max_output_tokens" if case.path == "/v1/responses" else "max_tokens"] = MAX_GENERATED_TOKENS
     options = body.get("options")   # the Ollama API's
     if isinstance(options, dict) and not (isinstance(options.get("num_predict"), int)
                                           and 0 < options["num_predict"] <= MAX_GENERATED_TOKENS):
