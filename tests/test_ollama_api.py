@@ -3,10 +3,10 @@ answers must equal the OpenAI API's for the same greedy request on the same daem
 shape must be Ollama's, errors included."""
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime, timezone
 
-import httpx
 import ollama
 import pytest
 
@@ -20,7 +20,8 @@ GREEDY = {"temperature": 0, "num_predict": 10}
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
-    with running_daemon(tmp_path_factory.mktemp("daemon"), models=[EMBEDDED_ALIAS]) as d:
+    engine = ["block_size=16", "num_kv_blocks=96", "num_threads=1"]   # room for the few-shot tool conversation
+    with running_daemon(tmp_path_factory.mktemp("daemon"), models=[EMBEDDED_ALIAS], engine=engine) as d:
         yield d
 
 
@@ -140,6 +141,41 @@ def test_ps_shows_the_loaded_model(client, daemon):
     assert 540 < (model.expires_at - datetime.now(timezone.utc)).total_seconds() <= 600
 
 
+def ollama_turns(openai_messages: list[dict]) -> list[dict]:
+    """A conversation with tool calls in Ollama's shape: arguments as objects, results named by function."""
+    out = []
+    for message in openai_messages:
+        if message.get("tool_calls"):
+            out.append({"role": "assistant", "content": message["content"] or "", "tool_calls": [
+                {"function": {"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}}
+                for c in message["tool_calls"]]})
+        elif message["role"] == "tool":
+            out.append({"role": "tool", "content": message["content"], "tool_name": "get_weather"})
+        else:
+            out.append(message)
+    return out
+
+
+def test_chat_with_tools_reads_the_calls_as_chat_completions_do(client, oai):
+    """The few-shot conversation of test_server_tools, after which the embedded model calls get_weather itself."""
+    from test_server_tools import FEW_SHOT, TOOLS
+
+    expected = oai.chat.completions.create(model=EMBEDDED_ALIAS, messages=FEW_SHOT, tools=TOOLS, temperature=0,
+                                           max_tokens=40).choices[0].message
+    (call,) = expected.tool_calls
+    wanted = [{"function": {"name": call.function.name, "arguments": json.loads(call.function.arguments)}}]
+    options = {"temperature": 0, "num_predict": 40}
+    answer = client.chat(EMBEDDED_ALIAS, messages=ollama_turns(FEW_SHOT), tools=TOOLS, options=options)
+    assert [c.model_dump() for c in answer.message.tool_calls] == wanted and wanted[0]["function"]["name"] == \
+        "get_weather"
+    assert answer.message.content == (expected.content or "") and answer.done_reason == "stop"
+    parts = list(client.chat(EMBEDDED_ALIAS, messages=ollama_turns(FEW_SHOT), tools=TOOLS, options=options,
+                             stream=True))
+    assert [c.model_dump() for p in parts for c in p.message.tool_calls or []] == wanted
+    assert "".join(p.message.content for p in parts) == answer.message.content
+    assert "<tool_call>" not in "".join(p.message.content for p in parts)
+
+
 @pytest.mark.parametrize("body, status, fragment", [
     ({"model": "no-such-model", "messages": MESSAGES}, 404, "model 'no-such-model' not found"),
     ({"messages": MESSAGES}, 400, "model is required"),
@@ -147,7 +183,9 @@ def test_ps_shows_the_loaded_model(client, daemon):
     ({"model": EMBEDDED_ALIAS, "messages": MESSAGES, "options": {"top_p": 0}}, 400, "top_p"),
     ({"model": EMBEDDED_ALIAS, "messages": MESSAGES, "keep_alive": "soon"}, 400, "keep_alive"),
     ({"model": EMBEDDED_ALIAS, "messages": MESSAGES, "format": "json"}, 400, "format"),
-    ({"model": EMBEDDED_ALIAS, "messages": MESSAGES, "tools": [{"type": "function"}]}, 400, "tools"),
+    ({"model": EMBEDDED_ALIAS, "messages": MESSAGES, "tools": [{"type": "function"}]}, 400, "tools.0.function"),
+    ({"model": EMBEDDED_ALIAS, "messages": MESSAGES, "tools": [{"type": "function", "function": {"name": "a b"}}]},
+     400, "Invalid function name"),
     ({"model": EMBEDDED_ALIAS, "messages": [{"role": "user", "content": "hi", "images": ["AAAA"]}]}, 400, "images"),
     ({"model": EMBEDDED_ALIAS, "messages": [{"role": "robot", "content": "hi"}]}, 400, "role"),
     ({"model": EMBEDDED_ALIAS, "messages": MESSAGES, "logprobs": True}, 400, "logprobs"),

@@ -14,11 +14,14 @@ from fastapi.responses import JSONResponse, Response
 
 from localllm.loader.fim import FimUnsupportedError, fim_prompt
 from localllm.sampling_params import SamplingParams
+from localllm.server import ollama_tools
 from localllm.server.errors import APIError
 from localllm.server.jobs import ClientGone, Job, unless_disconnected
 from localllm.server.ollama_models import find
 from localllm.server.ollama_schemas import DEFAULT_OPTIONS, ChatRequest, GenerateRequest, Options
 from localllm.server.openai_requests import check_generates, check_prompt_ids, templated_prompt
+from localllm.server.openai_tools import ToolPlan, check_function_names
+from localllm.tool_calling.parser import ToolCallParser
 from localllm.server.sse import NDJSONResponse, ndjson_line
 
 # SamplingParams' names of the options whose names differ, for error messages in the client's terms
@@ -66,13 +69,10 @@ def reject_unsupported(body: ChatRequest | GenerateRequest) -> None:
         raise _bad("logprobs are not supported on this API yet; the OpenAI API's /v1/chat/completions gives them",
                    "logprobs")
     if isinstance(body, ChatRequest):
-        if body.tools:
-            raise _bad(f"\"{body.model_name}\" does not support tools", "tools")
+        check_function_names(body.tools)
         for i, message in enumerate(body.messages or []):
             if message.images:
                 raise _bad("images are not supported: localllm's models take text only", f"messages[{i}].images")
-            if message.tool_calls:
-                raise _bad("tool calls are not supported", f"messages[{i}].tool_calls")
         return
     if body.images:
         raise _bad("images are not supported: localllm's models take text only", "images")
@@ -81,11 +81,10 @@ def reject_unsupported(body: ChatRequest | GenerateRequest) -> None:
                    "template")
 
 
-def _prompt(client, body: ChatRequest | GenerateRequest, name: str) -> list[int]:
+def _prompt(client, body: ChatRequest | GenerateRequest, name: str, tools: ToolPlan | None) -> list[int]:
     tokenizer = client.tokenizer
-    if isinstance(body, ChatRequest):
-        messages = [{"role": m.role, "content": m.content or ""} for m in body.messages]
-        return templated_prompt(tokenizer, name, messages, "use /api/generate with raw")
+    if tools is not None:
+        return ollama_tools.chat_prompt(tokenizer, name, body, tools)
     if body.suffix:   # fill in the middle, between prompt and suffix, in the layout the model was trained on
         try:
             return fim_prompt(tokenizer, body.prompt or "", body.suffix)
@@ -95,7 +94,7 @@ def _prompt(client, body: ChatRequest | GenerateRequest, name: str) -> list[int]
         ids = tokenizer.encode(body.prompt or "") if body.prompt else []
     else:
         system = [{"role": "system", "content": body.system}] if body.system else []
-        ids = templated_prompt(tokenizer, name, system + [{"role": "user", "content": body.prompt or ""}], "")
+        ids = templated_prompt(tokenizer, name, system + [{"role": "user", "content": body.prompt or ""}], "use raw")
     ids = list(body.context or []) + ids
     check_prompt_ids(ids, client.info.vocab_size, "context" if body.context else "prompt")
     return ids
@@ -123,9 +122,11 @@ class Answer:
     submitted_ns: int = 0
     first_token_ns: int | None = None
     tokens: list[int] = field(default_factory=list)
+    calls: ToolCallParser | None = None   # a chat's tool calls are read out of its text with this
 
-    def chunk(self, text: str, done: bool = False) -> dict:
-        part = {"message": {"role": "assistant", "content": text}} if self.chat else {"response": text}
+    def chunk(self, text: str, done: bool = False, tool_calls: list[dict] = ()) -> dict:
+        message = {"role": "assistant", "content": text, **({"tool_calls": tool_calls} if tool_calls else {})}
+        part = {"message": message} if self.chat else {"response": text}
         return {"model": self.model, "created_at": created_at(), **part, "done": done}
 
     def add(self, token_ids: list[int]) -> None:
@@ -133,10 +134,10 @@ class Answer:
             self.first_token_ns = time.monotonic_ns()
         self.tokens += token_ids
 
-    def last(self, text: str, done_reason: str) -> dict:
+    def last(self, text: str, done_reason: str, tool_calls: list[dict] = ()) -> dict:
         end = time.monotonic_ns()
         first = self.first_token_ns or end
-        out = {**self.chunk(text, done=True), "done_reason": done_reason}
+        out = {**self.chunk(text, done=True, tool_calls=tool_calls), "done_reason": done_reason}
         if self.with_context:
             out["context"] = self.prompt + self.tokens
         return {**out, "total_duration": end - self.started_ns, "load_duration": self.loaded_ns - self.started_ns,
@@ -162,7 +163,9 @@ async def serve(request: Request, body: ChatRequest | GenerateRequest):
         check_generates(model)
         with_context = not chat and not body.raw and not body.suffix
         answer = Answer(body.model_name, chat, [], with_context, started, time.monotonic_ns())
-        answer.prompt = await asyncio.to_thread(_prompt, model.client, body, name)   # seconds for a long one
+        tools = ollama_tools.tool_plan(model.client.tokenizer, body) if chat else None
+        answer.calls = tools.parser() if tools else None
+        answer.prompt = await asyncio.to_thread(_prompt, model.client, body, name, tools)   # seconds for a long one
         num_ctx = body.options.num_ctx if body.options else None
         job.submit([answer.prompt], fit_context(params, len(answer.prompt), model.client.info.max_model_len, num_ctx))
         answer.submitted_ns = time.monotonic_ns()
@@ -178,7 +181,8 @@ async def serve(request: Request, body: ChatRequest | GenerateRequest):
         return Response(status_code=499)   # nobody reads it; the request was aborted
     finally:
         job.close()
-    return JSONResponse(answer.last(text, reason))
+    content, calls = ollama_tools.read(answer.calls, text, final=True)
+    return JSONResponse(answer.last(content, reason, calls))
 
 
 async def _collect(job: Job, answer: Answer) -> tuple[str, str]:
@@ -194,8 +198,9 @@ async def _stream(job: Job, answer: Answer):
     try:
         async for _, delta in job.deltas():
             answer.add(delta.token_ids)
-            if delta.text:
-                yield ndjson_line(answer.chunk(delta.text))
+            text, calls = ollama_tools.read(answer.calls, delta.text, final=delta.finish_reason is not None)
+            if text or calls:
+                yield ndjson_line(answer.chunk(text, tool_calls=calls))
             if delta.finish_reason is not None:
                 yield ndjson_line(answer.last("", delta.finish_reason))
     except APIError as e:

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from localllm.durations import parse_duration
-from localllm.server.openai_schemas import Seed, Text
+from localllm.server.openai_schemas import Seed, Text, Tool
 from localllm.server.settings import check_keep_alive
 
 
@@ -66,19 +66,28 @@ class _Generation(_Named):
     logprobs: Optional[bool] = None
 
 
+class CalledFunction(_Body):
+    name: Text
+    arguments: dict = Field(default_factory=dict)   # an object, not a JSON string as in OpenAI's API
+
+
+class ToolCall(_Body):
+    function: CalledFunction
+
+
 class ChatMessage(_Body):
     role: Literal["system", "user", "assistant", "tool"]
     content: Optional[Text] = None
     images: Optional[list] = None
-    tool_calls: Optional[list] = None
-    tool_name: Optional[Text] = None
+    tool_calls: Optional[list[ToolCall]] = None     # an assistant's earlier calls
+    tool_name: Optional[Text] = None                # the function a tool message answers for
 
 
 class ChatRequest(_Generation):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"model": "smollm2:135m", "messages": [{"role": "user", "content": "Hello!"}], "stream": False}]})
     messages: Optional[list[ChatMessage]] = None
-    tools: Optional[list] = None
+    tools: Optional[list[Tool]] = None              # OpenAI's shape, which is Ollama's
 
 
 class GenerateRequest(_Generation):

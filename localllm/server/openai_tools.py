@@ -14,7 +14,7 @@ from localllm.guidance import validate_guidance
 from localllm.sampling_params import Guidance, SamplingParams
 from localllm.server.errors import APIError
 from localllm.server.openai_format import Choice
-from localllm.server.openai_schemas import ChatCompletionRequest, ChatMessage, NamedToolChoice
+from localllm.server.openai_schemas import ChatCompletionRequest, ChatMessage, NamedToolChoice, Tool
 from localllm.tool_calling.families import MISTRAL, ToolFamily, family_for
 from localllm.tool_calling.grammar import tool_call_grammar
 from localllm.tool_calling.parser import ToolCall, ToolCallParser
@@ -31,8 +31,19 @@ def check_tools(body: ChatCompletionRequest) -> None:
     """Refuses tool definitions and a tool_choice that no model could honour."""
     if body.functions:
         raise _bad("functions is deprecated and not supported; use tools.", "functions", "unsupported_parameter")
+    names = check_function_names(body.tools)
+    choice = body.tool_choice
+    if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+        raise _bad(f"tool_choice names the function {choice.function.name!r}, which is not among the tools.",
+                   "tool_choice")
+    if choice == "required" and not names:
+        raise _bad("tool_choice 'required' needs tools.", "tool_choice")
+
+
+def check_function_names(tools: list[Tool] | None) -> list[str]:
+    """The names of the functions offered, each valid and defined once."""
     names: list[str] = []
-    for i, tool in enumerate(body.tools or []):
+    for i, tool in enumerate(tools or []):
         name = tool.function.name
         if not FUNCTION_NAME.fullmatch(name):
             raise _bad(f"Invalid function name {name!r}: use 1 to 64 letters, digits, underscores or dashes.",
@@ -40,12 +51,7 @@ def check_tools(body: ChatCompletionRequest) -> None:
         if name in names:
             raise _bad(f"The function name {name!r} is defined twice.", f"tools[{i}].function.name")
         names.append(name)
-    choice = body.tool_choice
-    if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
-        raise _bad(f"tool_choice names the function {choice.function.name!r}, which is not among the tools.",
-                   "tool_choice")
-    if choice == "required" and not names:
-        raise _bad("tool_choice 'required' needs tools.", "tool_choice")
+    return names
 
 
 def template_tool_calls(message: ChatMessage, i: int) -> list[dict]:
@@ -117,18 +123,24 @@ class ToolPlan:
 
 
 def tool_plan(tokenizer, body: ChatCompletionRequest) -> ToolPlan:
-    try:
-        template = tokenizer.template_text()
-    except ValueError:   # no template, or no default among several: chat_prompt refuses the request
-        template = None
-    functions = [t.function.model_dump(exclude_none=True, exclude={"strict"}) for t in body.tools or []]
     choice = body.tool_choice
     if isinstance(choice, NamedToolChoice):
         choice = choice.function.name
-    elif choice is None:
+    return plan_tools(tokenizer, body.tools, choice, parallel=body.parallel_tool_calls is not False)
+
+
+def plan_tools(tokenizer, tools: list[Tool] | None, choice: str | None, parallel: bool) -> ToolPlan:
+    """The plan for offering `tools` to the model whose tokenizer this is; `choice` None: "auto" with tools, else
+    "none"."""
+    try:
+        template = tokenizer.template_text()
+    except ValueError:   # no template, or no default among several: the prompt builder refuses the request
+        template = None
+    functions = [t.function.model_dump(exclude_none=True, exclude={"strict"}) for t in tools or []]
+    if choice is None:
         choice = "auto" if functions else "none"
     family = family_for(template) if template else None
-    return ToolPlan(family, functions, choice, parallel=body.parallel_tool_calls is not False)
+    return ToolPlan(family, functions, choice, parallel=parallel)
 
 
 def finish_reason(reason: str, calls: list[ToolCall]) -> str:
