@@ -124,6 +124,28 @@ def test_options_reach_the_sampler(client, oai):
     assert penalised.eval_count > 0
 
 
+AGE = {"type": "object", "properties": {"age": {"type": "integer"}, "available": {"type": "boolean"}},
+       "required": ["age", "available"], "additionalProperties": False}
+
+
+def test_format_holds_the_answer_to_json_as_response_format_does(client, oai):
+    ask = [{"role": "user", "content": "Ollama is 22 years old and busy saving the world. Answer in JSON."}]
+    expected = oai.chat.completions.create(
+        model=EMBEDDED_ALIAS, messages=ask, temperature=0, max_tokens=40,
+        response_format={"type": "json_schema", "json_schema": {"name": "age", "schema": AGE}})
+    answer = client.chat(EMBEDDED_ALIAS, messages=ask, format=AGE, options={"temperature": 0, "num_predict": 40})
+    assert answer.message.content == expected.choices[0].message.content
+    value = json.loads(answer.message.content)
+    assert set(value) == {"age", "available"} and type(value["age"]) is int and type(value["available"]) is bool
+    generated = client.generate(EMBEDDED_ALIAS, ask[0]["content"], format=AGE, options={"temperature": 0})
+    assert generated.response == answer.message.content   # the same chat, templated from the prompt
+    json_mode = oai.chat.completions.create(model=EMBEDDED_ALIAS, messages=ask, temperature=0, max_tokens=20,
+                                            response_format={"type": "json_object"}).choices[0].message.content
+    assert client.chat(EMBEDDED_ALIAS, messages=ask, format="json",
+                       options={"temperature": 0, "num_predict": 20}).message.content == json_mode
+    assert json_mode.startswith("{")
+
+
 def test_num_ctx_caps_the_answer_and_refuses_a_prompt_that_does_not_fit(client):
     answer = client.chat(EMBEDDED_ALIAS, messages=MESSAGES, options={"temperature": 0, "num_ctx": 40})
     assert answer.prompt_eval_count + answer.eval_count <= 40
@@ -182,7 +204,10 @@ def test_chat_with_tools_reads_the_calls_as_chat_completions_do(client, oai):
     ({"model": EMBEDDED_ALIAS, "messages": MESSAGES, "options": {"temperature": "hot"}}, 400, "options.temperature"),
     ({"model": EMBEDDED_ALIAS, "messages": MESSAGES, "options": {"top_p": 0}}, 400, "top_p"),
     ({"model": EMBEDDED_ALIAS, "messages": MESSAGES, "keep_alive": "soon"}, 400, "keep_alive"),
-    ({"model": EMBEDDED_ALIAS, "messages": MESSAGES, "format": "json"}, 400, "format"),
+    ({"model": EMBEDDED_ALIAS, "messages": MESSAGES, "format": "xml"}, 400, "format must be"),
+    ({"model": EMBEDDED_ALIAS, "messages": MESSAGES, "format": {"type": 5}}, 400, "Invalid format"),
+    ({"model": EMBEDDED_ALIAS, "messages": MESSAGES, "format": "json",
+      "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "format cannot be combined with tools"),
     ({"model": EMBEDDED_ALIAS, "messages": MESSAGES, "tools": [{"type": "function"}]}, 400, "tools.0.function"),
     ({"model": EMBEDDED_ALIAS, "messages": MESSAGES, "tools": [{"type": "function", "function": {"name": "a b"}}]},
      400, "Invalid function name"),

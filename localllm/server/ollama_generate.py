@@ -5,6 +5,7 @@ messages or prompt only loads the model (or, with keep_alive 0, unloads it)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -13,13 +14,13 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from localllm.loader.fim import FimUnsupportedError, fim_prompt
-from localllm.sampling_params import SamplingParams
+from localllm.sampling_params import Guidance, SamplingParams
 from localllm.server import ollama_tools
 from localllm.server.errors import APIError
 from localllm.server.jobs import ClientGone, Job, unless_disconnected
 from localllm.server.ollama_models import find
 from localllm.server.ollama_schemas import DEFAULT_OPTIONS, ChatRequest, GenerateRequest, Options
-from localllm.server.openai_requests import check_generates, check_prompt_ids, templated_prompt
+from localllm.server.openai_requests import check_generates, check_prompt_ids, checked_guidance, templated_prompt
 from localllm.server.openai_tools import ToolPlan, check_function_names
 from localllm.tool_calling.parser import ToolCallParser
 from localllm.server.sse import NDJSONResponse, ndjson_line
@@ -36,7 +37,7 @@ def created_at() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def sampling_params(options: Options | None) -> SamplingParams:
+def sampling_params(options: Options | None, guidance: Guidance | None = None) -> SamplingParams:
     """Ollama's options on our sampling, its defaults for what they leave out. num_predict <= 0 is Ollama's
     "no limit" (up to the context); a negative seed, its "random"."""
     o = options or Options()
@@ -52,17 +53,30 @@ def sampling_params(options: Options | None) -> SamplingParams:
             presence_penalty=pick(o.presence_penalty, "presence_penalty", 0.0),
             frequency_penalty=pick(o.frequency_penalty, "frequency_penalty", 0.0),
             seed=o.seed if o.seed is not None and o.seed >= 0 else None,
-            max_tokens=o.num_predict if o.num_predict is not None and o.num_predict > 0 else None, stop=o.stop)
+            max_tokens=o.num_predict if o.num_predict is not None and o.num_predict > 0 else None, stop=o.stop,
+            guidance=guidance)
     except ValueError as e:
         name = str(e).split(" ", 1)[0]
         option = _OPTION_NAMES.get(name, name)
         raise _bad(f"invalid option: {option}{str(e)[len(name):]}", f"options.{option}") from None
 
 
+def format_guidance(body: ChatRequest | GenerateRequest) -> Guidance | None:
+    """The grammar `format` asks for: "json", any JSON value's object; a JSON schema, JSON that follows it."""
+    if body.format in (None, ""):
+        return None
+    if isinstance(body, ChatRequest) and body.tools:
+        # one grammar holds the output: calls could not be written under a JSON schema, nor the answer after
+        raise _bad("format cannot be combined with tools", "format")
+    if body.format == "json":
+        return checked_guidance(Guidance("json_object"), "format")
+    if isinstance(body.format, dict):
+        return checked_guidance(Guidance("json_schema", json.dumps(body.format)), "format")
+    raise _bad(f"format must be \"json\" or a JSON schema, got {body.format!r}", "format")
+
+
 def reject_unsupported(body: ChatRequest | GenerateRequest) -> None:
     """What localllm does not do yet is refused, never ignored: the answer would not be what was asked."""
-    if body.format not in (None, ""):
-        raise _bad("format (JSON mode and structured outputs) is not supported yet", "format")
     if body.think not in (None, False):
         raise _bad(f"\"{body.model_name}\" does not support thinking", "think")
     if body.logprobs:
@@ -150,7 +164,7 @@ async def serve(request: Request, body: ChatRequest | GenerateRequest):
     daemon = request.app.state.daemon
     name = find(daemon.models, body.model_name)
     reject_unsupported(body)
-    params = sampling_params(body.options)   # bad values fail before any model is loaded
+    params = sampling_params(body.options, format_guidance(body))   # bad values fail before any model is loaded
     chat = isinstance(body, ChatRequest)
     model = await daemon.models.acquire(name)
     if not (body.messages if chat else (body.prompt or body.context or body.suffix)):

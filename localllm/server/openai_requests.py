@@ -90,10 +90,15 @@ def response_guidance(response_format: ResponseFormat | None) -> Guidance | None
                    "response_format.json_schema", "missing_required_parameter")
     else:
         guidance = Guidance("json_schema", json.dumps(spec.schema_))
+    return checked_guidance(guidance, "response_format")
+
+
+def checked_guidance(guidance: Guidance, param: str) -> Guidance:
+    """`guidance` once the grammar compiler accepts it; else a 400 naming `param` and the problem."""
     try:
         validate_guidance(guidance)
     except ValueError as e:
-        raise _bad(f"Invalid response_format: {e}.", "response_format") from None
+        raise _bad(f"Invalid {param}: {e}.", param) from None
     return guidance
 
 
