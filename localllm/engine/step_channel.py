@@ -87,13 +87,13 @@ class StepReceiver:
         raw = self._read(HEADER_LEN * 8)
         if raw is None:
             return torch.zeros(HEADER_LEN, dtype=torch.int64), None
-        header = torch.from_numpy(np.frombuffer(raw, dtype=np.int64).copy())
+        header = torch.from_numpy(np.frombuffer(raw, dtype=np.int64))   # views the fresh buffer, no copy
         if int(header[H["command"]]) == CMD_STOP:
             return header, None
         raw = self._read(payload_len(header) * 4)
         if raw is None:
             return header, None
-        payload = torch.from_numpy(np.frombuffer(raw, dtype=np.int32).copy())
+        payload = torch.from_numpy(np.frombuffer(raw, dtype=np.int32))
         return header, to_device(payload, self.device)
 
     def receive_tokens(self, count: int) -> torch.Tensor:
