@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from localllm.quantization import check_quantization
+
 TP_ALLREDUCE_KINDS = ("nccl", "symm_mem")
 
 
@@ -10,6 +12,7 @@ TP_ALLREDUCE_KINDS = ("nccl", "symm_mem")
 class Config:
     model: str | None = None          # alias, local HF directory or .gguf file; None = the embedded default
     dtype: str = "auto"               # "auto" = float32 on CPU, bfloat16 on GPU
+    quantization: str = "auto"        # how weights are stored: auto, none, native or a format (localllm.quantization)
     device: str = "auto"              # "auto" = cuda when available, else cpu
     block_size: int = 16              # tokens per KV-cache block
     num_kv_blocks: int | None = None  # fixed pool size; None = sized from kv_memory_fraction / kv_memory_gib
@@ -42,5 +45,6 @@ class Config:
             raise ValueError(f"tensor_parallel_size must be at least 1, got {self.tensor_parallel_size}")
         if self.tp_allreduce not in TP_ALLREDUCE_KINDS:
             raise ValueError(f"tp_allreduce must be one of {', '.join(TP_ALLREDUCE_KINDS)}, got {self.tp_allreduce!r}")
+        check_quantization(self.quantization)
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")

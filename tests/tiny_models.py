@@ -141,6 +141,52 @@ def hf_greedy(model_dir: Path, prompt_ids: list[int], max_new_tokens: int) -> li
     return out[0, len(prompt_ids):].tolist()
 
 
+def _gguf_writer(path: Path, arch: str, hidden: int, ffn: int, layers: int, heads: int, kv_heads: int,
+                 tokens: list[str], file_type, context_length: int = 2048, rope_theta: float | None = None):
+    """A GGUFWriter with the model's metadata and a gpt2-style BPE vocabulary (its last token is the end of
+    turn, "a b" its one merge) set; the caller adds the tensors and calls _finish."""
+    import gguf
+
+    writer = gguf.GGUFWriter(path, arch)
+    writer.add_block_count(layers)
+    writer.add_context_length(context_length)
+    writer.add_embedding_length(hidden)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    if rope_theta is not None:
+        writer.add_rope_freq_base(rope_theta)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_file_type(file_type)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types([1] * (len(tokens) - 1) + [3])
+    writer.add_token_merges(["a b"])
+    writer.add_eos_token_id(len(tokens) - 1)
+    writer.add_chat_template("{{ messages[0]['content'] }}<|im_end|>")
+    return writer
+
+
+def _finish(writer, path: Path) -> Path:
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def _gguf_shapes(hidden: int, ffn: int, layers: int, q_rows: int, kv_rows: int, vocab: int) -> dict:
+    shapes = {"token_embd.weight": (vocab, hidden), "output_norm.weight": (hidden,)}
+    for i in range(layers):
+        shapes.update({f"blk.{i}.attn_norm.weight": (hidden,), f"blk.{i}.ffn_norm.weight": (hidden,),
+                       f"blk.{i}.attn_q.weight": (q_rows, hidden), f"blk.{i}.attn_k.weight": (kv_rows, hidden),
+                       f"blk.{i}.attn_v.weight": (kv_rows, hidden), f"blk.{i}.attn_output.weight": (hidden, q_rows),
+                       f"blk.{i}.ffn_gate.weight": (ffn, hidden), f"blk.{i}.ffn_up.weight": (ffn, hidden),
+                       f"blk.{i}.ffn_down.weight": (hidden, ffn)})
+    return shapes
+
+
 def write_tiny_gguf(path: Path, arch: str = "llama", quant: str = "F32", rope_theta: float | None = None,
                     rope_freqs=None, context_length: int = 2048) -> Path:
     """A one-layer GGUF (2 heads, 1 KV head, head_dim 16; F32, or Q8_0 weights) with a 4-token BPE vocabulary and a
@@ -150,31 +196,10 @@ def write_tiny_gguf(path: Path, arch: str = "llama", quant: str = "F32", rope_th
 
     hidden, ffn, rng = 32, 64, np.random.default_rng(0)
     tokens = ["a", "b", "ab", "<|im_end|>"]
-    writer = gguf.GGUFWriter(path, arch)
-    writer.add_block_count(1)
-    writer.add_context_length(context_length)
-    writer.add_embedding_length(hidden)
-    writer.add_feed_forward_length(ffn)
-    writer.add_head_count(2)
-    writer.add_head_count_kv(1)
-    if rope_theta is not None:
-        writer.add_rope_freq_base(rope_theta)
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if quant == "Q8_0" else gguf.LlamaFileType.ALL_F32)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_types([1, 1, 1, 3])
-    writer.add_token_merges(["a b"])
-    writer.add_eos_token_id(3)
-    writer.add_chat_template("{{ messages[0]['content'] }}<|im_end|>")
-    shapes = {"token_embd.weight": (len(tokens), hidden), "output_norm.weight": (hidden,),
-              "blk.0.attn_norm.weight": (hidden,), "blk.0.ffn_norm.weight": (hidden,),
-              "blk.0.attn_q.weight": (hidden, hidden), "blk.0.attn_k.weight": (16, hidden),
-              "blk.0.attn_v.weight": (16, hidden), "blk.0.attn_output.weight": (hidden, hidden),
-              "blk.0.ffn_gate.weight": (ffn, hidden), "blk.0.ffn_up.weight": (ffn, hidden),
-              "blk.0.ffn_down.weight": (hidden, ffn)}
-    for name, shape in shapes.items():
+    writer = _gguf_writer(path, arch, hidden, ffn, 1, 2, 1, tokens,
+                          gguf.LlamaFileType.MOSTLY_Q8_0 if quant == "Q8_0" else gguf.LlamaFileType.ALL_F32,
+                          context_length, rope_theta)
+    for name, shape in _gguf_shapes(hidden, ffn, 1, hidden, 16, len(tokens)).items():
         weight = rng.standard_normal(shape).astype(np.float32)
         if quant == "Q8_0" and len(shape) == 2:
             kind = gguf.GGMLQuantizationType.Q8_0
@@ -183,8 +208,35 @@ def write_tiny_gguf(path: Path, arch: str = "llama", quant: str = "F32", rope_th
             writer.add_tensor(name, weight)
     if rope_freqs is not None:
         writer.add_tensor("rope_freqs.weight", rope_freqs)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return _finish(writer, path)
+
+
+# printable ASCII, "ab" (the one merge) and the end-of-turn token
+QUANT_TOKENS = [chr(c) for c in range(33, 127)] + ["ab", "<|im_end|>"]
+
+
+def write_quantized_gguf(path: Path, formats, arch: str = "llama", hidden: int = 256, ffn: int = 512,
+                         layers: int = 2, heads: int = 4, kv_heads: int = 2, seed: int = 0,
+                         file_type: str = "MOSTLY_Q4_K_M") -> Path:
+    """A GGUF whose matrices are in the block formats `formats(name)` gives (Q4_0, Q8_0, Q4_K, ...; F32 = dense),
+    quantized with localllm's round-to-nearest quantizers (gguf can quantize only the 32-weight formats), with
+    a 96-token vocabulary. Weights ~ N(0, 0.15), wide enough that greedy choices are not near-ties."""
+    import gguf
+    import numpy as np
+
+    from localllm.kernels.quantize_ref import quantize_ref
+
+    rng = np.random.default_rng(seed)
+    head_dim = hidden // heads
+    writer = _gguf_writer(path, arch, hidden, ffn, layers, heads, kv_heads, QUANT_TOKENS,
+                          gguf.LlamaFileType[file_type])
+    for name, shape in _gguf_shapes(hidden, ffn, layers, hidden, kv_heads * head_dim, len(QUANT_TOKENS)).items():
+        spread, center = (0.15, 0.0) if len(shape) == 2 else (0.1, 1.0)   # norms near 1
+        weight = (rng.standard_normal(shape) * spread + center).astype(np.float32)
+        fmt = formats(name) if len(shape) == 2 else "F32"
+        if fmt == "F32":
+            writer.add_tensor(name, weight)
+        else:
+            blocks = quantize_ref(torch.from_numpy(weight), fmt).numpy()
+            writer.add_tensor(name, blocks, raw_dtype=gguf.GGMLQuantizationType[fmt])
+    return _finish(writer, path)

@@ -23,6 +23,7 @@ from localllm.engine.tensor_parallel import TensorParallel, resolve_degree
 from localllm.errors import PromptTooLongError
 from localllm.loader.pooling_config import PoolingConfig
 from localllm.pooling_params import PoolingParams
+from localllm.quantization import keeps_blocks
 from localllm.sampling_params import SamplingParams
 
 
@@ -53,6 +54,11 @@ def resolve_device(config: Config) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def keeps_gguf_blocks(config: Config) -> bool:
+    """Whether a GGUF model is opened in the form whose matrices stay quantized blocks (loader.gguf)."""
+    return keeps_blocks(config.quantization, resolve_device(config).type)
+
+
 def resolve_dtype(config: Config, device: torch.device) -> torch.dtype:
     if config.dtype != "auto":
         return getattr(torch, config.dtype)
@@ -72,7 +78,7 @@ class EngineCore:
         self.device = resolve_device(config)
         self.dtype = resolve_dtype(config, self.device)
         model_len = config.max_model_len or hf_config.max_position_embeddings
-        self.tensor_parallel_size = resolve_degree(config, hf_config, self.device, self.dtype, model_len)
+        self.tensor_parallel_size = resolve_degree(config, hf_config, self.device, self.dtype, model_len, model_dir)
         self.tp: TensorParallel | None = None
         if self.tensor_parallel_size > 1:
             self.tp = TensorParallel.start(self.tensor_parallel_size, config, hf_config, model_dir, self.device,

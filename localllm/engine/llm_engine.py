@@ -5,7 +5,7 @@ from __future__ import annotations
 import weakref
 
 from localllm.config import Config
-from localllm.engine.core import EngineCore
+from localllm.engine.core import EngineCore, keeps_gguf_blocks
 from localllm.engine.events import EmbeddingEvent
 from localllm.engine.output_processor import OutputProcessor
 from localllm.engine.outputs import StreamDelta
@@ -17,7 +17,7 @@ from localllm.sampling_params import SamplingParams
 class LLMEngine:
     def __init__(self, config: Config):
         self.config = config
-        files = open_model(config.model)
+        files = open_model(config.model, keeps_gguf_blocks(config))
         self.model_dir, self.hf_config, self.tokenizer = files.model_dir, files.hf_config, files.tokenizer
         self.pooling = files.pooling
         self.core = EngineCore(config, files.model_dir, files.hf_config, files.eos_token_ids, pooling=files.pooling)

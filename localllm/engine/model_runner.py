@@ -11,9 +11,10 @@ from localllm.engine.cuda_graphs import DecodeGraphs
 from localllm.engine.request import Sequence
 from localllm.engine.scheduler import ScheduledSeq
 from localllm.hf_config import attention_head_dim
+from localllm.engine.model_builder import build_model, weight_bytes, weights_label
 from localllm.layers.attention import Attention
+from localllm.layers.quantized import randomize_weights
 from localllm.loader.safetensors import load_weights
-from localllm.models import model_class
 
 
 def kv_bytes_per_block(hf_config, block_size: int, dtype: torch.dtype, tp: int = 1) -> int:
@@ -25,27 +26,21 @@ def kv_bytes_per_block(hf_config, block_size: int, dtype: torch.dtype, tp: int =
 
 
 class ModelRunner:
-    def __init__(self, hf_config, model_dir: Path | None, device: torch.device, dtype: torch.dtype):
-        """model_dir None = random weights (benchmarks of speed only)."""
+    def __init__(self, hf_config, model_dir: Path | None, device: torch.device, dtype: torch.dtype,
+                 quantization: str = "none"):
+        """model_dir None = random weights (benchmarks of speed only), in the format `quantization` names if it
+        is one (localllm.quantization)."""
         self.device = device
         self.has_lm_head = True   # False for an embedding model whose checkpoint has no LM head: it cannot generate
         self.dtype = dtype
-        default_dtype = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)
-        try:
-            with torch.device(device):
-                self.model = model_class(hf_config)(hf_config)
-        finally:
-            torch.set_default_dtype(default_dtype)
+        self.model, quant = build_model(hf_config, model_dir, quantization, device, dtype)
         if model_dir is None:
-            for param in self.model.parameters():
-                if param.dim() > 1:
-                    param.data.normal_(0.0, 0.02)
-                else:
-                    param.data.fill_(1.0)
+            randomize_weights(self.model)
         else:
-            self.has_lm_head = load_weights(self.model, model_dir)
+            self.has_lm_head = load_weights(self.model, model_dir, quant)
         self.model.eval()
+        self.weight_bytes = weight_bytes(self.model)
+        self.quantization = weights_label(self.model, quant, quantization)
         self.hidden_size = hf_config.hidden_size
         self.kv_cache: torch.Tensor | None = None
         self.decode_graphs: DecodeGraphs | None = None

@@ -29,7 +29,7 @@ class RankSetup:
 
 def set_up_rank(config: Config, hf_config, model_dir: Path | None, device: torch.device,
                 dtype: torch.dtype) -> RankSetup:
-    runner = ModelRunner(hf_config, model_dir, device, dtype)
+    runner = ModelRunner(hf_config, model_dir, device, dtype, config.quantization)
     if tp_size() > 1 and config.tp_allreduce != "nccl":
         use_reducer(make_reducer(config.tp_allreduce, device, dtype))
     model_len = config.max_model_len or hf_config.max_position_embeddings

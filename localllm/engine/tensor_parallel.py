@@ -22,7 +22,8 @@ from localllm.layers.parallel import create_store, destroy_tensor_parallel, init
 NCCL_ENV = {"NCCL_NVLS_ENABLE": "0"}
 
 
-def resolve_degree(config: Config, hf_config, device: torch.device, dtype: torch.dtype, model_len: int) -> int:
+def resolve_degree(config: Config, hf_config, device: torch.device, dtype: torch.dtype, model_len: int,
+                   model_dir=None) -> int:
     """config.tensor_parallel_size, checked; when None: 1 on CPU, and on GPUs the smallest degree that fits."""
     asked = config.tensor_parallel_size
     if device.type != "cuda":
@@ -30,7 +31,7 @@ def resolve_degree(config: Config, hf_config, device: torch.device, dtype: torch
         if reason:
             raise TensorParallelError(reason)
         return asked or 1
-    size = model_size(hf_config, dtype, model_len)
+    size = model_size(hf_config, dtype, model_len, model_dir, config.quantization)
     free = free_gpu_bytes()
     if asked is None:
         return pick_degree(size, free)

@@ -133,6 +133,19 @@ def gguf_quantization(metadata: dict, tensors: list) -> str:
 
 
 def safetensors_header(path: Path) -> dict:
+    """Tensor name -> {dtype, shape, data_offsets}."""
+    header = _safetensors_json(path)
+    header.pop("__metadata__", None)
+    return header
+
+
+def safetensors_metadata(path: Path) -> dict:
+    """The header's string metadata (a converted GGUF's: localllm.loader.gguf)."""
+    metadata = _safetensors_json(path).get("__metadata__")
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def _safetensors_json(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
             (length,) = struct.unpack("<Q", f.read(8))
@@ -141,7 +154,6 @@ def safetensors_header(path: Path) -> dict:
             header = json.loads(f.read(length))
     except (struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CorruptModelError(f"{path.name} is not a readable safetensors file ({e})") from None
-    header.pop("__metadata__", None)
     return header
 
 

@@ -30,13 +30,15 @@ def hub_cache_dir() -> Path:
     return settings.hf_hub_cache() or data_dir() / "hub"
 
 
-def converted_dir(gguf_path: Path) -> Path:
+def converted_dir(gguf_path: Path, keep_blocks: bool = False) -> Path:
     """Where the converted form of `gguf_path` is cached (it may not exist yet): keyed by the resolved file,
-    its size and mtime, so a replaced file is converted anew."""
+    its size and mtime, so a replaced file is converted anew. keep_blocks names the form whose matrices stay
+    quantized blocks (loader.gguf), beside the dequantized one."""
     path = gguf_path.resolve()
     stat = path.stat()
     identity = f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\0{CONVERTER_VERSION}"
-    return data_dir() / "converted" / f"{path.stem}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    return data_dir() / "converted" / f"{path.stem}-{digest}{'-blocks' if keep_blocks else ''}"
 
 
 def private_dir(path: Path) -> Path:

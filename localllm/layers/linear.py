@@ -4,14 +4,17 @@ Column-parallel layers (QKV, gate/up) keep a slice of the output features and ne
 row-parallel layer (o_proj, down_proj) keeps a slice of the input features, and its partial products are summed
 over the ranks with one all-reduce. A column-parallel layer feeding a row-parallel one therefore costs one
 all-reduce per pair.
+
+A weight may be kept as quantized blocks (layers/quantized.py); each layer names the rows each of its checkpoint
+tensors fills (shard_rows), which places the tensors and plans the block layout alike.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from localllm.layers.parallel import all_reduce, tp_rank, tp_size
+from localllm.layers.quantized import apply_weight, new_weight, store_rows
 from localllm.layers.shards import columns, rows, whole
 
 
@@ -27,15 +30,23 @@ class ColumnParallelLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = False):
         super().__init__()
         self.out_per_rank = _divide(out_features, tp_size(), "output features")
-        self.weight = nn.Parameter(torch.empty(self.out_per_rank, in_features), requires_grad=False)
+        self.weight = new_weight(self.out_per_rank, in_features)
         self.bias = nn.Parameter(torch.empty(self.out_per_rank), requires_grad=False) if bias else None
 
+    def shard_rows(self, shard_id=None) -> tuple[int, int, int]:
+        """(first row in this rank's weight, row count, first row in the checkpoint tensor) of a shard."""
+        return 0, self.out_per_rank, tp_rank() * self.out_per_rank
+
     def load_weight(self, param: nn.Parameter, loaded, shard_id=None) -> None:
-        size = param.shape[0]
-        param.data.copy_(rows(loaded, tp_rank() * size, size))
+        offset, size, start = self.shard_rows(shard_id)
+        part = rows(loaded, start, size)
+        if param is self.weight:
+            store_rows(self, offset, part)
+        else:
+            param.data.narrow(0, offset, size).copy_(part)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return apply_weight(x, self, self.bias)
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
@@ -45,11 +56,10 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
         self.out_sizes = out_sizes
         super().__init__(in_features, sum(out_sizes), bias)
 
-    def load_weight(self, param: nn.Parameter, loaded, shard_id=None) -> None:
+    def shard_rows(self, shard_id=None) -> tuple[int, int, int]:
         tp = tp_size()
-        offset = sum(self.out_sizes[:shard_id]) // tp
         size = _divide(self.out_sizes[shard_id], tp, "intermediate features")
-        param.data.narrow(0, offset, size).copy_(rows(loaded, tp_rank() * size, size))
+        return sum(self.out_sizes[:shard_id]) // tp, size, tp_rank() * size
 
 
 class QKVParallelLinear(ColumnParallelLinear):
@@ -76,15 +86,13 @@ class QKVParallelLinear(ColumnParallelLinear):
             return tp_rank()
         return tp_rank() * self.total_kv_heads // tp_size()
 
-    def load_weight(self, param: nn.Parameter, loaded, shard_id=None) -> None:
+    def shard_rows(self, shard_id=None) -> tuple[int, int, int]:
         q_size = self.num_heads * self.head_dim
         kv_size = self.num_kv_heads * self.head_dim
         if shard_id == "q":
-            offset, size, index = 0, q_size, tp_rank()
-        else:
-            offset = q_size if shard_id == "k" else q_size + kv_size
-            size, index = kv_size, self.kv_head_index()
-        param.data.narrow(0, offset, size).copy_(rows(loaded, index * size, size))
+            return 0, q_size, tp_rank() * q_size
+        offset = q_size if shard_id == "k" else q_size + kv_size
+        return offset, kv_size, self.kv_head_index() * kv_size
 
 
 class RowParallelLinear(nn.Module):
@@ -93,16 +101,19 @@ class RowParallelLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = False):
         super().__init__()
         self.in_per_rank = _divide(in_features, tp_size(), "input features")
-        self.weight = nn.Parameter(torch.empty(out_features, self.in_per_rank), requires_grad=False)
+        self.out_features = out_features
+        self.weight = new_weight(out_features, self.in_per_rank)
         self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
 
+    def shard_rows(self, shard_id=None) -> tuple[int, int, int]:
+        return 0, self.out_features, 0
+
     def load_weight(self, param: nn.Parameter, loaded, shard_id=None) -> None:
-        if param.dim() == 1:  # the bias is added once, after the reduction
+        if param is not self.weight:  # the bias is added once, after the reduction
             param.data.copy_(whole(loaded))
             return
-        size = param.shape[1]
-        param.data.copy_(columns(loaded, tp_rank() * size, size))
+        store_rows(self, 0, columns(loaded, tp_rank() * self.in_per_rank, self.in_per_rank))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = all_reduce(F.linear(x, self.weight))
+        y = all_reduce(apply_weight(x, self))
         return y if self.bias is None else y + self.bias

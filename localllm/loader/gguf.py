@@ -1,10 +1,14 @@
 """Turns a GGUF file into a Hugging Face model directory, so one loader serves both formats.
 
-The directory holds config.json, generation_config.json, the tokenizer files and model.safetensors
-with every tensor dequantized to float32 under its Hugging Face name.
+The directory holds config.json, generation_config.json, the tokenizer files and model.safetensors with every
+tensor under its Hugging Face name: dequantized to float32, or, with keep_blocks, the matrices in a block format
+the engine multiplies directly (localllm.kernels.quant_blocks_ref: Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K) copied as
+their raw blocks, uint8 [rows, row bytes], the others dequantized. The safetensors metadata then lists each kept
+tensor's format under "block_formats" (JSON), and names the file's quantization (Q4_K_M, ...) under "quantization".
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -17,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from localllm.kernels.quant_blocks_ref import BLOCK_FORMATS, row_bytes
 from localllm.architectures import Architecture, gguf_architecture
 from localllm.errors import CorruptModelError, ModelNotFoundError, UnsupportedModelError, first_line
 from localllm.hub.paths import private_dir
@@ -41,12 +46,14 @@ _BLOCK_MODULES = {
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
+# the safetensors metadata key listing the tensors kept as raw blocks, and their formats
+BLOCK_FORMATS_KEY = "block_formats"
 # Llama 3.x rope scaling reaches GGUF only as this per-frequency divisor tensor; config.json gets it back
 _ROPE_FREQS = "rope_freqs.weight"
 
 
-def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
-    """Write the Hugging Face form of `gguf_path` to `out_dir`, which must not exist yet.
+def convert_gguf(gguf_path: Path, out_dir: Path, keep_blocks: bool = False) -> None:
+    """Write the Hugging Face form of `gguf_path` to `out_dir`, which must not exist yet (keep_blocks: see above).
 
     The directory appears whole or not at all: it is built next to `out_dir` and renamed into place.
     If another process publishes `out_dir` first, its copy is kept.
@@ -63,7 +70,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     arch = gguf_architecture(arch_name, gguf_path.name)
     tensors = {t.name: t for t in reader.tensors}
     config = _hf_config(gguf_path, arch_name, arch, metadata, tensors)
-    plan = _tensor_plan(gguf_path, arch, config, tensors)
+    plan = _tensor_plan(gguf_path, arch, config, tensors, keep_blocks)
 
     private_dir(out_dir.parent)
     build_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
@@ -72,7 +79,8 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
         _write_json(build_dir / "config.json", config)
         _write_json(build_dir / "generation_config.json", _generation_config(metadata, config))
         _save_tokenizer(gguf_path, build_dir)
-        _write_safetensors(build_dir / "model.safetensors", plan, gguf_path)
+        _write_safetensors(build_dir / "model.safetensors", plan,
+                           _safetensors_metadata(gguf_path, metadata, tensors, plan))
         _publish(build_dir, out_dir)
     finally:
         shutil.rmtree(build_dir, ignore_errors=True)  # a no-op once published
@@ -225,22 +233,35 @@ def _reverse_qk_permutation(weight: np.ndarray, num_heads: int) -> np.ndarray:
     return weight.reshape(num_heads, half, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
-def _tensor_plan(gguf_path: Path, arch: Architecture, config: dict,
-                 tensors: dict) -> list[tuple[str, tuple[int, ...], Callable[[], np.ndarray]]]:
-    """(Hugging Face name, shape, loader) per output tensor; loading is deferred to keep one in memory at a time."""
+@dataclasses.dataclass(frozen=True)
+class _Planned:
+    """One output tensor; loading is deferred to keep one in memory at a time."""
+    name: str                       # Hugging Face name
+    shape: tuple[int, ...]          # as stored: raw blocks are [rows, row bytes]
+    dtype: str                      # safetensors dtype: F32, or U8 for raw blocks
+    block_format: str | None
+    load: Callable[[], np.ndarray]
+
+
+def _tensor_plan(gguf_path: Path, arch: Architecture, config: dict, tensors: dict,
+                 keep_blocks: bool) -> list[_Planned]:
     plan = []
     for name, tensor in tensors.items():
         if name == _ROPE_FREQS:
             continue
         hf_name, module = _hf_name(gguf_path, name)
         heads = {"attn_q": config["num_attention_heads"], "attn_k": config["num_key_value_heads"]}.get(module)
-        if arch.gguf_permuted_qk and heads:
-            def load(tensor=tensor, heads=heads):
-                return _reverse_qk_permutation(_dequantize(gguf_path, tensor), heads)
+        fmt = tensor.tensor_type.name if keep_blocks and len(tensor.shape) == 2 else None
+        if fmt in BLOCK_FORMATS:
+            planned = _Planned(hf_name, tuple(tensor.data.shape), "U8", fmt,
+                               lambda tensor=tensor: _raw_blocks(gguf_path, tensor))
         else:
-            def load(tensor=tensor):
-                return _dequantize(gguf_path, tensor)
-        plan.append((hf_name, _hf_shape(tensor), load))
+            planned = _Planned(hf_name, _hf_shape(tensor), "F32", None,
+                               lambda tensor=tensor: _dequantize(gguf_path, tensor))
+        if arch.gguf_permuted_qk and heads:   # whole rows move, so raw block rows permute like dense ones
+            planned = dataclasses.replace(
+                planned, load=lambda read=planned.load, heads=heads: _reverse_qk_permutation(read(), heads))
+        plan.append(planned)
     return plan
 
 
@@ -277,21 +298,39 @@ def _dequantize(gguf_path: Path, tensor) -> np.ndarray:
     return np.ascontiguousarray(weight, dtype="<f4")
 
 
-def _write_safetensors(path: Path, plan, gguf_path: Path) -> None:
+def _raw_blocks(gguf_path: Path, tensor) -> np.ndarray:
+    raw = tensor.data
+    rows, cols = _hf_shape(tensor)
+    if raw.dtype != np.uint8 or raw.shape != (rows, row_bytes(tensor.tensor_type.name, cols)):
+        raise CorruptModelError(f"{gguf_path}: tensor {tensor.name} holds {raw.dtype} {raw.shape}, not the "
+                                f"{tensor.tensor_type.name} blocks of its declared {(rows, cols)}")
+    return np.ascontiguousarray(raw)
+
+
+def _safetensors_metadata(gguf_path: Path, metadata: dict, tensors: dict, plan: list[_Planned]) -> dict[str, str]:
+    from localllm.hub.model_info import gguf_quantization
+
+    types = [(name, tuple(int(d) for d in t.shape), int(t.tensor_type)) for name, t in tensors.items()]
+    kept = {t.name: t.block_format for t in plan if t.block_format}
+    return {"format": "pt", "source": gguf_path.name, "quantization": gguf_quantization(metadata, types),
+            **({BLOCK_FORMATS_KEY: json.dumps(kept, sort_keys=True)} if kept else {})}
+
+
+def _write_safetensors(path: Path, plan: list[_Planned], metadata: dict[str, str]) -> None:
     """Streams tensors to disk one by one; safetensors' own writers need the whole model in memory."""
     header, offset = {}, 0
-    for name, shape, _ in plan:
-        size = 4 * math.prod(shape)
-        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + size]}
+    for t in plan:
+        size = (4 if t.dtype == "F32" else 1) * math.prod(t.shape)
+        header[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [offset, offset + size]}
         offset += size
-    header["__metadata__"] = {"format": "pt", "source": gguf_path.name}
+    header["__metadata__"] = metadata
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # the format wants the data 8-byte aligned
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(encoded)))
         f.write(encoded)
-        for _, _, load in plan:
-            f.write(memoryview(load()).cast("B"))
+        for t in plan:
+            f.write(memoryview(t.load()).cast("B"))
 
 
 def _save_tokenizer(gguf_path: Path, build_dir: Path) -> None:

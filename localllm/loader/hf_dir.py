@@ -53,10 +53,11 @@ class ModelFiles:
     pooling: PoolingConfig | None = None   # set for an embedding model (a sentence-transformers directory)
 
 
-def open_model(name: str | None) -> ModelFiles:
+def open_model(name: str | None, keep_gguf_blocks: bool = False) -> ModelFiles:
+    """keep_gguf_blocks: a GGUF's matrices stay quantized blocks (quantization.keeps_gguf_blocks decides)."""
     from localllm.loader.resolve import resolve_model
 
-    model_dir = resolve_model(name)
+    model_dir = resolve_model(name, keep_gguf_blocks)
     hf_config = load_hf_config(model_dir)
     # an unsupported architecture fails before anything heavy is loaded
     hf_architecture(getattr(hf_config, "architectures", None), str(model_dir))

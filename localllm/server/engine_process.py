@@ -89,12 +89,12 @@ def _handshake(inbox: Receiver) -> Start:
 def _load(config, outbox: Sender):
     import torch
 
-    from localllm.engine.core import EngineCore
+    from localllm.engine.core import EngineCore, keeps_gguf_blocks
     from localllm.errors import LocalLLMError
     from localllm.loader.hf_dir import open_model
 
     try:
-        files = open_model(config.model)
+        files = open_model(config.model, keeps_gguf_blocks(config))
         model_dir, eos = files.model_dir, files.eos_token_ids
         core = EngineCore(config, model_dir, files.hf_config, eos, on_worker_failure=_exit_on_worker_failure,
                           pooling=files.pooling)

@@ -1,0 +1,47 @@
+"""Builds one rank's model with every layer's weight storage decided up front (dense in the model dtype, or
+quantized blocks: layers/quantized.py, loader/weight_plan.py), and names what it holds for the status displays."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from localllm.layers.quantized import deferred_weights, place_weights
+from localllm.loader.weight_plan import CheckpointQuant, checkpoint_quant, storage_spans
+from localllm.models import model_class
+from localllm.quantization import canonical, is_recipe
+
+
+def build_model(hf_config, model_dir: Path | None, quantization: str, device: torch.device, dtype: torch.dtype,
+                device_type: str | None = None) -> tuple[nn.Module, CheckpointQuant]:
+    """The model with storage for its weights, not yet filled (model_dir None = random weights to come).
+    device_type: the device the storage is planned for, when building on another (meta, for sizing)."""
+    quant = checkpoint_quant(model_dir, hf_config)
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device), deferred_weights():
+            model = model_class(hf_config)(hf_config)
+    finally:
+        torch.set_default_dtype(default_dtype)
+    spans = storage_spans(model, quant, quantization, device_type or device.type)
+    place_weights(model, spans, device, dtype)
+    return model, quant
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """The memory the weights take, as stored (a tied embedding counted once)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def weights_label(model: nn.Module, quant: CheckpointQuant, quantization: str) -> str:
+    """What the weights run as: the checkpoint's quantization (Q4_K_M, AWQ-int4) when kept, the format they were
+    quantized to at load, "<quantization> dequantized", or "" for a dense checkpoint run dense."""
+    kept = any(getattr(m, "layout", None) is not None for m in model.modules())
+    if kept and is_recipe(quantization):
+        recipe = canonical(quantization)
+        return "int4-g128" if recipe == "int4" else recipe.upper()
+    if quant.label and quant.label not in ("F32", "F16", "BF16"):
+        return quant.label if kept else f"{quant.label} dequantized"
+    return ""

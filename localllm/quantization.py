@@ -1,0 +1,74 @@
+"""How the engine stores a model's weights: Config.quantization (`--quantize`). Plain Python, no torch.
+
+  auto    a quantized checkpoint (GGUF blocks, AWQ/GPTQ int4) stays quantized on a GPU, where Triton kernels
+          multiply the blocks directly; on the CPU it is dequantized at load (float32 by default, exact).
+  none    everything dequantized at load, to the model dtype.
+  native  kept quantized on any device (on the CPU each matmul dequantizes its weight first: slow, for tests).
+  a format (q4_0, q4_1, q8_0, q4_k, q5_k, q6_k, q4_k_m, q5_k_m, int4 = awq = gptq): every matrix quantized at
+  load to that format (round to nearest, localllm.kernels.quantize_ref), from whatever the checkpoint holds;
+  also the format of --random-weights benchmarks. The _m mixes follow llama.cpp's Q4_K_M / Q5_K_M: Q6_K for
+  attn_v and ffn_down in the layers llama.cpp gives more bits, and for the LM head. int4 is group-128 int4 with
+  zero points, the layout AWQ and GPTQ checkpoints are repacked into; it leaves the embedding and LM head dense,
+  as those checkpoints do.
+
+The embedding and LM head stay quantized wherever the checkpoint (or the format) quantizes them: the LM head is
+the largest single matrix of a decode step.
+"""
+from __future__ import annotations
+
+import re
+
+MODES = ("auto", "none", "native")
+_K_MIXES = {"q4_k_m": "Q4_K", "q5_k_m": "Q5_K"}
+_PLAIN = {"q4_0": "Q4_0", "q4_1": "Q4_1", "q8_0": "Q8_0", "q4_k": "Q4_K", "q5_k": "Q5_K", "q6_k": "Q6_K",
+          "int4": "int4_g128"}
+ALIASES = {"awq": "int4", "gptq": "int4"}
+RECIPES = (*_PLAIN, *_K_MIXES)
+# weights per block of each format: a matrix whose rows are not whole blocks falls back to the next format
+_BLOCK_ELEMS = {"Q4_0": 32, "Q4_1": 32, "Q8_0": 32, "Q4_K": 256, "Q5_K": 256, "Q6_K": 256, "int4_g128": 128}
+_LAYER = re.compile(r"model\.layers\.(\d+)\.")
+
+
+def canonical(quantization: str) -> str:
+    return ALIASES.get(quantization, quantization)
+
+
+def check_quantization(quantization: str) -> None:
+    if canonical(quantization) not in (*MODES, *RECIPES):
+        raise ValueError(f"quantization must be one of {', '.join((*MODES, *RECIPES, *ALIASES))}, "
+                         f"got {quantization!r}")
+
+
+def keeps_blocks(quantization: str, device_type: str) -> bool:
+    """Whether a quantized checkpoint's weights stay quantized (else they are dequantized at load)."""
+    return quantization == "native" or (quantization == "auto" and device_type == "cuda")
+
+
+def is_recipe(quantization: str) -> bool:
+    return canonical(quantization) in RECIPES
+
+
+def _more_bits(layer: int, num_layers: int) -> bool:
+    """llama.cpp's use_more_bits: the first and last eighth of the layers, and every third one between."""
+    eighth = num_layers // 8
+    return layer < eighth or layer >= 7 * num_layers // 8 or (layer - eighth) % 3 == 2
+
+
+def recipe_format(quantization: str, module: str, shard, num_layers: int, cols: int) -> str | None:
+    """The block format `quantization` (a recipe) gives the `shard` rows of `module` (our module names:
+    model.embed_tokens, model.layers.N.self_attn.qkv_proj, ..., lm_head) whose rows hold `cols` weights; None =
+    dense."""
+    recipe = canonical(quantization)
+    base = _K_MIXES.get(recipe) or _PLAIN[recipe]
+    fmt = base
+    if module in ("model.embed_tokens", "lm_head") and recipe == "int4":
+        return None
+    if module == "lm_head" and base in ("Q4_K", "Q5_K"):
+        fmt = "Q6_K"
+    layer = _LAYER.match(module)
+    if recipe in _K_MIXES and layer and (shard == "v" or module.endswith("mlp.down_proj")):
+        fmt = "Q6_K" if _more_bits(int(layer.group(1)), num_layers) else base
+    for candidate in (fmt, "Q8_0"):   # llama.cpp too falls back when rows are not whole 256-weight blocks
+        if cols % _BLOCK_ELEMS[candidate] == 0:
+            return candidate
+    return None
