@@ -1,21 +1,7 @@
 """Every Triton kernel of localllm.kernels against its plain-torch reference, on small shapes, run on the CPU by
-Triton's interpreter.
-
-Whether Triton interprets is fixed when a @triton.jit decorator runs, Triton's own library functions (tl.zeros,
-tl.sum, ...) included, which are decorated when triton is first imported. So TRITON_INTERPRET=1 must be set before
-triton is imported, and it must not leak into the rest of the test session (a process that imported triton in
-interpreter mode cannot compile real GPU kernels). Hence two modes:
-- in-process: when this process already runs Triton in interpreter mode (TRITON_INTERPRET=1 was set before triton
-  was imported, e.g. `TRITON_INTERPRET=1 pytest tests/test_kernels.py`), the kernel tests below run here, one by one;
-- otherwise (the normal `pytest` run): only test_kernels_under_triton_interpreter is collected, and it runs this file
-  in a child pytest with TRITON_INTERPRET=1, printing the child's report if anything fails.
-"""
+Triton's interpreter (tests/triton_interpreter.py: in a child process unless this one already interprets)."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -23,68 +9,12 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-
-def _interpreting() -> bool:
-    try:
-        from triton.runtime.interpreter import InterpretedFunction
-        import triton.language as tl
-    except ImportError:
-        return False
-    return isinstance(getattr(tl, "zeros", None), InterpretedFunction)
-
-
-IN_PROCESS = _interpreting()
-
-
-def _loop_bounds_from_loads_work() -> bool:
-    """Probe: a loop whose bound is a loaded scalar (as in the attention kernels)."""
-    import triton.language as tl
-
-    @triton.jit
-    def probe(n_ptr, out_ptr):
-        acc = 0
-        for i in range(0, tl.load(n_ptr), 1):
-            acc += i
-        tl.store(out_ptr, acc)
-
-    out = torch.zeros(1, dtype=torch.int32)
-    try:
-        probe[(1,)](torch.tensor([4], dtype=torch.int32), out)
-    except Exception as e:   # noqa: BLE001  (InterpreterError wrapping a TypeError)
-        if "0-dimensional" not in repr(e):
-            raise
-        return False
-    return int(out[0]) == 6
-
-
-def _fix_interpreter_loop_bounds() -> None:
-    """Triton 3.6's interpreter turns a scalar into a loop bound with int(array of shape (1,)), which NumPy >= 2.5
-    rejects (later Triton squeezes first). Give tensors the later __index__; this only touches the interpreter of
-    this (test) process, and only where the probe above fails."""
-    import triton.runtime.interpreter as interp
-    original = interp._patch_lang_tensor
-
-    def patched(tensor, scope, *args, **kwargs):
-        original(tensor, scope, *args, **kwargs)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-
-    interp._patch_lang_tensor = patched
-
-
-if IN_PROCESS and not _loop_bounds_from_loads_work():
-    _fix_interpreter_loop_bounds()
-    assert _loop_bounds_from_loads_work()
+from triton_interpreter import collect_one_mode, run_under_interpreter  # noqa: E402
 
 
 def test_kernels_under_triton_interpreter():
-    """Runs the kernel tests of this file in a child process where Triton interprets (see the module docstring)."""
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                          cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
-                          timeout=900)
-    report = proc.stdout[-20000:] + proc.stderr[-5000:]
-    assert proc.returncode == 0, "kernel tests under TRITON_INTERPRET=1 failed:\n" + report
-    assert " passed" in proc.stdout and "failed" not in proc.stdout, report
+    """Runs the kernel tests of this file in a child process where Triton interprets."""
+    run_under_interpreter(__file__)
 
 
 @pytest.fixture(scope="module")
@@ -379,9 +309,4 @@ def test_silu_and_mul(K, shape):
     torch.testing.assert_close(got, torch.nn.functional.silu(gate) * up)
 
 
-# Collect either the kernel tests (in-process mode) or the driver that runs them in a child (normal mode), not both.
-if IN_PROCESS:
-    del test_kernels_under_triton_interpreter
-else:
-    for _name in [n for n in list(globals()) if n.startswith("test_") and n != "test_kernels_under_triton_interpreter"]:
-        del globals()[_name]
+collect_one_mode(globals(), "test_kernels_under_triton_interpreter")
