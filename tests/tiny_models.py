@@ -176,8 +176,11 @@ def _finish(writer, path: Path) -> Path:
     return path
 
 
-def _gguf_shapes(hidden: int, ffn: int, layers: int, q_rows: int, kv_rows: int, vocab: int) -> dict:
+def _gguf_shapes(hidden: int, ffn: int, layers: int, q_rows: int, kv_rows: int, vocab: int,
+                 tied: bool = True) -> dict:
     shapes = {"token_embd.weight": (vocab, hidden), "output_norm.weight": (hidden,)}
+    if not tied:
+        shapes["output.weight"] = (vocab, hidden)
     for i in range(layers):
         shapes.update({f"blk.{i}.attn_norm.weight": (hidden,), f"blk.{i}.ffn_norm.weight": (hidden,),
                        f"blk.{i}.attn_q.weight": (q_rows, hidden), f"blk.{i}.attn_k.weight": (kv_rows, hidden),
@@ -217,10 +220,11 @@ QUANT_TOKENS = [chr(c) for c in range(33, 127)] + ["ab", "<|im_end|>"]
 
 def write_quantized_gguf(path: Path, formats, arch: str = "llama", hidden: int = 256, ffn: int = 512,
                          layers: int = 2, heads: int = 4, kv_heads: int = 2, seed: int = 0,
-                         file_type: str = "MOSTLY_Q4_K_M") -> Path:
+                         file_type: str = "MOSTLY_Q4_K_M", tied: bool = True) -> Path:
     """A GGUF whose matrices are in the block formats `formats(name)` gives (Q4_0, Q8_0, Q4_K, ...; F32 = dense),
     quantized with localllm's round-to-nearest quantizers (gguf can quantize only the 32-weight formats), with
-    a 96-token vocabulary. Weights ~ N(0, 0.15), wide enough that greedy choices are not near-ties."""
+    a 96-token vocabulary (and an output.weight unless tied). Weights ~ N(0, 0.15), wide enough that greedy
+    choices are not near-ties."""
     import gguf
     import numpy as np
 
@@ -230,7 +234,8 @@ def write_quantized_gguf(path: Path, formats, arch: str = "llama", hidden: int =
     head_dim = hidden // heads
     writer = _gguf_writer(path, arch, hidden, ffn, layers, heads, kv_heads, QUANT_TOKENS,
                           gguf.LlamaFileType[file_type])
-    for name, shape in _gguf_shapes(hidden, ffn, layers, hidden, kv_heads * head_dim, len(QUANT_TOKENS)).items():
+    shapes = _gguf_shapes(hidden, ffn, layers, hidden, kv_heads * head_dim, len(QUANT_TOKENS), tied)
+    for name, shape in shapes.items():
         spread, center = (0.15, 0.0) if len(shape) == 2 else (0.1, 1.0)   # norms near 1
         weight = (rng.standard_normal(shape) * spread + center).astype(np.float32)
         fmt = formats(name) if len(shape) == 2 else "F32"
