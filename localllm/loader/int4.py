@@ -85,7 +85,7 @@ def int4_blocks(spec: Int4Spec, parts: dict[str, torch.Tensor]) -> torch.Tensor:
                          f"zeros {tuple(zeros.shape)}")
     groups = q.t().reshape(n, k // GROUP, 2, GROUP // 2).to(torch.uint8)
     packed = groups[:, :, 0] | (groups[:, :, 1] << 4)                                   # byte i: weights i, i + 64
-    scale_bytes = scales.t().to(torch.float16).contiguous().view(torch.uint8).reshape(n, k // GROUP, 2)
+    scale_bytes = scales.to(torch.float16).contiguous().view(torch.uint8).reshape(k // GROUP, n, 2).transpose(0, 1)
     zero = zeros.t().to(torch.uint8).unsqueeze(-1)
     blocks = torch.cat((scale_bytes, zero, torch.zeros_like(zero), packed), dim=-1)
     return blocks.reshape(n, -1)
