@@ -1,55 +1,18 @@
-"""Quantized weight blocks in plain torch: the formats' layouts, their dequantizers (the ground truth of
-quant_matmul's Triton kernels and the CPU path of localllm.layers), and quant_matmul_ref (dequantize, then matmul).
+"""Quantized weight blocks in plain torch: their dequantizers (the ground truth of quant_matmul's Triton kernels
+and the CPU path of localllm.layers), and quant_matmul_ref (dequantize, then matmul).
 
-A quantized [N, K] weight is kept as uint8 [N, K / elems * nbytes]: each row is K / elems blocks of `nbytes` bytes,
-each block `elems` consecutive weights of that row, laid out as llama.cpp's ggml-common.h defines them (the GGUF
-formats) or as localllm repacks AWQ/GPTQ checkpoints (int4_g128). Row r of the matrix is output feature r.
+A quantized [N, K] weight is kept as uint8 [N, K / elems * nbytes] (block_formats.py), its blocks laid out as
+llama.cpp's ggml-common.h defines them (the GGUF formats) or as localllm repacks AWQ/GPTQ checkpoints (int4_g128).
+Row r of the matrix is output feature r.
 
 The dequantizers reproduce `gguf.quants.dequantize` bit for bit: the same float32 operations in the same order
 (a product of float32 values rounds the same way in numpy and torch, on any device). They work on any device.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-QK_K = 256
-
-
-@dataclass(frozen=True)
-class BlockFormat:
-    name: str
-    elems: int      # weights per block
-    nbytes: int     # bytes per block
-    group: int      # weights sharing one scale (the kernels decode a group's scale once)
-
-
-BLOCK_FORMATS = {f.name: f for f in (
-    BlockFormat("Q4_0", 32, 18, 32),        # f16 d, 16 x (2 nibbles): w = d * (q - 8)
-    BlockFormat("Q4_1", 32, 20, 32),        # f16 d, f16 m, 16 x (2 nibbles): w = d * q + m
-    BlockFormat("Q8_0", 32, 34, 32),        # f16 d, 32 x int8: w = d * q
-    BlockFormat("Q4_K", QK_K, 144, 32),     # f16 d, f16 dmin, 12 B of 6-bit scales/mins, 128 B nibbles
-    BlockFormat("Q5_K", QK_K, 176, 32),     # as Q4_K, plus 32 B of fifth bits before the nibbles
-    BlockFormat("Q6_K", QK_K, 210, 16),     # 128 B low nibbles, 64 B 2-bit highs, 16 x int8 scales, f16 d
-    # AWQ/GPTQ int4 repacked (see localllm.loader.int4): f16 scale, u8 zero, 1 pad byte, 64 B nibbles
-    # (byte i holds weights i and i + 64); w = (q - zero) * scale
-    BlockFormat("int4_g128", 128, 68, 32),
-)}
-
-
-def block_format(name: str) -> BlockFormat:
-    if name not in BLOCK_FORMATS:
-        raise ValueError(f"unknown block format {name!r} (known: {', '.join(BLOCK_FORMATS)})")
-    return BLOCK_FORMATS[name]
-
-
-def row_bytes(fmt: str, cols: int) -> int:
-    """Bytes of one row of `cols` weights; cols must be whole blocks."""
-    f = block_format(fmt)
-    if cols % f.elems:
-        raise ValueError(f"{cols} columns are not whole {fmt} blocks of {f.elems}")
-    return cols // f.elems * f.nbytes
+from localllm.kernels.block_formats import QK_K, block_format
 
 
 def _f16(blocks: torch.Tensor, offset: int) -> torch.Tensor:

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from localllm.kernels.quant_blocks_ref import block_format
+from localllm.kernels.block_formats import block_format
 
 GEMV_MAX_ROWS = 8
 FORMAT_IDS = {"Q4_0": 0, "Q4_1": 1, "Q8_0": 2, "Q4_K": 3, "Q5_K": 4, "Q6_K": 5, "int4_g128": 6}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from localllm.kernels.quant_blocks_ref import QK_K, block_format
+from localllm.kernels.block_formats import QK_K, block_format
 
 
 def _f16_bytes(values: torch.Tensor) -> torch.Tensor:

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import re
 
+from localllm.kernels.block_formats import BLOCK_FORMATS
+
 MODES = ("auto", "none", "native")
 _K_MIXES = {"q4_k_m": "Q4_K", "q5_k_m": "Q5_K"}
 _PLAIN = {"q4_0": "Q4_0", "q4_1": "Q4_1", "q8_0": "Q8_0", "q4_k": "Q4_K", "q5_k": "Q5_K", "q6_k": "Q6_K",
           "int4": "int4_g128"}
 ALIASES = {"awq": "int4", "gptq": "int4"}
 RECIPES = (*_PLAIN, *_K_MIXES)
-# weights per block of each format: a matrix whose rows are not whole blocks falls back to the next format
-_BLOCK_ELEMS = {"Q4_0": 32, "Q4_1": 32, "Q8_0": 32, "Q4_K": 256, "Q5_K": 256, "Q6_K": 256, "int4_g128": 128}
 _LAYER = re.compile(r"model\.layers\.(\d+)\.")
 
 
@@ -69,6 +69,6 @@ def recipe_format(quantization: str, module: str, shard, num_layers: int, cols: 
     if recipe in _K_MIXES and layer and (shard == "v" or module.endswith("mlp.down_proj")):
         fmt = "Q6_K" if _more_bits(int(layer.group(1)), num_layers) else base
     for candidate in (fmt, "Q8_0"):   # llama.cpp too falls back when rows are not whole 256-weight blocks
-        if cols % _BLOCK_ELEMS[candidate] == 0:
+        if cols % BLOCK_FORMATS[candidate].elems == 0:
             return candidate
     return None

@@ -93,12 +93,14 @@ def test_ps_shows_the_model_and_the_daemon_s_numbers(daemon, tiny):
     result = runner.invoke(app, ["ps"])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["NAME", "SIZE", "PROCESSOR", "TP", "CONTEXT", "UNTIL"]
+    assert lines[0].split() == ["NAME", "SIZE", "WEIGHTS", "PROCESSOR", "TP", "CONTEXT", "UNTIL"]
     model = status["models"][0]
     row = re.split(r" {3,}", lines[1])
-    assert row[0] == tiny and row[2:5] == ["CPU", "1", str(model["context_length"])], lines[1]
+    assert row[0] == tiny and row[3:6] == ["CPU", "1", str(model["context_length"])], lines[1]
     assert re.fullmatch(r"\d+\.\d (MiB|GiB)", row[1]) and row[1].split()[1] == format_size(model["memory_bytes"]).split()[1]
-    assert re.fullmatch(r"[45] minutes from now", row[5]), row[5]   # keep-alive 300 s, just used
+    # a dense float32 checkpoint: its dtype, and the bytes of its parameters
+    assert model["quantization"] is None and row[2] == f"F32 {format_size(model['param_bytes'])}", row[2]
+    assert re.fullmatch(r"[45] minutes from now", row[6]), row[6]   # keep-alive 300 s, just used
     kv = status["kv_blocks"]
     assert kv["total"] == 128 and kv["used"] + kv["cached"] + kv["free"] == kv["total"] and kv["cached"] > 0
     assert (f"KV cache:      {kv['used']} used / {kv['cached']} cached / {kv['free']} free of 128 blocks "
@@ -168,17 +170,27 @@ def test_ps_shows_each_gpu_through_nvml_and_nothing_without_a_driver(monkeypatch
     monkeypatch.setitem(sys.modules, "pynvml", _fake_nvml())
     status = {"models": [{"name": "qwen3:8b", "state": "ready", "device": "cuda:0", "memory_bytes": 17 << 30,
                           "context_length": 40960, "keep_alive_until": None, "keep_alive_forever": True,
-                          "tensor_parallel_size": 2},
+                          "tensor_parallel_size": 2, "dtype": "bfloat16", "quantization": "Q4_K_M",
+                          "param_bytes": 4_939_000_000},
                          {"name": "qwen3:0.6b", "state": "loading"}],
               "kv_blocks": {"total": 10, "used": 1, "cached": 2, "free": 7, "block_size": 16},
               "prefix_cache": {"queries": 10, "hits": 5, "hit_rate": 0.5}, "running": 1, "waiting": 0,
               "tokens_per_s": 1234.5, "pid": 1, "address": "http://127.0.0.1:11435", "uptime_s": 4000,
               "gpus": ps.gpu_stats()}
     assert ps.render(status).splitlines()[:6] == [
-        "NAME         SIZE       PROCESSOR   TP   CONTEXT   UNTIL",
-        "qwen3:8b     17.0 GiB   GPU 0       2    40960     Forever",
-        "qwen3:0.6b   -          -           -    -         loading",
+        "NAME         SIZE       WEIGHTS          PROCESSOR   TP   CONTEXT   UNTIL",
+        "qwen3:8b     17.0 GiB   Q4_K_M 4.6 GiB   GPU 0       2    40960     Forever",
+        "qwen3:0.6b   -          -                -           -    -         loading",
         "",
         "GPU 0  NVIDIA H100 80GB HBM3: 12.0 GiB / 80.0 GiB used, 40% utilization",
         "GPU 1  NVIDIA H100 80GB HBM3: 24.0 GiB / 80.0 GiB used, 41% utilization",
     ]
+
+
+def test_the_model_picker_marks_a_loaded_model_with_what_its_weights_run_as():
+    from localllm.tui.screens.models import _loaded_mark
+
+    loaded = {"name": "m", "state": "ready", "dtype": "bfloat16", "quantization": "AWQ-int4", "param_bytes": 5 << 30}
+    assert _loaded_mark(loaded) == "loaded, AWQ-int4 5.0 GiB"
+    assert _loaded_mark({**loaded, "quantization": None}) == "loaded, BF16 5.0 GiB"
+    assert _loaded_mark({"name": "m", "state": "loading"}) == "loading"

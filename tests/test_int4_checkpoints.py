@@ -14,6 +14,7 @@ from transformers import LlamaConfig
 
 from localllm import LLM, SamplingParams
 from localllm.errors import UnsupportedModelError
+from localllm.hub.model_info import describe
 from tiny_models import build_model_dir
 
 GROUP = 128
@@ -112,7 +113,10 @@ def test_int4_checkpoint_kept_quantized_matches_its_dequantized_weights(tmp_path
     assert layers[1].self_attn.qkv_proj.weight.dtype == torch.uint8
     assert runner.model.lm_head.weight.dtype == torch.float32     # AWQ/GPTQ leave the LM head dense
     auto, dense_runner = _tokens(quantized_dir)                     # auto on the CPU: dequantized at load
-    assert auto == want and dense_runner.quantization == f"{method.upper()}-int4 dequantized"
+    assert auto == want and dense_runner.quantization == ""
+    info = describe(quantized_dir)
+    assert info["format"] == f"{method.upper()}-int4"
+    assert info["gpu_weight_bytes"] == _tokens(quantized_dir, quantization="native", dtype="bfloat16")[1].weight_bytes
 
 
 def test_gptq_act_order_is_refused(tmp_path):

@@ -11,7 +11,8 @@ import torch
 from safetensors import safe_open
 
 from localllm.errors import UnsupportedModelError
-from localllm.kernels.quant_blocks_ref import BLOCK_FORMATS, dequantize_ref, quant_matmul_ref
+from localllm.kernels.block_formats import BLOCK_FORMATS
+from localllm.kernels.quant_blocks_ref import dequantize_ref, quant_matmul_ref
 from localllm.kernels.quantize_ref import quantize_ref
 from localllm.layers.linear import (ColumnParallelLinear, MergedColumnParallelLinear, QKVParallelLinear,
                                     RowParallelLinear)

@@ -15,7 +15,8 @@ triton = pytest.importorskip("triton")
 
 from triton_interpreter import collect_one_mode, run_under_interpreter  # noqa: E402
 
-from localllm.kernels.quant_blocks_ref import BLOCK_FORMATS, quant_matmul_ref  # noqa: E402
+from localllm.kernels.block_formats import BLOCK_FORMATS  # noqa: E402
+from localllm.kernels.quant_blocks_ref import quant_matmul_ref  # noqa: E402
 from localllm.kernels.quantize_ref import quantize_ref  # noqa: E402
 
 FORMATS = list(BLOCK_FORMATS)

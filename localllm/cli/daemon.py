@@ -51,6 +51,9 @@ def serve(
                                             help="Log there, rotated, with stdout and stderr (default: stderr)."),
     tp: Optional[int] = typer.Option(None, "--tp", min=1, help="Split each model over N GPUs (tensor parallelism); "
                                                               "default: the fewest GPUs that fit it, 1 on CPU."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="How weights are stored: auto (quantized "
+                                           "checkpoints stay quantized on GPUs), none (dequantize), native, or a "
+                                           "format to quantize to at load (q4_k_m, q8_0, int4, ...)."),
 ) -> None:
     """Run the daemon in the foreground: an OpenAI-compatible API on http://HOST:PORT/v1."""
     from localllm.server.daemon import serve as run_daemon
@@ -60,7 +63,7 @@ def serve(
         settings = ServerSettings.from_environment(
             host=host, port=port, api_key=api_key, cors_origins=cors_origin, keep_alive_s=keep_alive,
             max_queued=max_queued, max_body_bytes=max_body_bytes, allowed_hosts=allow_host, models=model,
-            engine=parse_engine_overrides(engine + tp_override(tp)),
+            engine=parse_engine_overrides(engine + tp_override(tp) + quantize_override(quantize)),
             state_file=state_file.expanduser() if state_file else None)
         run_daemon(settings, log_file.expanduser() if log_file else None)
     except (LocalLLMError, ValueError) as e:
@@ -72,6 +75,11 @@ def serve(
 def tp_override(tp: int | None) -> list[str]:
     """--tp N as the engine setting it stands for."""
     return [] if tp is None else [f"tensor_parallel_size={tp}"]
+
+
+def quantize_override(quantize: str | None) -> list[str]:
+    """--quantize X as the engine setting it stands for."""
+    return [] if quantize is None else [f"quantization={quantize}"]
 
 
 def stop(model: Optional[str] = typer.Argument(None, help="Unload only this model; the daemon keeps running.")) -> None:

@@ -81,7 +81,8 @@ def show(
     model: str = typer.Argument(..., help="A pulled model's name (see 'localllm list') or a local model path."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
-    """Show a model's architecture, parameter count, context length, format, chat template and files."""
+    """Show a model's architecture, parameter count, context length, format, the memory its weights take on a
+    GPU, chat template and files."""
     from localllm.hub.model_info import describe
     from localllm.hub.reference import resolve_reference
     from localllm.units import format_count, format_size
@@ -102,7 +103,10 @@ def show(
     source = info["source"] + (f" @ {info['revision'][:12]}" if info["revision"] else "")
     fields = [("name", info["name"]), ("source", source), ("architecture", info["architecture"]),
               ("parameters", format_count(info["parameters"])), ("context length", info["context_length"] or "unknown"),
-              ("format", info["format"]), ("chat template", "yes" if info["chat_template"] else "no"),
+              ("format", info["format"]),
+              ("weights on a GPU", f"{format_size(info['gpu_weight_bytes'])} (quantized matrices kept as they are, "
+                                   "the rest in bf16)"),
+              ("chat template", "yes" if info["chat_template"] else "no"),
               ("path", info["path"])]
     lines = ["  Model"] + [f"    {k:<18}{v}" for k, v in fields] + ["", "  Files"]
     width = max((len(f["name"]) for f in info["files"]), default=0) + 4

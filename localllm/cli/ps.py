@@ -13,7 +13,7 @@ import typer
 from localllm.cli.models import _table
 from localllm.errors import LocalLLMError, one_line
 from localllm.gpu_stats import gpu_stats
-from localllm.placement import processor_label
+from localllm.placement import processor_label, weights_label
 from localllm.units import format_size
 
 NO_DAEMON = "no daemon running (start one with 'localllm serve', or 'localllm run' starts one)"
@@ -57,12 +57,12 @@ def render(status: dict | None, now: datetime | None = None) -> str:
     if status is None:
         return NO_DAEMON
     now = now or datetime.now(timezone.utc)
-    rows = [("NAME", "SIZE", "PROCESSOR", "TP", "CONTEXT", "UNTIL")]
+    rows = [("NAME", "SIZE", "WEIGHTS", "PROCESSOR", "TP", "CONTEXT", "UNTIL")]
     for m in status["models"]:
         if m["state"] != "ready":
-            rows.append((m["name"], "-", "-", "-", "-", "loading"))
+            rows.append((m["name"], "-", "-", "-", "-", "-", "loading"))
             continue
-        rows.append((m["name"], format_size(m["memory_bytes"]), processor_label(m),
+        rows.append((m["name"], format_size(m["memory_bytes"]), weights_label(m), processor_label(m),
                      str(m.get("tensor_parallel_size", 1)), str(m["context_length"]), _until(m, now)))
     kv, prefix = status["kv_blocks"], status["prefix_cache"]
     lines = [_table(rows), ""]

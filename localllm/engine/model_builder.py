@@ -36,12 +36,11 @@ def weight_bytes(model: nn.Module) -> int:
 
 
 def weights_label(model: nn.Module, quant: CheckpointQuant, quantization: str) -> str:
-    """What the weights run as: the checkpoint's quantization (Q4_K_M, AWQ-int4) when kept, the format they were
-    quantized to at load, "<quantization> dequantized", or "" for a dense checkpoint run dense."""
-    kept = any(getattr(m, "layout", None) is not None for m in model.modules())
-    if kept and is_recipe(quantization):
+    """The quantization the weights run in: the checkpoint's (Q4_K_M, AWQ-int4) when kept, the format they were
+    quantized to at load (Q8_0, int4-g128, ...), or "" when they run dense (in the model dtype)."""
+    if not any(getattr(m, "layout", None) is not None for m in model.modules()):
+        return ""
+    if is_recipe(quantization):
         recipe = canonical(quantization)
         return "int4-g128" if recipe == "int4" else recipe.upper()
-    if quant.label and quant.label not in ("F32", "F16", "BF16"):
-        return quant.label if kept else f"{quant.label} dequantized"
-    return ""
+    return quant.label or "quantized"

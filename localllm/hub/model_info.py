@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from localllm.errors import CorruptModelError
+from localllm.kernels.block_formats import GGUF_BLOCK_TYPES
 
 GGUF_MAGIC = b"GGUF"
 # GGUF scalar value types -> struct format (see the GGUF spec: 0..12, 8 = string, 9 = array)
@@ -132,6 +133,22 @@ def gguf_quantization(metadata: dict, tensors: list) -> str:
         return "unknown"
 
 
+def _gguf_tensor_gpu_bytes(shape: tuple[int, ...], ggml_type: int) -> int:
+    """A GGUF tensor's share of the weights on a GPU (quantization auto): the matrices in a format the engine
+    keeps as blocks at their size in the file, the others in bf16."""
+    import gguf
+
+    count = math.prod(shape)
+    try:
+        kind = gguf.GGMLQuantizationType(ggml_type)
+    except ValueError:
+        return 2 * count
+    if kind.name in GGUF_BLOCK_TYPES and len(shape) == 2:
+        elems, nbytes = gguf.GGML_QUANT_SIZES[kind]
+        return count // elems * nbytes
+    return 2 * count
+
+
 def safetensors_header(path: Path) -> dict:
     """Tensor name -> {dtype, shape, data_offsets}."""
     header = _safetensors_json(path)
@@ -166,13 +183,14 @@ def describe(path: Path, with_metadata: bool = False) -> dict:
 
 def _describe_dir(model_dir: Path, with_metadata: bool = False) -> dict:
     config = _json(model_dir / "config.json")
-    params, dtype_bytes = 0, Counter()
+    params, dtype_bytes, gpu_bytes = 0, Counter(), 0
     for file in sorted(model_dir.glob("*.safetensors")):
-        for tensor in safetensors_header(file).values():
+        for name, tensor in safetensors_header(file).items():
             count = math.prod(tensor["shape"])
             params += count
             start, end = tensor["data_offsets"]
             dtype_bytes[tensor["dtype"]] += end - start
+            gpu_bytes += _dir_tensor_gpu_bytes(name, tensor, end - start)
     text_config = config.get("text_config") or {}
     context = config.get("max_position_embeddings") or text_config.get("max_position_embeddings")
     tokenizer_config = _json(model_dir / "tokenizer_config.json") if (model_dir / "tokenizer_config.json").is_file() else {}
@@ -183,11 +201,33 @@ def _describe_dir(model_dir: Path, with_metadata: bool = False) -> dict:
         "architecture": architectures[0] if architectures else config.get("model_type", "unknown"),
         "parameters": params,
         "context_length": context,
-        "format": dtype_bytes.most_common(1)[0][0] if dtype_bytes else "unknown",
+        "format": _dir_quantization(config) or (dtype_bytes.most_common(1)[0][0] if dtype_bytes else "unknown"),
+        "gpu_weight_bytes": gpu_bytes,
         "chat_template": chat_template,
         "files": _files(p for p in sorted(model_dir.iterdir()) if p.is_file()),
     }
     return {**summary, "metadata": config} if with_metadata else summary
+
+
+def _dir_quantization(config: dict) -> str | None:
+    """AWQ-int4, GPTQ-int4, ... from config.json's quantization_config."""
+    quantization = config.get("quantization_config")
+    if not isinstance(quantization, dict):
+        return None
+    method = str(quantization.get("quant_method", "quantized")).upper()
+    bits = quantization.get("bits", quantization.get("w_bit"))
+    return f"{method}-int{bits}" if isinstance(bits, int) else method
+
+
+def _dir_tensor_gpu_bytes(name: str, tensor: dict, nbytes: int) -> int:
+    """A checkpoint tensor's share of the weights on a GPU (quantization auto): floats in bf16; AWQ/GPTQ int4
+    layers repacked into blocks of 68 bytes per 128 weights (counted at their qweight, the rest of each layer
+    with it)."""
+    if tensor["dtype"] in ("F32", "F16", "BF16"):
+        return 0 if name.endswith(".scales") else 2 * math.prod(tensor["shape"])
+    if name.endswith(".qweight"):
+        return nbytes * 2 // 128 * 68   # two 4-bit weights a byte
+    return 0 if name.endswith((".qzeros", ".g_idx")) else nbytes
 
 
 def _describe_gguf(gguf_path: Path, with_metadata: bool = False) -> dict:
@@ -202,6 +242,7 @@ def _describe_gguf(gguf_path: Path, with_metadata: bool = False) -> dict:
         "parameters": sum(math.prod(shape) for _, shape, _ in tensors),
         "context_length": metadata.get(f"{arch}.context_length"),
         "format": gguf_quantization(metadata, tensors),
+        "gpu_weight_bytes": sum(_gguf_tensor_gpu_bytes(shape, ggml_type) for _, shape, ggml_type in tensors),
         "chat_template": bool(metadata.get("tokenizer.chat_template")),
         "files": _files([gguf_path]),
     }

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from localllm.kernels.quant_blocks_ref import block_format, dequantize_ref, row_bytes
+from localllm.kernels.block_formats import block_format, row_bytes
+from localllm.kernels.quant_blocks_ref import dequantize_ref
 from localllm.kernels.quantize_ref import quantize_ref
 from localllm.layers.shards import shape_of
 

@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from localllm.kernels.quant_blocks_ref import BLOCK_FORMATS, row_bytes
+from localllm.kernels.block_formats import GGUF_BLOCK_TYPES, row_bytes
 from localllm.architectures import Architecture, gguf_architecture
 from localllm.errors import CorruptModelError, ModelNotFoundError, UnsupportedModelError, first_line
 from localllm.hub.paths import private_dir
@@ -252,7 +252,7 @@ def _tensor_plan(gguf_path: Path, arch: Architecture, config: dict, tensors: dic
         hf_name, module = _hf_name(gguf_path, name)
         heads = {"attn_q": config["num_attention_heads"], "attn_k": config["num_key_value_heads"]}.get(module)
         fmt = tensor.tensor_type.name if keep_blocks and len(tensor.shape) == 2 else None
-        if fmt in BLOCK_FORMATS:
+        if fmt in GGUF_BLOCK_TYPES:
             planned = _Planned(hf_name, tuple(tensor.data.shape), "U8", fmt,
                                lambda tensor=tensor: _raw_blocks(gguf_path, tensor))
         else:

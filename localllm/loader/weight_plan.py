@@ -13,7 +13,7 @@ from torch import nn
 
 from localllm.errors import CorruptModelError, UnsupportedModelError
 from localllm.hub.model_info import safetensors_header, safetensors_metadata
-from localllm.kernels.quant_blocks_ref import block_format
+from localllm.kernels.block_formats import block_format
 from localllm.loader.gguf import BLOCK_FORMATS_KEY
 from localllm.loader.int4 import Int4Spec, int4_spec
 from localllm.quantization import is_recipe, keeps_blocks, recipe_format

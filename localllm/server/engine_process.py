@@ -106,7 +106,7 @@ def _load(config, outbox: Sender):
         return None
     runner = core.runner
     # every rank holds shards of the same shapes, so rank 0's sizes are each GPU's
-    weights = sum(p.numel() * p.element_size() for p in runner.model.parameters())
+    weights = runner.weight_bytes
     kv = runner.kv_cache.numel() * runner.kv_cache.element_size()
     tp = core.tensor_parallel_size
     gpus = [RankMemory(f"cuda:{rank}", weights, kv) for rank in range(tp)] if core.device.type == "cuda" else []
@@ -117,7 +117,7 @@ def _load(config, outbox: Sender):
         num_blocks=core.num_blocks, param_bytes=weights * tp, kv_cache_bytes=kv * tp,
         eos_token_ids=sorted(eos), num_threads=torch.get_num_threads(),
         stats=stats_of(core), tensor_parallel_size=tp, worker_pids=core.worker_pids,
-        gpus=gpus, pooling=files.pooling, generates=runner.has_lm_head))
+        gpus=gpus, pooling=files.pooling, generates=runner.has_lm_head, quantization=runner.quantization))
     return core
 
 

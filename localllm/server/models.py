@@ -219,7 +219,8 @@ def _model_status(model: LoadedModel) -> dict:
     }
     if info is not None:
         out.update({
-            "device": info.device, "dtype": info.dtype, "context_length": info.max_model_len,
+            "device": info.device, "dtype": info.dtype, "quantization": info.quantization or None,
+            "context_length": info.max_model_len,
             "threads": info.num_threads,
             "param_bytes": info.param_bytes, "kv_cache_bytes": info.kv_cache_bytes,
             "memory_bytes": _memory_bytes(info, [client.pid, *info.worker_pids]),

@@ -91,7 +91,7 @@ class Loaded(Message):
     vocab_size: int
     block_size: int
     num_blocks: int
-    param_bytes: int
+    param_bytes: int                     # the weights as stored (quantized blocks take their real bytes)
     kv_cache_bytes: int
     eos_token_ids: list[int]
     num_threads: int   # the CPU threads of the engine process (torch's intra-op pool)
@@ -101,6 +101,7 @@ class Loaded(Message):
     gpus: list[RankMemory] = []          # one per rank; empty on CPU
     pooling: PoolingConfig | None = None   # an embedding model's pooling; None for a model that only generates
     generates: bool = True               # False for an embedding model without an LM head
+    quantization: str = ""               # what the weights run as (Q4_K_M, AWQ-int4, ...); "" = dense, in dtype
 
 
 class LoadFailed(Message):

@@ -14,6 +14,7 @@ from textual.widgets.option_list import Option
 
 from localllm.client import DaemonError
 from localllm.tui.screens.pull import PullScreen
+from localllm.placement import weights_label
 from localllm.units import format_size
 
 _NBSP = "\u00a0"
@@ -26,6 +27,13 @@ def model_details(client) -> dict[str, tuple[int, str]]:
         return {m["name"]: (m["size"], m["details"]["quantization_level"]) for m in client.tags()}
     except (DaemonError, KeyError, TypeError):
         return {}
+
+
+def _loaded_mark(model: dict) -> str:
+    """'loaded, Q4_K_M 4.6 GiB' (what its weights run as and take), or its state while it loads."""
+    if model.get("state") != "ready":
+        return model.get("state", "")
+    return f"loaded, {weights_label(model)}"
 
 
 class ModelPicker(ModalScreen[str | None]):
@@ -58,7 +66,7 @@ class ModelPicker(ModalScreen[str | None]):
         try:
             names = client.models()
             try:
-                loaded = {m["name"]: m.get("state", "") for m in client.status().get("models", [])}
+                loaded = {m["name"]: _loaded_mark(m) for m in client.status().get("models", [])}
             except (DaemonError, KeyError, TypeError):
                 loaded = {}
         except (DaemonError, KeyError, TypeError, AttributeError) as e:
