@@ -66,6 +66,25 @@ def test_untied_input_embedding_is_not_read_per_step():
     assert decode_roofline(shape, 3000.0, [128], [256]).tokens_per_s == pytest.approx(199.4, abs=0.1)
 
 
+def test_random_q4_k_m_8b_is_the_size_of_llama_cpp_s_file():
+    """--random-weights llama-3.1-8b --quantize q4_k_m draws llama.cpp's Q4_K_M mix (Q6_K for the LM head and for
+    attn_v / ffn_down in its "more bits" layers): as a GGUF (norms in float32) its tensors take what the tensors of
+    llama.cpp's Llama-3.1-8B-Instruct-Q4_K_M.gguf do (4,920,734,016 bytes with ~8 MB of metadata and vocabulary).
+    The roofline counts the blocks' bytes and the weights' true number."""
+    from localllm.engine.model_builder import build_model
+
+    config = random_weight_config("llama-3.1-8b")
+    model, _ = build_model(config, None, "q4_k_m", torch.device("meta"), torch.bfloat16, device_type="cuda")
+    as_gguf = sum(p.numel() * (1 if p.dtype == torch.uint8 else 4) for p in model.parameters())
+    assert 4_920_734_016 - 10_000_000 < as_gguf < 4_920_734_016
+    shape = model_shape(model, config, kv_dtype_bytes=2)
+    embedding = model.model.embed_tokens
+    assert embedding.layout.formats == ["Q4_K"] and model.lm_head.layout.formats == ["Q6_K"]
+    assert shape.num_params == 8_030_261_248
+    assert shape.weight_bytes_per_step == sum(p.numel() for p in model.parameters() if p.dtype == torch.uint8) \
+        - embedding.weight.numel() + 2 * sum(p.numel() for p in model.parameters() if p.dtype != torch.uint8)
+
+
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     return build_model_dir("llama", tmp_path_factory.mktemp("bench") / "llama")
@@ -98,6 +117,20 @@ def test_latency(tmp_path, tiny_dir, tiny_shape, backend):
     assert r["percent_of_roofline"] == pytest.approx(100 * r["decode_tokens_per_s"] / r["roofline_tokens_per_s"])
     assert r["ttft_floor_ms"] == pytest.approx(1000 * prefill_floor_s(tiny_shape, 48, r["matmul_tflop_s"]))
     assert r["percent_of_ttft_floor"] == pytest.approx(100 * r["ttft_floor_ms"] / r["ttft_ms"])
+
+
+def test_latency_of_a_checkpoint_quantized_at_load(tmp_path, tiny_dir):
+    dense = _bench(tmp_path, "latency", "--model", str(tiny_dir), "--prompt-tokens", "8", "--new-tokens", "4",
+                   "--ttft-prompt-tokens", "16", "--num-kv-blocks", "32")
+    r = _bench(tmp_path, "latency", "--model", str(tiny_dir), "--prompt-tokens", "8", "--new-tokens", "4",
+               "--ttft-prompt-tokens", "16", "--quantize", "q8_0", "--num-kv-blocks", "32")
+    file_bytes = (tiny_dir / "model.safetensors").stat().st_size
+    assert dense["memory"] == {"quantization": "", "weight_bytes": dense["memory"]["weight_bytes"],
+                               "file_bytes": file_bytes, "peak_allocated_bytes": None}
+    assert r["memory"]["quantization"] == "Q8_0" and r["memory"]["file_bytes"] == file_bytes
+    # float32 on the CPU: Q8_0 blocks (8.5 bits) for the matrices whose rows are whole 32-weight blocks
+    assert r["memory"]["weight_bytes"] < 0.6 * dense["memory"]["weight_bytes"]
+    assert r["decode_tokens_per_s"] > 0
 
 
 def test_throughput_compared_with_hf(tmp_path, tiny_dir, tiny_shape):
@@ -169,6 +202,8 @@ def test_the_grammar_documents_follow_the_schema():
     (["latency", "--new-tokens", "1"], "--new-tokens must be at least 2"),
     (["throughput", "--backend", "hf", "--json-schema"], "--json-schema runs this engine only"),
     (["grammar", "--sequences", "0"], "--sequences must be positive"),
+    (["latency", "--quantize", "q3_k"], "quantization must be one of"),
+    (["latency", "--backend", "hf", "--quantize", "q8_0"], "--quantize applies to --backend localllm only"),
 ])
 def test_bad_input_is_one_error_line(args, message):
     result = runner.invoke(app, ["bench", *args])

@@ -4,11 +4,28 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 from localllm.bench.measure import GenerateStats
 from localllm.bench.models import BenchModel
 from localllm.bench.roofline import model_shape
 from localllm.bench.workloads import Workload
 from localllm.sampling_params import SamplingParams
+
+
+def _file_bytes(bench_model: BenchModel, model, tp: int) -> int:
+    """The size of the checkpoint's weight files; for random weights, of the tensor data of a GGUF holding them
+    (blocks as they are, anything dense in float32, as GGUF files keep norms)."""
+    if bench_model.model_dir is not None:
+        gguf = bench_model.source_file
+        files = [gguf] if gguf is not None else list(bench_model.model_dir.glob("*.safetensors"))
+        return sum(f.stat().st_size for f in files)
+    seen, total = set(), 0
+    for param in model.parameters():
+        if id(param) not in seen:
+            seen.add(id(param))
+            total += param.numel() * (1 if param.dtype == torch.uint8 else 4)
+    return total * tp
 
 
 def _greedy(max_tokens: int) -> SamplingParams:
@@ -29,8 +46,12 @@ class EngineBackend:
         self.model = bench_model.name
         self.device, self.dtype, self.vocab_size = self.core.device, self.core.dtype, self.core.vocab_size
         self.tensor_parallel_size = self.core.tensor_parallel_size
-        self.shape = model_shape(self.core.runner.model, bench_model.hf_config, self.dtype.itemsize,
+        runner = self.core.runner
+        self.shape = model_shape(runner.model, bench_model.hf_config, self.dtype.itemsize,
                                  self.tensor_parallel_size)
+        self.memory_figures = dict(quantization=runner.quantization,
+                                   weight_bytes=runner.weight_bytes * self.tensor_parallel_size,
+                                   file_bytes=_file_bytes(bench_model, runner.model, self.tensor_parallel_size))
         self._request_count = 0
 
     def close(self) -> None:

@@ -42,6 +42,23 @@ class Backend(Protocol):
 
 
 @dataclass
+class MemoryFigures:
+    """What the weights run as and take (all ranks), and the most device memory the run held (rank 0's GPU)."""
+    quantization: str                   # "" = dense, in dtype
+    weight_bytes: int
+    file_bytes: int                     # the checkpoint's weight files; for random weights, a GGUF of them
+    peak_allocated_bytes: int | None    # torch's allocator, CUDA only
+
+
+def memory_figures(backend) -> MemoryFigures | None:
+    figures = getattr(backend, "memory_figures", None)
+    if figures is None:
+        return None
+    peak = torch.cuda.max_memory_allocated(backend.device) if backend.device.type == "cuda" else None
+    return MemoryFigures(**figures, peak_allocated_bytes=peak)
+
+
+@dataclass
 class LatencyResult:
     model: str
     backend: str
@@ -60,6 +77,7 @@ class LatencyResult:
     roofline_tokens_per_s: float
     percent_of_roofline: float
     tensor_parallel_size: int = 1   # with more, the floors and rooflines are one GPU's share, run on each at once
+    memory: MemoryFigures | None = None
 
 
 @dataclass
@@ -82,6 +100,7 @@ class ThroughputResult:
     hf_output_tokens_per_s: float | None = None   # filled by compare_with_hf
     ratio_to_hf: float | None = None
     tensor_parallel_size: int = 1
+    memory: MemoryFigures | None = None
 
 
 @dataclass
@@ -122,7 +141,8 @@ def measure_latency(backend: Backend, limits: DeviceLimits, prompt_tokens: int =
     return LatencyResult(backend.model, backend.name, str(backend.device), _dtype_name(backend.dtype),
                          backend.load_s, ttft_prompt_tokens, ttft_s * 1000, limits.matmul_tflop_s, floor_s * 1000,
                          percent(floor_s, ttft_s), prompt_tokens, new_tokens, rate, limits.copy_bandwidth_gb_s,
-                         roofline.tokens_per_s, percent(rate, roofline.tokens_per_s), _degree(backend))
+                         roofline.tokens_per_s, percent(rate, roofline.tokens_per_s), _degree(backend),
+                         memory_figures(backend))
 
 
 def measure_throughput(backend: Backend, limits: DeviceLimits, workload: Workload) -> ThroughputResult:
@@ -135,7 +155,8 @@ def measure_throughput(backend: Backend, limits: DeviceLimits, workload: Workloa
                             workload.name, len(workload.prompts), sum(map(len, workload.prompts)),
                             stats.output_tokens, stats.elapsed_s, rate, stats.preemptions,
                             limits.copy_bandwidth_gb_s, roofline.seconds, roofline.tokens_per_s,
-                            percent(rate, roofline.tokens_per_s), tensor_parallel_size=_degree(backend))
+                            percent(rate, roofline.tokens_per_s), tensor_parallel_size=_degree(backend),
+                            memory=memory_figures(backend))
 
 
 def _degree(backend) -> int:

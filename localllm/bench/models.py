@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def random_weight_config(name: str):
-    from transformers import LlamaConfig, Qwen3Config
+    from transformers import LlamaConfig, Qwen2Config, Qwen3Config
 
     llama3_rope = {"rope_type": "llama3", "rope_theta": 500000.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                    "original_max_position_embeddings": 8192}
@@ -28,6 +28,16 @@ def random_weight_config(name: str):
             num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=131072,
             rms_norm_eps=1e-5, rope_parameters={**llama3_rope, "factor": 8.0}, tie_word_embeddings=False,
             architectures=["LlamaForCausalLM"]),
+        "qwen3-8b": lambda: Qwen3Config(
+            vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+            num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
+            rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+            tie_word_embeddings=False, architectures=["Qwen3ForCausalLM"]),
+        "qwen2.5-32b": lambda: Qwen2Config(
+            vocab_size=152064, hidden_size=5120, intermediate_size=27648, num_hidden_layers=64,
+            num_attention_heads=40, num_key_value_heads=8, max_position_embeddings=32768, rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, tie_word_embeddings=False,
+            architectures=["Qwen2ForCausalLM"]),
         "llama-3.1-70b": lambda: LlamaConfig(
             vocab_size=128256, hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
             num_attention_heads=64, num_key_value_heads=8, head_dim=128, max_position_embeddings=131072,
@@ -47,6 +57,7 @@ class BenchModel:
     model_dir: Path | None
     eos_token_ids: set[int]
     tokenizer_dir: Path | None = None   # the tokenizer grammars are matched against; random weights have none
+    source_file: Path | None = None     # the GGUF file model_dir was converted from
 
 
 def with_a_tokenizer(bench_model: BenchModel) -> BenchModel:
@@ -59,11 +70,14 @@ def with_a_tokenizer(bench_model: BenchModel) -> BenchModel:
     return replace(bench_model, tokenizer_dir=open_model(None).model_dir)
 
 
-def open_bench_model(model: str | None, random_weights: str | None) -> BenchModel:
+def open_bench_model(model: str | None, random_weights: str | None, keep_gguf_blocks: bool = False) -> BenchModel:
+    """keep_gguf_blocks: a GGUF opened in the form whose matrices stay quantized blocks (loader.gguf)."""
     if random_weights:
         return BenchModel(random_weights, random_weight_config(random_weights), None, set())
+    from localllm.hub.reference import resolve_reference
     from localllm.loader.hf_dir import open_model
 
-    files = open_model(model)
+    files = open_model(model, keep_gguf_blocks)
+    source = resolve_reference(model).local_files()
     return BenchModel(model or "smollm2:135m", files.hf_config, files.model_dir, files.eos_token_ids,
-                      files.model_dir)
+                      files.model_dir, source if source.is_file() else None)

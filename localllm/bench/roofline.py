@@ -23,17 +23,34 @@ class ModelShape:
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.kv_dtype_bytes
 
 
+def _weights(model) -> tuple[int, int]:
+    """(weights, bytes) of a model's parameters, each shared one once; a weight kept as quantized blocks
+    (layers/quantized.py) counts its [rows, cols] weights and its blocks' bytes."""
+    seen: set[int] = set()
+    count = nbytes = 0
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
+            layout = getattr(module, "layout", None) if name == "weight" else None
+            count += layout.rows * layout.cols if layout is not None else param.numel()
+            nbytes += param.numel() * param.element_size()
+    return count, nbytes
+
+
 def model_shape(model, hf_config, kv_dtype_bytes: int, tp: int = 1) -> ModelShape:
-    """The shape of a built model, ours or transformers': parameters() yields a tied embedding / LM head once,
-    which a step reads once (as the LM head); an untied input embedding is left out of the bytes, since a step
-    gathers a single row of it per sequence (for Llama-3.1-8B that is 1 GB of its 16 GB). With tensor parallelism
-    `model` is one rank's shard, so the shape is one GPU's, and the roofline that GPU's (all run in parallel)."""
-    params = list(model.parameters())
-    param_bytes = sum(p.numel() * p.element_size() for p in params)
-    if not getattr(hf_config, "tie_word_embeddings", False):   # one weight dtype; a rank's slice of the vocabulary
-        param_bytes -= -(-hf_config.vocab_size // tp) * hf_config.hidden_size * params[0].element_size()
+    """The shape of a built model, ours or transformers', its weights as stored (quantized blocks take their real
+    bytes): a tied embedding / LM head counts once, as a step reads it once (as the LM head); an untied input
+    embedding is left out of the bytes, since a step gathers a single row of it per sequence (for Llama-3.1-8B in
+    bf16 that is 1 GB of its 16 GB). With tensor parallelism `model` is one rank's shard, so the shape is one
+    GPU's, and the roofline that GPU's (all run in parallel)."""
+    num_params, param_bytes = _weights(model)
+    if not getattr(hf_config, "tie_word_embeddings", False):   # this rank's slice of the vocabulary
+        embedding = model.model.embed_tokens.weight
+        param_bytes -= embedding.numel() * embedding.element_size()
     head_dim = attention_head_dim(hf_config)
-    return ModelShape(num_params=sum(p.numel() for p in params), weight_bytes_per_step=param_bytes,
+    return ModelShape(num_params=num_params, weight_bytes_per_step=param_bytes,
                       num_layers=hf_config.num_hidden_layers, num_kv_heads=max(1, hf_config.num_key_value_heads // tp),
                       head_dim=head_dim, kv_dtype_bytes=kv_dtype_bytes)
 

@@ -22,9 +22,14 @@ DEFAULT_SWEEP = "1,2,4,8,16,32,64,128,256"
 
 ModelArg = typer.Option(None, "--model", "-m", help="Model alias, .gguf file or directory; default: the embedded one.")
 DtypeOpt = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16.")
-RandomOpt = typer.Option(None, "--random-weights", help="Build qwen3-0.6b, llama-3.2-1b, llama-3.1-8b or "
-                                                        "llama-3.1-70b from its real config with random weights "
-                                                        "instead of loading one.")
+RandomOpt = typer.Option(None, "--random-weights", help="Build qwen3-0.6b, llama-3.2-1b, llama-3.1-8b, qwen3-8b, "
+                                                        "qwen2.5-32b or llama-3.1-70b from its real config with "
+                                                        "random weights instead of loading one.")
+QuantizeOpt = typer.Option("auto", "--quantize", help="How weights are stored: auto, none, native, or a format "
+                                                      "(q4_k_m, q8_0, q4_0, int4 = awq, ...): random weights are "
+                                                      "drawn in it, a checkpoint is quantized to it at load.")
+KvBlocksOpt = typer.Option(None, "--num-kv-blocks", min=1, help="Fix the KV pool's size (blocks of 16 tokens) "
+                                                                "instead of filling the free memory.")
 TpOpt = typer.Option(None, "--tp", min=1, help="Tensor-parallel degree (GPUs); default: the fewest that fit.")
 AllreduceOpt = typer.Option("nccl", "--allreduce", help="All-reduce of the ranks: nccl, or symm_mem (torch "
                                                         "symmetric memory for small messages).")
@@ -43,15 +48,15 @@ def _check_backend(backend: str) -> None:
         raise ValueError(f"unknown --backend {backend!r}; choose from {', '.join(BACKENDS)}")
 
 
-def _prepare(model: str | None, random_weights: str | None, dtype: str):
+def _prepare(model: str | None, random_weights: str | None, dtype: str, quantize: str = "auto"):
     """The model to build, and the device's limits, measured before anything is loaded onto it."""
     from localllm.bench.device_limits import measure_device
     from localllm.bench.models import open_bench_model
     from localllm.config import Config
-    from localllm.engine.core import resolve_device, resolve_dtype
+    from localllm.engine.core import keeps_gguf_blocks, resolve_device, resolve_dtype
 
-    bench_model = open_bench_model(model, random_weights)
-    config = Config(dtype=dtype)
+    config = Config(dtype=dtype, quantization=quantize)
+    bench_model = open_bench_model(model, random_weights, keeps_gguf_blocks(config))
     device = resolve_device(config)
     torch_dtype = resolve_dtype(config, device)
     return bench_model, device, torch_dtype, measure_device(device, torch_dtype)
@@ -61,6 +66,8 @@ def _load(backend: str, bench_model, dtype: str, device, torch_dtype, **config):
     from localllm.config import Config
 
     if backend == "hf":
+        if config.pop("quantization", "auto") not in ("auto", "none"):
+            raise ValueError("--quantize applies to --backend localllm only")
         from localllm.bench.hf_backend import HFBackend
 
         batch_tokens = config.get("max_num_batched_tokens", Config().max_num_batched_tokens)
@@ -126,6 +133,8 @@ def latency(
     ttft_prompt_tokens: int = typer.Option(1024, help="Prompt length of the time-to-first-token runs (median of 5 after one untimed)."),
     tp: Optional[int] = TpOpt,
     allreduce: str = AllreduceOpt,
+    quantize: str = QuantizeOpt,
+    num_kv_blocks: Optional[int] = KvBlocksOpt,
     json_out: Optional[Path] = JsonOpt,
 ) -> None:
     """Batch-1 decode tokens/s and time to first token, greedy, random prompt tokens, beside the roofline."""
@@ -134,9 +143,9 @@ def latency(
     try:
         _check_backend(backend)
         _check_new_tokens(new_tokens)
-        bench_model, device, torch_dtype, limits = _prepare(model, random_weights, dtype)
+        bench_model, device, torch_dtype, limits = _prepare(model, random_weights, dtype, quantize)
         runtime = _load(backend, bench_model, dtype, device, torch_dtype, max_model_len=max_model_len,
-                        **_tp_config(backend, tp, allreduce))
+                        quantization=quantize, num_kv_blocks=num_kv_blocks, **_tp_config(backend, tp, allreduce))
         try:
             result = measure_latency(runtime, limits, prompt_tokens, new_tokens, ttft_prompt_tokens)
         finally:
@@ -164,6 +173,8 @@ def throughput(
                                                                  "(constrained decoding; localllm only)."),
     tp: Optional[int] = TpOpt,
     allreduce: str = AllreduceOpt,
+    quantize: str = QuantizeOpt,
+    num_kv_blocks: Optional[int] = KvBlocksOpt,
     json_out: Optional[Path] = JsonOpt,
 ) -> None:
     """Aggregate output tokens/s of many sequences generated at once (continuous batching), beside the roofline."""
@@ -177,13 +188,13 @@ def throughput(
             raise ValueError("--compare-hf compares localllm with hf; leave --backend at localllm")
         if json_schema and (backend != "localllm" or compare_hf):
             raise ValueError("--json-schema runs this engine only; leave out --backend hf and --compare-hf")
-        bench_model, device, torch_dtype, limits = _prepare(model, random_weights, dtype)
+        bench_model, device, torch_dtype, limits = _prepare(model, random_weights, dtype, quantize)
         work = throughput_workload(workload, bench_model.hf_config.vocab_size, streams, prompt_tokens, new_tokens)
         if json_schema:
             work, bench_model = guided(work), with_a_tokenizer(bench_model)
-        config = dict(max_num_seqs=max_num_seqs, max_model_len=max_model_len)
+        config = dict(max_num_seqs=max_num_seqs, max_model_len=max_model_len, num_kv_blocks=num_kv_blocks)
         config.update(_tp_config(backend, tp, allreduce))
-        runtime = _load(backend, bench_model, dtype, device, torch_dtype, **config)
+        runtime = _load(backend, bench_model, dtype, device, torch_dtype, quantization=quantize, **config)
         try:
             result = measure_throughput(runtime, limits, work)
         finally:
@@ -227,6 +238,7 @@ def sweep(
     new_tokens: int = typer.Option(64, help="Tokens generated by each sequence (at least 2)."),
     tp: Optional[int] = TpOpt,
     allreduce: str = AllreduceOpt,
+    quantize: str = QuantizeOpt,
     json_out: Optional[Path] = JsonOpt,
 ) -> None:
     """Decode tokens/s of this engine against batch size (greedy, decode phase only), beside the roofline."""
@@ -236,9 +248,9 @@ def sweep(
     try:
         sizes = _batch_sizes(batch_sizes)
         _check_new_tokens(new_tokens)
-        bench_model, device, torch_dtype, limits = _prepare(model, random_weights, dtype)
+        bench_model, device, torch_dtype, limits = _prepare(model, random_weights, dtype, quantize)
         engine = _load("localllm", bench_model, dtype, device, torch_dtype, max_model_len=max_model_len,
-                       max_num_seqs=max(sizes), **_tp_config("localllm", tp, allreduce))
+                       max_num_seqs=max(sizes), quantization=quantize, **_tp_config("localllm", tp, allreduce))
         try:
             result = measure_sweep(engine, limits, sizes, prompt_tokens, new_tokens)
         finally:
