@@ -6,7 +6,8 @@ llama.cpp's ggml-common.h defines them (the GGUF formats) or as localllm repacks
 Row r of the matrix is output feature r.
 
 The dequantizers reproduce `gguf.quants.dequantize` bit for bit: the same float32 operations in the same order
-(a product of float32 values rounds the same way in numpy and torch, on any device). They work on any device.
+(a product of float32 values rounds the same way in numpy and torch, on any device). They work on any device,
+without a host copy, so that an embedding lookup through them can be captured in a CUDA graph.
 """
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ def _q5_k(blocks):
 def _q6_k(blocks):
     n = len(blocks)
     low = _nibbles(blocks[:, :128].reshape(n, 2, 64)).transpose(1, 2)              # [n, half, nibble, 64]
-    shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8, device=blocks.device).reshape(1, 1, 4, 1)
+    shifts = torch.arange(0, 8, 2, dtype=torch.uint8, device=blocks.device).reshape(1, 1, 4, 1)
     high = (blocks[:, 128:192].reshape(n, 2, 1, 32) >> shifts) & 3                 # [n, half, shift, 32]
     q = (low.reshape(n, 8, 32) | (high.reshape(n, 8, 32) << 4)).to(torch.int8) - 32
     scales = blocks[:, 192:208].contiguous().view(torch.int8).float()

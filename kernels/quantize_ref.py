@@ -99,7 +99,7 @@ def _q6_k(x):
     step = (d * sc).unsqueeze(-1)
     q = (torch.round(sub * _inverse(step)).clamp(-32, 31) + 32).to(torch.uint8).reshape(-1, 2, 128)
     low = _pack_halves((q & 0x0F).reshape(-1, 2, 2, 64)).reshape(-1, 128)
-    shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8, device=x.device).reshape(1, 1, 4, 1)
+    shifts = torch.arange(0, 8, 2, dtype=torch.uint8, device=x.device).reshape(1, 1, 4, 1)
     high = ((q >> 4).reshape(-1, 2, 4, 32) << shifts).sum(2, dtype=torch.uint8).reshape(-1, 64)
     return torch.cat((low, high, sc.to(torch.int8).view(torch.uint8), _f16_bytes(d)), dim=1)
 

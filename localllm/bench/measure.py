@@ -43,19 +43,23 @@ class Backend(Protocol):
 
 @dataclass
 class MemoryFigures:
-    """What the weights run as and take (all ranks), and the most device memory the run held (rank 0's GPU)."""
+    """What the weights run as and take (all ranks), and the most device memory the process held (rank 0's GPU,
+    from loading on, CUDA graphs included; without the CUDA context's own few hundred MiB)."""
     quantization: str                   # "" = dense, in dtype
     weight_bytes: int
     file_bytes: int                     # the checkpoint's weight files; for random weights, a GGUF of them
-    peak_allocated_bytes: int | None    # torch's allocator, CUDA only
+    peak_allocated_bytes: int | None    # tensors, at their peak; CUDA only
+    peak_reserved_bytes: int | None     # what torch's caching allocator held from the driver at its peak
 
 
 def memory_figures(backend) -> MemoryFigures | None:
     figures = getattr(backend, "memory_figures", None)
     if figures is None:
         return None
-    peak = torch.cuda.max_memory_allocated(backend.device) if backend.device.type == "cuda" else None
-    return MemoryFigures(**figures, peak_allocated_bytes=peak)
+    if backend.device.type != "cuda":
+        return MemoryFigures(**figures, peak_allocated_bytes=None, peak_reserved_bytes=None)
+    return MemoryFigures(**figures, peak_allocated_bytes=torch.cuda.max_memory_allocated(backend.device),
+                         peak_reserved_bytes=torch.cuda.max_memory_reserved(backend.device))
 
 
 @dataclass

@@ -106,7 +106,8 @@ def _report(result, json_out: Path | None) -> None:
     fields = as_dict(result)
     table = Table(show_header=False, box=None)
     for key, value in fields.items():
-        table.add_row(key, _cell(value))
+        for name, item in (value.items() if isinstance(value, dict) else [(None, value)]):
+            table.add_row(f"{key}.{name}" if name else key, _cell(item))
     Console().print(table)
     _write_json(fields, json_out)
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from localllm.layers.quantized import deferred_weights, place_weights
-from localllm.loader.weight_plan import CheckpointQuant, checkpoint_quant, storage_spans
+from localllm.loader.weight_plan import CheckpointQuant, checkpoint_name, checkpoint_quant, shard_ids, storage_spans
 from localllm.models import model_class
 from localllm.quantization import canonical, is_recipe
 
@@ -44,3 +44,20 @@ def weights_label(model: nn.Module, quant: CheckpointQuant, quantization: str) -
         recipe = canonical(quantization)
         return "int4-g128" if recipe == "int4" else recipe.upper()
     return quant.label or "quantized"
+
+
+@torch.no_grad()
+def dequantized_weights(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The weights kept as blocks, dequantized to `dtype` on the CPU under their checkpoint names (q_proj.weight,
+    ...): the same weights as a dense model, for comparing one with the other. One rank's model (tensor
+    parallelism 1) only."""
+    out = {}
+    for name, module in model.named_modules():
+        layout = getattr(module, "layout", None)
+        if layout is None or name == "lm_head" and module.weight is model.model.embed_tokens.weight:
+            continue
+        dense = layout.dequantize(module.weight).to(dtype).cpu()
+        for shard in shard_ids(model, name):
+            first, count = module.shard_rows(shard)[:2]
+            out[checkpoint_name(model, name, shard)] = dense[first:first + count]
+    return out

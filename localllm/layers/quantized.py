@@ -207,9 +207,10 @@ def place_weights(model: nn.Module, spans_of: dict[str, list[tuple[int, int, str
 
 
 @torch.no_grad()
-def randomize_weights(model: nn.Module, std: float = 0.02, rows_per_chunk: int = 4096) -> None:
-    """Random weights for speed benchmarks: matrices ~ N(0, std) (quantized ones drawn dense, a chunk of rows at a
-    time, then quantized into their blocks), vectors (norms, biases) 1."""
+def randomize_weights(model: nn.Module, std: float = 0.02, chunk_weights: int = 1 << 22) -> None:
+    """Random weights for speed benchmarks: matrices ~ N(0, std) (quantized ones drawn dense, about chunk_weights
+    at a time so that the transient memory stays small, then quantized into their blocks), vectors (norms,
+    biases) 1."""
     seen: set[int] = set()
     for module in model.modules():
         for param in module.parameters(recurse=False):
@@ -220,6 +221,7 @@ def randomize_weights(model: nn.Module, std: float = 0.02, rows_per_chunk: int =
             if layout is not None:
                 for part in layout.parts:
                     view = layout.view(param.data, part)
+                    rows_per_chunk = max(1, chunk_weights // layout.cols)
                     for start in range(0, part.rows, rows_per_chunk):
                         rows = min(rows_per_chunk, part.rows - start)
                         dense = torch.randn(rows, layout.cols, device=param.device) * std

@@ -52,7 +52,7 @@ def checkpoint_target(model: nn.Module, name: str) -> tuple[str, object]:
     return name, None
 
 
-def _checkpoint_name(model: nn.Module, module_name: str, shard_id) -> str:
+def checkpoint_name(model: nn.Module, module_name: str, shard_id) -> str:
     """The inverse of checkpoint_target for a weight."""
     prefix, _, part = module_name.rpartition(".")
     for hf_part, (our_part, shard) in model.packed_modules.items():
@@ -61,7 +61,7 @@ def _checkpoint_name(model: nn.Module, module_name: str, shard_id) -> str:
     return f"{module_name}.weight"
 
 
-def _shard_ids(model: nn.Module, module_name: str) -> list:
+def shard_ids(model: nn.Module, module_name: str) -> list:
     part = module_name.rpartition(".")[2]
     return [shard for our_part, shard in model.packed_modules.values() if our_part == part] or [None]
 
@@ -77,11 +77,11 @@ def storage_spans(model: nn.Module, quant: CheckpointQuant, quantization: str,
         if not hasattr(module, "shard_rows"):
             continue
         cols = module.weight.shape[1]
-        shards = _shard_ids(model, name)
+        shards = shard_ids(model, name)
         if is_recipe(quantization):
             formats = [recipe_format(quantization, name, s, num_layers, cols) for s in shards]
         elif keep:
-            formats = [quant.block_formats.get(_checkpoint_name(model, name, s)) for s in shards]
+            formats = [quant.block_formats.get(checkpoint_name(model, name, s)) for s in shards]
         else:
             continue
         if None in formats:
