@@ -26,6 +26,9 @@ BLOCK_FORMATS = {f.name: f for f in (
     # AWQ/GPTQ int4 repacked (see localllm.loader.int4): f16 scale, u8 zero, 1 pad byte, 64 B nibbles
     # (byte i holds weights i and i + 64); w = (q - zero) * scale
     BlockFormat("int4_g128", 128, 68, 32),
+    # FP8 checkpoints (localllm.loader.fp8) and --quantize fp8: f32 scale, then 128 float8_e4m3fn weights;
+    # w = fp8 * scale. Per-tensor, per-channel and 128x128-tile scales all fit it exactly.
+    BlockFormat("fp8_e4m3_g128", 128, 132, 32),
 )}
 # the GGUF tensor types kept as blocks (the others are dequantized at load)
 GGUF_BLOCK_TYPES = ("Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")

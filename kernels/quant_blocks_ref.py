@@ -86,8 +86,13 @@ def _int4_g128(blocks):
     return q.float() * _f16(blocks, 0)
 
 
+def _fp8_e4m3_g128(blocks):
+    scale = blocks[:, :4].contiguous().view(torch.float32)
+    return blocks[:, 4:].contiguous().view(torch.float8_e4m3fn).float() * scale
+
+
 _DEQUANTIZERS = {"Q4_0": _q4_0, "Q4_1": _q4_1, "Q8_0": _q8_0, "Q4_K": _q4_k, "Q5_K": _q5_k, "Q6_K": _q6_k,
-                 "int4_g128": _int4_g128}
+                 "int4_g128": _int4_g128, "fp8_e4m3_g128": _fp8_e4m3_g128}
 
 
 def dequantize_ref(raw: torch.Tensor, fmt: str) -> torch.Tensor:

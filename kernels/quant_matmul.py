@@ -21,7 +21,7 @@ import triton.language as tl
 from localllm.kernels.block_formats import block_format
 
 GEMV_MAX_ROWS = 8
-FORMAT_IDS = {"Q4_0": 0, "Q4_1": 1, "Q8_0": 2, "Q4_K": 3, "Q5_K": 4, "Q6_K": 5, "int4_g128": 6}
+FORMAT_IDS = {"Q4_0": 0, "Q4_1": 1, "Q8_0": 2, "Q4_K": 3, "Q5_K": 4, "Q6_K": 5, "int4_g128": 6, "fp8_e4m3_g128": 7}
 # tests: use the GPU's tile sizes on CPU tensors too (the interpreter otherwise gets small tiles, for speed)
 GPU_TILES_EVERYWHERE = False
 
@@ -36,6 +36,25 @@ def _f16(ptr, mask):
     """The little-endian float16 at byte address ptr, as float32."""
     bits = (_byte(ptr, mask) | (_byte(ptr + 1, mask) << 8)).to(tl.uint16)
     return bits.to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def _f32(ptr, mask):
+    """The little-endian float32 at byte address ptr."""
+    bits = _byte(ptr, mask) | (_byte(ptr + 1, mask) << 8) | (_byte(ptr + 2, mask) << 16) | (_byte(ptr + 3, mask) << 24)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _fp8_e4m3(byte):
+    """float8_e4m3fn bits (int32 0..255) as float32, built bit by bit (exact; NaN, 0x7f/0xff, is not expected
+    in weights): sign, 4 exponent bits of bias 7, 3 mantissa bits; exponent 0 is subnormal (m / 8 * 2^-6)."""
+    sign = tl.where((byte & 0x80) != 0, -1.0, 1.0)
+    exponent = (byte >> 3) & 15
+    mantissa = byte & 7
+    normal = ((exponent + 120) << 23) | (mantissa << 20)      # float32 exponent bias 127 = 7 + 120
+    magnitude = tl.where(exponent == 0, mantissa.to(tl.float32) * 0.001953125, normal.to(tl.float32, bitcast=True))
+    return sign * magnitude
 
 
 @triton.jit
@@ -87,9 +106,12 @@ def _decode(w_ptr, row_off, kk, lane, mask, FMT: tl.constexpr, ELEMS: tl.constex
         low = (_byte(blk + half * 64 + r % 64, qmask) >> ((r // 64) * 4)) & 15
         high = (_byte(blk + 128 + half * 32 + r % 32, qmask) >> ((r // 32) * 2)) & 3
         q = (low | (high << 4)) - 32
-    else:           # int4_g128
+    elif FMT == 6:  # int4_g128
         scale = _f16(blk, mask)
         q = ((_byte(blk + 4 + i % 64, qmask) >> ((i // 64) * 4)) & 15) - _byte(blk + 2, mask)
+    else:           # fp8_e4m3_g128
+        scale = _f32(blk, mask)
+        q = _fp8_e4m3(_byte(blk + 4 + i, qmask))
     return q.to(tl.float32), scale, shift
 
 

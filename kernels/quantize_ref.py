@@ -4,6 +4,7 @@ checkpoint at load, for random-weight benchmarks and for tests.
 Q4_0, Q4_1 and Q8_0 reproduce `gguf.quants.quantize` (llama.cpp's reference quantizers) bit for bit. The K-quants
 and int4_g128 are plain round-to-nearest on each group's min/max, not llama.cpp's search for the best scales: the
 blocks are valid and decode as those formats define, but a file made by llama-quantize is slightly more accurate.
+fp8_e4m3_g128 scales each block of 128 to the format's largest value (448) and rounds to nearest.
 """
 from __future__ import annotations
 
@@ -113,8 +114,22 @@ def _int4_g128(x):
     return torch.cat((_f16_bytes(scale), zero.to(torch.uint8), pad, _pack_halves(q.reshape(-1, 2, 64))), dim=1)
 
 
+FP8_MAX = 448.0   # the largest finite float8_e4m3fn
+
+
+def fp8_blocks(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """fp8_e4m3_g128 blocks [n, 132] from float8 values [n, 128] and their float32 scales [n] (w = value * scale)."""
+    scale_bytes = scale.to(torch.float32).reshape(-1, 1).contiguous().view(torch.uint8)
+    return torch.cat((scale_bytes, values.to(torch.float8_e4m3fn).contiguous().view(torch.uint8)), dim=1)
+
+
+def _fp8_e4m3_g128(x):
+    scale = x.abs().amax(-1, keepdim=True) / FP8_MAX
+    return fp8_blocks((x * _inverse(scale)).clamp(-FP8_MAX, FP8_MAX), scale)
+
+
 _QUANTIZERS = {"Q4_0": _q4_0, "Q4_1": _q4_1, "Q8_0": _q8_0, "Q4_K": _q4_k, "Q5_K": _q5_k, "Q6_K": _q6_k,
-               "int4_g128": _int4_g128}
+               "int4_g128": _int4_g128, "fp8_e4m3_g128": _fp8_e4m3_g128}
 assert QK_K == 256   # the K-quant layouts above are written for 256-weight blocks
 
 

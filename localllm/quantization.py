@@ -4,12 +4,13 @@
           multiply the blocks directly; on the CPU it is dequantized at load (float32 by default, exact).
   none    everything dequantized at load, to the model dtype.
   native  kept quantized on any device (on the CPU each matmul dequantizes its weight first: slow, for tests).
-  a format (q4_0, q4_1, q8_0, q4_k, q5_k, q6_k, q4_k_m, q5_k_m, int4 = awq = gptq): every matrix quantized at
-  load to that format (round to nearest, localllm.kernels.quantize_ref), from whatever the checkpoint holds;
-  also the format of --random-weights benchmarks. The _m mixes follow llama.cpp's Q4_K_M / Q5_K_M: Q6_K for
-  attn_v and ffn_down in the layers llama.cpp gives more bits, and for the LM head. int4 is group-128 int4 with
-  zero points, the layout AWQ and GPTQ checkpoints are repacked into; it leaves the embedding and LM head dense,
-  as those checkpoints do.
+  a format (q4_0, q4_1, q8_0, q4_k, q5_k, q6_k, q4_k_m, q5_k_m, int4 = awq = gptq, fp8): every matrix
+  quantized at load to that format (round to nearest, localllm.kernels.quantize_ref), from whatever the
+  checkpoint holds; also the format of --random-weights benchmarks. The _m mixes follow llama.cpp's Q4_K_M /
+  Q5_K_M: Q6_K for attn_v and ffn_down in the layers llama.cpp gives more bits, and for the LM head. int4 is
+  group-128 int4 with zero points, the layout AWQ and GPTQ checkpoints are repacked into; fp8 is float8 e4m3 with
+  a scale per 128 weights, the layout FP8 checkpoints are repacked into. Both leave the embedding and LM head
+  dense, as such checkpoints do.
 
 The embedding and LM head stay quantized wherever the checkpoint (or the format) quantizes them: the LM head is
 the largest single matrix of a decode step.
@@ -23,7 +24,10 @@ from localllm.kernels.block_formats import BLOCK_FORMATS
 MODES = ("auto", "none", "native")
 _K_MIXES = {"q4_k_m": "Q4_K", "q5_k_m": "Q5_K"}
 _PLAIN = {"q4_0": "Q4_0", "q4_1": "Q4_1", "q8_0": "Q8_0", "q4_k": "Q4_K", "q5_k": "Q5_K", "q6_k": "Q6_K",
-          "int4": "int4_g128"}
+          "int4": "int4_g128", "fp8": "fp8_e4m3_g128"}
+# recipes that leave the embedding and LM head dense, as checkpoints in those formats do
+_DENSE_ENDS = ("int4", "fp8")
+LABELS = {"int4": "int4-g128", "fp8": "FP8"}
 ALIASES = {"awq": "int4", "gptq": "int4"}
 RECIPES = (*_PLAIN, *_K_MIXES)
 _LAYER = re.compile(r"model\.layers\.(\d+)\.")
@@ -61,7 +65,7 @@ def recipe_format(quantization: str, module: str, shard, num_layers: int, cols: 
     recipe = canonical(quantization)
     base = _K_MIXES.get(recipe) or _PLAIN[recipe]
     fmt = base
-    if module in ("model.embed_tokens", "lm_head") and recipe == "int4":
+    if module in ("model.embed_tokens", "lm_head") and recipe in _DENSE_ENDS:
         return None
     if module == "lm_head" and base in ("Q4_K", "Q5_K"):
         fmt = "Q6_K"

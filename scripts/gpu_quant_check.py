@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_kernel_check import _import_kernels, graph_time_us  # noqa: E402
 
-FORMATS = ["Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "int4_g128"]
+FORMATS = ["Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "int4_g128", "fp8_e4m3_g128"]
 # (name, N, K) of Llama-3.1-8B's matrices: fused q/k/v, o, fused gate/up, down
 SHAPES = [("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 28672, 4096), ("down", 4096, 14336)]
 L2_MISS_BYTES = 256 << 20

@@ -27,7 +27,7 @@ def _row(rows: list, what: str, value, target: str = "", ok: bool | None = None)
 def _latency_rows(out: Path, rows: list) -> None:
     bf16 = _load(out, "latency-llama-3.1-8b-none")
     prefill_bf16 = _load(out, "prefill-llama-3.1-8b-none") or bf16
-    for quant, decode_target in (("none", None), ("q4_k_m", 450.0), ("q8_0", 330.0), ("int4", None)):
+    for quant, decode_target in (("none", None), ("q4_k_m", 450.0), ("q8_0", 330.0), ("int4", None), ("fp8", None)):
         r = _load(out, f"latency-llama-3.1-8b-{quant}")
         if r is None:
             continue
@@ -49,10 +49,15 @@ def _latency_rows(out: Path, rows: list) -> None:
 
 
 def _other_rows(out: Path, rows: list) -> None:
-    for quant in ("none", "q4_k_m", "q8_0"):
-        r = _load(out, f"throughput-llama-3.1-8b-{quant}")
+    for arch, quant in (("llama-3.1-8b", "none"), ("llama-3.1-8b", "q4_k_m"), ("llama-3.1-8b", "q8_0"),
+                        ("qwen3-8b", "none"), ("qwen3-8b", "fp8")):
+        r = _load(out, f"throughput-{arch}-{quant}")
         if r is not None:
-            _row(rows, f"8B {quant} nano-vllm output tok/s", round(r["output_tokens_per_s"], 1))
+            _row(rows, f"{arch} {quant} nano-vllm output tok/s", round(r["output_tokens_per_s"], 1))
+    for quant in ("none", "fp8"):
+        r = _load(out, f"latency-qwen3-8b-{quant}")
+        if r is not None:
+            _row(rows, f"qwen3-8b {quant} batch-1 decode tok/s", round(r["decode_tokens_per_s"], 1))
     fit = _load(out, "fit-qwen2.5-32b-q4_k_m")
     if fit is not None:
         memory = fit["memory"]

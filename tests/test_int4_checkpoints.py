@@ -131,7 +131,10 @@ def test_gptq_act_order_is_refused(tmp_path):
 
 @pytest.mark.parametrize("change,message", [({"bits": 8}, "8 bits and group size 128 is not supported"),
                                             ({"group_size": 64}, "group size 64 is not supported"),
-                                            ({"quant_method": "bitsandbytes"}, "'bitsandbytes' is not supported")])
+                                            ({"quant_method": "bitsandbytes"}, "'bitsandbytes' is not supported"),
+                                            ({"quant_method": "compressed-tensors", "config_groups": {"g": {
+                                                "weights": {"num_bits": 4, "type": "int"}}}},
+                                             "4-bit int are not supported")])
 def test_other_schemes_are_refused(tmp_path, change, message):
     quantized_dir, _ = _write(tmp_path, "awq", _awq, {**AWQ_CONFIG, **change})
     with pytest.raises(UnsupportedModelError, match=message):

@@ -52,14 +52,14 @@ def test_quantizers_match_gguf(fmt):
 
 
 @pytest.mark.parametrize("fmt,worst", [("Q4_K", 0.1), ("Q5_K", 0.05), ("Q6_K", 0.03), ("int4_g128", 0.12),
-                                       ("Q8_0", 0.01)])
+                                       ("Q8_0", 0.01), ("fp8_e4m3_g128", 0.04)])
 def test_quantize_then_dequantize_is_close(fmt, worst):
     w = torch.randn(6, 512, generator=torch.Generator().manual_seed(4))
     raw = quantize_ref(w, fmt)
     assert raw.dtype == torch.uint8 and raw.shape == (6, 512 // BLOCK_FORMATS[fmt].elems * BLOCK_FORMATS[fmt].nbytes)
     back = dequantize_ref(raw, fmt)
     assert (back - w).norm() / w.norm() < worst
-    if fmt != "int4_g128":   # the gguf package decodes our K-quant blocks to the same values
+    if fmt in GGUF_TYPES:   # the gguf package decodes our K-quant blocks to the same values
         decoded = gguf.quants.dequantize(raw.numpy(), gguf.GGMLQuantizationType[fmt])
         assert _same_bits(back, torch.from_numpy(np.ascontiguousarray(decoded)))
 

@@ -16,7 +16,7 @@ triton = pytest.importorskip("triton")
 from triton_interpreter import collect_one_mode, run_under_interpreter  # noqa: E402
 
 from localllm.kernels.block_formats import BLOCK_FORMATS  # noqa: E402
-from localllm.kernels.quant_blocks_ref import quant_matmul_ref  # noqa: E402
+from localllm.kernels.quant_blocks_ref import dequantize_ref, quant_matmul_ref  # noqa: E402
 from localllm.kernels.quantize_ref import quantize_ref  # noqa: E402
 
 FORMATS = list(BLOCK_FORMATS)
@@ -86,6 +86,22 @@ def test_gemv_with_gpu_tile_sizes(monkeypatch):
         raw = quantize_ref(torch.randn(11, 512, generator=g), fmt)
         x = torch.randn(8, 512, generator=g)
         _check(qm.quant_matmul(x, raw, fmt), x, raw, fmt)
+
+
+def test_fp8_decodes_every_finite_code_exactly():
+    """The kernels build float8 e4m3 values from their bits: every finite code (normal and subnormal, both signs)
+    times its block's scale, as torch's float8_e4m3fn gives it; x = the identity reads the weight back."""
+    from localllm.kernels.quant_matmul import quant_matmul
+    from localllm.kernels.quantize_ref import fp8_blocks
+
+    codes = torch.arange(256, dtype=torch.uint8)
+    codes[(codes & 0x7F) == 0x7F] = 0          # 0x7f and 0xff are NaN
+    values = codes.view(torch.float8_e4m3fn).reshape(2, 128)
+    raw = fp8_blocks(values, torch.tensor([0.75, -3.0])).reshape(1, -1)
+    want = dequantize_ref(raw, "fp8_e4m3_g128")
+    assert torch.equal(want, (values.float() * torch.tensor([[0.75], [-3.0]])).reshape(1, -1))
+    got = quant_matmul(torch.eye(256), raw, "fp8_e4m3_g128")
+    assert torch.equal(got.reshape(1, -1), want)
 
 
 def test_output_into_a_column_slice_and_empty_input():

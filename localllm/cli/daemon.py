@@ -53,7 +53,7 @@ def serve(
                                                               "default: the fewest GPUs that fit it, 1 on CPU."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="How weights are stored: auto (quantized "
                                            "checkpoints stay quantized on GPUs), none (dequantize), native, or a "
-                                           "format to quantize to at load (q4_k_m, q8_0, int4, ...)."),
+                                           "format to quantize to at load (q4_k_m, q8_0, int4, fp8, ...)."),
 ) -> None:
     """Run the daemon in the foreground: an OpenAI-compatible API on http://HOST:PORT/v1."""
     from localllm.server.daemon import serve as run_daemon

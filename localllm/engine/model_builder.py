@@ -10,7 +10,7 @@ from torch import nn
 from localllm.layers.quantized import deferred_weights, place_weights
 from localllm.loader.weight_plan import CheckpointQuant, checkpoint_name, checkpoint_quant, shard_ids, storage_spans
 from localllm.models import model_class
-from localllm.quantization import canonical, is_recipe
+from localllm.quantization import LABELS, canonical, is_recipe
 
 
 def build_model(hf_config, model_dir: Path | None, quantization: str, device: torch.device, dtype: torch.dtype,
@@ -42,7 +42,7 @@ def weights_label(model: nn.Module, quant: CheckpointQuant, quantization: str) -
         return ""
     if is_recipe(quantization):
         recipe = canonical(quantization)
-        return "int4-g128" if recipe == "int4" else recipe.upper()
+        return LABELS.get(recipe, recipe.upper())
     return quant.label or "quantized"
 
 

@@ -210,21 +210,26 @@ def _describe_dir(model_dir: Path, with_metadata: bool = False) -> dict:
 
 
 def _dir_quantization(config: dict) -> str | None:
-    """AWQ-int4, GPTQ-int4, ... from config.json's quantization_config."""
+    """AWQ-int4, GPTQ-int4, FP8, ... from config.json's quantization_config."""
     quantization = config.get("quantization_config")
     if not isinstance(quantization, dict):
         return None
-    method = str(quantization.get("quant_method", "quantized")).upper()
+    method = str(quantization.get("quant_method", "quantized"))
+    if method == "fp8" or quantization.get("format") == "float-quantized":
+        return "FP8"
     bits = quantization.get("bits", quantization.get("w_bit"))
-    return f"{method}-int{bits}" if isinstance(bits, int) else method
+    return f"{method.upper()}-int{bits}" if isinstance(bits, int) else method.upper()
 
 
 def _dir_tensor_gpu_bytes(name: str, tensor: dict, nbytes: int) -> int:
     """A checkpoint tensor's share of the weights on a GPU (quantization auto): floats in bf16; AWQ/GPTQ int4
     layers repacked into blocks of 68 bytes per 128 weights (counted at their qweight, the rest of each layer
-    with it)."""
+    with it), FP8 weights into blocks of 132 bytes per 128 (their scales with them)."""
     if tensor["dtype"] in ("F32", "F16", "BF16"):
-        return 0 if name.endswith(".scales") else 2 * math.prod(tensor["shape"])
+        return 0 if name.endswith((".scales", ".weight_scale", ".weight_scale_inv", ".input_scale")) \
+            else 2 * math.prod(tensor["shape"])
+    if tensor["dtype"] == "F8_E4M3":
+        return nbytes // 128 * 132   # fp8_e4m3_g128 blocks
     if name.endswith(".qweight"):
         return nbytes * 2 // 128 * 68   # two 4-bit weights a byte
     return 0 if name.endswith((".qzeros", ".g_idx")) else nbytes

@@ -31,15 +31,9 @@ class Int4Spec:
     zeros_minus_one: bool  # GPTQ's original format
 
 
-def int4_spec(hf_config) -> Int4Spec | None:
-    """The int4 scheme of a checkpoint's quantization_config; None when it has none. Raises for other schemes."""
-    config = getattr(hf_config, "quantization_config", None)
-    if not config:
-        return None
-    config = config if isinstance(config, dict) else config.to_dict()
+def int4_spec(config: dict) -> Int4Spec:
+    """The int4 scheme of an AWQ or GPTQ quantization_config; raises for what is not 4 bits in groups of 128."""
     method = config.get("quant_method")
-    if method not in ("awq", "gptq"):
-        raise UnsupportedModelError(f"quantization method {method!r} is not supported (supported: awq, gptq)")
     bits, group = config.get("bits", config.get("w_bit")), config.get("group_size", config.get("q_group_size"))
     if bits != 4 or group != GROUP:
         raise UnsupportedModelError(f"{method} with {bits} bits and group size {group} is not supported "

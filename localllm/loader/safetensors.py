@@ -17,20 +17,32 @@ from torch import nn
 from localllm.errors import CorruptModelError, ModelNotFoundError, first_line
 from localllm.layers.quantized import BlockSource
 from localllm.layers.shards import whole
+from localllm.loader.fp8 import SCALE_SUFFIXES, fp8_weight_blocks
 from localllm.loader.int4 import PARTS, int4_blocks
 from localllm.loader.pooling_config import read_pooling_config
 from localllm.loader.weight_plan import CheckpointQuant, checkpoint_target
 
 
+def _tensor(handles: dict, name: str) -> torch.Tensor:
+    return handles[name].get_tensor(name)
+
+
 def _checkpoint_tensors(handles: dict, quant: CheckpointQuant) -> Iterator[tuple[str, object]]:
-    """(name, tensor) of every checkpoint tensor, AWQ/GPTQ parts folded into one `<layer>.weight` each."""
+    """(name, tensor) of every checkpoint tensor, an AWQ/GPTQ layer's parts folded into one `<layer>.weight`, an
+    FP8 weight and its scale into another."""
     for name, handle in handles.items():
         prefix, _, part = name.rpartition(".")
         if quant.int4 is not None and part in PARTS:
             if part == "qweight":
-                parts = {p: handles[f"{prefix}.{p}"].get_tensor(f"{prefix}.{p}") for p in PARTS
-                         if f"{prefix}.{p}" in handles}
+                parts = {p: _tensor(handles, f"{prefix}.{p}") for p in PARTS if f"{prefix}.{p}" in handles}
                 yield f"{prefix}.weight", BlockSource.of_rows(int4_blocks(quant.int4, parts), "int4_g128")
+            continue
+        if quant.fp8 and name.endswith(SCALE_SUFFIXES):
+            continue
+        if quant.fp8 and name in quant.block_formats:
+            scale = next(f"{prefix}{s}" for s in SCALE_SUFFIXES[:2] if f"{prefix}{s}" in handles)
+            blocks = fp8_weight_blocks(_tensor(handles, name), _tensor(handles, scale), quant.fp8_tile)
+            yield name, BlockSource.of_rows(blocks, "fp8_e4m3_g128")
             continue
         tensor = handle.get_slice(name)
         fmt = quant.block_formats.get(name)
@@ -77,7 +89,7 @@ def load_weights(model: nn.Module, model_dir: Path, quant: CheckpointQuant | Non
                 else:
                     params[target].data.copy_(whole(tensor))
                 loaded.add(target if shard_id is None else f"{target}:{shard_id}")
-    except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as e:
+    except (SafetensorError, OSError, ValueError, RuntimeError, KeyError, StopIteration) as e:
         raise CorruptModelError(f"cannot read weights in {model_dir}: {first_line(e)}") from None
     return _check_complete(model, params, loaded, tied, model_dir)
 

@@ -15,6 +15,7 @@ from localllm.errors import CorruptModelError, UnsupportedModelError
 from localllm.hub.model_info import safetensors_header, safetensors_metadata
 from localllm.kernels.block_formats import block_format
 from localllm.loader.gguf import BLOCK_FORMATS_KEY
+from localllm.loader.fp8 import fp8_tile
 from localllm.loader.int4 import Int4Spec, int4_spec
 from localllm.quantization import is_recipe, keeps_blocks, recipe_format
 
@@ -22,26 +23,45 @@ from localllm.quantization import is_recipe, keeps_blocks, recipe_format
 @dataclass(frozen=True)
 class CheckpointQuant:
     """How a checkpoint's matrices are stored."""
-    label: str | None = None                                  # Q4_K_M, AWQ-int4, ...; None: dense
-    block_formats: dict[str, str] = field(default_factory=dict)   # HF weight name -> format, for raw block rows
-    int4: Int4Spec | None = None                              # AWQ/GPTQ: every *.qweight layer is int4_g128
+    label: str | None = None                                  # Q4_K_M, AWQ-int4, FP8, ...; None: dense
+    # HF weight name -> block format: raw block rows (GGUF), or what the loader repacks a layer into (AWQ/GPTQ
+    # int4_g128 from *.qweight & co, FP8 fp8_e4m3_g128 from a float8 *.weight and its scale)
+    block_formats: dict[str, str] = field(default_factory=dict)
+    int4: Int4Spec | None = None
+    fp8: bool = False
+    fp8_tile: tuple[int, int] | None = None                   # FP8 scales per tile of (bn, bk), else per tensor/row
+
+
+def _quantization_config(hf_config) -> dict | None:
+    config = getattr(hf_config, "quantization_config", None)
+    if not config:
+        return None
+    return config if isinstance(config, dict) else config.to_dict()
 
 
 def checkpoint_quant(model_dir: Path | None, hf_config) -> CheckpointQuant:
-    """Read from config.json and the safetensors headers (a GGUF conversion's metadata, AWQ/GPTQ's names)."""
+    """Read from config.json and the safetensors headers (a GGUF conversion's metadata, AWQ/GPTQ's names, FP8's
+    dtypes). Raises for a quantization_config localllm cannot run."""
     files = sorted(model_dir.glob("*.safetensors")) if model_dir is not None else []
-    spec = int4_spec(hf_config)
-    if spec is not None:
-        suffix = ".qweight"
-        names = [n for f in files for n in safetensors_header(f) if n.endswith(suffix)]
-        return CheckpointQuant(f"{spec.method.upper()}-int4",
-                               {n.removesuffix(suffix) + ".weight": "int4_g128" for n in names}, spec)
+    config = _quantization_config(hf_config)
+    if config is not None:
+        headers = {n: t for f in files for n, t in safetensors_header(f).items()}
+        if config.get("quant_method") in ("awq", "gptq"):
+            spec = int4_spec(config)
+            names = [n.removesuffix(".qweight") + ".weight" for n in headers if n.endswith(".qweight")]
+            return CheckpointQuant(f"{spec.method.upper()}-int4", dict.fromkeys(names, "int4_g128"), spec)
+        if config.get("quant_method") not in ("fp8", "compressed-tensors"):
+            raise UnsupportedModelError(f"quantization method {config.get('quant_method')!r} is not supported "
+                                        "(supported: awq, gptq, fp8, compressed-tensors FP8)")
+        tile = fp8_tile(config)
+        names = [n for n, t in headers.items() if t["dtype"] == "F8_E4M3" and n.endswith(".weight")]
+        return CheckpointQuant("FP8", dict.fromkeys(names, "fp8_e4m3_g128"), fp8=True, fp8_tile=tile)
     metadata = safetensors_metadata(files[0]) if files else {}
     try:
         formats = json.loads(metadata.get(BLOCK_FORMATS_KEY, "{}"))
     except json.JSONDecodeError as e:
         raise CorruptModelError(f"{files[0]}: its {BLOCK_FORMATS_KEY} metadata is not JSON ({e})") from None
-    return CheckpointQuant(metadata.get("quantization"), formats, None)
+    return CheckpointQuant(metadata.get("quantization"), formats)
 
 
 def checkpoint_target(model: nn.Module, name: str) -> tuple[str, object]:
