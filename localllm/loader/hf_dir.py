@@ -54,7 +54,7 @@ class ModelFiles:
 
 
 def open_model(name: str | None, keep_gguf_blocks: bool = False) -> ModelFiles:
-    """keep_gguf_blocks: a GGUF's matrices stay quantized blocks (quantization.keeps_gguf_blocks decides)."""
+    """keep_gguf_blocks: a GGUF's matrices stay quantized blocks (engine.core.keeps_gguf_blocks decides)."""
     from localllm.loader.resolve import resolve_model
 
     model_dir = resolve_model(name, keep_gguf_blocks)
