@@ -194,3 +194,4 @@ def test_the_model_picker_marks_a_loaded_model_with_what_its_weights_run_as():
     assert _loaded_mark(loaded) == "loaded, AWQ-int4 5.0 GiB"
     assert _loaded_mark({**loaded, "quantization": None}) == "loaded, BF16 5.0 GiB"
     assert _loaded_mark({"name": "m", "state": "loading"}) == "loading"
+    assert _loaded_mark({"name": "m", "state": "ready"}) == "loaded"   # a daemon that does not say

@@ -266,7 +266,8 @@ def test_a_daemon_that_cannot_start_ends_the_chat_with_one_line(tmp_path, monkey
 
 class FixedClient:
     url = "http://127.0.0.1:11435"
-    STATUS = {"models": [{"name": "tiny-llama", "state": "ready", "device": "cuda:0",
+    STATUS = {"models": [{"name": "tiny-llama", "state": "ready", "device": "cuda:0", "dtype": "bfloat16",
+                          "quantization": "Q4_K_M", "param_bytes": 4_920_000_000,
                           "gpus": [{"device": "cuda:0"}, {"device": "cuda:1"}],
                           "kv_blocks": {"total": 1456, "used": 0, "cached": 24, "free": 1432, "block_size": 16},
                           "prefix_cache": {"queries": 4, "hits": 3, "hit_rate": 0.75}, "memory_bytes": 612_000_000}]}

@@ -49,6 +49,13 @@ def _checkpoint_tensors(handles: dict, quant: CheckpointQuant) -> Iterator[tuple
         yield name, tensor if fmt is None else BlockSource.of_rows(tensor, fmt)
 
 
+def _open(stack: contextlib.ExitStack, file: Path):
+    try:
+        return stack.enter_context(safe_open(str(file), framework="pt", device="cpu"))
+    except (SafetensorError, OSError) as e:
+        raise CorruptModelError(f"cannot read weights {file}: {first_line(e)}") from None
+
+
 def _target(model: nn.Module, name: str, params: dict):
     """Our parameter name and shard id of a checkpoint tensor."""
     target, shard = checkpoint_target(model, name)
@@ -75,7 +82,7 @@ def load_weights(model: nn.Module, model_dir: Path, quant: CheckpointQuant | Non
         with contextlib.ExitStack() as stack:
             handles = {}
             for file in files:
-                f = stack.enter_context(safe_open(str(file), framework="pt", device="cpu"))
+                f = _open(stack, file)
                 handles.update((name, f) for name in f.keys())
             for name, tensor in _checkpoint_tensors(handles, quant):
                 if "rotary_emb" in name or (tied and name == "lm_head.weight"):

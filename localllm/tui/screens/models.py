@@ -30,10 +30,11 @@ def model_details(client) -> dict[str, tuple[int, str]]:
 
 
 def _loaded_mark(model: dict) -> str:
-    """'loaded, Q4_K_M 4.6 GiB' (what its weights run as and take), or its state while it loads."""
+    """'loaded, Q4_K_M 4.6 GiB' (what its weights run as and take, when the daemon says), or its state while it
+    loads."""
     if model.get("state") != "ready":
         return model.get("state", "")
-    return f"loaded, {weights_label(model)}"
+    return f"loaded, {weights_label(model)}" if "param_bytes" in model else "loaded"
 
 
 class ModelPicker(ModalScreen[str | None]):
