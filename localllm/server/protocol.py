@@ -19,7 +19,7 @@ from localllm.pooling_params import PoolingParams
 from localllm.sampling_params import SamplingParams
 
 # Raise on any change to the messages below.
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 
 
 class Message(msgspec.Struct, frozen=True, tag=True, array_like=True):
