@@ -1,7 +1,8 @@
 """How the engine stores a model's weights: Config.quantization (`--quantize`). Plain Python, no torch.
 
-  auto    a quantized checkpoint (GGUF blocks, AWQ/GPTQ int4) stays quantized on a GPU, where Triton kernels
-          multiply the blocks directly; on the CPU it is dequantized at load (float32 by default, exact).
+  auto    on a GPU, `none` when the model's bf16 weights fit and `native` when they do not
+          (engine.quant_choice decides per load); on the CPU a quantized checkpoint is dequantized at load
+          (float32 by default, exact).
   none    everything dequantized at load, to the model dtype.
   native  kept quantized on any device (on the CPU each matmul dequantizes its weight first: slow, for tests).
   a format (q4_0, q4_1, q8_0, q4_k, q5_k, q6_k, q4_k_m, q5_k_m, int4 = awq = gptq, fp8): every matrix

@@ -82,10 +82,11 @@ def test_show_reads_headers_only(pulled, tiny_dir):
     info = json.loads(runner.invoke(app, ["show", ALIAS, "--json"]).stdout)
     assert info["architecture"] == "Qwen3ForCausalLM" and info["parameters"] == params
     assert info["context_length"] == 1024 and info["chat_template"] is True and info["format"] == "F32"
-    assert info["gpu_weight_bytes"] == 2 * params   # run in bf16 on a GPU
+    assert info["gpu_weight_bytes"] == info["dense_weight_bytes"] == 2 * params   # run in bf16 on a GPU
     assert {f["name"] for f in info["files"]} == {p.name for p in tiny_dir.iterdir()}
     text = runner.invoke(app, ["show", REPO]).stdout  # the repo id finds the alias' entry
     assert "Qwen3ForCausalLM" in text and "context length" in text and "chat template     yes" in text
+    assert re.search(r"weights on a GPU  \d+\.\d KiB in bf16\n", text), text
     assert "model.safetensors" in text
 
 

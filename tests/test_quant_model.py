@@ -110,3 +110,25 @@ def test_a_dense_checkpoint_quantized_at_load_runs_its_round_trip(tmp_path):
         assert runner.quantization == "Q8_0"
         assert {f for m in runner.model.modules() if getattr(m, "layout", None) for f in m.layout.formats} == {"Q8_0"}
         assert _tokens(llm, prompts) == want
+
+
+def test_auto_on_a_gpu_keeps_blocks_only_when_the_dense_weights_do_not_fit(mixed_gguf, monkeypatch):
+    """What `auto` means on a GPU is decided from the file's header and the GPU's memory (quant_choice); the
+    GPU's properties are the one thing stood in for, since this machine has none."""
+    from types import SimpleNamespace
+
+    from localllm.config import Config
+    from localllm.engine import quant_choice
+
+    dense = describe(mixed_gguf)["dense_weight_bytes"]
+    assert dense == 2 * describe(mixed_gguf)["parameters"]
+    monkeypatch.setattr(quant_choice, "resolve_device", lambda config: torch.device("cuda", 0))
+
+    def settled(total_memory: int, **config) -> str:
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: SimpleNamespace(total_memory=total_memory))
+        return quant_choice.settle_quantization(Config(**config), str(mixed_gguf)).quantization
+
+    fits = int(dense / quant_choice.DENSE_SHARE) + 1
+    assert settled(fits) == "none" and settled(fits - 2) == "native"
+    assert settled(fits // 2 + 1, tensor_parallel_size=2) == "none"
+    assert settled(fits - 2, quantization="q8_0") == "q8_0" and settled(1, quantization="none") == "none"

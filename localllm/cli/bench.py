@@ -49,17 +49,21 @@ def _check_backend(backend: str) -> None:
 
 
 def _prepare(model: str | None, random_weights: str | None, dtype: str, quantize: str = "auto"):
-    """The model to build, and the device's limits, measured before anything is loaded onto it."""
+    """The model to build, the device's limits, measured before anything is loaded onto it, and how its weights
+    are stored (quant_choice: what `auto` means here)."""
     from localllm.bench.device_limits import measure_device
     from localllm.bench.models import open_bench_model
     from localllm.config import Config
     from localllm.engine.core import keeps_gguf_blocks, resolve_device, resolve_dtype
+    from localllm.engine.quant_choice import settle_quantization
 
     config = Config(dtype=dtype, quantization=quantize)
+    if random_weights is None:
+        config = settle_quantization(config, model)
     bench_model = open_bench_model(model, random_weights, keeps_gguf_blocks(config))
     device = resolve_device(config)
     torch_dtype = resolve_dtype(config, device)
-    return bench_model, device, torch_dtype, measure_device(device, torch_dtype)
+    return bench_model, device, torch_dtype, measure_device(device, torch_dtype), config.quantization
 
 
 def _load(backend: str, bench_model, dtype: str, device, torch_dtype, **config):
@@ -144,7 +148,7 @@ def latency(
     try:
         _check_backend(backend)
         _check_new_tokens(new_tokens)
-        bench_model, device, torch_dtype, limits = _prepare(model, random_weights, dtype, quantize)
+        bench_model, device, torch_dtype, limits, quantize = _prepare(model, random_weights, dtype, quantize)
         runtime = _load(backend, bench_model, dtype, device, torch_dtype, max_model_len=max_model_len,
                         quantization=quantize, num_kv_blocks=num_kv_blocks, **_tp_config(backend, tp, allreduce))
         try:
@@ -189,7 +193,7 @@ def throughput(
             raise ValueError("--compare-hf compares localllm with hf; leave --backend at localllm")
         if json_schema and (backend != "localllm" or compare_hf):
             raise ValueError("--json-schema runs this engine only; leave out --backend hf and --compare-hf")
-        bench_model, device, torch_dtype, limits = _prepare(model, random_weights, dtype, quantize)
+        bench_model, device, torch_dtype, limits, quantize = _prepare(model, random_weights, dtype, quantize)
         work = throughput_workload(workload, bench_model.hf_config.vocab_size, streams, prompt_tokens, new_tokens)
         if json_schema:
             work, bench_model = guided(work), with_a_tokenizer(bench_model)
@@ -249,7 +253,7 @@ def sweep(
     try:
         sizes = _batch_sizes(batch_sizes)
         _check_new_tokens(new_tokens)
-        bench_model, device, torch_dtype, limits = _prepare(model, random_weights, dtype, quantize)
+        bench_model, device, torch_dtype, limits, quantize = _prepare(model, random_weights, dtype, quantize)
         engine = _load("localllm", bench_model, dtype, device, torch_dtype, max_model_len=max_model_len,
                        max_num_seqs=max(sizes), quantization=quantize, **_tp_config("localllm", tp, allreduce))
         try:

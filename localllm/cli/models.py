@@ -77,6 +77,15 @@ def list_models(as_json: bool = typer.Option(False, "--json", help="Print JSON f
     typer.echo(_table(rows))
 
 
+def _gpu_weights(info: dict) -> str:
+    from localllm.units import format_size
+
+    dense = f"{format_size(info['dense_weight_bytes'])} in bf16"
+    if info["gpu_weight_bytes"] == info["dense_weight_bytes"]:
+        return dense
+    return f"{dense}, {format_size(info['gpu_weight_bytes'])} kept quantized (--quantize native)"
+
+
 def show(
     model: str = typer.Argument(..., help="A pulled model's name (see 'localllm list') or a local model path."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
@@ -104,8 +113,7 @@ def show(
     fields = [("name", info["name"]), ("source", source), ("architecture", info["architecture"]),
               ("parameters", format_count(info["parameters"])), ("context length", info["context_length"] or "unknown"),
               ("format", info["format"]),
-              ("weights on a GPU", f"{format_size(info['gpu_weight_bytes'])} (quantized matrices kept as they are, "
-                                   "the rest in bf16)"),
+              ("weights on a GPU", _gpu_weights(info)),
               ("chat template", "yes" if info["chat_template"] else "no"),
               ("path", info["path"])]
     lines = ["  Model"] + [f"    {k:<18}{v}" for k, v in fields] + ["", "  Files"]

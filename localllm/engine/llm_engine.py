@@ -9,6 +9,7 @@ from localllm.engine.core import EngineCore, keeps_gguf_blocks
 from localllm.engine.events import EmbeddingEvent
 from localllm.engine.output_processor import OutputProcessor
 from localllm.engine.outputs import StreamDelta
+from localllm.engine.quant_choice import settle_quantization
 from localllm.loader.hf_dir import open_model
 from localllm.pooling_params import PoolingParams
 from localllm.sampling_params import SamplingParams
@@ -16,6 +17,7 @@ from localllm.sampling_params import SamplingParams
 
 class LLMEngine:
     def __init__(self, config: Config):
+        config = settle_quantization(config, config.model)
         self.config = config
         files = open_model(config.model, keeps_gguf_blocks(config))
         self.model_dir, self.hf_config, self.tokenizer = files.model_dir, files.hf_config, files.tokenizer

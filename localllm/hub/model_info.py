@@ -183,7 +183,7 @@ def describe(path: Path, with_metadata: bool = False) -> dict:
 
 def _describe_dir(model_dir: Path, with_metadata: bool = False) -> dict:
     config = _json(model_dir / "config.json")
-    params, dtype_bytes, gpu_bytes = 0, Counter(), 0
+    params, dtype_bytes, gpu_bytes, dense_bytes = 0, Counter(), 0, 0
     for file in sorted(model_dir.glob("*.safetensors")):
         for name, tensor in safetensors_header(file).items():
             count = math.prod(tensor["shape"])
@@ -191,6 +191,7 @@ def _describe_dir(model_dir: Path, with_metadata: bool = False) -> dict:
             start, end = tensor["data_offsets"]
             dtype_bytes[tensor["dtype"]] += end - start
             gpu_bytes += _dir_tensor_gpu_bytes(name, tensor, end - start)
+            dense_bytes += _dir_tensor_dense_bytes(name, tensor)
     text_config = config.get("text_config") or {}
     context = config.get("max_position_embeddings") or text_config.get("max_position_embeddings")
     tokenizer_config = _json(model_dir / "tokenizer_config.json") if (model_dir / "tokenizer_config.json").is_file() else {}
@@ -203,6 +204,7 @@ def _describe_dir(model_dir: Path, with_metadata: bool = False) -> dict:
         "context_length": context,
         "format": _dir_quantization(config) or (dtype_bytes.most_common(1)[0][0] if dtype_bytes else "unknown"),
         "gpu_weight_bytes": gpu_bytes,
+        "dense_weight_bytes": dense_bytes,
         "chat_template": chat_template,
         "files": _files(p for p in sorted(model_dir.iterdir()) if p.is_file()),
     }
@@ -219,6 +221,14 @@ def _dir_quantization(config: dict) -> str | None:
         return "FP8"
     bits = quantization.get("bits", quantization.get("w_bit"))
     return f"{method.upper()}-int{bits}" if isinstance(bits, int) else method.upper()
+
+
+def _dir_tensor_dense_bytes(name: str, tensor: dict) -> int:
+    """A checkpoint tensor's share of the weights in bf16 (quantization none): AWQ/GPTQ's int32 qweight holds
+    eight weights an element; scales, zero points and act-order indices are folded into the weights."""
+    if name.endswith((".scales", ".weight_scale", ".weight_scale_inv", ".input_scale", ".qzeros", ".g_idx")):
+        return 0
+    return 2 * math.prod(tensor["shape"]) * (8 if name.endswith(".qweight") else 1)
 
 
 def _dir_tensor_gpu_bytes(name: str, tensor: dict, nbytes: int) -> int:
@@ -248,6 +258,7 @@ def _describe_gguf(gguf_path: Path, with_metadata: bool = False) -> dict:
         "context_length": metadata.get(f"{arch}.context_length"),
         "format": gguf_quantization(metadata, tensors),
         "gpu_weight_bytes": sum(_gguf_tensor_gpu_bytes(shape, ggml_type) for _, shape, ggml_type in tensors),
+        "dense_weight_bytes": 2 * sum(math.prod(shape) for _, shape, _ in tensors),
         "chat_template": bool(metadata.get("tokenizer.chat_template")),
         "files": _files([gguf_path]),
     }

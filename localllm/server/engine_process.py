@@ -90,10 +90,12 @@ def _load(config, outbox: Sender):
     import torch
 
     from localllm.engine.core import EngineCore, keeps_gguf_blocks
+    from localllm.engine.quant_choice import settle_quantization
     from localllm.errors import LocalLLMError
     from localllm.loader.hf_dir import open_model
 
     try:
+        config = settle_quantization(config, config.model)
         files = open_model(config.model, keeps_gguf_blocks(config))
         model_dir, eos = files.model_dir, files.eos_token_ids
         core = EngineCore(config, model_dir, files.hf_config, eos, on_worker_failure=_exit_on_worker_failure,
