@@ -42,6 +42,22 @@ def _schema(text: str) -> dict:
     return schema
 
 
+def llguidance_tokenizer(tokenizer_json: str, n_vocab: int, eos_token_ids: list[int] | None) -> llguidance.LLTokenizer:
+    """llguidance's tokenizer for a tokenizer.json. llguidance tells a byte-level BPE (GPT-2's Ġ for a space) by its
+    ByteLevel decoder; transformers' GGUF conversion (5.17, for instance) nests that decoder in a Sequence after
+    ByteFallback, Fuse and a Replace of ▁, which change nothing for a byte-level vocabulary but hide it, so that
+    llguidance takes "Ġ" for two literal bytes and refuses the model's own tokens. Such a decoder is given as the
+    plain ByteLevel it ends with."""
+    spec = json.loads(tokenizer_json)
+    decoder = spec.get("decoder") or {}
+    parts = (decoder.get("decoders") or []) if decoder.get("type") == "Sequence" else []
+    if parts and parts[-1].get("type") == "ByteLevel" and \
+            {p.get("type") for p in parts[:-1]} <= {"ByteFallback", "Fuse", "Replace"}:
+        spec["decoder"] = parts[-1]
+        tokenizer_json = json.dumps(spec)
+    return llguidance.LLTokenizer(tokenizer_json, n_vocab=n_vocab, eos_token=eos_token_ids)
+
+
 def validate_guidance(guidance: Guidance) -> None:
     """Raises ValueError naming what is wrong when the grammar does not compile, or uses what llguidance does not
     implement (say the JSON-schema keyword uniqueItems): refused rather than silently not enforced."""

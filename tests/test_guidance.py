@@ -63,3 +63,30 @@ def test_guidance_needs_a_known_kind_and_its_value(kwargs, message):
 def test_the_grammar_alone_decides_where_the_output_ends(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SamplingParams(guidance=Guidance("json_object"), **kwargs)
+
+
+def test_a_byte_level_tokenizer_whose_decoder_is_nested_is_read_as_byte_level():
+    """transformers' GGUF conversion (5.17) writes a byte-level BPE's decoder as Sequence[ByteFallback, Fuse,
+    Replace, ByteLevel]; read as written, llguidance takes each "Ġ" for literal bytes and refuses the model's own
+    tokens of a JSON document."""
+    import llguidance
+
+    from localllm.guidance import llguidance_tokenizer, new_matcher
+    from tiny_models import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    spec["decoder"] = {"type": "Sequence", "decoders": [
+        {"type": "ByteFallback"}, {"type": "Fuse"},
+        {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "}, spec["decoder"]]}
+    nested = json.dumps(spec)
+    document = '{"name": "the cat", "count": 12}'
+    tokens = tokenizer.encode(document, add_special_tokens=False)
+    assert any(tokenizer.convert_ids_to_tokens(t).startswith("Ġ") for t in tokens)
+    guidance = Guidance("json_schema", json.dumps({"type": "object", "properties": {
+        "name": {"type": "string"}, "count": {"type": "integer"}}, "required": ["name", "count"]}))
+    eos = [tokenizer.eos_token_id]
+    as_written = new_matcher(guidance, llguidance.LLTokenizer(nested, n_vocab=len(tokenizer), eos_token=eos))
+    assert not as_written.consume_tokens(tokens)
+    matcher = new_matcher(guidance, llguidance_tokenizer(nested, len(tokenizer), eos))
+    assert matcher.consume_tokens(tokens) and matcher.is_accepting() and not matcher.is_error()

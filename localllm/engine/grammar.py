@@ -17,7 +17,7 @@ import torch
 
 from localllm.engine.batch import to_device
 from localllm.engine.request import Sequence
-from localllm.guidance import new_matcher
+from localllm.guidance import llguidance_tokenizer, new_matcher
 from localllm.sampling_params import Guidance
 
 # distinct grammars whose start state is kept, so that a repeated schema (or the n completions of one request)
@@ -53,8 +53,8 @@ class GrammarMatchers:
         if not tokenizer_file.is_file():
             raise ValueError(f"guided decoding needs the model's tokenizer, and {tokenizer_file} does not exist")
         # the logits' width, which may exceed the tokenizer's vocabulary (padding rows are never allowed)
-        self.tokenizer = llguidance.LLTokenizer(tokenizer_file.read_text(encoding="utf-8"), n_vocab=vocab_size,
-                                                eos_token=sorted(eos_token_ids) or None)
+        self.tokenizer = llguidance_tokenizer(tokenizer_file.read_text(encoding="utf-8"), vocab_size,
+                                              sorted(eos_token_ids) or None)
         self.words = -(-vocab_size // 32)
         self.device = device
         self.executor = llguidance.LLExecutor()
