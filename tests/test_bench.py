@@ -174,6 +174,14 @@ def test_throughput_with_every_request_under_a_json_schema(tmp_path, tiny_dir):
     assert (r["workload"], r["output_tokens"]) == ("streams, JSON schema", 18)
 
 
+def test_random_weights_take_the_tokenizer_of_the_model_named(tiny_dir):
+    from localllm.bench.models import open_bench_model, with_a_tokenizer
+
+    random = open_bench_model(None, "qwen3-0.6b")
+    assert random.tokenizer_dir is None
+    assert with_a_tokenizer(random, str(tiny_dir)).tokenizer_dir == tiny_dir
+
+
 def test_grammar_mask_cost(tmp_path, tiny_dir):
     r = _bench(tmp_path, "grammar", "--model", str(tiny_dir), "--sequences", "2,5", "--steps", "12",
                "--device", "cpu")["results"]

@@ -60,14 +60,14 @@ class BenchModel:
     source_file: Path | None = None     # the GGUF file model_dir was converted from
 
 
-def with_a_tokenizer(bench_model: BenchModel) -> BenchModel:
-    """Random weights get the embedded model's tokenizer for grammars: its 49,152 tokens, the rest of the model's
-    vocabulary never allowed under a grammar."""
+def with_a_tokenizer(bench_model: BenchModel, tokenizer_model: str | None = None) -> BenchModel:
+    """Random weights get a tokenizer for grammars: `tokenizer_model`'s (a model name or directory; no weights are
+    read), by default the embedded model's. Its tokens are allowed, the rest of the model's vocabulary never."""
     from localllm.loader.hf_dir import open_model
 
     if bench_model.tokenizer_dir is not None:
         return bench_model
-    return replace(bench_model, tokenizer_dir=open_model(None).model_dir)
+    return replace(bench_model, tokenizer_dir=open_model(tokenizer_model).model_dir)
 
 
 def open_bench_model(model: str | None, random_weights: str | None, keep_gguf_blocks: bool = False) -> BenchModel:
