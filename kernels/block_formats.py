@@ -41,7 +41,9 @@ BLOCK_FORMATS = {f.name: f for f in (
 @dataclass(frozen=True)
 class Plane:
     """One array of a weight's GPU layout: [N, K / per] elements of `dtype` (a torch dtype's name). A word plane
-    (dtype int32, bits > 0) packs 32 / bits weights per word, weight 32 / bits * w + j at bits j * bits.."""
+    (dtype int32, bits > 0) packs E = 32 / bits weights a word, group by group (BlockFormat.group weights, C =
+    group / E words): word c of a group holds its weight j * C + c at bits j * bits, so that bits j of consecutive
+    words multiply consecutive columns of x. (Q5_K's and Q6_K's high-bit planes have one word a group: plain order.)"""
     name: str
     dtype: str
     per: int        # weights per element along a row

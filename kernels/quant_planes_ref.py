@@ -16,8 +16,18 @@ from localllm.kernels.quant_blocks_ref import block_fields, field_values
 Planes = dict[str, torch.Tensor]
 
 
-def _pack_bits(values: torch.Tensor, bits: int) -> torch.Tensor:
-    """uint8 [..., K] values below 2^bits -> int32 words [..., K * bits / 32], weight j of a word at bits j * bits."""
+def _swap_within_groups(values: torch.Tensor, outer: int, inner: int) -> torch.Tensor:
+    """[..., K] seen as groups of [outer, inner] -> the same groups as [inner, outer]."""
+    grouped = values.reshape(*values.shape[:-1], -1, outer, inner).transpose(-1, -2)
+    return grouped.reshape(values.shape)
+
+
+def _pack_bits(values: torch.Tensor, bits: int, group: int) -> torch.Tensor:
+    """uint8 [..., K] values below 2^bits -> int32 words [..., K * bits / 32]: in each group of `group` weights,
+    with E = 32 / bits weights a word and C = group / E words, word c holds weight j * C + c at bits j * bits
+    (so that bits j of consecutive words meet consecutive columns of x)."""
+    per_word = 32 // bits
+    values = _swap_within_groups(values, per_word, group // per_word)
     per_byte = 8 // bits
     shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=values.device)
     grouped = values.reshape(*values.shape[:-1], -1, per_byte) << shifts
@@ -27,11 +37,12 @@ def _pack_bits(values: torch.Tensor, bits: int) -> torch.Tensor:
     return packed.contiguous().view(torch.int32)
 
 
-def _unpack_bits(words: torch.Tensor, bits: int) -> torch.Tensor:
+def _unpack_bits(words: torch.Tensor, bits: int, group: int) -> torch.Tensor:
     """_pack_bits undone: int32 [..., W] -> uint8 [..., W * 32 / bits]."""
     shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=words.device)
     values = (words.contiguous().view(torch.uint8).unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
-    return values.reshape(*words.shape[:-1], -1)
+    per_word = 32 // bits
+    return _swap_within_groups(values.reshape(*words.shape[:-1], -1), group // per_word, per_word)
 
 
 def pack_planes(raw: torch.Tensor, fmt: str) -> Planes:
@@ -42,7 +53,7 @@ def pack_planes(raw: torch.Tensor, fmt: str) -> Planes:
     planes = {}
     for plane in PLANES[fmt]:
         field = fields[plane.name].reshape(rows, -1)
-        planes[plane.name] = _pack_bits(field, plane.bits) if plane.bits else field.contiguous()
+        planes[plane.name] = _pack_bits(field, plane.bits, f.group) if plane.bits else field.contiguous()
     return planes
 
 
@@ -51,7 +62,7 @@ def planes_fields(planes: Planes, fmt: str) -> dict[str, torch.Tensor]:
     f = block_format(fmt)
     fields = {}
     for plane in PLANES[fmt]:
-        values = _unpack_bits(planes[plane.name], plane.bits) if plane.bits else planes[plane.name]
+        values = _unpack_bits(planes[plane.name], plane.bits, f.group) if plane.bits else planes[plane.name]
         per_block = f.elems // plane.per if not plane.bits else f.elems
         fields[plane.name] = values.reshape(-1, per_block)
     return fields
