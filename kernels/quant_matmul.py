@@ -208,7 +208,7 @@ def _gpu_tiles(x: torch.Tensor) -> bool:
 
 
 def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
 def gemv_config(fmt: str, m: int, n: int, k: int, device: torch.device, gpu: bool) -> dict:
@@ -216,8 +216,8 @@ def gemv_config(fmt: str, m: int, n: int, k: int, device: torch.device, gpu: boo
     too few to give every SM PROGRAMS_PER_SM of them."""
     if gpu:   # 16 rows x 32 words: 2 KB a step, one 16-byte load per thread per 8 rows
         tiles = dict(BLOCK_N=16 if m == 1 else 8, BLOCK_W=32, num_warps=4)
-    else:
-        tiles = dict(BLOCK_N=4, BLOCK_W=4, num_warps=1)
+    else:     # the interpreter: few programs (its cost is per operation, whatever the tile)
+        tiles = dict(BLOCK_N=32, BLOCK_W=8, num_warps=1)
     row_tiles = triton.cdiv(n, tiles["BLOCK_N"])
     steps = triton.cdiv(k // (32 // PLANES[fmt][0].bits), tiles["BLOCK_W"])
     split = max(1, min(steps, PROGRAMS_PER_SM * _sm_count(device) // row_tiles))
@@ -272,7 +272,7 @@ def dequantize_rows(planes: dict, fmt: str, first_row: int, rows: int, out: torc
     dtype)."""
     kw = planes["q"].shape[1]
     k = out.shape[1]
-    block_n, block_w, warps = (32, 64, 4) if _gpu_tiles(out) else (4, 4, 1)
+    block_n, block_w, warps = (32, 64, 4) if _gpu_tiles(out) else (32, 16, 1)
     grid = (triton.cdiv(rows, block_n), triton.cdiv(kw, block_w))
     _dequantize_kernel[grid](out, *_kernel_planes(planes, fmt), first_row, rows, k, kw, **_constants(fmt, out),
                              BLOCK_N=block_n, BLOCK_W=block_w, num_warps=warps)
