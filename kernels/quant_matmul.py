@@ -19,6 +19,8 @@ reference is quant_planes_ref.planes_matmul_ref.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -198,7 +200,7 @@ def _a_plane(fmt: str) -> str:
 
 def _constants(fmt: str, x: torch.Tensor) -> dict:
     specs = {p.name: p for p in PLANES[fmt]}
-    fp8_hw = x.is_cuda and torch.cuda.get_device_capability(x.device) >= (8, 9)
+    fp8_hw = x.is_cuda and _capability(x.device) >= (8, 9)
     return dict(FMT=FORMAT_IDS[fmt], BITS=specs["q"].bits, A_PER=specs[_a_plane(fmt)].per,
                 G=block_format(fmt).group, FP8_HW=fp8_hw)
 
@@ -207,6 +209,12 @@ def _gpu_tiles(x: torch.Tensor) -> bool:
     return x.is_cuda or GPU_TILES_EVERYWHERE
 
 
+@functools.lru_cache(maxsize=None)
+def _capability(device: torch.device) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device)
+
+
+@functools.lru_cache(maxsize=None)
 def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
@@ -214,8 +222,8 @@ def _sm_count(device: torch.device) -> int:
 def gemv_config(fmt: str, m: int, n: int, k: int, device: torch.device, gpu: bool) -> dict:
     """Tile of the GEMV: BLOCK_N rows by BLOCK_W words a step, and SPLIT programs along K when the row tiles are
     too few to give every SM PROGRAMS_PER_SM of them."""
-    if gpu:   # 16 rows x 32 words: 2 KB a step, one 16-byte load per thread per 8 rows
-        tiles = dict(BLOCK_N=16 if m == 1 else 8, BLOCK_W=32, num_warps=4)
+    if gpu:   # 32 rows x 32 words: 4 KB a step, a 16-byte load for each of 2 rows per thread (x read once for both)
+        tiles = dict(BLOCK_N=32 if m == 1 else 8, BLOCK_W=32, num_warps=4)
     else:     # the interpreter: few programs (its cost is per operation, whatever the tile)
         tiles = dict(BLOCK_N=32, BLOCK_W=8, num_warps=1)
     row_tiles = triton.cdiv(n, tiles["BLOCK_N"])
