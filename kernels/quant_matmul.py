@@ -222,8 +222,9 @@ def _sm_count(device: torch.device) -> int:
 def gemv_config(fmt: str, m: int, n: int, k: int, device: torch.device, gpu: bool) -> dict:
     """Tile of the GEMV: BLOCK_N rows by BLOCK_W words a step, and SPLIT programs along K when the row tiles are
     too few to give every SM PROGRAMS_PER_SM of them."""
-    if gpu:   # 32 rows x 32 words: 4 KB a step, a 16-byte load for each of 2 rows per thread (x read once for both)
-        tiles = dict(BLOCK_N=32 if m == 1 else 8, BLOCK_W=32, num_warps=4)
+    if gpu:   # 4 KB a step, 16-byte loads: at one row of x 32 rows x 32 words, two rows per thread sharing their
+        # loads of x; at several, 8 x 64 (each row of x decodes the words again: fewer rows, fewer registers)
+        tiles = dict(BLOCK_N=32, BLOCK_W=32, num_warps=4) if m == 1 else dict(BLOCK_N=8, BLOCK_W=64, num_warps=4)
     else:     # the interpreter: few programs (its cost is per operation, whatever the tile)
         tiles = dict(BLOCK_N=32, BLOCK_W=8, num_warps=1)
     row_tiles = triton.cdiv(n, tiles["BLOCK_N"])

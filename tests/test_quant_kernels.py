@@ -78,7 +78,7 @@ def test_gemv_split_k_gives_the_same(split):
 
 @pytest.mark.parametrize("fmt", ["Q6_K", "Q5_K", "Q8_0"])
 def test_gpu_tile_sizes(monkeypatch, fmt):
-    """The GPU's tiles (32 rows x 32 words a step at one row of x, 8 rows at several; 32 x 64 words for the
+    """The GPU's tiles (32 rows x 32 words a step at one row of x, 8 x 64 at several; 32 x 64 words for the
     dequantize kernel): K = 512 and 1,024 cover whole and partial steps."""
     from localllm.kernels import quant_matmul as qm
 
@@ -143,13 +143,17 @@ def test_three_dimensional_input():
 
 
 @pytest.mark.parametrize("rank", [0, 1])
-def test_packed_layers_shard_and_compute_like_dense_ones(rank):
+def test_packed_layers_shard_and_compute_like_dense_ones(rank, monkeypatch):
     """Layers kept as planes (a GPU's storage) on tensor-parallel rank `rank` of 2: loaded from block rows (merged
-    Q4_K q/k beside a Q6_K v: two parts; a row-parallel layer's whole blocks of columns), they hold exactly the
-    dense layers' weights, and their kernels give the dense outputs within rounding, at 1 and 9 rows."""
+    Q4_K q/k beside a Q6_K v: two parts; a row-parallel layer's whole blocks of columns), repacked a few rows at a
+    time, they hold exactly the dense layers' weights, and their kernels give the dense outputs within rounding, at
+    1 and 9 rows."""
+    from localllm.layers import quantized
     from localllm.layers.linear import QKVParallelLinear, RowParallelLinear
     from localllm.layers.parallel import pretend_rank
     from localllm.layers.quantized import BlockSource, apply_weight, deferred_weights, place_weights
+
+    monkeypatch.setattr(quantized, "PACK_WEIGHTS", 3 * 512)
 
     g = torch.Generator().manual_seed(8)
     fmts = {"q": "Q4_K", "k": "Q4_K", "v": "Q6_K", None: "Q5_K"}

@@ -30,6 +30,8 @@ from localllm.kernels.quantize_ref import quantize_ref
 from localllm.layers.shards import shape_of
 
 _deferred = False
+# weights repacked into planes at a time when a part is stored (the transient memory of packing: ~4 bytes a weight)
+PACK_WEIGHTS = 1 << 24
 
 
 @contextlib.contextmanager
@@ -104,9 +106,12 @@ class BlockLayout:
         if not self.packed:
             self._blocks(weight, part)[start:start + count].copy_(blocks)
             return
-        planes = pack_planes(blocks.to(weight.device), part.fmt)
-        for name, plane in self._planes(weight, part).items():
-            plane[start:start + count].copy_(planes[name])
+        views = self._planes(weight, part)
+        step = max(1, PACK_WEIGHTS // self.cols)     # packing takes a few bytes a weight: bounded, not per tensor
+        for first in range(0, count, step):
+            planes = pack_planes(blocks[first:first + step].to(weight.device), part.fmt)
+            for name, view in views.items():
+                view[start + first:start + first + len(planes[name])].copy_(planes[name])
 
     def _dequantize_part(self, weight: torch.Tensor, part: Part, index=slice(None)) -> torch.Tensor:
         if self.packed:
