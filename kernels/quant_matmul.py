@@ -219,18 +219,21 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
-def gemv_config(fmt: str, m: int, n: int, k: int, device: torch.device, gpu: bool) -> dict:
-    """Tile of the GEMV: BLOCK_N rows by BLOCK_W words a step, and SPLIT programs along K when the row tiles are
-    too few to give every SM PROGRAMS_PER_SM of them."""
+def gemv_config(fmt: str, m: int, n: int, k: int, device: torch.device, gpu: bool,
+                tiles: dict | None = None) -> dict:
+    """Tile of the GEMV: BLOCK_N rows by BLOCK_W words a step (tiles, when given, overrides them), and SPLIT
+    programs along K when the row tiles are too few to give every SM PROGRAMS_PER_SM of them."""
     if gpu:   # 4 KB a step, 16-byte loads: at one row of x 32 rows x 32 words, two rows per thread sharing their
         # loads of x; at several, 8 x 64 (each row of x decodes the words again: fewer rows, fewer registers)
-        tiles = dict(BLOCK_N=32, BLOCK_W=32, num_warps=4) if m == 1 else dict(BLOCK_N=8, BLOCK_W=64, num_warps=4)
+        config = dict(BLOCK_N=32, BLOCK_W=32, num_warps=4) if m == 1 else dict(BLOCK_N=8, BLOCK_W=64, num_warps=4)
     else:     # the interpreter: few programs (its cost is per operation, whatever the tile)
-        tiles = dict(BLOCK_N=32, BLOCK_W=8, num_warps=1)
-    row_tiles = triton.cdiv(n, tiles["BLOCK_N"])
-    steps = triton.cdiv(k // (32 // PLANES[fmt][0].bits), tiles["BLOCK_W"])
-    split = max(1, min(steps, PROGRAMS_PER_SM * _sm_count(device) // row_tiles))
-    return {**tiles, "SPLIT": split}
+        config = dict(BLOCK_N=32, BLOCK_W=8, num_warps=1)
+    config.update(tiles or {})
+    if "SPLIT" not in config:
+        row_tiles = triton.cdiv(n, config["BLOCK_N"])
+        steps = triton.cdiv(k // (32 // PLANES[fmt][0].bits), config["BLOCK_W"])
+        config["SPLIT"] = max(1, min(steps, PROGRAMS_PER_SM * _sm_count(device) // row_tiles))
+    return config
 
 
 class _SplitWorkspace:
@@ -250,7 +253,7 @@ class _SplitWorkspace:
 
 def _gemv(x2: torch.Tensor, planes: dict, fmt: str, y: torch.Tensor, n: int, k: int, tiles: dict | None) -> None:
     m = x2.shape[0]
-    config = {**gemv_config(fmt, m, n, k, x2.device, _gpu_tiles(x2)), **(tiles or {})}
+    config = gemv_config(fmt, m, n, k, x2.device, _gpu_tiles(x2), tiles)
     block_n, block_w, split = config.pop("BLOCK_N"), config.pop("BLOCK_W"), config.pop("SPLIT")
     kw = planes["q"].shape[1]
     steps = triton.cdiv(kw, block_w)

@@ -30,9 +30,12 @@ SHAPES = [("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 28672, 4096), ("do
           ("lm_head", 128256, 4096)]
 COPY_TB_S = 4.18            # H200's measured copy bandwidth: the GEMV's roofline
 L2_MISS_BYTES = 256 << 20
-# the GEMV tiles tried at one row of x (--sweep; the default config is gemv_config's)
-SWEEP_FORMATS = ["Q4_K", "Q6_K", "Q8_0", "int4_g128", "fp8_e4m3_g128"]
-SWEEP_TILES = [dict(BLOCK_N=bn, BLOCK_W=bw, num_warps=w) for bn in (8, 16, 32) for bw in (32, 64) for w in (4, 8)]
+# timed at every shape (the formats of the 8B benchmarks; the others are checked only, or timed with --all-formats)
+BENCH_FORMATS = ["Q4_K", "Q6_K", "Q8_0", "int4_g128", "fp8_e4m3_g128"]
+# the GEMV tiles tried at one row of x (a 4-bit and an 8-bit format; gemv_config's default is among them)
+SWEEP_FORMATS = ["Q4_K", "Q8_0"]
+SWEEP_TILES = [dict(BLOCK_N=bn, BLOCK_W=bw, num_warps=4) for bn in (16, 32, 64) for bw in (32, 64)]
+SWEEP_TILES += [dict(BLOCK_N=32, BLOCK_W=32, num_warps=8), dict(BLOCK_N=32, BLOCK_W=32, num_warps=4, SPLIT=1)]
 failures: list[str] = []
 
 
@@ -164,9 +167,9 @@ def sweep_shape(fmt: str, name: str, n: int, k: int, gen) -> dict:
             "results": [{"us": us, **tiles} for us, tiles in results]}
 
 
-def bench(gen) -> list[dict]:
+def bench(gen, formats: list[str]) -> list[dict]:
     rows = []
-    for fmt in (None, *FORMATS):
+    for fmt in (None, *formats):
         for name, n, k in SHAPES:
             rows += time_shape(fmt, name, n, k, gen)
     return rows
@@ -176,6 +179,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-bench", action="store_true", help="correctness checks only")
     parser.add_argument("--no-sweep", action="store_true", help="no GEMV tile sweep")
+    parser.add_argument("--all-formats", action="store_true", help="time every format, not BENCH_FORMATS")
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -189,7 +193,7 @@ def main() -> int:
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
               "checks": check_all(gen)}
     if not args.no_bench:
-        report["timings"] = bench(gen)
+        report["timings"] = bench(gen, FORMATS if args.all_formats else BENCH_FORMATS)
     if not args.no_bench and not args.no_sweep:
         report["sweep"] = [sweep_shape(fmt, name, n, k, gen) for fmt in SWEEP_FORMATS for name, n, k in SHAPES]
     report["seconds"] = time.time() - start
