@@ -36,7 +36,7 @@ GPU_TILES_EVERYWHERE = False
 SCRATCH_WEIGHTS = 1 << 27
 # the GEMV splits K until it has about this many programs per SM
 PROGRAMS_PER_SM = 4
-_MAGIC = 8388608.0      # 2^23
+_MAGIC = tl.constexpr(8388608.0)      # 2^23
 
 
 @triton.jit
