@@ -8,12 +8,14 @@ Triton kernels (each module imports triton when imported; import them only where
   rmsnorm.rms_norm                  RMSNorm with optional fused residual add
   rotary.rotary_embedding           neox-style rotary from cos/sin caches, in place or not
   activation.silu_and_mul           SwiGLU gate
-  quant_matmul.quant_matmul         y = x @ W^T over quantized weight blocks: GEMV (decode) and tiled GEMM
+  quant_matmul.quant_matmul         y = x @ W^T over quantized weight planes: GEMV (decode), and dequantize
+                                    + cuBLAS above 8 rows
 Plain data: block_formats (the quantized block formats: sizes, the GGUF types kept as blocks)
 Plain torch (no triton; the ground truth of the tests and the CPU path of localllm.layers):
   paged_attention_ref               store_kvcache, decode_attention, prefill_attention, paged_attention_varlen
   rmsnorm_ref, rotary_ref, activation_ref   the reference of the kernel of the same name
   quant_blocks_ref                  block dequantizers (bit-exact with gguf's) and quant_matmul_ref
+  quant_planes_ref                  the GPU layout: blocks repacked into planes and back, planes_matmul_ref
   quantize_ref                      round-to-nearest quantizers into the block formats
 tests/test_kernels.py checks every kernel against its reference under Triton's interpreter;
 scripts/gpu_kernel_check.py does so on a GPU in bf16 and times them.

@@ -17,27 +17,13 @@ from localllm.kernels.block_formats import QK_K, block_format
 
 
 def _f16(blocks: torch.Tensor, offset: int) -> torch.Tensor:
-    """The float16 at byte `offset` of each block, as float32 [n, 1]."""
-    return blocks[:, offset:offset + 2].contiguous().view(torch.float16).float()
+    """The float16 at byte `offset` of each block, [n, 1]."""
+    return blocks[:, offset:offset + 2].contiguous().view(torch.float16)
 
 
 def _nibbles(qs: torch.Tensor) -> torch.Tensor:
     """[n, B] bytes -> [n, 2, B]: the low nibbles of all B bytes, then the high ones."""
     return torch.stack((qs & 0x0F, qs >> 4), dim=1)
-
-
-def _q4_0(blocks):
-    q = _nibbles(blocks[:, 2:]).reshape(len(blocks), -1).to(torch.int8) - 8
-    return _f16(blocks, 0) * q.float()
-
-
-def _q4_1(blocks):
-    q = _nibbles(blocks[:, 4:]).reshape(len(blocks), -1).float()
-    return _f16(blocks, 0) * q + _f16(blocks, 2)
-
-
-def _q8_0(blocks):
-    return blocks[:, 2:].contiguous().view(torch.int8).float() * _f16(blocks, 0)
 
 
 def k_scales_mins(scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,49 +36,81 @@ def k_scales_mins(scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return sc, mn
 
 
-def _k_quant(blocks, q: torch.Tensor):
-    """Q4_K/Q5_K: w = (d * scale) * q - dmin * min, per 32-weight sub-block; q is [n, 8, 32]."""
-    n = len(blocks)
+def _k_low_nibbles(qs: torch.Tensor) -> torch.Tensor:
+    """Q4_K/Q5_K's 128 bytes of nibbles [n, 128] -> [n, 256] in weight order: 4 chunks of 32 bytes, the low
+    nibbles of a chunk then its high ones."""
+    return _nibbles(qs.reshape(-1, 4, 32)).transpose(1, 2).reshape(-1, QK_K)
+
+
+def _k_fields(blocks: torch.Tensor) -> dict:
     sc, mn = k_scales_mins(blocks[:, 4:16])
-    d = (_f16(blocks, 0) * sc.float()).reshape(n, 8, 1)
-    dm = (_f16(blocks, 2) * mn.float()).reshape(n, 8, 1)
-    return (d * q.float() - dm).reshape(n, QK_K)
+    return {"sc": sc, "mn": mn, "d": _f16(blocks, 0), "dmin": _f16(blocks, 2)}
 
 
-def _q4_k(blocks):
-    return _k_quant(blocks, _nibbles(blocks[:, 16:].reshape(-1, 4, 32)).transpose(1, 2).reshape(-1, 8, 32))
+def _q5_high(bits: torch.Tensor) -> torch.Tensor:
+    shifts = torch.arange(8, dtype=torch.uint8, device=bits.device).reshape(1, 8, 1)
+    return ((bits.reshape(-1, 1, 32) >> shifts) & 1).reshape(-1, QK_K)
 
 
-def _q5_k(blocks):
-    low = _nibbles(blocks[:, 48:].reshape(-1, 4, 32)).transpose(1, 2).reshape(-1, 8, 32)
-    shifts = torch.arange(8, dtype=torch.uint8, device=blocks.device).reshape(1, 8, 1)
-    high = (blocks[:, 16:48].reshape(-1, 1, 32) >> shifts) & 1
-    return _k_quant(blocks, low | (high << 4))
-
-
-def _q6_k(blocks):
+def _q6_fields(blocks: torch.Tensor) -> dict:
     n = len(blocks)
     low = _nibbles(blocks[:, :128].reshape(n, 2, 64)).transpose(1, 2)              # [n, half, nibble, 64]
     shifts = torch.arange(0, 8, 2, dtype=torch.uint8, device=blocks.device).reshape(1, 1, 4, 1)
     high = (blocks[:, 128:192].reshape(n, 2, 1, 32) >> shifts) & 3                 # [n, half, shift, 32]
-    q = (low.reshape(n, 8, 32) | (high.reshape(n, 8, 32) << 4)).to(torch.int8) - 32
-    scales = blocks[:, 192:208].contiguous().view(torch.int8).float()
-    d = (_f16(blocks, 208) * scales).reshape(n, 16, 1)
+    return {"q": low.reshape(n, QK_K), "qh": high.reshape(n, QK_K), "sc": blocks[:, 192:208].contiguous().view(
+        torch.int8), "d": _f16(blocks, 208)}
+
+
+# Each format's fields, per block, in the dtypes the block stores them (block_formats.PLANES names them): the
+# quants q (uint8 values, the weights' order), their high bits qh, and the scale fields.
+_FIELDS = {
+    "Q4_0": lambda b: {"q": _nibbles(b[:, 2:]).reshape(len(b), -1), "d": _f16(b, 0)},
+    "Q4_1": lambda b: {"q": _nibbles(b[:, 4:]).reshape(len(b), -1), "d": _f16(b, 0), "m": _f16(b, 2)},
+    "Q8_0": lambda b: {"q": b[:, 2:], "d": _f16(b, 0)},
+    "Q4_K": lambda b: {"q": _k_low_nibbles(b[:, 16:]), **_k_fields(b)},
+    "Q5_K": lambda b: {"q": _k_low_nibbles(b[:, 48:]), "qh": _q5_high(b[:, 16:48]), **_k_fields(b)},
+    "Q6_K": _q6_fields,
+    "int4_g128": lambda b: {"q": _nibbles(b[:, 4:]).reshape(len(b), -1), "d": _f16(b, 0), "zero": b[:, 2:3]},
+    "fp8_e4m3_g128": lambda b: {"q": b[:, 4:], "d": b[:, :4].contiguous().view(torch.float32)},
+}
+
+
+def _k_values(f: dict, q: torch.Tensor) -> torch.Tensor:
+    """Q4_K/Q5_K: w = (d * scale) * q - dmin * min, per 32-weight sub-block."""
+    n = len(q)
+    d = (f["d"].float() * f["sc"].float()).reshape(n, 8, 1)
+    dm = (f["dmin"].float() * f["mn"].float()).reshape(n, 8, 1)
+    return (d * q.reshape(n, 8, 32).float() - dm).reshape(n, QK_K)
+
+
+def _q6_values(f: dict) -> torch.Tensor:
+    n = len(f["q"])
+    q = (f["q"] | (f["qh"] << 4)).to(torch.int8) - 32
+    d = (f["d"].float() * f["sc"].float()).reshape(n, 16, 1)
     return (d * q.reshape(n, 16, 16).float()).reshape(n, QK_K)
 
 
-def _int4_g128(blocks):
-    q = _nibbles(blocks[:, 4:]).reshape(len(blocks), -1).to(torch.int16) - blocks[:, 2:3].to(torch.int16)
-    return q.float() * _f16(blocks, 0)
+# The weights of blocks from their fields: the float32 operations of gguf.quants.dequantize, in its order.
+_VALUES = {
+    "Q4_0": lambda f: f["d"].float() * (f["q"].to(torch.int8) - 8).float(),
+    "Q4_1": lambda f: f["d"].float() * f["q"].float() + f["m"].float(),
+    "Q8_0": lambda f: f["q"].contiguous().view(torch.int8).float() * f["d"].float(),
+    "Q4_K": lambda f: _k_values(f, f["q"]),
+    "Q5_K": lambda f: _k_values(f, f["q"] | (f["qh"] << 4)),
+    "Q6_K": _q6_values,
+    "int4_g128": lambda f: (f["q"].to(torch.int16) - f["zero"].to(torch.int16)).float() * f["d"].float(),
+    "fp8_e4m3_g128": lambda f: f["q"].contiguous().view(torch.float8_e4m3fn).float() * f["d"],
+}
 
 
-def _fp8_e4m3_g128(blocks):
-    scale = blocks[:, :4].contiguous().view(torch.float32)
-    return blocks[:, 4:].contiguous().view(torch.float8_e4m3fn).float() * scale
+def block_fields(blocks: torch.Tensor, fmt: str) -> dict[str, torch.Tensor]:
+    """uint8 [n, nbytes] blocks -> their fields, each [n, count per block] (block_formats.PLANES names them)."""
+    return _FIELDS[fmt](blocks)
 
 
-_DEQUANTIZERS = {"Q4_0": _q4_0, "Q4_1": _q4_1, "Q8_0": _q8_0, "Q4_K": _q4_k, "Q5_K": _q5_k, "Q6_K": _q6_k,
-                 "int4_g128": _int4_g128, "fp8_e4m3_g128": _fp8_e4m3_g128}
+def field_values(fields: dict[str, torch.Tensor], fmt: str) -> torch.Tensor:
+    """Fields of n blocks (block_fields' form) -> their weights, float32 [n, elems]."""
+    return _VALUES[fmt](fields)
 
 
 def dequantize_ref(raw: torch.Tensor, fmt: str) -> torch.Tensor:
@@ -102,7 +120,7 @@ def dequantize_ref(raw: torch.Tensor, fmt: str) -> torch.Tensor:
         raise ValueError(f"{fmt} rows must be uint8 of whole {f.nbytes}-byte blocks, got {raw.dtype} "
                          f"{tuple(raw.shape)}")
     blocks = raw.reshape(-1, f.nbytes)
-    return _DEQUANTIZERS[fmt](blocks).reshape(*raw.shape[:-1], raw.shape[-1] // f.nbytes * f.elems)
+    return field_values(block_fields(blocks, fmt), fmt).reshape(*raw.shape[:-1], raw.shape[-1] // f.nbytes * f.elems)
 
 
 def quant_matmul_ref(x: torch.Tensor, raw: torch.Tensor, fmt: str) -> torch.Tensor:

@@ -38,7 +38,8 @@ thr() {     # ARCH QUANTIZE: the nano-vllm workload (256 sequences, 134k output 
 for stage in ${STAGES:-kernels agreement latency-8b prefill-8b throughput-8b qwen3-8b fit-32b real-gguf summary}; do
   echo "== $stage $(date -u +%H:%M:%S)"
   case $stage in
-    kernels) py scripts/gpu_quant_check.py --json-out "$OUT/quant-kernels.json" | tail -40 ;;
+    kernels) py scripts/gpu_quant_check.py --json-out "$OUT/quant-kernels.json" | tee "$OUT/quant-kernels.txt" \
+      | tail -40 ;;
     agreement)   # the embedded SmolLM2-135M: its own Q4_1/Q8_0 blocks, then quantized at load to Q8_0 and Q4_K_M
       for q in auto q8_0 q4_k_m fp8; do
         agree "smollm2-$q" ${SMOLLM2_GGUF:+--model "$SMOLLM2_GGUF"} --quantize "$q"

@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""GPU check of the quantized matmuls (localllm.kernels.quant_matmul): every block format against
-quant_matmul_ref (dequantize, then matmul) in bf16, then timings at Llama-3.1-8B's shapes beside bf16 torch.matmul.
+"""GPU check of the quantized matmuls (localllm.kernels.quant_matmul, over the planes of quant_planes_ref): every
+block format against quant_matmul_ref (dequantize the blocks, then matmul) in bf16, then timings at Llama-3.1-8B's
+shapes beside bf16 torch.matmul, then a sweep of GEMV tiles at one row of x.
 
-    python3 scripts/gpu_quant_check.py --json-out quant-kernels.json   # about a minute on an H100/H200
+    python3 scripts/gpu_quant_check.py --json-out quant-kernels.json   # a few minutes on an H100/H200
     python3 scripts/gpu_quant_check.py --no-bench                      # checks only
 
-Timings are CUDA-graph replays (no launch overhead) over enough copies of the weight to miss the L2 cache; the
-GEMV's figure is the weight bytes read per second, the GEMM's TFLOP/s. Exits 1 if any check FAILs.
+Timings are CUDA-graph replays (no launch overhead) over enough copies of the weight to miss the L2 cache. Each row
+gives the weight bytes read per second and their share of the copy roofline (COPY_TB_S; what counts for the GEMV),
+and TFLOP/s (what counts at M = 1024, where the weight is dequantized to bf16 and cuBLAS multiplies); M=0 rows time
+the dequantize kernel alone. Exits 1 if any check FAILs.
 """
 from __future__ import annotations
 
@@ -22,20 +25,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_kernel_check import _import_kernels, graph_time_us  # noqa: E402
 
 FORMATS = ["Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "int4_g128", "fp8_e4m3_g128"]
-# (name, N, K) of Llama-3.1-8B's matrices: fused q/k/v, o, fused gate/up, down
-SHAPES = [("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 28672, 4096), ("down", 4096, 14336)]
+# (name, N, K) of Llama-3.1-8B's matrices: fused q/k/v, o, fused gate/up, down, LM head
+SHAPES = [("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 28672, 4096), ("down", 4096, 14336),
+          ("lm_head", 128256, 4096)]
+COPY_TB_S = 4.18            # H200's measured copy bandwidth: the GEMV's roofline
 L2_MISS_BYTES = 256 << 20
+# timed at every shape (the formats of the 8B benchmarks; the others are checked only, or timed with --all-formats)
+BENCH_FORMATS = ["Q4_K", "Q6_K", "Q8_0", "int4_g128", "fp8_e4m3_g128"]
+# the GEMV tiles tried at one row of x (a 4-bit and an 8-bit format; gemv_config's default is among them)
+SWEEP_FORMATS = ["Q4_K", "Q8_0"]
+SWEEP_TILES = [dict(BLOCK_N=bn, BLOCK_W=bw, num_warps=4) for bn in (16, 32, 64) for bw in (32, 64)]
+SWEEP_TILES += [dict(BLOCK_N=32, BLOCK_W=32, num_warps=8), dict(BLOCK_N=32, BLOCK_W=32, num_warps=4, SPLIT=1)]
 failures: list[str] = []
 
 
 def check(fmt: str, m: int, n: int, k: int, gen) -> dict:
-    from localllm.kernels.quant_matmul import quant_matmul
     from localllm.kernels.quant_blocks_ref import quant_matmul_ref
+    from localllm.kernels.quant_matmul import quant_matmul
+    from localllm.kernels.quant_planes_ref import pack_planes
     from localllm.kernels.quantize_ref import quantize_ref
 
     raw = quantize_ref(torch.randn(n, k, device="cuda", generator=gen) * 0.02, fmt)
     x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
-    got = quant_matmul(x, raw, fmt)
+    got = quant_matmul(x, pack_planes(raw, fmt), fmt)
     want = quant_matmul_ref(x.float(), raw, fmt)
     error = float((got.float() - want).abs().max() / want.abs().max())
     ok = bool(torch.isfinite(got).all()) and error < 2e-2
@@ -46,12 +58,32 @@ def check(fmt: str, m: int, n: int, k: int, gen) -> dict:
     return {"format": fmt, "m": m, "n": n, "k": k, "relative_max_error": error, "pass": ok}
 
 
+def check_exact_dequantize(fmt: str, gen) -> dict:
+    """The dense path's weights (float32) against the blocks' reference, bit for bit but for fused multiply-adds."""
+    from localllm.kernels.quant_blocks_ref import dequantize_ref
+    from localllm.kernels.quant_matmul import dequantize_rows
+    from localllm.kernels.quant_planes_ref import pack_planes
+    from localllm.kernels.quantize_ref import quantize_ref
+
+    raw = quantize_ref(torch.randn(300, 2048, device="cuda", generator=gen) * 0.02, fmt)
+    got = dequantize_rows(pack_planes(raw, fmt), fmt, 0, 300, torch.empty(300, 2048, device="cuda"))
+    want = dequantize_ref(raw, fmt)
+    error = float((got - want).abs().max() / want.abs().max())   # a fused d * q - m rounds once, near 0 too
+    ok = error < 1e-6
+    print(f"{'PASS' if ok else 'FAIL'}  {fmt + ' dequantize float32':<36} relative max error {error:.2e}", flush=True)
+    if not ok:
+        failures.append(f"{fmt} dequantize")
+    return {"format": fmt, "dequantize_relative_max_error": error, "pass": ok}
+
+
 def check_all(gen) -> list[dict]:
     rows = []
     for fmt in FORMATS:
         for m in (1, 3, 8, 9, 64, 1000):
             rows.append(check(fmt, m, 1536, 2048, gen))
-        rows.append(check(fmt, 1, 4096, 14336, gen))
+        rows.append(check(fmt, 1, 4096, 14336, gen))      # split K
+        rows.append(check(fmt, 2, 1000, 4096, gen))       # a partial row tile
+        rows.append(check_exact_dequantize(fmt, gen))
     return rows
 
 
@@ -59,43 +91,95 @@ def _copies(nbytes: int) -> int:
     return max(1, L2_MISS_BYTES // max(nbytes, 1))
 
 
-def time_case(fmt: str | None, name: str, m: int, n: int, k: int, gen) -> dict:
-    """One matmul shape: GPU microseconds per call and what they make (GB/s of weights; TFLOP/s)."""
-    from localllm.kernels.quant_matmul import quant_matmul
+def _weights(fmt: str | None, n: int, k: int, gen) -> tuple[list, int]:
+    """Enough copies of one random [n, k] weight (dense bf16, or planes) to miss the L2 cache; its bytes."""
+    from localllm.kernels.quant_planes_ref import pack_planes
     from localllm.kernels.quantize_ref import quantize_ref
 
-    x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
     if fmt is None:
-        weights = [torch.randn(n, k, device="cuda", generator=gen).to(torch.bfloat16)]
-        weights += [w.clone() for w in weights * (_copies(weights[0].nbytes) - 1)]
-        call = lambda w: torch.matmul(x, w.t())   # noqa: E731
-    else:
-        weights = [quantize_ref(torch.randn(n, k, device="cuda", generator=gen) * 0.02, fmt)]
-        weights += [w.clone() for w in weights * (_copies(weights[0].nbytes) - 1)]
-        call = lambda w: quant_matmul(x, w, fmt)   # noqa: E731
-    us = graph_time_us(lambda: [call(w) for w in weights]) / len(weights)
-    nbytes = weights[0].nbytes
-    row = {"format": fmt or "bf16", "matrix": name, "m": m, "n": n, "k": k, "us": us, "weight_bytes": nbytes,
-           "weight_gb_s": nbytes / us / 1e3, "tflop_s": 2 * m * n * k / us / 1e6}
-    print(f"{row['format']:<10} {name:<8} M={m:<5} {us:9.1f} us  {row['weight_gb_s']:8.1f} GB/s  "
-          f"{row['tflop_s']:7.1f} TFLOP/s", flush=True)
-    del weights
-    torch.cuda.empty_cache()
+        weight = torch.randn(n, k, device="cuda", generator=gen).to(torch.bfloat16)
+        nbytes = weight.nbytes
+        return [weight] + [weight.clone() for _ in range(_copies(nbytes) - 1)], nbytes
+    planes = {}
+    for first in range(0, n, 16384):   # quantized in row chunks: the float32 draft of an LM head is 2 GB
+        rows = min(16384, n - first)
+        chunk = pack_planes(quantize_ref(torch.randn(rows, k, device="cuda", generator=gen) * 0.02, fmt), fmt)
+        for name, plane in chunk.items():
+            planes.setdefault(name, []).append(plane)
+    planes = {name: torch.cat(parts) for name, parts in planes.items()}
+    nbytes = sum(p.nbytes for p in planes.values())
+    return [planes] + [{name: p.clone() for name, p in planes.items()} for _ in range(_copies(nbytes) - 1)], nbytes
+
+
+def _time(call, weights: list) -> float:
+    return graph_time_us(lambda: [call(w) for w in weights]) / len(weights)
+
+
+def _row(fmt: str, name: str, m: int, n: int, k: int, us: float, nbytes: int, **extra) -> dict:
+    row = {"format": fmt, "matrix": name, "m": m, "n": n, "k": k, "us": us, "weight_bytes": nbytes,
+           "weight_gb_s": nbytes / us / 1e3, "roofline_pct": 100 * nbytes / us / 1e6 / COPY_TB_S,
+           "tflop_s": 2 * m * n * k / us / 1e6, **extra}
+    print(f"{fmt:<14} {name:<8} M={m:<5} {us:9.1f} us  {row['weight_gb_s']:8.1f} GB/s "
+          f"{row['roofline_pct']:5.1f}%  {row['tflop_s']:7.1f} TFLOP/s {extra or ''}", flush=True)
     return row
 
 
-def bench(gen) -> list[dict]:
+def time_shape(fmt: str | None, name: str, n: int, k: int, gen, ms=(1, 8, 1024)) -> list[dict]:
+    """One matrix: GPU microseconds per call at each M, and what they make (weight GB/s and % of the copy
+    roofline; TFLOP/s); for a quantized format also the dequantize kernel alone (the large-M path's first half)."""
+    from localllm.kernels.quant_matmul import dequantize_rows, quant_matmul
+
+    weights, nbytes = _weights(fmt, n, k, gen)
     rows = []
-    for fmt in (None, *FORMATS):
+    for m in ms:
+        x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
+        if fmt is None:
+            us = _time(lambda w: torch.matmul(x, w.t()), weights)
+        else:
+            us = _time(lambda w: quant_matmul(x, w, fmt), weights)
+        rows.append(_row(fmt or "bf16", name, m, n, k, us, nbytes))
+    if fmt is not None:
+        chunk = min(n, (1 << 27) // k)
+        out = torch.empty(chunk, k, device="cuda", dtype=torch.bfloat16)
+        us = _time(lambda w: dequantize_rows(w, fmt, 0, chunk, out), weights) * n / chunk
+        rows.append(_row(fmt, name, 0, n, k, us, nbytes, dequantize_gb_s=(nbytes + 2 * n * k) / us / 1e3))
+    del weights
+    torch.cuda.empty_cache()
+    return rows
+
+
+def sweep_shape(fmt: str, name: str, n: int, k: int, gen) -> dict:
+    """The GEMV at one row of x under each of SWEEP_TILES (split K as gemv_config decides for the tile)."""
+    from localllm.kernels.quant_matmul import quant_matmul
+
+    weights, nbytes = _weights(fmt, n, k, gen)
+    x = torch.randn(1, k, device="cuda", generator=gen).to(torch.bfloat16)
+    results = []
+    for tiles in SWEEP_TILES:
+        us = _time(lambda w: quant_matmul(x, w, fmt, gemv_tiles=tiles), weights)
+        results.append((us, tiles))
+    us, best = min(results, key=lambda r: r[0])
+    print(f"sweep {fmt:<14} {name:<8} best {best} {us:8.1f} us {100 * nbytes / us / 1e6 / COPY_TB_S:5.1f}% "
+          f"(worst {max(r[0] for r in results):.1f} us)", flush=True)
+    del weights
+    torch.cuda.empty_cache()
+    return {"format": fmt, "matrix": name, "n": n, "k": k, "weight_bytes": nbytes,
+            "results": [{"us": us, **tiles} for us, tiles in results]}
+
+
+def bench(gen, formats: list[str]) -> list[dict]:
+    rows = []
+    for fmt in (None, *formats):
         for name, n, k in SHAPES:
-            for m in (1, 8, 1024):
-                rows.append(time_case(fmt, name, m, n, k, gen))
+            rows += time_shape(fmt, name, n, k, gen)
     return rows
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-bench", action="store_true", help="correctness checks only")
+    parser.add_argument("--no-sweep", action="store_true", help="no GEMV tile sweep")
+    parser.add_argument("--all-formats", action="store_true", help="time every format, not BENCH_FORMATS")
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -109,7 +193,9 @@ def main() -> int:
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
               "checks": check_all(gen)}
     if not args.no_bench:
-        report["timings"] = bench(gen)
+        report["timings"] = bench(gen, FORMATS if args.all_formats else BENCH_FORMATS)
+    if not args.no_bench and not args.no_sweep:
+        report["sweep"] = [sweep_shape(fmt, name, n, k, gen) for fmt in SWEEP_FORMATS for name, n, k in SHAPES]
     report["seconds"] = time.time() - start
     report["failures"] = failures
     if args.json_out:

@@ -72,6 +72,11 @@ def _other_rows(out: Path, rows: list) -> None:
     kernels = _load(out, "quant-kernels")
     if kernels is not None:
         _row(rows, "kernel checks failed", len(kernels["failures"]), "0", not kernels["failures"])
+        for t in kernels.get("timings", []):   # the GEMV's share of the copy roofline; prefill-sized matmuls
+            if t["matrix"] == "gate_up" and t["m"] == 1 and t["format"] != "bf16":
+                _row(rows, f"GEMV {t['format']} gate_up M=1: % of copy bandwidth", round(t["roofline_pct"], 1))
+            if t["matrix"] == "gate_up" and t["m"] == 1024:
+                _row(rows, f"matmul {t['format']} gate_up M=1024 TFLOP/s", round(t["tflop_s"], 1))
 
 
 def main() -> int:

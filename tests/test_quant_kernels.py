@@ -1,11 +1,9 @@
-"""The quantized matmul kernels (localllm.kernels.quant_matmul: GEMV for up to 8 rows, tiled GEMM above) against
-quant_blocks_ref.quant_matmul_ref (dequantize, then matmul), for every block format, under Triton's interpreter
-(tests/triton_interpreter.py). Small shapes keep the interpreter fast; K is not a multiple of the tile's K and N
-not of its rows, so the masked edges run too.
-
-The interpreter multiplies bfloat16 tl.dot operands as raw bits (a minimal tl.dot of two bf16 tiles is wrong
-there, not on GPUs), so the GEMM is checked in float32 and float16 here and in bfloat16 on a GPU
-(scripts/gpu_quant_check.py); the GEMV, which does not use tl.dot, is checked in bfloat16 too."""
+"""The quantized matmul kernels (localllm.kernels.quant_matmul: GEMV for up to 8 rows of x, dequantize-then-matmul
+above) over the planes of quant_planes_ref, against quant_planes_ref.planes_matmul_ref and quant_blocks_ref
+(dequantize the blocks, then matmul; bit-exact with gguf's dequantize, tests/test_quant_blocks.py), for every block
+format, under Triton's interpreter (tests/triton_interpreter.py). Small shapes keep the interpreter fast; N is odd
+and K not a multiple of the GEMV's step, so the masked edges run too, and on the CPU (one "SM") the GEMV
+split K at these sizes."""
 from __future__ import annotations
 
 import pytest
@@ -17,6 +15,7 @@ from triton_interpreter import collect_one_mode, run_under_interpreter  # noqa: 
 
 from localllm.kernels.block_formats import BLOCK_FORMATS  # noqa: E402
 from localllm.kernels.quant_blocks_ref import dequantize_ref, quant_matmul_ref  # noqa: E402
+from localllm.kernels.quant_planes_ref import pack_planes, planes_matmul_ref  # noqa: E402
 from localllm.kernels.quantize_ref import quantize_ref  # noqa: E402
 
 FORMATS = list(BLOCK_FORMATS)
@@ -28,9 +27,9 @@ def test_quant_kernels_under_triton_interpreter():
     run_under_interpreter(__file__)
 
 
-def _case(fmt: str, m: int, n: int = 19, seed: int = 0):
+def _case(fmt: str, m: int, n: int = 19, seed: int = 0, k: int | None = None):
     f = BLOCK_FORMATS[fmt]
-    k = 3 * f.elems if f.elems == 32 else 2 * f.elems    # 96: a partial 64-wide tile at the end
+    k = k or (3 * f.elems if f.elems == 32 else 2 * f.elems)
     g = torch.Generator().manual_seed(seed)
     raw = quantize_ref(torch.randn(n, k, generator=g), fmt)
     return torch.randn(m, k, generator=g), raw
@@ -38,6 +37,7 @@ def _case(fmt: str, m: int, n: int = 19, seed: int = 0):
 
 def _check(got: torch.Tensor, x: torch.Tensor, raw: torch.Tensor, fmt: str) -> None:
     want = quant_matmul_ref(x.float(), raw, fmt)
+    assert torch.equal(planes_matmul_ref(x.float(), pack_planes(raw, fmt), fmt), want)
     assert got.dtype == x.dtype and got.shape == want.shape
     assert torch.isfinite(got.float()).all()
     error = (got.float() - want).abs().max() / want.abs().max()
@@ -45,52 +45,64 @@ def _check(got: torch.Tensor, x: torch.Tensor, raw: torch.Tensor, fmt: str) -> N
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_gemv_one_row_float32(fmt):
+@pytest.mark.parametrize("m", [1, 3, 8, 9, 64])
+def test_matmul_float32(fmt, m):
     from localllm.kernels.quant_matmul import quant_matmul
 
-    x, raw = _case(fmt, 1)
-    _check(quant_matmul(x, raw, fmt), x, raw, fmt)
+    x, raw = _case(fmt, m, seed=m)
+    _check(quant_matmul(x, pack_planes(raw, fmt), fmt), x, raw, fmt)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_gemv_three_rows_bfloat16(fmt):
+def test_gemv_three_rows_bfloat16_and_dense_path_float16(fmt):
     from localllm.kernels.quant_matmul import quant_matmul
 
     x, raw = _case(fmt, 3, seed=1)
-    _check(quant_matmul(x.bfloat16(), raw, fmt), x.bfloat16(), raw, fmt)
+    _check(quant_matmul(x.bfloat16(), pack_planes(raw, fmt), fmt), x.bfloat16(), raw, fmt)
+    x, raw = _case(fmt, 12, seed=2)
+    _check(quant_matmul(x.half(), pack_planes(raw, fmt), fmt), x.half(), raw, fmt)
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
-def test_gemm_float32(fmt):
+@pytest.mark.parametrize("split", [1, 2, 5])
+def test_gemv_split_k_gives_the_same(split):
+    """K split over 1, 2 and 5 programs (5: more splits than steps, clamped); the counters reset themselves, so a
+    second call gives the same again."""
     from localllm.kernels.quant_matmul import quant_matmul
 
-    x, raw = _case(fmt, 21, seed=2)
-    _check(quant_matmul(x, raw, fmt), x, raw, fmt)
+    x, raw = _case("Q4_K", 2, n=7, seed=3, k=1024)
+    planes = pack_planes(raw, "Q4_K")
+    first = quant_matmul(x, planes, "Q4_K", gemv_tiles=dict(SPLIT=split, BLOCK_W=8))
+    _check(first, x, raw, "Q4_K")
+    assert torch.equal(quant_matmul(x, planes, "Q4_K", gemv_tiles=dict(SPLIT=split, BLOCK_W=8)), first)
 
 
-@pytest.mark.parametrize("fmt", ["Q4_K", "Q8_0"])
-def test_gemm_float16(fmt):
-    from localllm.kernels.quant_matmul import quant_matmul
-
-    x, raw = _case(fmt, 17, seed=3)
-    _check(quant_matmul(x.half(), raw, fmt), x.half(), raw, fmt)
-
-
-def test_gemv_with_gpu_tile_sizes(monkeypatch):
-    """The GPU's tiles (256 weights a step, 8 rows): a K of 512 = two whole K-quant blocks, 8 rows of x."""
+@pytest.mark.parametrize("fmt", ["Q6_K", "Q5_K", "Q8_0"])
+def test_gpu_tile_sizes(monkeypatch, fmt):
+    """The GPU's tiles (32 rows x 32 words a step at one row of x, 8 x 64 at several; 32 x 64 words for the
+    dequantize kernel): K = 512 and 1,024 cover whole and partial steps."""
     from localllm.kernels import quant_matmul as qm
 
     monkeypatch.setattr(qm, "GPU_TILES_EVERYWHERE", True)
-    g = torch.Generator().manual_seed(4)
-    for fmt in ("Q6_K", "Q4_0"):
-        raw = quantize_ref(torch.randn(11, 512, generator=g), fmt)
-        x = torch.randn(8, 512, generator=g)
-        _check(qm.quant_matmul(x, raw, fmt), x, raw, fmt)
+    for m, k in ((1, 512), (8, 1024), (9, 512)):
+        x, raw = _case(fmt, m, n=21, seed=4, k=k)
+        _check(qm.quant_matmul(x, pack_planes(raw, fmt), fmt), x, raw, fmt)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_dequantize_kernel_is_exact(fmt):
+    """The dense path's weights are the reference's bit for bit (float32 out), from rows 5.. of the planes."""
+    from localllm.kernels.quant_matmul import dequantize_rows
+
+    _, raw = _case(fmt, 1, n=13, seed=5)
+    out = torch.full((6, raw.shape[1] // BLOCK_FORMATS[fmt].nbytes * BLOCK_FORMATS[fmt].elems), float("nan"))
+    dequantize_rows(pack_planes(raw, fmt), fmt, 5, 6, out)
+    assert torch.equal(out, dequantize_ref(raw[5:11], fmt))
 
 
 def test_fp8_decodes_every_finite_code_exactly():
     """The kernels build float8 e4m3 values from their bits: every finite code (normal and subnormal, both signs)
-    times its block's scale, as torch's float8_e4m3fn gives it; x = the identity reads the weight back."""
+    times its block's scale, as torch's float8_e4m3fn gives it; x = the identity reads the weight back, through
+    the dense path (all of it) and the GEMV (rows of the identity)."""
     from localllm.kernels.quant_matmul import quant_matmul
     from localllm.kernels.quantize_ref import fp8_blocks
 
@@ -100,30 +112,74 @@ def test_fp8_decodes_every_finite_code_exactly():
     raw = fp8_blocks(values, torch.tensor([0.75, -3.0])).reshape(1, -1)
     want = dequantize_ref(raw, "fp8_e4m3_g128")
     assert torch.equal(want, (values.float() * torch.tensor([[0.75], [-3.0]])).reshape(1, -1))
-    got = quant_matmul(torch.eye(256), raw, "fp8_e4m3_g128")
-    assert torch.equal(got.reshape(1, -1), want)
+    planes = pack_planes(raw, "fp8_e4m3_g128")
+    assert torch.equal(quant_matmul(torch.eye(256), planes, "fp8_e4m3_g128").reshape(1, -1), want)
+    for first in (0, 136):     # the GEMV decodes with the same code: 8 columns of each block
+        got = quant_matmul(torch.eye(256)[first:first + 8], planes, "fp8_e4m3_g128")
+        assert torch.equal(got[:, 0], want[0, first:first + 8])
 
 
 def test_output_into_a_column_slice_and_empty_input():
     """A merged projection's part writes its columns of a wider output; a step with no rows computes nothing."""
     from localllm.kernels.quant_matmul import quant_matmul
 
-    x, raw = _case("Q4_1", 9, n=7, seed=5)
-    out = torch.full((9, 12), float("nan"))
-    result = quant_matmul(x, raw, "Q4_1", out=out[:, 3:10])
-    assert result.data_ptr() == out[:, 3:10].data_ptr()
-    _check(out[:, 3:10], x, raw, "Q4_1")
-    assert out[:, :3].isnan().all() and out[:, 10:].isnan().all()
-    assert quant_matmul(x[:0], raw, "Q4_1").shape == (0, 7)
+    for m in (2, 9):
+        x, raw = _case("Q4_1", m, n=7, seed=6)
+        out = torch.full((m, 12), float("nan"))
+        result = quant_matmul(x, pack_planes(raw, "Q4_1"), "Q4_1", out=out[:, 3:10])
+        assert result.data_ptr() == out[:, 3:10].data_ptr()
+        _check(out[:, 3:10], x, raw, "Q4_1")
+        assert out[:, :3].isnan().all() and out[:, 10:].isnan().all()
+    assert quant_matmul(x[:0], pack_planes(raw, "Q4_1"), "Q4_1").shape == (0, 7)
 
 
 def test_three_dimensional_input():
     from localllm.kernels.quant_matmul import quant_matmul
 
-    x, raw = _case("Q8_0", 6, seed=6)
-    got = quant_matmul(x.reshape(2, 3, -1), raw, "Q8_0")
+    x, raw = _case("Q8_0", 6, seed=7)
+    got = quant_matmul(x.reshape(2, 3, -1), pack_planes(raw, "Q8_0"), "Q8_0")
     assert got.shape == (2, 3, 19)
     _check(got.reshape(6, 19), x, raw, "Q8_0")
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_packed_layers_shard_and_compute_like_dense_ones(rank, monkeypatch):
+    """Layers kept as planes (a GPU's storage) on tensor-parallel rank `rank` of 2: loaded from block rows (merged
+    Q4_K q/k beside a Q6_K v: two parts; a row-parallel layer's whole blocks of columns), repacked a few rows at a
+    time, they hold exactly the dense layers' weights, and their kernels give the dense outputs within rounding, at
+    1 and 9 rows."""
+    from localllm.layers import quantized
+    from localllm.layers.linear import QKVParallelLinear, RowParallelLinear
+    from localllm.layers.parallel import pretend_rank
+    from localllm.layers.quantized import BlockSource, apply_weight, deferred_weights, place_weights
+
+    monkeypatch.setattr(quantized, "PACK_WEIGHTS", 3 * 512)
+
+    g = torch.Generator().manual_seed(8)
+    fmts = {"q": "Q4_K", "k": "Q4_K", "v": "Q6_K", None: "Q5_K"}
+    cases = [(QKVParallelLinear, (512, 64, 4, 2), {"q": (256, 512), "k": (128, 512), "v": (128, 512)}),
+             (RowParallelLinear, (512, 48), {None: (48, 512)})]
+    with pretend_rank(rank, 2):
+        for cls, args, shards in cases:
+            layers = []
+            for packed in (True, None):
+                with deferred_weights():
+                    layer = cls(*args)
+                spans = {"": [(*layer.shard_rows(s)[:2], fmts[s]) for s in shards]} if packed else {}
+                place_weights(layer, spans, torch.device("cpu"), torch.float32, packed=packed)
+                layers.append(layer)
+            kept, dense = layers
+            assert kept.layout.packed and kept.weight.dtype == torch.uint8
+            for s, shape in shards.items():
+                src = BlockSource.of_rows(quantize_ref(torch.randn(*shape, generator=g), fmts[s]), fmts[s])
+                kept.load_weight(kept.weight, src, s)
+                dense.load_weight(dense.weight, src.dequantized(), s)
+            assert torch.equal(kept.layout.dequantize(kept.weight), dense.weight)
+            for m in (1, 9):
+                x = torch.randn(m, kept.layout.cols, generator=g)
+                want = apply_weight(x, dense)
+                error = (apply_weight(x, kept) - want).abs().max() / want.abs().max()
+                assert error < 1e-5, f"{cls.__name__} rank {rank} m {m}: {error:.2e}"
 
 
 collect_one_mode(globals(), "test_quant_kernels_under_triton_interpreter")

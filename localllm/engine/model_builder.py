@@ -26,7 +26,7 @@ def build_model(hf_config, model_dir: Path | None, quantization: str, device: to
     finally:
         torch.set_default_dtype(default_dtype)
     spans = storage_spans(model, quant, quantization, device_type or device.type)
-    place_weights(model, spans, device, dtype)
+    place_weights(model, spans, device, dtype, packed=(device_type or device.type) == "cuda")
     return model, quant
 
 

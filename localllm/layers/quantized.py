@@ -6,8 +6,10 @@ formats (llama.cpp's Q4_K_M stores attn_v in Q6_K beside a Q4_K attn_q) keeps on
 multiplied by its own kernel launch into its columns of the output. Rows are whole blocks along the input dimension,
 so a tensor-parallel rank's columns must be whole blocks too (checked when the layout is planned).
 
-On a GPU the Triton kernels of localllm.kernels.quant_matmul multiply the blocks as they are; elsewhere the weight
-is dequantized (to exactly the values a dense conversion would hold) and multiplied by torch.
+On a GPU each part is repacked as it is stored (after any tensor-parallel slicing) into planes, the layout the
+Triton kernels of localllm.kernels.quant_matmul read (block_formats.PLANES: the same fields, about the same bytes);
+elsewhere the block rows stay as they are and each matmul dequantizes its weight (to exactly the values a dense
+conversion would hold) and multiplies with torch.
 
 Layers are built with their weights deferred (on the meta device, nothing allocated) and then placed: each gets a
 dense tensor or a block layout, so a model whose dense form does not fit in memory never allocates it.
@@ -21,12 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from localllm.kernels.block_formats import block_format, row_bytes
+from localllm.kernels.block_formats import block_format, planes_bytes, row_bytes
 from localllm.kernels.quant_blocks_ref import dequantize_ref
+from localllm.kernels.quant_planes_ref import dequantize_planes_ref, pack_planes, plane_views
 from localllm.kernels.quantize_ref import quantize_ref
 from localllm.layers.shards import shape_of
 
 _deferred = False
+# weights repacked into planes at a time when a part is stored (the transient memory of packing: ~4 bytes a weight)
+PACK_WEIGHTS = 1 << 24
 
 
 @contextlib.contextmanager
@@ -51,17 +56,20 @@ class Part:
     first_row: int
     rows: int
     offset: int      # in bytes, into the layer's flat buffer
-    row_bytes: int
+    nbytes: int      # its block rows, or its planes
 
 
 @dataclass(frozen=True)
 class BlockLayout:
+    """packed: the part's rows are kept as planes, the GPU layout the kernels read (quant_planes_ref), instead of
+    the block rows of the checkpoint (the CPU's: dequantized by torch for each matmul)."""
     rows: int
     cols: int
     parts: tuple[Part, ...]
+    packed: bool = False
 
     @classmethod
-    def of(cls, rows: int, cols: int, spans: list[tuple[int, int, str]]) -> BlockLayout:
+    def of(cls, rows: int, cols: int, spans: list[tuple[int, int, str]], packed: bool = False) -> BlockLayout:
         """From (first row, row count, format) spans covering all rows; neighbouring spans of one format merge."""
         merged: list[list] = []
         for first, count, fmt in sorted(spans):
@@ -71,23 +79,44 @@ class BlockLayout:
                 merged.append([first, count, fmt])
         parts, offset = [], 0
         for first, count, fmt in merged:
-            part = Part(fmt, first, count, offset, row_bytes(fmt, cols))
-            parts.append(part)
-            offset += count * part.row_bytes
+            nbytes = planes_bytes(fmt, count, cols) if packed else count * row_bytes(fmt, cols)
+            parts.append(Part(fmt, first, count, offset, nbytes))
+            offset += nbytes
         if sum(p.rows for p in parts) != rows:
             raise ValueError(f"block layout spans cover {sum(p.rows for p in parts)} of {rows} rows")
-        return cls(rows, cols, tuple(parts))
+        return cls(rows, cols, tuple(parts), packed)
 
     @property
     def nbytes(self) -> int:
-        return sum(p.rows * p.row_bytes for p in self.parts)
+        return sum(p.nbytes for p in self.parts)
 
     @property
     def formats(self) -> list[str]:
         return [p.fmt for p in self.parts]
 
-    def view(self, weight: torch.Tensor, part: Part) -> torch.Tensor:
-        return weight[part.offset:part.offset + part.rows * part.row_bytes].view(part.rows, part.row_bytes)
+    def _blocks(self, weight: torch.Tensor, part: Part) -> torch.Tensor:
+        return weight[part.offset:part.offset + part.nbytes].view(part.rows, part.nbytes // part.rows)
+
+    def _planes(self, weight: torch.Tensor, part: Part) -> dict[str, torch.Tensor]:
+        return plane_views(weight[part.offset:part.offset + part.nbytes], part.fmt, part.rows, self.cols)
+
+    def write_rows(self, weight: torch.Tensor, part: Part, start: int, blocks: torch.Tensor) -> None:
+        """Stores block rows [count, row bytes] as rows start.. of `part` (repacked into planes when packed)."""
+        count = blocks.shape[0]
+        if not self.packed:
+            self._blocks(weight, part)[start:start + count].copy_(blocks)
+            return
+        views = self._planes(weight, part)
+        step = max(1, PACK_WEIGHTS // self.cols)     # packing takes a few bytes a weight: bounded, not per tensor
+        for first in range(0, count, step):
+            planes = pack_planes(blocks[first:first + step].to(weight.device), part.fmt)
+            for name, view in views.items():
+                view[start + first:start + first + len(planes[name])].copy_(planes[name])
+
+    def _dequantize_part(self, weight: torch.Tensor, part: Part, index=slice(None)) -> torch.Tensor:
+        if self.packed:
+            return dequantize_planes_ref({k: v[index] for k, v in self._planes(weight, part).items()}, part.fmt)
+        return dequantize_ref(self._blocks(weight, part)[index], part.fmt)
 
     def part_of(self, first_row: int, count: int) -> Part:
         for part in self.parts:
@@ -97,27 +126,27 @@ class BlockLayout:
 
     def dequantize(self, weight: torch.Tensor) -> torch.Tensor:
         """float32 [rows, cols]."""
-        return torch.cat([dequantize_ref(self.view(weight, p), p.fmt) for p in self.parts])
+        return torch.cat([self._dequantize_part(weight, p) for p in self.parts])
 
     def matmul(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """x [..., cols] @ W^T -> [..., rows]."""
-        if not x.is_cuda:   # the same weights a dense conversion holds, so the same results
+        """x [..., cols] @ W^T -> [..., rows]: the Triton kernels over the planes; block rows are dequantized
+        first (the same weights a dense conversion holds, so the same results)."""
+        if not self.packed:
             return F.linear(x, self.dequantize(weight).to(x.dtype))
         from localllm.kernels.quant_matmul import quant_matmul
 
         if len(self.parts) == 1:
-            return quant_matmul(x, self.view(weight, self.parts[0]), self.parts[0].fmt)
+            return quant_matmul(x, self._planes(weight, self.parts[0]), self.parts[0].fmt)
         x2 = x.reshape(-1, self.cols)
         y = torch.empty((x2.shape[0], self.rows), dtype=x.dtype, device=x.device)
         for p in self.parts:
-            quant_matmul(x2, self.view(weight, p), p.fmt, out=y[:, p.first_row:p.first_row + p.rows])
+            quant_matmul(x2, self._planes(weight, p), p.fmt, out=y[:, p.first_row:p.first_row + p.rows])
         return y.reshape(*x.shape[:-1], self.rows)
 
     def rows_of(self, weight: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Dequantized rows [*index.shape, cols] (float32): an embedding lookup."""
-        part = self.parts[0]
         assert len(self.parts) == 1, "an embedding is one tensor"
-        return dequantize_ref(self.view(weight, part)[index], part.fmt)
+        return self._dequantize_part(weight, self.parts[0], index)
 
 
 class BlockSource:
@@ -174,8 +203,7 @@ def store_rows(module: nn.Module, first_row: int, src) -> None:
         blocks = src.blocks()
     else:
         blocks = quantize_ref(dense_values(src).to(module.weight.device), part.fmt)
-    start = first_row - part.first_row
-    layout.view(module.weight.data, part)[start:start + count].copy_(blocks)
+    layout.write_rows(module.weight.data, part, first_row - part.first_row, blocks)
 
 
 def apply_weight(x: torch.Tensor, module: nn.Module, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -188,10 +216,12 @@ def apply_weight(x: torch.Tensor, module: nn.Module, bias: torch.Tensor | None =
 
 
 def place_weights(model: nn.Module, spans_of: dict[str, list[tuple[int, int, str]]], device: torch.device,
-                  dtype: torch.dtype) -> None:
+                  dtype: torch.dtype, packed: bool | None = None) -> None:
     """Gives every deferred weight its storage: a block layout for the modules in spans_of (module name ->
     (first row, rows, format) spans), dense in `dtype` for the others. A weight shared by two modules (tied
-    embeddings) stays shared."""
+    embeddings) stays shared. packed: block layouts kept as planes (BlockLayout.packed); by default on a CUDA
+    device, where the kernels run."""
+    packed = device.type == "cuda" if packed is None else packed
     placed: dict[int, tuple[nn.Parameter, BlockLayout | None]] = {}
     for name, module in model.named_modules():
         weight = getattr(module, "weight", None)
@@ -199,7 +229,7 @@ def place_weights(model: nn.Module, spans_of: dict[str, list[tuple[int, int, str
             continue
         if id(weight) not in placed:
             rows, cols = weight.shape
-            layout = BlockLayout.of(rows, cols, spans_of[name]) if name in spans_of else None
+            layout = BlockLayout.of(rows, cols, spans_of[name], packed) if name in spans_of else None
             storage = (torch.zeros(layout.nbytes, dtype=torch.uint8, device=device) if layout is not None
                        else torch.empty(rows, cols, dtype=dtype, device=device))
             placed[id(weight)] = (nn.Parameter(storage, requires_grad=False), layout)
@@ -220,12 +250,11 @@ def randomize_weights(model: nn.Module, std: float = 0.02, chunk_weights: int = 
             layout = getattr(module, "layout", None) if param is getattr(module, "weight", None) else None
             if layout is not None:
                 for part in layout.parts:
-                    view = layout.view(param.data, part)
                     rows_per_chunk = max(1, chunk_weights // layout.cols)
                     for start in range(0, part.rows, rows_per_chunk):
                         rows = min(rows_per_chunk, part.rows - start)
                         dense = torch.randn(rows, layout.cols, device=param.device) * std
-                        view[start:start + rows].copy_(quantize_ref(dense, part.fmt))
+                        layout.write_rows(param.data, part, start, quantize_ref(dense, part.fmt))
             elif param.dim() > 1:
                 param.data.normal_(0.0, std)
             else:
