@@ -101,31 +101,47 @@ def attention_case(pa, ref, model: str, q_lens: list[int], ctx_lens: list[int], 
     report(f"attn {model} {label} [{path}]" + (f" window={window}" if window else ""), out, want, 2e-2, 2e-2)
 
 
+def rope_inputs(model: str, num_tokens: int, gen, num_blocks: int = 512):
+    """q, k, v as views of one fused qkv output, llama3-base cos/sin caches, positions, random slots with every
+    97th padded (-1), a K/V cache and per-head norm weights."""
+    hq, hkv, d = MODELS[model]
+    inv = 1.0 / (500000.0 ** (torch.arange(0, d, 2, device="cuda").float() / d))
+    emb = torch.outer(torch.arange(8192, device="cuda").float(), inv).repeat(1, 2)
+    qkv = torch.randn(num_tokens, (hq + 2 * hkv) * d, device="cuda", dtype=DTYPE, generator=gen)
+    q, k, v = (x.view(num_tokens, -1, d) for x in qkv.split([hq * d, hkv * d, hkv * d], -1))
+    pos = torch.randint(0, 8192, (num_tokens,), device="cuda", generator=gen)
+    slots = torch.randperm(num_blocks * BLOCK_SIZE, device="cuda", generator=gen)[:num_tokens].to(torch.int32)
+    slots[1::97] = -1
+    caches = torch.randn(2, num_blocks, BLOCK_SIZE, hkv, d, device="cuda", dtype=DTYPE, generator=gen)
+    weights = [(torch.rand(d, device="cuda", generator=gen) + 0.5).to(DTYPE) for _ in range(2)]
+    return q, k, v, emb.cos(), emb.sin(), pos, slots, caches, weights
+
+
+def rope_store_case(rope_store, model: str, num_tokens: int, with_norm: bool, gen) -> None:
+    from localllm.kernels.rope_store_ref import norm_rope_store_ref
+
+    q, k, v, cos, sin, pos, slots, caches, (qw, kw) = rope_inputs(model, num_tokens, gen)
+    qw, kw = (qw, kw) if with_norm else (None, None)
+    want_caches = caches.clone()
+    want_q = norm_rope_store_ref(pos, q.clone(), k, v, cos, sin, want_caches[0], want_caches[1], slots, qw, kw)
+    rope_store.norm_rope_store(pos, q, k, v, cos, sin, caches[0], caches[1], slots, qw, kw)
+    torch.cuda.synchronize()
+    name = f"norm_rope_store {model} T={num_tokens}" + (" +q/k norm" if with_norm else "")
+    report(f"{name} (q)", q, want_q, 1e-2, 1e-2)
+    report(f"{name} (k cache)", caches[0], want_caches[0], 1e-2, 1e-2)
+    report(f"{name} (v cache, exact)", caches[1], want_caches[1], 0.0, 0.0)
+
+
 def check_all(gen) -> None:
-    from localllm.kernels import activation, kv_cache, paged_attention as pa, paged_attention_ref as ref, rmsnorm
-    from localllm.kernels import rotary
+    from localllm.kernels import activation, paged_attention as pa, paged_attention_ref as ref, rmsnorm, rope_store
     from localllm.kernels.activation_ref import silu_and_mul_ref
     from localllm.kernels.rmsnorm_ref import rms_norm_ref
-    from localllm.kernels.rotary_ref import rotary_ref
 
-    # store_kvcache: a prefill-sized step, some padded (-1) slots; must be bit-exact
+    # q/k norm (Qwen3) + rotary + K/V store in one launch: prefill- and decode-sized steps, some padded (-1) slots
     for model in MODELS:
-        _, num_kv_heads, head_dim = MODELS[model]
-        num_tokens, num_blocks = 2048, 512
-        qkv = torch.randn(num_tokens, (32 + 2 * num_kv_heads) * head_dim, device="cuda", dtype=DTYPE, generator=gen)
-        kv = qkv[:, 32 * head_dim:].view(num_tokens, 2, num_kv_heads, head_dim)
-        k, v = kv[:, 0], kv[:, 1]
-        slots = torch.randperm(num_blocks * BLOCK_SIZE, device="cuda", generator=gen)[:num_tokens]
-        slots[::97] = -1
-        k_cache = torch.randn(num_blocks, BLOCK_SIZE, num_kv_heads, head_dim, device="cuda", dtype=DTYPE,
-                              generator=gen)
-        v_cache = torch.randn_like(k_cache)
-        want_k, want_v = k_cache.clone(), v_cache.clone()
-        ref.store_kvcache(k, v, want_k, want_v, slots)
-        kv_cache.store_kvcache(k, v, k_cache, v_cache, slots.to(torch.int32))
-        torch.cuda.synchronize()
-        report(f"store_kvcache {model} T={num_tokens} (padded slots)", torch.cat([k_cache, v_cache]),
-               torch.cat([want_k, want_v]), 0.0, 0.0)
+        for num_tokens in (2048, 1):
+            for with_norm in (False, True):
+                rope_store_case(rope_store, model, num_tokens, with_norm, gen)
 
     # rmsnorm (hidden 4096 / 1024 / 2048), with and without residual; the reference does the layer's arithmetic
     for hidden in (4096, 1024, 2048):
@@ -143,24 +159,6 @@ def check_all(gen) -> None:
     w = (torch.rand(128, device="cuda", generator=gen) + 0.5).to(DTYPE)
     report("rms_norm per-head [512,16,128]", rmsnorm.rms_norm(x, w, 1e-6), rms_norm_ref(x, w, 1e-6),
            1e-2, 1e-2)
-
-    # rotary: fp32 cos/sin cache (llama3 base), q/k as views of a fused qkv
-    for model, (hq, hkv, d) in MODELS.items():
-        inv = 1.0 / (500000.0 ** (torch.arange(0, d, 2, device="cuda").float() / d))
-        freqs = torch.outer(torch.arange(8192, device="cuda").float(), inv)
-        emb = torch.cat((freqs, freqs), -1)
-        cos, sin = emb.cos(), emb.sin()
-        num_tokens = 2048
-        qkv = torch.randn(num_tokens, (hq + 2 * hkv) * d, device="cuda", dtype=DTYPE, generator=gen)
-        q = qkv[:, :hq * d].view(num_tokens, hq, d)
-        k = qkv[:, hq * d:(hq + hkv) * d].view(num_tokens, hkv, d)
-        pos = torch.randint(0, 8192, (num_tokens,), device="cuda", generator=gen)
-        want_q, want_k = rotary_ref(pos, q, k, cos, sin)
-        got_q, got_k = rotary.rotary_embedding(pos, q, k, cos, sin)
-        report(f"rotary {model} q", got_q, want_q, 1e-2, 1e-2)
-        report(f"rotary {model} k", got_k, want_k, 1e-2, 1e-2)
-        rotary.rotary_embedding(pos, q, k, cos, sin, inplace=True)
-        report(f"rotary {model} in place (q)", q, want_q, 1e-2, 1e-2)
 
     # silu_and_mul: Llama-8B / 1B intermediate sizes
     for inter in (14336, 8192, 3072):
@@ -300,7 +298,7 @@ def bench(tune: bool) -> None:
             graph_time_us(sdpa), lambda us: f"{flops / us / 1e6:6.0f} TFLOP/s")
 
     # the other kernels at a prefill-sized step (2048 tokens), for scale
-    from localllm.kernels import activation, kv_cache, rmsnorm, rotary
+    from localllm.kernels import activation, rmsnorm, rope_store
     num_tokens, hidden, inter = 2048, 4096, 14336
     x = torch.randn(num_tokens, hidden, device="cuda", dtype=DTYPE, generator=gen)
     res = torch.randn_like(x)
@@ -315,22 +313,12 @@ def bench(tune: bool) -> None:
     fn = lambda: activation.silu_and_mul(g)  # noqa: E731
     row(f"silu_and_mul {num_tokens}x{inter}", do_bench(fn, return_mode="median") * 1e3, graph_time_us(fn),
         gbps(1.5 * g.numel() * elem))
-    qkv = torch.randn(num_tokens, (num_heads + 2 * num_kv_heads) * head_dim, device="cuda", dtype=DTYPE,
-                      generator=gen)
-    q = qkv[:, :num_heads * head_dim].view(num_tokens, num_heads, head_dim)
-    k = qkv[:, num_heads * head_dim:(num_heads + num_kv_heads) * head_dim].view(num_tokens, num_kv_heads, head_dim)
-    v = qkv[:, (num_heads + num_kv_heads) * head_dim:].view(num_tokens, num_kv_heads, head_dim)
-    cos = torch.randn(8192, head_dim, device="cuda")
-    sin = torch.randn(8192, head_dim, device="cuda")
-    pos = torch.randint(0, 8192, (num_tokens,), device="cuda", generator=gen)
-    fn = lambda: rotary.rotary_embedding(pos, q, k, cos, sin, inplace=True)  # noqa: E731
-    row(f"rotary in place {num_tokens} tokens", do_bench(fn, return_mode="median") * 1e3, graph_time_us(fn),
-        gbps(2 * (q.numel() + k.numel()) * elem))
-    k_cache, v_cache, _ = make_cache([num_tokens * 4], num_kv_heads, head_dim, gen)
-    slots = torch.randperm(k_cache.shape[0] * BLOCK_SIZE, device="cuda", generator=gen)[:num_tokens].to(torch.int32)
-    fn = lambda: kv_cache.store_kvcache(k, v, k_cache, v_cache, slots)  # noqa: E731
-    row(f"store_kvcache {num_tokens} tokens", do_bench(fn, return_mode="median") * 1e3, graph_time_us(fn),
-        gbps(4 * k.numel() * elem))
+    for model, tokens in (("llama3.1-8b", num_tokens), ("qwen3-0.6b", num_tokens), ("qwen3-0.6b", 1)):
+        q, k, v, cos, sin, pos, slots, caches, (qw, kw) = rope_inputs(model, tokens, gen, 4 * num_tokens)
+        norms = (qw, kw) if model.startswith("qwen3") else (None, None)
+        fn = lambda: rope_store.norm_rope_store(pos, q, k, v, cos, sin, caches[0], caches[1], slots, *norms)  # noqa
+        row(f"norm_rope_store {model} {tokens} tokens", do_bench(fn, return_mode="median") * 1e3, graph_time_us(fn),
+            gbps(2 * (q.numel() + 2 * k.numel()) * elem))
 
     print(f"\nSummary ({torch.cuda.get_device_name()}, llama3.1-8b geometry, bf16; microseconds):")
     print(f"  {'case':<56} {'eager':>9} {'graph':>9}")
