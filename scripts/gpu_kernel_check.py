@@ -79,7 +79,7 @@ def make_cache(ctx_lens: list[int], num_kv_heads: int, head_dim: int, gen: torch
 
 
 def attention_case(pa, ref, model: str, q_lens: list[int], ctx_lens: list[int], gen, window=None, label="",
-                   split_kv=None, index_dtype=torch.int32):
+                   split_kv=None, index_dtype=torch.int32, max_context_len=None):
     num_heads, num_kv_heads, head_dim = MODELS[model]
     k_cache, v_cache, tables = make_cache(ctx_lens, num_kv_heads, head_dim, gen)
     tables = tables.to(index_dtype)
@@ -90,7 +90,7 @@ def attention_case(pa, ref, model: str, q_lens: list[int], ctx_lens: list[int], 
     scale = head_dim ** -0.5
     out = torch.full_like(q, float("nan"))
     pa.paged_attention(q, k_cache, v_cache, tables, qsl, ctx, scale, window, out=out, max_query_len=max(q_lens),
-                       max_context_len=max(ctx_lens), split_kv=split_kv)
+                       max_context_len=max_context_len or max(ctx_lens), split_kv=split_kv)
     torch.cuda.synchronize()
     want = ref.paged_attention_varlen(q.float(), k_cache.float(), v_cache.float(), tables, qsl.tolist(), ctx_lens,
                                       scale, window)
@@ -195,6 +195,9 @@ def check_all(gen) -> None:
                    index_dtype=torch.int64)
     attention_case(pa, ref, "qwen3-0.6b", [1] * 4, [4096, 30, 1500, 2200], gen, label="decode int64 meta",
                    index_dtype=torch.int64)
+    # a CUDA graph's bound (the whole model context) over short contexts and padding rows (context 0)
+    attention_case(pa, ref, "llama3.1-8b", [1] * 6, [0, 1, 64, 65, 200, 5000], gen, split_kv=True,
+                   max_context_len=131072, label="decode B=6 ctx<=5000 under a 131072 bound")
     for split in (None, False, True):   # sequences without a query row (q_len 0) are skipped
         attention_case(pa, ref, "llama3.2-1b", [1, 0, 1, 0], [2000, 300, 45, 7], gen, label="decode with q_len 0",
                        split_kv=split)
@@ -273,6 +276,19 @@ def bench(tune: bool) -> None:
                 row(f"decode B={batch} ctx={ctx_len} [{name}]", eager, graph,
                     lambda us: f"{kv_bytes / us / 1e3:6.0f} GB/s")
             del k_cache, v_cache, tables
+
+    # decode inside a CUDA graph: the bound is the model's whole context, the contexts are short
+    for ctx_len in (200, 1024):
+        k_cache, v_cache, tables = make_cache([ctx_len], num_kv_heads, head_dim, gen)
+        q = torch.randn(1, num_heads, head_dim, device="cuda", dtype=DTYPE, generator=gen)
+        qsl = torch.arange(2, dtype=torch.int32, device="cuda")
+        ctx = torch.full((1,), ctx_len, dtype=torch.int32, device="cuda")
+        out = torch.empty_like(q)
+        for bound in (ctx_len, 131072):
+            fn = lambda bound=bound: pa.paged_attention(q, k_cache, v_cache, tables, qsl, ctx, head_dim ** -0.5,  # noqa
+                                                        out=out, max_query_len=1, max_context_len=bound)
+            row(f"decode B=1 ctx={ctx_len} bound={bound}", None, graph_time_us(fn),
+                lambda us: f"{2 * ctx_len * num_kv_heads * head_dim * elem / us / 1e3:6.0f} GB/s")
 
     for seq_len in (1024, 4096):
         k_cache, v_cache, tables = make_cache([seq_len], num_kv_heads, head_dim, gen)
