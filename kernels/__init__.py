@@ -17,6 +17,6 @@ Plain torch (no triton; the ground truth of the tests and the CPU path of locall
   rope_store_ref                    rmsnorm_ref + rotary_ref + store_kvcache, the reference of rope_store
   quant_blocks_ref                  block dequantizers (bit-exact with gguf's) and quant_matmul_ref
   quantize_ref                      round-to-nearest quantizers into the block formats
-tests/test_kernels.py and tests/test_fused_kernels.py check every kernel against its reference under Triton's interpreter;
-scripts/gpu_kernel_check.py does so on a GPU in bf16 and times them.
+tests/test_kernels.py and tests/test_fused_kernels.py check every kernel against its reference under Triton's
+interpreter; scripts/gpu_kernel_check.py does so on a GPU in bf16 and times them.
 """
