@@ -4,7 +4,8 @@ prefills after a cached prefix), plus a split-K (flash-decoding) path for all-de
 Cache layout [num_blocks, block_size, num_kv_heads, head_dim]; sequence i reaches its token p at block
 block_tables[i, p // block_size], offset p % block_size. Its queries are its last q_len positions
 (q_len = query_start_loc[i + 1] - query_start_loc[i]), attending causally to all of its context_lens[i] tokens, which
-must already be in the cache (rope_store.norm_rope_store first). The reference is paged_attention_ref.paged_attention_varlen.
+must already be in the cache (rope_store.norm_rope_store first). The reference is
+paged_attention_ref.paged_attention_varlen.
 
 Each program handles one KV head and a tile of query rows made of BLOCK_Q tokens x the GROUP query heads that share
 that KV head (GQA), so every K/V tile it loads serves the whole group. Rows are padded to a power of two >= 16 so that
@@ -228,7 +229,7 @@ def _decode_reduce_kernel(
     ctx = tl.load(ctx_ptr + seq)
     tok = tl.load(qsl_ptr + seq).to(tl.int64)
     partition = _partition_len(ctx, num_parts, MIN_PARTITION, BLOCK_N)
-    n_valid = (ctx + partition - 1) // partition
+    n_valid = tl.minimum((ctx + partition - 1) // partition, num_parts)
     if (tl.load(qsl_ptr + seq + 1) == tok) | (n_valid == 1):
         return   # no query row for this sequence, or phase 1 wrote it
     base = (tok * num_heads + head) * num_parts
