@@ -4,7 +4,8 @@ prefills after a cached prefix), plus a split-K (flash-decoding) path for all-de
 Cache layout [num_blocks, block_size, num_kv_heads, head_dim]; sequence i reaches its token p at block
 block_tables[i, p // block_size], offset p % block_size. Its queries are its last q_len positions
 (q_len = query_start_loc[i + 1] - query_start_loc[i]), attending causally to all of its context_lens[i] tokens, which
-must already be in the cache (store_kvcache first). The reference is paged_attention_ref.paged_attention_varlen.
+must already be in the cache (rope_store.norm_rope_store first). The reference is
+paged_attention_ref.paged_attention_varlen.
 
 Each program handles one KV head and a tile of query rows made of BLOCK_Q tokens x the GROUP query heads that share
 that KV head (GQA), so every K/V tile it loads serves the whole group. Rows are padded to a power of two >= 16 so that
@@ -147,26 +148,37 @@ def _paged_attn_kernel(
              acc.to(out_ptr.dtype.element_ty), mask=row_valid[:, None] & d_mask[None, :])
 
 
+@triton.jit
+def _partition_len(ctx, num_parts, MIN_PARTITION: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Tokens per split-K partition of a sequence of ctx tokens: its context spread over the num_parts programs of
+    the grid, at least MIN_PARTITION, a whole number of key tiles. A short context thus runs on a few programs (one
+    when ctx <= MIN_PARTITION) whatever the longest context the launch allows for, e.g. inside a CUDA graph."""
+    want = tl.maximum((ctx + num_parts - 1) // num_parts, MIN_PARTITION)
+    return (want + BLOCK_N - 1) // BLOCK_N * BLOCK_N
+
+
 @triton.jit(do_not_specialize=["num_parts", "stride_bt"])
 def _decode_split_kernel(
-    q_ptr, k_cache_ptr, v_cache_ptr, bt_ptr, qsl_ptr, ctx_ptr, part_acc_ptr, part_m_ptr, part_l_ptr,
+    q_ptr, k_cache_ptr, v_cache_ptr, bt_ptr, qsl_ptr, ctx_ptr, part_acc_ptr, part_m_ptr, part_l_ptr, out_ptr,
     scale_log2, window, num_parts, num_heads,
-    stride_qt, stride_qh,
+    stride_qt, stride_qh, stride_ot, stride_oh,
     stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, GROUP: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, PARTITION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, MIN_PARTITION: tl.constexpr,
     SLIDING: tl.constexpr, K_ROWS: tl.constexpr = False, DOT_PRECISION: tl.constexpr = "tf32",
 ):
-    """Flash-decoding phase 1: sequence x KV head x context partition -> unnormalised partial (acc, max, sum)."""
+    """Flash-decoding phase 1: sequence x KV head x context partition -> unnormalised partial (acc, max, sum); a
+    sequence whose context fits one partition gets its output written here, and the reduction skips it."""
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     part = tl.program_id(2)
     ctx = tl.load(ctx_ptr + seq)
     tok = tl.load(qsl_ptr + seq).to(tl.int64)
-    p_start = part * PARTITION
+    partition = _partition_len(ctx, num_parts, MIN_PARTITION, BLOCK_N)
+    p_start = part * partition
     if (p_start >= ctx) | (tl.load(qsl_ptr + seq + 1) == tok):
         return   # the reduction never reads partitions past the context; a sequence without a query has nothing
-    p_end = tl.minimum(p_start + PARTITION, ctx)
+    p_end = tl.minimum(p_start + partition, ctx)
     if SLIDING:
         p_start = tl.maximum(p_start, ctx - window)   # the one query is at ctx - 1
 
@@ -191,27 +203,35 @@ def _decode_split_kernel(
                                      stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
                                      offs_n, offs_d, d_mask, BLOCK_SIZE, False, False, K_ROWS, DOT_PRECISION)
 
-    idx = (tok * num_heads + head) * num_parts + part      # [T, H, num_parts]
-    tl.store(part_m_ptr + idx, m_i, mask=row_valid)
-    tl.store(part_l_ptr + idx, l_i, mask=row_valid)
-    tl.store(part_acc_ptr + idx[:, None] * HEAD_DIM + offs_d[None, :], acc,
-             mask=row_valid[:, None] & d_mask[None, :])
+    if ctx <= partition:   # the only partition: normalise and write the output (the reduction skips it)
+        out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+        tl.store(out_ptr + tok * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=row_valid[:, None] & d_mask[None, :])
+    else:
+        idx = (tok * num_heads + head) * num_parts + part      # [T, H, num_parts]
+        tl.store(part_m_ptr + idx, m_i, mask=row_valid)
+        tl.store(part_l_ptr + idx, l_i, mask=row_valid)
+        tl.store(part_acc_ptr + idx[:, None] * HEAD_DIM + offs_d[None, :], acc,
+                 mask=row_valid[:, None] & d_mask[None, :])
 
 
 @triton.jit(do_not_specialize=["num_parts"])
 def _decode_reduce_kernel(
     part_acc_ptr, part_m_ptr, part_l_ptr, out_ptr, qsl_ptr, ctx_ptr,
     num_parts, num_heads, stride_ot, stride_oh,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PARTITION: tl.constexpr, CHUNK: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MIN_PARTITION: tl.constexpr, BLOCK_N: tl.constexpr,
+    CHUNK: tl.constexpr,
 ):
-    """Flash-decoding phase 2: merge the partitions of one (sequence, query head)."""
+    """Flash-decoding phase 2: merge the partitions of one (sequence, query head). A context of one partition was
+    written by phase 1; an empty one (a padding row) gets zeros."""
     seq = tl.program_id(0)
     head = tl.program_id(1)
     ctx = tl.load(ctx_ptr + seq)
     tok = tl.load(qsl_ptr + seq).to(tl.int64)
-    if tl.load(qsl_ptr + seq + 1) == tok:
-        return   # no query row for this sequence
-    n_valid = tl.minimum((ctx + PARTITION - 1) // PARTITION, num_parts)
+    partition = _partition_len(ctx, num_parts, MIN_PARTITION, BLOCK_N)
+    n_valid = tl.minimum((ctx + partition - 1) // partition, num_parts)
+    if (tl.load(qsl_ptr + seq + 1) == tok) | (n_valid == 1):
+        return   # no query row for this sequence, or phase 1 wrote it
     base = (tok * num_heads + head) * num_parts
     offs_c = tl.arange(0, CHUNK)
     offs_d = tl.arange(0, BLOCK_D)
@@ -266,13 +286,15 @@ def use_split_kv(max_query_len: int, max_context_len: int, num_seqs: int, num_kv
 
 
 def _split_config(num_seqs: int, num_kv_heads: int, max_context_len: int, gpu: bool, num_sms: int) -> dict:
+    """PARTITION: the partition of the longest context, which sets the grid (cdiv(max_context_len, PARTITION)
+    partitions); MIN_PARTITION: the shortest partition a sequence's context is cut into."""
     if not gpu:
-        return dict(BLOCK_N=16, PARTITION=64, num_warps=4, num_stages=1)
+        return dict(BLOCK_N=16, PARTITION=64, MIN_PARTITION=16, num_warps=4, num_stages=1)
     # about four programs per SM in all: (sequence, kv head, partition), partitions of 64 tokens at least
     want_parts = triton.cdiv(4 * num_sms, num_seqs * num_kv_heads)
     partition = _pow2_at_least(triton.cdiv(max_context_len, want_parts), 64)
-    return dict(BLOCK_N=32 if partition in (128, 256) else 64, PARTITION=partition, num_warps=4, num_stages=2,
-                K_ROWS=True)
+    return dict(BLOCK_N=32 if partition in (128, 256) else 64, PARTITION=partition, MIN_PARTITION=64, num_warps=4,
+                num_stages=2, K_ROWS=True)
 
 
 def _decode_config(num_seqs: int, num_kv_heads: int, max_context_len: int, gpu: bool) -> dict:
@@ -343,24 +365,28 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         cfg = _split_config(num_seqs, num_kv_heads, max_context_len, on_gpu, _sm_count(q.device))
         if partition_size is not None:
             cfg["PARTITION"] = _pow2_at_least(partition_size, cfg["BLOCK_N"])
+        # the grid's partitions cover max_context_len; each sequence spreads its own context over them, in pieces
+        # of at least min_partition tokens (all of cfg["PARTITION"] when the size is forced)
         num_parts = triton.cdiv(max_context_len, cfg["PARTITION"])
+        min_partition = cfg["PARTITION"] if partition_size is not None else cfg["MIN_PARTITION"]
         # one buffer for the partials: acc [T, H, P, D], then max [T, H, P], then sum [T, H, P]
         n = num_tokens * num_heads * num_parts
         partials = torch.empty(n * (head_dim + 2), dtype=torch.float32, device=q.device)
         part_acc, part_m, part_l = partials[:n * head_dim], partials[n * head_dim:n * (head_dim + 1)], \
             partials[n * (head_dim + 1):]
         _decode_split_kernel[(num_seqs, num_kv_heads, num_parts)](
-            q, k_cache, v_cache, block_tables, query_start_loc, context_lens, part_acc, part_m, part_l,
-            scale_log2, window, num_parts, num_heads, q.stride(0), q.stride(1), *common_strides,
+            q, k_cache, v_cache, block_tables, query_start_loc, context_lens, part_acc, part_m, part_l, out,
+            scale_log2, window, num_parts, num_heads, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+            *common_strides,
             HEAD_DIM=head_dim, BLOCK_D=block_d, GROUP=group, BLOCK_M=_pow2_at_least(group, 16),
-            BLOCK_N=cfg["BLOCK_N"], BLOCK_SIZE=block_size, PARTITION=cfg["PARTITION"], SLIDING=window > 0,
+            BLOCK_N=cfg["BLOCK_N"], BLOCK_SIZE=block_size, MIN_PARTITION=min_partition, SLIDING=window > 0,
             K_ROWS=cfg.get("K_ROWS", False), DOT_PRECISION=dot_precision, num_warps=cfg["num_warps"],
             num_stages=cfg["num_stages"],
         )
         _decode_reduce_kernel[(num_seqs, num_heads)](
             part_acc, part_m, part_l, out, query_start_loc, context_lens, num_parts, num_heads,
             out.stride(0), out.stride(1),
-            HEAD_DIM=head_dim, BLOCK_D=block_d, PARTITION=cfg["PARTITION"], CHUNK=16,
+            HEAD_DIM=head_dim, BLOCK_D=block_d, MIN_PARTITION=min_partition, BLOCK_N=cfg["BLOCK_N"], CHUNK=16,
             num_warps=1 if head_dim <= 64 else 2,
         )
         return out

@@ -11,7 +11,7 @@ import torch
 def store_kvcache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                   slot_mapping: torch.Tensor) -> None:
     """Writes k, v [T, Hkv, D] into their cache slots; a negative slot is skipped (a padded token of a CUDA-graph
-    batch), as kv_cache.store_kvcache does."""
+    batch), as rope_store.norm_rope_store does."""
     keep = slot_mapping >= 0
     num_kv_heads, head_dim = k.shape[1], k.shape[2]
     slots = slot_mapping[keep].long()

@@ -1,5 +1,5 @@
-"""Plain-torch neox-style (rotate-half) rotary embedding, the reference of rotary.rotary_embedding and the CPU path
-of the model's rotary layer: out = x * cos + rotate_half(x) * sin, rotate_half(x) = cat(-x[D/2:], x[:D/2]),
+"""Plain-torch neox-style (rotate-half) rotary embedding, part of the reference of rope_store.norm_rope_store and the
+CPU path of the model's rotary layer: out = x * cos + rotate_half(x) * sin, rotate_half(x) = cat(-x[D/2:], x[:D/2]),
 computed in fp32 and cast back to x's dtype."""
 from __future__ import annotations
 

@@ -17,7 +17,9 @@ class Config:
     block_size: int = 16              # tokens per KV-cache block
     num_kv_blocks: int | None = None  # fixed pool size; None = sized from kv_memory_fraction / kv_memory_gib
     kv_memory_gib: float = 1.0        # CPU: memory given to the KV pool when num_kv_blocks is None
-    gpu_memory_fraction: float = 0.9  # GPU: share of device memory the engine may use in total
+    gpu_memory_fraction: float | None = None  # GPU: None = a desktop KV pool, what max_num_seqs x max_model_len
+    #                                           can use (1 GiB .. a quarter of the card; engine/kv_pool.py); a
+    #                                           share of device memory = server style, the pool fills it
     max_num_batched_tokens: int = 2048  # token budget of one scheduler step
     max_num_seqs: int = 64            # running sequences at most
     max_model_len: int | None = None  # None = the model's own context length
@@ -39,7 +41,7 @@ class Config:
             raise ValueError(f"max_num_batched_tokens must be positive, got {self.max_num_batched_tokens}")
         if self.max_num_seqs <= 0:
             raise ValueError(f"max_num_seqs must be positive, got {self.max_num_seqs}")
-        if not 0.0 < self.gpu_memory_fraction <= 1.0:
+        if self.gpu_memory_fraction is not None and not 0.0 < self.gpu_memory_fraction <= 1.0:
             raise ValueError(f"gpu_memory_fraction must be in (0, 1], got {self.gpu_memory_fraction}")
         if self.tensor_parallel_size is not None and self.tensor_parallel_size < 1:
             raise ValueError(f"tensor_parallel_size must be at least 1, got {self.tensor_parallel_size}")

@@ -91,6 +91,13 @@ def _text(text: str) -> str:
     return text
 
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise ValueError("expected a share of the GPU's memory, above 0 and at most 1")
+    return value
+
+
 # --- the table -------------------------------------------------------------------------------------------
 
 HOST: Variable[Address] = Variable(
@@ -127,6 +134,10 @@ HF_HUB_CACHE: Variable[Path | None] = Variable(
     "Where pulled model files are kept (default: $HF_HOME/hub, else hub/ in the data directory)")
 HUGGINGFACE_HUB_CACHE: Variable[Path | None] = Variable(
     "HUGGINGFACE_HUB_CACHE", _path, None, "Older name of HF_HUB_CACHE")
+GPU_MEMORY_FRACTION: Variable[float | None] = Variable(
+    "LOCALLLM_GPU_MEMORY_FRACTION", _fraction, None,
+    "Share of each GPU's memory a model may fill (weights, activations, a KV pool as large as fits), as a server "
+    "would; unset = a KV pool sized to what the model's sequences and context can use")
 HF_HOME: Variable[Path | None] = Variable(
     "HF_HOME", _path, None, "huggingface_hub's home; pulled files go to its hub/ unless HF_HUB_CACHE is set")
 HF_TOKEN: Variable[str | None] = Variable(
@@ -134,8 +145,8 @@ HF_TOKEN: Variable[str | None] = Variable(
 HF_HUB_OFFLINE: Variable[str | None] = Variable(
     "HF_HUB_OFFLINE", _text, None, "1 = never contact the Hub, so pull fails (read by huggingface_hub)")
 
-VARIABLES: tuple[Variable, ...] = (HOST, HOME, API_KEY, KEEP_ALIVE, MAX_QUEUED, ORIGINS, EMBEDDED_GGUF, PYPI_URL,
-                                   HF_ENDPOINT, HF_HUB_CACHE, HUGGINGFACE_HUB_CACHE, HF_HOME, HF_TOKEN, HF_HUB_OFFLINE)
+VARIABLES: tuple[Variable, ...] = (HOST, HOME, API_KEY, KEEP_ALIVE, MAX_QUEUED, ORIGINS, GPU_MEMORY_FRACTION,
+                                   EMBEDDED_GGUF, PYPI_URL, HF_ENDPOINT, HF_HUB_CACHE, HUGGINGFACE_HUB_CACHE, HF_HOME, HF_TOKEN, HF_HUB_OFFLINE)
 
 
 # --- typed accessors ---------------------------------------------------------------------------------------
@@ -162,6 +173,10 @@ def max_queued() -> int:
 
 def cors_origins() -> list[str]:
     return list(ORIGINS.value())
+
+
+def gpu_memory_fraction() -> float | None:
+    return GPU_MEMORY_FRACTION.value()
 
 
 def embedded_gguf() -> Path | None:

@@ -79,7 +79,7 @@ def make_cache(ctx_lens: list[int], num_kv_heads: int, head_dim: int, gen: torch
 
 
 def attention_case(pa, ref, model: str, q_lens: list[int], ctx_lens: list[int], gen, window=None, label="",
-                   split_kv=None, index_dtype=torch.int32):
+                   split_kv=None, index_dtype=torch.int32, max_context_len=None):
     num_heads, num_kv_heads, head_dim = MODELS[model]
     k_cache, v_cache, tables = make_cache(ctx_lens, num_kv_heads, head_dim, gen)
     tables = tables.to(index_dtype)
@@ -90,7 +90,7 @@ def attention_case(pa, ref, model: str, q_lens: list[int], ctx_lens: list[int], 
     scale = head_dim ** -0.5
     out = torch.full_like(q, float("nan"))
     pa.paged_attention(q, k_cache, v_cache, tables, qsl, ctx, scale, window, out=out, max_query_len=max(q_lens),
-                       max_context_len=max(ctx_lens), split_kv=split_kv)
+                       max_context_len=max_context_len or max(ctx_lens), split_kv=split_kv)
     torch.cuda.synchronize()
     want = ref.paged_attention_varlen(q.float(), k_cache.float(), v_cache.float(), tables, qsl.tolist(), ctx_lens,
                                       scale, window)
@@ -101,31 +101,47 @@ def attention_case(pa, ref, model: str, q_lens: list[int], ctx_lens: list[int], 
     report(f"attn {model} {label} [{path}]" + (f" window={window}" if window else ""), out, want, 2e-2, 2e-2)
 
 
+def rope_inputs(model: str, num_tokens: int, gen, num_blocks: int = 512):
+    """q, k, v as views of one fused qkv output, llama3-base cos/sin caches, positions, random slots with every
+    97th padded (-1), a K/V cache and per-head norm weights."""
+    hq, hkv, d = MODELS[model]
+    inv = 1.0 / (500000.0 ** (torch.arange(0, d, 2, device="cuda").float() / d))
+    emb = torch.outer(torch.arange(8192, device="cuda").float(), inv).repeat(1, 2)
+    qkv = torch.randn(num_tokens, (hq + 2 * hkv) * d, device="cuda", dtype=DTYPE, generator=gen)
+    q, k, v = (x.view(num_tokens, -1, d) for x in qkv.split([hq * d, hkv * d, hkv * d], -1))
+    pos = torch.randint(0, 8192, (num_tokens,), device="cuda", generator=gen)
+    slots = torch.randperm(num_blocks * BLOCK_SIZE, device="cuda", generator=gen)[:num_tokens].to(torch.int32)
+    slots[1::97] = -1
+    caches = torch.randn(2, num_blocks, BLOCK_SIZE, hkv, d, device="cuda", dtype=DTYPE, generator=gen)
+    weights = [(torch.rand(d, device="cuda", generator=gen) + 0.5).to(DTYPE) for _ in range(2)]
+    return q, k, v, emb.cos(), emb.sin(), pos, slots, caches, weights
+
+
+def rope_store_case(rope_store, model: str, num_tokens: int, with_norm: bool, gen) -> None:
+    from localllm.kernels.rope_store_ref import norm_rope_store_ref
+
+    q, k, v, cos, sin, pos, slots, caches, (qw, kw) = rope_inputs(model, num_tokens, gen)
+    qw, kw = (qw, kw) if with_norm else (None, None)
+    want_caches = caches.clone()
+    want_q = norm_rope_store_ref(pos, q.clone(), k, v, cos, sin, want_caches[0], want_caches[1], slots, qw, kw)
+    rope_store.norm_rope_store(pos, q, k, v, cos, sin, caches[0], caches[1], slots, qw, kw)
+    torch.cuda.synchronize()
+    name = f"norm_rope_store {model} T={num_tokens}" + (" +q/k norm" if with_norm else "")
+    report(f"{name} (q)", q, want_q, 1e-2, 1e-2)
+    report(f"{name} (k cache)", caches[0], want_caches[0], 1e-2, 1e-2)
+    report(f"{name} (v cache, exact)", caches[1], want_caches[1], 0.0, 0.0)
+
+
 def check_all(gen) -> None:
-    from localllm.kernels import activation, kv_cache, paged_attention as pa, paged_attention_ref as ref, rmsnorm
-    from localllm.kernels import rotary
+    from localllm.kernels import activation, paged_attention as pa, paged_attention_ref as ref, rmsnorm, rope_store
     from localllm.kernels.activation_ref import silu_and_mul_ref
     from localllm.kernels.rmsnorm_ref import rms_norm_ref
-    from localllm.kernels.rotary_ref import rotary_ref
 
-    # store_kvcache: a prefill-sized step, some padded (-1) slots; must be bit-exact
+    # q/k norm (Qwen3) + rotary + K/V store in one launch: prefill- and decode-sized steps, some padded (-1) slots
     for model in MODELS:
-        _, num_kv_heads, head_dim = MODELS[model]
-        num_tokens, num_blocks = 2048, 512
-        qkv = torch.randn(num_tokens, (32 + 2 * num_kv_heads) * head_dim, device="cuda", dtype=DTYPE, generator=gen)
-        kv = qkv[:, 32 * head_dim:].view(num_tokens, 2, num_kv_heads, head_dim)
-        k, v = kv[:, 0], kv[:, 1]
-        slots = torch.randperm(num_blocks * BLOCK_SIZE, device="cuda", generator=gen)[:num_tokens]
-        slots[::97] = -1
-        k_cache = torch.randn(num_blocks, BLOCK_SIZE, num_kv_heads, head_dim, device="cuda", dtype=DTYPE,
-                              generator=gen)
-        v_cache = torch.randn_like(k_cache)
-        want_k, want_v = k_cache.clone(), v_cache.clone()
-        ref.store_kvcache(k, v, want_k, want_v, slots)
-        kv_cache.store_kvcache(k, v, k_cache, v_cache, slots.to(torch.int32))
-        torch.cuda.synchronize()
-        report(f"store_kvcache {model} T={num_tokens} (padded slots)", torch.cat([k_cache, v_cache]),
-               torch.cat([want_k, want_v]), 0.0, 0.0)
+        for num_tokens in (2048, 1):
+            for with_norm in (False, True):
+                rope_store_case(rope_store, model, num_tokens, with_norm, gen)
 
     # rmsnorm (hidden 4096 / 1024 / 2048), with and without residual; the reference does the layer's arithmetic
     for hidden in (4096, 1024, 2048):
@@ -143,24 +159,6 @@ def check_all(gen) -> None:
     w = (torch.rand(128, device="cuda", generator=gen) + 0.5).to(DTYPE)
     report("rms_norm per-head [512,16,128]", rmsnorm.rms_norm(x, w, 1e-6), rms_norm_ref(x, w, 1e-6),
            1e-2, 1e-2)
-
-    # rotary: fp32 cos/sin cache (llama3 base), q/k as views of a fused qkv
-    for model, (hq, hkv, d) in MODELS.items():
-        inv = 1.0 / (500000.0 ** (torch.arange(0, d, 2, device="cuda").float() / d))
-        freqs = torch.outer(torch.arange(8192, device="cuda").float(), inv)
-        emb = torch.cat((freqs, freqs), -1)
-        cos, sin = emb.cos(), emb.sin()
-        num_tokens = 2048
-        qkv = torch.randn(num_tokens, (hq + 2 * hkv) * d, device="cuda", dtype=DTYPE, generator=gen)
-        q = qkv[:, :hq * d].view(num_tokens, hq, d)
-        k = qkv[:, hq * d:(hq + hkv) * d].view(num_tokens, hkv, d)
-        pos = torch.randint(0, 8192, (num_tokens,), device="cuda", generator=gen)
-        want_q, want_k = rotary_ref(pos, q, k, cos, sin)
-        got_q, got_k = rotary.rotary_embedding(pos, q, k, cos, sin)
-        report(f"rotary {model} q", got_q, want_q, 1e-2, 1e-2)
-        report(f"rotary {model} k", got_k, want_k, 1e-2, 1e-2)
-        rotary.rotary_embedding(pos, q, k, cos, sin, inplace=True)
-        report(f"rotary {model} in place (q)", q, want_q, 1e-2, 1e-2)
 
     # silu_and_mul: Llama-8B / 1B intermediate sizes
     for inter in (14336, 8192, 3072):
@@ -197,6 +195,9 @@ def check_all(gen) -> None:
                    index_dtype=torch.int64)
     attention_case(pa, ref, "qwen3-0.6b", [1] * 4, [4096, 30, 1500, 2200], gen, label="decode int64 meta",
                    index_dtype=torch.int64)
+    # a CUDA graph's bound (the whole model context) over short contexts and padding rows (context 0)
+    attention_case(pa, ref, "llama3.1-8b", [1] * 6, [0, 1, 64, 65, 200, 5000], gen, split_kv=True,
+                   max_context_len=131072, label="decode B=6 ctx<=5000 under a 131072 bound")
     for split in (None, False, True):   # sequences without a query row (q_len 0) are skipped
         attention_case(pa, ref, "llama3.2-1b", [1, 0, 1, 0], [2000, 300, 45, 7], gen, label="decode with q_len 0",
                        split_kv=split)
@@ -276,6 +277,19 @@ def bench(tune: bool) -> None:
                     lambda us: f"{kv_bytes / us / 1e3:6.0f} GB/s")
             del k_cache, v_cache, tables
 
+    # decode inside a CUDA graph: the bound is the model's whole context, the contexts are short
+    for ctx_len in (200, 1024):
+        k_cache, v_cache, tables = make_cache([ctx_len], num_kv_heads, head_dim, gen)
+        q = torch.randn(1, num_heads, head_dim, device="cuda", dtype=DTYPE, generator=gen)
+        qsl = torch.arange(2, dtype=torch.int32, device="cuda")
+        ctx = torch.full((1,), ctx_len, dtype=torch.int32, device="cuda")
+        out = torch.empty_like(q)
+        for bound in (ctx_len, 131072):
+            fn = lambda bound=bound: pa.paged_attention(q, k_cache, v_cache, tables, qsl, ctx, head_dim ** -0.5,  # noqa
+                                                        out=out, max_query_len=1, max_context_len=bound)
+            row(f"decode B=1 ctx={ctx_len} bound={bound}", None, graph_time_us(fn),
+                lambda us: f"{2 * ctx_len * num_kv_heads * head_dim * elem / us / 1e3:6.0f} GB/s")
+
     for seq_len in (1024, 4096):
         k_cache, v_cache, tables = make_cache([seq_len], num_kv_heads, head_dim, gen)
         q = torch.randn(seq_len, num_heads, head_dim, device="cuda", dtype=DTYPE, generator=gen)
@@ -300,7 +314,7 @@ def bench(tune: bool) -> None:
             graph_time_us(sdpa), lambda us: f"{flops / us / 1e6:6.0f} TFLOP/s")
 
     # the other kernels at a prefill-sized step (2048 tokens), for scale
-    from localllm.kernels import activation, kv_cache, rmsnorm, rotary
+    from localllm.kernels import activation, rmsnorm, rope_store
     num_tokens, hidden, inter = 2048, 4096, 14336
     x = torch.randn(num_tokens, hidden, device="cuda", dtype=DTYPE, generator=gen)
     res = torch.randn_like(x)
@@ -315,22 +329,12 @@ def bench(tune: bool) -> None:
     fn = lambda: activation.silu_and_mul(g)  # noqa: E731
     row(f"silu_and_mul {num_tokens}x{inter}", do_bench(fn, return_mode="median") * 1e3, graph_time_us(fn),
         gbps(1.5 * g.numel() * elem))
-    qkv = torch.randn(num_tokens, (num_heads + 2 * num_kv_heads) * head_dim, device="cuda", dtype=DTYPE,
-                      generator=gen)
-    q = qkv[:, :num_heads * head_dim].view(num_tokens, num_heads, head_dim)
-    k = qkv[:, num_heads * head_dim:(num_heads + num_kv_heads) * head_dim].view(num_tokens, num_kv_heads, head_dim)
-    v = qkv[:, (num_heads + num_kv_heads) * head_dim:].view(num_tokens, num_kv_heads, head_dim)
-    cos = torch.randn(8192, head_dim, device="cuda")
-    sin = torch.randn(8192, head_dim, device="cuda")
-    pos = torch.randint(0, 8192, (num_tokens,), device="cuda", generator=gen)
-    fn = lambda: rotary.rotary_embedding(pos, q, k, cos, sin, inplace=True)  # noqa: E731
-    row(f"rotary in place {num_tokens} tokens", do_bench(fn, return_mode="median") * 1e3, graph_time_us(fn),
-        gbps(2 * (q.numel() + k.numel()) * elem))
-    k_cache, v_cache, _ = make_cache([num_tokens * 4], num_kv_heads, head_dim, gen)
-    slots = torch.randperm(k_cache.shape[0] * BLOCK_SIZE, device="cuda", generator=gen)[:num_tokens].to(torch.int32)
-    fn = lambda: kv_cache.store_kvcache(k, v, k_cache, v_cache, slots)  # noqa: E731
-    row(f"store_kvcache {num_tokens} tokens", do_bench(fn, return_mode="median") * 1e3, graph_time_us(fn),
-        gbps(4 * k.numel() * elem))
+    for model, tokens in (("llama3.1-8b", num_tokens), ("qwen3-0.6b", num_tokens), ("qwen3-0.6b", 1)):
+        q, k, v, cos, sin, pos, slots, caches, (qw, kw) = rope_inputs(model, tokens, gen, 4 * num_tokens)
+        norms = (qw, kw) if model.startswith("qwen3") else (None, None)
+        fn = lambda: rope_store.norm_rope_store(pos, q, k, v, cos, sin, caches[0], caches[1], slots, *norms)  # noqa
+        row(f"norm_rope_store {model} {tokens} tokens", do_bench(fn, return_mode="median") * 1e3, graph_time_us(fn),
+            gbps(2 * (q.numel() + 2 * k.numel()) * elem))
 
     print(f"\nSummary ({torch.cuda.get_device_name()}, llama3.1-8b geometry, bf16; microseconds):")
     print(f"  {'case':<56} {'eager':>9} {'graph':>9}")

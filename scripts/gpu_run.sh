@@ -17,6 +17,9 @@ Stages (default: check latency throughput sweep):
   sweep        localllm bench sweep for each model of $SWEEP_ARCHS          -> sweep-ARCH.json
   hf-latency   latency with transformers as the runtime, each of $ARCHS     -> hf-latency-ARCH.json
   compare-hf   the throughput stage beside transformers' continuous batching -> throughput-vs-hf.json
+  kernels      every Triton kernel against its reference, and their timings  -> kernel_check.txt
+  startup      qwen3-0.6b latency twice over a new Triton cache: load_s cold  -> startup-cold.json,
+               (kernels compiled) then warm (from the disk cache)               startup-warm.json
 
 Options:
   --wheels DIR  first install the wheels in DIR (localllm's dependencies) without the network, then localllm
@@ -90,5 +93,11 @@ for stage in $stages; do
         done ;;
     compare-hf) ll bench throughput --random-weights qwen3-0.6b --workload nano-vllm --compare-hf \
         --json-out "$out/throughput-vs-hf.json" 2>&1 | tail -24 ;;
+    kernels) python3 scripts/gpu_kernel_check.py 2>&1 | tee "$out/kernel_check.txt" | tail -40 ;;
+    startup) cache=$(mktemp -d)
+      for start in cold warm; do
+        TRITON_CACHE_DIR=$cache ll bench latency --random-weights qwen3-0.6b --json-out "$out/startup-$start.json" \
+          2>&1 | grep -i load; done
+      rm -rf "$cache" ;;
   esac
 done

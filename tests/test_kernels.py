@@ -19,16 +19,14 @@ def test_kernels_under_triton_interpreter():
 
 @pytest.fixture(scope="module")
 def K():
-    from localllm.kernels import activation, kv_cache, paged_attention, rmsnorm, rotary
-    return SimpleNamespace(kv_cache=kv_cache, paged_attention=paged_attention, rmsnorm=rmsnorm, rotary=rotary,
-                           activation=activation)
+    from localllm.kernels import activation, paged_attention, rmsnorm
+    return SimpleNamespace(paged_attention=paged_attention, rmsnorm=rmsnorm, activation=activation)
 
 
 # the references: plain torch, no triton
 from localllm.kernels import paged_attention_ref as ref  # noqa: E402
 from localllm.kernels.activation_ref import silu_and_mul_ref  # noqa: E402
 from localllm.kernels.rmsnorm_ref import rms_norm_ref  # noqa: E402
-from localllm.kernels.rotary_ref import rotary_ref  # noqa: E402
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -67,26 +65,6 @@ def _check_attention(K, ctx_lens, q_lens, num_heads, num_kv_heads, head_dim, blo
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out.float(), want, atol=atol, rtol=atol)
     return q, kc, vc, tables, qsl, ctx, out
-
-
-# --- store_kvcache ---------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("num_kv_heads,head_dim,block_size", [(2, 16, 4), (1, 64, 16), (3, 24, 8)])
-def test_store_kvcache_matches_reference_and_skips_padding(K, num_kv_heads, head_dim, block_size):
-    g = _gen(1)
-    num_tokens, num_blocks = 9, 6
-    # k and v as strided views of one fused projection, like the model's qkv split
-    fused = torch.randn(num_tokens, 3 * num_kv_heads * head_dim, generator=g)
-    k = fused[:, num_kv_heads * head_dim:2 * num_kv_heads * head_dim].view(num_tokens, num_kv_heads, head_dim)
-    v = fused[:, 2 * num_kv_heads * head_dim:].view(num_tokens, num_kv_heads, head_dim)
-    slots = torch.randperm(num_blocks * block_size, generator=g)[:num_tokens]
-    slots[[2, 5]] = -1   # padded tokens of a CUDA-graph batch
-    k_cache = torch.randn(num_blocks, block_size, num_kv_heads, head_dim, generator=g)
-    v_cache = torch.randn_like(k_cache)
-    want_k, want_v = k_cache.clone(), v_cache.clone()
-    ref.store_kvcache(k, v, want_k, want_v, slots)
-    K.kv_cache.store_kvcache(k, v, k_cache, v_cache, slots.to(torch.int32))
-    assert torch.equal(k_cache, want_k) and torch.equal(v_cache, want_v)
 
 
 # --- paged attention: varlen (mixed decode / prefill / chunked prefill) ----------------------------------------
@@ -233,7 +211,7 @@ def test_paged_attention_strided_q_view(K):
     torch.testing.assert_close(out, want, atol=2e-5, rtol=2e-5)
 
 
-# --- rmsnorm, rotary, activation -------------------------------------------------------------------------------
+# --- rmsnorm, activation -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("hidden", [64, 48])
 def test_rms_norm(K, hidden):
@@ -265,38 +243,6 @@ def test_rms_norm_matches_layer_arithmetic_fp16(K):
     want_normed, want_res = rms_norm_ref(x, weight, 1e-6, residual)
     assert torch.equal(new_res, want_res)
     torch.testing.assert_close(normed, want_normed, atol=2e-3, rtol=2e-3)
-
-
-def _rope_cache(head_dim: int, max_pos: int, base: float = 10000.0):
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2).float() / head_dim))
-    freqs = torch.outer(torch.arange(max_pos, dtype=torch.float32), inv_freq)
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos(), emb.sin()
-
-
-@pytest.mark.parametrize("head_dim,num_heads,num_kv_heads", [(16, 4, 2), (64, 3, 1)])
-def test_rotary(K, head_dim, num_heads, num_kv_heads):
-    g = _gen(4)
-    cos, sin = _rope_cache(head_dim, 64)
-    positions = torch.randint(0, 64, (7,), generator=g)
-    q_size, kv_size = num_heads * head_dim, num_kv_heads * head_dim
-    qkv = torch.randn(7, q_size + 2 * kv_size, generator=g)
-    q = qkv[:, :q_size].view(7, num_heads, head_dim)
-    k = qkv[:, q_size:q_size + kv_size].view(7, num_kv_heads, head_dim)
-    want_q, want_k = rotary_ref(positions, q, k, cos, sin)
-    # the reference is the layer's formula: x * cos + rotate_half(x) * sin
-    c, s = cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)
-    rot = torch.cat((-q[..., head_dim // 2:], q[..., :head_dim // 2]), -1)
-    torch.testing.assert_close(want_q, q * c + rot * s)
-    got_q, got_k = K.rotary.rotary_embedding(positions, q, k, cos, sin)
-    torch.testing.assert_close(got_q, want_q)
-    torch.testing.assert_close(got_k, want_k)
-    v_before = qkv[:, q_size + kv_size:].clone()
-    got_q, got_k = K.rotary.rotary_embedding(positions.to(torch.int32), q, k, cos, sin, inplace=True)
-    assert got_q is q and got_k is k
-    torch.testing.assert_close(q, want_q)
-    torch.testing.assert_close(k, want_k)
-    assert torch.equal(qkv[:, q_size + kv_size:], v_before)   # v untouched
 
 
 @pytest.mark.parametrize("shape", [(6, 2 * 48), (2, 3, 2 * 64)])

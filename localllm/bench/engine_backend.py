@@ -38,8 +38,11 @@ class EngineBackend:
     def __init__(self, bench_model: BenchModel, dtype: str, **config):
         from localllm.config import Config
         from localllm.engine.core import EngineCore
+        from localllm.engine.kv_pool import SERVER_FRACTION
 
         start = time.perf_counter()
+        # throughput is measured as a server runs: the KV pool fills what the GPU has left (server-style sizing)
+        config.setdefault("gpu_memory_fraction", SERVER_FRACTION)
         self.core = EngineCore(Config(dtype=dtype, **config), bench_model.model_dir, bench_model.hf_config,
                                bench_model.eos_token_ids, tokenizer_dir=bench_model.tokenizer_dir)
         self.load_s = time.perf_counter() - start

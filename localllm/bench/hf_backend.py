@@ -82,7 +82,10 @@ class HFBackend:
         blocks = sum(math.ceil((len(p) + m) / CB_BLOCK_TOKENS) for p, m in zip(workload.prompts, workload.max_tokens))
         return ContinuousBatchingConfig(num_blocks=blocks, max_batch_tokens=self.max_batch_tokens)
 
-    @torch.inference_mode()
+    # no_grad, not inference_mode: transformers 5.17 captures its CUDA graphs (and makes its cache) in this thread
+    # but runs the generation loop in a thread of its own, outside inference mode, which may not update inference
+    # tensors in place ("Inplace update to inference tensor outside InferenceMode is not allowed")
+    @torch.no_grad()
     def generate_all(self, workload: Workload) -> GenerateStats:
         from transformers import GenerationConfig
 

@@ -54,6 +54,10 @@ def serve(
     quantize: Optional[str] = typer.Option(None, "--quantize", help="How weights are stored: auto (quantized "
                                            "checkpoints stay quantized on GPUs), none (dequantize), native, or a "
                                            "format to quantize to at load (q4_k_m, q8_0, int4, fp8, ...)."),
+    gpu_memory_fraction: Optional[float] = typer.Option(
+        None, "--gpu-memory-fraction", min=0.01, max=1.0, show_default=False,
+        help="Let each model fill this share of a GPU's memory, its KV pool as large as fits, as a server would "
+             "(default: $LOCALLLM_GPU_MEMORY_FRACTION; unset = a KV pool sized to the model's sequences and context)."),
 ) -> None:
     """Run the daemon in the foreground: an OpenAI-compatible API on http://HOST:PORT/v1."""
     from localllm.server.daemon import serve as run_daemon
@@ -63,7 +67,8 @@ def serve(
         settings = ServerSettings.from_environment(
             host=host, port=port, api_key=api_key, cors_origins=cors_origin, keep_alive_s=keep_alive,
             max_queued=max_queued, max_body_bytes=max_body_bytes, allowed_hosts=allow_host, models=model,
-            engine=parse_engine_overrides(engine + tp_override(tp) + quantize_override(quantize)),
+            engine=parse_engine_overrides(engine + tp_override(tp) + quantize_override(quantize)
+                                          + memory_override(gpu_memory_fraction)),
             state_file=state_file.expanduser() if state_file else None)
         run_daemon(settings, log_file.expanduser() if log_file else None)
     except (LocalLLMError, ValueError) as e:
@@ -80,6 +85,12 @@ def tp_override(tp: int | None) -> list[str]:
 def quantize_override(quantize: str | None) -> list[str]:
     """--quantize X as the engine setting it stands for."""
     return [] if quantize is None else [f"quantization={quantize}"]
+
+
+def memory_override(fraction: float | None) -> list[str]:
+    """--gpu-memory-fraction F, else $LOCALLLM_GPU_MEMORY_FRACTION, as the engine setting it stands for."""
+    fraction = fraction if fraction is not None else env.gpu_memory_fraction()
+    return [] if fraction is None else [f"gpu_memory_fraction={fraction}"]
 
 
 def stop(model: Optional[str] = typer.Argument(None, help="Unload only this model; the daemon keeps running.")) -> None:

@@ -11,12 +11,11 @@ import torch
 
 from localllm.config import Config
 from localllm.engine.batch import StepBatchBuilder
+from localllm.engine.kv_pool import GiB, PoolRequest, gpu_budget_bytes, pool_blocks
 from localllm.engine.model_runner import ModelRunner, kv_bytes_per_block
 from localllm.errors import LocalLLMError
 from localllm.layers.allreduce import make_reducer
 from localllm.layers.parallel import min_over_ranks, tp_size, use_reducer
-
-GiB = 1 << 30
 
 
 @dataclass
@@ -48,18 +47,17 @@ def set_up_rank(config: Config, hf_config, model_dir: Path | None, device: torch
 def _num_kv_blocks(config: Config, runner: ModelRunner, builder: StepBatchBuilder, hf_config, model_len: int) -> int:
     if config.num_kv_blocks:
         return config.num_kv_blocks
-    per_block = kv_bytes_per_block(hf_config, config.block_size, runner.dtype, tp_size())
+    request = PoolRequest(kv_bytes_per_block(hf_config, config.block_size, runner.dtype, tp_size()),
+                          -(-model_len // config.block_size), config.max_num_seqs, config.gpu_memory_fraction)
     device = runner.device
     if device.type == "cuda":
         step = runner.peak_step_bytes(builder, config.max_num_batched_tokens, model_len)
         free, total = torch.cuda.mem_get_info(device)
-        budget = free - step - (1 - config.gpu_memory_fraction) * total
+        budget = gpu_budget_bytes(request, free, total, step)
     else:   # kv_memory_gib is the whole pool's, shared by the ranks' shards of it
-        budget = config.kv_memory_gib * GiB / tp_size()
-    if budget < per_block:
+        budget, total = config.kv_memory_gib * GiB / tp_size(), None
+    blocks = pool_blocks(request, budget, total)
+    if blocks == 0:
         raise LocalLLMError(f"no memory left for the KV cache on {device} "
                             f"({budget / GiB:.2f} GiB available after the weights and activations)")
-    # Past a few full-length contexts per sequence slot, more blocks only feed the prefix cache, and a small
-    # model on a big GPU would otherwise get millions of them (seconds of bookkeeping at start).
-    most_useful = 4 * config.max_num_seqs * -(-model_len // config.block_size)
-    return int(min(budget // per_block, most_useful))
+    return blocks

@@ -1,7 +1,7 @@
 """Attention over the paged KV cache. The per-step layout arrives as an explicit AttentionMetadata.
 
-On a GPU the Triton kernels of localllm.kernels do the work (one launch stores K/V, one attends for the
-whole step); elsewhere their plain-torch references do."""
+On a GPU the Triton kernels of localllm.kernels do the work (one launch normalises and rotates q/k and stores K/V,
+one attends for the whole step); elsewhere their plain-torch references do."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 from localllm.kernels import paged_attention_ref as ref
+from localllm.layers.norm import RMSNorm
+from localllm.layers.rotary import StepRotary
 
 
 @dataclass
@@ -39,10 +41,15 @@ class Attention(nn.Module):
         self.k_cache = torch.empty(0)
         self.v_cache = torch.empty(0)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        """q: [T, H, D], k/v: [T, Hkv, D] for this step's tokens -> [T, H, D]."""
-        if q.is_cuda:
-            return self._forward_triton(q, k, v, meta)
+    def forward(self, rope: StepRotary, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata,
+                qk_norms: tuple[RMSNorm, RMSNorm] | None = None) -> torch.Tensor:
+        """q: [T, H, D], k/v: [T, Hkv, D] for this step's tokens (views of the qkv projection, q rotated in place on a
+        GPU) -> [T, H, D]. qk_norms: the per-head RMSNorms of q and k applied before rotary (Qwen3)."""
+        if rope.fused:
+            return self._forward_triton(rope, q, k, v, meta, qk_norms)
+        if qk_norms is not None:
+            q, k = qk_norms[0](q), qk_norms[1](k)
+        q, k = rope.apply(q, k)
         ref.store_kvcache(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
         out = torch.empty_like(q)
         n = meta.num_decodes
@@ -55,11 +62,13 @@ class Attention(nn.Module):
                                                    meta.context_lens_host[i], self.scale, self.sliding_window)
         return out
 
-    def _forward_triton(self, q, k, v, meta: AttentionMetadata) -> torch.Tensor:
-        from localllm.kernels.kv_cache import store_kvcache
+    def _forward_triton(self, rope: StepRotary, q, k, v, meta: AttentionMetadata, qk_norms) -> torch.Tensor:
         from localllm.kernels.paged_attention import paged_attention
+        from localllm.kernels.rope_store import norm_rope_store
 
-        store_kvcache(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
+        weights, eps = ((qk_norms[0].weight, qk_norms[1].weight), qk_norms[0].eps) if qk_norms else ((None, None), 0.0)
+        norm_rope_store(rope.positions, q, k, v, rope.cos, rope.sin, self.k_cache, self.v_cache, meta.slot_mapping,
+                        *weights, eps)
         return paged_attention(q, self.k_cache, self.v_cache, meta.block_tables, meta.query_start_loc,
                                meta.context_lens, self.scale, self.sliding_window,
                                max_query_len=meta.max_query_len, max_context_len=meta.max_context_len)

@@ -60,12 +60,8 @@ class StepRotary:
     positions: torch.Tensor
     cos: torch.Tensor   # fused: the [max_pos, D] caches; otherwise this step's rows, [T, 1, D] fp32
     sin: torch.Tensor
-    fused: bool         # one Triton launch per layer (GPU) instead of ~10 elementwise ops
+    fused: bool         # GPU: rotated inside the attention layer's one norm + rotary + K/V-store launch
 
     def apply(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """q: [T, Hq, D], k: [T, Hkv, D]."""
-        if self.fused:
-            from localllm.kernels.rotary import rotary_embedding
-
-            return rotary_embedding(self.positions, q, k, self.cos, self.sin, inplace=True)
+        """q: [T, Hq, D], k: [T, Hkv, D], rotated by plain torch (the path of the unfused step)."""
         return rotate_ref(q, self.cos, self.sin), rotate_ref(k, self.cos, self.sin)

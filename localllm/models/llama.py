@@ -44,10 +44,7 @@ class LlamaAttention(nn.Module):
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        if self.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = rope.apply(q, k)
-        out = self.attn(q, k, v, meta)
+        out = self.attn(rope, q, k, v, meta, (self.q_norm, self.k_norm) if self.qk_norm else None)
         return self.o_proj(out.flatten(1))
 
 

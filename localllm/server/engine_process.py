@@ -90,10 +90,14 @@ def _load(config, outbox: Sender):
     import torch
 
     from localllm.engine.core import EngineCore, keeps_gguf_blocks
+    from localllm.engine.kernel_cache import cached_kernel_count, start_kind, triton_cache_dir
     from localllm.engine.quant_choice import settle_quantization
     from localllm.errors import LocalLLMError
     from localllm.loader.hf_dir import open_model
 
+    started = time.perf_counter()
+    kernel_cache = triton_cache_dir()
+    kernels_before = cached_kernel_count(kernel_cache)
     try:
         config = settle_quantization(config, config.model)
         files = open_model(config.model, keeps_gguf_blocks(config))
@@ -106,6 +110,9 @@ def _load(config, outbox: Sender):
     except Exception as e:  # noqa: BLE001
         outbox.send(LoadFailed("EngineError", f"{type(e).__name__}: {one_line(e)}"))
         return None
+    kernels = start_kind(kernels_before, cached_kernel_count(kernel_cache)) if core.device.type == "cuda" else ""
+    print(f"localllm engine: {config.model or 'the embedded model'} ready in {time.perf_counter() - started:.1f} s"
+          + (f" ({kernels})" if kernels else ""), file=sys.stderr, flush=True)
     runner = core.runner
     # every rank holds shards of the same shapes, so rank 0's sizes are each GPU's
     weights = runner.weight_bytes

@@ -1,0 +1,104 @@
+"""Triton: a step's q/k RMSNorm per head (Qwen3, optional), neox rotary embedding and K/V-cache store in one launch
+per layer, in place of three to five (norm q, norm k, rotary, store). It reads q, k and v once (views of the fused
+qkv projection), writes the rotated q back in place and the rotated k and v into their cache slots; the rotated k is
+not written anywhere else, since attention reads K from the cache. Same arithmetic as the unfused kernels: the norm
+in fp32, rounded to the input dtype, times the weight and rounded again (as rms_norm), then rotated in fp32.
+Its plain-torch reference is rope_store_ref.norm_rope_store_ref."""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _rotate_heads(src, stride_sh, dst, stride_dh, n_heads, w_ptr, eps, cos1, sin1, cos2, sin2,
+                  HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_H: tl.constexpr, HAS_NORM: tl.constexpr):
+    """Heads [n_heads, 2 * HALF] at src (head stride stride_sh): RMS-normed per head and scaled when HAS_NORM (rounded
+    to the input dtype twice, as rms_norm does), rotated in fp32, written at dst (head stride stride_dh)."""
+    offs_h = tl.arange(0, BLOCK_H)
+    offs_d = tl.arange(0, BLOCK_HALF)
+    dm = offs_d < HALF
+    mask = (offs_h < n_heads)[:, None] & dm[None, :]
+    at = src + offs_h[:, None] * stride_sh + offs_d[None, :]
+    x1 = tl.load(at, mask=mask, other=0.0)
+    x2 = tl.load(at + HALF, mask=mask, other=0.0)
+    dtype = x1.dtype
+    x1 = x1.to(tl.float32)
+    x2 = x2.to(tl.float32)
+    if HAS_NORM:
+        inv = tl.rsqrt((tl.sum(x1 * x1, 1) + tl.sum(x2 * x2, 1)) / (2 * HALF) + eps)
+        w1 = tl.load(w_ptr + offs_d, mask=dm, other=0.0).to(tl.float32)
+        w2 = tl.load(w_ptr + HALF + offs_d, mask=dm, other=0.0).to(tl.float32)
+        x1 = ((x1 * inv[:, None]).to(dtype).to(tl.float32) * w1[None, :]).to(dtype).to(tl.float32)
+        x2 = ((x2 * inv[:, None]).to(dtype).to(tl.float32) * w2[None, :]).to(dtype).to(tl.float32)
+    out = dst + offs_h[:, None] * stride_dh + offs_d[None, :]
+    tl.store(out, (x1 * cos1[None, :] - x2 * sin1[None, :]).to(dst.dtype.element_ty), mask=mask)
+    tl.store(out + HALF, (x2 * cos2[None, :] + x1 * sin2[None, :]).to(dst.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rope_store_kernel(pos_ptr, slot_ptr, q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, qw_ptr, kw_ptr, k_cache_ptr,
+                       v_cache_ptr, eps, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
+                       stride_cos, stride_sin, stride_cb, stride_cs, stride_ch, n_q_heads, n_kv_heads,
+                       HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_HQ: tl.constexpr,
+                       BLOCK_HKV: tl.constexpr, BLOCK_SIZE: tl.constexpr, HAS_NORM: tl.constexpr):
+    """Program (t, 0) rotates token t's query heads in place; program (t, 1) stores its key and value heads."""
+    t = tl.program_id(0).to(tl.int64)
+    pos = tl.load(pos_ptr + t).to(tl.int64)
+    offs_d = tl.arange(0, BLOCK_HALF)
+    dm = offs_d < HALF
+    cos1 = tl.load(cos_ptr + pos * stride_cos + offs_d, mask=dm, other=0.0).to(tl.float32)
+    cos2 = tl.load(cos_ptr + pos * stride_cos + HALF + offs_d, mask=dm, other=0.0).to(tl.float32)
+    sin1 = tl.load(sin_ptr + pos * stride_sin + offs_d, mask=dm, other=0.0).to(tl.float32)
+    sin2 = tl.load(sin_ptr + pos * stride_sin + HALF + offs_d, mask=dm, other=0.0).to(tl.float32)
+    if tl.program_id(1) == 0:
+        q_row = q_ptr + t * stride_qt
+        _rotate_heads(q_row, stride_qh, q_row, stride_qh, n_q_heads, qw_ptr, eps, cos1, sin1, cos2, sin2,
+                      HALF, BLOCK_HALF, BLOCK_HQ, HAS_NORM)
+    else:
+        slot = tl.load(slot_ptr + t).to(tl.int64)
+        if slot >= 0:   # a negative slot is a padding row of a CUDA-graph batch: nothing to store
+            cache_row = (slot // BLOCK_SIZE) * stride_cb + (slot % BLOCK_SIZE) * stride_cs
+            _rotate_heads(k_ptr + t * stride_kt, stride_kh, k_cache_ptr + cache_row, stride_ch, n_kv_heads, kw_ptr,
+                          eps, cos1, sin1, cos2, sin2, HALF, BLOCK_HALF, BLOCK_HKV, HAS_NORM)
+            offs_h = tl.arange(0, BLOCK_HKV)
+            mask = (offs_h < n_kv_heads)[:, None] & dm[None, :]
+            v_src = v_ptr + t * stride_vt + offs_h[:, None] * stride_vh + offs_d[None, :]
+            v_dst = v_cache_ptr + cache_row + offs_h[:, None] * stride_ch + offs_d[None, :]
+            tl.store(v_dst, tl.load(v_src, mask=mask).to(v_cache_ptr.dtype.element_ty), mask=mask)
+            tl.store(v_dst + HALF, tl.load(v_src + HALF, mask=mask).to(v_cache_ptr.dtype.element_ty), mask=mask)
+
+
+def norm_rope_store(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    cos_cache: torch.Tensor, sin_cache: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    slot_mapping: torch.Tensor, q_norm_weight: torch.Tensor | None = None,
+                    k_norm_weight: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
+    """positions, slot_mapping [T] (int32/int64; a negative slot stores nothing); q [T, Hq, D], k, v [T, Hkv, D]
+    (last dim contiguous, token/head strides free: views of a fused qkv output); cos_cache/sin_cache [max_pos, D];
+    k_cache, v_cache [num_blocks, block_size, Hkv, D] with the same strides; q_norm_weight, k_norm_weight [D]: the
+    per-head RMSNorm weights (both or neither). Rotates q in place and returns it."""
+    num_tokens, n_q_heads, head_dim = q.shape
+    n_kv_heads = k.shape[1]
+    assert k.shape == v.shape == (num_tokens, n_kv_heads, head_dim) and head_dim % 2 == 0
+    assert cos_cache.shape[-1] == head_dim and sin_cache.shape == cos_cache.shape
+    assert k_cache.shape[2:] == (n_kv_heads, head_dim) and v_cache.shape == k_cache.shape
+    assert v_cache.stride() == k_cache.stride() and slot_mapping.shape[0] == num_tokens
+    assert (q_norm_weight is None) == (k_norm_weight is None)
+    for x in (q, k, v, cos_cache, sin_cache, k_cache):
+        assert x.stride(-1) == 1
+    if num_tokens == 0:
+        return q
+    half = head_dim // 2
+    has_norm = q_norm_weight is not None
+    _rope_store_kernel[(num_tokens, 2)](
+        positions, slot_mapping, q, k, v, cos_cache, sin_cache, q_norm_weight if has_norm else q,
+        k_norm_weight if has_norm else q, k_cache, v_cache, float(eps),
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        cos_cache.stride(0), sin_cache.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        n_q_heads, n_kv_heads,
+        HALF=half, BLOCK_HALF=triton.next_power_of_2(half), BLOCK_HQ=triton.next_power_of_2(n_q_heads),
+        BLOCK_HKV=triton.next_power_of_2(n_kv_heads), BLOCK_SIZE=k_cache.shape[1], HAS_NORM=has_norm,
+        num_warps=4 if n_q_heads * head_dim >= 2048 else 1,
+    )
+    return q

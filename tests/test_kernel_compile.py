@@ -1,0 +1,62 @@
+"""The fused GPU kernels compile for a Hopper GPU (sm_90), without one: Triton's compiler runs on the CPU, and it
+checks what its interpreter (tests/test_fused_kernels.py) lets pass, such as the types of both branches of an if."""
+from __future__ import annotations
+
+import pytest
+
+triton = pytest.importorskip("triton")
+
+from triton_interpreter import IN_PROCESS  # noqa: E402
+
+pytestmark = pytest.mark.skipif(IN_PROCESS, reason="Triton interprets in this process: nothing to compile")
+
+
+def _compile(fn, constexprs: dict, pointers: dict, floats=(), num_warps=4) -> str:
+    """PTX of fn for sm_90; pointer arguments are bf16 unless `pointers` says otherwise, other scalars int32."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    signature = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = pointers.get(name, "*bf16")
+        else:
+            signature[name] = "fp32" if name in floats else "i32"
+    source = ASTSource(fn=fn, signature=signature,
+                       constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
+    try:
+        kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+    except RuntimeError as e:   # a Triton without its CUDA backend's tools (ptxas)
+        if "ptxas" in str(e):
+            pytest.skip(f"this Triton cannot compile for CUDA here: {e}")
+        raise
+    return kernel.asm["ptx"]
+
+
+@pytest.mark.parametrize("has_norm", [False, True])
+@pytest.mark.parametrize("dtype", ["*bf16", "*fp32"])
+def test_norm_rope_store_compiles(has_norm, dtype):
+    from localllm.kernels.rope_store import _rope_store_kernel
+
+    pointers = {n: dtype for n in ("q_ptr", "k_ptr", "v_ptr", "qw_ptr", "kw_ptr", "k_cache_ptr", "v_cache_ptr")}
+    pointers.update(pos_ptr="*i64", slot_ptr="*i32", cos_ptr="*fp32", sin_ptr="*fp32")
+    ptx = _compile(_rope_store_kernel, dict(HALF=64, BLOCK_HALF=64, BLOCK_HQ=16, BLOCK_HKV=8, BLOCK_SIZE=16,
+                                            HAS_NORM=has_norm), pointers, floats=("eps",))
+    assert ".entry _rope_store_kernel" in ptx
+
+
+@pytest.mark.parametrize("sliding", [False, True])
+def test_split_k_decode_compiles(sliding):
+    from localllm.kernels import paged_attention as pa
+
+    pointers = {n: "*i32" for n in ("bt_ptr", "qsl_ptr", "ctx_ptr")}
+    pointers.update({n: "*fp32" for n in ("part_acc_ptr", "part_m_ptr", "part_l_ptr")})
+    split = _compile(pa._decode_split_kernel, dict(HEAD_DIM=128, BLOCK_D=128, GROUP=4, BLOCK_M=16, BLOCK_N=64,
+                                                   BLOCK_SIZE=16, MIN_PARTITION=64, SLIDING=sliding, K_ROWS=True,
+                                                   DOT_PRECISION="tf32"), pointers, floats=("scale_log2",))
+    assert ".entry _decode_split_kernel" in split
+    reduce = _compile(pa._decode_reduce_kernel, dict(HEAD_DIM=128, BLOCK_D=128, MIN_PARTITION=64, BLOCK_N=64,
+                                                     CHUNK=16), pointers, num_warps=2)
+    assert ".entry _decode_reduce_kernel" in reduce
