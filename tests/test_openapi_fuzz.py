@@ -51,8 +51,10 @@ def test_the_schema_is_served_without_422_and_with_the_real_statuses(daemon):
     assert set(served["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == {"text/plain"}
 
 
+# 25 cases per operation (valid and invalid ones, the same each run): some 500 requests in all, each field's type
+# and bounds reached; more mostly repeat what these find, at a few tenths of a second per generation on a CPU
 @schema.parametrize()
-@settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_the_api_conforms_to_its_schema_and_never_answers_5xx(case):
     keep_alive = case.body.get("keep_alive") if isinstance(case.body, dict) else None
     if isinstance(keep_alive, str):   # the Ollama API's durations ("5m")

@@ -1,10 +1,12 @@
-"""The reliability suite (scripts/reliability.py) at its --quick sizes against a real `localllm serve`: every
-check must hold (0 errors, 0 incomplete streams, 0 leaked KV blocks, 0 responses with status 5xx, errors in
-OpenAI's shape, the daemon alive, recovery after engine and daemon kills, Host/Origin/key/traversal refusals,
-no pickle loaded, a full disk during pull leaving nothing half-written in use)."""
+"""The reliability suite (scripts/reliability.py) at its --quick sizes, with fewer fuzz cases, against a real
+`localllm serve`: every check must hold (0 errors, 0 incomplete streams, 0 leaked KV blocks, 0 responses with
+status 5xx, errors in OpenAI's shape, the daemon alive, recovery after engine and daemon kills,
+Host/Origin/key/traversal refusals, no pickle loaded, a full disk during pull leaving nothing half-written in
+use)."""
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,11 @@ from reliability_checks.report import render  # noqa: E402
 from reliability_checks.security import security  # noqa: E402
 from reliability_checks.server import LocalServer  # noqa: E402
 from reliability_checks.suite import MAIN_ARGS, MAIN_SECTIONS, QUICK, main_section  # noqa: E402
+
+# the --quick sizes, but 4 schemathesis cases per operation and mode rather than 12: the fuzz section still runs
+# every operation valid and invalid, and test_openapi_fuzz.py sends the same operations 25 cases each, with
+# stricter checks (each answer conforms to the schema, error bodies included)
+SIZES = replace(QUICK, fuzz_examples=4)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +39,7 @@ def assert_passed(section) -> None:
 
 @pytest.mark.parametrize("name", MAIN_SECTIONS)   # in this order: daemon-kill ends the daemon
 def test_main_daemon_sections(server, name):
-    assert_passed(main_section(name, server, QUICK))
+    assert_passed(main_section(name, server, SIZES))
 
 
 @pytest.fixture(scope="module")

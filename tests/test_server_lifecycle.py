@@ -53,6 +53,17 @@ def engine_pids(client: Client) -> list[int]:
     return [m["pid"] for m in client.status()["models"]]
 
 
+def ready_models(client: Client, count: int, timeout: float = 90.0) -> list[dict]:
+    """The daemon's models once `count` of them are loaded and ready."""
+    deadline = time.monotonic() + timeout
+    while True:
+        models = client.status()["models"]
+        if len(models) == count and all(m["state"] == "ready" for m in models):
+            return models
+        assert time.monotonic() < deadline, f"models not ready within {timeout:.0f} s: {models}"
+        time.sleep(0.05)
+
+
 def test_ensure_daemon_starts_one_in_the_background_and_reuses_it(tiny):
     assert find_daemon() is None
     with background_daemon(tiny) as (client, pids):
@@ -72,11 +83,14 @@ def test_ensure_daemon_starts_one_in_the_background_and_reuses_it(tiny):
 
 def test_a_sigkilled_daemon_leaves_stale_state_that_is_cleaned_and_replaced(tiny):
     with background_daemon(tiny) as (client, pids):
-        client.status()
-        engines = engine_pids(client)
+        # ensure_daemon returns once the daemon answers; an engine still loading (importing torch, which takes
+        # long on a busy machine) would only look at its pipe after the load, so the kill waits for it
+        engines = [m["pid"] for m in ready_models(client, 1)]
         os.kill(pids[0], signal.SIGKILL)
         assert wait_gone(pids[0])
-        assert all(wait_gone(pid) for pid in engines)   # the engines notice their daemon is gone and exit
+        # the engines notice their daemon is gone (end of file on the pipe) and exit; the timeout only bounds
+        # the wait, which ends as soon as they are gone
+        assert all(wait_gone(pid, 60) for pid in engines)
         assert read_state(default_state_path()).pid == pids[0]   # stale: the pid is gone
         assert find_daemon() is None and not default_state_path().exists()
         fresh = ensure_daemon(port=0, models=[tiny], args=ENGINE_ARGS, timeout=90)

@@ -87,7 +87,9 @@ def _aim_at_the_model(case) -> None:
             body[field] = MAX_GENERATED_TOKENS
     if body.get("model") == EMBEDDED and not any(field in body for field in limits):
         body["max_output_tokens" if case.path == "/v1/responses" else "max_tokens"] = MAX_GENERATED_TOKENS
-    options = body.get("options")   # the Ollama API's
+    options = body.get("options")   # the Ollama API's, whose generations ignore max_tokens
+    if options is None and body.get("model") == EMBEDDED and case.path in ("/api/generate", "/api/chat"):
+        options = body["options"] = {}   # else one runs to the end of the context (the schema's own example)
     if isinstance(options, dict) and not (isinstance(options.get("num_predict"), int)
                                           and 0 < options["num_predict"] <= MAX_GENERATED_TOKENS):
         options["num_predict"] = MAX_GENERATED_TOKENS
