@@ -223,9 +223,13 @@ def gemv_config(fmt: str, m: int, n: int, k: int, device: torch.device, gpu: boo
                 tiles: dict | None = None) -> dict:
     """Tile of the GEMV: BLOCK_N rows by BLOCK_W words a step (tiles, when given, overrides them), and SPLIT
     programs along K when the row tiles are too few to give every SM PROGRAMS_PER_SM of them."""
-    if gpu:   # 4 KB a step, 16-byte loads: at one row of x 32 rows x 32 words, two rows per thread sharing their
-        # loads of x; at several, 8 x 64 (each row of x decodes the words again: fewer rows, fewer registers)
-        config = dict(BLOCK_N=32, BLOCK_W=32, num_warps=4) if m == 1 else dict(BLOCK_N=8, BLOCK_W=64, num_warps=4)
+    if gpu:   # 16-byte loads. At one row of x, the best of scripts/gpu_quant_check.py's sweep on one H200 at the
+        # 8B's shapes: 16 rows x 32 words for 4-bit formats, x 64 for 8-bit ones (Q4_K gate_up 137 us against 203
+        # at 32 x 32); at several rows, 8 x 64 (each row of x decodes the words again: fewer rows, fewer registers)
+        if m == 1:
+            config = dict(BLOCK_N=16, BLOCK_W=32 if PLANES[fmt][0].bits == 4 else 64, num_warps=4)
+        else:
+            config = dict(BLOCK_N=8, BLOCK_W=64, num_warps=4)
     else:     # the interpreter: few programs (its cost is per operation, whatever the tile)
         config = dict(BLOCK_N=32, BLOCK_W=8, num_warps=1)
     config.update(tiles or {})
