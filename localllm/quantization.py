@@ -1,10 +1,12 @@
 """How the engine stores a model's weights: Config.quantization (`--quantize`). Plain Python, no torch.
 
   auto    on a GPU, `none` when the model's bf16 weights fit and `native` when they do not
-          (engine.quant_choice decides per load); on the CPU a quantized checkpoint is dequantized at load
-          (float32 by default, exact).
+          (engine.quant_choice decides per load); on the CPU a quantized checkpoint's blocks are kept and
+          multiplied by the CPU kernels of layers.cpu_quant (bfloat16 activations into the matmuls: fast, not
+          bit-exact; `none` with float32 is the exact path).
   none    everything dequantized at load, to the model dtype.
-  native  kept quantized on any device (on the CPU each matmul dequantizes its weight first: slow, for tests).
+  native  kept quantized on any device (on the CPU each matmul dequantizes its weight first: slow, exactly the
+          dense conversion's values, for tests).
   a format (q4_0, q4_1, q8_0, q4_k, q5_k, q6_k, q4_k_m, q5_k_m, int4 = awq = gptq, fp8): every matrix
   quantized at load to that format (round to nearest, localllm.kernels.quantize_ref), from whatever the
   checkpoint holds; also the format of --random-weights benchmarks. The _m mixes follow llama.cpp's Q4_K_M /
@@ -46,7 +48,12 @@ def check_quantization(quantization: str) -> None:
 
 def keeps_blocks(quantization: str, device_type: str) -> bool:
     """Whether a quantized checkpoint's weights stay quantized (else they are dequantized at load)."""
-    return quantization == "native" or (quantization == "auto" and device_type == "cuda")
+    return quantization in ("native", "auto")
+
+
+def uses_cpu_kernels(quantization: str, device_type: str) -> bool:
+    """Whether the layers kept as blocks run layers.cpu_quant's kernels (else: dequantize, then matmul)."""
+    return quantization == "auto" and device_type == "cpu"
 
 
 def is_recipe(quantization: str) -> bool:
