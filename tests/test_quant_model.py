@@ -70,13 +70,19 @@ def test_gguf_kept_quantized_gives_the_tokens_of_its_dequantized_form(mixed_gguf
         assert runner.weight_bytes < 1.02 * mixed_gguf.stat().st_size
 
 
-def test_auto_keeps_blocks_on_the_cpu_and_runs_the_cpu_kernels(mixed_gguf):
-    """auto on the CPU: Q4_0 / Q4_1 rows in torch's int4 layout, other formats as bfloat16 copies; each prompt's
+def test_auto_dequantizes_on_the_cpu(mixed_gguf):
+    with LLM(str(mixed_gguf), **ENGINE) as llm:
+        assert llm.engine.core.runner.quantization == ""
+        assert all(p.dtype == torch.float32 for p in llm.engine.core.runner.model.parameters())
+
+
+def test_fast_keeps_blocks_on_the_cpu_and_runs_the_cpu_kernels(mixed_gguf):
+    """fast on the CPU: Q4_0 / Q4_1 rows in torch's int4 layout, other formats as bfloat16 copies; each prompt's
     first greedy token is the exact path's (dequantize, then multiply in float32; a random model's later tokens
     meet near-ties that bfloat16 rounding flips)."""
     with LLM(str(mixed_gguf), quantization="native", **ENGINE) as exact:
         want = _tokens(exact, _prompts(2))
-    with LLM(str(mixed_gguf), **ENGINE) as llm:
+    with LLM(str(mixed_gguf), quantization="fast", **ENGINE) as llm:
         runner = llm.engine.core.runner
         assert runner.quantization == "Q4_K_M"
         qkv = runner.model.model.layers[0].self_attn.qkv_proj

@@ -2,7 +2,7 @@
 dequantized to bf16 when its dense weights fit in DENSE_SHARE of the GPUs' memory, and kept as blocks only when
 they do not. The block kernels still read their weights far below the copy bandwidth (docs/quantization.md has
 the figures), so the dense path decodes faster wherever it fits; blocks are what lets a model that does not fit
-dense run at all. On the CPU `auto` keeps the blocks and runs layers.cpu_quant's kernels."""
+dense run at all. On the CPU `auto` stays what keeps_blocks makes of it (dequantized, exact)."""
 from __future__ import annotations
 
 from dataclasses import replace

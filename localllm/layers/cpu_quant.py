@@ -1,4 +1,4 @@
-"""Quantized matmuls on the CPU without a float32 copy of the weights: the fast CPU path of GGUF models.
+"""Quantized matmuls on the CPU without a float32 copy of the weights (`--quantize fast`, localllm.quantization).
 
 Q4_0 and Q4_1 parts are repacked once, at load, into torch's CPU int4 layout
 (`aten._convert_weight_to_int4pack_for_cpu`: 4-bit weights with a scale and a zero per 32 of them, 0.625 bytes a
