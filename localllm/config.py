@@ -12,7 +12,7 @@ TP_ALLREDUCE_KINDS = ("nccl", "symm_mem")
 class Config:
     model: str | None = None          # alias, local HF directory or .gguf file; None = the embedded default
     dtype: str = "auto"               # "auto" = float32 on CPU, bfloat16 on GPU
-    quantization: str = "auto"        # how weights are stored: auto, none, native or a format (localllm.quantization)
+    quantization: str = "auto"        # how weights are stored: auto, none, native, fast or a format (localllm.quantization)
     device: str = "auto"              # "auto" = cuda when available, else cpu
     block_size: int = 16              # tokens per KV-cache block
     num_kv_blocks: int | None = None  # fixed pool size; None = sized from kv_memory_fraction / kv_memory_gib

@@ -4,7 +4,11 @@
           (engine.quant_choice decides per load); on the CPU a quantized checkpoint is dequantized at load
           (float32 by default, exact).
   none    everything dequantized at load, to the model dtype.
-  native  kept quantized on any device (on the CPU each matmul dequantizes its weight first: slow, for tests).
+  native  kept quantized on any device (on the CPU each matmul dequantizes its weight first: slow, exactly the
+          dense conversion's values, for tests).
+  fast    kept quantized; on the CPU multiplied by the kernels of layers.cpu_quant (torch's int4 kernel, with
+          bfloat16 activations into the matmuls: not bit-exact, 99.3% greedy agreement with the exact path, but
+          the embedded model's answer to the capital-of-France question flips); on a GPU the same as native.
   a format (q4_0, q4_1, q8_0, q4_k, q5_k, q6_k, q4_k_m, q5_k_m, int4 = awq = gptq, fp8): every matrix
   quantized at load to that format (round to nearest, localllm.kernels.quantize_ref), from whatever the
   checkpoint holds; also the format of --random-weights benchmarks. The _m mixes follow llama.cpp's Q4_K_M /
@@ -22,7 +26,7 @@ import re
 
 from localllm.kernels.block_formats import BLOCK_FORMATS
 
-MODES = ("auto", "none", "native")
+MODES = ("auto", "none", "native", "fast")
 _K_MIXES = {"q4_k_m": "Q4_K", "q5_k_m": "Q5_K"}
 _PLAIN = {"q4_0": "Q4_0", "q4_1": "Q4_1", "q8_0": "Q8_0", "q4_k": "Q4_K", "q5_k": "Q5_K", "q6_k": "Q6_K",
           "int4": "int4_g128", "fp8": "fp8_e4m3_g128"}
@@ -46,7 +50,12 @@ def check_quantization(quantization: str) -> None:
 
 def keeps_blocks(quantization: str, device_type: str) -> bool:
     """Whether a quantized checkpoint's weights stay quantized (else they are dequantized at load)."""
-    return quantization == "native" or (quantization == "auto" and device_type == "cuda")
+    return quantization in ("native", "fast") or (quantization == "auto" and device_type == "cuda")
+
+
+def uses_cpu_kernels(quantization: str, device_type: str) -> bool:
+    """Whether the layers kept as blocks run layers.cpu_quant's kernels (else: dequantize, then matmul)."""
+    return quantization == "fast" and device_type == "cpu"
 
 
 def is_recipe(quantization: str) -> bool:

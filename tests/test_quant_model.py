@@ -76,6 +76,21 @@ def test_auto_dequantizes_on_the_cpu(mixed_gguf):
         assert all(p.dtype == torch.float32 for p in llm.engine.core.runner.model.parameters())
 
 
+def test_fast_keeps_blocks_on_the_cpu_and_runs_the_cpu_kernels(mixed_gguf):
+    """fast on the CPU: Q4_0 / Q4_1 rows in torch's int4 layout, other formats as bfloat16 copies; each prompt's
+    first greedy token is the exact path's (dequantize, then multiply in float32; a random model's later tokens
+    meet near-ties that bfloat16 rounding flips)."""
+    with LLM(str(mixed_gguf), quantization="native", **ENGINE) as exact:
+        want = _tokens(exact, _prompts(2))
+    with LLM(str(mixed_gguf), quantization="fast", **ENGINE) as llm:
+        runner = llm.engine.core.runner
+        assert runner.quantization == "Q4_K_M"
+        qkv = runner.model.model.layers[0].self_attn.qkv_proj
+        assert [type(p).__name__ for p in qkv.cpu_matmul.parts] == ["Int4Part", "Int4Part", "DensePart"]
+        got = _tokens(llm, _prompts(2))
+    assert [t[0] for t in got] == [t[0] for t in want]
+
+
 def test_two_ranks_kept_quantized_match_one(mixed_gguf):
     with LLM(str(mixed_gguf), quantization="native", **ENGINE) as one:
         want = _tokens(one, _prompts(1))

@@ -25,7 +25,7 @@ DtypeOpt = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or floa
 RandomOpt = typer.Option(None, "--random-weights", help="Build qwen3-0.6b, llama-3.2-1b, llama-3.1-8b, qwen3-8b, "
                                                         "qwen2.5-32b or llama-3.1-70b from its real config with "
                                                         "random weights instead of loading one.")
-QuantizeOpt = typer.Option("auto", "--quantize", help="How weights are stored: auto, none, native, or a format "
+QuantizeOpt = typer.Option("auto", "--quantize", help="How weights are stored: auto, none, native, fast, or a format "
                                                       "(q4_k_m, q8_0, q4_0, int4 = awq, fp8, ...): random weights are "
                                                       "drawn in it, a checkpoint is quantized to it at load.")
 KvBlocksOpt = typer.Option(None, "--num-kv-blocks", min=1, help="Fix the KV pool's size (blocks of 16 tokens) "

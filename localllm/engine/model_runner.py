@@ -13,8 +13,10 @@ from localllm.engine.scheduler import ScheduledSeq
 from localllm.hf_config import attention_head_dim
 from localllm.engine.model_builder import build_model, weight_bytes, weights_label
 from localllm.layers.attention import Attention
+from localllm.layers.cpu_quant import attach_cpu_kernels
 from localllm.layers.quantized import randomize_weights
 from localllm.loader.safetensors import load_weights
+from localllm.quantization import uses_cpu_kernels
 
 
 def kv_bytes_per_block(hf_config, block_size: int, dtype: torch.dtype, tp: int = 1) -> int:
@@ -39,6 +41,8 @@ class ModelRunner:
         else:
             self.has_lm_head = load_weights(self.model, model_dir, quant)
         self.model.eval()
+        if uses_cpu_kernels(quantization, device.type):
+            attach_cpu_kernels(self.model)
         self.weight_bytes = weight_bytes(self.model)
         self.quantization = weights_label(self.model, quant, quantization)
         self.hidden_size = hf_config.hidden_size

@@ -4,13 +4,13 @@ workers only run the forward of each step it broadcasts."""
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 
 import torch
 
 from localllm import settings
 from localllm.config import Config
+from localllm.cpu_cores import available_cores
 from localllm.engine.step_channel import StepSender
 from localllm.engine.tp_degree import (TensorParallelError, check_degree, degree_error, free_gpu_bytes, model_size,
                                        pick_degree)
@@ -43,11 +43,7 @@ def worker_threads(config: Config, world_size: int) -> int:
     """CPU threads per rank: what was asked for, else the cores shared evenly."""
     if config.num_threads:
         return config.num_threads
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return max(1, cores // world_size)
+    return max(1, available_cores() // world_size)
 
 
 @dataclass

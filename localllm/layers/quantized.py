@@ -211,7 +211,8 @@ def apply_weight(x: torch.Tensor, module: nn.Module, bias: torch.Tensor | None =
     layout = getattr(module, "layout", None)
     if layout is None:
         return F.linear(x, module.weight, bias)
-    y = layout.matmul(x, module.weight)
+    cpu_matmul = getattr(module, "cpu_matmul", None)   # layers.cpu_quant, on the CPU's fast path
+    y = cpu_matmul(x) if cpu_matmul is not None else layout.matmul(x, module.weight)
     return y if bias is None else y + bias
 
 

@@ -8,6 +8,7 @@ import sys
 import time
 from multiprocessing.connection import Connection
 
+from localllm.cpu_cores import available_cores
 from localllm.errors import one_line
 from localllm.server.protocol import (PROTOCOL_VERSION, AbortRequests, AddRequest, DecodeError, EmbedRequest,
                                       EngineFailed, EngineStats, FinishSequence, LoadFailed, Loaded, MessageRefused,
@@ -19,12 +20,9 @@ STATS_EVERY_S = 0.25    # steps that yield no token (prefill chunks) still repor
 
 
 def default_num_threads() -> int:
-    """All the cores this process may use (its CPU affinity, which a container or `taskset` narrows), less one for
-    the front end on machines with more than four."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
+    """All the cores this process may use (its CPU affinity and CPU quota: localllm.cpu_cores), less one for the
+    front end on machines with more than four."""
+    cores = available_cores()
     return cores if cores <= 4 else cores - 1
 
 
