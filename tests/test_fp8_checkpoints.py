@@ -10,21 +10,16 @@ import random
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import LlamaConfig
 
 from localllm import LLM, SamplingParams
 from localllm.hub.model_info import describe
 from localllm.kernels.quant_blocks_ref import dequantize_ref
 from localllm.kernels.quantize_ref import quantize_ref
-from tiny_models import build_model_dir
+from tiny_models import BLOCK128_CONFIGS, LINEARS, build_model_dir
 
-LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 GREEDY = SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=16)
 ENGINE = dict(block_size=4, num_kv_blocks=64, max_num_batched_tokens=16, num_threads=1)
-# inputs of every linear layer whole blocks of 128; k/v have 64 rows, less than one 128-row tile
-CONFIG = {"llama": lambda: LlamaConfig(
-    vocab_size=311, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-5)}
+# k/v have 64 rows, less than one 128-row tile
 FINE_GRAINED = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}
 COMPRESSED = {"quant_method": "compressed-tensors", "format": "float-quantized", "config_groups": {"group_0": {
     "targets": ["Linear"], "weights": {"num_bits": 8, "type": "float", "symmetric": True, "strategy": "channel"}}},
@@ -67,7 +62,7 @@ def _copy_dir(base, out, config_extra: dict, tensors: dict):
 
 def _write(tmp_path, quantize, quantization_config: dict):
     """(FP8 checkpoint dir, the same model dense with the dequantized weights)."""
-    base = build_model_dir("llama", tmp_path / "base", configs=CONFIG)
+    base = build_model_dir("llama", tmp_path / "base", configs=BLOCK128_CONFIGS)
     weights = load_file(str(base / "model.safetensors"))
     quantized, dense = {}, dict(weights)
     for name, w in weights.items():
@@ -104,7 +99,7 @@ def test_fp8_checkpoint_kept_quantized_matches_its_dequantized_weights(tmp_path,
 
 
 def test_quantize_fp8_at_load_runs_its_round_trip(tmp_path):
-    base = build_model_dir("llama", tmp_path / "base", configs=CONFIG)
+    base = build_model_dir("llama", tmp_path / "base", configs=BLOCK128_CONFIGS)
     weights = load_file(str(base / "model.safetensors"))
     round_trip = {name: dequantize_ref(quantize_ref(w, "fp8_e4m3_g128"), "fp8_e4m3_g128")
                   if name.rsplit(".", 2)[-2] in LINEARS else w for name, w in weights.items()}

@@ -10,22 +10,16 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import LlamaConfig
 
 from localllm import LLM, SamplingParams
 from localllm.errors import UnsupportedModelError
 from localllm.hub.model_info import describe
-from tiny_models import build_model_dir
+from tiny_models import BLOCK128_CONFIGS, LINEARS, build_model_dir
 
 GROUP = 128
 AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7]   # AutoAWQ's WQLinear_GEMM: nibble i of a word holds output 8c + order[i]
-LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 GREEDY = SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=16)
 ENGINE = dict(block_size=4, num_kv_blocks=64, max_num_batched_tokens=16, num_threads=1)
-# every linear layer's inputs whole groups of 128: hidden 128, intermediate 256, head_dim 32
-CONFIG = {"llama": lambda: LlamaConfig(
-    vocab_size=311, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-5)}
 
 
 def _words(nibbles: np.ndarray) -> torch.Tensor:
@@ -62,7 +56,7 @@ def _gptq(q, zeros, scales, g_idx=None) -> dict:
 
 def _write(tmp_path, method: str, pack, quantization_config: dict):
     """(quantized checkpoint dir, the same model dense with the dequantized weights)."""
-    base = build_model_dir("llama", tmp_path / "base", configs=CONFIG)
+    base = build_model_dir("llama", tmp_path / "base", configs=BLOCK128_CONFIGS)
     weights = load_file(str(base / "model.safetensors"))
     quantized, dense = {}, dict(weights)
     for i, (name, w) in enumerate(sorted(weights.items())):

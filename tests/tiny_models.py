@@ -45,6 +45,14 @@ TP_CONFIGS = {
 }
 
 
+# A Llama whose every linear layer's inputs are whole groups of 128 (hidden 128, intermediate 256, head_dim 32), as
+# the checkpoint formats quantized in groups of 128 (AWQ, GPTQ, FP8 tiles) need; its linear layers by name.
+BLOCK128_CONFIGS = {"llama": lambda: LlamaConfig(
+    vocab_size=311, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-5)}
+LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
 def build_tokenizer(vocab_size: int = 300, special_tokens: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
     """special_tokens: more special tokens (e.g. fill-in-the-middle ones), after <|im_start|> and <|im_end|>."""
     tok = Tokenizer(models.BPE())
