@@ -74,3 +74,5 @@ def check_speculation(config: Config) -> None:
     p = config.speculative_accept_prob
     if p is not None and not 0.0 <= p <= 1.0:
         raise ValueError(f"speculative_accept_prob must be in [0, 1], got {p}")
+    if p is not None and config.speculative == "off":
+        raise ValueError("speculative_accept_prob needs speculative decoding on (speculative=ngram)")

@@ -36,6 +36,11 @@ AllreduceOpt = typer.Option("nccl", "--allreduce", help="All-reduce of the ranks
 BackendOpt = typer.Option("localllm", "--backend", help="localllm (this engine) or hf (transformers as the runtime).")
 JsonOpt = typer.Option(None, "--json-out", help="Also write the result as JSON to this file.")
 MaxLenOpt = typer.Option(4096, "--max-model-len", help="Context length the engine is set up for.")
+SpeculativeOpt = typer.Option("off", "--speculative", help="Speculative decoding: off or ngram.")
+SpecTokensOpt = typer.Option(4, "--num-speculative-tokens", min=1, help="Most draft tokens verified per step.")
+SpecAcceptOpt = typer.Option(None, "--spec-accept-prob", min=0.0, max=1.0,
+                             help="Random weights accept nothing: accept each draft with this probability instead "
+                                  "(drafts then copy the prompt from its start when nothing matches).")
 
 
 def _fail(error: Exception) -> None:
@@ -72,6 +77,10 @@ def _load(backend: str, bench_model, dtype: str, device, torch_dtype, **config):
     if backend == "hf":
         if config.pop("quantization", "auto") not in ("auto", "none"):
             raise ValueError("--quantize applies to --backend localllm only")
+        if config.pop("speculative", "off") != "off":
+            raise ValueError("--speculative applies to --backend localllm only")
+        config.pop("num_speculative_tokens", None)
+        config.pop("speculative_accept_prob", None)
         from localllm.bench.hf_backend import HFBackend
 
         batch_tokens = config.get("max_num_batched_tokens", Config().max_num_batched_tokens)
@@ -140,19 +149,35 @@ def latency(
     allreduce: str = AllreduceOpt,
     quantize: str = QuantizeOpt,
     num_kv_blocks: Optional[int] = KvBlocksOpt,
+    workload: str = typer.Option("random", "--workload", help="The decode run's prompt: random (prompt-tokens "
+                                 "random ids) or code-edit (a ~1,500-token source file to rewrite)."),
+    speculative: str = SpeculativeOpt,
+    num_speculative_tokens: int = SpecTokensOpt,
+    spec_accept_prob: Optional[float] = SpecAcceptOpt,
     json_out: Optional[Path] = JsonOpt,
 ) -> None:
-    """Batch-1 decode tokens/s and time to first token, greedy, random prompt tokens, beside the roofline."""
+    """Batch-1 decode tokens/s and time to first token, greedy, beside the roofline; with --speculative, the
+    acceptance rate and mean accepted length of the decode run too."""
     from localllm.bench.measure import measure_latency
+    from localllm.bench.models import with_a_tokenizer
+    from localllm.bench.speculative import code_edit_prompt
 
     try:
         _check_backend(backend)
         _check_new_tokens(new_tokens)
+        if workload not in ("random", "code-edit"):
+            raise ValueError(f"unknown --workload {workload!r}; use 'random' or 'code-edit'")
         bench_model, device, torch_dtype, limits, quantize = _prepare(model, random_weights, dtype, quantize)
         runtime = _load(backend, bench_model, dtype, device, torch_dtype, max_model_len=max_model_len,
-                        quantization=quantize, num_kv_blocks=num_kv_blocks, **_tp_config(backend, tp, allreduce))
+                        quantization=quantize, num_kv_blocks=num_kv_blocks, **_tp_config(backend, tp, allreduce),
+                        speculative=speculative, num_speculative_tokens=num_speculative_tokens,
+                        speculative_accept_prob=spec_accept_prob)
+        decode_prompt = None
+        if workload == "code-edit":
+            decode_prompt = code_edit_prompt(with_a_tokenizer(bench_model).tokenizer_dir, runtime.vocab_size)
         try:
-            result = measure_latency(runtime, limits, prompt_tokens, new_tokens, ttft_prompt_tokens)
+            result = measure_latency(runtime, limits, prompt_tokens, new_tokens, ttft_prompt_tokens,
+                                     decode_prompt=decode_prompt, workload=workload)
         finally:
             _closed(runtime)
         _report(result, json_out)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from localllm.engine.events import SpeculationStats
 from localllm.engine.request import Sequence
 
 LONGEST_NGRAM = 3
@@ -27,22 +28,6 @@ WARM_UP_STEPS = 4
 FIRST_COOLING_STEPS, LAST_COOLING_STEPS = 16, 512
 # where a sequence comes back from cooling: a few more failures turn it off again
 ACCEPTANCE_AFTER_COOLING = 0.5
-
-
-@dataclass
-class SpeculationStats:
-    proposed: int = 0         # draft tokens verified
-    accepted: int = 0         # of those, accepted
-    verify_steps: int = 0     # sequence-steps that verified drafts
-
-    @property
-    def acceptance_rate(self) -> float:
-        return self.accepted / self.proposed if self.proposed else 0.0
-
-    @property
-    def mean_accepted_length(self) -> float:
-        """Tokens a verifying sequence gets per step: the accepted drafts plus the target's own token."""
-        return (self.accepted + self.verify_steps) / self.verify_steps if self.verify_steps else 0.0
 
 
 @dataclass
