@@ -77,10 +77,8 @@ def _load(backend: str, bench_model, dtype: str, device, torch_dtype, **config):
     if backend == "hf":
         if config.pop("quantization", "auto") not in ("auto", "none"):
             raise ValueError("--quantize applies to --backend localllm only")
-        if config.pop("speculative", "off") != "off":
-            raise ValueError("--speculative applies to --backend localllm only")
-        config.pop("num_speculative_tokens", None)
-        config.pop("speculative_accept_prob", None)
+        for key in ("speculative", "num_speculative_tokens", "speculative_accept_prob"):   # checked before
+            config.pop(key, None)
         from localllm.bench.hf_backend import HFBackend
 
         batch_tokens = config.get("max_num_batched_tokens", Config().max_num_batched_tokens)
@@ -125,6 +123,15 @@ def _report(result, json_out: Path | None) -> None:
     _write_json(fields, json_out)
 
 
+def _check_speculation(backend: str, speculative: str, num_tokens: int, accept_prob: float | None) -> None:
+    """Before anything is loaded: the settings are valid, and only this engine speculates."""
+    from localllm.config import Config
+
+    Config(speculative=speculative, num_speculative_tokens=num_tokens, speculative_accept_prob=accept_prob)
+    if backend != "localllm" and speculative != "off":
+        raise ValueError("--speculative applies to --backend localllm only")
+
+
 def _check_new_tokens(new_tokens: int) -> None:
     if new_tokens < 2:
         raise ValueError("--new-tokens must be at least 2: decode is timed from the first token to the last")
@@ -160,13 +167,14 @@ def latency(
     acceptance rate and mean accepted length of the decode run too."""
     from localllm.bench.measure import measure_latency
     from localllm.bench.models import with_a_tokenizer
-    from localllm.bench.speculative import code_edit_prompt
+    from localllm.bench.speculative import CODE_EDIT_TOKENS, code_edit_prompt
 
     try:
         _check_backend(backend)
         _check_new_tokens(new_tokens)
         if workload not in ("random", "code-edit"):
             raise ValueError(f"unknown --workload {workload!r}; use 'random' or 'code-edit'")
+        _check_speculation(backend, speculative, num_speculative_tokens, spec_accept_prob)
         bench_model, device, torch_dtype, limits, quantize = _prepare(model, random_weights, dtype, quantize)
         runtime = _load(backend, bench_model, dtype, device, torch_dtype, max_model_len=max_model_len,
                         quantization=quantize, num_kv_blocks=num_kv_blocks, **_tp_config(backend, tp, allreduce),
@@ -174,7 +182,8 @@ def latency(
                         speculative_accept_prob=spec_accept_prob)
         decode_prompt = None
         if workload == "code-edit":
-            decode_prompt = code_edit_prompt(with_a_tokenizer(bench_model).tokenizer_dir, runtime.vocab_size)
+            decode_prompt = code_edit_prompt(with_a_tokenizer(bench_model).tokenizer_dir, runtime.vocab_size,
+                                             min(CODE_EDIT_TOKENS, max_model_len - new_tokens))
         try:
             result = measure_latency(runtime, limits, prompt_tokens, new_tokens, ttft_prompt_tokens,
                                      decode_prompt=decode_prompt, workload=workload)
