@@ -108,6 +108,7 @@ class ThroughputResult:
     ratio_to_hf: float | None = None
     tensor_parallel_size: int = 1
     memory: MemoryFigures | None = None
+    speculation: SpeculationFigures | None = None
 
 
 @dataclass
@@ -160,6 +161,8 @@ def measure_latency(backend: Backend, limits: DeviceLimits, prompt_tokens: int =
 
 def measure_throughput(backend: Backend, limits: DeviceLimits, workload: Workload) -> ThroughputResult:
     backend.warm_up(workload.prompts[0][:16])
+    speculation = getattr(backend, "speculation", None)
+    before = speculation() if speculation else None
     stats = backend.generate_all(workload)
     rate = stats.output_tokens / stats.elapsed_s
     roofline = decode_roofline(backend.shape, limits.copy_bandwidth_gb_s, [len(p) for p in workload.prompts],
@@ -169,7 +172,7 @@ def measure_throughput(backend: Backend, limits: DeviceLimits, workload: Workloa
                             stats.output_tokens, stats.elapsed_s, rate, stats.preemptions,
                             limits.copy_bandwidth_gb_s, roofline.seconds, roofline.tokens_per_s,
                             percent(rate, roofline.tokens_per_s), tensor_parallel_size=_degree(backend),
-                            memory=memory_figures(backend))
+                            memory=memory_figures(backend), speculation=speculation(before) if speculation else None)
 
 
 def _degree(backend) -> int:

@@ -216,6 +216,9 @@ def throughput(
     allreduce: str = AllreduceOpt,
     quantize: str = QuantizeOpt,
     num_kv_blocks: Optional[int] = KvBlocksOpt,
+    speculative: str = SpeculativeOpt,
+    num_speculative_tokens: int = SpecTokensOpt,
+    spec_accept_prob: Optional[float] = SpecAcceptOpt,
     json_out: Optional[Path] = JsonOpt,
 ) -> None:
     """Aggregate output tokens/s of many sequences generated at once (continuous batching), beside the roofline."""
@@ -229,12 +232,15 @@ def throughput(
             raise ValueError("--compare-hf compares localllm with hf; leave --backend at localllm")
         if json_schema and (backend != "localllm" or compare_hf):
             raise ValueError("--json-schema runs this engine only; leave out --backend hf and --compare-hf")
+        _check_speculation(backend, speculative, num_speculative_tokens, spec_accept_prob)
         bench_model, device, torch_dtype, limits, quantize = _prepare(model, random_weights, dtype, quantize)
         work = throughput_workload(workload, bench_model.hf_config.vocab_size, streams, prompt_tokens, new_tokens)
         if json_schema:
             # with random weights, --model names the tokenizer the grammar is matched against
             work, bench_model = guided(work), with_a_tokenizer(bench_model, model if random_weights else None)
-        config = dict(max_num_seqs=max_num_seqs, max_model_len=max_model_len, num_kv_blocks=num_kv_blocks)
+        config = dict(max_num_seqs=max_num_seqs, max_model_len=max_model_len, num_kv_blocks=num_kv_blocks,
+                      speculative=speculative, num_speculative_tokens=num_speculative_tokens,
+                      speculative_accept_prob=spec_accept_prob)
         config.update(_tp_config(backend, tp, allreduce))
         runtime = _load(backend, bench_model, dtype, device, torch_dtype, quantization=quantize, **config)
         try:

@@ -6,8 +6,8 @@ quoted turns). When no suffix matches, it goes on copying from where its last pr
 the rejected one (an edit that substitutes a token and carries on).
 
 Each sequence adapts: K grows by one after a step that accepted every proposal and falls to one more than what was
-accepted otherwise; a sequence whose proposals keep failing (or that finds none) stops speculating for a cooling
-period that doubles each time, so where nothing is accepted only a few steps in hundreds pay for verification.
+accepted otherwise; a sequence whose proposals keep failing (or that finds none for a while) stops speculating for
+a cooling period that doubles each time, so where nothing is accepted only a few steps in hundreds pay for verification.
 With more running sequences than `speculative_batch_limit`, decoding is compute-bound and nobody speculates.
 """
 from __future__ import annotations
@@ -20,22 +20,26 @@ from localllm.engine.events import SpeculationStats
 from localllm.engine.request import Sequence
 
 LONGEST_NGRAM = 3
-# acceptance (accepted / proposed, a step without proposals counting 0) averaged with this weight for the newest step
+# acceptance (accepted / proposed) averaged with this weight for the newest verifying step
 ACCEPTANCE_WEIGHT = 0.3
+# a sequence that finds no draft this many steps in a row cools too (looking is free, but it keeps its steps off the
+# overlapped path)
+UNMATCHED_STEPS = 8
 # below this average acceptance, after WARM_UP_STEPS steps, a sequence stops speculating for a while
 OFF_BELOW = 0.15
 WARM_UP_STEPS = 4
 FIRST_COOLING_STEPS, LAST_COOLING_STEPS = 16, 512
-# where a sequence comes back from cooling: a few more failures turn it off again
-ACCEPTANCE_AFTER_COOLING = 0.5
+# where a sequence starts, and comes back from cooling: 4 failures in a row turn it off
+STARTING_ACCEPTANCE = 0.5
 
 
 @dataclass
 class SequenceSpeculation:
     """One sequence's adaptive state."""
     num_tokens: int                 # K for its next proposal
-    acceptance: float = 1.0         # running average of accepted / proposed
-    steps: int = 0                  # proposing steps since speculation (re)started
+    acceptance: float = STARTING_ACCEPTANCE   # running average of accepted / proposed
+    steps: int = 0                  # verifying steps since speculation (re)started
+    unmatched: int = 0              # steps in a row without a draft
     cooling: int = 0                # plain steps left before it speculates again
     next_cooling: int = FIRST_COOLING_STEPS
     source: int | None = None       # where in its tokens the next proposal would continue an earlier copy
@@ -88,13 +92,15 @@ class Speculator:
 
     def _proposal(self, seq: Sequence) -> list[int]:
         state = self.state(seq)
-        # only a decoding sequence whose latest token is on the host can propose
-        if state is None or seq.num_pending or seq.num_computed_tokens != len(seq.token_ids) - 1:
+        if state is None:
             return []
-        if state.cooling:
+        if state.cooling:   # counted down while its steps run overlapped, with their tokens still in flight
             state.cooling -= 1
             if state.cooling == 0:
-                state.acceptance, state.steps = ACCEPTANCE_AFTER_COOLING, 0
+                state.acceptance, state.steps = STARTING_ACCEPTANCE, 0
+            return []
+        # only a decoding sequence whose latest token is on the host can propose
+        if seq.num_pending or seq.num_computed_tokens != len(seq.token_ids) - 1:
             return []
         k = min(state.num_tokens, self._room(seq))
         if k <= 0:
@@ -104,11 +110,13 @@ class Speculator:
         if start is None:
             start = state.source
         if start is None or start >= len(tokens):
-            self.record(seq, 0, 0)
+            state.unmatched += 1
+            if state.unmatched >= UNMATCHED_STEPS:
+                self._cool(state)
             return []
-        proposal = tokens[start:start + k].tolist()
+        state.unmatched = 0
         state.source = start
-        return proposal
+        return tokens[start:start + k].tolist()
 
     def _room(self, seq: Sequence) -> int:
         """Drafts that fit: a step verifying k of them may produce k + 1 tokens, within max_tokens and the context."""
@@ -119,19 +127,23 @@ class Speculator:
         return room
 
     def record(self, seq: Sequence, proposed: int, accepted: int) -> None:
-        """What a step did with the sequence's proposal (proposed 0: it found none)."""
+        """What a step did with the sequence's `proposed` drafts."""
         state = seq.speculation
-        if proposed:
-            self.stats.proposed += proposed
-            self.stats.accepted += accepted
-            self.stats.verify_steps += 1
-            state.num_tokens = min(self.num_tokens, state.num_tokens + 1) if accepted == proposed else accepted + 1
-            state.source = state.source + accepted + 1 if state.source is not None else None
-        rate = accepted / proposed if proposed else 0.0
+        self.stats.proposed += proposed
+        self.stats.accepted += accepted
+        self.stats.verify_steps += 1
+        state.num_tokens = min(self.num_tokens, state.num_tokens + 1) if accepted == proposed else accepted + 1
+        state.source = state.source + accepted + 1 if state.source is not None else None
+        rate = accepted / proposed
         state.acceptance += ACCEPTANCE_WEIGHT * (rate - state.acceptance)
         state.steps += 1
-        if rate >= ACCEPTANCE_AFTER_COOLING:
+        if rate >= STARTING_ACCEPTANCE:
             state.next_cooling = FIRST_COOLING_STEPS
         elif state.steps >= WARM_UP_STEPS and state.acceptance < OFF_BELOW:
-            state.cooling, state.source = state.next_cooling, 0 if self.copy_from_start else None
-            state.next_cooling = min(LAST_COOLING_STEPS, 2 * state.next_cooling)
+            self._cool(state)
+
+    def _cool(self, state: SequenceSpeculation) -> None:
+        """No speculation for a while, longer each time (until a step accepts well again)."""
+        state.cooling, state.unmatched = state.next_cooling, 0
+        state.source = 0 if self.copy_from_start else None
+        state.next_cooling = min(LAST_COOLING_STEPS, 2 * state.next_cooling)
