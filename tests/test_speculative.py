@@ -187,15 +187,28 @@ def test_no_speculation_beyond_the_batch_limit(model_dir):
     assert llm.engine.core.speculator.stats.proposed > 0
 
 
-def test_guided_sequences_do_not_speculate(model_dir, plain):
+def test_guided_sequences_do_not_speculate_beside_ones_that_do(model_dir, plain):
+    """A guided sequence decodes plainly, its grammar mask landing on its own row of a step in which another
+    sequence verifies drafts (rows before it belong to that sequence's drafts)."""
     from localllm.sampling_params import Guidance
 
-    params = SamplingParams(temperature=0, max_tokens=16, guidance=Guidance("json_object"))
-    expected = plain.generate([LOOP * 3], params)[0].outputs[0]
+    guided = SamplingParams(temperature=0, max_tokens=16, guidance=Guidance("json_object"))
+    prompts, params = [LOOP * 6, LOOP * 3], [greedy(40), guided]
+    expected = [o.outputs[0].token_ids for o in plain.generate(prompts, params)]
     llm = engine(model_dir, "ngram")
-    got = llm.generate([LOOP * 3], params)[0].outputs[0]
-    assert got.token_ids == expected.token_ids
-    assert llm.engine.core.speculator.stats.proposed == 0
+    core = llm.engine.core
+    verifier, steps = core.verifier, []
+
+    class Recording:   # (guided, drafts) of each sampling sequence, step by step
+        def __call__(self, logits, seqs, num_drafts):
+            steps.append([(seq.matcher is not None, k) for seq, k in zip(seqs, num_drafts)])
+            return verifier(logits, seqs, num_drafts)
+
+    core.verifier = Recording()
+    assert [o.outputs[0].token_ids for o in llm.generate(prompts, params)] == expected
+    assert core.speculator.stats.proposed > 0
+    both = [dict(step) for step in steps if len(step) == 2]
+    assert all(step[True] == 0 for step in both) and any(step[False] > 0 for step in both)
 
 
 @pytest.mark.parametrize("setting, message", [
