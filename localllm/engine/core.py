@@ -259,8 +259,9 @@ class EngineCore:
     def _needs_host(self, seq: Sequence) -> bool:
         """Whether the step's token must be read back at once: for the sampler, or for a proposal next step (a step
         verifying drafts always is: how many tokens it keeps is only known on the host)."""
-        return (Sampler.needs_host(seq.params) or bool(seq.draft_token_ids) or self.speculator is not None
-                and self.speculator.wants_tokens_on_host(seq, len(self.scheduler.running)))
+        running = len(self.scheduler.running)
+        speculates = self.speculator is not None and self.speculator.wants_tokens_on_host(seq, running)
+        return Sampler.needs_host(seq.params) or bool(seq.draft_token_ids) or speculates
 
     def _sample(self, step: ForwardedStep) -> InFlightStep | tuple[list[Sequence], list[Verified]]:
         seqs, logits = step.seqs, step.logits
