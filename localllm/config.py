@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from localllm.quantization import check_quantization
 
 TP_ALLREDUCE_KINDS = ("nccl", "symm_mem")
+SPECULATIVE_KINDS = ("off", "ngram")
+MAX_SPECULATIVE_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,12 @@ class Config:
     tensor_parallel_size: int | None = None  # ranks the model is split over; None = 1 on CPU, on GPUs the fewest
     #                                          that fit the weights and a useful KV pool
     tp_allreduce: str = "nccl"        # all-reduce of the ranks: nccl (gloo on CPU) or symm_mem (small ones, GPUs)
+    speculative: str = "off"          # speculative decoding: off, or ngram (drafts looked up in the prompt and output)
+    num_speculative_tokens: int = 4   # most drafts one sequence verifies per step
+    speculative_batch_limit: int = 32  # with more running sequences than this, nobody speculates (compute-bound)
+    # benchmarks on random weights only: each draft is accepted with this probability instead of by the model
+    # (the output is then not the model's)
+    speculative_accept_prob: float | None = None
 
     def __post_init__(self) -> None:
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):
@@ -47,6 +55,24 @@ class Config:
             raise ValueError(f"tensor_parallel_size must be at least 1, got {self.tensor_parallel_size}")
         if self.tp_allreduce not in TP_ALLREDUCE_KINDS:
             raise ValueError(f"tp_allreduce must be one of {', '.join(TP_ALLREDUCE_KINDS)}, got {self.tp_allreduce!r}")
+        check_speculation(self)
         check_quantization(self.quantization)
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+
+
+def check_speculation(config: Config) -> None:
+    if config.speculative.startswith("draft:"):
+        raise ValueError("speculative decoding with a draft model is not available yet; use ngram")
+    if config.speculative not in SPECULATIVE_KINDS:
+        raise ValueError(f"speculative must be one of {', '.join(SPECULATIVE_KINDS)}, got {config.speculative!r}")
+    if not 1 <= config.num_speculative_tokens <= MAX_SPECULATIVE_TOKENS:
+        raise ValueError(f"num_speculative_tokens must be in [1, {MAX_SPECULATIVE_TOKENS}], "
+                         f"got {config.num_speculative_tokens}")
+    if config.speculative_batch_limit < 1:
+        raise ValueError(f"speculative_batch_limit must be at least 1, got {config.speculative_batch_limit}")
+    p = config.speculative_accept_prob
+    if p is not None and not 0.0 <= p <= 1.0:
+        raise ValueError(f"speculative_accept_prob must be in [0, 1], got {p}")
+    if p is not None and config.speculative == "off":
+        raise ValueError("speculative_accept_prob needs speculative decoding on (speculative=ngram)")

@@ -9,6 +9,7 @@ import torch
 from localllm.bench.measure import GenerateStats
 from localllm.bench.models import BenchModel
 from localllm.bench.roofline import model_shape
+from localllm.bench.speculative import SpeculationFigures
 from localllm.bench.workloads import Workload
 from localllm.sampling_params import SamplingParams
 
@@ -60,6 +61,19 @@ class EngineBackend:
     def close(self) -> None:
         """Stops the tensor-parallel workers, if any."""
         self.core.shutdown()
+
+    def speculation(self, since: SpeculationFigures | None = None) -> SpeculationFigures | None:
+        """The verification counts so far, or since an earlier call's figures; None with speculation off."""
+        speculator = self.core.speculator
+        if speculator is None:
+            return None
+        stats = speculator.stats
+        drafts, accepted, steps = stats.proposed, stats.accepted, stats.verify_steps
+        if since is not None:
+            drafts, accepted, steps = (drafts - since.draft_tokens, accepted - since.accepted_tokens,
+                                       steps - since.verify_steps)
+        config = self.core.config
+        return SpeculationFigures.of(config.speculative, config.speculative_accept_prob, drafts, accepted, steps)
 
     def _add(self, prompt: list[int], params: SamplingParams) -> str:
         request_id = f"bench-{self._request_count}"

@@ -12,6 +12,7 @@ import torch
 
 from localllm.bench.device_limits import DeviceLimits
 from localllm.bench.roofline import ModelShape, decode_roofline, percent, prefill_floor_s
+from localllm.bench.speculative import SpeculationFigures
 from localllm.bench.workloads import Workload, prompt_vocab, random_prompts
 
 
@@ -82,6 +83,8 @@ class LatencyResult:
     percent_of_roofline: float
     tensor_parallel_size: int = 1   # with more, the floors and rooflines are one GPU's share, run on each at once
     memory: MemoryFigures | None = None
+    workload: str = "random"        # the decode run's prompt: random tokens, or code-edit (bench/speculative.py)
+    speculation: SpeculationFigures | None = None   # of the decode run, with speculative decoding on
 
 
 @dataclass
@@ -105,6 +108,7 @@ class ThroughputResult:
     ratio_to_hf: float | None = None
     tensor_parallel_size: int = 1
     memory: MemoryFigures | None = None
+    speculation: SpeculationFigures | None = None
 
 
 @dataclass
@@ -131,7 +135,9 @@ TTFT_RUNS = 5
 
 
 def measure_latency(backend: Backend, limits: DeviceLimits, prompt_tokens: int = 128, new_tokens: int = 256,
-                    ttft_prompt_tokens: int = 1024, seed: int = 0) -> LatencyResult:
+                    ttft_prompt_tokens: int = 1024, seed: int = 0, decode_prompt: list[int] | None = None,
+                    workload: str = "random") -> LatencyResult:
+    """decode_prompt: the decode run's prompt (default: prompt_tokens random tokens), which `workload` names."""
     vocab = prompt_vocab(backend.vocab_size)
     backend.warm_up(random_prompts(1, 16, vocab, seed + 1)[0])
     # a first long prompt meets kernel and GEMM shapes the short warm-up did not; then the median of distinct
@@ -139,18 +145,24 @@ def measure_latency(backend: Backend, limits: DeviceLimits, prompt_tokens: int =
     long_prompts = random_prompts(TTFT_RUNS + 1, ttft_prompt_tokens, vocab, seed + 2)
     backend.time_to_first_token_s(long_prompts[0])
     ttft_s = statistics.median(backend.time_to_first_token_s(p) for p in long_prompts[1:])
-    rate = backend.decode_tokens_per_s(random_prompts(1, prompt_tokens, vocab, seed)[0], new_tokens)
+    decode_prompt = decode_prompt or random_prompts(1, prompt_tokens, vocab, seed)[0]
+    prompt_tokens = len(decode_prompt)
+    speculation = getattr(backend, "speculation", None)
+    before = speculation() if speculation else None
+    rate = backend.decode_tokens_per_s(decode_prompt, new_tokens)
     floor_s = prefill_floor_s(backend.shape, ttft_prompt_tokens, limits.matmul_tflop_s)
     roofline = decode_roofline(backend.shape, limits.copy_bandwidth_gb_s, [prompt_tokens], [new_tokens])
     return LatencyResult(backend.model, backend.name, str(backend.device), _dtype_name(backend.dtype),
                          backend.load_s, ttft_prompt_tokens, ttft_s * 1000, limits.matmul_tflop_s, floor_s * 1000,
                          percent(floor_s, ttft_s), prompt_tokens, new_tokens, rate, limits.copy_bandwidth_gb_s,
                          roofline.tokens_per_s, percent(rate, roofline.tokens_per_s), _degree(backend),
-                         memory_figures(backend))
+                         memory_figures(backend), workload, speculation(before) if speculation else None)
 
 
 def measure_throughput(backend: Backend, limits: DeviceLimits, workload: Workload) -> ThroughputResult:
     backend.warm_up(workload.prompts[0][:16])
+    speculation = getattr(backend, "speculation", None)
+    before = speculation() if speculation else None
     stats = backend.generate_all(workload)
     rate = stats.output_tokens / stats.elapsed_s
     roofline = decode_roofline(backend.shape, limits.copy_bandwidth_gb_s, [len(p) for p in workload.prompts],
@@ -160,7 +172,7 @@ def measure_throughput(backend: Backend, limits: DeviceLimits, workload: Workloa
                             stats.output_tokens, stats.elapsed_s, rate, stats.preemptions,
                             limits.copy_bandwidth_gb_s, roofline.seconds, roofline.tokens_per_s,
                             percent(rate, roofline.tokens_per_s), tensor_parallel_size=_degree(backend),
-                            memory=memory_figures(backend))
+                            memory=memory_figures(backend), speculation=speculation(before) if speculation else None)
 
 
 def _degree(backend) -> int:

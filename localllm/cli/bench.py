@@ -36,6 +36,11 @@ AllreduceOpt = typer.Option("nccl", "--allreduce", help="All-reduce of the ranks
 BackendOpt = typer.Option("localllm", "--backend", help="localllm (this engine) or hf (transformers as the runtime).")
 JsonOpt = typer.Option(None, "--json-out", help="Also write the result as JSON to this file.")
 MaxLenOpt = typer.Option(4096, "--max-model-len", help="Context length the engine is set up for.")
+SpeculativeOpt = typer.Option("off", "--speculative", help="Speculative decoding: off or ngram.")
+SpecTokensOpt = typer.Option(4, "--num-speculative-tokens", min=1, help="Most draft tokens verified per step.")
+SpecAcceptOpt = typer.Option(None, "--spec-accept-prob", min=0.0, max=1.0,
+                             help="Random weights accept nothing: accept each draft with this probability instead "
+                                  "(drafts then copy the prompt from its start when nothing matches).")
 
 
 def _fail(error: Exception) -> None:
@@ -72,6 +77,8 @@ def _load(backend: str, bench_model, dtype: str, device, torch_dtype, **config):
     if backend == "hf":
         if config.pop("quantization", "auto") not in ("auto", "none"):
             raise ValueError("--quantize applies to --backend localllm only")
+        for key in ("speculative", "num_speculative_tokens", "speculative_accept_prob"):   # checked before
+            config.pop(key, None)
         from localllm.bench.hf_backend import HFBackend
 
         batch_tokens = config.get("max_num_batched_tokens", Config().max_num_batched_tokens)
@@ -116,6 +123,15 @@ def _report(result, json_out: Path | None) -> None:
     _write_json(fields, json_out)
 
 
+def _check_speculation(backend: str, speculative: str, num_tokens: int, accept_prob: float | None) -> None:
+    """Before anything is loaded: the settings are valid, and only this engine speculates."""
+    from localllm.config import Config
+
+    Config(speculative=speculative, num_speculative_tokens=num_tokens, speculative_accept_prob=accept_prob)
+    if backend != "localllm" and speculative != "off":
+        raise ValueError("--speculative applies to --backend localllm only")
+
+
 def _check_new_tokens(new_tokens: int) -> None:
     if new_tokens < 2:
         raise ValueError("--new-tokens must be at least 2: decode is timed from the first token to the last")
@@ -140,19 +156,37 @@ def latency(
     allreduce: str = AllreduceOpt,
     quantize: str = QuantizeOpt,
     num_kv_blocks: Optional[int] = KvBlocksOpt,
+    workload: str = typer.Option("random", "--workload", help="The decode run's prompt: random (prompt-tokens "
+                                 "random ids) or code-edit (a ~1,500-token source file to rewrite)."),
+    speculative: str = SpeculativeOpt,
+    num_speculative_tokens: int = SpecTokensOpt,
+    spec_accept_prob: Optional[float] = SpecAcceptOpt,
     json_out: Optional[Path] = JsonOpt,
 ) -> None:
-    """Batch-1 decode tokens/s and time to first token, greedy, random prompt tokens, beside the roofline."""
+    """Batch-1 decode tokens/s and time to first token, greedy, beside the roofline; with --speculative, the
+    acceptance rate and mean accepted length of the decode run too."""
     from localllm.bench.measure import measure_latency
+    from localllm.bench.models import with_a_tokenizer
+    from localllm.bench.speculative import CODE_EDIT_TOKENS, code_edit_prompt
 
     try:
         _check_backend(backend)
         _check_new_tokens(new_tokens)
+        if workload not in ("random", "code-edit"):
+            raise ValueError(f"unknown --workload {workload!r}; use 'random' or 'code-edit'")
+        _check_speculation(backend, speculative, num_speculative_tokens, spec_accept_prob)
         bench_model, device, torch_dtype, limits, quantize = _prepare(model, random_weights, dtype, quantize)
         runtime = _load(backend, bench_model, dtype, device, torch_dtype, max_model_len=max_model_len,
-                        quantization=quantize, num_kv_blocks=num_kv_blocks, **_tp_config(backend, tp, allreduce))
+                        quantization=quantize, num_kv_blocks=num_kv_blocks, **_tp_config(backend, tp, allreduce),
+                        speculative=speculative, num_speculative_tokens=num_speculative_tokens,
+                        speculative_accept_prob=spec_accept_prob)
+        decode_prompt = None
+        if workload == "code-edit":
+            decode_prompt = code_edit_prompt(with_a_tokenizer(bench_model).tokenizer_dir, runtime.vocab_size,
+                                             min(CODE_EDIT_TOKENS, max_model_len - new_tokens))
         try:
-            result = measure_latency(runtime, limits, prompt_tokens, new_tokens, ttft_prompt_tokens)
+            result = measure_latency(runtime, limits, prompt_tokens, new_tokens, ttft_prompt_tokens,
+                                     decode_prompt=decode_prompt, workload=workload)
         finally:
             _closed(runtime)
         _report(result, json_out)
@@ -182,6 +216,9 @@ def throughput(
     allreduce: str = AllreduceOpt,
     quantize: str = QuantizeOpt,
     num_kv_blocks: Optional[int] = KvBlocksOpt,
+    speculative: str = SpeculativeOpt,
+    num_speculative_tokens: int = SpecTokensOpt,
+    spec_accept_prob: Optional[float] = SpecAcceptOpt,
     json_out: Optional[Path] = JsonOpt,
 ) -> None:
     """Aggregate output tokens/s of many sequences generated at once (continuous batching), beside the roofline."""
@@ -195,12 +232,15 @@ def throughput(
             raise ValueError("--compare-hf compares localllm with hf; leave --backend at localllm")
         if json_schema and (backend != "localllm" or compare_hf):
             raise ValueError("--json-schema runs this engine only; leave out --backend hf and --compare-hf")
+        _check_speculation(backend, speculative, num_speculative_tokens, spec_accept_prob)
         bench_model, device, torch_dtype, limits, quantize = _prepare(model, random_weights, dtype, quantize)
         work = throughput_workload(workload, bench_model.hf_config.vocab_size, streams, prompt_tokens, new_tokens)
         if json_schema:
             # with random weights, --model names the tokenizer the grammar is matched against
             work, bench_model = guided(work), with_a_tokenizer(bench_model, model if random_weights else None)
-        config = dict(max_num_seqs=max_num_seqs, max_model_len=max_model_len, num_kv_blocks=num_kv_blocks)
+        config = dict(max_num_seqs=max_num_seqs, max_model_len=max_model_len, num_kv_blocks=num_kv_blocks,
+                      speculative=speculative, num_speculative_tokens=num_speculative_tokens,
+                      speculative_accept_prob=spec_accept_prob)
         config.update(_tp_config(backend, tp, allreduce))
         runtime = _load(backend, bench_model, dtype, device, torch_dtype, quantization=quantize, **config)
         try:

@@ -20,6 +20,11 @@ class ServeCommand(TyperCommand):
         super().format_help(ctx, formatter)
         formatter.write("\n" + env.help_table() + "\n")
 
+SpeculativeOpt = typer.Option(None, "--speculative", help="Speculative decoding: off, or ngram (draft tokens looked up "
+                                                          "in the prompt and output, verified in one forward).")
+SpecTokensOpt = typer.Option(None, "--num-speculative-tokens", min=1,
+                             help="Most draft tokens a sequence verifies per step (default 4).")
+
 
 def _fail(error: Exception) -> None:
     typer.echo(f"Error: {one_line(error)}", err=True)
@@ -58,6 +63,8 @@ def serve(
         None, "--gpu-memory-fraction", min=0.01, max=1.0, show_default=False,
         help="Let each model fill this share of a GPU's memory, its KV pool as large as fits, as a server would "
              "(default: $LOCALLLM_GPU_MEMORY_FRACTION; unset = a KV pool sized to the model's sequences and context)."),
+    speculative: Optional[str] = SpeculativeOpt,
+    num_speculative_tokens: Optional[int] = SpecTokensOpt,
 ) -> None:
     """Run the daemon in the foreground: an OpenAI-compatible API on http://HOST:PORT/v1."""
     from localllm.server.daemon import serve as run_daemon
@@ -68,7 +75,8 @@ def serve(
             host=host, port=port, api_key=api_key, cors_origins=cors_origin, keep_alive_s=keep_alive,
             max_queued=max_queued, max_body_bytes=max_body_bytes, allowed_hosts=allow_host, models=model,
             engine=parse_engine_overrides(engine + tp_override(tp) + quantize_override(quantize)
-                                          + memory_override(gpu_memory_fraction)),
+                                          + memory_override(gpu_memory_fraction)
+                                          + speculative_override(speculative, num_speculative_tokens)),
             state_file=state_file.expanduser() if state_file else None)
         run_daemon(settings, log_file.expanduser() if log_file else None)
     except (LocalLLMError, ValueError) as e:
@@ -91,6 +99,12 @@ def memory_override(fraction: float | None) -> list[str]:
     """--gpu-memory-fraction F, else $LOCALLLM_GPU_MEMORY_FRACTION, as the engine setting it stands for."""
     fraction = fraction if fraction is not None else env.gpu_memory_fraction()
     return [] if fraction is None else [f"gpu_memory_fraction={fraction}"]
+
+
+def speculative_override(speculative: str | None, num_tokens: int | None) -> list[str]:
+    """--speculative and --num-speculative-tokens as the engine settings they stand for."""
+    return ([] if speculative is None else [f"speculative={speculative}"]) \
+        + ([] if num_tokens is None else [f"num_speculative_tokens={num_tokens}"])
 
 
 def stop(model: Optional[str] = typer.Argument(None, help="Unload only this model; the daemon keeps running.")) -> None:

@@ -77,11 +77,22 @@ def render(status: dict | None, now: datetime | None = None) -> str:
         f"KV cache:      {kv['used']} used / {kv['cached']} cached / {kv['free']} free of {kv['total']} blocks "
         f"({kv['block_size']} tokens each)",
         f"prefix cache:  {prefix['hit_rate']:.1%} hit rate ({prefix['hits']} of {prefix['queries']} prompt tokens)",
+        *_speculation_line(status),
         f"requests:      {status['running']} running, {status['waiting']} waiting",
         f"throughput:    {status['tokens_per_s']:.1f} tokens/s (last 10 s)",
         f"daemon:        pid {status['pid']} at {status['address']}, up {_duration(status['uptime_s'])}",
     ]
     return "\n".join(lines)
+
+
+def _speculation_line(status: dict) -> list[str]:
+    """The speculative-decoding line, when a loaded model speculates (a daemon of another version may lack it)."""
+    spec = status.get("speculation")
+    names = [m["name"] for m in status["models"] if m.get("speculative", "off") != "off"]
+    if not spec or not names:
+        return []
+    return [f"speculation:   {spec['acceptance_rate']:.1%} of {spec['draft_tokens']} draft tokens accepted, "
+            f"{spec['mean_accepted_length']:.2f} tokens per verifying step ({', '.join(names)})"]
 
 
 def _models_on_gpu(models: list[dict], index: int) -> str:

@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 
 from localllm.errors import InvalidModelNameError, LocalLLMError, one_line
+from localllm.cli.daemon import SpecTokensOpt, SpeculativeOpt
 from localllm.hub.embedded import EMBEDDED_ALIAS
 
 
@@ -30,8 +31,11 @@ def run(
     verbose: bool = typer.Option(False, "--verbose", help="Print timings and token counts to stderr."),
     tp: Optional[int] = typer.Option(None, "--tp", min=1, help="Split the model over N GPUs (applies when this "
                                                               "starts the daemon); default: the fewest that fit."),
+    speculative: Optional[str] = SpeculativeOpt,
+    num_speculative_tokens: Optional[int] = SpecTokensOpt,
 ) -> None:
     """Chat with a model through the daemon (started if needed): answer PROMPT once, or chat interactively."""
+    from localllm.config import Config
     from localllm.sampling_params import SamplingParams
 
     params = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "max_tokens": max_tokens}
@@ -39,10 +43,11 @@ def run(
         params["seed"] = seed
     try:
         SamplingParams(**params)   # bad values are refused here, before any daemon is started
+        Config(speculative=speculative or "off", num_speculative_tokens=num_speculative_tokens or 4)
         reference, prompt = _model_and_prompt(model, prompt)
         name, preload = model_to_serve(reference)
         start = time.perf_counter()
-        client, started = daemon_client(preload, [] if tp is None else ["--tp", str(tp)])
+        client, started = daemon_client(preload, daemon_args(tp, speculative, num_speculative_tokens))
         if verbose and started:
             typer.echo(f"started the daemon:  {time.perf_counter() - start:.2f} s ({client.url})", err=True)
         name = pull_if_missing(client, reference, name)
@@ -104,6 +109,12 @@ def pull_if_missing(client, reference, name: str) -> str:
 
     typer.echo(f"{reference.name} is not here yet: pulling it", err=True)
     return pull_through(client, name)["name"]
+
+
+def daemon_args(tp: int | None, speculative: str | None, num_speculative_tokens: int | None) -> list[str]:
+    """The options a daemon started for `run` gets (a running daemon keeps its own)."""
+    pairs = (("--tp", tp), ("--speculative", speculative), ("--num-speculative-tokens", num_speculative_tokens))
+    return [arg for flag, value in pairs if value is not None for arg in (flag, str(value))]
 
 
 def daemon_client(models: list[str] = (), args: list[str] = ()):

@@ -54,7 +54,8 @@ class StepBatch:
     input_ids: torch.Tensor          # [T] this step's tokens of every sequence, one after another
     positions: torch.Tensor          # [T]
     attention: AttentionMetadata
-    logits_indices: torch.Tensor     # [S] the last token of each sequence that samples this step
+    logits_indices: torch.Tensor     # [S] the last token of each sequence that samples this step, and every token
+    #                                  of a sequence verifying drafts
     sampling_seqs: list[Sequence] = field(default_factory=list)   # those S sequences (on rank 0), in order
 
 
@@ -74,6 +75,8 @@ class PackedStep:
     header: torch.Tensor             # [HEADER_LEN] int64, on the host
     payload: torch.Tensor            # [payload_len(header)] int32, on the host
     sampling_seqs: list[Sequence]
+    # rank 0's own: how many drafts each sampling sequence verifies (its logits rows are that many plus one)
+    num_drafts: list[int] = field(default_factory=list)
     # rank 0's own: no other rank pools, since every rank holds the same whole hidden states
     pooling: list[PoolingSlice] = field(default_factory=list)
 
@@ -90,8 +93,9 @@ class StepBatchBuilder:
                  max_blocks_per_seq: int):
         self.block_size = block_size
         self.device = device
-        size = 3 * max_num_tokens + max_num_seqs + 2 * max_num_seqs + 1 + max_num_seqs * max_blocks_per_seq \
-            + 2 * max_num_seqs + len(HEADER_FIELDS) * PART_ALIGN   # room for each part's alignment padding
+        # logits rows are at most one per token (a sequence verifying drafts has one per token)
+        size = 4 * max_num_tokens + 2 * max_num_seqs + 1 + max_num_seqs * max_blocks_per_seq + 2 * max_num_seqs \
+            + len(HEADER_FIELDS) * PART_ALIGN   # room for each part's alignment padding
         self._payload = torch.empty(size, dtype=torch.int32)
         self._header = torch.zeros(HEADER_LEN, dtype=torch.int64)
 
@@ -117,6 +121,7 @@ class StepBatchBuilder:
         tables = np.zeros((b, width), dtype=np.int32)   # the kernels never read past a sequence's blocks
         logits_at: list[int] = []
         sampling_seqs: list[Sequence] = []
+        num_drafts: list[int] = []
         pooling: list[PoolingSlice] = []
         query_start_loc = [0]
         pending_rows: list[int] = []
@@ -135,7 +140,7 @@ class StepBatchBuilder:
                 positions[t] = start
                 slots[t] = table[start // bs] * bs + start % bs
             else:
-                ids[t:t + n] = seq.token_ids[start:start + n]
+                ids[t:t + n] = (seq.token_ids[start:] + seq.draft_token_ids)[:n]
                 pos = np.arange(start, start + n)
                 positions[t:t + n] = pos
                 slots[t:t + n] = np.asarray(table)[pos // bs] * bs + pos % bs
@@ -143,19 +148,20 @@ class StepBatchBuilder:
             t += n
             query_start_loc.append(t)
             if item.samples:
-                logits_at.append(t - 1)
+                logits_at.extend(range(t - 1 - item.num_draft_tokens, t))
                 sampling_seqs.append(seq)
+                num_drafts.append(item.num_draft_tokens)
             elif seq.pools:
                 pooling.append(PoolingSlice(seq, t - n, n, start, item.reaches_last_token))
         header = self._header
-        header.numpy()[:] = (CMD_STEP, t, b, len(sampling_seqs), width,
+        header.numpy()[:] = (CMD_STEP, t, b, len(logits_at), width,
                              sum(1 for s in ordered if s.num_new_tokens == 1),
                              max(s.num_new_tokens for s in ordered), max(context_lens), len(pending_rows), 0)
         offset = 3 * stride
         for part in (logits_at, query_start_loc, context_lens, tables.reshape(-1), pending_rows, pending_from):
             buf[offset:offset + len(part)] = part
             offset += _aligned(len(part))
-        return PackedStep(header.clone(), self._payload[:offset], sampling_seqs, pooling)
+        return PackedStep(header.clone(), self._payload[:offset], sampling_seqs, num_drafts, pooling)
 
 
 def unpack(header: torch.Tensor, payload: torch.Tensor, device: torch.device,

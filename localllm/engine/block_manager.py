@@ -143,13 +143,27 @@ class BlockManager:
             parent = block.hash
         seq.num_hashed_blocks = max(start, num_full)
 
+    def _release(self, block_id: int, reused_first: bool = False) -> None:
+        block = self.blocks[block_id]
+        block.ref_count -= 1
+        if block.ref_count == 0:
+            self.free[block_id] = None
+            self._num_cached_free += block.hash is not None
+            if reused_first:
+                self.free.move_to_end(block_id, last=False)
+
     def free_sequence(self, seq: Sequence) -> None:
         # tail blocks first, so that they are evicted before the prefix blocks other prompts share
         for block_id in reversed(seq.block_table):
-            block = self.blocks[block_id]
-            block.ref_count -= 1
-            if block.ref_count == 0:
-                self.free[block_id] = None
-                self._num_cached_free += block.hash is not None
+            self._release(block_id)
         seq.block_table = []
         seq.num_computed_tokens = seq.num_hashed_blocks = 0
+
+    def trim(self, seq: Sequence, num_tokens: int) -> None:
+        """Releases the blocks past those num_tokens tokens need (drafts a step wrote and then rejected); then
+        registers the blocks its accepted tokens filled."""
+        keep = -(-num_tokens // self.block_size)
+        for block_id in reversed(seq.block_table[keep:]):
+            self._release(block_id, reused_first=self.blocks[block_id].hash is None)   # nothing reusable in it
+        del seq.block_table[keep:]
+        self.cache_full_blocks(seq)

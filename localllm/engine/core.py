@@ -17,7 +17,9 @@ from localllm.engine.request import Sequence
 from localllm.engine.events import EmbeddingEvent, SampledToken, TokenEvent
 from localllm.engine.grammar import GrammarMatchers, grammar_ended
 from localllm.engine.pooler import Pooler
-from localllm.engine.sampler import Sampler, SamplingRow
+from localllm.engine.sampler import Sampler
+from localllm.engine.speculation import Speculator
+from localllm.engine.verification import Verified, Verifier, sampling_row
 from localllm.engine.scheduler import Scheduler, SchedulerOutput
 from localllm.engine.tensor_parallel import TensorParallel, resolve_degree
 from localllm.errors import PromptTooLongError
@@ -33,10 +35,16 @@ class ForwardedStep:
     seqs: list[Sequence]
     logits: torch.Tensor
     stays_on_device: bool
+    num_drafts: list[int]        # per sequence: drafts it verifies (its rows of logits are one more)
 
     @property
     def guided(self) -> bool:
         return any(seq.matcher is not None for seq in self.seqs)
+
+    @property
+    def row_seqs(self) -> list[Sequence]:
+        """The sequence of each row of logits."""
+        return [seq for seq, k in zip(self.seqs, self.num_drafts) for _ in range(k + 1)]
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,10 @@ class EngineCore:
         self.overlap = config.overlap_steps if config.overlap_steps is not None else self.device.type == "cuda"
         self.in_flight: InFlightStep | None = None
         self.sampler = Sampler(eos_token_ids)
+        self.speculator = (Speculator(config.num_speculative_tokens, config.speculative_batch_limit, self.max_model_len,
+                                      copy_from_start=config.speculative_accept_prob is not None)
+                           if config.speculative != "off" else None)
+        self.verifier = Verifier(self.sampler, config.speculative_accept_prob)
         self.pooler = Pooler(pooling) if pooling is not None else None
         self.embeddings: list[EmbeddingEvent] = []   # finished pooling requests, until take_embeddings()
         self.requests: dict[str, list[Sequence]] = {}
@@ -205,6 +217,8 @@ class EngineCore:
         """Runs one step. With overlap on, the tokens it samples are read back during the next call, after that
         call has already queued its own step on the GPU, so the host's scheduling and bookkeeping run while the
         GPU computes; a sequence that turns out to have finished then wastes one token's work."""
+        if self.speculator:
+            self.speculator.propose(self.scheduler.running)
         out = self.scheduler.schedule()
         with self._worker_failures():
             forwarded = self._forward(out) if out.scheduled else None
@@ -224,7 +238,7 @@ class EngineCore:
     def _forward(self, out: SchedulerOutput) -> ForwardedStep | None:
         packed = self.batch_builder.pack(out.scheduled)
         seqs = packed.sampling_seqs
-        stays_on_device = bool(seqs) and self.overlap and not any(Sampler.needs_host(s.params) for s in seqs)
+        stays_on_device = bool(seqs) and self.overlap and not any(self._needs_host(s) for s in seqs)
         packed.header[H["mirror_sampled"]] = int(stays_on_device)
         payload = self.batch_builder.to_device(packed.payload)
         if self.tp:   # the other ranks run the same forward
@@ -240,17 +254,28 @@ class EngineCore:
         for i, seq in enumerate(seqs):
             seq.num_pending += 1
             seq.pending_index = i
-        return ForwardedStep(seqs, logits, stays_on_device)
+        return ForwardedStep(seqs, logits, stays_on_device, packed.num_drafts)
 
-    def _sample(self, step: ForwardedStep) -> InFlightStep | tuple[list[Sequence], list[SampledToken]]:
+    def _needs_host(self, seq: Sequence) -> bool:
+        """Whether the step's token must be read back at once: for the sampler, or for a proposal next step (a step
+        verifying drafts always is: how many tokens it keeps is only known on the host)."""
+        running = len(self.scheduler.running)
+        speculates = self.speculator is not None and self.speculator.wants_tokens_on_host(seq, running)
+        return Sampler.needs_host(seq.params) or bool(seq.draft_token_ids) or speculates
+
+    def _sample(self, step: ForwardedStep) -> InFlightStep | tuple[list[Sequence], list[Verified]]:
         seqs, logits = step.seqs, step.logits
-        rows = [self._sampling_row(s) for s in seqs]
-        mask = self.grammar_matchers.masks(seqs) if step.guided else None
+        mask = self.grammar_matchers.masks(step.row_seqs) if step.guided else None
         if mask is not None:
             mask.apply_(logits)   # the runner's logits are this step's own
         if not step.stays_on_device:
-            return seqs, self.sampler(logits, rows)
-        token_ids = Sampler.token_ids(logits, rows)
+            verified = self.verifier(logits, seqs, step.num_drafts)
+            if self.speculator:
+                for seq, result in zip(seqs, verified):
+                    if result.num_drafts:
+                        self.speculator.record(seq, result.num_drafts, result.num_accepted)
+            return seqs, verified
+        token_ids = Sampler.token_ids(logits, [sampling_row(s) for s in seqs])
         if self.tp:   # the next step's inputs may come from these, on every rank
             self.tp.channel.send_tokens(token_ids)
         host = torch.empty(token_ids.shape, dtype=token_ids.dtype, pin_memory=self.device.type == "cuda")
@@ -271,33 +296,36 @@ class EngineCore:
     def _read_back(self, step: InFlightStep) -> list[TokenEvent]:
         if step.ready is not None:
             step.ready.synchronize()
-        return self._apply(step.seqs, [SampledToken(t, None, None) for t in step.host_token_ids.tolist()])
+        return self._apply(step.seqs, [Verified([SampledToken(t, None, None)], 0)
+                                       for t in step.host_token_ids.tolist()])
 
-    def _apply(self, seqs: list[Sequence], sampled: list[SampledToken]) -> list[TokenEvent]:
+    def _apply(self, seqs: list[Sequence], results: list[Verified]) -> list[TokenEvent]:
         events = []
-        for seq, token in zip(seqs, sampled):
+        for seq, result in zip(seqs, results):
             seq.num_pending -= 1
             if seq.is_finished:   # aborted or stopped while its token was in flight
                 continue
-            seq.token_ids.append(token.token_id)
-            if seq.index == 0 and seq.params.n > 1 and seq.num_output_tokens == 1:
-                self._fork(seq)
-            reason = self._finish_reason(seq, token.token_id)
-            if seq.matcher is not None and grammar_ended(seq.matcher, token.token_id):
-                reason = "stop"   # the output is complete (a length limit reached on its last token included)
-            if reason:
-                self.scheduler.finish(seq, reason)
-                self._forget_if_done(seq.request_id)
-            events.append(TokenEvent(seq.request_id, seq.index, token, reason))
+            for token in result.tokens:
+                reason = self._append(seq, token.token_id)
+                events.append(TokenEvent(seq.request_id, seq.index, token, reason))
+                if reason:   # tokens accepted past a stop are dropped
+                    break
+            if result.num_drafts and not seq.is_finished:
+                self.scheduler.keep_verified(seq, result.num_accepted)
         return events
 
-    @staticmethod
-    def _sampling_row(seq: Sequence) -> SamplingRow:
-        p = seq.params
-        # copying a long sequence's history every step costs; only penalties and min_tokens look at it
-        if Sampler.reads_history(p):
-            return SamplingRow(p, seq.prompt_token_ids, seq.output_token_ids, seq.generator)
-        return SamplingRow(p, [], [], seq.generator)
+    def _append(self, seq: Sequence, token_id: int) -> str | None:
+        """Adds a token the sequence keeps; its finish reason, if the token ends it (it is then finished)."""
+        seq.token_ids.append(token_id)
+        if seq.index == 0 and seq.params.n > 1 and seq.num_output_tokens == 1:
+            self._fork(seq)
+        reason = self._finish_reason(seq, token_id)
+        if seq.matcher is not None and grammar_ended(seq.matcher, token_id):
+            reason = "stop"   # the output is complete (a length limit reached on its last token included)
+        if reason:
+            self.scheduler.finish(seq, reason)
+            self._forget_if_done(seq.request_id)
+        return reason
 
     def _fork(self, parent: Sequence) -> None:
         """The other n - 1 completions start from the parent's prompt, sharing its full prompt blocks."""

@@ -4,6 +4,8 @@ because they cross that pipe as they are (see localllm.server.protocol) and are 
 second: a frozen struct costs less to build than a dataclass, and encodes as a bare array."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import msgspec
 
 
@@ -25,3 +27,20 @@ class EmbeddingEvent(msgspec.Struct, frozen=True, array_like=True):
     """A pooling request's result: its vector, pooled (and normalized, and truncated) as the model and request ask."""
     request_id: str
     embedding: list[float]
+
+
+@dataclass
+class SpeculationStats:
+    """Speculative decoding's counters since the engine started (EngineStats carries them to the front end)."""
+    proposed: int = 0         # draft tokens verified
+    accepted: int = 0         # of those, accepted
+    verify_steps: int = 0     # sequence-steps that verified drafts
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.proposed if self.proposed else 0.0
+
+    @property
+    def mean_accepted_length(self) -> float:
+        """Tokens a verifying sequence gets per step: the accepted drafts plus the target's own token."""
+        return (self.accepted + self.verify_steps) / self.verify_steps if self.verify_steps else 0.0

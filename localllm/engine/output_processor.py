@@ -26,9 +26,12 @@ class OutputProcessor:
         """Returns the deltas, and the (request id, completion index) pairs a stop string just ended, which
         the core must be told to finish."""
         deltas, stopped_by_text = [], []
+        ended: set[tuple[str, int]] = set()
         for event in events:
             params = self._params[event.request_id]
             key = (event.request_id, event.index)
+            if key in ended:   # a step that kept several tokens (speculative decoding) ended before the last
+                continue
             detokenizer = self._detokenizers.get(key)
             if detokenizer is None:
                 detokenizer = IncrementalDetokenizer(self.tokenizer, params.skip_special_tokens, params.stop)
@@ -41,6 +44,7 @@ class OutputProcessor:
                 text += detokenizer.flush()
             if reason is not None:
                 del self._detokenizers[key]
+                ended.add(key)
             logprobs = [event.sampled] if params.logprobs is not None else None
             deltas.append(StreamDelta(event.request_id, event.index, text, [event.sampled.token_id], logprobs,
                                       reason))

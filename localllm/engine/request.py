@@ -12,6 +12,8 @@ if TYPE_CHECKING:
     import llguidance
     import torch
 
+    from localllm.engine.speculation import SequenceSpeculation
+
 
 class SequenceStatus(enum.Enum):
     WAITING = "waiting"
@@ -45,6 +47,10 @@ class Sequence:
         # from row pending_index of the latest such step's sampled tokens.
         self.num_pending = 0
         self.pending_index = 0
+        # Speculative decoding: the tokens proposed to follow this sequence's last one, which the next step verifies
+        # (the scheduler may keep fewer), and the proposer's adaptive state (None until it first looks).
+        self.draft_token_ids: list[int] = []
+        self.speculation: SequenceSpeculation | None = None
         # A pooling sequence computes its prompt only. Pooling over every token (mean, cls) needs each token's
         # hidden state, so such a sequence may not skip a cached prefix; `pooled` carries its partial result
         # (a running sum, or the first token's state) from one prefill chunk to the next.

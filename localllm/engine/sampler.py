@@ -39,9 +39,9 @@ class Sampler:
         """Picks one token per row of logits [B, V]; the caller's tensor is left untouched."""
         if logits.shape[0] != len(rows):
             raise ValueError(f"{logits.shape[0]} rows of logits for {len(rows)} sampling rows")
-        logits = self._penalised_and_masked(logits, rows)
+        logits = self.penalised_and_masked(logits, rows)
         token_ids = _choose_tokens(logits, rows)
-        return _sampled_tokens(logits, rows, token_ids)
+        return sampled_tokens(logits, rows, token_ids)
 
     @staticmethod
     def token_ids(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
@@ -61,7 +61,7 @@ class Sampler:
         """Whether sampling this request reads its token history or returns logprobs to the host."""
         return Sampler.reads_history(params) or params.logprobs is not None
 
-    def _penalised_and_masked(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    def penalised_and_masked(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
         repetition = [i for i, row in enumerate(rows) if row.params.repetition_penalty != 1.0]
         additive = [i for i, row in enumerate(rows)
                     if row.params.presence_penalty != 0.0 or row.params.frequency_penalty != 0.0]
@@ -137,7 +137,7 @@ def _finite_preferences(logits: torch.Tensor) -> torch.Tensor:
     return logits.nan_to_num(nan=-math.inf, posinf=FLOAT32_MAX, neginf=-math.inf)
 
 
-def _greedy(logits: torch.Tensor) -> torch.Tensor:
+def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
     """The best token of each row (the first one where nothing is finite: argmax alone would pick a NaN)."""
     return _finite_preferences(logits).argmax(-1)
 
@@ -146,11 +146,11 @@ def _choose_tokens(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tenso
     greedy = [i for i, row in enumerate(rows) if row.params.greedy]
     sampled = [i for i, row in enumerate(rows) if not row.params.greedy]
     if not sampled:
-        return _greedy(logits)
+        return greedy_tokens(logits)
     if not greedy:
         return _sample(logits, rows)
     token_ids = torch.empty(len(rows), dtype=torch.long, device=logits.device)
-    token_ids[greedy] = _greedy(logits[greedy])
+    token_ids[greedy] = greedy_tokens(logits[greedy])
     token_ids[sampled] = _sample(logits[sampled], [rows[i] for i in sampled])
     return token_ids
 
@@ -163,9 +163,8 @@ def _sample(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
     from its own generator, so a seeded row gets the same tokens whatever else is in the batch.
     """
     device = logits.device
-    temperature = to_device(torch.tensor([row.params.temperature for row in rows]), device)
-    scaled = _with_a_candidate_in_every_row(_finite_preferences(logits / temperature[:, None]))
-    uniforms = _uniforms(rows, device)
+    scaled = _scaled(logits, rows)
+    uniforms = uniforms_of(rows, device)
     groups = _groups_by_candidate_window(rows, logits.shape[1])
     if len(groups) == 1:   # the usual case; indexing by a list of rows would be a blocking host-to-device copy
         return _sample_group(scaled, rows, uniforms, *next(iter(groups)))
@@ -185,6 +184,11 @@ def _sample_group(scaled: torch.Tensor, rows: list[SamplingRow], uniforms: torch
     return _sample_nucleus(scaled, rows, uniforms, width)
 
 
+def _scaled(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    temperature = to_device(torch.tensor([row.params.temperature for row in rows]), logits.device)
+    return _with_a_candidate_in_every_row(_finite_preferences(logits / temperature[:, None]))
+
+
 def _with_a_candidate_in_every_row(scaled: torch.Tensor) -> torch.Tensor:
     """A row where every token is impossible (-inf: all banned, or NaN from the model) has no distribution; it
     takes its first token, as greedy sampling does, rather than NaN probabilities and an index past the end.
@@ -194,7 +198,7 @@ def _with_a_candidate_in_every_row(scaled: torch.Tensor) -> torch.Tensor:
     return scaled
 
 
-def _uniforms(rows: list[SamplingRow], device: torch.device) -> torch.Tensor:
+def uniforms_of(rows: list[SamplingRow], device: torch.device) -> torch.Tensor:
     """One uniform per row; a batch without seeded rows draws them in one launch instead of one per row."""
     if all(row.generator is None for row in rows):
         return torch.rand(len(rows), device=device)
@@ -228,7 +232,7 @@ def _sample_full_vocabulary(scaled: torch.Tensor, rows: list[SamplingRow], unifo
     probs = torch.softmax(scaled, -1)
     if any(row.params.min_p > 0.0 for row in rows):
         probs = _drop_below_min_p(probs, probs.amax(-1, keepdim=True), rows)
-    return _inverse_cdf(probs, uniforms)
+    return inverse_cdf(probs, uniforms)
 
 
 def _sample_nucleus(scaled: torch.Tensor, rows: list[SamplingRow], uniforms: torch.Tensor,
@@ -250,6 +254,15 @@ def _sample_in_window(scaled: torch.Tensor, rows: list[SamplingRow], uniforms: t
     Returns the token ids, and which rows' window holds less probability mass than their top_p
     (meaningful only without renormalisation, i.e. without top-k).
     """
+    probs, candidate_ids, too_narrow = _window_probabilities(scaled, rows, width, renormalise_in_window)
+    chosen = candidate_ids.gather(1, inverse_cdf(probs, uniforms)[:, None]).squeeze(1)
+    return chosen, too_narrow
+
+
+def _window_probabilities(scaled: torch.Tensor, rows: list[SamplingRow], width: int, renormalise_in_window: bool
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(unnormalised probabilities of each row's `width` best tokens after top-p and min-p, those tokens' ids, which
+    rows' window falls short of their top_p)."""
     values, candidate_ids = scaled.topk(width, -1)  # best first
     # Top-k renormalises over the k kept tokens before top-p; without top-k, probabilities are
     # over the whole vocabulary.
@@ -263,8 +276,29 @@ def _sample_in_window(scaled: torch.Tensor, rows: list[SamplingRow], uniforms: t
     probs = probs.masked_fill(~in_nucleus, 0.0)
     if any(row.params.min_p > 0.0 for row in rows):
         probs = _drop_below_min_p(probs, probs[:, :1], rows)
-    chosen = candidate_ids.gather(1, _inverse_cdf(probs, uniforms)[:, None]).squeeze(1)
-    return chosen, mass_through[:, -1] < top_p.squeeze(1) - TOP_P_SLACK
+    return probs, candidate_ids, mass_through[:, -1] < top_p.squeeze(1) - TOP_P_SLACK
+
+
+def target_probabilities(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    """The distribution _sample draws each row's token from, as dense normalised probabilities [B, V] (rows of
+    requests that sample; logits already penalised and masked). Speculative decoding accepts and resamples
+    against it."""
+    scaled = _scaled(logits, rows)
+    vocab_size = scaled.shape[1]
+    probs = torch.zeros_like(scaled)
+    for (width, top_k), members in _groups_by_candidate_window(rows, vocab_size).items():
+        group, group_rows = _rows_of(scaled, members), [rows[i] for i in members]
+        if width is None:
+            weights = torch.softmax(group, -1)
+            if any(row.params.min_p > 0.0 for row in group_rows):
+                weights = _drop_below_min_p(weights, weights.amax(-1, keepdim=True), group_rows)
+        else:
+            window, ids, too_narrow = _window_probabilities(group, group_rows, width, top_k)
+            if not top_k and width < vocab_size and bool(too_narrow.any()):   # the nucleus needs the whole vocabulary
+                window, ids, _ = _window_probabilities(group, group_rows, vocab_size, False)
+            weights = torch.zeros_like(group).scatter_(1, ids, window)
+        probs[members] = weights / weights.sum(-1, keepdim=True)
+    return probs
 
 
 def _drop_below_min_p(probs: torch.Tensor, top_prob: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
@@ -272,7 +306,7 @@ def _drop_below_min_p(probs: torch.Tensor, top_prob: torch.Tensor, rows: list[Sa
     return probs.masked_fill(probs < min_p * top_prob, 0.0)
 
 
-def _inverse_cdf(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+def inverse_cdf(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """Per row, an index drawn with probability proportional to weights, given a uniform in [0, 1).
 
     The target is strictly below the row's total (float32 uniforms top out at 1 - 2**-24), so the
@@ -283,7 +317,7 @@ def _inverse_cdf(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cumulative, targets[:, None], right=True).squeeze(1)
 
 
-def _sampled_tokens(logits: torch.Tensor, rows: list[SamplingRow], token_ids: torch.Tensor) -> list[SampledToken]:
+def sampled_tokens(logits: torch.Tensor, rows: list[SamplingRow], token_ids: torch.Tensor) -> list[SampledToken]:
     ids = token_ids.tolist()
     wanted = [i for i, row in enumerate(rows) if row.params.logprobs is not None]
     if not wanted:

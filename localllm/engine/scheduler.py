@@ -18,12 +18,13 @@ from localllm.engine.request import Sequence, SequenceStatus
 @dataclass(frozen=True)
 class ScheduledSeq:
     seq: Sequence
-    num_new_tokens: int
+    num_new_tokens: int               # draft tokens included
+    num_draft_tokens: int = 0         # a decode verifying this many of seq.draft_token_ids after its last token
 
     @property
     def reaches_last_token(self) -> bool:
         """Whether this step computes the sequence's last token (so far)."""
-        return self.seq.num_computed_tokens + self.num_new_tokens == self.seq.num_tokens
+        return self.seq.num_computed_tokens + self.num_new_tokens - self.num_draft_tokens == self.seq.num_tokens
 
     @property
     def samples(self) -> bool:
@@ -74,6 +75,11 @@ class Scheduler:
                 i += 1
                 continue
             n = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            # a decode carries its drafts as far as budget and blocks allow; they go before anyone is preempted
+            drafts = min(len(seq.draft_token_ids), budget - 1) if n == 1 else 0
+            if drafts and not self.block_manager.can_allocate(seq, seq.num_computed_tokens + n + drafts):
+                drafts = 0
+            del seq.draft_token_ids[drafts:]
             while not self.block_manager.can_allocate(seq, seq.num_computed_tokens + n):
                 victim = self.running.pop()
                 self._preempt(victim)
@@ -81,9 +87,9 @@ class Scheduler:
                 if victim is seq:
                     break
             else:
-                self.block_manager.allocate(seq, seq.num_computed_tokens + n)
-                scheduled.append(ScheduledSeq(seq, n))
-                budget -= n
+                self.block_manager.allocate(seq, seq.num_computed_tokens + n + drafts)
+                scheduled.append(ScheduledSeq(seq, n + drafts, drafts))
+                budget -= n + drafts
                 i += 1
                 continue
             break
@@ -120,6 +126,7 @@ class Scheduler:
 
     def _preempt(self, seq: Sequence) -> None:
         self.block_manager.free_sequence(seq)
+        seq.draft_token_ids = []
         seq.status = SequenceStatus.WAITING
         self.waiting.appendleft(seq)
         self.num_preemptions += 1
@@ -129,6 +136,13 @@ class Scheduler:
         for item in out.scheduled:
             item.seq.num_computed_tokens += item.num_new_tokens
             self.block_manager.cache_full_blocks(item.seq)
+
+    def keep_verified(self, seq: Sequence, num_accepted: int) -> None:
+        """After a step verified drafts: the sequence's computed tokens are its last one plus the accepted drafts, and
+        it keeps exactly the blocks those need (the rejected drafts' slots are released or overwritten later)."""
+        seq.num_computed_tokens -= len(seq.draft_token_ids) - num_accepted
+        seq.draft_token_ids = []
+        self.block_manager.trim(seq, seq.num_computed_tokens)
 
     def finish(self, seq: Sequence, reason: str) -> None:
         seq.status = SequenceStatus.FINISHED

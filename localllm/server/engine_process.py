@@ -124,7 +124,8 @@ def _load(config, outbox: Sender):
         num_blocks=core.num_blocks, param_bytes=weights * tp, kv_cache_bytes=kv * tp,
         eos_token_ids=sorted(eos), num_threads=torch.get_num_threads(),
         stats=stats_of(core), tensor_parallel_size=tp, worker_pids=core.worker_pids,
-        gpus=gpus, pooling=files.pooling, generates=runner.has_lm_head, quantization=runner.quantization))
+        gpus=gpus, pooling=files.pooling, generates=runner.has_lm_head, quantization=runner.quantization,
+        speculative=config.speculative))
     return core
 
 
@@ -132,7 +133,10 @@ def stats_of(core, steps: int = 0) -> EngineStats:
     manager = core.block_manager
     total, free = len(manager.blocks), manager.num_free_blocks
     cached = manager.num_cached_free_blocks
-    return EngineStats(running=len(core.scheduler.running), waiting=len(core.scheduler.waiting),
+    spec = core.speculator.stats if core.speculator else None
+    return EngineStats(draft_tokens=spec.proposed if spec else 0, accepted_tokens=spec.accepted if spec else 0,
+                       verify_steps=spec.verify_steps if spec else 0,
+                       running=len(core.scheduler.running), waiting=len(core.scheduler.waiting),
                        blocks_total=total, blocks_used=total - free, blocks_cached=cached,
                        blocks_free=free - cached, prefix_queries=manager.stats.queries,
                        prefix_hits=manager.stats.hits, preemptions=core.scheduler.num_preemptions, steps=steps)

@@ -10,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from localllm.gpu_stats import gpu_stats
 from localllm.server.errors import OLLAMA_PATHS
+from localllm.server.protocol import speculation_status
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
@@ -75,6 +76,14 @@ class _EngineCollector:
                                       "cache", labels=["model"])
         hits = CounterMetricFamily("localllm_prefix_cache_hits", "Prompt tokens found in the prefix cache",
                                    labels=["model"])
+        drafts = CounterMetricFamily("localllm_spec_draft_tokens", "Speculative decoding: draft tokens verified",
+                                     labels=["model"])
+        accepted = CounterMetricFamily("localllm_spec_accepted_tokens", "Speculative decoding: draft tokens "
+                                       "accepted", labels=["model"])
+        acceptance = GaugeMetricFamily("localllm_spec_acceptance_rate", "Speculative decoding: share of draft "
+                                       "tokens accepted since the model was loaded", labels=["model"])
+        accepted_length = GaugeMetricFamily("localllm_spec_mean_accepted_length", "Speculative decoding: tokens a "
+                                            "verifying sequence gets per step (accepted drafts + 1)", labels=["model"])
         loaded = GaugeMetricFamily("localllm_model_loaded", "1 when ready, 0 while loading", labels=["model"])
         degree = GaugeMetricFamily("localllm_tensor_parallel_size", "GPUs (or CPU ranks) the model is split over",
                                    labels=["model"])
@@ -95,7 +104,13 @@ class _EngineCollector:
             queries.add_metric([name], stats.prefix_queries)
             hits.add_metric([name], stats.prefix_hits)
             hit_rate.add_metric([name], stats.prefix_hits / stats.prefix_queries if stats.prefix_queries else 0.0)
-        yield from (running, waiting, blocks, hit_rate, queries, hits, loaded, degree, rank_memory)
+            spec = speculation_status(stats)
+            drafts.add_metric([name], spec["draft_tokens"])
+            accepted.add_metric([name], spec["accepted_tokens"])
+            acceptance.add_metric([name], spec["acceptance_rate"])
+            accepted_length.add_metric([name], spec["mean_accepted_length"])
+        yield from (running, waiting, blocks, hit_rate, queries, hits, drafts, accepted, acceptance, accepted_length,
+                    loaded, degree, rank_memory)
         yield from _gpu_families()
 
 

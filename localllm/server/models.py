@@ -18,6 +18,7 @@ from localllm.hub.embedded import EMBEDDED_ALIAS, EMBEDDED_ALIASES
 from localllm.hub.reference import resolve_reference
 from localllm.server.engine_client import EngineClient, EngineLoadError
 from localllm.server.errors import APIError, model_not_found
+from localllm.server.protocol import speculation_status
 from localllm.server.settings import ServerSettings
 
 log = logging.getLogger("localllm.server")
@@ -233,6 +234,7 @@ def _model_status(model: LoadedModel) -> dict:
             "prefix_cache": {"queries": stats.prefix_queries, "hits": stats.prefix_hits,
                              "hit_rate": stats.prefix_hits / stats.prefix_queries if stats.prefix_queries else 0.0},
             "preemptions": stats.preemptions, "steps": stats.steps,
+            "speculative": info.speculative, "speculation": speculation_status(stats),
         })
     return out
 

@@ -13,13 +13,13 @@ from typing import Union
 import msgspec
 
 from localllm.config import Config
-from localllm.engine.events import EmbeddingEvent, TokenEvent
+from localllm.engine.events import EmbeddingEvent, SpeculationStats, TokenEvent
 from localllm.loader.pooling_config import PoolingConfig
 from localllm.pooling_params import PoolingParams
 from localllm.sampling_params import SamplingParams
 
 # Raise on any change to the messages below.
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 
 
 class Message(msgspec.Struct, frozen=True, tag=True, array_like=True):
@@ -73,6 +73,20 @@ class EngineStats(msgspec.Struct, frozen=True, array_like=True):
     prefix_hits: int = 0
     preemptions: int = 0
     steps: int = 0
+    draft_tokens: int = 0       # speculative decoding: draft tokens verified
+    accepted_tokens: int = 0    # of those, accepted
+    verify_steps: int = 0       # sequence-steps that verified drafts
+
+
+def speculation_summary(draft_tokens: int, accepted_tokens: int, verify_steps: int) -> dict:
+    """Speculative decoding's counters and what they mean, as the status endpoint, ps and /metrics show them."""
+    stats = SpeculationStats(draft_tokens, accepted_tokens, verify_steps)
+    return {"draft_tokens": draft_tokens, "accepted_tokens": accepted_tokens, "verify_steps": verify_steps,
+            "acceptance_rate": stats.acceptance_rate, "mean_accepted_length": stats.mean_accepted_length}
+
+
+def speculation_status(stats: EngineStats) -> dict:
+    return speculation_summary(stats.draft_tokens, stats.accepted_tokens, stats.verify_steps)
 
 
 class RankMemory(msgspec.Struct, frozen=True, array_like=True):
@@ -102,6 +116,7 @@ class Loaded(Message):
     pooling: PoolingConfig | None = None   # an embedding model's pooling; None for a model that only generates
     generates: bool = True               # False for an embedding model without an LM head
     quantization: str = ""               # what the weights run as (Q4_K_M, AWQ-int4, ...); "" = dense, in dtype
+    speculative: str = "off"             # speculative decoding: off or ngram
 
 
 class LoadFailed(Message):

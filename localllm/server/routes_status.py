@@ -12,6 +12,7 @@ from localllm.gpu_stats import gpu_stats
 from localllm.server.metrics import CONTENT_TYPE
 from localllm.server.openai_schemas import UnloadRequest
 from localllm.server.openapi import Health, Unloaded, errors
+from localllm.server.protocol import speculation_summary
 
 router = APIRouter()
 VERSION = "0.1.0"
@@ -39,6 +40,8 @@ async def status(request: Request) -> dict:
     blocks["block_size"] = daemon.settings.engine_config().block_size
     queries = sum(m["prefix_cache"]["queries"] for m in ready)
     hits = sum(m["prefix_cache"]["hits"] for m in ready)
+    speculation = speculation_summary(*(sum(m["speculation"][k] for m in ready)
+                                        for k in ("draft_tokens", "accepted_tokens", "verify_steps")))
     return {
         "version": VERSION, "pid": os.getpid(), "address": daemon.address,
         "started_at": daemon.started_at, "uptime_s": round(time.monotonic() - daemon.started_monotonic, 3),
@@ -46,6 +49,7 @@ async def status(request: Request) -> dict:
         "models": models,
         "kv_blocks": blocks,
         "prefix_cache": {"queries": queries, "hits": hits, "hit_rate": hits / queries if queries else 0.0},
+        "speculation": speculation,
         "running": sum(m["running"] for m in ready), "waiting": sum(m["waiting"] for m in ready),
         "tokens_per_s": round(daemon.metrics.recent_tokens_per_s(), 2),
         "host_memory": host_memory(),
