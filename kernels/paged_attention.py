@@ -314,6 +314,42 @@ def _prefill_config(max_query_len: int, group: int, gpu: bool) -> dict:
     return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, K_ROWS=True)
 
 
+def _split_decode(q, k_cache, v_cache, block_tables, query_start_loc, context_lens, out, scale_log2, window,
+                  common_strides, dot_precision, max_context_len, partition_size, on_gpu) -> None:
+    """paged_attention's split-K (flash-decoding) path: partials per (sequence, KV head, partition), then merged."""
+    num_tokens, num_heads, head_dim = q.shape
+    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    num_seqs = context_lens.shape[0]
+    group, block_d = num_heads // num_kv_heads, _pow2_at_least(head_dim, 16)
+    cfg = _split_config(num_seqs, num_kv_heads, max_context_len, on_gpu, _sm_count(q.device))
+    if partition_size is not None:
+        cfg["PARTITION"] = _pow2_at_least(partition_size, cfg["BLOCK_N"])
+    # the grid's partitions cover max_context_len; each sequence spreads its own context over them, in pieces
+    # of at least min_partition tokens (all of cfg["PARTITION"] when the size is forced)
+    num_parts = triton.cdiv(max_context_len, cfg["PARTITION"])
+    min_partition = cfg["PARTITION"] if partition_size is not None else cfg["MIN_PARTITION"]
+    # one buffer for the partials: acc [T, H, P, D], then max [T, H, P], then sum [T, H, P]
+    n = num_tokens * num_heads * num_parts
+    partials = torch.empty(n * (head_dim + 2), dtype=torch.float32, device=q.device)
+    part_acc, part_m, part_l = partials[:n * head_dim], partials[n * head_dim:n * (head_dim + 1)], \
+        partials[n * (head_dim + 1):]
+    _decode_split_kernel[(num_seqs, num_kv_heads, num_parts)](
+        q, k_cache, v_cache, block_tables, query_start_loc, context_lens, part_acc, part_m, part_l, out,
+        scale_log2, window, num_parts, num_heads, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        *common_strides,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, GROUP=group, BLOCK_M=_pow2_at_least(group, 16),
+        BLOCK_N=cfg["BLOCK_N"], BLOCK_SIZE=block_size, MIN_PARTITION=min_partition, SLIDING=window > 0,
+        K_ROWS=cfg.get("K_ROWS", False), DOT_PRECISION=dot_precision, num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
+    )
+    _decode_reduce_kernel[(num_seqs, num_heads)](
+        part_acc, part_m, part_l, out, query_start_loc, context_lens, num_parts, num_heads,
+        out.stride(0), out.stride(1),
+        HEAD_DIM=head_dim, BLOCK_D=block_d, MIN_PARTITION=min_partition, BLOCK_N=cfg["BLOCK_N"], CHUNK=16,
+        num_warps=1 if head_dim <= 64 else 2,
+    )
+
+
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                     query_start_loc: torch.Tensor, context_lens: torch.Tensor, scale: float,
                     sliding_window: int | None = None, out: torch.Tensor | None = None, *,
@@ -362,33 +398,8 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         split_kv = use_split_kv(max_query_len, max_context_len, num_seqs, num_kv_heads, _sm_count(q.device))
     if split_kv:
         assert is_decode, "split-K is for steps whose sequences all have one query"
-        cfg = _split_config(num_seqs, num_kv_heads, max_context_len, on_gpu, _sm_count(q.device))
-        if partition_size is not None:
-            cfg["PARTITION"] = _pow2_at_least(partition_size, cfg["BLOCK_N"])
-        # the grid's partitions cover max_context_len; each sequence spreads its own context over them, in pieces
-        # of at least min_partition tokens (all of cfg["PARTITION"] when the size is forced)
-        num_parts = triton.cdiv(max_context_len, cfg["PARTITION"])
-        min_partition = cfg["PARTITION"] if partition_size is not None else cfg["MIN_PARTITION"]
-        # one buffer for the partials: acc [T, H, P, D], then max [T, H, P], then sum [T, H, P]
-        n = num_tokens * num_heads * num_parts
-        partials = torch.empty(n * (head_dim + 2), dtype=torch.float32, device=q.device)
-        part_acc, part_m, part_l = partials[:n * head_dim], partials[n * head_dim:n * (head_dim + 1)], \
-            partials[n * (head_dim + 1):]
-        _decode_split_kernel[(num_seqs, num_kv_heads, num_parts)](
-            q, k_cache, v_cache, block_tables, query_start_loc, context_lens, part_acc, part_m, part_l, out,
-            scale_log2, window, num_parts, num_heads, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
-            *common_strides,
-            HEAD_DIM=head_dim, BLOCK_D=block_d, GROUP=group, BLOCK_M=_pow2_at_least(group, 16),
-            BLOCK_N=cfg["BLOCK_N"], BLOCK_SIZE=block_size, MIN_PARTITION=min_partition, SLIDING=window > 0,
-            K_ROWS=cfg.get("K_ROWS", False), DOT_PRECISION=dot_precision, num_warps=cfg["num_warps"],
-            num_stages=cfg["num_stages"],
-        )
-        _decode_reduce_kernel[(num_seqs, num_heads)](
-            part_acc, part_m, part_l, out, query_start_loc, context_lens, num_parts, num_heads,
-            out.stride(0), out.stride(1),
-            HEAD_DIM=head_dim, BLOCK_D=block_d, MIN_PARTITION=min_partition, BLOCK_N=cfg["BLOCK_N"], CHUNK=16,
-            num_warps=1 if head_dim <= 64 else 2,
-        )
+        _split_decode(q, k_cache, v_cache, block_tables, query_start_loc, context_lens, out, scale_log2, window,
+                      common_strides, dot_precision, max_context_len, partition_size, on_gpu)
         return out
 
     if is_decode:
