@@ -18,7 +18,7 @@ def _layout_and_weight(spans: list[tuple[int, str]], cols: int, seed: int = 0):
                             [(sum(n for n, _ in spans[:i]), n, fmt) for i, (n, fmt) in enumerate(spans)])
     weight = torch.zeros(layout.nbytes, dtype=torch.uint8)
     for part in layout.parts:
-        layout.view(weight, part).copy_(quantize_ref(torch.randn(part.rows, cols), part.fmt))
+        layout.blocks(weight, part).copy_(quantize_ref(torch.randn(part.rows, cols), part.fmt))
     return layout, weight
 
 
@@ -49,6 +49,6 @@ def test_other_formats_and_odd_row_counts_run_as_bfloat16_copies():
 def test_the_int4_layout_holds_the_blocks_values():
     """A weight matrix of one 1 per row (x = identity) reads back each weight, up to bfloat16."""
     layout, weight = _layout_and_weight([(16, "Q4_1")], 32, seed=3)
-    dense = dequantize_ref(layout.view(weight, layout.parts[0]), "Q4_1")
+    dense = dequantize_ref(layout.blocks(weight, layout.parts[0]), "Q4_1")
     read_back = CpuQuantMatmul(layout, weight)(torch.eye(32)).T
     torch.testing.assert_close(read_back, dense, atol=2e-2 * dense.abs().max().item(), rtol=0)

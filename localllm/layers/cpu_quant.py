@@ -61,7 +61,7 @@ class CpuQuantMatmul:
     def __init__(self, layout: BlockLayout, weight: torch.Tensor):
         self.rows, self.cols = layout.rows, layout.cols
         self.parts = [(Int4Part if p.fmt in INT4_FORMATS and p.rows % _N_MULTIPLE == 0 else DensePart)
-                      (layout.view(weight, p), p.fmt, layout.cols) for p in layout.parts]
+                      (layout.blocks(weight, p), p.fmt, layout.cols) for p in layout.parts]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.cols).to(torch.bfloat16)

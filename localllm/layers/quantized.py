@@ -94,7 +94,9 @@ class BlockLayout:
     def formats(self) -> list[str]:
         return [p.fmt for p in self.parts]
 
-    def _blocks(self, weight: torch.Tensor, part: Part) -> torch.Tensor:
+    def blocks(self, weight: torch.Tensor, part: Part) -> torch.Tensor:
+        """The block rows [rows, row bytes] of `part` (an unpacked layout's: the CPU's)."""
+        assert not self.packed, "a packed layout holds planes, not block rows"
         return weight[part.offset:part.offset + part.nbytes].view(part.rows, part.nbytes // part.rows)
 
     def _planes(self, weight: torch.Tensor, part: Part) -> dict[str, torch.Tensor]:
@@ -104,7 +106,7 @@ class BlockLayout:
         """Stores block rows [count, row bytes] as rows start.. of `part` (repacked into planes when packed)."""
         count = blocks.shape[0]
         if not self.packed:
-            self._blocks(weight, part)[start:start + count].copy_(blocks)
+            self.blocks(weight, part)[start:start + count].copy_(blocks)
             return
         views = self._planes(weight, part)
         step = max(1, PACK_WEIGHTS // self.cols)     # packing takes a few bytes a weight: bounded, not per tensor
@@ -116,7 +118,7 @@ class BlockLayout:
     def _dequantize_part(self, weight: torch.Tensor, part: Part, index=slice(None)) -> torch.Tensor:
         if self.packed:
             return dequantize_planes_ref({k: v[index] for k, v in self._planes(weight, part).items()}, part.fmt)
-        return dequantize_ref(self._blocks(weight, part)[index], part.fmt)
+        return dequantize_ref(self.blocks(weight, part)[index], part.fmt)
 
     def part_of(self, first_row: int, count: int) -> Part:
         for part in self.parts:
