@@ -48,9 +48,12 @@ def _fail(error: Exception) -> None:
     raise typer.Exit(1)
 
 
-def _check_backend(backend: str) -> None:
+def _check_backend(backend: str, quantize: str = "auto") -> None:
+    """Refuses what no backend can run before any model is loaded."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown --backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if backend == "hf" and quantize not in ("auto", "none"):
+        raise ValueError("--quantize applies to --backend localllm only")
 
 
 def _prepare(model: str | None, random_weights: str | None, dtype: str, quantize: str = "auto"):
@@ -170,7 +173,7 @@ def latency(
     from localllm.bench.speculative import CODE_EDIT_TOKENS, code_edit_prompt
 
     try:
-        _check_backend(backend)
+        _check_backend(backend, quantize)
         _check_new_tokens(new_tokens)
         if workload not in ("random", "code-edit"):
             raise ValueError(f"unknown --workload {workload!r}; use 'random' or 'code-edit'")
@@ -227,7 +230,7 @@ def throughput(
     from localllm.bench.workloads import guided, throughput_workload
 
     try:
-        _check_backend(backend)
+        _check_backend(backend, quantize)
         if compare_hf and backend != "localllm":
             raise ValueError("--compare-hf compares localllm with hf; leave --backend at localllm")
         if json_schema and (backend != "localllm" or compare_hf):
