@@ -8,12 +8,7 @@
 set -u
 OUT=${1:?usage: scripts/gpu_spec.sh OUTDIR}
 mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then   # the wheels the GPU machine lacks (fastapi, uvicorn, msgspec, ...)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site || exit 1
-fi
-python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || exit 1
-export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 LOCALLLM_HOME=${LOCALLLM_HOME:-/tmp/llhome}
+source scripts/gpu_setup.sh
 ll() { timeout -k 20 -s ABRT "${STAGE_TIMEOUT:-900}" python3 -m localllm.cli.main "$@"; }
 lat() {   # NAME [bench latency options]
   local name=$1; shift

@@ -6,12 +6,8 @@
 set -u
 OUT=${1:?usage: scripts/gpu_tp.sh OUTDIR}
 mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then   # the wheels the GPU machine lacks (fastapi, uvicorn, msgspec, ...)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site || exit 1
-fi
-python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || exit 1
-export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 LOCALLLM_HOME=${LOCALLLM_HOME:-/tmp/llhome} NCCL_NVLS_ENABLE=0
+source scripts/gpu_setup.sh
+export NCCL_NVLS_ENABLE=0
 # A command that hangs (a collective whose peer is gone) gets SIGABRT after STAGE_TIMEOUT seconds, so the fault
 # handler prints every thread's stack and the next stage still runs.
 py() { timeout -k 20 -s ABRT "${STAGE_TIMEOUT:-600}" python3 "$@"; }
