@@ -57,7 +57,8 @@ def test_the_ollama_client_pulls_with_progress_then_lists_shows_and_deletes(daem
     assert gone.value.status_code == 404
 
 
-def test_two_clients_share_one_download_and_both_see_its_progress(daemon, hub):
+def _hold_the_weights(hub) -> tuple[threading.Event, threading.Event]:
+    """The fake Hub holds the weights' body until `release` is set; `reached` is set once a download waits there."""
     reached, release = threading.Event(), threading.Event()
 
     def hold(repo_id, filename):
@@ -65,6 +66,11 @@ def test_two_clients_share_one_download_and_both_see_its_progress(daemon, hub):
             reached.set()
             release.wait(30)
     hub.before_body = hold
+    return reached, release
+
+
+def test_two_clients_share_one_download_and_both_see_its_progress(daemon, hub):
+    reached, release = _hold_the_weights(hub)
     seen: dict[str, list[dict]] = {"first": [], "second": []}
 
     def follow(who: str) -> None:
@@ -104,13 +110,7 @@ def test_failures_before_and_during_the_stream(daemon):
 
 
 def test_a_pull_goes_on_when_its_client_leaves(daemon, hub):
-    reached, release = threading.Event(), threading.Event()
-
-    def hold(repo_id, filename):
-        if filename == "model.safetensors":
-            reached.set()
-            release.wait(30)
-    hub.before_body = hold
+    reached, release = _hold_the_weights(hub)
     with daemon.client() as client:
         lines = client.pull(REPO)
         next(lines)
