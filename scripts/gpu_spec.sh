@@ -3,8 +3,9 @@
 # code-edit workload, plain and with n-gram drafts accepted with probability p = 0 ... 1 (the speedup-vs-acceptance
 # curve); plain chat (random prompts, nothing matches) with and without speculation; the embedded SmolLM2-135M as its
 # own target on the code-edit prompt (a real acceptance rate); the nano-vllm workload (256 sequences) with and without
-# it. Usage: scripts/gpu_spec.sh OUTDIR (one JSON per run, then summary.txt). STAGES picks stages (default: all).
-# Run from the repository root.
+# it. Usage: scripts/gpu_spec.sh OUTDIR (one JSON per run, then summary.txt). STAGES picks stages (default: all);
+# PROBS the acceptance probabilities of the curve. SMOLLM2_GGUF names the embedded model's GGUF where its package is
+# not installed. Run from the repository root.
 set -u
 OUT=${1:?usage: scripts/gpu_spec.sh OUTDIR}
 mkdir -p "$OUT"
@@ -19,15 +20,15 @@ for stage in ${STAGES:-curve chat real throughput summary}; do
   case $stage in
     curve)
       lat code-edit-off --random-weights llama-3.1-8b --workload code-edit
-      for p in 0 0.2 0.4 0.6 0.7 0.8 0.9 1; do
+      for p in ${PROBS:-0 0.2 0.4 0.6 0.7 0.8 0.9 1}; do
         lat "code-edit-p$p" --random-weights llama-3.1-8b --workload code-edit --speculative ngram --spec-accept-prob "$p"
       done ;;
     chat)
       lat chat-off --random-weights llama-3.1-8b
       lat chat-ngram --random-weights llama-3.1-8b --speculative ngram ;;
     real)
-      lat smollm2-code-edit-off --workload code-edit
-      lat smollm2-code-edit-ngram --workload code-edit --speculative ngram ;;
+      lat smollm2-code-edit-off ${SMOLLM2_GGUF:+--model "$SMOLLM2_GGUF"} --workload code-edit
+      lat smollm2-code-edit-ngram ${SMOLLM2_GGUF:+--model "$SMOLLM2_GGUF"} --workload code-edit --speculative ngram ;;
     throughput)
       for s in off ngram; do
         ll bench throughput --random-weights llama-3.1-8b --workload nano-vllm --speculative "$s" \

@@ -1,14 +1,14 @@
 """Tensor parallelism against one rank, on GPUs:
 
-  --tiny DIR     fp32: a tiny random Llama (heads split over the ranks, odd vocabulary), greedy tokens of TP=2 must
-                 equal TP=1's exactly.
+  --tiny DIR     fp32: a tiny random Llama (heads split over the ranks, odd vocabulary), greedy tokens of TP=N must
+                 equal TP=1's exactly (at N=4 its 2 KV heads are replicated).
   --padded DIR   bf16: SmolLM2-135M (the embedded model) rewritten with 12 query heads over 4 KV heads (its 9 over 3,
-                 plus 3 over 1 that add zero) so that 2 ranks can split it: the same function. TP=2 generates greedily;
-                 one rank then scores TP=2's tokens teacher-forced (one forward over prompt + tokens) and the top-1
-                 agreement is reported (target >= 99% over 1,000 tokens), with the free-running common prefix.
+                 plus 3 over 1 that add zero) so that 2 or 4 ranks can split it: the same function. TP=N generates
+                 greedily; one rank then scores TP=N's tokens teacher-forced (one forward over prompt + tokens) and the
+                 top-1 agreement is reported (target >= 99% over 1,000 tokens), with the free-running common prefix.
 
     python scripts/gpu_tp_agreement.py --tiny /tmp/tiny --json-out fp32.json
-    python scripts/gpu_tp_agreement.py --padded /tmp/smollm2-10h --new-tokens 250 --prompts 4 --json-out bf16.json
+    python scripts/gpu_tp_agreement.py --padded /tmp/smollm2-10h --tp 4 --new-tokens 250 --prompts 4 --json-out bf16.json
 """
 from __future__ import annotations
 
@@ -100,6 +100,7 @@ def main() -> None:
     p.add_argument("--gguf", type=Path, help="with --padded: the embedded model's GGUF file (default: its package)")
     p.add_argument("--new-tokens", type=int, default=250)
     p.add_argument("--prompts", type=int, default=4)
+    p.add_argument("--tp", type=int, default=2, help="the degree compared with one rank")
     p.add_argument("--json-out", type=Path)
     args = p.parse_args()
     if args.tiny:
@@ -110,20 +111,20 @@ def main() -> None:
         rng = random.Random(0)
         prompts = [[rng.randrange(300) for _ in range(n)] for n in (7, 30, 100, 3)]
         one = generate(model, 1, "float32", prompts, args.new_tokens)
-        two = generate(model, 2, "float32", prompts, args.new_tokens)
-        result = {"model": "tiny llama (4 heads, 2 KV heads, vocab 331)", "dtype": "float32",
-                  "tokens": sum(len(t) for _, t in one), "identical": one == two,
-                  "common_prefix": [common_prefix(a[1], b[1]) for a, b in zip(one, two)]}
+        many = generate(model, args.tp, "float32", prompts, args.new_tokens)
+        result = {"model": "tiny llama (4 heads, 2 KV heads, vocab 331)", "dtype": "float32", "tp": args.tp,
+                  "tokens": sum(len(t) for _, t in one), "identical": one == many,
+                  "common_prefix": [common_prefix(a[1], b[1]) for a, b in zip(one, many)]}
     else:
         model = str(padded_smollm2(args.padded, args.gguf))
-        two = generate(model, 2, "bfloat16", PROMPTS[:args.prompts], args.new_tokens)
+        many = generate(model, args.tp, "bfloat16", PROMPTS[:args.prompts], args.new_tokens)
         one = generate(model, 1, "bfloat16", PROMPTS[:args.prompts], args.new_tokens)
-        predicted = teacher_forced_top1(model, "bfloat16", two)
-        agree = sum(p == t for pred, (_, tokens) in zip(predicted, two) for p, t in zip(pred, tokens))
-        total = sum(len(tokens) for _, tokens in two)
-        result = {"model": "SmolLM2-135M padded to 12 heads over 4 KV heads", "dtype": "bfloat16", "tokens": total,
-                  "teacher_forced_top1_agreement": agree / total, "target": 0.99,
-                  "free_running_common_prefix": [common_prefix(a[1], b[1]) for a, b in zip(one, two)]}
+        predicted = teacher_forced_top1(model, "bfloat16", many)
+        agree = sum(p == t for pred, (_, tokens) in zip(predicted, many) for p, t in zip(pred, tokens))
+        total = sum(len(tokens) for _, tokens in many)
+        result = {"model": "SmolLM2-135M padded to 12 heads over 4 KV heads", "dtype": "bfloat16", "tp": args.tp,
+                  "tokens": total, "teacher_forced_top1_agreement": agree / total, "target": 0.99,
+                  "free_running_common_prefix": [common_prefix(a[1], b[1]) for a, b in zip(one, many)]}
     print(json.dumps(result, indent=2))
     if args.json_out:
         args.json_out.write_text(json.dumps(result, indent=2) + "\n")

@@ -1,9 +1,9 @@
-"""All-reduce latency on 2 GPUs inside a CUDA graph, through localllm's own reducers (nccl, symm_mem), and the
+"""All-reduce latency on N GPUs inside a CUDA graph, through localllm's own reducers (nccl, symm_mem), and the
 share of a batch-1 decode step it takes: per token a Llama does 2 all-reduces per layer plus 1 in the embedding,
-each of hidden_size bf16 values; the step time comes from `bench latency --tp 2` JSON.
+each of hidden_size bf16 values; the step time comes from `bench latency --tp N` JSON of the same degree.
 
-    python scripts/gpu_tp_allreduce.py --latency-json 8b=lat-8b-tp2.json --latency-json 70b=lat-70b-tp2.json \\
-        --json-out allreduce.json
+    python scripts/gpu_tp_allreduce.py --world-size 2 --latency-json 8b=lat-8b-tp2.json \\
+        --latency-json 70b=lat-70b-tp2.json --json-out allreduce.json
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ REPLAYS = 20
 MODELS = {"8b": (32, 4096), "70b": (80, 8192)}   # layers, hidden size
 
 
-def _measure(rank: int, port: int, results: dict) -> None:
+def _measure(rank: int, world_size: int, port: int, results: dict) -> None:
     from localllm.layers.allreduce import make_reducer, symm_mem_unavailable_reason
     import torch.distributed as dist
 
@@ -28,8 +28,8 @@ def _measure(rank: int, port: int, results: dict) -> None:
 
     device = torch.device("cuda", rank)
     torch.cuda.set_device(device)
-    store = dist.TCPStore("127.0.0.1", port, 2, is_master=rank == 0)
-    init_tensor_parallel(rank, 2, device, store)
+    store = dist.TCPStore("127.0.0.1", port, world_size, is_master=rank == 0)
+    init_tensor_parallel(rank, world_size, device, store)
     out = {}
     for kind in ("nccl", "symm_mem"):
         if kind == "symm_mem" and symm_mem_unavailable_reason(device):
@@ -41,7 +41,7 @@ def _measure(rank: int, port: int, results: dict) -> None:
             x = torch.ones(kib * 1024 // 2, dtype=torch.bfloat16, device=device)
             for _ in range(3):
                 y = all_reduce(x.clone())   # warm-up outside the graph
-            assert float(y[0]) == 2.0
+            assert float(y[0]) == world_size
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 for _ in range(OPS_PER_GRAPH):
@@ -68,6 +68,7 @@ def _free_port() -> int:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--latency-json", action="append", default=[], metavar="MODEL=FILE")
+    p.add_argument("--world-size", type=int, default=2)
     p.add_argument("--json-out")
     args = p.parse_args()
     import os
@@ -76,9 +77,9 @@ def main() -> None:
     with mp.Manager() as manager:
         results = manager.dict()
         port = _free_port()
-        mp.spawn(_rank_main, args=(port, results), nprocs=2)
+        mp.spawn(_rank_main, args=(args.world_size, port, results), nprocs=args.world_size)
         latency_us = dict(results)
-    report = {"allreduce_us_in_graph": latency_us, "decode_share": {}}
+    report = {"world_size": args.world_size, "allreduce_us_in_graph": latency_us, "decode_share": {}}
     for item in args.latency_json:
         name, _, path = item.partition("=")
         layers, hidden = MODELS[name]
@@ -95,8 +96,8 @@ def main() -> None:
         open(args.json_out, "w").write(json.dumps(report, indent=2) + "\n")
 
 
-def _rank_main(rank: int, port: int, results) -> None:
-    _measure(rank, port, results)
+def _rank_main(rank: int, world_size: int, port: int, results) -> None:
+    _measure(rank, world_size, port, results)
 
 
 if __name__ == "__main__":
