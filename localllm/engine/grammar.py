@@ -6,7 +6,6 @@ the device without waiting; the core computes them after reading back the previo
 sampling this one's, so with overlapped steps the host works on them while the device runs the forward."""
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,14 +14,17 @@ import llguidance
 import llguidance.numpy
 import torch
 
+from localllm.cpu_cores import available_cores
 from localllm.engine.batch import to_device
 from localllm.engine.request import Sequence
 from localllm.guidance import llguidance_tokenizer, new_matcher
 from localllm.sampling_params import Guidance
 
-# distinct grammars whose start state is kept, so that a repeated schema (or the n completions of one request)
-# is compiled once
-COMPILED_GRAMMARS = 64
+
+def mask_threads() -> int:
+    """llguidance's own default share of the cores (80%, at most 32), but of the cores this process may use: it
+    counts the host's, and a pool larger than a container's CPU quota stalls whole steps when the quota runs out."""
+    return max(1, min(32, round(0.8 * available_cores())))
 
 
 @dataclass(frozen=True)
@@ -57,16 +59,13 @@ class GrammarMatchers:
                                               sorted(eos_token_ids) or None)
         self.words = -(-vocab_size // 32)
         self.device = device
-        self.executor = llguidance.LLExecutor()
-        self._start_state = functools.lru_cache(maxsize=COMPILED_GRAMMARS)(self._compile)
-
-    def _compile(self, guidance: Guidance) -> llguidance.LLMatcher:
-        return new_matcher(guidance, self.tokenizer)
+        self.executor = llguidance.LLExecutor(mask_threads())
 
     def start(self, guidance: Guidance) -> llguidance.LLMatcher:
-        """A matcher at the start of the grammar; ValueError naming what is wrong with a grammar that does not
-        compile."""
-        return self._start_state(guidance).deep_copy()
+        """A matcher at the start of the grammar, compiled anew (~1-2 ms for a JSON schema); ValueError naming what
+        is wrong with a grammar that does not compile. Not a deep_copy of a cached one: copies share state that
+        llguidance's threads then take turns on, and 256 copies' masks took as long on 64 cores as on one."""
+        return new_matcher(guidance, self.tokenizer)
 
     def masks(self, seqs: list[Sequence]) -> TokenMask | None:
         """The masks of this step's guided rows (seqs in row order), None when none is guided. Each matcher has
