@@ -7,3 +7,5 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || exit 1
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1 LOCALLLM_HOME=${LOCALLLM_HOME:-/tmp/llhome}
+# the embedded model's GGUF, where its package is not installed: every command that defaults to it uses this file
+if [ -n "${SMOLLM2_GGUF:-}" ]; then export LOCALLLM_EMBEDDED_GGUF=${LOCALLLM_EMBEDDED_GGUF:-$SMOLLM2_GGUF}; fi
