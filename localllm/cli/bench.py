@@ -160,7 +160,8 @@ def latency(
     quantize: str = QuantizeOpt,
     num_kv_blocks: Optional[int] = KvBlocksOpt,
     workload: str = typer.Option("random", "--workload", help="The decode run's prompt: random (prompt-tokens "
-                                 "random ids) or code-edit (a ~1,500-token source file to rewrite)."),
+                                 "random ids) or code-edit (a ~1,500-token source file to rewrite; with "
+                                 "--random-weights, in --model's tokenizer, default the embedded one's)."),
     speculative: str = SpeculativeOpt,
     num_speculative_tokens: int = SpecTokensOpt,
     spec_accept_prob: Optional[float] = SpecAcceptOpt,
@@ -184,8 +185,9 @@ def latency(
                         speculative=speculative, num_speculative_tokens=num_speculative_tokens,
                         speculative_accept_prob=spec_accept_prob)
         decode_prompt = None
-        if workload == "code-edit":
-            decode_prompt = code_edit_prompt(with_a_tokenizer(bench_model).tokenizer_dir, runtime.vocab_size,
+        if workload == "code-edit":   # with random weights, --model names the tokenizer the prompt is written in
+            tokenizer_dir = with_a_tokenizer(bench_model, model if random_weights else None).tokenizer_dir
+            decode_prompt = code_edit_prompt(tokenizer_dir, runtime.vocab_size,
                                              min(CODE_EDIT_TOKENS, max_model_len - new_tokens))
         try:
             result = measure_latency(runtime, limits, prompt_tokens, new_tokens, ttft_prompt_tokens,
