@@ -4,8 +4,9 @@
 # curve); plain chat (random prompts, nothing matches) with and without speculation; the embedded SmolLM2-135M as its
 # own target on the code-edit prompt (a real acceptance rate); the nano-vllm workload (256 sequences) with and without
 # it. Usage: scripts/gpu_spec.sh OUTDIR (one JSON per run, then summary.txt). STAGES picks stages (default: all);
-# PROBS the acceptance probabilities of the curve. SMOLLM2_GGUF names the embedded model's GGUF where its package is
-# not installed. Run from the repository root.
+# PROBS the acceptance probabilities of the curve; TOKENIZER a model directory whose tokenizer writes the code-edit
+# prompt of the random-weight runs (default the embedded model's). SMOLLM2_GGUF names the embedded model's GGUF where
+# its package is not installed. Run from the repository root.
 set -u
 OUT=${1:?usage: scripts/gpu_spec.sh OUTDIR}
 mkdir -p "$OUT"
@@ -19,9 +20,10 @@ for stage in ${STAGES:-curve chat real throughput summary}; do
   echo "== $stage $(date -u +%H:%M:%S)"
   case $stage in
     curve)
-      lat code-edit-off --random-weights llama-3.1-8b --workload code-edit
+      edit=(--random-weights llama-3.1-8b --workload code-edit ${TOKENIZER:+--model "$TOKENIZER"})
+      lat code-edit-off "${edit[@]}"
       for p in ${PROBS:-0 0.2 0.4 0.6 0.7 0.8 0.9 1}; do
-        lat "code-edit-p$p" --random-weights llama-3.1-8b --workload code-edit --speculative ngram --spec-accept-prob "$p"
+        lat "code-edit-p$p" "${edit[@]}" --speculative ngram --spec-accept-prob "$p"
       done ;;
     chat)
       lat chat-off --random-weights llama-3.1-8b
