@@ -10,8 +10,9 @@ import os
 import signal
 import time
 
+from localllm.server.state import pid_alive
 from reliability_checks.report import Section
-from reliability_checks.server import EMBEDDED, LocalServer, clean_env, pid_alive, run_cli, wait_for
+from reliability_checks.server import EMBEDDED, LocalServer, clean_env, run_cli, wait_for
 from reliability_checks.streams import chat_body, stream_chat
 
 
