@@ -39,6 +39,9 @@ class Config:
     # benchmarks on random weights only: each draft is accepted with this probability instead of by the model
     # (the output is then not the model's)
     speculative_accept_prob: float | None = None
+    # verifying steps laid out with 1 + num_speculative_tokens rows per sequence (padded), the shape the verify CUDA
+    # graphs replay; None = where those graphs exist (GPU without enforce_eager). True on a CPU tests that layout.
+    uniform_verify_steps: bool | None = None
 
     def __post_init__(self) -> None:
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):

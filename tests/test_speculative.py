@@ -1,13 +1,15 @@
 """Speculative decoding (n-gram drafts) through the whole engine on a tiny random-weight model: the same greedy
 tokens as decoding one token at a time, in batches mixing sequences that verify drafts with ones that do not;
 exact block accounting after rejected drafts and after preemption; max_tokens and stops never overrun; the
-adaptive switch-off; and the proposer's matching itself."""
+adaptive switch-off; and the proposer's matching itself. Verifying steps laid out as chunks (the CPU default) and
+uniformly, padded to 1 + num_speculative_tokens rows per sequence (the layout the GPU's verify graphs replay)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from localllm import LLM, SamplingParams
+from localllm.engine.batch import H
 from localllm.engine.speculation import ngram_match
 from tiny_models import build_model_dir
 
@@ -22,9 +24,14 @@ def model_dir(tmp_path_factory):
     return str(build_model_dir("llama", tmp_path_factory.mktemp("llama")))
 
 
-def engine(model_dir: str, speculative: str = "off", overlap: bool = False, **config) -> LLM:
+LAYOUTS = dict(argnames="layout", argvalues=["chunks", "uniform"])
+
+
+def engine(model_dir: str, speculative: str = "off", overlap: bool = False, layout: str = "chunks",
+           **config) -> LLM:
     config.setdefault("num_kv_blocks", 160)
-    return LLM(model_dir, block_size=BLOCK, num_threads=1, overlap_steps=overlap, speculative=speculative, **config)
+    return LLM(model_dir, block_size=BLOCK, num_threads=1, overlap_steps=overlap, speculative=speculative,
+               uniform_verify_steps=layout == "uniform", **config)
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +82,34 @@ def record_verify_steps(llm: LLM) -> list[list[int]]:
     return steps
 
 
+def record_layouts(llm: LLM) -> list[tuple[int, list[int]]]:
+    """Per step packed: its rows per sequence when laid out uniformly (0: as chunks), and the drafts each sampling
+    sequence verifies."""
+    packed_steps: list[tuple[int, list[int]]] = []
+    builder = llm.engine.core.batch_builder
+    pack = builder.pack
+
+    def recording(scheduled):
+        packed = pack(scheduled)
+        packed_steps.append((int(packed.header[H["uniform_query_len"]]), list(packed.num_drafts)))
+        return packed
+
+    builder.pack = recording
+    return packed_steps
+
+
+def assert_layout_used(layout: str, packed_steps: list[tuple[int, list[int]]], query_len: int = 5) -> None:
+    """Uniform: the verifying steps were laid out uniformly, some with padded sequences (a plain decode, or fewer
+    drafts than the most); chunks: none was."""
+    uniform = [drafts for query_len, drafts in packed_steps if query_len]
+    if layout == "chunks":
+        assert not uniform
+        return
+    assert all(rows in (0, query_len) for rows, _ in packed_steps)
+    assert len(uniform) == sum(1 for _, drafts in packed_steps if any(drafts))
+    assert any(min(drafts) < query_len - 1 for drafts in uniform)
+
+
 def run_checked(llm: LLM, prompts, params) -> dict[str, list]:
     """Generates step by step, checking the block accounting after every step; token ids and finish reason of
     each completion, in request order."""
@@ -102,12 +137,14 @@ def test_ngram_match_prefers_the_longest_then_the_latest_suffix():
     assert ngram_match(np.array([4])) is None
 
 
+@pytest.mark.parametrize(**LAYOUTS)
 @pytest.mark.parametrize("overlap", [False, True], ids=["sync", "overlap"])
-def test_greedy_tokens_equal_decoding_without_speculation(model_dir, plain, overlap):
+def test_greedy_tokens_equal_decoding_without_speculation(model_dir, plain, overlap, layout):
     params = [greedy(40), greedy(24), greedy(40, repetition_penalty=1.3), greedy(33, n=2, logprobs=2)]
     expected = plain.generate(PROMPTS, params)
-    llm = engine(model_dir, "ngram", overlap)
+    llm = engine(model_dir, "ngram", overlap, layout)
     steps = record_verify_steps(llm)
+    packed_steps = record_layouts(llm)
     got = llm.generate(PROMPTS, params)
     for e, g in zip(expected, got):
         for eo, go in zip(e.outputs, g.outputs):
@@ -119,30 +156,37 @@ def test_greedy_tokens_equal_decoding_without_speculation(model_dir, plain, over
     assert 0 < stats.accepted < stats.proposed   # drafts were kept and drafts were rejected
     # steps in which some sequences verified drafts while others decoded plainly
     assert any(0 in drafts and any(drafts) for drafts in steps)
+    assert_layout_used(layout, packed_steps)
     assert_all_blocks_returned(llm)
 
 
-def test_exact_blocks_after_rejections_and_preemption(model_dir):
+@pytest.mark.parametrize(**LAYOUTS)
+def test_exact_blocks_after_rejections_and_preemption(model_dir, layout):
     prompts = [LOOP * 3, LOOP[2:] * 3, [30, 31, 32] * 6, LOOP[:4] * 5]
     params = [greedy(36) for _ in prompts]
     roomy = run_checked(engine(model_dir), prompts, params)
     # 24 blocks of 4 tokens cannot hold four sequences of ~60 tokens: the newest are preempted and recomputed
-    llm = engine(model_dir, "ngram", num_kv_blocks=24)
+    llm = engine(model_dir, "ngram", layout=layout, num_kv_blocks=24)
+    packed_steps = record_layouts(llm)
     got = run_checked(llm, prompts, params)
     assert got == roomy
+    assert_layout_used(layout, packed_steps)
     core = llm.engine.core
     assert core.scheduler.num_preemptions > 0
     assert 0 < core.speculator.stats.accepted < core.speculator.stats.proposed
     assert_all_blocks_returned(llm)
 
 
-def test_block_table_is_trimmed_after_a_rejection(model_dir):
+@pytest.mark.parametrize(**LAYOUTS)
+def test_block_table_is_trimmed_after_a_rejection(model_dir, layout):
     """Forced rejection of every draft: after each verifying step the sequence holds the blocks of its last token
     and nothing for the rejected drafts, and the released blocks are the first to be reused."""
-    llm = engine(model_dir, "ngram", num_speculative_tokens=8, speculative_accept_prob=0.0)
+    llm = engine(model_dir, "ngram", layout=layout, num_speculative_tokens=8, speculative_accept_prob=0.0)
     steps = record_verify_steps(llm)
+    packed_steps = record_layouts(llm)
     out = run_checked(llm, [LOOP * 2], [greedy(8)])
     assert any(any(d) for d in steps)
+    assert_layout_used(layout, packed_steps, query_len=9)
     assert len(out[("r0", 0)][0]) == 8
     assert llm.engine.core.speculator.stats.accepted == 0
     assert_all_blocks_returned(llm)
@@ -224,17 +268,21 @@ def test_bad_settings_are_refused(setting, message):
         Config(**setting)
 
 
-def test_two_ranks_verify_drafts_as_one(tmp_path):
-    """Tensor parallelism (gloo on CPU): the workers run verifying steps from the same step description as mixed
-    steps, so two ranks with drafts give one rank's tokens without them, preemption included."""
+@pytest.mark.parametrize(**LAYOUTS)
+def test_two_ranks_verify_drafts_as_one(tmp_path, layout):
+    """Tensor parallelism (gloo on CPU): the workers run verifying steps from the same step description (chunks, or
+    the uniform layout the header announces), so two ranks with drafts give one rank's tokens without them,
+    preemption included."""
     from tiny_models import TP_CONFIGS
 
     model_dir = str(build_model_dir("llama", tmp_path / "llama", configs=TP_CONFIGS))
     params = [greedy(24), greedy(24, repetition_penalty=1.2), greedy(24)]
     prompts = PROMPTS[:3]
     expected = [o.outputs[0].token_ids for o in engine(model_dir).generate(prompts, params)]
-    with engine(model_dir, "ngram", overlap=True, tensor_parallel_size=2, num_kv_blocks=30) as llm:
+    with engine(model_dir, "ngram", True, layout, tensor_parallel_size=2, num_kv_blocks=30) as llm:
+        packed_steps = record_layouts(llm)
         assert [o.outputs[0].token_ids for o in llm.generate(prompts, params)] == expected
+        assert_layout_used(layout, packed_steps)
         core = llm.engine.core
         assert 0 < core.speculator.stats.accepted and core.scheduler.num_preemptions > 0
         assert_all_blocks_returned(llm)

@@ -3,7 +3,14 @@
 A step travels as a PackedStep: a fixed-size int64 header (the lengths) and one flat int32 payload (token ids,
 positions, slot mapping, logits rows, query starts, context lengths, block tables, in-flight rows). The engine
 core packs it; every tensor-parallel rank, the core's own included, turns the same two arrays into a StepBatch
-with `unpack`, so the ranks run the same forward from the same numbers.
+with `unpack`, so the ranks run the same forward from the same numbers (and replay the same CUDA graph).
+
+A step in which every sequence decodes and some verify drafts may be laid out uniformly (VerifyLayout): each
+sequence gets exactly query_len rows, its real tokens first, then padding rows that store nothing (slot -1). Its
+context length counts the padding too: the attention kernels place the last of a sequence's q_len query rows at its
+context's last position (row j at context_len - q_len + j), so the real rows keep their true positions, and the
+causal mask keeps them from the padding's keys, which lie after them. The step then has one shape per batch size,
+which a CUDA graph replays (cuda_graphs.py), instead of hundreds of kernel launches from Python.
 
 Each part of the payload starts on a 16-byte boundary. Triton compiles a kernel once per alignment of its pointer
 arguments (16-byte aligned or not), so parts packed end to end gave the attention and KV-store kernels a new
@@ -13,6 +20,7 @@ nano-vllm workload ran 2.7x slower on a fresh machine than on one whose Triton c
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from itertools import accumulate
 
 import numpy as np
 import torch
@@ -23,7 +31,7 @@ from localllm.layers.attention import AttentionMetadata
 
 # header fields, in order
 HEADER_FIELDS = ("command", "num_tokens", "num_seqs", "num_sampling", "table_width", "num_decodes",
-                 "max_query_len", "max_context_len", "num_pending", "mirror_sampled")
+                 "max_query_len", "max_context_len", "num_pending", "mirror_sampled", "uniform_query_len")
 H = {name: i for i, name in enumerate(HEADER_FIELDS)}
 HEADER_LEN = len(HEADER_FIELDS)
 CMD_STEP, CMD_STOP = 1, 0
@@ -57,6 +65,14 @@ class StepBatch:
     logits_indices: torch.Tensor     # [S] the last token of each sequence that samples this step, and every token
     #                                  of a sequence verifying drafts
     sampling_seqs: list[Sequence] = field(default_factory=list)   # those S sequences (on rank 0), in order
+    uniform_query_len: int = 0       # laid out uniformly: every sequence has this many rows (0: it is not)
+
+
+@dataclass(frozen=True)
+class VerifyLayout:
+    """Verifying steps of at most max_seqs sequences get query_len rows per sequence (1 + the most drafts)."""
+    query_len: int
+    max_seqs: int
 
 
 @dataclass(frozen=True)
@@ -81,6 +97,29 @@ class PackedStep:
     pooling: list[PoolingSlice] = field(default_factory=list)
 
 
+@dataclass
+class _RowUses:
+    """What a step's rows are for beyond the forward: the LM head's rows and their sequences, the pooling slices,
+    and the rows whose input is a token still in flight (with where in that step's tokens it is)."""
+    logits_at: list[int] = field(default_factory=list)
+    sampling_seqs: list[Sequence] = field(default_factory=list)
+    num_drafts: list[int] = field(default_factory=list)
+    pooling: list[PoolingSlice] = field(default_factory=list)
+    pending_rows: list[int] = field(default_factory=list)
+    pending_from: list[int] = field(default_factory=list)
+
+    def add(self, item: ScheduledSeq, t: int) -> None:
+        """The sequence whose rows start at t: its logits rows (its last token's, and every draft's too), or the
+        rows it pools."""
+        n = item.num_new_tokens
+        if item.samples:
+            self.logits_at.extend(range(t + n - 1 - item.num_draft_tokens, t + n))
+            self.sampling_seqs.append(item.seq)
+            self.num_drafts.append(item.num_draft_tokens)
+        elif item.seq.pools:
+            self.pooling.append(PoolingSlice(item.seq, t, n, item.seq.num_computed_tokens, item.reaches_last_token))
+
+
 class StepBatchBuilder:
     """Writes each step's index arrays into one reusable host buffer.
 
@@ -90,9 +129,14 @@ class StepBatchBuilder:
     """
 
     def __init__(self, block_size: int, device: torch.device, max_num_tokens: int, max_num_seqs: int,
-                 max_blocks_per_seq: int):
+                 max_blocks_per_seq: int, verify_layout: VerifyLayout | None = None):
+        """verify_layout: lay verifying steps out uniformly (None: as chunks)."""
         self.block_size = block_size
         self.device = device
+        self.verify_layout = verify_layout
+        if verify_layout is not None:   # its padding rows, and the context they add
+            max_num_tokens = max(max_num_tokens, verify_layout.max_seqs * verify_layout.query_len)
+            max_blocks_per_seq += -(-(verify_layout.query_len - 1) // block_size)
         # logits rows are at most one per token (a sequence verifying drafts has one per token)
         size = 4 * max_num_tokens + 2 * max_num_seqs + 1 + max_num_seqs * max_blocks_per_seq + 2 * max_num_seqs \
             + len(HEADER_FIELDS) * PART_ALIGN   # room for each part's alignment padding
@@ -108,60 +152,69 @@ class StepBatchBuilder:
     def to_device(self, payload: torch.Tensor) -> torch.Tensor:
         return to_device(payload, self.device) if self.device.type == "cuda" else payload.clone()
 
+    def uniform_query_len(self, ordered: list[ScheduledSeq]) -> int:
+        """Rows per sequence if the step is laid out uniformly, else 0: every sequence decodes (its last token, maybe
+        drafts after it), some verify drafts, and no more run than the layout allows."""
+        layout = self.verify_layout
+        if layout is None or len(ordered) > layout.max_seqs or not any(s.num_draft_tokens for s in ordered):
+            return 0
+        decoding = all(s.samples and s.num_new_tokens == s.num_draft_tokens + 1 <= layout.query_len for s in ordered)
+        return layout.query_len if decoding else 0
+
     def pack(self, scheduled: list[ScheduledSeq]) -> PackedStep:
         # decodes first: the attention layer batches all single-token queries in one call
         ordered = sorted(scheduled, key=lambda s: s.num_new_tokens != 1)
-        bs = self.block_size
-        context_lens = [s.seq.num_computed_tokens + s.num_new_tokens for s in ordered]
-        num_tokens = sum(s.num_new_tokens for s in ordered)
-        b, width = len(ordered), max(-(-n // bs) for n in context_lens)
+        uniform = self.uniform_query_len(ordered)
+        rows = [uniform or s.num_new_tokens for s in ordered]
+        # a padded sequence's context counts its padding rows, which come after its real ones (see the module doc)
+        context_lens = [s.seq.num_computed_tokens + r for s, r in zip(ordered, rows)]
+        query_start_loc = list(accumulate(rows, initial=0))
+        t, b = query_start_loc[-1], len(ordered)
+        width = max(-(-n // self.block_size) for n in context_lens)
         buf = self._payload.numpy()
-        stride = _aligned(num_tokens)
-        ids, positions, slots = (buf[i * stride:i * stride + num_tokens] for i in range(3))
-        tables = np.zeros((b, width), dtype=np.int32)   # the kernels never read past a sequence's blocks
-        logits_at: list[int] = []
-        sampling_seqs: list[Sequence] = []
-        num_drafts: list[int] = []
-        pooling: list[PoolingSlice] = []
-        query_start_loc = [0]
-        pending_rows: list[int] = []
-        pending_from: list[int] = []
-        t = 0
+        stride = _aligned(t)
+        ids, positions, slots = (buf[i * stride:i * stride + t] for i in range(3))
+        # the kernels never read past a sequence's context; a padded one's tail reads block 0, masked out
+        tables = np.zeros((b, width), dtype=np.int32)
+        uses = _RowUses()
         for i, item in enumerate(ordered):
-            seq, n = item.seq, item.num_new_tokens
-            start, table = seq.num_computed_tokens, seq.block_table
-            if n == 1:
-                if start < len(seq.token_ids):
-                    ids[t] = seq.token_ids[start]
-                else:   # its input is the token the step in flight samples
-                    ids[t] = 0
-                    pending_rows.append(t)
-                    pending_from.append(seq.pending_index)
-                positions[t] = start
-                slots[t] = table[start // bs] * bs + start % bs
-            else:
-                ids[t:t + n] = (seq.token_ids[start:] + seq.draft_token_ids)[:n]
-                pos = np.arange(start, start + n)
-                positions[t:t + n] = pos
-                slots[t:t + n] = np.asarray(table)[pos // bs] * bs + pos % bs
-            tables[i, :len(table)] = table
-            t += n
-            query_start_loc.append(t)
-            if item.samples:
-                logits_at.extend(range(t - 1 - item.num_draft_tokens, t))
-                sampling_seqs.append(seq)
-                num_drafts.append(item.num_draft_tokens)
-            elif seq.pools:
-                pooling.append(PoolingSlice(seq, t - n, n, start, item.reaches_last_token))
+            start = query_start_loc[i]
+            self._write_rows(item, start, rows[i], ids, positions, slots, uses)
+            tables[i, :len(item.seq.block_table)] = item.seq.block_table
+            uses.add(item, start)
         header = self._header
-        header.numpy()[:] = (CMD_STEP, t, b, len(logits_at), width,
-                             sum(1 for s in ordered if s.num_new_tokens == 1),
-                             max(s.num_new_tokens for s in ordered), max(context_lens), len(pending_rows), 0)
+        header.numpy()[:] = (CMD_STEP, t, b, len(uses.logits_at), width, rows.count(1), max(rows), max(context_lens),
+                             len(uses.pending_rows), 0, uniform)
         offset = 3 * stride
-        for part in (logits_at, query_start_loc, context_lens, tables.reshape(-1), pending_rows, pending_from):
+        for part in (uses.logits_at, query_start_loc, context_lens, tables.reshape(-1), uses.pending_rows,
+                     uses.pending_from):
             buf[offset:offset + len(part)] = part
             offset += _aligned(len(part))
-        return PackedStep(header.clone(), self._payload[:offset], sampling_seqs, num_drafts, pooling)
+        return PackedStep(header.clone(), self._payload[:offset], uses.sampling_seqs, uses.num_drafts, uses.pooling)
+
+    def _write_rows(self, item: ScheduledSeq, t: int, num_rows: int, ids: np.ndarray, positions: np.ndarray,
+                    slots: np.ndarray, uses: _RowUses) -> None:
+        """Rows t .. t + num_rows: the sequence's new tokens (drafts included), then any padding rows."""
+        seq, n, bs = item.seq, item.num_new_tokens, self.block_size
+        start, table = seq.num_computed_tokens, seq.block_table
+        if n == 1:
+            if start < len(seq.token_ids):
+                ids[t] = seq.token_ids[start]
+            else:   # its input is the token the step in flight samples
+                ids[t] = 0
+                uses.pending_rows.append(t)
+                uses.pending_from.append(seq.pending_index)
+            positions[t] = start
+            slots[t] = table[start // bs] * bs + start % bs
+        else:
+            ids[t:t + n] = (seq.token_ids[start:start + n] + seq.draft_token_ids)[:n]
+            pos = np.arange(start, start + n)
+            positions[t:t + n] = pos
+            slots[t:t + n] = np.asarray(table)[pos // bs] * bs + pos % bs
+        # padding stores nothing and its outputs are never read: any token id, and a position the rotary tables hold
+        ids[t + n:t + num_rows] = 0
+        positions[t + n:t + num_rows] = start + n - 1
+        slots[t + n:t + num_rows] = -1
 
 
 def unpack(header: torch.Tensor, payload: torch.Tensor, device: torch.device,
@@ -186,7 +239,8 @@ def unpack(header: torch.Tensor, payload: torch.Tensor, device: torch.device,
         max_query_len=int(header[H["max_query_len"]]), max_context_len=int(header[H["max_context_len"]]),
         query_start_loc_host=query_start.tolist() if on_host else [],
         context_lens_host=context_lens.tolist() if on_host else [])
-    return StepBatch(input_ids, positions.long(), meta, logits_at.long())
+    return StepBatch(input_ids, positions.long(), meta, logits_at.long(),
+                     uniform_query_len=int(header[H["uniform_query_len"]]))
 
 
 def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:

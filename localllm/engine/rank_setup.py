@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from localllm.config import Config
-from localllm.engine.batch import StepBatchBuilder
+from localllm.engine.batch import StepBatchBuilder, VerifyLayout
 from localllm.engine.kv_pool import GiB, PoolRequest, gpu_budget_bytes, pool_blocks
 from localllm.engine.model_runner import ModelRunner, kv_bytes_per_block
 from localllm.errors import LocalLLMError
@@ -34,14 +34,32 @@ def set_up_rank(config: Config, hf_config, model_dir: Path | None, device: torch
     model_len = config.max_model_len or hf_config.max_position_embeddings
     # the KV-sizing profile step may split its tokens over more sequences than max_num_seqs
     max_step_seqs = max(config.max_num_seqs, -(-config.max_num_batched_tokens // model_len))
+    verify = verify_layout(config, device)
     builder = StepBatchBuilder(config.block_size, device, config.max_num_batched_tokens, max_step_seqs,
-                               -(-model_len // config.block_size))
+                               -(-model_len // config.block_size), verify)
     num_blocks = min_over_ranks(_num_kv_blocks(config, runner, builder, hf_config, model_len), device)
     runner.allocate_kv_cache(num_blocks, config.block_size)
     max_model_len = min(model_len, num_blocks * config.block_size)
-    if device.type == "cuda" and not config.enforce_eager:
+    if uses_cuda_graphs(config, device):
         runner.capture_decode_graphs(config.max_num_seqs, max_model_len, config.block_size)
     return RankSetup(runner, builder, num_blocks, max_model_len)
+
+
+def uses_cuda_graphs(config: Config, device: torch.device) -> bool:
+    return device.type == "cuda" and not config.enforce_eager
+
+
+def verify_layout(config: Config, device: torch.device) -> VerifyLayout | None:
+    """How verifying steps are laid out: uniformly where their CUDA graphs replay them (or where the config asks for
+    it), else (None) as chunks of 1 + k rows. Nobody speculates with more than speculative_batch_limit running."""
+    if config.speculative == "off":
+        return None
+    uniform = config.uniform_verify_steps
+    if uniform is None:
+        uniform = uses_cuda_graphs(config, device)
+    if not uniform:
+        return None
+    return VerifyLayout(config.num_speculative_tokens + 1, min(config.speculative_batch_limit, config.max_num_seqs))
 
 
 def _num_kv_blocks(config: Config, runner: ModelRunner, builder: StepBatchBuilder, hf_config, model_len: int) -> int:

@@ -19,7 +19,7 @@ from localllm.pooling_params import PoolingParams
 from localllm.sampling_params import SamplingParams
 
 # Raise on any change to the messages below.
-PROTOCOL_VERSION = 6
+PROTOCOL_VERSION = 7
 
 
 class Message(msgspec.Struct, frozen=True, tag=True, array_like=True):
