@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from localllm.engine.batch import StepBatch, StepBatchBuilder
-from localllm.engine.cuda_graphs import DecodeGraphs
+from localllm.engine.batch import StepBatch, StepBatchBuilder, VerifyLayout
+from localllm.engine.cuda_graphs import StepGraphs
 from localllm.engine.request import Sequence
 from localllm.engine.scheduler import ScheduledSeq
 from localllm.hf_config import attention_head_dim
@@ -47,19 +47,29 @@ class ModelRunner:
         self.quantization = weights_label(self.model, quant, quantization)
         self.hidden_size = hf_config.hidden_size
         self.kv_cache: torch.Tensor | None = None
-        self.decode_graphs: DecodeGraphs | None = None
+        self.decode_graphs: StepGraphs | None = None
+        self.verify_graphs: StepGraphs | None = None   # of uniformly laid-out verifying steps
 
     @torch.inference_mode()
     def release_graphs(self) -> None:
-        """Drops the captured decode graphs and waits for the GPU, so a process group they captured can end."""
+        """Drops the captured graphs and waits for the GPU, so a process group they captured can end."""
         if self.decode_graphs is not None:
-            self.decode_graphs = None
+            self.decode_graphs = self.verify_graphs = None
             gc.collect()
             torch.cuda.synchronize(self.device)
 
-    def capture_decode_graphs(self, max_num_seqs: int, max_model_len: int, block_size: int) -> None:
-        self.decode_graphs = DecodeGraphs(self.model, self.hidden_size, self.dtype, self.device, max_num_seqs,
-                                          max_model_len, block_size)
+    def capture_graphs(self, max_num_seqs: int, max_model_len: int, block_size: int,
+                       verify: VerifyLayout | None) -> None:
+        """The decode graphs, and those of verifying steps when they are laid out uniformly (sharing one memory
+        pool: the graphs' temporaries take as much as the largest one's, not their sum)."""
+        graphs = dict(model=self.model, hidden_size=self.hidden_size, dtype=self.dtype, device=self.device,
+                      block_size=block_size)
+        self.decode_graphs = StepGraphs(max_num_seqs=max_num_seqs, max_context_len=max_model_len, **graphs)
+        if verify is not None:
+            # a plain decode padded to query_len rows counts query_len - 1 more tokens of context
+            self.verify_graphs = StepGraphs(max_num_seqs=verify.max_seqs,
+                                            max_context_len=max_model_len + verify.query_len - 1,
+                                            query_len=verify.query_len, pool=self.decode_graphs.pool, **graphs)
 
     def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
         layers = [m for m in self.model.modules() if isinstance(m, Attention)]
@@ -107,9 +117,11 @@ class ModelRunner:
     @torch.inference_mode()
     def hidden_states(self, batch: StepBatch) -> torch.Tensor:
         """The final (normed) hidden states [T, hidden] of every token of the step, whole on every rank. From a
-        decode graph they are its static buffer, overwritten by the next replay: read them before that."""
-        if self.decode_graphs is not None and self.decode_graphs.can_run(batch):
-            return self.decode_graphs.run(batch)
+        graph they are its static buffer, overwritten by the next replay: read them before that. A uniformly laid-out
+        step's padding rows are among them (its logits_indices skip them)."""
+        for graphs in (self.decode_graphs, self.verify_graphs):
+            if graphs is not None and graphs.can_run(batch):
+                return graphs.run(batch)
         return self.model(batch.input_ids, batch.positions, batch.attention)
 
     @torch.inference_mode()

@@ -1,7 +1,12 @@
 """What every tensor-parallel rank (the engine core's own, rank 0, included) does once before serving steps:
 build and load its shard of the model, size the KV pool (the ranks agree on the smallest count that fits all of
-them), allocate it and capture the decode CUDA graphs. The ranks run this in lockstep, since the profiling step
-and the graph captures contain collectives."""
+them), allocate it and capture the CUDA graphs of decode and verifying steps. The ranks run this in lockstep, since
+the profiling step and the graph captures contain collectives.
+
+The graphs' memory pool is not counted where the KV pool is sized: it is taken after, from what the sizing leaves
+free, and holds one step's temporaries of at most max(max_num_seqs, speculative_batch_limit x (1 +
+num_speculative_tokens)) rows, small beside the profiled step of max_num_batched_tokens tokens and the share of
+the card kept back."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -41,7 +46,7 @@ def set_up_rank(config: Config, hf_config, model_dir: Path | None, device: torch
     runner.allocate_kv_cache(num_blocks, config.block_size)
     max_model_len = min(model_len, num_blocks * config.block_size)
     if uses_cuda_graphs(config, device):
-        runner.capture_decode_graphs(config.max_num_seqs, max_model_len, config.block_size)
+        runner.capture_graphs(config.max_num_seqs, max_model_len, config.block_size, verify)
     return RankSetup(runner, builder, num_blocks, max_model_len)
 
 
