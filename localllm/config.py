@@ -7,6 +7,7 @@ from localllm.quantization import check_quantization
 
 TP_ALLREDUCE_KINDS = ("nccl", "symm_mem")
 SPECULATIVE_KINDS = ("off", "ngram")
+DRAFT_PREFIX = "draft:"   # speculative="draft:MODEL": a small model with the target's vocabulary proposes the drafts
 MAX_SPECULATIVE_TOKENS = 16
 
 
@@ -33,7 +34,8 @@ class Config:
     tensor_parallel_size: int | None = None  # ranks the model is split over; None = 1 on CPU, on GPUs the fewest
     #                                          that fit the weights and a useful KV pool
     tp_allreduce: str = "nccl"        # all-reduce of the ranks: nccl (gloo on CPU) or symm_mem (small ones, GPUs)
-    speculative: str = "off"          # speculative decoding: off, or ngram (drafts looked up in the prompt and output)
+    speculative: str = "off"          # speculative decoding: off, ngram (drafts looked up in the prompt and output) or
+    #                                   draft:MODEL (a small model with the same vocabulary proposes them, greedily)
     num_speculative_tokens: int = 4   # most drafts one sequence verifies per step
     speculative_batch_limit: int = 32  # with more running sequences than this, nobody speculates (compute-bound)
     # benchmarks on random weights only: each draft is accepted with this probability instead of by the model
@@ -65,10 +67,15 @@ class Config:
 
 
 def check_speculation(config: Config) -> None:
-    if config.speculative.startswith("draft:"):
-        raise ValueError("speculative decoding with a draft model is not available yet; use ngram")
-    if config.speculative not in SPECULATIVE_KINDS:
-        raise ValueError(f"speculative must be one of {', '.join(SPECULATIVE_KINDS)}, got {config.speculative!r}")
+    if config.speculative.startswith(DRAFT_PREFIX):
+        if not draft_model(config):
+            raise ValueError("speculative=draft:MODEL needs a model after 'draft:'")
+        if (config.tensor_parallel_size or 1) > 1:
+            raise ValueError("speculative decoding with a draft model needs tensor_parallel_size 1, "
+                             f"got {config.tensor_parallel_size}")
+    elif config.speculative not in SPECULATIVE_KINDS:
+        raise ValueError(f"speculative must be one of {', '.join(SPECULATIVE_KINDS)} or draft:MODEL, "
+                         f"got {config.speculative!r}")
     if not 1 <= config.num_speculative_tokens <= MAX_SPECULATIVE_TOKENS:
         raise ValueError(f"num_speculative_tokens must be in [1, {MAX_SPECULATIVE_TOKENS}], "
                          f"got {config.num_speculative_tokens}")
@@ -79,3 +86,10 @@ def check_speculation(config: Config) -> None:
         raise ValueError(f"speculative_accept_prob must be in [0, 1], got {p}")
     if p is not None and config.speculative == "off":
         raise ValueError("speculative_accept_prob needs speculative decoding on (speculative=ngram)")
+
+
+def draft_model(config: Config) -> str | None:
+    """The draft model's reference (an alias, a directory or a .gguf file) of speculative=draft:MODEL, else None."""
+    if not config.speculative.startswith(DRAFT_PREFIX):
+        return None
+    return config.speculative[len(DRAFT_PREFIX):].strip() or None

@@ -12,6 +12,7 @@ import torch
 from localllm.config import Config
 from localllm.engine.batch import H, PoolingSlice, unpack
 from localllm.engine.block_manager import BlockManager
+from localllm.engine.draft_model import DraftProposer, open_draft
 from localllm.engine.rank_setup import set_up_rank
 from localllm.engine.request import Sequence
 from localllm.engine.events import EmbeddingEvent, SampledToken, TokenEvent
@@ -93,8 +94,9 @@ class EngineCore:
                                            self.dtype, on_worker_failure)
             self.device = self.tp.device
         try:
+            draft = open_draft(config, hf_config, self.tensor_parallel_size, keeps_gguf_blocks(config))
             with self._worker_failures():
-                setup = set_up_rank(config, hf_config, model_dir, self.device, self.dtype)
+                setup = set_up_rank(config, hf_config, model_dir, self.device, self.dtype, draft)
         except BaseException:
             self.shutdown()
             raise
@@ -109,8 +111,9 @@ class EngineCore:
         self.overlap = config.overlap_steps if config.overlap_steps is not None else self.device.type == "cuda"
         self.in_flight: InFlightStep | None = None
         self.sampler = Sampler(eos_token_ids)
+        self.draft = DraftProposer(setup.draft_runner, self.block_manager) if setup.draft_runner else None
         self.speculator = (Speculator(config.num_speculative_tokens, config.speculative_batch_limit, self.max_model_len,
-                                      copy_from_start=config.speculative_accept_prob is not None)
+                                      copy_from_start=config.speculative_accept_prob is not None, draft=self.draft)
                            if config.speculative != "off" else None)
         self.verifier = Verifier(self.sampler, config.speculative_accept_prob)
         self.pooler = Pooler(pooling) if pooling is not None else None
@@ -246,6 +249,8 @@ class EngineCore:
         batch = unpack(packed.header, payload, self.device, self.in_flight.token_ids if self.in_flight else None)
         hidden = self.runner.hidden_states(batch)
         logits = self.runner.logits(hidden, batch)
+        if self.draft:   # its KV keeps up with every token the target computes
+            self.draft.follow(batch)
         self.scheduler.step_done(out)
         if packed.pooling:
             self._pool(hidden, packed.pooling)

@@ -59,12 +59,14 @@ class ModelRunner:
             torch.cuda.synchronize(self.device)
 
     def capture_graphs(self, max_num_seqs: int, max_model_len: int, block_size: int,
-                       verify: VerifyLayout | None) -> None:
+                       verify: VerifyLayout | None, pool=None) -> None:
         """The decode graphs, and those of verifying steps when they are laid out uniformly (sharing one memory
-        pool: the graphs' temporaries take as much as the largest one's, not their sum)."""
+        pool: the graphs' temporaries take as much as the largest one's, not their sum). pool: another runner's
+        graphs' pool to share too (a draft model's graphs never replay while the target's run)."""
         graphs = dict(model=self.model, hidden_size=self.hidden_size, dtype=self.dtype, device=self.device,
                       block_size=block_size)
-        self.decode_graphs = StepGraphs(max_num_seqs=max_num_seqs, max_context_len=max_model_len, **graphs)
+        self.decode_graphs = StepGraphs(max_num_seqs=max_num_seqs, max_context_len=max_model_len, pool=pool,
+                                        **graphs)
         if verify is not None:
             # a plain decode padded to query_len rows counts query_len - 1 more tokens of context
             self.verify_graphs = StepGraphs(max_num_seqs=verify.max_seqs,

@@ -1,6 +1,9 @@
 """What every tensor-parallel rank (the engine core's own, rank 0, included) does once before serving steps:
 build and load its shard of the model, size the KV pool (the ranks agree on the smallest count that fits all of
-them), allocate it and capture the CUDA graphs of decode and verifying steps. The ranks run this in lockstep, since
+them), allocate it and capture the CUDA graphs of decode and verifying steps. With a draft model (speculative
+draft:MODEL, one rank only) the same is done for it beside the target: its KV pool has as many blocks as the
+target's (the two are indexed by the same block tables), so a block's bytes are both models' and the free memory is
+measured with both models' weights loaded. The ranks run this in lockstep, since
 the profiling step and the graph captures contain collectives.
 
 The graphs' memory pool is not counted where the KV pool is sized: it is taken after, from what the sizing leaves
@@ -16,6 +19,7 @@ import torch
 
 from localllm.config import Config
 from localllm.engine.batch import StepBatchBuilder, VerifyLayout
+from localllm.engine.draft_model import DraftFiles
 from localllm.engine.kv_pool import GiB, PoolRequest, gpu_budget_bytes, pool_blocks
 from localllm.engine.model_runner import ModelRunner, kv_bytes_per_block
 from localllm.errors import LocalLLMError
@@ -29,25 +33,38 @@ class RankSetup:
     builder: StepBatchBuilder
     num_blocks: int
     max_model_len: int
+    draft_runner: ModelRunner | None = None   # the draft model's, with its own KV pool of num_blocks blocks
 
 
 def set_up_rank(config: Config, hf_config, model_dir: Path | None, device: torch.device,
-                dtype: torch.dtype) -> RankSetup:
+                dtype: torch.dtype, draft: DraftFiles | None = None) -> RankSetup:
     runner = ModelRunner(hf_config, model_dir, device, dtype, config.quantization)
+    draft_runner = (ModelRunner(draft.hf_config, draft.model_dir, device, dtype, config.quantization)
+                    if draft is not None else None)
     if tp_size() > 1 and config.tp_allreduce != "nccl":
         use_reducer(make_reducer(config.tp_allreduce, device, dtype))
     model_len = config.max_model_len or hf_config.max_position_embeddings
+    if draft is not None:   # the draft model computes every position the target does
+        model_len = min(model_len, draft.hf_config.max_position_embeddings)
     # the KV-sizing profile step may split its tokens over more sequences than max_num_seqs
     max_step_seqs = max(config.max_num_seqs, -(-config.max_num_batched_tokens // model_len))
     verify = verify_layout(config, device)
     builder = StepBatchBuilder(config.block_size, device, config.max_num_batched_tokens, max_step_seqs,
                                -(-model_len // config.block_size), verify)
-    num_blocks = min_over_ranks(_num_kv_blocks(config, runner, builder, hf_config, model_len), device)
-    runner.allocate_kv_cache(num_blocks, config.block_size)
+    block_bytes = kv_bytes_per_block(hf_config, config.block_size, dtype, tp_size())
+    if draft is not None:
+        block_bytes += kv_bytes_per_block(draft.hf_config, config.block_size, dtype)
+    num_blocks = min_over_ranks(_num_kv_blocks(config, runner, builder, block_bytes, model_len), device)
     max_model_len = min(model_len, num_blocks * config.block_size)
+    for each in (runner, draft_runner):
+        if each is not None:
+            each.allocate_kv_cache(num_blocks, config.block_size)
     if uses_cuda_graphs(config, device):
         runner.capture_graphs(config.max_num_seqs, max_model_len, config.block_size, verify)
-    return RankSetup(runner, builder, num_blocks, max_model_len)
+        if draft_runner is not None:   # its proposing steps replay the decode graphs (query_len 1)
+            draft_runner.capture_graphs(config.max_num_seqs, max_model_len, config.block_size, verify,
+                                        pool=runner.decode_graphs.pool)
+    return RankSetup(runner, builder, num_blocks, max_model_len, draft_runner)
 
 
 def uses_cuda_graphs(config: Config, device: torch.device) -> bool:
@@ -67,11 +84,13 @@ def verify_layout(config: Config, device: torch.device) -> VerifyLayout | None:
     return VerifyLayout(config.num_speculative_tokens + 1, min(config.speculative_batch_limit, config.max_num_seqs))
 
 
-def _num_kv_blocks(config: Config, runner: ModelRunner, builder: StepBatchBuilder, hf_config, model_len: int) -> int:
+def _num_kv_blocks(config: Config, runner: ModelRunner, builder: StepBatchBuilder, block_bytes: int,
+                   model_len: int) -> int:
+    """block_bytes: one rank's bytes of one block (the target's KV and the draft model's, if any)."""
     if config.num_kv_blocks:
         return config.num_kv_blocks
-    request = PoolRequest(kv_bytes_per_block(hf_config, config.block_size, runner.dtype, tp_size()),
-                          -(-model_len // config.block_size), config.max_num_seqs, config.gpu_memory_fraction)
+    request = PoolRequest(block_bytes, -(-model_len // config.block_size), config.max_num_seqs,
+                          config.gpu_memory_fraction)
     device = runner.device
     if device.type == "cuda":
         step = runner.peak_step_bytes(builder, config.max_num_batched_tokens, model_len)

@@ -80,6 +80,8 @@ class Scheduler:
             if drafts and not self.block_manager.can_allocate(seq, seq.num_computed_tokens + n + drafts):
                 drafts = 0
             del seq.draft_token_ids[drafts:]
+            if n == 1:   # a draft model's proposing steps may have taken blocks for drafts cut here
+                self.block_manager.trim(seq, seq.num_computed_tokens + 1 + drafts)
             while not self.block_manager.can_allocate(seq, seq.num_computed_tokens + n):
                 victim = self.running.pop()
                 self._preempt(victim)

@@ -1,5 +1,7 @@
 """Speculative decoding's proposing side: which decoding sequences get draft tokens this step, and how many.
 
+The drafts come from the n-gram lookup below, or from a draft model (draft_model.py) given the same adaptive K.
+
 The n-gram proposer looks up the sequence's last n tokens (n = 3, 2, 1) in its own prompt and output and proposes
 the tokens that followed their latest earlier occurrence: free where the answer copies its context (code edits,
 quoted turns). When no suffix matches, it goes on copying from where its last proposal came from, one token past
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from localllm.engine.draft_model import DraftProposer
 from localllm.engine.events import SpeculationStats
 from localllm.engine.request import Sequence
 
@@ -61,9 +64,12 @@ def ngram_match(tokens: np.ndarray) -> int | None:
 class Speculator:
     """Sets each running sequence's draft_token_ids before the scheduler runs, and learns from the verification."""
 
-    def __init__(self, num_tokens: int, batch_limit: int, max_model_len: int, copy_from_start: bool = False):
+    def __init__(self, num_tokens: int, batch_limit: int, max_model_len: int, copy_from_start: bool = False,
+                 draft: DraftProposer | None = None):
         """copy_from_start: a sequence with no match copies its prompt from the start (forced-acceptance
-        benchmarks on random weights, whose outputs never match their prompts)."""
+        benchmarks on random weights, whose outputs never match their prompts). draft: the draft model that
+        proposes instead of the n-gram lookup."""
+        self.draft = draft
         self.num_tokens = num_tokens
         self.batch_limit = batch_limit
         self.max_model_len = max_model_len
@@ -87,24 +93,36 @@ class Speculator:
 
     def propose(self, running: list[Sequence]) -> None:
         on = len(running) <= self.batch_limit
+        wanted = []
         for seq in running:
-            seq.draft_token_ids = self._proposal(seq) if on else []
+            seq.draft_token_ids = []
+            k = self._wanted(seq) if on else 0
+            if k > 0:
+                wanted.append((seq, k))
+        if self.draft is not None:
+            proposals = self.draft.propose([seq for seq, _ in wanted], [k for _, k in wanted], len(running))
+        else:
+            proposals = [self._ngram(seq, k) for seq, k in wanted]
+        for (seq, _), drafts in zip(wanted, proposals):
+            seq.draft_token_ids = drafts
 
-    def _proposal(self, seq: Sequence) -> list[int]:
+    def _wanted(self, seq: Sequence) -> int:
+        """How many drafts the sequence would verify next step (0: none)."""
         state = self.state(seq)
         if state is None:
-            return []
+            return 0
         if state.cooling:   # counted down while its steps run overlapped, with their tokens still in flight
             state.cooling -= 1
             if state.cooling == 0:
                 state.acceptance, state.steps = STARTING_ACCEPTANCE, 0
-            return []
+            return 0
         # only a decoding sequence whose latest token is on the host can propose
         if seq.num_pending or seq.num_computed_tokens != len(seq.token_ids) - 1:
-            return []
-        k = min(state.num_tokens, self._room(seq))
-        if k <= 0:
-            return []
+            return 0
+        return min(state.num_tokens, self._room(seq))
+
+    def _ngram(self, seq: Sequence, k: int) -> list[int]:
+        state = seq.speculation
         tokens = np.asarray(seq.token_ids)
         start = ngram_match(tokens)
         if start is None:
