@@ -256,7 +256,8 @@ def test_guided_sequences_do_not_speculate_beside_ones_that_do(model_dir, plain)
 
 
 @pytest.mark.parametrize("setting, message", [
-    ({"speculative": "draft:some/model"}, "draft model is not available"),
+    ({"speculative": "draft:"}, "needs a model after 'draft:'"),
+    ({"speculative": "draft:some/model", "tensor_parallel_size": 2}, "draft model needs tensor_parallel_size 1"),
     ({"speculative": "medusa"}, "speculative must be one of off, ngram"),
     ({"speculative": "ngram", "num_speculative_tokens": 0}, "num_speculative_tokens must be in"),
     ({"speculative_accept_prob": 0.5}, "needs speculative decoding on"),

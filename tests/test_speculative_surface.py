@@ -70,8 +70,12 @@ def test_bench_latency_reports_acceptance_on_the_code_edit_workload(tiny, tmp_pa
 
 
 @pytest.mark.parametrize("args, message", [
-    (["serve", "--speculative", "medusa"], "Error: speculative must be one of off, ngram, got 'medusa'"),
-    (["run", "--speculative", "draft:tiny", "hi"], "Error: speculative decoding with a draft model is not available"),
+    (["serve", "--speculative", "medusa"], "Error: speculative must be one of off, ngram or draft:MODEL, got 'medusa'"),
+    (["run", "--speculative", "draft:", "hi"], "Error: speculative=draft:MODEL needs a model after 'draft:'"),
+    (["run", "--tp", "2", "--speculative", "draft:tiny", "hi"],
+     "Error: speculative decoding with a draft model needs tensor_parallel_size 1, got 2"),
+    (["serve", "--tp", "2", "--speculative", "draft:tiny"],
+     "Error: speculative decoding with a draft model needs tensor_parallel_size 1, got 2"),
     (["bench", "latency", "--backend", "hf", "--speculative", "ngram"],
      "Error: --speculative applies to --backend localllm only"),
     (["bench", "latency", "--spec-accept-prob", "0.5"], "Error: speculative_accept_prob needs speculative decoding on"),

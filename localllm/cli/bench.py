@@ -36,7 +36,7 @@ AllreduceOpt = typer.Option("nccl", "--allreduce", help="All-reduce of the ranks
 BackendOpt = typer.Option("localllm", "--backend", help="localllm (this engine) or hf (transformers as the runtime).")
 JsonOpt = typer.Option(None, "--json-out", help="Also write the result as JSON to this file.")
 MaxLenOpt = typer.Option(4096, "--max-model-len", help="Context length the engine is set up for.")
-SpeculativeOpt = typer.Option("off", "--speculative", help="Speculative decoding: off or ngram.")
+SpeculativeOpt = typer.Option("off", "--speculative", help="Speculative decoding: off, ngram or draft:MODEL.")
 SpecTokensOpt = typer.Option(4, "--num-speculative-tokens", min=1, help="Most draft tokens verified per step.")
 SpecAcceptOpt = typer.Option(None, "--spec-accept-prob", min=0.0, max=1.0,
                              help="Random weights accept nothing: accept each draft with this probability instead "

@@ -20,8 +20,10 @@ class ServeCommand(TyperCommand):
         super().format_help(ctx, formatter)
         formatter.write("\n" + env.help_table() + "\n")
 
-SpeculativeOpt = typer.Option(None, "--speculative", help="Speculative decoding: off, or ngram (draft tokens looked up "
-                                                          "in the prompt and output, verified in one forward).")
+SpeculativeOpt = typer.Option(None, "--speculative", help="Speculative decoding: off, ngram (draft tokens looked up "
+                                                          "in the prompt and output) or draft:MODEL (proposed by a "
+                                                          "small model with the same tokenizer); verified in one "
+                                                          "forward.")
 SpecTokensOpt = typer.Option(None, "--num-speculative-tokens", min=1,
                              help="Most draft tokens a sequence verifies per step (default 4).")
 

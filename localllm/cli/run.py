@@ -43,7 +43,8 @@ def run(
         params["seed"] = seed
     try:
         SamplingParams(**params)   # bad values are refused here, before any daemon is started
-        Config(speculative=speculative or "off", num_speculative_tokens=num_speculative_tokens or 4)
+        Config(speculative=speculative or "off", num_speculative_tokens=num_speculative_tokens or 4,
+               tensor_parallel_size=tp)
         reference, prompt = _model_and_prompt(model, prompt)
         name, preload = model_to_serve(reference)
         start = time.perf_counter()

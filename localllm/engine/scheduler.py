@@ -79,9 +79,7 @@ class Scheduler:
             drafts = min(len(seq.draft_token_ids), budget - 1) if n == 1 else 0
             if drafts and not self.block_manager.can_allocate(seq, seq.num_computed_tokens + n + drafts):
                 drafts = 0
-            del seq.draft_token_ids[drafts:]
-            if n == 1:   # a draft model's proposing steps may have taken blocks for drafts cut here
-                self.block_manager.trim(seq, seq.num_computed_tokens + 1 + drafts)
+            self._cut_drafts(seq, drafts)
             while not self.block_manager.can_allocate(seq, seq.num_computed_tokens + n):
                 victim = self.running.pop()
                 self._preempt(victim)
@@ -95,6 +93,8 @@ class Scheduler:
                 i += 1
                 continue
             break
+        for seq in self.running[i:]:   # left out of this step by the budget
+            self._cut_drafts(seq, 0)
         if num_preempted:
             return SchedulerOutput(scheduled, num_preempted)
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
@@ -103,6 +103,13 @@ class Scheduler:
                 break
             budget -= scheduled[-1].num_new_tokens
         return SchedulerOutput(scheduled)
+
+    def _cut_drafts(self, seq: Sequence, drafts: int) -> None:
+        """Keeps the sequence's first `drafts` drafts, and releases the blocks a draft model's proposing steps took
+        for the others (engine/draft_model.py)."""
+        if len(seq.draft_token_ids) > drafts:
+            del seq.draft_token_ids[drafts:]
+            self.block_manager.trim(seq, seq.num_computed_tokens + 1 + drafts)
 
     def _admit(self, seq: Sequence, budget: int, scheduled: list[ScheduledSeq]) -> bool:
         manager = self.block_manager

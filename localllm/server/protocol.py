@@ -116,7 +116,7 @@ class Loaded(Message):
     pooling: PoolingConfig | None = None   # an embedding model's pooling; None for a model that only generates
     generates: bool = True               # False for an embedding model without an LM head
     quantization: str = ""               # what the weights run as (Q4_K_M, AWQ-int4, ...); "" = dense, in dtype
-    speculative: str = "off"             # speculative decoding: off or ngram
+    speculative: str = "off"             # speculative decoding: off, ngram or draft:MODEL
 
 
 class LoadFailed(Message):
