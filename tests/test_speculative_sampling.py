@@ -4,7 +4,7 @@ speculation follow the same distribution).
 
 Each check is a chi-square test at significance 1e-3 on counts from fixed seeds, so the tests are deterministic; over
 random seeds, each would fail with probability 1e-3 where the distributions are equal (the false-failure rate), and
-this file's seven checks together with probability under 1%."""
+this file's eight checks together with probability under 1%."""
 from __future__ import annotations
 
 import pytest
@@ -97,15 +97,17 @@ def test_target_probabilities_are_the_samplers_distribution():
     assert chi_square_p_value(observed[p > 0], p[p > 0] * count) > SIGNIFICANCE
 
 
-def test_sampled_outputs_follow_the_same_distribution_with_and_without_speculation(tmp_path):
-    """500 seeded samples of 4 tokens after a repetitive prompt, with and without n-gram drafts: the tokens at each
-    position are distributed alike (two-sample chi-square), while drafts were kept and rejected."""
+@pytest.mark.parametrize("proposer", ["ngram", "draft"])
+def test_sampled_outputs_follow_the_same_distribution_with_and_without_speculation(tmp_path, proposer):
+    """500 seeded samples of 4 tokens after a repetitive prompt, with and without drafts (n-gram ones, or the greedy
+    tokens of a draft model, here the target itself): the tokens at each position are distributed alike (two-sample
+    chi-square), while drafts were kept and rejected."""
     model_dir = str(build_model_dir("qwen2", tmp_path / "qwen2"))
     prompt = [30, 31, 32, 33] * 6
     samples = 500
     params = [SamplingParams(temperature=1.0, top_k=5, max_tokens=4, ignore_eos=True, seed=i) for i in range(samples)]
     outputs = {}
-    for speculative in ("off", "ngram"):
+    for speculative in ("off", "ngram" if proposer == "ngram" else f"draft:{model_dir}"):
         llm = LLM(model_dir, block_size=4, num_kv_blocks=1200, num_threads=1, max_num_seqs=256,
                   speculative=speculative, speculative_batch_limit=256)
         outputs[speculative] = [r.outputs[0].token_ids for r in llm.generate([prompt] * samples, params)]
@@ -113,5 +115,5 @@ def test_sampled_outputs_follow_the_same_distribution_with_and_without_speculati
     assert 0 < stats.accepted < stats.proposed
     for position in (1, 2, 3):
         plain = [o[position] for o in outputs["off"]]
-        speculated = [o[position] for o in outputs["ngram"]]
+        speculated = [o[position] for o in outputs[speculative]]
         assert two_sample_p_value(plain, speculated) > SIGNIFICANCE
