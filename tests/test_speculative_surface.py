@@ -1,6 +1,7 @@
 """Speculative decoding from the outside: a daemon started with --speculative ngram answers the greedy tokens of
 an engine without it, over real HTTP, and reports its acceptance in /api/status, /metrics and `localllm ps`; the
-bench reports acceptance and tokens/s for the code-edit workload; bad settings are one-line errors."""
+bench reports acceptance and tokens/s for the code-edit workload; the same with a draft model; bad settings are
+one-line errors."""
 from __future__ import annotations
 
 import json
@@ -67,6 +68,30 @@ def test_bench_latency_reports_acceptance_on_the_code_edit_workload(tiny, tmp_pa
     assert spec["acceptance_rate"] == 1.0 and spec["draft_tokens"] > 0
     # every draft accepted, 4 at a time, within 23 tokens after the first
     assert spec["mean_accepted_length"] > 3
+
+
+def test_a_daemon_with_a_draft_model_answers_the_same_greedy_tokens(tiny, tmp_path):
+    """The target as its own draft model: every draft kept, `speculative` reads draft:MODEL in /api/status; a draft
+    model that is not there fails the load with a 404 naming it."""
+    expected = LLM(tiny, block_size=4, num_kv_blocks=128, num_threads=1).generate(
+        [PROMPT], SamplingParams(temperature=0, max_tokens=40, ignore_eos=True))[0].outputs[0]
+    with running_daemon(tmp_path / "with", models=[tiny], engine=TINY_ENGINE,
+                        args=["--speculative", f"draft:{tiny}"]) as daemon:
+        with daemon.http() as http:
+            r = http.post("/v1/completions", json={"model": tiny, "prompt": PROMPT, "max_tokens": 40,
+                                                   "temperature": 0, "ignore_eos": True})
+            assert r.status_code == 200, r.text
+            assert r.json()["choices"][0]["text"] == expected.text
+        status = daemon.wait_until(lambda s: s["speculation"]["draft_tokens"] > 0, 10, "the engine's counters")
+        assert daemon.model_status(tiny)["speculative"] == f"draft:{tiny}"
+        assert status["speculation"]["acceptance_rate"] == 1.0
+    missing = tmp_path / "no-such-draft"
+    with running_daemon(tmp_path / "missing", models=[tiny], engine=TINY_ENGINE, wait_ready=False,
+                        args=["--speculative", f"draft:{missing}"]) as daemon:
+        with daemon.http() as http:
+            r = http.post("/v1/completions", json={"model": tiny, "prompt": "hi", "max_tokens": 2})
+            assert r.status_code == 404
+            assert "draft model: " in r.json()["error"]["message"] and str(missing) in r.json()["error"]["message"]
 
 
 @pytest.mark.parametrize("args, message", [
