@@ -63,14 +63,15 @@ def assert_acceptance(llm: LLM, draft: str) -> None:
 
 
 @pytest.mark.parametrize(**LAYOUTS)
+@pytest.mark.parametrize("overlap", [False, True], ids=["sync", "overlap"])
 @pytest.mark.parametrize("draft", ["target", "perturbed", "unrelated"])
-def test_greedy_tokens_equal_decoding_without_speculation(models, plain, draft, layout):
+def test_greedy_tokens_equal_decoding_without_speculation(models, plain, draft, overlap, layout):
     # a penalty changes the target's choice, not the draft model's: with the target as its own draft, none, so that
     # every draft is kept
     penalised = greedy(40, repetition_penalty=1.3) if draft != "target" else greedy(40)
     params = [greedy(40), greedy(24), penalised, greedy(33, n=2)]
     expected = run_checked(plain, PROMPTS, params)
-    llm = engine(models["target"], f"draft:{models[draft]}", layout=layout)
+    llm = engine(models["target"], f"draft:{models[draft]}", overlap, layout)
     steps = record_verify_steps(llm)
     packed_steps = record_layouts(llm)
     assert run_checked(llm, PROMPTS, params) == expected
@@ -117,3 +118,20 @@ def test_a_draft_model_of_another_vocabulary_is_refused(models):
 def test_a_missing_draft_model_is_refused(models, tmp_path):
     with pytest.raises(ModelNotFoundError, match="^draft model: "):
         engine(models["target"], f"draft:{tmp_path / 'nothing-here'}")
+
+
+def test_proposing_steps_take_blocks_only_while_every_running_sequence_keeps_one(models):
+    """The draft steps of k drafts write positions last .. last + k - 1: their blocks are allocated while a free block
+    per running sequence remains, else k is cut to the sequence's allocated blocks (4 tokens each here)."""
+    from localllm.engine.request import Sequence
+
+    core = engine(models["target"], f"draft:{models['target']}", num_kv_blocks=8).engine.core
+    manager, proposer = core.block_manager, core.draft
+    seq = Sequence("r", list(range(10, 16)), None)   # last token at position 5, blocks for positions 0 .. 7
+    manager.allocate(seq, 6)
+    # 6 free blocks, all kept for the 6 running sequences: no new block, k cut to positions 5 .. 7
+    assert proposer._fit(seq, 4, headroom=6) == 3 and len(seq.block_table) == 2
+    assert proposer._fit(seq, 4, headroom=5) == 4 and len(seq.block_table) == 3
+    assert manager.num_free_blocks == 5
+    drafts = proposer.propose([seq], [4], num_running=1)[0]
+    assert len(drafts) == 4 and len(seq.block_table) == 3
