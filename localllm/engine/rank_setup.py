@@ -6,8 +6,8 @@ target's (the two are indexed by the same block tables), so a block's bytes are 
 measured with both models' weights loaded. The ranks run this in lockstep, since
 the profiling step and the graph captures contain collectives.
 
-The graphs' memory pool is not counted where the KV pool is sized: it is taken after, from what the sizing leaves
-free, and holds one step's temporaries of at most max(max_num_seqs, speculative_batch_limit x (1 +
+The graphs' memory pool (a draft model's graphs share it) is not counted where the KV pool is sized: it is taken
+after, from what the sizing leaves free, and holds one step's temporaries of at most max(max_num_seqs, speculative_batch_limit x (1 +
 num_speculative_tokens)) rows, small beside the profiled step of max_num_batched_tokens tokens and the share of
 the card kept back."""
 from __future__ import annotations
