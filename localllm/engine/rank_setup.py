@@ -7,9 +7,10 @@ measured with both models' weights loaded. The ranks run this in lockstep, since
 the profiling step and the graph captures contain collectives.
 
 The graphs' memory pool (a draft model's graphs share it) is not counted where the KV pool is sized: it is taken
-after, from what the sizing leaves free, and holds one step's temporaries of at most max(max_num_seqs, speculative_batch_limit x (1 +
-num_speculative_tokens)) rows, small beside the profiled step of max_num_batched_tokens tokens and the share of
-the card kept back."""
+after, from what the sizing leaves free, and holds one step's temporaries of at most max(max_num_seqs,
+speculative_batch_limit x (1 + num_speculative_tokens)) rows, small beside the profiled step of
+max_num_batched_tokens tokens and the share of the card kept back. Neither is a draft model's activations when it
+follows a step (the target's profiled step is the larger)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
