@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -18,16 +19,9 @@ from tiny_models import write_tiny_gguf
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    """LOCALLLM_HOME in a temporary directory for the whole module, so nothing touches the real one."""
-    with pytest.MonkeyPatch.context() as mp:
-        path = tmp_path_factory.mktemp("localllm-home")
-        mp.setenv("LOCALLLM_HOME", str(path))
-        yield path
-
-
-@pytest.fixture(scope="module")
-def smollm2_dir(home) -> Path:
+def smollm2_dir(localllm_home) -> Path:
+    """The embedded model converted in the session's data dir (conftest), where the other tests convert it too:
+    one conversion of the real GGUF per session."""
     return resolve_model(None)
 
 
@@ -95,7 +89,7 @@ def test_qk_rows_are_back_in_hugging_face_order(smollm2_dir):
         assert "lm_head.weight" not in f.keys()  # tied
 
 
-def test_second_resolve_hits_the_cache(smollm2_dir):
+def test_second_resolve_hits_the_cache(smollm2_dir, localllm_home):
     weights = smollm2_dir / "model.safetensors"
     mtime = weights.stat().st_mtime_ns
     start = time.perf_counter()
@@ -103,11 +97,14 @@ def test_second_resolve_hits_the_cache(smollm2_dir):
     assert resolve_model(str(embedded_gguf_path())) == smollm2_dir  # keyed by the file, not the name
     assert time.perf_counter() - start < 1.0
     assert weights.stat().st_mtime_ns == mtime
-    assert [p.name for p in smollm2_dir.parent.iterdir()] == [smollm2_dir.name]  # no leftover build dirs
+    # no leftover build dirs: the session's data dir holds other tests' conversions too, each a published
+    # <stem>-<digest>[-blocks] directory (convert_gguf builds in a hidden .<name>.partial-* one beside it)
+    assert smollm2_dir.parent == localllm_home / "converted"
+    assert all(re.fullmatch(r"[^.].*-[0-9a-f]{16}(-blocks)?", p.name) for p in smollm2_dir.parent.iterdir())
 
 
 @pytest.mark.parametrize("damage", ["first 1 MB", "first half", "random bytes"])
-def test_damaged_gguf_raises_corrupt_model_error(home, tmp_path, damage):
+def test_damaged_gguf_raises_corrupt_model_error(tmp_path, damage):
     source = embedded_gguf_path()
     damaged = tmp_path / "damaged.gguf"
     if damage == "random bytes":
@@ -120,7 +117,7 @@ def test_damaged_gguf_raises_corrupt_model_error(home, tmp_path, damage):
     assert "\n" not in str(error.value)
 
 
-def test_unknown_name_raises_model_not_found(home, tmp_path):
+def test_unknown_name_raises_model_not_found(tmp_path):
     with pytest.raises(ModelNotFoundError, match="model 'no-such-model:7b' not found"):
         resolve_model("no-such-model:7b")
     with pytest.raises(ModelNotFoundError, match="config.json"):
