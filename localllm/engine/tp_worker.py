@@ -16,6 +16,8 @@ from types import SimpleNamespace
 
 import msgspec
 
+from localllm.process_exit import exit_now
+
 PR_SET_PDEATHSIG = 1
 
 
@@ -69,6 +71,7 @@ def main() -> None:
         os.write(spec.status_fd, msgspec.json.encode(WorkerFailed(spec.rank, message)) + b"\n")
         raise SystemExit(1) from None
     _serve(runner, channel, device)
+    exit_now(0)
 
 
 def _set_up(spec: WorkerSpec, torch):

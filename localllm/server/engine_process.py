@@ -10,6 +10,7 @@ from multiprocessing.connection import Connection
 
 from localllm.cpu_cores import available_cores
 from localllm.errors import one_line
+from localllm.process_exit import exit_now
 from localllm.server.protocol import (PROTOCOL_VERSION, AbortRequests, AddRequest, DecodeError, EmbedRequest,
                                       EngineFailed, EngineStats, FinishSequence, LoadFailed, Loaded, MessageRefused,
                                       ProtocolError, RankMemory, Receiver, RequestFailed, Sender, Shutdown, Start,
@@ -54,18 +55,20 @@ def main(inbox_connection: Connection, outbox_connection: Connection) -> None:
     core = _load(start.config, outbox)
     if core is None:
         return
+    code = 0
     try:
         _serve(core, inbox, outbox)
     except (EOFError, BrokenPipeError, ConnectionResetError):
-        return  # the daemon is gone
+        pass  # the daemon is gone
     except Exception as e:  # noqa: BLE001 - report anything, then exit; the daemon decides what to do
         try:
             outbox.send(EngineFailed(f"{type(e).__name__}: {one_line(e)}"))
         except OSError:
             pass
-        raise SystemExit(1) from None
+        code = 1
     finally:
         core.shutdown()   # its tensor-parallel workers, if any
+    exit_now(code)
 
 
 def _exit_on_worker_failure(message: str) -> None:
