@@ -58,6 +58,12 @@ def oai(daemon):
     return daemon.openai()
 
 
+@pytest.fixture(scope="module")
+def few_shot_answer(oai):
+    """The greedy non-streamed answer to FEW_SHOT with the tools, which two tests read (~40 tokens to decode)."""
+    return oai.chat.completions.create(model=MODEL, messages=FEW_SHOT, tools=TOOLS, temperature=0, max_tokens=40)
+
+
 def valid_arguments(name: str, arguments: str) -> bool:
     """The call's arguments hold to its function's schema (the small one above, checked by hand)."""
     args = json.loads(arguments)
@@ -96,9 +102,8 @@ def test_the_tools_reach_the_prompt_in_the_models_markup(oai):
     assert all(c.function.name in ("get_weather", "get_time") for c in choice.message.tool_calls or [])
 
 
-def test_auto_reads_the_call_the_model_writes_streamed_or_not(oai):
-    r = oai.chat.completions.create(model=MODEL, messages=FEW_SHOT, tools=TOOLS, temperature=0, max_tokens=40)
-    choice = r.choices[0]
+def test_auto_reads_the_call_the_model_writes_streamed_or_not(oai, few_shot_answer):
+    choice = few_shot_answer.choices[0]
     assert (choice.message.content, choice.finish_reason) == (None, "tool_calls")
     (call,) = choice.message.tool_calls
     assert (call.function.name, call.function.arguments) == PARIS_CALL and call.id.startswith("call_")
@@ -118,9 +123,9 @@ def test_tool_choice_none_reads_no_calls(oai):
                                       '{"city": "Paris", "unit": "celsius"}}]</tool_call>')
 
 
-def test_an_agent_loop_calls_gets_the_result_and_answers(oai):
+def test_an_agent_loop_calls_gets_the_result_and_answers(oai, few_shot_answer):
     messages = list(FEW_SHOT)
-    first = oai.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS, temperature=0, max_tokens=40)
+    first = few_shot_answer
     (call,) = first.choices[0].message.tool_calls
     messages.append(first.choices[0].message.model_dump(exclude_none=True))
     messages.append({"role": "tool", "tool_call_id": call.id, "content": "18 degrees, cloudy"})
