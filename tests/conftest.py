@@ -2,6 +2,22 @@ import os
 
 import pytest
 
+# The slowest files (a minute or more of real daemons, generation on the embedded model, Triton's interpreter,
+# a fresh virtual environment), slowest first, run before the others: pytest-xdist hands out whole files in
+# collection order (--dist loadfile --no-loadscope-reorder, in pyproject.toml), so that the two workers end
+# together rather than one of them running a long file alone at the end.
+SLOWEST_FIRST = ("test_reliability.py", "test_server_tools.py", "test_quant_kernels.py", "test_ollama_api.py",
+                 "test_server_lifecycle.py", "test_openapi_fuzz.py", "test_server_openai.py",
+                 "test_embedded_fetch.py", "test_server_embeddings.py", "test_server_errors.py", "test_cli.py",
+                 "test_server_structured_output.py", "test_cli_models.py", "test_server_hardening.py",
+                 "test_kernels.py", "test_tensor_parallel_daemon.py")
+
+
+def pytest_collection_modifyitems(items):
+    """SLOWEST_FIRST's files first; the sort is stable, so every file's own tests keep their order."""
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def localllm_home(tmp_path_factory):
