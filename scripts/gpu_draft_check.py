@@ -13,6 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import torch  # noqa: E402
+from gpu_verify_graphs import count_replays  # noqa: E402  (this script's folder is on the path)
 from tiny_models import build_model_dir  # noqa: E402
 
 from localllm import LLM, SamplingParams  # noqa: E402
@@ -27,16 +28,7 @@ def speculative_run(target: str, draft: str, dtype: str) -> tuple[list[list[int]
     """Tokens, the speculation counters and how many draft decode-graph replays the run made."""
     with LLM(target, dtype=dtype, speculative=f"draft:{draft}", **SETUP) as llm:
         core = llm.engine.core
-        graphs = core.speculator.draft.runner.decode_graphs
-        replays = [0]
-        if graphs is not None:
-            run = graphs.run
-
-            def counting(batch):
-                replays[0] += 1
-                return run(batch)
-
-            graphs.run = counting
+        replays = count_replays(core.speculator.draft.runner.decode_graphs)
         tokens = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, PARAMS)]
         stats = core.speculator.stats
     gc.collect()
