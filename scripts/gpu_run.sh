@@ -48,7 +48,7 @@ shift
 stages=${*:-check latency throughput sweep}
 for stage in $stages; do
   case $stage in
-    check|latency|throughput|sweep|hf-latency|compare-hf) ;;
+    check|latency|throughput|sweep|hf-latency|compare-hf|kernels|startup) ;;
     *) echo "Error: unknown stage '$stage' (see scripts/gpu_run.sh --help)" >&2; exit 2 ;;
   esac
 done
