@@ -10,10 +10,14 @@ Triton kernels (each module imports triton when imported; import them only where
   activation.silu_and_mul           SwiGLU gate
   quant_matmul.quant_matmul         y = x @ W^T over quantized weight planes: GEMV (decode), and dequantize
                                     + cuBLAS above 8 rows
+  gemv.gemv                         y = x @ W^T for a few token rows, with the RMSNorm or SiLU-and-mul before
+                                    it and the residual add after it fused in
+  pdl                               programmatic dependent launch of a decode step's kernels (Hopper)
 Plain data: block_formats (the quantized block formats: sizes, the GGUF types kept as blocks)
 Plain torch (no triton; the ground truth of the tests and the CPU path of localllm.layers):
   paged_attention_ref               store_kvcache, decode_attention, prefill_attention, paged_attention_varlen
   rmsnorm_ref, activation_ref       the reference of the kernel of the same name
+  gemv_ref                          the unfused ops gemv replaces
   rotary_ref                        neox rotary (the CPU path of the rotary layer)
   rope_store_ref                    rmsnorm_ref + rotary_ref + store_kvcache, the reference of rope_store
   quant_blocks_ref                  block dequantizers (bit-exact with gguf's) and quant_matmul_ref

@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from localllm.kernels.pdl import pdl_options, wait_for_previous_kernel
+
 _LOG2E = 1.4426950408889634
 
 # all-decode steps may switch to split-K once a sequence can span more than this many tokens (see use_split_kv)
@@ -166,6 +168,7 @@ def _decode_split_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, GROUP: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, MIN_PARTITION: tl.constexpr,
     SLIDING: tl.constexpr, K_ROWS: tl.constexpr = False, DOT_PRECISION: tl.constexpr = "tf32",
+    USE_PDL: tl.constexpr = False,
 ):
     """Flash-decoding phase 1: sequence x KV head x context partition -> unnormalised partial (acc, max, sum); a
     sequence whose context fits one partition gets its output written here, and the reduction skips it."""
@@ -176,6 +179,7 @@ def _decode_split_kernel(
     tok = tl.load(qsl_ptr + seq).to(tl.int64)
     partition = _partition_len(ctx, num_parts, MIN_PARTITION, BLOCK_N)
     p_start = part * partition
+    wait_for_previous_kernel(USE_PDL)   # the step's lengths are no kernel's output; q and the cache are
     if (p_start >= ctx) | (tl.load(qsl_ptr + seq + 1) == tok):
         return   # the reduction never reads partitions past the context; a sequence without a query has nothing
     p_end = tl.minimum(p_start + partition, ctx)
@@ -220,7 +224,7 @@ def _decode_reduce_kernel(
     part_acc_ptr, part_m_ptr, part_l_ptr, out_ptr, qsl_ptr, ctx_ptr,
     num_parts, num_heads, stride_ot, stride_oh,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MIN_PARTITION: tl.constexpr, BLOCK_N: tl.constexpr,
-    CHUNK: tl.constexpr,
+    CHUNK: tl.constexpr, USE_PDL: tl.constexpr = False,
 ):
     """Flash-decoding phase 2: merge the partitions of one (sequence, query head). A context of one partition was
     written by phase 1; an empty one (a padding row) gets zeros."""
@@ -230,6 +234,7 @@ def _decode_reduce_kernel(
     tok = tl.load(qsl_ptr + seq).to(tl.int64)
     partition = _partition_len(ctx, num_parts, MIN_PARTITION, BLOCK_N)
     n_valid = tl.minimum((ctx + partition - 1) // partition, num_parts)
+    wait_for_previous_kernel(USE_PDL)
     if (tl.load(qsl_ptr + seq + 1) == tok) | (n_valid == 1):
         return   # no query row for this sequence, or phase 1 wrote it
     base = (tok * num_heads + head) * num_parts
@@ -340,13 +345,13 @@ def _split_decode(q, k_cache, v_cache, block_tables, query_start_loc, context_le
         HEAD_DIM=head_dim, BLOCK_D=block_d, GROUP=group, BLOCK_M=_pow2_at_least(group, 16),
         BLOCK_N=cfg["BLOCK_N"], BLOCK_SIZE=block_size, MIN_PARTITION=min_partition, SLIDING=window > 0,
         K_ROWS=cfg.get("K_ROWS", False), DOT_PRECISION=dot_precision, num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"],
+        num_stages=cfg["num_stages"], **pdl_options(q.device),
     )
     _decode_reduce_kernel[(num_seqs, num_heads)](
         part_acc, part_m, part_l, out, query_start_loc, context_lens, num_parts, num_heads,
         out.stride(0), out.stride(1),
         HEAD_DIM=head_dim, BLOCK_D=block_d, MIN_PARTITION=min_partition, BLOCK_N=cfg["BLOCK_N"], CHUNK=16,
-        num_warps=1 if head_dim <= 64 else 2,
+        num_warps=1 if head_dim <= 64 else 2, **pdl_options(q.device),
     )
 
 

@@ -10,6 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
+from localllm.kernels.pdl import pdl_options, wait_for_previous_kernel
+
 
 @triton.jit
 def _rotate_heads(src, stride_sh, dst, stride_dh, n_heads, w_ptr, eps, cos1, sin1, cos2, sin2,
@@ -42,7 +44,8 @@ def _rope_store_kernel(pos_ptr, slot_ptr, q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr,
                        v_cache_ptr, eps, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
                        stride_cos, stride_sin, stride_cb, stride_cs, stride_ch, n_q_heads, n_kv_heads,
                        HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_HQ: tl.constexpr,
-                       BLOCK_HKV: tl.constexpr, BLOCK_SIZE: tl.constexpr, HAS_NORM: tl.constexpr):
+                       BLOCK_HKV: tl.constexpr, BLOCK_SIZE: tl.constexpr, HAS_NORM: tl.constexpr,
+                       USE_PDL: tl.constexpr):
     """Program (t, 0) rotates token t's query heads in place; program (t, 1) stores its key and value heads."""
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(pos_ptr + t).to(tl.int64)
@@ -52,6 +55,7 @@ def _rope_store_kernel(pos_ptr, slot_ptr, q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr,
     cos2 = tl.load(cos_ptr + pos * stride_cos + HALF + offs_d, mask=dm, other=0.0).to(tl.float32)
     sin1 = tl.load(sin_ptr + pos * stride_sin + offs_d, mask=dm, other=0.0).to(tl.float32)
     sin2 = tl.load(sin_ptr + pos * stride_sin + HALF + offs_d, mask=dm, other=0.0).to(tl.float32)
+    wait_for_previous_kernel(USE_PDL)   # the positions and the rotary tables are no kernel's output; q/k/v are
     if tl.program_id(1) == 0:
         q_row = q_ptr + t * stride_qt
         _rotate_heads(q_row, stride_qh, q_row, stride_qh, n_q_heads, qw_ptr, eps, cos1, sin1, cos2, sin2,
@@ -99,6 +103,6 @@ def norm_rope_store(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v
         n_q_heads, n_kv_heads,
         HALF=half, BLOCK_HALF=triton.next_power_of_2(half), BLOCK_HQ=triton.next_power_of_2(n_q_heads),
         BLOCK_HKV=triton.next_power_of_2(n_kv_heads), BLOCK_SIZE=k_cache.shape[1], HAS_NORM=has_norm,
-        num_warps=4 if n_q_heads * head_dim >= 2048 else 1,
+        num_warps=4 if n_q_heads * head_dim >= 2048 else 1, **pdl_options(q.device),
     )
     return q

@@ -7,6 +7,11 @@ all-reduce per pair.
 
 A weight may be kept as quantized blocks (layers/quantized.py); each layer names the rows each of its checkpoint
 tensors fills (shard_rows), which places the tensors and plans the block layout alike.
+
+At one token a step on a GPU, a small dense projection runs as one GEMV kernel (kernels/gemv.py) that also does
+the RMSNorm before it (column-parallel) or the SiLU-and-mul before it and the residual add after it (row-parallel):
+a decoder layer then launches seven kernels instead of ten. `normed_projection` and `add_projection` are the two
+halves of a pre-norm block written so that either path runs.
 """
 from __future__ import annotations
 
@@ -16,6 +21,39 @@ from torch import nn
 from localllm.layers.parallel import all_reduce, tp_rank, tp_size
 from localllm.layers.quantized import apply_weight, new_weight, store_rows
 from localllm.layers.shards import columns, rows, whole
+
+# Up to this size the fused GEMV beats cuBLAS plus the launches it saves; larger matrices stream faster through
+# cuBLAS (one H200: scripts/gpu_gemv_check.py, docs/benchmarks.md).
+FUSED_GEMV_MAX_BYTES = 48 << 20
+
+
+def fuses_gemv(x: torch.Tensor, module: nn.Module) -> bool:
+    """Whether module's projection of x runs as the fused GEMV: one token, on a GPU, a dense weight of x's dtype of
+    at most FUSED_GEMV_MAX_BYTES."""
+    weight = module.weight
+    return (x.is_cuda and x.shape[0] == 1 and getattr(module, "layout", None) is None and weight.dtype == x.dtype
+            and weight.numel() * weight.element_size() <= FUSED_GEMV_MAX_BYTES)
+
+
+def normed_projection(proj: nn.Module, norm: nn.Module, hidden: torch.Tensor | None, residual: torch.Tensor | None):
+    """(proj(norm(hidden + residual)), hidden + residual): the input projection of a pre-norm block and the residual
+    stream after it. hidden None: nothing to add (the previous block added its output in place); residual None: the
+    first block, whose stream starts at hidden."""
+    if residual is None:
+        residual, hidden = hidden, None
+    if hidden is None:
+        return proj(residual, norm), residual
+    normed, residual = norm(hidden, residual)
+    return proj(normed), residual
+
+
+def add_projection(proj: "RowParallelLinear", x: torch.Tensor, residual: torch.Tensor, act: nn.Module | None = None):
+    """The output projection of a block, proj(act(x)): added into residual in place where the fused GEMV runs (and
+    None returned), else returned for the next block's norm to add."""
+    if fuses_gemv(x, proj):
+        proj.add_into(x, residual, silu_mul=act is not None)
+        return None
+    return proj(act(x) if act is not None else x)
 
 
 def _divide(n: int, d: int, what: str) -> int:
@@ -45,8 +83,13 @@ class ColumnParallelLinear(nn.Module):
         else:
             param.data.narrow(0, offset, size).copy_(part)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return apply_weight(x, self, self.bias)
+    def forward(self, x: torch.Tensor, norm: nn.Module | None = None) -> torch.Tensor:
+        """x @ W^T (+ bias); norm: an RMSNorm applied to x first."""
+        if fuses_gemv(x, self):
+            from localllm.kernels.gemv import gemv
+
+            return gemv(x, self.weight, self.bias, norm=(norm.weight, norm.eps) if norm is not None else None)
+        return apply_weight(norm(x) if norm is not None else x, self, self.bias)
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
@@ -117,3 +160,15 @@ class RowParallelLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = all_reduce(apply_weight(x, self))
         return y if self.bias is None else y + self.bias
+
+    def add_into(self, x: torch.Tensor, residual: torch.Tensor, silu_mul: bool = False) -> None:
+        """residual += self(x) (x = silu(gate) * up of x's halves first) with the fused GEMV. Rank 0 adds the
+        residual and the bias to its partial product, so the all-reduce of the partials is the new residual."""
+        from localllm.kernels.gemv import gemv
+
+        first = tp_rank() == 0
+        gemv(x, self.weight, self.bias if first else None, silu_mul=silu_mul, residual=residual if first else None,
+             out=residual)
+        reduced = all_reduce(residual)
+        if reduced is not residual:   # a reducer that does not work in place
+            residual.copy_(reduced)

@@ -8,7 +8,8 @@ from localllm.hf_config import attention_head_dim
 from localllm.layers.activation import SiluAndMul
 from localllm.layers.attention import Attention, AttentionMetadata
 from localllm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
-from localllm.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from localllm.layers.linear import (MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear, add_projection,
+                                    normed_projection)
 from localllm.layers.norm import RMSNorm
 from localllm.layers.rotary import RotaryEmbedding, rope_parameters
 
@@ -37,15 +38,15 @@ class LlamaAttention(nn.Module):
             self.k_norm = RMSNorm(head_dim, cfg.rms_norm_eps)
         self.attn = Attention(self.num_heads, self.num_kv_heads, head_dim, head_dim ** -0.5, sliding_window)
 
-    def forward(self, rope, hidden: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        qkv = self.qkv_proj(hidden)
+    def attend(self, rope, qkv: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """The attention of this step's q/k/v projections [T, (H + 2 Hkv) D] -> [T, H D], the o_proj's input."""
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         out = self.attn(rope, q, k, v, meta, (self.q_norm, self.k_norm) if self.qk_norm else None)
-        return self.o_proj(out.flatten(1))
+        return out.flatten(1)
 
 
 class LlamaMLP(nn.Module):
@@ -55,9 +56,6 @@ class LlamaMLP(nn.Module):
         self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [cfg.intermediate_size] * 2, bias=bias)
         self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, bias=bias)
         self.act = SiluAndMul()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -71,14 +69,13 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(self, rope, hidden, residual, meta):
-        if residual is None:
-            residual = hidden
-            hidden = self.input_layernorm(hidden)
-        else:
-            hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(rope, hidden, meta)
-        hidden, residual = self.post_attention_layernorm(hidden, residual)
-        return self.mlp(hidden), residual
+        """(hidden, residual) -> (hidden, residual): hidden is the block output not yet added to the residual stream,
+        None where a fused projection added it in place (linear.add_projection)."""
+        attn, mlp = self.self_attn, self.mlp
+        qkv, residual = normed_projection(attn.qkv_proj, self.input_layernorm, hidden, residual)
+        hidden = add_projection(attn.o_proj, attn.attend(rope, qkv, meta), residual)
+        gate_up, residual = normed_projection(mlp.gate_up_proj, self.post_attention_layernorm, hidden, residual)
+        return add_projection(mlp.down_proj, gate_up, residual, mlp.act), residual
 
 
 class LlamaForCausalLM(nn.Module):
@@ -116,8 +113,7 @@ class LlamaForCausalLM(nn.Module):
         residual = None
         for layer in self.model.layers:
             hidden, residual = layer(rope, hidden, residual, meta)
-        hidden, _ = self.model.norm(hidden, residual)
-        return hidden
+        return self.model.norm(residual) if hidden is None else self.model.norm(hidden, residual)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)

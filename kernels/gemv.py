@@ -1,0 +1,114 @@
+"""Triton GEMV for steps of a few tokens, y = prologue(x) @ W^T (+ bias) (+ residual), with a decoder layer's small
+neighbours fused in so that a decode step launches fewer kernels:
+  - prologue RMS_NORM: x is RMS-normalised with a weight first (the norm before qkv and gate/up);
+  - prologue SILU_MUL: x is [M, 2K] and silu(first half) * second half is the input (the SwiGLU before down);
+  - epilogue residual: the output is residual + y, rounded as the unfused add rounds (after o_proj and down).
+
+At batch 1 a small model's step is bound by its launches, not by its weights: each of RMSNorm, SiLU-and-mul and
+a residual add costs a launch of a few microseconds whatever its size. The weight is read once in [BLOCK_N,
+BLOCK_K] tiles; products are accumulated element-wise in float32 and reduced once after the K loop. The plain-torch
+reference (the same arithmetic in separate ops) is gemv_ref.gemv_ref.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from localllm.kernels.pdl import pdl_options, wait_for_previous_kernel
+
+PROLOGUE_NONE, PROLOGUE_RMS_NORM, PROLOGUE_SILU_MUL = 0, 1, 2
+GEMV_MAX_ROWS = 8           # above this the tile of products no longer fits the registers: cuBLAS takes over
+_PRODUCTS_PER_PROGRAM = 8192   # float32 accumulators of one program (64 registers a thread at 4 warps)
+
+
+@triton.jit
+def _input_tile(x_ptr, norm_ptr, ms, kk, m_ok, k_ok, stride_xm, K, inv, PROLOGUE: tl.constexpr):
+    """The [BLOCK_M, BLOCK_K] tile of the matmul's input, in the weight's dtype, as the unfused ops round it."""
+    mask = m_ok[:, None] & k_ok[None, :]
+    ptrs = x_ptr + ms[:, None] * stride_xm + kk[None, :]
+    if PROLOGUE == 2:
+        gate = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+        up = tl.load(ptrs + K, mask=mask, other=0.0).to(tl.float32)
+        return (gate / (1.0 + tl.exp(-gate)) * up).to(x_ptr.dtype.element_ty)
+    x = tl.load(ptrs, mask=mask, other=0.0)
+    if PROLOGUE == 1:
+        nw = tl.load(norm_ptr + kk, mask=k_ok, other=0.0).to(tl.float32)
+        x = ((x.to(tl.float32) * inv[:, None]).to(x.dtype).to(tl.float32) * nw[None, :]).to(x.dtype)
+    return x
+
+
+@triton.jit
+def _gemv_kernel(x_ptr, w_ptr, y_ptr, norm_ptr, bias_ptr, res_ptr, M, N, K,
+                 stride_xm, stride_wn, stride_ym, stride_rm, eps,
+                 PROLOGUE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_PDL: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    ms = tl.arange(0, BLOCK_M)
+    ks = tl.arange(0, BLOCK_K)
+    row_ok = rows < N
+    m_ok = ms < M
+    w_ptrs = w_ptr + rows.to(tl.int64)[:, None] * stride_wn + ks[None, :]
+    # The weights are no kernel's output, so their first tile is read before waiting for the kernel before this
+    # one (launched as its programmatic dependent, this kernel starts while that one finishes).
+    w_first = tl.load(w_ptrs, mask=row_ok[:, None] & (ks < K)[None, :], other=0.0)
+    wait_for_previous_kernel(USE_PDL)
+    inv = tl.full([BLOCK_M], 1.0, tl.float32)
+    if PROLOGUE == 1:   # every program sums the squares of the (few, short) input rows itself
+        squares = tl.zeros([BLOCK_M, BLOCK_K], tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            kk = k0 + ks
+            xv = tl.load(x_ptr + ms[:, None] * stride_xm + kk[None, :], mask=m_ok[:, None] & (kk < K)[None, :],
+                         other=0.0).to(tl.float32)
+            squares += xv * xv
+        inv = tl.rsqrt(tl.sum(squares, 1) / K + eps)
+    x = _input_tile(x_ptr, norm_ptr, ms, ks, m_ok, ks < K, stride_xm, K, inv, PROLOGUE)
+    products = x.to(tl.float32)[:, None, :] * w_first.to(tl.float32)[None, :, :]
+    for k0 in range(BLOCK_K, K, BLOCK_K):
+        kk = k0 + ks
+        k_ok = kk < K
+        x = _input_tile(x_ptr, norm_ptr, ms, kk, m_ok, k_ok, stride_xm, K, inv, PROLOGUE)
+        w = tl.load(w_ptrs + k0, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        products += x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
+    acc = tl.sum(products, 2)
+    if HAS_BIAS:   # added before the one rounding, as a matmul's epilogue adds it
+        acc += tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[None, :]
+    y = acc.to(y_ptr.dtype.element_ty)
+    y_mask = m_ok[:, None] & row_ok[None, :]
+    if HAS_RESIDUAL:
+        r = tl.load(res_ptr + ms[:, None] * stride_rm + rows[None, :], mask=y_mask, other=0.0)
+        y = (y.to(tl.float32) + r.to(tl.float32)).to(y_ptr.dtype.element_ty)
+    tl.store(y_ptr + ms[:, None] * stride_ym + rows[None, :], y, mask=y_mask)
+
+
+def gemv_config(m: int, n: int, k: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K). Swept at one row on an H200 (scripts/gpu_gemv_check.py): 4 rows x 512 columns a
+    step was best or within 5% of it from Qwen3-0.6B's qkv to Llama-3.1-8B's gate/up, 8 rows past ~8k rows; BLOCK_K
+    shrinks with more token rows so that their products stay in registers."""
+    block_m = triton.next_power_of_2(m)
+    block_n = 8 if n >= 8192 and block_m == 1 else 4
+    block_k = min(512, triton.next_power_of_2(k), max(32, _PRODUCTS_PER_PROGRAM // (block_m * block_n)))
+    return block_m, block_n, block_k
+
+
+def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+         norm: tuple[torch.Tensor, float] | None = None, silu_mul: bool = False,
+         residual: torch.Tensor | None = None, out: torch.Tensor | None = None,
+         config: tuple[int, int, int] | None = None, num_warps: int = 4) -> torch.Tensor:
+    """x [M, K] (or [M, 2K] with silu_mul), weight [N, K] -> [M, N]. norm: (weight [K], eps) of an RMSNorm applied
+    to x first. residual [M, N]: added to the result. out: where to write (may be residual itself)."""
+    m, n, k = x.shape[0], weight.shape[0], weight.shape[1]
+    assert 0 < m <= GEMV_MAX_ROWS and not (norm is not None and silu_mul)
+    assert x.shape[1] == (2 * k if silu_mul else k) and x.stride(-1) == 1 and weight.stride(-1) == 1
+    if out is None:
+        out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    prologue = PROLOGUE_SILU_MUL if silu_mul else PROLOGUE_RMS_NORM if norm is not None else PROLOGUE_NONE
+    block_m, block_n, block_k = config or gemv_config(m, n, k)
+    _gemv_kernel[(triton.cdiv(n, block_n),)](
+        x, weight, out, norm[0] if norm is not None else x, bias if bias is not None else x,
+        residual if residual is not None else x, m, n, k,
+        x.stride(0), weight.stride(0), out.stride(0), residual.stride(0) if residual is not None else 0,
+        float(norm[1]) if norm is not None else 0.0,
+        PROLOGUE=prologue, HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, **pdl_options(x.device))
+    return out
