@@ -196,6 +196,8 @@ def test_grammar_mask_cost(tmp_path, tiny_dir):
     for x in r:
         assert x["mask_ms"] > 0 and x["mask_p90_ms"] >= x["mask_ms"] and x["apply_ms"] > 0 and x["advance_ms"] > 0
         assert x["mask_per_sequence_us"] == pytest.approx(1000 * x["mask_ms"] / x["sequences"])
+        # each step's host time is the sum of its phases, so its median is at least any phase's
+        assert x["upload_ms"] > 0 and x["host_ms"] >= max(x["mask_ms"], x["apply_ms"], x["advance_ms"])
 
 
 def test_the_grammar_documents_follow_the_schema():

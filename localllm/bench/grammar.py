@@ -3,8 +3,9 @@ for N sequences under a small JSON schema, step by step, and `bench throughput -
 a workload under that schema.
 
 The per-step figures replay real JSON documents of the schema, tokenized by the model's tokenizer, through the
-matchers: each step computes the N masks on the host, applies them to [N, vocab] logits on the device, and
-advances each matcher by its document's next token (a matcher starts over when its document ends). Replaying
+matchers: each step computes the N masks on the host, copies them to the device and applies them to [N, vocab]
+logits there, and advances the matchers by their documents' next tokens (a matcher starts over when its document
+ends), each phase timed apart. Replaying
 fixed documents makes every run, and every grammar library, see the same token streams."""
 from __future__ import annotations
 
@@ -73,15 +74,19 @@ class GrammarCostResult:
     mask_ms: float               # median per step, the N masks on the host
     mask_p90_ms: float
     mask_per_sequence_us: float
+    upload_ms: float             # median per step, row index and masks copied to the device (queued, on a GPU)
     apply_ms: float              # median per step, unpacking and applying them on the device
-    advance_ms: float            # median per step, advancing the N matchers by a token each
+    advance_ms: float            # median per step, advancing the N matchers by a token each, with the end checks
+    host_ms: float               # median per step, all of the above
 
 
 def measure_grammar_cost(model: str, model_dir: Path, vocab_size: int, eos_token_ids: set[int], device,
                          sequences: int, steps: int) -> GrammarCostResult:
+    """Times the engine's own calls of a guided step, one phase after another as the engine makes them: advance
+    (core._apply), masks and upload (core._sample), apply."""
     import torch
 
-    from localllm.engine.grammar import GrammarMatchers, grammar_ended
+    from localllm.engine.grammar import GrammarMatchers
     from localllm.engine.request import Sequence
     from localllm.loader.tokenizer import Tokenizer
     from localllm.sampling_params import SamplingParams
@@ -100,26 +105,34 @@ def measure_grammar_cost(model: str, model_dir: Path, vocab_size: int, eos_token
         seq.matcher = matchers.start(guidance)
     positions = [0] * sequences
     logits = torch.zeros((sequences, vocab_size), device=device)
-    times: list[tuple[float, float, float]] = []
-    for _ in range(steps):
-        began = time.perf_counter()
-        mask = matchers.masks(seqs)
-        masked = time.perf_counter()
-        mask.apply_(logits)
+
+    def wait() -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        applied = time.perf_counter()
-        for i, seq in enumerate(seqs):
-            if not grammar_ended(seq.matcher, streams[i][positions[i]]):
-                positions[i] += 1
-            elif seq.matcher.is_error():
+        return time.perf_counter()
+
+    times: list[tuple[float, float, float, float]] = []
+    for _ in range(steps):
+        began = wait()
+        pending = matchers.start_masks(seqs, background=False)
+        masked = wait()
+        mask = pending.result()
+        uploaded = wait()
+        mask.apply_(logits)
+        applied = wait()
+        ended = matchers.advance([seq.matcher for seq in seqs], [streams[i][positions[i]] for i in range(sequences)])
+        advanced = time.perf_counter()
+        times.append((masked - began, uploaded - masked, applied - uploaded, advanced - applied))
+        for i, seq in enumerate(seqs):   # not timed: the replay's own bookkeeping
+            positions[i] += 1
+            if ended[i] and seq.matcher.is_error():
                 raise RuntimeError(f"the grammar refused document {i}: {seq.matcher.get_error()}")
-            else:   # the document is complete
+            if ended[i]:   # the document is complete
                 seq.matcher, positions[i] = matchers.start(guidance), 0
-        times.append((masked - began, applied - masked, time.perf_counter() - applied))
-    mask_s, apply_s, advance_s = (sorted(column) for column in zip(*times[len(times) // 4:]))   # warm steps only
-    median_mask_ms = statistics.median(mask_s) * 1000
+    warm = times[len(times) // 4:]
+    mask_s, upload_s, apply_s, advance_s = (sorted(column) for column in zip(*warm))
+    median_ms = [statistics.median(column) * 1000 for column in (mask_s, upload_s, apply_s, advance_s)]
+    host_ms = statistics.median(sum(step) for step in warm) * 1000
     return GrammarCostResult(model, str(device), vocab_size, sequences, steps, load_s * 1000, compile_s * 1000,
-                             median_mask_ms, mask_s[int(0.9 * len(mask_s))] * 1000,
-                             median_mask_ms * 1000 / sequences, statistics.median(apply_s) * 1000,
-                             statistics.median(advance_s) * 1000)
+                             median_ms[0], mask_s[int(0.9 * len(mask_s))] * 1000, median_ms[0] * 1000 / sequences,
+                             *median_ms[1:], host_ms)

@@ -348,10 +348,11 @@ def grammar(
     first = results[0]
     table = Table(title=f"grammar masks, {first.model} tokenizer ({first.vocab_size:,} tokens) on {first.device}; "
                         f"tokenizer load {first.tokenizer_load_ms:,.0f} ms, schema compile {first.compile_ms:,.1f} ms")
-    for column in ("sequences", "mask ms/step", "mask p90 ms", "us/seq", "apply ms/step", "advance ms/step"):
+    for column in ("sequences", "mask ms/step", "mask p90 ms", "us/seq", "upload ms/step", "apply ms/step",
+                   "advance ms/step", "host ms/step"):
         table.add_column(column, justify="right")
     for r in results:
         table.add_row(str(r.sequences), _cell(r.mask_ms), _cell(r.mask_p90_ms), _cell(r.mask_per_sequence_us),
-                      _cell(r.apply_ms), _cell(r.advance_ms))
+                      _cell(r.upload_ms), _cell(r.apply_ms), _cell(r.advance_ms), _cell(r.host_ms))
     Console().print(table)
     _write_json({"results": [as_dict(r) for r in results]}, json_out)

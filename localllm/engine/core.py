@@ -2,7 +2,7 @@
 pool -> bookkeeping. Text (tokenizing, detokenizing, stop strings) lives a layer above, in LLMEngine."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import contextlib
@@ -16,7 +16,7 @@ from localllm.engine.draft_model import DraftProposer, open_draft
 from localllm.engine.rank_setup import set_up_rank
 from localllm.engine.request import Sequence
 from localllm.engine.events import EmbeddingEvent, SampledToken, TokenEvent
-from localllm.engine.grammar import GrammarMatchers, grammar_ended
+from localllm.engine.grammar import GrammarMatchers, PendingMasks
 from localllm.engine.pooler import Pooler
 from localllm.engine.sampler import Sampler
 from localllm.engine.speculation import Speculator
@@ -37,6 +37,7 @@ class ForwardedStep:
     logits: torch.Tensor
     stays_on_device: bool
     num_drafts: list[int]        # per sequence: drafts it verifies (its rows of logits are one more)
+    masks: PendingMasks | None = None   # a guided step's, started before it is sampled
 
     @property
     def guided(self) -> bool:
@@ -110,6 +111,7 @@ class EngineCore:
         # overlap only pays where the forward runs asynchronously to the host
         self.overlap = config.overlap_steps if config.overlap_steps is not None else self.device.type == "cuda"
         self.in_flight: InFlightStep | None = None
+        self.unsampled: ForwardedStep | None = None   # a guided step whose masks are being computed
         self.sampler = Sampler(eos_token_ids)
         self.draft = DraftProposer(setup.draft_runner, self.block_manager) if setup.draft_runner else None
         self.speculator = (Speculator(config.num_speculative_tokens, config.speculative_batch_limit, self.max_model_len,
@@ -214,22 +216,28 @@ class EngineCore:
 
     @property
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished or self.in_flight is not None
+        return self.scheduler.has_unfinished or self.in_flight is not None or self.unsampled is not None
 
     def step(self) -> list[TokenEvent]:
         """Runs one step. With overlap on, the tokens it samples are read back during the next call, after that
         call has already queued its own step on the GPU, so the host's scheduling and bookkeeping run while the
-        GPU computes; a sequence that turns out to have finished then wastes one token's work."""
+        GPU computes; a sequence that turns out to have finished then wastes one token's work.
+        A grammar's mask needs the token of the step in flight, so a guided step samples after the read-back: with
+        overlap, at the start of the next call, its masks computed by llguidance's threads while the host returns
+        this call's tokens and schedules the next step (the device runs the forward meanwhile)."""
         if self.speculator:
             self.speculator.propose(self.scheduler.running)
         out = self.scheduler.schedule()
         with self._worker_failures():
+            if self.unsampled:   # its tokens are the inputs of this step's forward
+                self.in_flight, self.unsampled = self._sample(self.unsampled), None
             forwarded = self._forward(out) if out.scheduled else None
-            # a grammar's mask needs the token of the step in flight, so guided steps sample after the read-back
             sampled = self._sample(forwarded) if forwarded and not forwarded.guided else None
         events = self._read_back(self.in_flight) if self.in_flight else []
         self.in_flight = None
-        if forwarded and forwarded.guided:
+        if forwarded and forwarded.guided and forwarded.stays_on_device:
+            self.unsampled = replace(forwarded, masks=self.grammar_matchers.start_masks(forwarded.row_seqs))
+        elif forwarded and forwarded.guided:
             with self._worker_failures():
                 sampled = self._sample(forwarded)
         if isinstance(sampled, InFlightStep):
@@ -270,7 +278,10 @@ class EngineCore:
 
     def _sample(self, step: ForwardedStep) -> InFlightStep | tuple[list[Sequence], list[Verified]]:
         seqs, logits = step.seqs, step.logits
-        mask = self.grammar_matchers.masks(step.row_seqs) if step.guided else None
+        if step.masks is not None:   # started while the host did the rest of the bookkeeping
+            mask = step.masks.result()
+        else:
+            mask = self.grammar_matchers.masks(step.row_seqs) if step.guided else None
         if mask is not None:
             mask.apply_(logits)   # the runner's logits are this step's own
         if not step.stays_on_device:
@@ -305,13 +316,14 @@ class EngineCore:
                                        for t in step.host_token_ids.tolist()])
 
     def _apply(self, seqs: list[Sequence], results: list[Verified]) -> list[TokenEvent]:
+        ended = self._advance_grammars(seqs, results)
         events = []
         for seq, result in zip(seqs, results):
             seq.num_pending -= 1
             if seq.is_finished:   # aborted or stopped while its token was in flight
                 continue
             for token in result.tokens:
-                reason = self._append(seq, token.token_id)
+                reason = self._append(seq, token.token_id, seq in ended)
                 events.append(TokenEvent(seq.request_id, seq.index, token, reason))
                 if reason:   # tokens accepted past a stop are dropped
                     break
@@ -319,13 +331,24 @@ class EngineCore:
                 self.scheduler.keep_verified(seq, result.num_accepted)
         return events
 
-    def _append(self, seq: Sequence, token_id: int) -> str | None:
-        """Adds a token the sequence keeps; its finish reason, if the token ends it (it is then finished)."""
+    def _advance_grammars(self, seqs: list[Sequence], results: list[Verified]) -> set[Sequence]:
+        """Advances the matchers of the guided sequences by the tokens they keep, all at once; those whose grammar
+        ended. A guided sequence keeps one token a step (it is never given drafts)."""
+        guided = [(seq, result.tokens[0].token_id) for seq, result in zip(seqs, results)
+                  if seq.matcher is not None and not seq.is_finished]
+        if not guided:
+            return set()
+        ended = self.grammar_matchers.advance([seq.matcher for seq, _ in guided], [t for _, t in guided])
+        return {seq for (seq, _), done in zip(guided, ended) if done}
+
+    def _append(self, seq: Sequence, token_id: int, grammar_ended: bool = False) -> str | None:
+        """Adds a token the sequence keeps; its finish reason, if the token ends it (it is then finished).
+        grammar_ended: the token ended the sequence's grammar."""
         seq.token_ids.append(token_id)
         if seq.index == 0 and seq.params.n > 1 and seq.num_output_tokens == 1:
             self._fork(seq)
         reason = self._finish_reason(seq, token_id)
-        if seq.matcher is not None and grammar_ended(seq.matcher, token_id):
+        if grammar_ended:
             reason = "stop"   # the output is complete (a length limit reached on its last token included)
         if reason:
             self.scheduler.finish(seq, reason)
