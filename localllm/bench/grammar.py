@@ -120,14 +120,14 @@ def measure_grammar_cost(model: str, model_dir: Path, vocab_size: int, eos_token
         uploaded = wait()
         mask.apply_(logits)
         applied = wait()
-        ended = matchers.advance([seq.matcher for seq in seqs], [streams[i][positions[i]] for i in range(sequences)])
+        ended = matchers.advance(seqs, [streams[i][positions[i]] for i in range(sequences)])
         advanced = time.perf_counter()
         times.append((masked - began, uploaded - masked, applied - uploaded, advanced - applied))
         for i, seq in enumerate(seqs):   # not timed: the replay's own bookkeeping
             positions[i] += 1
-            if ended[i] and seq.matcher.is_error():
+            if seq in ended and seq.matcher.is_error():
                 raise RuntimeError(f"the grammar refused document {i}: {seq.matcher.get_error()}")
-            if ended[i]:   # the document is complete
+            if seq in ended:   # the document is complete
                 seq.matcher, positions[i] = matchers.start(guidance), 0
     warm = times[len(times) // 4:]
     mask_s, upload_s, apply_s, advance_s = (sorted(column) for column in zip(*warm))

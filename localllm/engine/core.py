@@ -6,11 +6,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import contextlib
+import functools
+from typing import Callable
 
 import torch
 
 from localllm.config import Config
-from localllm.engine.batch import H, PoolingSlice, unpack
+from localllm.engine.batch import H, PackedStep, PoolingSlice, unpack
 from localllm.engine.block_manager import BlockManager
 from localllm.engine.draft_model import DraftProposer, open_draft
 from localllm.engine.rank_setup import set_up_rank
@@ -229,15 +231,18 @@ class EngineCore:
             self.speculator.propose(self.scheduler.running)
         out = self.scheduler.schedule()
         with self._worker_failures():
+            inputs = self._pack(out) if out.scheduled else None   # more host work done while masks are computed
             if self.unsampled:   # its tokens are the inputs of this step's forward
                 self.in_flight, self.unsampled = self._sample(self.unsampled), None
-            forwarded = self._forward(out) if out.scheduled else None
+            forwarded = self._forward(out, *inputs) if inputs else None
             sampled = self._sample(forwarded) if forwarded and not forwarded.guided else None
-        events = self._read_back(self.in_flight) if self.in_flight else []
+        sample_later = forwarded is not None and forwarded.guided and forwarded.stays_on_device
+        start_masks = functools.partial(self._sample_later, forwarded) if sample_later else None
+        events = self._read_back(self.in_flight, start_masks) if self.in_flight else []
         self.in_flight = None
-        if forwarded and forwarded.guided and forwarded.stays_on_device:
-            self.unsampled = replace(forwarded, masks=self.grammar_matchers.start_masks(forwarded.row_seqs))
-        elif forwarded and forwarded.guided:
+        if sample_later and self.unsampled is None:   # no step was read back
+            self._sample_later(forwarded)
+        elif forwarded and forwarded.guided and not sample_later:
             with self._worker_failures():
                 sampled = self._sample(forwarded)
         if isinstance(sampled, InFlightStep):
@@ -246,12 +251,18 @@ class EngineCore:
             events += self._apply(*sampled)
         return events
 
-    def _forward(self, out: SchedulerOutput) -> ForwardedStep | None:
+    def _pack(self, out: SchedulerOutput) -> tuple[PackedStep, torch.Tensor]:
+        """The step's inputs, packed and queued to the device: all they need of the step in flight is its tokens
+        on the device, which the forward reads."""
         packed = self.batch_builder.pack(out.scheduled)
         seqs = packed.sampling_seqs
         stays_on_device = bool(seqs) and self.overlap and not any(self._needs_host(s) for s in seqs)
         packed.header[H["mirror_sampled"]] = int(stays_on_device)
-        payload = self.batch_builder.to_device(packed.payload)
+        return packed, self.batch_builder.to_device(packed.payload)
+
+    def _forward(self, out: SchedulerOutput, packed: PackedStep, payload: torch.Tensor) -> ForwardedStep | None:
+        seqs = packed.sampling_seqs
+        stays_on_device = bool(packed.header[H["mirror_sampled"]])
         if self.tp:   # the other ranks run the same forward
             self.tp.channel.send(packed)
         batch = unpack(packed.header, payload, self.device, self.in_flight.token_ids if self.in_flight else None)
@@ -301,6 +312,10 @@ class EngineCore:
             ready.record()
         return InFlightStep(seqs, token_ids, host, ready)
 
+    def _sample_later(self, step: ForwardedStep) -> None:
+        """Leaves a guided step to sample at the start of the next call, its masks computed meanwhile."""
+        self.unsampled = replace(step, masks=self.grammar_matchers.start_masks(step.row_seqs))
+
     def _pool(self, hidden: torch.Tensor, slices: list[PoolingSlice]) -> None:
         """Finishes the pooling sequences this step completed (their blocks are freed at once). Reading their
         vectors back waits for the step, so a step that completes one does not overlap the next."""
@@ -309,14 +324,20 @@ class EngineCore:
             self._forget_if_done(seq.request_id)
             self.embeddings.append(EmbeddingEvent(seq.request_id, vector.tolist()))
 
-    def _read_back(self, step: InFlightStep) -> list[TokenEvent]:
+    def _read_back(self, step: InFlightStep, on_advanced: Callable[[], None] | None = None) -> list[TokenEvent]:
         if step.ready is not None:
             step.ready.synchronize()
         return self._apply(step.seqs, [Verified([SampledToken(t, None, None)], 0)
-                                       for t in step.host_token_ids.tolist()])
+                                       for t in step.host_token_ids.tolist()], on_advanced)
 
-    def _apply(self, seqs: list[Sequence], results: list[Verified]) -> list[TokenEvent]:
-        ended = self._advance_grammars(seqs, results)
+    def _apply(self, seqs: list[Sequence], results: list[Verified],
+               on_advanced: Callable[[], None] | None = None) -> list[TokenEvent]:
+        """on_advanced: called once the grammars have consumed the tokens, before the rest of the bookkeeping (the
+        next step's masks need only the former)."""
+        ended = (self._grammar_matchers.advance(seqs, [result.tokens[0].token_id for result in results])
+                 if self._grammar_matchers is not None else set())   # a guided sequence is never given drafts
+        if on_advanced is not None:
+            on_advanced()
         events = []
         for seq, result in zip(seqs, results):
             seq.num_pending -= 1
@@ -330,16 +351,6 @@ class EngineCore:
             if result.num_drafts and not seq.is_finished:
                 self.scheduler.keep_verified(seq, result.num_accepted)
         return events
-
-    def _advance_grammars(self, seqs: list[Sequence], results: list[Verified]) -> set[Sequence]:
-        """Advances the matchers of the guided sequences by the tokens they keep, all at once; those whose grammar
-        ended. A guided sequence keeps one token a step (it is never given drafts)."""
-        guided = [(seq, result.tokens[0].token_id) for seq, result in zip(seqs, results)
-                  if seq.matcher is not None and not seq.is_finished]
-        if not guided:
-            return set()
-        ended = self.grammar_matchers.advance([seq.matcher for seq, _ in guided], [t for _, t in guided])
-        return {seq for (seq, _), done in zip(guided, ended) if done}
 
     def _append(self, seq: Sequence, token_id: int, grammar_ended: bool = False) -> str | None:
         """Adds a token the sequence keeps; its finish reason, if the token ends it (it is then finished).

@@ -1,13 +1,16 @@
 """Constrained decoding in the engine: an llguidance matcher per guided sequence, advanced by each token the
 sequence keeps, and each step's masks of the tokens those sequences may take next.
 
-Masks are computed on the host (llguidance's executor, over its own threads) into a pinned buffer and copied to
-the device without waiting; the core computes them after reading back the previous step's tokens and before
-sampling this one's, so with overlapped steps the host works on them while the device runs the forward."""
+The matchers of a step's tokens advance in one call. Masks are computed on the host (llguidance's executor, over its
+own threads, started from a thread of their own so that the caller goes on) into a pinned buffer and copied to the
+device without waiting. With overlapped steps the core starts a guided step's masks as soon as the step before has
+been read back and its tokens consumed, and samples it at the start of the next step, just before that step's
+forward: the masks are computed while the host does the rest of the bookkeeping and the device runs the forward."""
 from __future__ import annotations
 
 import functools
 import math
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,18 +80,20 @@ class GrammarMatchers:
     def start(self, guidance: Guidance) -> llguidance.LLMatcher:
         """A matcher at the start of the grammar, compiled anew (~1-2 ms for a JSON schema); ValueError naming what
         is wrong with a grammar that does not compile. Not a deep_copy of a cached one: copies share state that
-        llguidance's threads then take turn on, and 256 copies' masks took as long on 64 cores as on one."""
+        llguidance's threads then take turns on, and 256 copies' masks took as long on 64 cores as on one."""
         return new_matcher(guidance, self.tokenizer)
 
-    def advance(self, matchers: list[llguidance.LLMatcher], token_ids: list[int]) -> list[bool]:
-        """Advances each matcher by the token its sequence kept, all in one call; for each, whether its grammar
-        ended (complete, so only the end of the sequence could follow, or broken by the token, which the mask allows
-        only when it left no token)."""
-        if self.consumes_in_parallel and len(matchers) > 1:
-            consumed = self.executor.consume_token_par(list(zip(matchers, token_ids)))
+    def advance(self, seqs: list[Sequence], token_ids: list[int]) -> set[Sequence]:
+        """Advances the matchers of the guided, unfinished sequences by the tokens they keep (token_ids[i] is
+        seqs[i]'s), all in one call; those whose grammar ended: complete, so only the end of the sequence could
+        follow, or broken by the token, which the mask allows only when it left no token."""
+        guided = [(seq, token_id) for seq, token_id in zip(seqs, token_ids)
+                  if seq.matcher is not None and not seq.is_finished]
+        if len(guided) > 1 and self.consumes_in_parallel:
+            consumed = self.executor.consume_token_par([(seq.matcher, token_id) for seq, token_id in guided])
         else:
-            consumed = [matcher.consume_token(token_id) for matcher, token_id in zip(matchers, token_ids)]
-        return [not ok or matcher.is_stopped() for ok, matcher in zip(consumed, matchers)]
+            consumed = [seq.matcher.consume_token(token_id) for seq, token_id in guided]
+        return {seq for (seq, _), ok in zip(guided, consumed) if not ok or seq.matcher.is_stopped()}
 
     def start_masks(self, seqs: list[Sequence], background: bool = True) -> PendingMasks | None:
         """Starts computing the masks of this step's guided rows (seqs in row order); None when none is guided. Each
@@ -100,10 +105,23 @@ class GrammarMatchers:
         bits = torch.empty((len(rows), self.words), dtype=torch.int32, pin_memory=self.device.type == "cuda")
         fill = functools.partial(llguidance.numpy.fill_next_token_bitmask_par, self.executor,
                                  [(seqs[row].matcher, i) for i, row in enumerate(rows)], bits.numpy())
-        done = self.background.submit(fill) if background else None
+        done = self._start_in_background(fill) if background else None
         if done is None:
             fill()
         return PendingMasks(bits, None if len(rows) == len(seqs) else rows, done, self.device)
+
+    def _start_in_background(self, fill) -> Future:
+        """Runs fill on the mask thread, returning once the thread has started it. Without that hand-over the thread
+        waits for the GIL while this one runs Python (up to the interpreter's 5 ms switch interval), and the masks
+        start late; llguidance releases the GIL as soon as it is called."""
+        started = threading.Event()
+
+        def run() -> None:
+            started.set()
+            fill()
+        done = self.background.submit(run)
+        started.wait()
+        return done
 
     def masks(self, seqs: list[Sequence]) -> TokenMask | None:
         """The masks of this step's guided rows, computed before this returns (see start_masks)."""
