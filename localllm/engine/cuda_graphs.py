@@ -1,8 +1,10 @@
-"""CUDA graphs of the steps whose shape repeats: decode steps (every sequence one query row) and, with speculative
-decoding, verifying steps laid out uniformly (every sequence query_len rows, see batch.VerifyLayout). One graph per
-batch size, captured once, replayed with the step's inputs copied into static buffers. A small model's step is
-hundreds of kernel launches; replaying them as one graph removes the CPU launch cost that would otherwise bound its
-speed (SmolLM2-135M on an H200: ~1 ms per replayed decode step, ~11.7 ms per eager verifying step)."""
+"""CUDA graphs of engine steps. Decode steps (every sequence one query row) and, with speculative decoding,
+verifying steps laid out uniformly (every sequence query_len rows, see batch.VerifyLayout): one graph per batch
+size (StepGraphs). Every other step (prompts, chunks of them, decodes beside them): one graph per bucket of token
+counts, of up to a fixed number of sequences (MixedGraphs). Captured once, replayed with the step's inputs copied
+into static buffers. A small model's step is hundreds of kernel launches; replaying them as one graph removes the
+CPU launch cost that would otherwise bound its speed (SmolLM2-135M on an H200: ~1 ms per replayed decode step,
+~11.7 ms per eager verifying step; Qwen3-0.6B's 1,024-token prompt took 13 ms eager for ~2 ms of GPU work)."""
 from __future__ import annotations
 
 import torch
@@ -77,6 +79,71 @@ class StepGraphs:
         self.slot_mapping[rows:padded_rows] = -1
         self.context_lens[:n] = meta.context_lens
         self.context_lens[n:size] = 0
+        self.block_tables[:n, :meta.block_tables.shape[1]] = meta.block_tables
+        self.graphs[size].replay()
+        return self.hidden[:rows]
+
+
+def token_buckets(max_tokens: int) -> list[int]:
+    """Token counts of the mixed-step graphs: powers of two from 16, with the midpoints from 256 on (a step is
+    padded to the next bucket: at most half again its size), up to max_tokens."""
+    sizes, size = [], 16
+    while size < max_tokens:
+        sizes += [size, size * 3 // 2] if size >= 256 else [size]
+        size *= 2
+    return sorted({s for s in sizes if s < max_tokens} | {max_tokens})
+
+
+class MixedGraphs:
+    def __init__(self, model, hidden_size: int, dtype: torch.dtype, device: torch.device, max_tokens: int,
+                 max_seqs: int, max_blocks: int, max_context_len: int, pool=None):
+        """Graphs of steps of up to max_tokens tokens over up to max_seqs sequences of up to max_blocks blocks.
+        The attention kernel finds each row's sequence from the query starts on the device and skips empty
+        sequences, so one graph serves any split of its tokens: the graph's extra sequences get no rows and no
+        context, its extra rows no sequence and no cache slot."""
+        self.buckets = token_buckets(max_tokens)
+        self.max_seqs = max_seqs
+        rows = self.buckets[-1]
+        i32 = dict(dtype=torch.int32, device=device)
+        self.input_ids = torch.zeros(rows, dtype=torch.int64, device=device)
+        self.positions = torch.zeros(rows, dtype=torch.int64, device=device)
+        self.slot_mapping = torch.full((rows,), -1, **i32)
+        self.query_start_loc = torch.zeros(max_seqs + 1, **i32)
+        self.context_lens = torch.zeros(max_seqs, **i32)
+        self.block_tables = torch.zeros(max_seqs, max_blocks, **i32)
+        self.hidden = torch.zeros(rows, hidden_size, dtype=dtype, device=device)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        for size in reversed(self.buckets):   # largest first, so the smaller ones fit in its memory pool
+            meta = AttentionMetadata(self.slot_mapping[:size], self.block_tables, self.context_lens,
+                                     self.query_start_loc, num_seqs=max_seqs, num_decodes=0, max_query_len=size,
+                                     max_context_len=max_context_len, query_start_loc_host=[], context_lens_host=[])
+            self.hidden[:size] = model(self.input_ids[:size], self.positions[:size], meta)  # warm-up, compiles
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool):
+                self.hidden[:size] = model(self.input_ids[:size], self.positions[:size], meta)
+            pool = graph.pool()
+            self.graphs[size] = graph
+        self.pool = pool
+        torch.cuda.synchronize(device)
+
+    def can_run(self, batch: StepBatch) -> bool:
+        meta = batch.attention
+        return (meta.num_seqs <= self.max_seqs and batch.input_ids.shape[0] <= self.buckets[-1]
+                and meta.block_tables.shape[1] <= self.block_tables.shape[1])
+
+    def run(self, batch: StepBatch) -> torch.Tensor:
+        """Hidden states [T, hidden] of the batch's T rows."""
+        meta = batch.attention
+        n, rows = meta.num_seqs, batch.input_ids.shape[0]
+        size = next(b for b in self.buckets if b >= rows)
+        self.input_ids[:rows] = batch.input_ids
+        self.positions[:rows] = batch.positions
+        self.slot_mapping[:rows] = meta.slot_mapping
+        self.slot_mapping[rows:size] = -1
+        self.query_start_loc[:n + 1] = meta.query_start_loc
+        self.query_start_loc[n + 1:] = rows
+        self.context_lens[:n] = meta.context_lens
+        self.context_lens[n:] = 0
         self.block_tables[:n, :meta.block_tables.shape[1]] = meta.block_tables
         self.graphs[size].replay()
         return self.hidden[:rows]

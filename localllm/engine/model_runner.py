@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from localllm.engine.batch import StepBatch, StepBatchBuilder, VerifyLayout
-from localllm.engine.cuda_graphs import StepGraphs
+from localllm.engine.cuda_graphs import MixedGraphs, StepGraphs
 from localllm.engine.request import Sequence
 from localllm.engine.scheduler import ScheduledSeq
 from localllm.hf_config import attention_head_dim
@@ -17,6 +17,10 @@ from localllm.layers.cpu_quant import attach_cpu_kernels
 from localllm.layers.quantized import randomize_weights
 from localllm.loader.safetensors import load_weights
 from localllm.quantization import uses_cpu_kernels
+
+# Steps of more tokens run eagerly: their kernels take long enough to hide their launches, and a graph's
+# temporaries stay allocated (a Llama-3.1-8B step of 4,096 tokens needs a few hundred MB).
+MIXED_GRAPH_MAX_TOKENS = 4096
 
 
 def kv_bytes_per_block(hf_config, block_size: int, dtype: torch.dtype, tp: int = 1) -> int:
@@ -49,20 +53,22 @@ class ModelRunner:
         self.kv_cache: torch.Tensor | None = None
         self.decode_graphs: StepGraphs | None = None
         self.verify_graphs: StepGraphs | None = None   # of uniformly laid-out verifying steps
+        self.mixed_graphs: MixedGraphs | None = None   # of every other step
 
     @torch.inference_mode()
     def release_graphs(self) -> None:
         """Drops the captured graphs and waits for the GPU, so a process group they captured can end."""
         if self.decode_graphs is not None:
-            self.decode_graphs = self.verify_graphs = None
+            self.decode_graphs = self.verify_graphs = self.mixed_graphs = None
             gc.collect()
             torch.cuda.synchronize(self.device)
 
     def capture_graphs(self, max_num_seqs: int, max_model_len: int, block_size: int,
-                       verify: VerifyLayout | None, pool=None) -> None:
-        """The decode graphs, and those of verifying steps when they are laid out uniformly (sharing one memory
-        pool: the graphs' temporaries take as much as the largest one's, not their sum). pool: another runner's
-        graphs' pool to share too (a draft model's graphs never replay while the target's run)."""
+                       verify: VerifyLayout | None, pool=None, mixed: tuple[int, int] | None = None) -> None:
+        """The decode graphs, those of verifying steps when they are laid out uniformly, and with `mixed` = (most
+        tokens, most sequences of a step) those of every other step (sharing one memory pool: the graphs'
+        temporaries take as much as the largest one's, not their sum). pool: another runner's graphs' pool to share
+        too (a draft model's graphs never replay while the target's run)."""
         graphs = dict(model=self.model, hidden_size=self.hidden_size, dtype=self.dtype, device=self.device,
                       block_size=block_size)
         self.decode_graphs = StepGraphs(max_num_seqs=max_num_seqs, max_context_len=max_model_len, pool=pool,
@@ -72,6 +78,11 @@ class ModelRunner:
             self.verify_graphs = StepGraphs(max_num_seqs=verify.max_seqs,
                                             max_context_len=max_model_len + verify.query_len - 1,
                                             query_len=verify.query_len, pool=self.decode_graphs.pool, **graphs)
+        if mixed is not None:
+            graphs.pop("block_size")
+            self.mixed_graphs = MixedGraphs(max_tokens=min(mixed[0], MIXED_GRAPH_MAX_TOKENS), max_seqs=mixed[1],
+                                            max_blocks=-(-max_model_len // block_size), max_context_len=max_model_len,
+                                            pool=self.decode_graphs.pool, **graphs)
 
     def allocate_kv_cache(self, num_blocks: int, block_size: int) -> None:
         layers = [m for m in self.model.modules() if isinstance(m, Attention)]
@@ -121,7 +132,7 @@ class ModelRunner:
         """The final (normed) hidden states [T, hidden] of every token of the step, whole on every rank. From a
         graph they are its static buffer, overwritten by the next replay: read them before that. A uniformly laid-out
         step's padding rows are among them (its logits_indices skip them)."""
-        for graphs in (self.decode_graphs, self.verify_graphs):
+        for graphs in (self.decode_graphs, self.verify_graphs, self.mixed_graphs):
             if graphs is not None and graphs.can_run(batch):
                 return graphs.run(batch)
         return self.model(batch.input_ids, batch.positions, batch.attention)

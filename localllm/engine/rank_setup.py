@@ -7,9 +7,9 @@ measured with both models' weights loaded. The ranks run this in lockstep, since
 the profiling step and the graph captures contain collectives.
 
 The graphs' memory pool (a draft model's graphs share it) is not counted where the KV pool is sized: it is taken
-after, from what the sizing leaves free, and holds one step's temporaries of at most max(max_num_seqs,
-speculative_batch_limit x (1 + num_speculative_tokens)) rows, small beside the profiled step of
-max_num_batched_tokens tokens and the share of the card kept back. Neither is a draft model's activations when it
+after, from what the sizing leaves free, and holds one step's temporaries of at most max_num_batched_tokens rows
+(the mixed-step graphs' largest; a verifying step's graph may have a few more), the size of the profiled step whose
+peak the sizing keeps free. Neither is a draft model's activations when it
 follows a step (the target's profiled step is the larger)."""
 from __future__ import annotations
 
@@ -61,7 +61,8 @@ def set_up_rank(config: Config, hf_config, model_dir: Path | None, device: torch
         if each is not None:
             each.allocate_kv_cache(num_blocks, config.block_size)
     if uses_cuda_graphs(config, device):
-        runner.capture_graphs(config.max_num_seqs, max_model_len, config.block_size, verify)
+        runner.capture_graphs(config.max_num_seqs, max_model_len, config.block_size, verify,
+                              mixed=(config.max_num_batched_tokens, config.max_num_seqs))
         if draft_runner is not None:   # its proposing steps replay the decode graphs (query_len 1)
             draft_runner.capture_graphs(config.max_num_seqs, max_model_len, config.block_size, verify,
                                         pool=runner.decode_graphs.pool)
