@@ -90,14 +90,15 @@ def _handshake(inbox: Receiver) -> Start:
 def _load(config, outbox: Sender):
     import torch
 
-    from localllm.engine.core import EngineCore, keeps_gguf_blocks
+    from localllm.engine.core import EngineCore, keeps_gguf_blocks, resolve_device
     from localllm.engine.kernel_cache import cached_kernel_count, start_kind, triton_cache_dir
     from localllm.engine.quant_choice import settle_quantization
     from localllm.errors import LocalLLMError
     from localllm.loader.hf_dir import open_model
 
     started = time.perf_counter()
-    kernel_cache = triton_cache_dir()
+    # Triton's kernels only run on a GPU: on a CPU, importing it would only add to the start
+    kernel_cache = triton_cache_dir() if resolve_device(config).type == "cuda" else None
     kernels_before = cached_kernel_count(kernel_cache)
     try:
         config = settle_quantization(config, config.model)
@@ -111,7 +112,7 @@ def _load(config, outbox: Sender):
     except Exception as e:  # noqa: BLE001
         outbox.send(LoadFailed("EngineError", f"{type(e).__name__}: {one_line(e)}"))
         return None
-    kernels = start_kind(kernels_before, cached_kernel_count(kernel_cache)) if core.device.type == "cuda" else ""
+    kernels = start_kind(kernels_before, cached_kernel_count(kernel_cache))
     print(f"localllm engine: {config.model or 'the embedded model'} ready in {time.perf_counter() - started:.1f} s"
           + (f" ({kernels})" if kernels else ""), file=sys.stderr, flush=True)
     runner = core.runner
