@@ -3,7 +3,8 @@
 is stopped after it, outside the timing. With several executables (two checkouts' `localllm`), the runs
 alternate between them, so that a comparison holds on a shared machine whose speed drifts. Each run's answer is
 printed, to check that it stays the same. Set LOCALLLM_HOME to a private directory: the daemon of that directory is
-stopped before every run.
+stopped before every run. The commands run in the system's temporary directory: started inside a checkout, the
+daemon (`python -m localllm`) would import that checkout's code, whichever executable started it.
 
     python scripts/cold_start.py [--runs 5] [--localllm PATH]... [--prompt TEXT]
 """
@@ -14,23 +15,26 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 PROMPT = "What is the capital of France?"
+NEUTRAL_DIR = tempfile.gettempdir()
 
 
 def one_run(localllm: str, prompt: str) -> tuple[float, float, str]:
     """(seconds to the first byte of the answer, seconds to the exit, the answer)."""
-    subprocess.run([localllm, "stop"], capture_output=True, timeout=120, check=True)
+    subprocess.run([localllm, "stop"], capture_output=True, timeout=120, check=True, cwd=NEUTRAL_DIR)
     started = time.perf_counter()
-    with subprocess.Popen([localllm, "run", prompt], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as run:
+    with subprocess.Popen([localllm, "run", prompt], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                          cwd=NEUTRAL_DIR) as run:
         first = run.stdout.read(1)
         first_at = time.perf_counter()
         rest = run.stdout.read()
         run.wait()
     ended = time.perf_counter()
-    subprocess.run([localllm, "stop"], capture_output=True, timeout=120, check=True)
+    subprocess.run([localllm, "stop"], capture_output=True, timeout=120, check=True, cwd=NEUTRAL_DIR)
     return first_at - started, ended - started, (first + rest).decode(errors="replace").strip()
 
 
@@ -45,7 +49,7 @@ def main() -> None:
                                                             "interpreter's")
     parser.add_argument("--prompt", default=PROMPT)
     args = parser.parse_args()
-    executables = args.localllm or [str(Path(sys.executable).with_name("localllm"))]
+    executables = [str(Path(exe).absolute()) for exe in args.localllm or [Path(sys.executable).with_name("localllm")]]
     if "LOCALLLM_HOME" not in os.environ:
         sys.exit("set LOCALLLM_HOME to a private data directory: its daemon is stopped before every run")
     print(f"load average at the start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
