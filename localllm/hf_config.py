@@ -1,6 +1,17 @@
-"""Values derived from a Hugging Face model config that the models, the engine and the benchmarks all need, derived
-the same way by each. Plain Python (no torch), so any part may import it."""
+"""A Hugging Face model config as the models, the engine and the benchmarks read it, and values derived from it the
+same way by each. Plain Python (no torch, no transformers), so any part may import it."""
 from __future__ import annotations
+
+from types import SimpleNamespace
+
+
+class HFConfig(SimpleNamespace):
+    """The attributes of a transformers config, from the dict its to_dict() gives (defaults filled in, rope settings
+    normalized): the models only read attributes, and this needs no transformers import, which costs seconds at
+    every engine start."""
+
+    def to_dict(self) -> dict:
+        return dict(vars(self))
 
 
 def attention_head_dim(hf_config) -> int:

@@ -22,8 +22,8 @@ from localllm.server import engine_process
 from localllm.server.engine_client import EngineClient
 from localllm.server.protocol import (PROTOCOL_VERSION, AbortRequests, AddRequest, DecodeError, EmbedRequest,
                                       EngineFailed, EngineStats, FinishSequence, FromEngine, LoadFailed, Loaded,
-                                      MessageRefused, Receiver, RequestFailed, Sender, Shutdown, Start, StepOutput,
-                                      ToEngine)
+                                      MessageRefused, ModelResolved, Receiver, RequestFailed, Sender, Shutdown, Start,
+                                      StepOutput, ToEngine)
 from tiny_models import build_model_dir
 
 PARAMS = SamplingParams(n=2, temperature=0.7, top_k=5, seed=3, max_tokens=9, stop=["x", "yz"], stop_token_ids=[4],
@@ -40,6 +40,7 @@ MESSAGES = [
     AbortRequests(["r1", "r2"]),
     FinishSequence("r1", 1, "stop"),
     Shutdown(),
+    ModelResolved("/models/x"),
     Loaded(PROTOCOL_VERSION, "/models/x", "cpu", "float32", 1024, 331, 4, 64, 1000, 2000, [2, 7], 2, STATS),
     Loaded(PROTOCOL_VERSION, "/models/e", "cpu", "float32", 1024, 331, 4, 64, 1000, 2000, [2], 2, STATS,
            pooling=PoolingConfig("last", True, 64, [32, 64]), generates=False),
@@ -139,6 +140,7 @@ def test_the_engine_refuses_a_pickle_and_goes_on_serving(model_dir, tmp_path):
     config = Config(model=str(model_dir), block_size=4, num_kv_blocks=64, num_threads=1)
     process, sender, receiver = start_engine(model_dir, Start(PROTOCOL_VERSION, config))
     try:
+        assert next_message(receiver, ModelResolved).model_dir == str(model_dir)   # before the weights load
         loaded = next_message(receiver, Loaded)
         assert (loaded.protocol, loaded.num_blocks, loaded.block_size) == (PROTOCOL_VERSION, 64, 4)
         marker = tmp_path / "unpickled"

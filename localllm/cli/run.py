@@ -84,15 +84,18 @@ def _model_and_prompt(model: str | None, prompt: str | None):
 
 
 def model_to_serve(reference) -> tuple[str, list[str]]:
-    """The name to send the daemon for a resolved model, and the models a daemon started now must allow (a
-    local path)."""
+    """The name to send the daemon for a resolved model, and the models a daemon started now preloads: this one
+    when its files are here, so that its engine loads while the daemon starts (a local path must be allowed
+    anyway)."""
     if reference.kind == "embedded":
-        return EMBEDDED_ALIAS, []
-    if reference.entry is not None:
-        return reference.entry.name, []
-    if reference.kind == "local":
-        return str(reference.path), [str(reference.path)]
-    return reference.name, []
+        name = EMBEDDED_ALIAS
+    elif reference.entry is not None:
+        name = reference.entry.name
+    elif reference.kind == "local":
+        name = str(reference.path)
+    else:
+        name = reference.name
+    return name, [] if needs_pull(reference) else [name]
 
 
 def needs_pull(reference) -> bool:

@@ -12,7 +12,6 @@ import ctypes
 import os
 import signal
 import sys
-from types import SimpleNamespace
 
 import msgspec
 
@@ -50,12 +49,6 @@ def _die_with_parent(parent_pid: int) -> None:
         raise SystemExit(1)
 
 
-def hf_config_from_dict(data: dict) -> SimpleNamespace:
-    """The model config's attributes, as the model code reads them (getattr), without importing transformers:
-    that import would add seconds to every worker's start."""
-    return SimpleNamespace(**data)
-
-
 def main() -> None:
     spec = msgspec.json.decode(sys.stdin.buffer.read(), type=WorkerSpec)
     _die_with_parent(spec.parent_pid)
@@ -80,13 +73,14 @@ def _set_up(spec: WorkerSpec, torch):
     from localllm.config import Config
     from localllm.engine.rank_setup import set_up_rank
     from localllm.engine.step_channel import StepReceiver
+    from localllm.hf_config import HFConfig
     from localllm.layers.parallel import connect_store, init_tensor_parallel
 
     device = torch.device(spec.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     init_tensor_parallel(spec.rank, spec.world_size, device, connect_store(spec.port, spec.world_size))
-    setup = set_up_rank(Config(**spec.config), hf_config_from_dict(spec.hf_config),
+    setup = set_up_rank(Config(**spec.config), HFConfig(**spec.hf_config),
                         Path(spec.model_dir) if spec.model_dir else None, device, getattr(torch, spec.dtype))
     return setup.runner, StepReceiver(device, spec.step_fd), device
 

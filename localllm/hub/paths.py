@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 
 from localllm import settings
@@ -61,6 +62,21 @@ def open_private(path: Path, mode: str = "ab", **kwargs):
     stream = open(path, mode, opener=lambda name, flags: os.open(name, flags, 0o600), **kwargs)
     os.fchmod(stream.fileno(), 0o600)
     return stream
+
+
+def write_private_atomically(path: Path, text: str) -> None:
+    """`path` (0600, in a 0700 directory) holds `text` whole or keeps what it held: written beside it, then
+    renamed over it, so that a reader never sees half of it."""
+    private_dir(path.parent)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)   # 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
 
 
 @contextlib.contextmanager

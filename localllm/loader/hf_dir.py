@@ -8,19 +8,35 @@ from pathlib import Path
 
 from localllm.architectures import hf_architecture
 from localllm.errors import CorruptModelError, ModelNotFoundError, UnsupportedModelError, first_line
+from localllm.hf_config import HFConfig
+from localllm.loader.config_cache import cache_path, read_cached, write_cached
 from localllm.loader.pooling_config import PoolingConfig, read_pooling_config
 from localllm.loader.tokenizer import Tokenizer
 
 
-def load_hf_config(model_dir: Path):
+def load_hf_config(model_dir: Path) -> HFConfig:
+    """The config's attributes as transformers' AutoConfig gives them; transformers is imported only the first
+    time a config is read (loader.config_cache)."""
+    path = model_dir / "config.json"
+    if not path.is_file():
+        raise ModelNotFoundError(f"{model_dir} has no config.json")
+    config_bytes = path.read_bytes()
+    cached = cache_path(config_bytes)
+    attributes = read_cached(cached)
+    if attributes is None:
+        attributes = write_cached(cached, _auto_config(model_dir, config_bytes).to_dict())
+    return HFConfig(**attributes)
+
+
+def _auto_config(model_dir: Path, config_bytes: bytes):
+    try:
+        json.loads(config_bytes)   # transformers would say only that it is not valid JSON, not where
+    except ValueError as e:
+        raise CorruptModelError(f"{model_dir / 'config.json'} is not valid JSON: {e}") from None
     from transformers import AutoConfig
 
-    if not (model_dir / "config.json").is_file():
-        raise ModelNotFoundError(f"{model_dir} has no config.json")
     try:
         return AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
-    except json.JSONDecodeError as e:
-        raise CorruptModelError(f"{model_dir / 'config.json'} is not valid JSON: {e}") from None
     except (ValueError, KeyError) as e:
         raise UnsupportedModelError(f"cannot read the config in {model_dir}: {first_line(e)}") from None
 

@@ -33,9 +33,10 @@ class Daemon:
     started_monotonic: float = field(default_factory=time.monotonic)
 
 
-def create_app(settings: ServerSettings, address: str | None = None) -> FastAPI:
+def create_app(settings: ServerSettings, address: str | None = None, spawned: dict | None = None) -> FastAPI:
+    """spawned: engine processes already started for the preloaded models (engine_spawn.spawn_preloaded)."""
     metrics = Metrics()
-    models = ModelManager(settings, metrics)
+    models = ModelManager(settings, metrics, spawned)
     metrics.watch_models(models)
     daemon = Daemon(settings, models, metrics, address)
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from localllm.errors import LocalLLMError
+from localllm.server.engine_spawn import spawn_preloaded
 from localllm.server.logfile import DaemonLogHandler
 from localllm.server.settings import ServerSettings
 from localllm.server.state import DaemonState, default_state_path, live_daemon, remove_state, write_state
@@ -49,10 +50,6 @@ def _bind(host: str, port: int) -> socket.socket:
 def serve(settings: ServerSettings, log_file: Path | None = None) -> None:
     """Runs the daemon in the foreground until SIGTERM/SIGINT. Raises DaemonStartError if it cannot start.
     With `log_file`, logs there (rotated; stdout and stderr follow), else to stderr."""
-    import uvicorn
-
-    from localllm.server.app import create_app
-
     handler = DaemonLogHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s localllm: %(message)s", handlers=[handler])
     state_path = settings.state_file or default_state_path()
@@ -63,14 +60,14 @@ def serve(settings: ServerSettings, log_file: Path | None = None) -> None:
     sock = _bind(settings.host, settings.port)
     port = sock.getsockname()[1]
     url = client_url(settings.host, port)
-    app = create_app(settings, url)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=3, ws="none")
-    server = _make_server(config)
-    state = DaemonState(pid=os.getpid(), url=url, host=settings.host, port=port,
-                        started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                        api_key_required=bool(settings.api_key))
     try:
+        # the preloaded models' engines start first, so that their imports (torch) and loads overlap the web
+        # stack's imports below (a second of a cold `localllm run` on a small CPU)
+        spawned = spawn_preloaded(settings.models, settings.engine_config)
+        server = _make_server(settings, url, spawned)
+        state = DaemonState(pid=os.getpid(), url=url, host=settings.host, port=port,
+                            started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                            api_key_required=bool(settings.api_key))
         asyncio.run(_serve(server, sock, state_path, state))
     finally:
         sock.close()
@@ -79,10 +76,15 @@ def serve(settings: ServerSettings, log_file: Path | None = None) -> None:
         raise DaemonStartError("the daemon failed to start (see the messages above)")
 
 
-def _make_server(config):
-    """A uvicorn server that leaves SIGINT/SIGTERM to us: uvicorn re-raises them after shutting down, which
-    would kill the process before the state file is removed (see _serve)."""
+def _make_server(settings: ServerSettings, url: str, spawned: dict):
+    """A uvicorn server of the app that leaves SIGINT/SIGTERM to us: uvicorn re-raises them after shutting down,
+    which would kill the process before the state file is removed (see _serve)."""
     import uvicorn
+
+    from localllm.server.app import create_app
+
+    config = uvicorn.Config(create_app(settings, url, spawned), log_level="warning", access_log=False,
+                            lifespan="on", timeout_graceful_shutdown=3, ws="none")
 
     class Server(uvicorn.Server):
         @contextlib.contextmanager

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 import queue
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from localllm import settings
 from localllm.config import Config
 from localllm.engine.output_processor import OutputProcessor
 from localllm.engine.outputs import StreamDelta
@@ -21,29 +19,13 @@ from localllm.errors import one_line
 from localllm.loader.tokenizer import Tokenizer
 from localllm.pooling_params import PoolingParams
 from localllm.sampling_params import SamplingParams
-from localllm.server import engine_process
+from localllm.server.engine_spawn import EngineLoadError, SpawnedEngine, spawn_engine
 from localllm.server.errors import APIError
-from localllm.server.protocol import (PROTOCOL_VERSION, AbortRequests, AddRequest, DecodeError, EmbedRequest,
-                                      EngineFailed, EngineStats, FinishSequence, FromEngine, LoadFailed, Loaded,
-                                      MessageRefused, ProtocolError, Receiver, RequestFailed, Sender, Shutdown, Start,
-                                      StepOutput, check_version)
+from localllm.server.protocol import (AbortRequests, AddRequest, DecodeError, EmbedRequest, EngineFailed,
+                                      EngineStats, FinishSequence, LoadFailed, Loaded, MessageRefused, ModelResolved,
+                                      ProtocolError, RequestFailed, Shutdown, StepOutput, check_version)
 
 log = logging.getLogger("localllm.server")
-# Starting an engine process lends it the daemon's environment for a moment (see _start_with_environment).
-_SPAWN_LOCK = threading.Lock()
-
-
-class EngineLoadError(Exception):
-    def __init__(self, error_type: str, message: str):
-        super().__init__(message)
-        self.error_type = error_type
-
-
-def _start_with_environment(process, environment: dict[str, str]) -> None:
-    """Starts the process with these variables in its environment from its first instruction: whatever it imports
-    before reading them, OpenMP is configured as asked."""
-    with _SPAWN_LOCK, settings.lent_environment(environment):
-        process.start()
 
 
 @dataclass
@@ -86,6 +68,7 @@ class EngineClient:
         self._outgoing: queue.SimpleQueue = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loaded: asyncio.Future | None = None
+        self._tokenizer: asyncio.Future | None = None   # read while the engine loads the weights
         self.process = None
         self._reaped: asyncio.Future | None = None
 
@@ -101,29 +84,19 @@ class EngineClient:
     def num_requests(self) -> int:
         return len(self._requests)
 
-    async def start(self) -> Loaded:
-        """Spawns the engine process and waits until its model is loaded (raises EngineLoadError)."""
+    async def start(self, spawned: SpawnedEngine | None = None) -> Loaded:
+        """Spawns the engine process (or follows `spawned`, started earlier for this model) and waits until its
+        model is loaded and the front end has its tokenizer (raises EngineLoadError)."""
         self._loop = asyncio.get_running_loop()
         self._loaded = self._loop.create_future()
-        ctx = multiprocessing.get_context("spawn")
-        engine_in, to_engine = ctx.Pipe(duplex=False)
-        from_engine, engine_out = ctx.Pipe(duplex=False)
-        self._to_engine, self._from_engine = Sender(to_engine), Receiver(from_engine, FromEngine)
-        num_threads = self.config.num_threads or engine_process.default_num_threads()
-        try:
-            self._send(Start(PROTOCOL_VERSION, replace(self.config, num_threads=num_threads)))   # sent once it runs
-        except UnicodeEncodeError as e:   # a model path that is no valid Unicode
-            raise EngineLoadError("ModelNotFoundError", f"the model name is not valid Unicode ({e.reason})") from None
-        self.process = ctx.Process(target=engine_process.main, args=(engine_in, engine_out),
-                                   name=f"localllm-engine[{self.name}]", daemon=True)
-        await asyncio.to_thread(_start_with_environment, self.process, engine_process.openmp_environment(num_threads))
-        engine_in.close()   # keep only our ends, so that its death reads as end-of-file
-        engine_out.close()
+        if spawned is None:
+            spawned = await asyncio.to_thread(spawn_engine, self.name, self.config)
+        self.process, self._to_engine, self._from_engine = spawned.process, spawned.to_engine, spawned.from_engine
         threading.Thread(target=self._read_loop, name=f"engine-reader[{self.name}]", daemon=True).start()
         threading.Thread(target=self._write_loop, name=f"engine-writer[{self.name}]", daemon=True).start()
         info = await self._loaded
         try:
-            self.tokenizer = await asyncio.to_thread(Tokenizer.from_dir, Path(info.model_dir))
+            self.tokenizer = await (self._tokenizer or asyncio.to_thread(Tokenizer.from_dir, Path(info.model_dir)))
         except Exception as e:  # noqa: BLE001 - the engine loaded it, so this is unexpected; report, don't crash
             await self.stop()
             raise EngineLoadError(type(e).__name__, one_line(e)) from None
@@ -222,6 +195,9 @@ class EngineClient:
                 request = self._requests.pop(embedding.request_id, None)
                 if request is not None:
                     request.queue.put_nowait((request, embedding))
+        elif isinstance(message, ModelResolved):
+            self._tokenizer = asyncio.ensure_future(asyncio.to_thread(Tokenizer.from_dir, Path(message.model_dir)))
+            self._tokenizer.add_done_callback(lambda f: f.cancelled() or f.exception())  # the load may fail first
         elif isinstance(message, Loaded):
             self._on_loaded(message)
         elif isinstance(message, RequestFailed):

@@ -13,8 +13,8 @@ from localllm.errors import one_line
 from localllm.process_exit import exit_now
 from localllm.server.protocol import (PROTOCOL_VERSION, AbortRequests, AddRequest, DecodeError, EmbedRequest,
                                       EngineFailed, EngineStats, FinishSequence, LoadFailed, Loaded, MessageRefused,
-                                      ProtocolError, RankMemory, Receiver, RequestFailed, Sender, Shutdown, Start,
-                                      StepOutput, ToEngine, check_version)
+                                      ModelResolved, ProtocolError, RankMemory, Receiver, RequestFailed, Sender,
+                                      Shutdown, Start, StepOutput, ToEngine, check_version)
 
 IDLE_CHECK_S = 1.0      # how often an idle engine checks that its daemon is still alive
 STATS_EVERY_S = 0.25    # steps that yield no token (prefill chunks) still report counters this often
@@ -29,7 +29,7 @@ def default_num_threads() -> int:
 
 def openmp_environment(num_threads: int) -> dict[str, str]:
     """What OpenMP reads once, when torch loads it: a pool of num_threads, whose idle threads sleep at once. It
-    must be in the engine process's environment from its start (see engine_client._start_with_environment).
+    must be in the engine process's environment from its start (see engine_spawn._start_with_environment).
 
     By default a thread that has finished its share of an op spins until the others are done. When another process
     (a second engine, anything busy) holds one of the cores, the spinning thread burns its time slice while the one
@@ -90,19 +90,21 @@ def _handshake(inbox: Receiver) -> Start:
 def _load(config, outbox: Sender):
     import torch
 
-    from localllm.engine.core import EngineCore, keeps_gguf_blocks
+    from localllm.engine.core import EngineCore, keeps_gguf_blocks, resolve_device
     from localllm.engine.kernel_cache import cached_kernel_count, start_kind, triton_cache_dir
     from localllm.engine.quant_choice import settle_quantization
     from localllm.errors import LocalLLMError
     from localllm.loader.hf_dir import open_model
 
     started = time.perf_counter()
-    kernel_cache = triton_cache_dir()
+    # Triton's kernels only run on a GPU: on a CPU, importing it would only add to the start
+    kernel_cache = triton_cache_dir() if resolve_device(config).type == "cuda" else None
     kernels_before = cached_kernel_count(kernel_cache)
     try:
         config = settle_quantization(config, config.model)
         files = open_model(config.model, keeps_gguf_blocks(config))
         model_dir, eos = files.model_dir, files.eos_token_ids
+        outbox.send(ModelResolved(str(model_dir)))
         core = EngineCore(config, model_dir, files.hf_config, eos, on_worker_failure=_exit_on_worker_failure,
                           pooling=files.pooling)
     except (LocalLLMError, ValueError, OSError) as e:
@@ -111,7 +113,7 @@ def _load(config, outbox: Sender):
     except Exception as e:  # noqa: BLE001
         outbox.send(LoadFailed("EngineError", f"{type(e).__name__}: {one_line(e)}"))
         return None
-    kernels = start_kind(kernels_before, cached_kernel_count(kernel_cache)) if core.device.type == "cuda" else ""
+    kernels = start_kind(kernels_before, cached_kernel_count(kernel_cache))
     print(f"localllm engine: {config.model or 'the embedded model'} ready in {time.perf_counter() - started:.1f} s"
           + (f" ({kernels})" if kernels else ""), file=sys.stderr, flush=True)
     runner = core.runner

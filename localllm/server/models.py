@@ -14,9 +14,10 @@ from pathlib import Path
 
 from localllm.errors import LocalLLMError
 from localllm.hub import store
-from localllm.hub.embedded import EMBEDDED_ALIAS, EMBEDDED_ALIASES
+from localllm.hub.embedded import EMBEDDED_ALIAS
 from localllm.hub.reference import resolve_reference
-from localllm.server.engine_client import EngineClient, EngineLoadError
+from localllm.server.engine_client import EngineClient
+from localllm.server.engine_spawn import EngineLoadError, SpawnedEngine, served_model
 from localllm.server.errors import APIError, model_not_found
 from localllm.server.protocol import speculation_status
 from localllm.server.settings import ServerSettings
@@ -44,15 +45,16 @@ class LoadedModel:
 
 
 class ModelManager:
-    def __init__(self, settings: ServerSettings, metrics=None):
+    def __init__(self, settings: ServerSettings, metrics=None, spawned: dict[str, SpawnedEngine] | None = None):
+        """spawned: engine processes already started for preloaded models (engine_spawn.spawn_preloaded), by name."""
         self.settings = settings
         self.metrics = metrics
         self.models: dict[str, LoadedModel] = {}
+        self._spawned = dict(spawned or {})
         self._allowed: dict[str, tuple[str, str]] = {}   # name as a request may give it -> (name, engine spec)
         for given in settings.models:
-            canonical = EMBEDDED_ALIAS if given.lower() in EMBEDDED_ALIASES else given
-            self._allowed[given] = (canonical, given if canonical != EMBEDDED_ALIAS else EMBEDDED_ALIAS)
-            if canonical != EMBEDDED_ALIAS:
+            self._allowed[given] = served_model(given)
+            if self._allowed[given][0] != EMBEDDED_ALIAS:
                 self._allowed.setdefault(str(Path(given).expanduser().resolve()), self._allowed[given])
         self._reaper: asyncio.Task | None = None
         self._stopping: set[asyncio.Task] = set()
@@ -143,13 +145,13 @@ class ModelManager:
         model = LoadedModel(name, spec, client, self.settings.keep_alive_s, loop.create_future())
         model.ready.add_done_callback(lambda f: f.cancelled() or f.exception())  # never "unretrieved"
         self.models[name] = model
-        loop.create_task(self._start(model))
+        loop.create_task(self._start(model, self._spawned.pop(name, None)))
         log.info("loading model %s", name)
         return model
 
-    async def _start(self, model: LoadedModel) -> None:
+    async def _start(self, model: LoadedModel, spawned: SpawnedEngine | None) -> None:
         try:
-            await model.client.start()
+            await model.client.start(spawned)
         except EngineLoadError as e:
             log.warning("model %s failed to load: %s", model.name, e)
             if self.models.get(model.name) is model:

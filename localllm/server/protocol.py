@@ -19,7 +19,7 @@ from localllm.pooling_params import PoolingParams
 from localllm.sampling_params import SamplingParams
 
 # Raise on any change to the messages below.
-PROTOCOL_VERSION = 7
+PROTOCOL_VERSION = 8
 
 
 class Message(msgspec.Struct, frozen=True, tag=True, array_like=True):
@@ -96,6 +96,12 @@ class RankMemory(msgspec.Struct, frozen=True, array_like=True):
     kv_cache_bytes: int
 
 
+class ModelResolved(Message):
+    """Where the model's files are, sent before its weights load, so that the front end reads the tokenizer
+    meanwhile."""
+    model_dir: str
+
+
 class Loaded(Message):
     protocol: int
     model_dir: str
@@ -148,7 +154,7 @@ class EngineFailed(Message):
 
 
 ToEngine = Union[Start, AddRequest, EmbedRequest, AbortRequests, FinishSequence, Shutdown]
-FromEngine = Union[Loaded, LoadFailed, StepOutput, RequestFailed, MessageRefused, EngineFailed]
+FromEngine = Union[ModelResolved, Loaded, LoadFailed, StepOutput, RequestFailed, MessageRefused, EngineFailed]
 
 # msgspec.DecodeError (ValidationError included): what receive() raises for bytes that are no declared message.
 DecodeError = msgspec.DecodeError
