@@ -7,7 +7,7 @@ import torch
 
 from localllm.kernels.quant_blocks_ref import dequantize_ref
 from localllm.kernels.quantize_ref import quantize_ref
-from localllm.layers.cpu_quant import CpuQuantMatmul, DensePart, Int4Part
+from localllm.layers.cpu_parts import CpuQuantMatmul, DensePart, Int4Part
 from localllm.layers.quantized import BlockLayout
 
 

@@ -1,0 +1,102 @@
+"""The C kernels of this package, compiled on first use with the system's C compiler and loaded with ctypes.
+
+No torch headers are involved (the kernels take raw pointers), so a build takes about a second. The shared library
+is cached in the user's cache directory under a key made of the sources, the flags and the CPU's feature flags
+(-march=native code is only valid on a CPU like the one it was built on). Without a compiler, or when the build
+fails, or with LOCALLLM_CPU_KERNELS=0, library() returns None after one log line and callers keep torch's path.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from localllm import settings
+
+log = logging.getLogger("localllm.cpu_kernels")
+SOURCES = ("quant_gemv.c", "decode_ops.c", "decode_step.c")
+HEADERS = ("lq_kernels.h",)
+FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-shared", "-fPIC", "-std=c11")
+OPENMP = "-fopenmp"
+
+
+def cache_dir() -> Path:
+    """Where built libraries are kept: cpu_kernels/ in the user's cache directory (in $LOCALLLM_HOME when set)."""
+    home = settings.home()
+    if home is not None:
+        return home / "cache" / "cpu_kernels"
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("localllm")) / "cpu_kernels"
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.machine() + platform.processor()
+
+
+def _key(compiler: str) -> str:
+    digest = hashlib.sha256()
+    for name in (*SOURCES, *HEADERS):
+        digest.update((Path(__file__).parent / name).read_bytes())
+    digest.update("\0".join((compiler, *FLAGS, OPENMP, _cpu_flags())).encode())
+    return digest.hexdigest()[:16]
+
+
+def _compile(compiler: str, target: Path) -> None:
+    """Builds into a temporary file renamed into place, so that a concurrent first use never loads half a file;
+    without OpenMP (a compiler that lacks it) the kernels run on one thread."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    sources = [str(Path(__file__).parent / name) for name in SOURCES]
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        for extra in ([OPENMP], []):
+            done = subprocess.run([compiler, *FLAGS, *extra, *sources, "-o", tmp, "-lm"], capture_output=True,
+                                  text=True, timeout=120)
+            if done.returncode == 0:
+                os.replace(tmp, target)
+                return
+        raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "compiler failed")
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def build(compiler: str | None = None) -> Path:
+    """The path of the built library, compiling it when the cache lacks it. Raises RuntimeError with the reason
+    when it cannot be built."""
+    compiler = compiler or os.fspath(shutil.which("cc") or shutil.which("gcc") or shutil.which("clang") or "")
+    if not compiler or shutil.which(compiler) is None:
+        raise RuntimeError("no C compiler found (cc, gcc or clang)")
+    target = cache_dir() / f"localllm_cpu_{_key(compiler)}.so"
+    if not target.exists():
+        _compile(compiler, target)
+    return target
+
+
+@functools.lru_cache(maxsize=None)
+def library(compiler: str | None = None) -> ctypes.CDLL | None:
+    """The loaded kernels, or None (logged once) when they are turned off or cannot be built."""
+    if not settings.cpu_kernels():
+        log.info("compiled CPU kernels turned off (LOCALLLM_CPU_KERNELS=0): using torch's CPU path")
+        return None
+    from localllm.cpu_kernels.ops import declare
+
+    try:
+        return declare(ctypes.CDLL(str(build(compiler))))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        log.warning("compiled CPU kernels unavailable (%s): using torch's CPU path", e)
+        return None
