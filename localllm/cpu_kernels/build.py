@@ -21,10 +21,9 @@ from pathlib import Path
 from localllm import settings
 
 log = logging.getLogger("localllm.cpu_kernels")
-SOURCES = ("quant_gemv.c", "decode_ops.c", "decode_step.c")
+SOURCES = ("quant_gemv.c", "decode_ops.c", "decode_step.c", "work_pool.c")
 HEADERS = ("lq_kernels.h",)
-FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-shared", "-fPIC", "-std=c11")
-OPENMP = "-fopenmp"
+FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp-simd", "-shared", "-fPIC", "-std=c11", "-pthread")
 
 
 def cache_dir() -> Path:
@@ -51,25 +50,23 @@ def _key(compiler: str) -> str:
     digest = hashlib.sha256()
     for name in (*SOURCES, *HEADERS):
         digest.update((Path(__file__).parent / name).read_bytes())
-    digest.update("\0".join((compiler, *FLAGS, OPENMP, _cpu_flags())).encode())
+    digest.update("\0".join((compiler, *FLAGS, _cpu_flags())).encode())
     return digest.hexdigest()[:16]
 
 
 def _compile(compiler: str, target: Path) -> None:
-    """Builds into a temporary file renamed into place, so that a concurrent first use never loads half a file;
-    without OpenMP (a compiler that lacks it) the kernels run on one thread."""
+    """Builds into a temporary file renamed into place, so that a concurrent first use never loads half a file."""
     target.parent.mkdir(parents=True, exist_ok=True)
     sources = [str(Path(__file__).parent / name) for name in SOURCES]
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        for extra in ([OPENMP], []):
-            done = subprocess.run([compiler, *FLAGS, *extra, *sources, "-o", tmp, "-lm"], capture_output=True,
-                                  text=True, timeout=120)
-            if done.returncode == 0:
-                os.replace(tmp, target)
-                return
-        raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "compiler failed")
+        done = subprocess.run([compiler, *FLAGS, *sources, "-o", tmp, "-lm"], capture_output=True, text=True,
+                              timeout=120)
+        if done.returncode != 0:
+            lines = done.stderr.strip().splitlines()
+            raise RuntimeError(f"{compiler} failed: {lines[-1] if lines else done.returncode}")
+        os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -87,16 +84,25 @@ def build(compiler: str | None = None) -> Path:
     return target
 
 
-@functools.lru_cache(maxsize=None)
 def library(compiler: str | None = None) -> ctypes.CDLL | None:
-    """The loaded kernels, or None (logged once) when they are turned off or cannot be built."""
+    """The loaded kernels, or None (said once in the log) when they are turned off or cannot be built."""
     if not settings.cpu_kernels():
-        log.info("compiled CPU kernels turned off (LOCALLLM_CPU_KERNELS=0): using torch's CPU path")
+        _say_once("compiled CPU kernels turned off (LOCALLLM_CPU_KERNELS=0): using torch's CPU path")
         return None
+    return _load(compiler)
+
+
+@functools.lru_cache(maxsize=None)
+def _say_once(line: str) -> None:
+    log.warning(line)
+
+
+@functools.lru_cache(maxsize=None)
+def _load(compiler: str | None) -> ctypes.CDLL | None:
     from localllm.cpu_kernels.ops import declare
 
     try:
         return declare(ctypes.CDLL(str(build(compiler))))
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-        log.warning("compiled CPU kernels unavailable (%s): using torch's CPU path", e)
+        _say_once(f"compiled CPU kernels unavailable ({e}): using torch's CPU path")
         return None

@@ -58,6 +58,45 @@ void lq_rope_store(const float *q, const float *k, const float *v, int64_t strid
     }
 }
 
+typedef struct {
+    const float *q, *k_cache, *v_cache;
+    const int64_t *block_tables, *context_lens;
+    int64_t table_width, heads, kv_heads, dim, block_size, window;
+    float scale;
+    float *out;
+} attention_job;
+
+/* One head of one sequence: softmax(q . k * scale) . v over its visible keys. */
+static void attend_head(void *ctx, int64_t chunk) {
+    const attention_job *j = ctx;
+    int64_t b = chunk / j->heads, h = chunk % j->heads, dim = j->dim, kv = h / (j->heads / j->kv_heads);
+    int64_t len = j->context_lens[b], first = j->window > 0 && len > j->window ? len - j->window : 0;
+    const int64_t *table = j->block_tables + b * j->table_width;
+    const float *qh = j->q + chunk * dim;
+    float *o = j->out + chunk * dim;
+    float *scores = malloc(sizeof(float) * (size_t)(len - first));
+    float top = -INFINITY, total = 0.0f;
+    for (int64_t p = first; p < len; p++) {
+        int64_t slot = table[p / j->block_size] * j->block_size + p % j->block_size;
+        const float *k = j->k_cache + (slot * j->kv_heads + kv) * dim;
+        float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+        for (int64_t i = 0; i < dim; i++) dot += qh[i] * k[i];
+        scores[p - first] = dot * j->scale;
+        top = dot * j->scale > top ? dot * j->scale : top;
+    }
+    for (int64_t i = 0; i < dim; i++) o[i] = 0.0f;
+    for (int64_t p = first; p < len; p++) {
+        int64_t slot = table[p / j->block_size] * j->block_size + p % j->block_size;
+        const float *v = j->v_cache + (slot * j->kv_heads + kv) * dim;
+        float e = expf(scores[p - first] - top);
+        total += e;
+        for (int64_t i = 0; i < dim; i++) o[i] += e * v[i];
+    }
+    for (int64_t i = 0; i < dim; i++) o[i] /= total;
+    free(scores);
+}
+
 /* One query token per sequence (at position context_lens[b] - 1), q [seqs, heads, dim] -> out [seqs, heads, dim]
  * over caches [blocks, block_size, kv_heads, dim] reached through block_tables [seqs, table_width]; query heads
  * grouped over kv heads; window > 0 keeps only the last `window` keys. */
@@ -65,34 +104,7 @@ void lq_decode_attention(const float *q, const float *k_cache, const float *v_ca
                          int64_t table_width, const int64_t *context_lens, int64_t seqs, int64_t heads,
                          int64_t kv_heads, int64_t dim, int64_t block_size, float scale, int64_t window, float *out,
                          int threads) {
-    int64_t group = heads / kv_heads;
-#pragma omp parallel for num_threads(threads) schedule(static) collapse(2)
-    for (int64_t b = 0; b < seqs; b++) {
-        for (int64_t h = 0; h < heads; h++) {
-            int64_t len = context_lens[b], first = window > 0 && len > window ? len - window : 0;
-            const float *qh = q + (b * heads + h) * dim;
-            float *o = out + (b * heads + h) * dim;
-            float *scores = malloc(sizeof(float) * (size_t)(len - first));
-            float top = -INFINITY, total = 0.0f;
-            for (int64_t p = first; p < len; p++) {
-                int64_t slot = block_tables[b * table_width + p / block_size] * block_size + p % block_size;
-                const float *k = k_cache + (slot * kv_heads + h / group) * dim;
-                float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-                for (int64_t i = 0; i < dim; i++) dot += qh[i] * k[i];
-                scores[p - first] = dot * scale;
-                if (dot * scale > top) top = dot * scale;
-            }
-            for (int64_t i = 0; i < dim; i++) o[i] = 0.0f;
-            for (int64_t p = first; p < len; p++) {
-                int64_t slot = block_tables[b * table_width + p / block_size] * block_size + p % block_size;
-                const float *v = v_cache + (slot * kv_heads + h / group) * dim;
-                float e = expf(scores[p - first] - top);
-                total += e;
-                for (int64_t i = 0; i < dim; i++) o[i] += e * v[i];
-            }
-            for (int64_t i = 0; i < dim; i++) o[i] /= total;
-            free(scores);
-        }
-    }
+    attention_job job = {q, k_cache, v_cache, block_tables, context_lens, table_width, heads, kv_heads, dim,
+                         block_size, window, scale, out};
+    lq_parallel(attend_head, &job, seqs * heads, threads);
 }

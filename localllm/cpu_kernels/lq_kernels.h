@@ -3,6 +3,9 @@
 #define LQ_KERNELS_H
 #include <stdint.h>
 
+typedef void (*lq_chunk_fn)(void *ctx, int64_t chunk);
+void lq_parallel(lq_chunk_fn fn, void *ctx, int64_t chunks, int threads);
+
 void lq_dequantize(int fmt, const uint8_t *w, int64_t rows, int64_t cols, float *out, int threads);
 void lq_matmul(int fmt, const uint8_t *w, int64_t rows, int64_t cols, const float *x, int64_t m, int64_t ldx,
                float *y, int64_t ldy, int threads);

@@ -8,7 +8,7 @@
  * with -ffp-contract=off so that none is fused). lq_matmul never writes them out: per block it sums q * x in
  * float32 (8 lanes) and applies the scale and the minimum once, sum_j (d q_j + m) x_j = d sum_j q_j x_j +
  * m sum_j x_j, so it agrees with dequantize-then-matmul to float32 rounding, not bit for bit.
- * Rows are shared out over OpenMP threads (the runtime torch already loaded: both name libgomp.so.1).
+ * Rows are shared out in chunks over the threads of work_pool.c.
  */
 #include <stdint.h>
 #include <math.h>
@@ -21,7 +21,7 @@
 #endif
 
 enum { FMT_Q4_0 = 0, FMT_Q4_1 = 1, FMT_Q8_0 = 2 };
-enum { QK = 32, MAX_M = 4 };
+enum { QK = 32, MAX_M = 4, ROWS_PER_CHUNK = 32 };
 
 static const int BLOCK_BYTES[] = {18, 20, 34};
 
@@ -70,30 +70,42 @@ static void block_quants(int fmt, const uint8_t *b, int32_t *q, float *d, float 
     }
 }
 
-void lq_dequantize(int fmt, const uint8_t *w, int64_t rows, int64_t cols, float *out, int threads) {
-    int64_t nb = cols / QK, bytes = BLOCK_BYTES[fmt];
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
+typedef struct {
+    int fmt;
+    const uint8_t *w;
+    int64_t rows, cols;
+    float *out;
+} dequantize_job;
+
+static void dequantize_rows(void *ctx, int64_t chunk) {
+    const dequantize_job *j = ctx;
+    int64_t nb = j->cols / QK, bytes = BLOCK_BYTES[j->fmt], last = (chunk + 1) * ROWS_PER_CHUNK;
+    for (int64_t r = chunk * ROWS_PER_CHUNK; r < (last < j->rows ? last : j->rows); r++) {
         for (int64_t i = 0; i < nb; i++) {
             int32_t q[QK];
             float d, m;
-            block_quants(fmt, w + (r * nb + i) * bytes, q, &d, &m);
-            float *o = out + r * cols + i * QK;
-            if (fmt == FMT_Q8_0) {
-                for (int j = 0; j < QK; j++) o[j] = (float)q[j] * d;
-            } else if (fmt == FMT_Q4_1) {
-                for (int j = 0; j < QK; j++) o[j] = d * (float)q[j] + m;
+            block_quants(j->fmt, j->w + (r * nb + i) * bytes, q, &d, &m);
+            float *o = j->out + r * j->cols + i * QK;
+            if (j->fmt == FMT_Q8_0) {
+                for (int k = 0; k < QK; k++) o[k] = (float)q[k] * d;
+            } else if (j->fmt == FMT_Q4_1) {
+                for (int k = 0; k < QK; k++) o[k] = d * (float)q[k] + m;
             } else {
-                for (int j = 0; j < QK; j++) o[j] = d * (float)q[j];
+                for (int k = 0; k < QK; k++) o[k] = d * (float)q[k];
             }
         }
     }
 }
 
+void lq_dequantize(int fmt, const uint8_t *w, int64_t rows, int64_t cols, float *out, int threads) {
+    dequantize_job job = {fmt, w, rows, cols, out};
+    lq_parallel(dequantize_rows, &job, (rows + ROWS_PER_CHUNK - 1) / ROWS_PER_CHUNK, threads);
+}
+
 /* Each block of x (32 values) as int16 quants xq * scale (round to nearest, |xq| <= 32767: a relative error of at
- * most 1.5e-5 of the block's largest value, against bfloat16's 4e-3), and its float32 sum. */
-static void quantize_x(const float *x, int64_t m, int64_t ldx, int64_t cols, int16_t *xq, float *scales,
-                       float *sums) {
+ * most 1.5e-5 of the block's largest value, against bfloat16's 4e-3), and beside its scale its float32 sum:
+ * pairs[2 * block] = scale, pairs[2 * block + 1] = sum. */
+static void quantize_x(const float *x, int64_t m, int64_t ldx, int64_t cols, int16_t *xq, float *pairs) {
     int64_t nb = cols / QK;
     for (int64_t t = 0; t < m; t++) {
         for (int64_t i = 0; i < nb; i++) {
@@ -106,8 +118,8 @@ static void quantize_x(const float *x, int64_t m, int64_t ldx, int64_t cols, int
             }
             float inv = amax > 0.0f ? 32767.0f / amax : 0.0f;
             for (int j = 0; j < QK; j++) xq[t * cols + i * QK + j] = (int16_t)lrintf(xb[j] * inv);
-            scales[t * nb + i] = amax / 32767.0f;
-            sums[t * nb + i] = s;
+            pairs[2 * (t * nb + i)] = amax / 32767.0f;
+            pairs[2 * (t * nb + i) + 1] = s;
         }
     }
 }
@@ -120,30 +132,39 @@ static float hsum(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* Block i of a row against m (<= MAX_M) quantized activations: acc[t] += d * xscale * (q . xq) (the products exact
- * in int32, _mm256_madd_epi16), mins[t] += min * sum(x). */
+/* Block i of a row against m (<= MAX_M) quantized activations: acc[t] += d * scale * (q . xq) (the products exact
+ * in int32, _mm256_madd_epi16) and, in lane 1 of mins[t], min * sum(x). The block's [d, min] and x's
+ * [scale, sum] are multiplied as one 2-lane vector. */
 static inline __attribute__((always_inline)) void block_dot(int fmt, const uint8_t *b, int64_t i, int64_t nb,
-                                                            const int16_t *xq, int64_t cols, const float *scales,
-                                                            const float *sums, int m, __m256 *acc, float *mins) {
+                                                            const int16_t *xq, int64_t cols, const float *pairs,
+                                                            int m, __m256 *acc, __m128 *mins) {
     const __m256i low = _mm256_set1_epi16(0x0F);
     __m256i q0, q1;
-    float d = f16_to_f32(b), mn;
+    __m128 dm;
     if (fmt == FMT_Q8_0) {
+        dm = _mm_cvtph_ps(_mm_cvtsi32_si128(*(const uint16_t *)b));   /* [d, 0] */
         q0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b + 2)));
         q1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b + 18)));
-        mn = 0.0f;
     } else {   /* 16 bytes widened to 16-bit lanes: low nibbles are weights 0-15, high ones 16-31 */
+        if (fmt == FMT_Q4_1) {
+            int32_t both;
+            memcpy(&both, b, 4);
+            dm = _mm_cvtph_ps(_mm_cvtsi32_si128(both));   /* [d, m] */
+        } else {   /* [d, -8 d] */
+            dm = _mm_mul_ps(_mm_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(*(const uint16_t *)b))),
+                            _mm_setr_ps(1.0f, -8.0f, 0.0f, 0.0f));
+        }
         __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(b + (fmt == FMT_Q4_1 ? 4 : 2))));
         q0 = _mm256_and_si256(v, low);
         q1 = _mm256_srli_epi16(v, 4);
-        mn = fmt == FMT_Q4_1 ? f16_to_f32(b + 2) : -8.0f * d;
     }
     for (int t = 0; t < m; t++) {
         const int16_t *xb = xq + t * cols + i * QK;
         __m256i p = _mm256_add_epi32(_mm256_madd_epi16(q0, _mm256_loadu_si256((const __m256i *)xb)),
                                      _mm256_madd_epi16(q1, _mm256_loadu_si256((const __m256i *)(xb + 16))));
-        acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * scales[t * nb + i]), _mm256_cvtepi32_ps(p), acc[t]);
-        mins[t] += mn * sums[t * nb + i];
+        __m128 prod = _mm_mul_ps(dm, _mm_castpd_ps(_mm_load_sd((const double *)(pairs + 2 * (t * nb + i)))));
+        mins[t] = _mm_add_ps(mins[t], prod);
+        acc[t] = _mm256_fmadd_ps(_mm256_broadcastss_ps(prod), _mm256_cvtepi32_ps(p), acc[t]);
     }
 }
 
@@ -151,37 +172,43 @@ static inline __attribute__((always_inline)) void block_dot(int fmt, const uint8
  * (two dependency chains). Inlined into one copy per format and m == 1 (row_dot below), so that the format's
  * branches leave the loop. */
 static inline __attribute__((always_inline)) void row_dot_fmt(int fmt, const uint8_t *row, int64_t nb,
-                                                              const int16_t *xq, int64_t cols, const float *scales,
-                                                              const float *sums, int m, float *y) {
+                                                              const int16_t *xq, int64_t cols, const float *pairs,
+                                                              int m, float *y) {
     __m256 even[MAX_M], odd[MAX_M];
-    float mins_even[MAX_M] = {0}, mins_odd[MAX_M] = {0};
+    __m128 mins_even[MAX_M], mins_odd[MAX_M];
     int64_t bytes = BLOCK_BYTES[fmt], i = 0;
-    for (int t = 0; t < m; t++) even[t] = odd[t] = _mm256_setzero_ps();
-    for (; i + 1 < nb; i += 2) {
-        block_dot(fmt, row + i * bytes, i, nb, xq, cols, scales, sums, m, even, mins_even);
-        block_dot(fmt, row + (i + 1) * bytes, i + 1, nb, xq, cols, scales, sums, m, odd, mins_odd);
+    for (int t = 0; t < m; t++) {
+        even[t] = odd[t] = _mm256_setzero_ps();
+        mins_even[t] = mins_odd[t] = _mm_setzero_ps();
     }
-    if (i < nb) block_dot(fmt, row + i * bytes, i, nb, xq, cols, scales, sums, m, even, mins_even);
-    for (int t = 0; t < m; t++) y[t] = hsum(_mm256_add_ps(even[t], odd[t])) + (mins_even[t] + mins_odd[t]);
+    for (; i + 1 < nb; i += 2) {
+        block_dot(fmt, row + i * bytes, i, nb, xq, cols, pairs, m, even, mins_even);
+        block_dot(fmt, row + (i + 1) * bytes, i + 1, nb, xq, cols, pairs, m, odd, mins_odd);
+    }
+    if (i < nb) block_dot(fmt, row + i * bytes, i, nb, xq, cols, pairs, m, even, mins_even);
+    for (int t = 0; t < m; t++) {
+        __m128 mins = _mm_add_ps(mins_even[t], mins_odd[t]);
+        y[t] = hsum(_mm256_add_ps(even[t], odd[t])) + _mm_cvtss_f32(_mm_movehdup_ps(mins));
+    }
 }
 
-static void row_dot(int fmt, const uint8_t *row, int64_t nb, const int16_t *xq, int64_t cols, const float *scales,
-                    const float *sums, int m, float *y) {
+static void row_dot(int fmt, const uint8_t *row, int64_t nb, const int16_t *xq, int64_t cols, const float *pairs,
+                    int m, float *y) {
     if (fmt == FMT_Q4_1) {
-        if (m == 1) row_dot_fmt(FMT_Q4_1, row, nb, xq, cols, scales, sums, 1, y);
-        else row_dot_fmt(FMT_Q4_1, row, nb, xq, cols, scales, sums, m, y);
+        if (m == 1) row_dot_fmt(FMT_Q4_1, row, nb, xq, cols, pairs, 1, y);
+        else row_dot_fmt(FMT_Q4_1, row, nb, xq, cols, pairs, m, y);
     } else if (fmt == FMT_Q4_0) {
-        if (m == 1) row_dot_fmt(FMT_Q4_0, row, nb, xq, cols, scales, sums, 1, y);
-        else row_dot_fmt(FMT_Q4_0, row, nb, xq, cols, scales, sums, m, y);
+        if (m == 1) row_dot_fmt(FMT_Q4_0, row, nb, xq, cols, pairs, 1, y);
+        else row_dot_fmt(FMT_Q4_0, row, nb, xq, cols, pairs, m, y);
     } else {
-        if (m == 1) row_dot_fmt(FMT_Q8_0, row, nb, xq, cols, scales, sums, 1, y);
-        else row_dot_fmt(FMT_Q8_0, row, nb, xq, cols, scales, sums, m, y);
+        if (m == 1) row_dot_fmt(FMT_Q8_0, row, nb, xq, cols, pairs, 1, y);
+        else row_dot_fmt(FMT_Q8_0, row, nb, xq, cols, pairs, m, y);
     }
 }
 #else
 /* Without AVX2: the same sums in plain C. */
-static void row_dot(int fmt, const uint8_t *row, int64_t nb, const int16_t *xq, int64_t cols, const float *scales,
-                    const float *sums, int m, float *y) {
+static void row_dot(int fmt, const uint8_t *row, int64_t nb, const int16_t *xq, int64_t cols, const float *pairs,
+                    int m, float *y) {
     int64_t bytes = BLOCK_BYTES[fmt];
     for (int t = 0; t < m; t++) y[t] = 0.0f;
     for (int64_t i = 0; i < nb; i++) {
@@ -195,30 +222,44 @@ static void row_dot(int fmt, const uint8_t *row, int64_t nb, const int16_t *xq, 
         for (int t = 0; t < m; t++) {
             int32_t s = 0;
             for (int j = 0; j < QK; j++) s += q[j] * xq[t * cols + i * QK + j];
-            y[t] += d * scales[t * nb + i] * (float)s + mn * sums[t * nb + i];
+            y[t] += d * pairs[2 * (t * nb + i)] * (float)s + mn * pairs[2 * (t * nb + i) + 1];
         }
     }
 }
 #endif
 
+typedef struct {
+    int fmt;
+    const uint8_t *w;
+    int64_t rows, cols, m, ldy;
+    const int16_t *xq;
+    const float *pairs;
+    float *y;
+} matmul_job;
+
+static void matmul_rows(void *ctx, int64_t chunk) {
+    const matmul_job *j = ctx;
+    int64_t nb = j->cols / QK, row_bytes = nb * BLOCK_BYTES[j->fmt], last = (chunk + 1) * ROWS_PER_CHUNK;
+    for (int64_t r = chunk * ROWS_PER_CHUNK; r < (last < j->rows ? last : j->rows); r++) {
+        for (int64_t t0 = 0; t0 < j->m; t0 += MAX_M) {
+            int n = (int)(j->m - t0 < MAX_M ? j->m - t0 : MAX_M);
+            float out[MAX_M];
+            row_dot(j->fmt, j->w + r * row_bytes, nb, j->xq + t0 * j->cols, j->cols, j->pairs + 2 * t0 * nb, n, out);
+            for (int t = 0; t < n; t++) j->y[(t0 + t) * j->ldy + r] = out[t];
+        }
+    }
+}
+
 /* y[t, r] (row stride ldy) = sum_k W[r, k] x[t, k] (row stride ldx) for t < m, x quantized per block first
  * (quantize_x). Q4_0 keeps its offset out of the quants here (q in 0..15, min = -8 d): the same weights. */
 void lq_matmul(int fmt, const uint8_t *w, int64_t rows, int64_t cols, const float *x, int64_t m, int64_t ldx,
                float *y, int64_t ldy, int threads) {
-    int64_t nb = cols / QK, row_bytes = nb * BLOCK_BYTES[fmt];
+    int64_t nb = cols / QK;
     int16_t *xq = aligned_alloc(64, (size_t)((m * cols * 2 + 63) / 64 * 64));
-    float *scales = malloc(sizeof(float) * (size_t)(m * nb)), *sums = malloc(sizeof(float) * (size_t)(m * nb));
-    quantize_x(x, m, ldx, cols, xq, scales, sums);
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
-        for (int64_t t0 = 0; t0 < m; t0 += MAX_M) {
-            int n = (int)(m - t0 < MAX_M ? m - t0 : MAX_M);
-            float out[MAX_M];
-            row_dot(fmt, w + r * row_bytes, nb, xq + t0 * cols, cols, scales + t0 * nb, sums + t0 * nb, n, out);
-            for (int t = 0; t < n; t++) y[(t0 + t) * ldy + r] = out[t];
-        }
-    }
+    float *pairs = malloc(sizeof(float) * (size_t)(2 * m * nb));
+    quantize_x(x, m, ldx, cols, xq, pairs);
+    matmul_job job = {fmt, w, rows, cols, m, ldy, xq, pairs, y};
+    lq_parallel(matmul_rows, &job, (rows + ROWS_PER_CHUNK - 1) / ROWS_PER_CHUNK, threads);
     free(xq);
-    free(scales);
-    free(sums);
+    free(pairs);
 }
