@@ -4,7 +4,6 @@ token for token against the module path; and the fallback when no compiler is th
 from __future__ import annotations
 
 import logging
-import shutil
 
 import pytest
 import torch
@@ -25,7 +24,7 @@ FORMATS = list(ops.FORMATS)
 @pytest.fixture
 def lib(monkeypatch):
     """The kernels, built into the session's data dir (conftest) on first use."""
-    if shutil.which("cc") is None and shutil.which("gcc") is None and shutil.which("clang") is None:
+    if build.system_compiler() is None:
         pytest.skip("no C compiler (cc, gcc or clang) on this machine: the engine runs torch's CPU path")
     monkeypatch.setenv("LOCALLLM_CPU_KERNELS", "1")
     return build.library()

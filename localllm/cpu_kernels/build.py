@@ -72,12 +72,17 @@ def _compile(compiler: str, target: Path) -> None:
             os.unlink(tmp)
 
 
+def system_compiler() -> str | None:
+    """The C compiler the kernels are built with: cc, else gcc, else clang; None when there is none."""
+    return shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+
+
 def build(compiler: str | None = None) -> Path:
     """The path of the built library, compiling it when the cache lacks it. Raises RuntimeError with the reason
     when it cannot be built."""
-    compiler = compiler or os.fspath(shutil.which("cc") or shutil.which("gcc") or shutil.which("clang") or "")
+    compiler = compiler or system_compiler()
     if not compiler or shutil.which(compiler) is None:
-        raise RuntimeError("no C compiler found (cc, gcc or clang)")
+        raise RuntimeError(f"no C compiler found ({compiler or 'cc, gcc or clang'})")
     target = cache_dir() / f"localllm_cpu_{_key(compiler)}.so"
     if not target.exists():
         _compile(compiler, target)
