@@ -157,7 +157,8 @@ CPU_KERNELS: Variable[bool] = Variable(
     "0 = never build or use the compiled C kernels of the CPU decode path (torch's CPU path instead)")
 
 VARIABLES: tuple[Variable, ...] = (HOST, HOME, API_KEY, KEEP_ALIVE, MAX_QUEUED, ORIGINS, GPU_MEMORY_FRACTION,
-                                   CPU_KERNELS, EMBEDDED_GGUF, PYPI_URL, HF_ENDPOINT, HF_HUB_CACHE, HUGGINGFACE_HUB_CACHE, HF_HOME, HF_TOKEN, HF_HUB_OFFLINE)
+                                   CPU_KERNELS, EMBEDDED_GGUF, PYPI_URL, HF_ENDPOINT, HF_HUB_CACHE,
+                                   HUGGINGFACE_HUB_CACHE, HF_HOME, HF_TOKEN, HF_HUB_OFFLINE)
 
 
 # --- typed accessors ---------------------------------------------------------------------------------------

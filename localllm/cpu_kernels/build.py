@@ -23,7 +23,7 @@ from localllm import settings
 log = logging.getLogger("localllm.cpu_kernels")
 SOURCES = ("quant_gemv.c", "decode_ops.c", "decode_step.c", "work_pool.c")
 HEADERS = ("lq_kernels.h",)
-FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp-simd", "-shared", "-fPIC", "-std=c11", "-pthread")
+FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp-simd", "-shared", "-fPIC", "-std=gnu11", "-pthread")
 
 
 def cache_dir() -> Path:

@@ -66,34 +66,63 @@ typedef struct {
     float *out;
 } attention_job;
 
-/* One head of one sequence: softmax(q . k * scale) . v over its visible keys. */
-static void attend_head(void *ctx, int64_t chunk) {
+/* The cache row of position p of a sequence: walks the block table without a division per key. */
+typedef struct {
+    const int64_t *table;
+    int64_t block_size, block, offset;
+} key_walk;
+
+static key_walk walk_from(const int64_t *table, int64_t block_size, int64_t p) {
+    key_walk w = {table, block_size, p / block_size, p % block_size};
+    return w;
+}
+
+static int64_t next_slot(key_walk *w) {
+    int64_t slot = w->table[w->block] * w->block_size + w->offset;
+    if (++w->offset == w->block_size) {
+        w->offset = 0;
+        w->block++;
+    }
+    return slot;
+}
+
+/* The query heads of one KV head of one sequence (chunk = seq * kv_heads + kv head): softmax(q . k * scale) . v
+ * over the visible keys, each key and value row read once for the whole group. */
+static void attend_group(void *ctx, int64_t chunk) {
     const attention_job *j = ctx;
-    int64_t b = chunk / j->heads, h = chunk % j->heads, dim = j->dim, kv = h / (j->heads / j->kv_heads);
-    int64_t len = j->context_lens[b], first = j->window > 0 && len > j->window ? len - j->window : 0;
+    int64_t b = chunk / j->kv_heads, kv = chunk % j->kv_heads, dim = j->dim, group = j->heads / j->kv_heads;
+    int64_t len = j->context_lens[b], first = j->window > 0 && len > j->window ? len - j->window : 0, n = len - first;
     const int64_t *table = j->block_tables + b * j->table_width;
-    const float *qh = j->q + chunk * dim;
-    float *o = j->out + chunk * dim;
-    float *scores = malloc(sizeof(float) * (size_t)(len - first));
-    float top = -INFINITY, total = 0.0f;
+    const float *q = j->q + (b * j->heads + kv * group) * dim;
+    float *out = j->out + (b * j->heads + kv * group) * dim;
+    float *scores = malloc(sizeof(float) * (size_t)(n * group));
+    key_walk keys = walk_from(table, j->block_size, first);
     for (int64_t p = first; p < len; p++) {
-        int64_t slot = table[p / j->block_size] * j->block_size + p % j->block_size;
+        int64_t slot = next_slot(&keys);
         const float *k = j->k_cache + (slot * j->kv_heads + kv) * dim;
-        float dot = 0.0f;
+        for (int64_t g = 0; g < group; g++) {
+            float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
-        for (int64_t i = 0; i < dim; i++) dot += qh[i] * k[i];
-        scores[p - first] = dot * j->scale;
-        top = dot * j->scale > top ? dot * j->scale : top;
+            for (int64_t i = 0; i < dim; i++) dot += q[g * dim + i] * k[i];
+            scores[g * n + p - first] = dot * j->scale;
+        }
     }
-    for (int64_t i = 0; i < dim; i++) o[i] = 0.0f;
+    for (int64_t g = 0; g < group; g++) {   /* scores -> exp(score - max), their sum kept to normalise */
+        float top = -INFINITY, total = 0.0f;
+        for (int64_t p = 0; p < n; p++) top = scores[g * n + p] > top ? scores[g * n + p] : top;
+        for (int64_t p = 0; p < n; p++) total += scores[g * n + p] = expf(scores[g * n + p] - top);
+        for (int64_t p = 0; p < n; p++) scores[g * n + p] /= total;
+    }
+    for (int64_t i = 0; i < group * dim; i++) out[i] = 0.0f;
+    key_walk values = walk_from(table, j->block_size, first);
     for (int64_t p = first; p < len; p++) {
-        int64_t slot = table[p / j->block_size] * j->block_size + p % j->block_size;
+        int64_t slot = next_slot(&values);
         const float *v = j->v_cache + (slot * j->kv_heads + kv) * dim;
-        float e = expf(scores[p - first] - top);
-        total += e;
-        for (int64_t i = 0; i < dim; i++) o[i] += e * v[i];
+        for (int64_t g = 0; g < group; g++) {
+            float e = scores[g * n + p - first];
+            for (int64_t i = 0; i < dim; i++) out[g * dim + i] += e * v[i];
+        }
     }
-    for (int64_t i = 0; i < dim; i++) o[i] /= total;
     free(scores);
 }
 
@@ -106,5 +135,5 @@ void lq_decode_attention(const float *q, const float *k_cache, const float *v_ca
                          int threads) {
     attention_job job = {q, k_cache, v_cache, block_tables, context_lens, table_width, heads, kv_heads, dim,
                          block_size, window, scale, out};
-    lq_parallel(attend_head, &job, seqs * heads, threads);
+    lq_parallel(attend_group, &job, seqs * kv_heads, threads);
 }

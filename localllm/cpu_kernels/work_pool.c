@@ -5,6 +5,10 @@
  * OpenMP barrier would wait for the sleeping thread: 10x slower steps). Helpers spin briefly between jobs (a decode
  * step's jobs follow each other within microseconds), then sleep on a condition variable.
  *
+ * A helper that claimed a chunk and was then descheduled still makes the caller wait for that chunk, up to a
+ * scheduler time slice: when the caller waits longer than WAIT_LIMIT_NS at the end of a job (the CPU is shared),
+ * it runs the next SOLO_JOBS jobs (a few decode steps) alone, then tries the helpers again.
+ *
  * claim packs the job's generation (high 32 bits) and its next unclaimed chunk (low 32 bits): a helper that
  * wakes late fails its compare-and-swap on an old generation instead of running a chunk of a finished job, and it
  * reads the job only after claiming a chunk of it, which the caller cannot finish before that chunk is done.
@@ -12,6 +16,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <time.h>
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define PAUSE() _mm_pause()
@@ -21,7 +26,8 @@
 
 #include "lq_kernels.h"
 
-enum { MAX_HELPERS = 63, SPIN_ROUNDS = 4000 };
+enum { MAX_HELPERS = 63, SPIN_ROUNDS = 4000, SOLO_JOBS = 1000 };
+static const int64_t WAIT_LIMIT_NS = 200000;
 
 static struct {
     lq_chunk_fn fn;
@@ -33,6 +39,13 @@ static _Atomic int64_t finished;
 static _Atomic int sleepers;
 static _Atomic int active;   /* helpers 0..active-1 take part in the current job */
 static int helpers;
+static int64_t solo_jobs;   /* jobs the caller still runs alone after a helper kept it waiting */
+
+static int64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
 
@@ -73,7 +86,8 @@ static void *helper_main(void *arg) {
  * all are done. Called from one thread at a time (the engine's stepping thread). */
 void lq_parallel(lq_chunk_fn fn, void *ctx, int64_t chunks, int threads) {
     if (threads > MAX_HELPERS + 1) threads = MAX_HELPERS + 1;
-    if (threads <= 1 || chunks <= 1) {
+    if (threads <= 1 || chunks <= 1 || solo_jobs > 0) {
+        solo_jobs -= solo_jobs > 0;
         for (int64_t i = 0; i < chunks; i++) fn(ctx, i);
         return;
     }
@@ -96,5 +110,9 @@ void lq_parallel(lq_chunk_fn fn, void *ctx, int64_t chunks, int threads) {
         pthread_mutex_unlock(&lock);
     }
     run_chunks(gen);
-    while (atomic_load(&finished) < chunks) PAUSE();
+    if (atomic_load(&finished) < chunks) {
+        int64_t start = now_ns();
+        while (atomic_load(&finished) < chunks) PAUSE();
+        if (now_ns() - start > WAIT_LIMIT_NS) solo_jobs = SOLO_JOBS;
+    }
 }

@@ -3,8 +3,9 @@ layer by layer: layers.cpu_quant gives each layer kept as blocks its CpuQuantMat
 
 With the compiled kernels (localllm.cpu_kernels, built on first use with the system's C compiler), Q4_0, Q4_1 and
 Q8_0 parts are multiplied straight from their GGUF blocks (CompiledPart: float32 in and out, x rounded to int16 per
-32 values inside the kernel: a relative error of the products below 2e-4, against ~4e-3 with bfloat16 x); a prefill-sized x dequantizes the part (exactly) into a
-float32 scratch and multiplies with torch. Other formats run as a float32 copy (exact).
+32 values inside the kernel: a relative error of the products below 2e-4, against ~4e-3 with bfloat16 x); a
+prefill-sized x dequantizes the part (exactly) into a float32 scratch and multiplies with torch. Other formats run
+as a float32 copy (exact).
 
 Without them (no compiler, or LOCALLLM_CPU_KERNELS=0) Q4_0 and Q4_1 parts are repacked once, at load, into torch's
 CPU int4 layout (`aten._convert_weight_to_int4pack_for_cpu`: 4-bit weights with a scale and a zero per 32 of them)
@@ -26,7 +27,7 @@ _GROUP = 32
 _N_MULTIPLE = 16   # the int4 packing holds whole tiles of 16 output rows
 # rows of x up to which the compiled kernel multiplies from the blocks; beyond, dequantizing once and multiplying
 # with torch's GEMM is faster (the kernel decodes the blocks again for every 4 rows of x)
-GEMV_MAX_ROWS = 8
+GEMV_MAX_ROWS = 32
 
 
 def _f16_field(blocks: torch.Tensor, offset: int) -> torch.Tensor:
