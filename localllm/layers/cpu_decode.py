@@ -20,9 +20,9 @@ from localllm.layers.cpu_parts import CompiledPart
 from localllm.layers.parallel import tp_size
 
 _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
-# the forward methods whose computation decode_step.c reproduces
-_FORWARDS = {"model": "LlamaForCausalLM.forward", "layer": "LlamaDecoderLayer.forward",
-             "attention": "LlamaAttention.forward", "mlp": "LlamaMLP.forward"}
+# the methods whose computation decode_step.c reproduces: (method name, its qualified name)
+_METHODS = {"model": ("forward", "LlamaForCausalLM.forward"), "layer": ("forward", "LlamaDecoderLayer.forward"),
+            "attention": ("attend", "LlamaAttention.attend"), "act": ("forward", "SiluAndMul.forward")}
 
 
 class LayerStruct(ctypes.Structure):
@@ -37,8 +37,9 @@ class ModelStruct(ctypes.Structure):
                 ("final_norm", _P), ("cos", _P), ("sin", _P), ("layer", ctypes.POINTER(LayerStruct))]
 
 
-def _runs(module: nn.Module, qualname: str) -> bool:
-    return getattr(type(module).forward, "__qualname__", "") == qualname
+def _runs(module: nn.Module, role: str) -> bool:
+    method, qualname = _METHODS[role]
+    return getattr(getattr(type(module), method, None), "__qualname__", "") == qualname
 
 
 def _compiled(linear: nn.Module) -> CompiledPart | None:
@@ -54,8 +55,8 @@ def _layer_struct(layer: nn.Module) -> LayerStruct | None:
     attn, mlp = layer.self_attn, layer.mlp
     parts = [_compiled(m) for m in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)]
     norms = (layer.input_layernorm.weight, layer.post_attention_layernorm.weight)
-    if not (_runs(layer, _FORWARDS["layer"]) and _runs(attn, _FORWARDS["attention"]) and _runs(mlp, _FORWARDS["mlp"])
-            and not attn.qk_norm and all(parts) and all(n.dtype == torch.float32 for n in norms)):
+    if not (_runs(layer, "layer") and _runs(attn, "attention") and _runs(mlp.act, "act") and not attn.qk_norm
+            and all(parts) and all(n.dtype == torch.float32 for n in norms)):
         return None
     fields = {name: p.blocks.data_ptr() for name, p in zip(("qkv", "o", "gate_up", "down"), parts)}
     fields.update({f"{name}_fmt": ops.FORMATS[p.fmt] for name, p in zip(("qkv", "o", "gate_up", "down"), parts)})
@@ -107,7 +108,7 @@ def attach_decode_step(model: nn.Module, lib) -> bool:
     """Makes the model's decode-only steps one compiled call when it is the plain float32 Llama decoder with
     compiled matrices (the module docstring's list); returns whether it did."""
     embed = getattr(getattr(model, "model", None), "embed_tokens", None)
-    if lib is None or tp_size() != 1 or not _runs(model, _FORWARDS["model"]) or embed is None:
+    if lib is None or tp_size() != 1 or not _runs(model, "model") or embed is None:
         return False
     layout = getattr(embed, "layout", None)
     if layout is None or len(layout.parts) != 1 or layout.parts[0].fmt not in ops.FORMATS:
