@@ -40,6 +40,7 @@ static _Atomic int sleepers;
 static _Atomic int active;   /* helpers 0..active-1 take part in the current job */
 static int helpers;
 static int64_t solo_jobs;   /* jobs the caller still runs alone after a helper kept it waiting */
+static atomic_flag in_use = ATOMIC_FLAG_INIT;   /* one job at a time: a second calling thread runs its own alone */
 
 static int64_t now_ns(void) {
     struct timespec t;
@@ -82,15 +83,40 @@ static void *helper_main(void *arg) {
     return NULL;
 }
 
+/* A forked child has none of the parent's helpers: it starts its own on its first job. */
+static void forget_helpers(void) {
+    helpers = 0;
+    atomic_store(&sleepers, 0);
+    pthread_mutex_init(&lock, NULL);
+    pthread_cond_init(&wake, NULL);
+}
+
+static void register_fork_handler(void) { pthread_atfork(NULL, NULL, forget_helpers); }
+
+static void run_alone(lq_chunk_fn fn, void *ctx, int64_t chunks) {
+    for (int64_t i = 0; i < chunks; i++) fn(ctx, i);
+}
+
 /* Runs fn(ctx, chunk) for every chunk < chunks on up to `threads` threads (the caller one of them); returns when
- * all are done. Called from one thread at a time (the engine's stepping thread). */
+ * all are done. */
 void lq_parallel(lq_chunk_fn fn, void *ctx, int64_t chunks, int threads) {
     if (threads > MAX_HELPERS + 1) threads = MAX_HELPERS + 1;
-    if (threads <= 1 || chunks <= 1 || solo_jobs > 0) {
-        solo_jobs -= solo_jobs > 0;
-        for (int64_t i = 0; i < chunks; i++) fn(ctx, i);
+    if (threads <= 1 || chunks <= 1) {
+        run_alone(fn, ctx, chunks);
         return;
     }
+    if (atomic_flag_test_and_set(&in_use)) {   /* another thread's job is running */
+        run_alone(fn, ctx, chunks);
+        return;
+    }
+    if (solo_jobs > 0) {
+        solo_jobs--;
+        run_alone(fn, ctx, chunks);
+        atomic_flag_clear(&in_use);
+        return;
+    }
+    static pthread_once_t at_fork = PTHREAD_ONCE_INIT;
+    pthread_once(&at_fork, register_fork_handler);
     while (helpers < threads - 1) {
         pthread_t thread;
         if (pthread_create(&thread, NULL, helper_main, (void *)(intptr_t)helpers) != 0) break;
@@ -115,4 +141,5 @@ void lq_parallel(lq_chunk_fn fn, void *ctx, int64_t chunks, int threads) {
         while (atomic_load(&finished) < chunks) PAUSE();
         if (now_ns() - start > WAIT_LIMIT_NS) solo_jobs = SOLO_JOBS;
     }
+    atomic_flag_clear(&in_use);
 }

@@ -52,6 +52,14 @@ class Int4Part:
         out.copy_(torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, _GROUP, self.scales_zeros))
 
 
+def _matmul_into(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> None:
+    """out = x @ weight^T, out possibly a column slice of a wider output."""
+    if out.is_contiguous():
+        torch.matmul(x, weight.T, out=out)
+    else:
+        out.copy_(x @ weight.T)
+
+
 class DensePart:
     """A part whose format has no CPU kernel: its weights dequantized once, to x's dtype."""
 
@@ -59,7 +67,7 @@ class DensePart:
         self.weight = dequantize_ref(blocks, fmt).to(dtype)
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor) -> None:
-        torch.matmul(x, self.weight.T, out=out) if out.is_contiguous() else out.copy_(x @ self.weight.T)
+        _matmul_into(x, self.weight, out)
 
 
 class CompiledPart:
@@ -72,8 +80,7 @@ class CompiledPart:
         if x.shape[0] <= GEMV_MAX_ROWS:
             ops.matmul(self.lib, x, self.blocks, self.fmt, out)
         else:
-            weight = ops.dequantize(self.lib, self.blocks, self.fmt, self.cols)
-            torch.matmul(x, weight.T, out=out) if out.is_contiguous() else out.copy_(x @ weight.T)
+            _matmul_into(x, ops.dequantize(self.lib, self.blocks, self.fmt, self.cols), out)
 
 
 def _part(layout: BlockLayout, weight: torch.Tensor, part, lib):
