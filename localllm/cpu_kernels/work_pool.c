@@ -7,7 +7,7 @@
  *
  * A helper that claimed a chunk and was then descheduled still makes the caller wait for that chunk, up to a
  * scheduler time slice: when the caller waits longer than WAIT_LIMIT_NS at the end of a job (the CPU is shared),
- * it runs the next SOLO_JOBS jobs (a few decode steps) alone, then tries the helpers again.
+ * it runs the next SOLO_JOBS jobs (about one decode step) alone, then tries the helpers again.
  *
  * claim packs the job's generation (high 32 bits) and its next unclaimed chunk (low 32 bits): a helper that
  * wakes late fails its compare-and-swap on an old generation instead of running a chunk of a finished job, and it
@@ -26,8 +26,8 @@
 
 #include "lq_kernels.h"
 
-enum { MAX_HELPERS = 63, SPIN_ROUNDS = 4000, SOLO_JOBS = 1000 };
-static const int64_t WAIT_LIMIT_NS = 200000;
+enum { MAX_HELPERS = 63, SPIN_ROUNDS = 4000, SOLO_JOBS = 150 };
+static const int64_t WAIT_LIMIT_NS = 500000;
 
 static struct {
     lq_chunk_fn fn;
