@@ -1,14 +1,16 @@
 """How the engine stores a model's weights: Config.quantization (`--quantize`). Plain Python, no torch.
 
   auto    on a GPU, `none` when the model's bf16 weights fit and `native` when they do not
-          (engine.quant_choice decides per load); on the CPU a quantized checkpoint is dequantized at load
-          (float32 by default, exact).
-  none    everything dequantized at load, to the model dtype.
+          (engine.quant_choice decides per load); on the CPU a GGUF checkpoint in the default dtype runs `fast`
+          when the compiled CPU kernels build (localllm.cpu_kernels), and is otherwise dequantized at load
+          (float32, exact).
+  none    everything dequantized at load, to the model dtype (float32 on the CPU: the exact path).
   native  kept quantized on any device (on the CPU each matmul dequantizes its weight first: slow, exactly the
           dense conversion's values, for tests).
-  fast    kept quantized; on the CPU multiplied by the kernels of layers.cpu_quant (torch's int4 kernel, with
-          bfloat16 activations into the matmuls: not bit-exact, 99.3% greedy agreement with the exact path, but
-          the embedded model's answer to the capital-of-France question flips); on a GPU the same as native.
+  fast    kept quantized; on the CPU multiplied by the kernels of layers.cpu_parts: the compiled C kernels over
+          the GGUF blocks (x rounded to int16 per 32 values: 100% greedy agreement with the exact path over 1,000
+          tokens of chat), or without a C compiler torch's int4 kernel (bfloat16 matmul inputs: 99.3%, and the
+          embedded model's answer to the capital-of-France question flips); on a GPU the same as native.
   a format (q4_0, q4_1, q8_0, q4_k, q5_k, q6_k, q4_k_m, q5_k_m, int4 = awq = gptq, fp8): every matrix
   quantized at load to that format (round to nearest, localllm.kernels.quantize_ref), from whatever the
   checkpoint holds; also the format of --random-weights benchmarks. The _m mixes follow llama.cpp's Q4_K_M /

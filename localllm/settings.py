@@ -91,6 +91,14 @@ def _text(text: str) -> str:
     return text
 
 
+def _switch(text: str) -> bool:
+    if text.lower() in ("1", "on", "true", "yes"):
+        return True
+    if text.lower() in ("0", "off", "false", "no"):
+        return False
+    raise ValueError("expected 1 or 0 (on, off)")
+
+
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0.0 < value <= 1.0:
@@ -144,9 +152,13 @@ HF_TOKEN: Variable[str | None] = Variable(
     "HF_TOKEN", _text, None, "Hub access token, for gated and private repos (read by huggingface_hub)")
 HF_HUB_OFFLINE: Variable[str | None] = Variable(
     "HF_HUB_OFFLINE", _text, None, "1 = never contact the Hub, so pull fails (read by huggingface_hub)")
+CPU_KERNELS: Variable[bool] = Variable(
+    "LOCALLLM_CPU_KERNELS", _switch, True,
+    "0 = never build or use the compiled C kernels of the CPU decode path (torch's CPU path instead)")
 
 VARIABLES: tuple[Variable, ...] = (HOST, HOME, API_KEY, KEEP_ALIVE, MAX_QUEUED, ORIGINS, GPU_MEMORY_FRACTION,
-                                   EMBEDDED_GGUF, PYPI_URL, HF_ENDPOINT, HF_HUB_CACHE, HUGGINGFACE_HUB_CACHE, HF_HOME, HF_TOKEN, HF_HUB_OFFLINE)
+                                   CPU_KERNELS, EMBEDDED_GGUF, PYPI_URL, HF_ENDPOINT, HF_HUB_CACHE,
+                                   HUGGINGFACE_HUB_CACHE, HF_HOME, HF_TOKEN, HF_HUB_OFFLINE)
 
 
 # --- typed accessors ---------------------------------------------------------------------------------------
@@ -177,6 +189,10 @@ def cors_origins() -> list[str]:
 
 def gpu_memory_fraction() -> float | None:
     return GPU_MEMORY_FRACTION.value()
+
+
+def cpu_kernels() -> bool:
+    return CPU_KERNELS.value()
 
 
 def embedded_gguf() -> Path | None:

@@ -1,5 +1,5 @@
-"""The CPU kernels of layers kept as blocks (layers.cpu_quant): the same products as dequantize-then-matmul, within
-the bfloat16 rounding of their inputs and outputs."""
+"""The CPU parts of layers kept as blocks without the compiled kernels (layers.cpu_parts: torch's int4 kernel): the
+same products as dequantize-then-matmul, within the bfloat16 rounding of their inputs and outputs."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +7,7 @@ import torch
 
 from localllm.kernels.quant_blocks_ref import dequantize_ref
 from localllm.kernels.quantize_ref import quantize_ref
-from localllm.layers.cpu_quant import CpuQuantMatmul, DensePart, Int4Part
+from localllm.layers.cpu_parts import CpuQuantMatmul, DensePart, Int4Part
 from localllm.layers.quantized import BlockLayout
 
 
@@ -34,14 +34,14 @@ def _relative_error(x: torch.Tensor, layout: BlockLayout, weight: torch.Tensor) 
 def test_int4_parts_match_their_dequantized_blocks(fmt, batch):
     layout, weight = _layout_and_weight([(64, fmt)], 96)
     matmul = CpuQuantMatmul(layout, weight)
-    assert [type(p) for p in matmul.parts] == [Int4Part]
+    assert [type(p) for p, _, _ in matmul.parts] == [Int4Part]
     assert _relative_error(torch.randn(batch, 96), layout, weight) < 1e-2
 
 
 def test_other_formats_and_odd_row_counts_run_as_bfloat16_copies():
     layout, weight = _layout_and_weight([(32, "Q4_1"), (8, "Q4_0"), (16, "Q8_0")], 64)
     matmul = CpuQuantMatmul(layout, weight)
-    assert [type(p) for p in matmul.parts] == [Int4Part, DensePart, DensePart]
+    assert [type(p) for p, _, _ in matmul.parts] == [Int4Part, DensePart, DensePart]
     x = torch.randn(3, 2, 64)
     assert _relative_error(x, layout, weight) < 1e-2
 

@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from transformers import Qwen3Config
 
 from localllm import LLM, SamplingParams
+from localllm.cpu_kernels.build import system_compiler
 from localllm.hub.model_info import describe
 from localllm.kernels.quant_blocks_ref import dequantize_ref
 from localllm.kernels.quantize_ref import quantize_ref
@@ -19,6 +20,7 @@ from tiny_models import QUANT_TOKENS, build_model_dir, write_quantized_gguf
 
 GREEDY = SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=16)
 ENGINE = dict(block_size=4, num_kv_blocks=64, max_num_batched_tokens=16, num_threads=1)
+NEEDS_CC = pytest.mark.skipif(system_compiler() is None, reason="no C compiler: the compiled CPU kernels are off")
 
 
 def _prompts(seed: int = 0, vocab: int = len(QUANT_TOKENS)) -> list[list[int]]:
@@ -70,23 +72,35 @@ def test_gguf_kept_quantized_gives_the_tokens_of_its_dequantized_form(mixed_gguf
         assert runner.weight_bytes < 1.02 * mixed_gguf.stat().st_size
 
 
-def test_auto_dequantizes_on_the_cpu(mixed_gguf):
-    with LLM(str(mixed_gguf), **ENGINE) as llm:
+def test_auto_with_float32_asked_dequantizes_on_the_cpu(mixed_gguf):
+    with LLM(str(mixed_gguf), dtype="float32", **ENGINE) as llm:
         assert llm.engine.core.runner.quantization == ""
         assert all(p.dtype == torch.float32 for p in llm.engine.core.runner.model.parameters())
 
 
-def test_fast_keeps_blocks_on_the_cpu_and_runs_the_cpu_kernels(mixed_gguf):
-    """fast on the CPU: Q4_0 / Q4_1 rows in torch's int4 layout, other formats as bfloat16 copies; each prompt's
-    first greedy token is the exact path's (dequantize, then multiply in float32; a random model's later tokens
-    meet near-ties that bfloat16 rounding flips)."""
+@NEEDS_CC
+def test_auto_runs_fast_on_the_cpu_with_the_compiled_kernels_else_dequantizes(mixed_gguf, monkeypatch):
+    for switch, want in (("1", "fast"), ("0", "auto")):
+        monkeypatch.setenv("LOCALLLM_CPU_KERNELS", switch)
+        with LLM(str(mixed_gguf), **ENGINE) as llm:
+            assert llm.engine.config.quantization == want
+            assert (llm.engine.core.runner.quantization == "Q4_K_M") == (want == "fast")
+
+
+@pytest.mark.parametrize("compiled", [pytest.param("1", marks=NEEDS_CC), "0"])
+def test_fast_keeps_blocks_on_the_cpu_and_runs_the_cpu_kernels(mixed_gguf, monkeypatch, compiled):
+    """fast on the CPU: Q4_0 / Q4_1 rows through the compiled kernels (else torch's int4 layout), other formats
+    as float32 (else bfloat16) copies; each prompt's first greedy token is the exact path's (dequantize, then
+    multiply in float32; a random model's later tokens meet near-ties that rounding may flip)."""
+    monkeypatch.setenv("LOCALLLM_CPU_KERNELS", compiled)
     with LLM(str(mixed_gguf), quantization="native", **ENGINE) as exact:
         want = _tokens(exact, _prompts(2))
     with LLM(str(mixed_gguf), quantization="fast", **ENGINE) as llm:
         runner = llm.engine.core.runner
         assert runner.quantization == "Q4_K_M"
         qkv = runner.model.model.layers[0].self_attn.qkv_proj
-        assert [type(p).__name__ for p in qkv.cpu_matmul.parts] == ["Int4Part", "Int4Part", "DensePart"]
+        kernel = "CompiledPart" if compiled == "1" else "Int4Part"
+        assert [type(p).__name__ for p, _, _ in qkv.cpu_matmul.parts] == [kernel, kernel, "DensePart"]
         got = _tokens(llm, _prompts(2))
     assert [t[0] for t in got] == [t[0] for t in want]
 

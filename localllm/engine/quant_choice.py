@@ -2,7 +2,9 @@
 dequantized to bf16 when its dense weights fit in DENSE_SHARE of the GPUs' memory, and kept as blocks only when
 they do not. The block kernels still read their weights far below the copy bandwidth (docs/quantization.md has
 the figures), so the dense path decodes faster wherever it fits; blocks are what lets a model that does not fit
-dense run at all. On the CPU `auto` stays what keeps_blocks makes of it (dequantized, exact)."""
+dense run at all. On the CPU, a GGUF checkpoint in the default dtype runs `fast` when the compiled CPU kernels are
+there (localllm.cpu_kernels: 100% greedy agreement with the exact path over 1,000 tokens of chat, docs/benchmarks.md)
+and is dequantized to float32 otherwise; `--dtype float32` or `--quantize none` asks for the exact path."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -20,11 +22,24 @@ DENSE_SHARE = 0.6
 
 def settle_quantization(config: Config, model: str | None) -> Config:
     """config with `auto` made `none` or `native` for `model` (a name as the user gave it; None = the embedded
-    model) on this machine's GPUs; other settings, and any CPU load, are returned as they are."""
+    model) on this machine's GPUs, or `fast` on its CPU (the module docstring says when); other settings are
+    returned as they are."""
     device = resolve_device(config)
-    if config.quantization != "auto" or device.type != "cuda":
+    if config.quantization != "auto":
+        return config
+    if device.type == "cpu":
+        return replace(config, quantization="fast") if _cpu_kernels_fit(config, model) else config
+    if device.type != "cuda":
         return config
     dense = describe(resolve_reference(model).local_files())["dense_weight_bytes"]
     gpus = config.tensor_parallel_size or 1
     budget = DENSE_SHARE * gpus * torch.cuda.get_device_properties(device).total_memory
     return replace(config, quantization="none" if dense <= budget else "native")
+
+
+def _cpu_kernels_fit(config: Config, model: str | None) -> bool:
+    if config.dtype != "auto" or resolve_reference(model).local_files().suffix != ".gguf":
+        return False
+    from localllm.cpu_kernels.build import library
+
+    return library() is not None

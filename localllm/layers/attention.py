@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from localllm.cpu_kernels import ops
 from localllm.kernels import paged_attention_ref as ref
 from localllm.layers.norm import RMSNorm
 from localllm.layers.rotary import StepRotary
@@ -28,7 +29,15 @@ class AttentionMetadata:
     context_lens_host: list[int]
 
 
+def _row_views(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether q, k, v [T, heads, D] have dense heads and one row stride (a size-1 dim's stride is arbitrary)."""
+    heads_dense = all(t.stride(2) == 1 and t.stride(1) == t.shape[2] for t in (q, k, v))
+    return heads_dense and (q.shape[0] == 1 or q.stride(0) == k.stride(0) == v.stride(0))
+
+
 class Attention(nn.Module):
+    cpu_ops = None   # the compiled CPU kernels, given by layers.cpu_quant.attach_cpu_kernels on the fast path
+
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float,
                  sliding_window: int | None = None):
         super().__init__()
@@ -49,11 +58,19 @@ class Attention(nn.Module):
             return self._forward_triton(rope, q, k, v, meta, qk_norms)
         if qk_norms is not None:
             q, k = qk_norms[0](q), qk_norms[1](k)
-        q, k = rope.apply(q, k)
-        ref.store_kvcache(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
+        compiled = self.cpu_ops is not None and self.k_cache.dtype == q.dtype == torch.float32
+        if compiled and _row_views(q, k, v):
+            q = ops.rope_store(self.cpu_ops, q, k, v, rope.cos, rope.sin, meta.slot_mapping, self.k_cache,
+                               self.v_cache)
+        else:
+            q, k = rope.apply(q, k)
+            ref.store_kvcache(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
         out = torch.empty_like(q)
         n = meta.num_decodes
-        if n:
+        if n and compiled:
+            out[:n] = ops.decode_attention(self.cpu_ops, q[:n], self.k_cache, self.v_cache, meta.block_tables[:n],
+                                           meta.context_lens[:n], self.scale, self.sliding_window)
+        elif n:
             out[:n] = ref.decode_attention(q[:n], self.k_cache, self.v_cache, meta.block_tables[:n],
                                            meta.context_lens[:n], self.scale, self.sliding_window)
         for i in range(n, meta.num_seqs):

@@ -1,11 +1,13 @@
 import torch
 from torch import nn
 
+from localllm.cpu_kernels import ops
 from localllm.kernels.rmsnorm_ref import rms_norm_ref
 
 
 class RMSNorm(nn.Module):
     """RMSNorm computed in float32 like the reference; optionally adds the residual first (pre-norm blocks)."""
+    cpu_ops = None   # the compiled CPU kernels, given by layers.cpu_quant.attach_cpu_kernels on the fast path
 
     def __init__(self, size: int, eps: float):
         super().__init__()
@@ -17,4 +19,7 @@ class RMSNorm(nn.Module):
             from localllm.kernels.rmsnorm import rms_norm
 
             return rms_norm(x, self.weight, self.eps, residual)
+        if self.cpu_ops is not None and x.dtype == torch.float32 and x.is_contiguous():
+            return ops.rms_norm(self.cpu_ops, x, self.weight, self.eps,
+                                None if residual is None else residual.contiguous())
         return rms_norm_ref(x, self.weight, self.eps, residual)

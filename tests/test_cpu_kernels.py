@@ -1,0 +1,165 @@
+"""The compiled CPU kernels (localllm.cpu_kernels) against the plain-torch references: block decoders bit for bit,
+the matmul to its int16 rounding of x, the per-layer operations to float32 rounding; the one-call decode step
+token for token against the module path; and the fallback when no compiler is there."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from localllm.cpu_kernels import build, ops
+from localllm.kernels import paged_attention_ref as ref
+from localllm.kernels.activation_ref import silu_and_mul_ref
+from localllm.kernels.quant_blocks_ref import dequantize_ref
+from localllm.kernels.quantize_ref import quantize_ref
+from localllm.kernels.rmsnorm_ref import rms_norm_ref
+from localllm.kernels.rotary_ref import rotate_ref
+from localllm.layers.cpu_parts import CompiledPart, CpuQuantMatmul, DensePart
+from localllm.layers.quantized import BlockLayout
+
+FORMATS = list(ops.FORMATS)
+
+
+@pytest.fixture
+def lib(monkeypatch):
+    """The kernels, built into the session's data dir (conftest) on first use."""
+    if build.system_compiler() is None:
+        pytest.skip("no C compiler (cc, gcc or clang) on this machine: the engine runs torch's CPU path")
+    monkeypatch.setenv("LOCALLLM_CPU_KERNELS", "1")
+    return build.library()
+
+
+def _random_blocks(fmt: str, rows: int, cols: int, seed: int) -> torch.Tensor:
+    """Block rows with random quants and random finite float16 scales (subnormals and zeros among them)."""
+    g = torch.Generator().manual_seed(seed)
+    blocks = quantize_ref(torch.randn(rows, cols, generator=g), fmt).view(rows, cols // 32, -1)
+    scales = 2 if fmt == "Q4_1" else 1
+    raw = torch.randint(0, 1 << 15, (rows, cols // 32, scales), generator=g, dtype=torch.int32)
+    raw[(raw & 0x7C00) == 0x7C00] &= 0x3FFF          # no inf / nan exponents
+    raw[:, :2] &= 0x83FF                           # subnormals and signed zeros
+    blocks[:, :, :2 * scales] = raw.to(torch.int16).view(torch.uint8).reshape(rows, cols // 32, 2 * scales)
+    return blocks.reshape(rows, -1)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_dequantize_is_the_references_bit_for_bit(lib, fmt):
+    blocks = _random_blocks(fmt, 37, 96, seed=1)
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        assert torch.equal(ops.dequantize(lib, blocks, fmt, 96), dequantize_ref(blocks, fmt))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("m", [1, 3, 6])
+def test_matmul_matches_dequantize_then_matmul(lib, fmt, m):
+    """x is rounded to int16 per 32 values inside the kernel: a relative error below 2e-4 (bfloat16 x gives ~4e-3)."""
+    rows, cols = 70, 160
+    blocks = quantize_ref(torch.randn(rows, cols), fmt)
+    x = torch.randn(m, cols)
+    want = x.double() @ dequantize_ref(blocks, fmt).double().T
+    wide = torch.full((m, rows + 5), float("nan"))
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        ops.matmul(lib, x, blocks, fmt, wide[:, 3:3 + rows])    # into columns of a wider output
+        got = wide[:, 3:3 + rows].double()
+        assert float((got - want).norm() / want.norm()) < 2e-4
+        assert wide[:, :3].isnan().all() and wide[:, 3 + rows:].isnan().all()
+
+
+def test_a_layer_of_mixed_formats_multiplies_each_part_into_its_columns(lib):
+    torch.manual_seed(0)
+    spans = [(0, 32, "Q4_1"), (32, 16, "Q8_0"), (48, 8, "Q6_K")]
+    layout = BlockLayout.of(56, 256, spans)
+    weight = torch.zeros(layout.nbytes, dtype=torch.uint8)
+    for part in layout.parts:
+        layout.blocks(weight, part).copy_(quantize_ref(torch.randn(part.rows, 256), part.fmt))
+    matmul = CpuQuantMatmul(layout, weight, lib)
+    assert [type(p) for p, _, _ in matmul.parts] == [CompiledPart, CompiledPart, DensePart]
+    for batch in (2, 20):   # a decode-sized x through the kernel, a prefill-sized one through torch's GEMM
+        x = torch.randn(batch, 256)
+        want = x @ layout.dequantize(weight).T
+        assert float((matmul(x) - want).norm() / want.norm()) < 2e-4
+
+
+def test_rms_norm_and_silu_mul_match_their_references(lib):
+    x, residual, weight = torch.randn(3, 200), torch.randn(3, 200), torch.randn(200)
+    torch.testing.assert_close(ops.rms_norm(lib, x, weight, 1e-5), rms_norm_ref(x, weight, 1e-5))
+    for got, want in zip(ops.rms_norm(lib, x, weight, 1e-5, residual), rms_norm_ref(x, weight, 1e-5, residual)):
+        torch.testing.assert_close(got, want)
+    gate_up = torch.randn(3, 2 * 48)
+    torch.testing.assert_close(ops.silu_mul(lib, gate_up), silu_and_mul_ref(gate_up))
+
+
+@pytest.mark.parametrize("window", [None, 5])
+def test_rotary_store_and_decode_attention_match_the_references(lib, window):
+    """3 sequences of different lengths in a shuffled paged cache, 6 query heads over 2 KV heads."""
+    torch.manual_seed(0)
+    heads, kv_heads, dim, block_size, num_blocks = 6, 2, 16, 4, 12
+    lens = [9, 1, 6]
+    k_cache, v_cache = torch.randn(2, num_blocks, block_size, kv_heads, dim).unbind(0)
+    k_want, v_want = k_cache.clone(), v_cache.clone()
+    tables = torch.randperm(num_blocks)[:9].reshape(3, 3)
+    slots = torch.tensor([int(tables[b, (n - 1) // block_size]) * block_size + (n - 1) % block_size
+                          for b, n in enumerate(lens)])
+    qkv = torch.randn(3, (heads + 2 * kv_heads) * dim)
+    q, k, v = qkv.split([heads * dim, kv_heads * dim, kv_heads * dim], dim=-1)
+    q, k, v = q.view(3, heads, dim), k.view(3, kv_heads, dim), v.view(3, kv_heads, dim)
+    cos, sin = torch.randn(3, 1, dim), torch.randn(3, 1, dim)
+
+    q_rot = ops.rope_store(lib, q, k, v, cos, sin, slots, k_cache, v_cache)
+    q_want = rotate_ref(q, cos, sin)
+    ref.store_kvcache(rotate_ref(k, cos, sin), v, k_want, v_want, slots)
+    torch.testing.assert_close(q_rot, q_want)
+    torch.testing.assert_close(k_cache, k_want)
+    torch.testing.assert_close(v_cache, v_want)
+
+    context_lens = torch.tensor(lens)
+    got = ops.decode_attention(lib, q_rot, k_cache, v_cache, tables, context_lens, 0.25, window)
+    want = ref.decode_attention(q_want, k_want, v_want, tables, context_lens, 0.25, window)
+    torch.testing.assert_close(got, want)
+
+
+def test_the_one_call_decode_step_gives_the_module_paths_tokens(lib):
+    """The embedded model, two prompts decoding together: the compiled step and the module tree (layer by layer
+    through the same kernels) pick the same 24 greedy tokens."""
+    from localllm import LLM, SamplingParams
+    from localllm.layers.cpu_decode import DecodeStep
+
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+    prompts = ["The tallest mountain in the world is", "def fibonacci(n):"]
+    with LLM(quantization="fast", num_kv_blocks=64) as llm:
+        model = llm.engine.core.runner.model
+        assert isinstance(model.forward, DecodeStep)
+        fast = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
+        model.forward = model.forward.forward
+        modules = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
+    assert fast == modules and len(fast[0]) == 24
+
+
+def test_without_a_compiler_the_kernels_are_off_after_one_log_line(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("LOCALLLM_HOME", str(tmp_path))
+    monkeypatch.setenv("LOCALLLM_CPU_KERNELS", "1")
+    missing = str(tmp_path / "no-such-cc")
+    with caplog.at_level(logging.WARNING, logger="localllm.cpu_kernels"):
+        assert build.library(missing) is None
+        assert build.library(missing) is None
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "unavailable" in lines[0] and "torch's CPU path" in lines[0]
+    assert not (tmp_path / "cache" / "cpu_kernels").exists() or not any((tmp_path / "cache" / "cpu_kernels").iterdir())
+
+
+def test_turned_off_the_engine_keeps_torchs_path(monkeypatch):
+    """LOCALLLM_CPU_KERNELS=0: `fast` runs torch's int4 kernel, layer by layer, and still answers."""
+    from localllm import LLM, SamplingParams
+    from localllm.layers.cpu_parts import Int4Part
+
+    monkeypatch.setenv("LOCALLLM_CPU_KERNELS", "0")
+    assert build.library() is None
+    with LLM(quantization="fast", num_kv_blocks=64) as llm:
+        model = llm.engine.core.runner.model
+        qkv = model.model.layers[0].self_attn.qkv_proj
+        assert [type(p) for p, _, _ in qkv.cpu_matmul.parts] == [Int4Part]
+        assert "forward" not in vars(model) and model.model.norm.cpu_ops is None
+        out = llm.generate(["The capital of France is"], SamplingParams(temperature=0.0, max_tokens=4))
+        assert len(out[0].outputs[0].token_ids) == 4
