@@ -43,7 +43,7 @@ def test_norm_rope_store_compiles(has_norm, dtype):
     pointers = {n: dtype for n in ("q_ptr", "k_ptr", "v_ptr", "qw_ptr", "kw_ptr", "k_cache_ptr", "v_cache_ptr")}
     pointers.update(pos_ptr="*i64", slot_ptr="*i32", cos_ptr="*fp32", sin_ptr="*fp32")
     ptx = _compile(_rope_store_kernel, dict(HALF=64, BLOCK_HALF=64, BLOCK_HQ=16, BLOCK_HKV=8, BLOCK_SIZE=16,
-                                            HAS_NORM=has_norm), pointers, floats=("eps",))
+                                            HAS_NORM=has_norm, USE_PDL=True), pointers, floats=("eps",))
     assert ".entry _rope_store_kernel" in ptx
 
 
@@ -60,3 +60,15 @@ def test_split_k_decode_compiles(sliding):
     reduce = _compile(pa._decode_reduce_kernel, dict(HEAD_DIM=128, BLOCK_D=128, MIN_PARTITION=64, BLOCK_N=64,
                                                      CHUNK=16), pointers, num_warps=2)
     assert ".entry _decode_reduce_kernel" in reduce
+
+
+@pytest.mark.parametrize("prologue,residual", [(0, False), (1, False), (2, True)])
+def test_decode_gemv_compiles_as_a_dependent_launch_without_spills(prologue, residual):
+    """One token row: the RMSNorm or SiLU-and-mul prologue, the residual epilogue, and the dependent-launch wait
+    (griddepcontrol) after the first weight tile's load, at the tiles the engine uses."""
+    from localllm.kernels.gemv import _gemv_kernel
+
+    ptx = _compile(_gemv_kernel, dict(PROLOGUE=prologue, HAS_BIAS=True, HAS_RESIDUAL=residual, BLOCK_M=1,
+                                      BLOCK_N=4, BLOCK_K=512, USE_PDL=True), {}, floats=("eps",))
+    assert "griddepcontrol.wait" in ptx and "griddepcontrol.launch_dependents" in ptx
+    assert "ld.local" not in ptx and "st.local" not in ptx
