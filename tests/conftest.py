@@ -37,3 +37,19 @@ def localllm_home(tmp_path_factory):
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+
+
+# A daemon serving one tiny Llama, for the API test files (one per module that uses it).
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from tiny_models import build_model_dir
+
+    return str(build_model_dir("llama", tmp_path_factory.mktemp("models") / "tiny-llama"))
+
+
+@pytest.fixture(scope="module")
+def daemon(tiny, tmp_path_factory):
+    from daemon_helpers import running_daemon
+
+    with running_daemon(tmp_path_factory.mktemp("daemon"), models=[tiny]) as d:
+        yield d

@@ -126,3 +126,4 @@ def wait_gone(pid: int, timeout: float = 15.0) -> bool:
             return False
         time.sleep(0.05)
     return True
+

@@ -16,7 +16,7 @@ from transformers import AutoTokenizer
 
 from localllm.loader.resolve import resolve_model
 from localllm.loader.tokenizer import Tokenizer
-from tiny_models import build_tokenizer
+from tiny_models import tokenizer_dirs_with_templates
 
 QWEN_STYLE = """
 {%- if messages[0]['role'] == 'system' %}
@@ -157,17 +157,7 @@ def test_embedded_model_tokenizes_and_decodes_as_transformers(embedded_dir):
 @pytest.fixture(scope="module")
 def tiny_dirs(tmp_path_factory):
     """One tokenizer directory per template, the template written into tokenizer_config.json."""
-    base = tmp_path_factory.mktemp("tokenizer")
-    build_tokenizer().save_pretrained(base)
-    dirs = {}
-    for name, template in TEMPLATES.items():
-        out = shutil.copytree(base, base.parent / f"{base.name}-{name}")
-        (out / "chat_template.jinja").unlink(missing_ok=True)
-        config = json.loads((out / "tokenizer_config.json").read_text())
-        config.update(chat_template=template, bos_token="<|im_start|>")
-        (out / "tokenizer_config.json").write_text(json.dumps(config))
-        dirs[name] = out
-    return dirs
+    return tokenizer_dirs_with_templates(tmp_path_factory.mktemp("tokenizer"), TEMPLATES)
 
 
 @pytest.mark.parametrize("conversation", CONVERSATIONS.values(), ids=CONVERSATIONS.keys())

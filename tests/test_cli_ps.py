@@ -16,7 +16,6 @@ from localllm.cli.main import app
 from localllm.client import find_daemon
 from localllm.hub.pull import format_size
 from localllm.server.state import default_state_path
-from tiny_models import build_model_dir
 
 runner = CliRunner()
 
@@ -29,11 +28,6 @@ def test_ps_without_a_daemon_says_so_and_starts_none():
     result = runner.invoke(app, ["stop", "anything"])
     assert result.exit_code == 0 and "no daemon is running" in result.stdout
     assert find_daemon() is None
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return str(build_model_dir("llama", tmp_path_factory.mktemp("models") / "tiny-llama"))
 
 
 @pytest.fixture(scope="module")

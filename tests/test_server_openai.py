@@ -12,21 +12,9 @@ from transformers import AutoTokenizer
 from daemon_helpers import TINY_ENGINE, running_daemon
 from localllm import LLM, SamplingParams
 from localllm.loader.resolve import resolve_model
-from tiny_models import build_model_dir
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "The quick brown fox"}]
 PROMPT = "Paged attention keeps"
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return str(build_model_dir("llama", tmp_path_factory.mktemp("models") / "tiny-llama"))
-
-
-@pytest.fixture(scope="module")
-def daemon(tiny, tmp_path_factory):
-    with running_daemon(tmp_path_factory.mktemp("daemon"), models=[tiny]) as d:
-        yield d
 
 
 @pytest.fixture(scope="module")

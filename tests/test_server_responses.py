@@ -6,25 +6,12 @@ from __future__ import annotations
 import openai
 import pytest
 
-from daemon_helpers import running_daemon
 from localllm import LLM, SamplingParams
 from localllm.server.responses import ResponseStore, StoredResponse
-from tiny_models import build_model_dir
 
 STREAM_EVENTS = ["response.created", "response.in_progress", "response.output_item.added",
                  "response.content_part.added"]
 CLOSING_EVENTS = ["response.output_text.done", "response.content_part.done", "response.output_item.done"]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return str(build_model_dir("llama", tmp_path_factory.mktemp("models") / "tiny-llama"))
-
-
-@pytest.fixture(scope="module")
-def daemon(tiny, tmp_path_factory):
-    with running_daemon(tmp_path_factory.mktemp("daemon"), models=[tiny]) as d:
-        yield d
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from pydantic import BaseModel
 from daemon_helpers import running_daemon
 from localllm import LLM, SamplingParams
 from localllm.sampling_params import Guidance
-from tiny_models import build_model_dir
 
 EMBEDDED = "smollm2:135m"
 SCHEMA = {
@@ -35,11 +34,6 @@ class City(BaseModel):
     name: str
     country: str
     continent: Literal["Africa", "Asia", "Europe", "North America", "South America", "Oceania"]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return str(build_model_dir("llama", tmp_path_factory.mktemp("models") / "tiny-llama"))
 
 
 @pytest.fixture(scope="module")

@@ -14,15 +14,9 @@ from daemon_helpers import TINY_ENGINE, running_daemon
 from localllm import LLM, SamplingParams
 from localllm.cli import ps
 from localllm.cli.main import app
-from tiny_models import build_model_dir
 
 runner = CliRunner()
 PROMPT = "The quick brown fox jumps over the lazy dog. " * 4
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return str(build_model_dir("llama", tmp_path_factory.mktemp("models") / "tiny-llama"))
 
 
 def metric(text: str, name: str, model: str) -> float:

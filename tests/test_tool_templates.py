@@ -19,7 +19,7 @@ from localllm.server.openai_requests import chat_text
 from localllm.server.openai_schemas import ChatCompletionRequest
 from localllm.server.openai_tools import tool_plan
 from localllm.tool_calling.families import HERMES, LLAMA3_JSON, MISTRAL, SMOLLM2, family_for
-from tiny_models import build_tokenizer
+from tiny_models import tokenizer_dirs_with_templates
 from tool_templates import TOOL_TEMPLATES
 
 WEATHER = {"type": "function", "function": {
@@ -73,17 +73,7 @@ def ours(tokenizer: Tokenizer, messages: list[dict], tools: list[dict] | None, *
 
 @pytest.fixture(scope="module")
 def template_dirs(tmp_path_factory):
-    base = tmp_path_factory.mktemp("tokenizer")
-    build_tokenizer().save_pretrained(base)
-    dirs = {}
-    for name, template in TOOL_TEMPLATES.items():
-        out = shutil.copytree(base, base.parent / f"{base.name}-{name}")
-        (out / "chat_template.jinja").unlink(missing_ok=True)
-        config = json.loads((out / "tokenizer_config.json").read_text())
-        config.update(chat_template=template, bos_token="<|im_start|>")
-        (out / "tokenizer_config.json").write_text(json.dumps(config))
-        dirs[name] = out
-    return dirs
+    return tokenizer_dirs_with_templates(tmp_path_factory.mktemp("tokenizer"), TOOL_TEMPLATES)
 
 
 @pytest.mark.parametrize("conversation", CONVERSATIONS, ids=list(CONVERSATIONS))

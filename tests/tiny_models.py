@@ -2,6 +2,8 @@
 tokenizer trained on the spot, saved as Hugging Face directories (no download)."""
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -63,6 +65,21 @@ def build_tokenizer(vocab_size: int = 300, special_tokens: tuple[str, ...] = ())
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(TEXT, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", chat_template=CHAT_TEMPLATE)
+
+
+def tokenizer_dirs_with_templates(base: Path, templates: dict[str, str]) -> dict[str, Path]:
+    """One tokenizer directory per chat template (name -> template), beside `base`, the template written into its
+    tokenizer_config.json."""
+    build_tokenizer().save_pretrained(base)
+    dirs = {}
+    for name, template in templates.items():
+        out = Path(shutil.copytree(base, base.parent / f"{base.name}-{name}"))
+        (out / "chat_template.jinja").unlink(missing_ok=True)
+        config = json.loads((out / "tokenizer_config.json").read_text())
+        config.update(chat_template=template, bos_token="<|im_start|>")
+        (out / "tokenizer_config.json").write_text(json.dumps(config))
+        dirs[name] = out
+    return dirs
 
 
 def build_model_dir(arch: str, out: Path, seed: int = 0, configs: dict = CONFIGS,
