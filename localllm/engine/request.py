@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from localllm.pooling_params import PoolingParams
@@ -12,7 +13,17 @@ if TYPE_CHECKING:
     import llguidance
     import torch
 
-    from localllm.engine.speculation import SequenceSpeculation
+
+@dataclass
+class SequenceSpeculation:
+    """One sequence's adaptive state for speculative decoding (engine/speculation.py's Speculator keeps it)."""
+    num_tokens: int                 # K for its next proposal
+    acceptance: float               # running average of accepted / proposed
+    next_cooling: int               # length of its next cooling period, in plain steps
+    steps: int = 0                  # verifying steps since speculation (re)started
+    unmatched: int = 0              # steps in a row without a draft
+    cooling: int = 0                # plain steps left before it speculates again
+    source: int | None = None       # where in its tokens the next proposal would continue an earlier copy
 
 
 class SequenceStatus(enum.Enum):

@@ -14,13 +14,11 @@ With more running sequences than `speculative_batch_limit`, decoding is compute-
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from localllm.engine.draft_model import DraftProposer
 from localllm.engine.events import SpeculationStats
-from localllm.engine.request import Sequence
+from localllm.engine.request import Sequence, SequenceSpeculation
 
 LONGEST_NGRAM = 3
 # acceptance (accepted / proposed) averaged with this weight for the newest verifying step
@@ -34,18 +32,6 @@ WARM_UP_STEPS = 4
 FIRST_COOLING_STEPS, LAST_COOLING_STEPS = 16, 512
 # where a sequence starts, and comes back from cooling: 4 failures in a row turn it off
 STARTING_ACCEPTANCE = 0.5
-
-
-@dataclass
-class SequenceSpeculation:
-    """One sequence's adaptive state."""
-    num_tokens: int                 # K for its next proposal
-    acceptance: float = STARTING_ACCEPTANCE   # running average of accepted / proposed
-    steps: int = 0                  # verifying steps since speculation (re)started
-    unmatched: int = 0              # steps in a row without a draft
-    cooling: int = 0                # plain steps left before it speculates again
-    next_cooling: int = FIRST_COOLING_STEPS
-    source: int | None = None       # where in its tokens the next proposal would continue an earlier copy
 
 
 def ngram_match(tokens: np.ndarray) -> int | None:
@@ -82,7 +68,7 @@ class Speculator:
         if seq.pools or seq.matcher is not None:
             return None
         if seq.speculation is None:
-            seq.speculation = SequenceSpeculation(self.num_tokens,
+            seq.speculation = SequenceSpeculation(self.num_tokens, STARTING_ACCEPTANCE, FIRST_COOLING_STEPS,
                                                   source=0 if self.copy_from_start else None)
         return seq.speculation
 
