@@ -59,7 +59,7 @@ def _rounded_to_int16(x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("m", [1, 3, 6])
+@pytest.mark.parametrize("m", [1, 3, 6, 8, 19])
 def test_matmul_matches_dequantize_then_matmul(lib, fmt, m):
     """x is rounded to int16 per 32 values inside the kernel: the products equal the dequantized
     weights times that rounded x to float32 rounding, and are within 2e-4 of the exact ones. 70 rows: the 4-row

@@ -9,7 +9,8 @@
  * block (quantize_block), each block's products sum exactly in int32, and the scale and the minimum apply once,
  * sum_j (d q_j + m) x_j = d sum_j q_j x_j + m sum_j x_j, so it agrees with dequantize-then-matmul to x's rounding
  * (relative 2e-5). Rows are shared out in chunks over the threads of work_pool.c; for one x (batch-1 decode) each
- * chunk goes 4 rows at a time, prefetching ahead (rows_dot_fmt): 25-30% less time than a row at a time.
+ * chunk goes 4 rows at a time, prefetching ahead (rows_dot_fmt): 25-30% less time than a row at a time. Several x
+ * (batched decode) go 8 at a time against each row, its blocks decoded once for the 8 (group_dot_fmt).
  */
 #include <stdint.h>
 #include <math.h>
@@ -22,7 +23,7 @@
 #endif
 
 enum { FMT_Q4_0 = 0, FMT_Q4_1 = 1, FMT_Q8_0 = 2 };
-enum { QK = 32, XQ_BYTES = 2 * QK, X_LEVELS = 32767, MAX_M = 4, ROWS_PER_CHUNK = 32 };
+enum { QK = 32, XQ_BYTES = 2 * QK, X_LEVELS = 32767, MAX_M = 4, GROUP_M = 8, ROWS_PER_CHUNK = 32 };
 /* batch-1 rows per pass over x, and how many such groups ahead their weights are prefetched (2 measured best of 1-4) */
 enum { ROWS_AT_ONCE = 4, PREFETCH_GROUPS = 2 };
 
@@ -179,43 +180,65 @@ static inline __attribute__((always_inline)) __m256i block_weights(int fmt, cons
     return _mm256_and_si256(v, _mm256_set1_epi16(0x0F));
 }
 
-/* Block i of a row against m (<= MAX_M) quantized activations: acc[t] += d * scale * (q . X) (exact in int32) and,
- * in lane 1 of mins[t], min * scale * sum(X). The block's [d, min] and x's [scale, scale * sum] are multiplied as
- * one 2-lane vector. */
-static inline __attribute__((always_inline)) void block_dot(int fmt, const uint8_t *b, int64_t i, int64_t nb,
-                                                            const int16_t *xq, const float *pairs, int m, __m256 *acc,
-                                                            __m128 *mins) {
-    __m128 dm;
-    __m256i w1, w0 = block_weights(fmt, b, &dm, &w1);
-    for (int t = 0; t < m; t++) {
-        __m256i p = dot_x(w0, w1, xq + (t * nb + i) * QK);
-        __m128 prod = _mm_mul_ps(dm, _mm_castpd_ps(_mm_load_sd((const double *)(pairs + 2 * (t * nb + i)))));
-        mins[t] = _mm_add_ps(mins[t], prod);
-        acc[t] = _mm256_fmadd_ps(_mm256_broadcastss_ps(prod), _mm256_cvtepi32_ps(p), acc[t]);
+/* A row's dot product with one quantized x (m == 1, a remainder row of the 4-row pass below); even and odd blocks
+ * sum into separate accumulators (two dependency chains). The block's [d, min] and x's [scale, scale * sum] are
+ * multiplied as one 2-lane vector: lane 0 scales the exact int32 sum, lane 1 is the minimum's term. */
+static inline __attribute__((always_inline)) void row_dot_fmt(int fmt, const uint8_t *row, int64_t nb,
+                                                              const int16_t *xq, const float *pairs, float *y) {
+    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    __m128 mins[2] = {_mm_setzero_ps(), _mm_setzero_ps()};
+    int64_t bytes = BLOCK_BYTES[fmt];
+    for (int64_t i = 0; i < nb; i++) {
+        __m128 dm;
+        __m256i w1, w0 = block_weights(fmt, row + i * bytes, &dm, &w1);
+        __m256i p = dot_x(w0, w1, xq + i * QK);
+        __m128 prod = _mm_mul_ps(dm, _mm_castpd_ps(_mm_load_sd((const double *)(pairs + 2 * i))));
+        mins[i & 1] = _mm_add_ps(mins[i & 1], prod);
+        acc[i & 1] = _mm256_fmadd_ps(_mm256_broadcastss_ps(prod), _mm256_cvtepi32_ps(p), acc[i & 1]);
     }
+    __m128 both = _mm_add_ps(mins[0], mins[1]);
+    *y = hsum(_mm256_add_ps(acc[0], acc[1])) + _mm_cvtss_f32(_mm_movehdup_ps(both));
 }
 
-/* y[t] = a row's dot products with m quantized activations; even and odd blocks sum into separate accumulators
- * (two dependency chains). Inlined into one copy per format and m == 1 (row_dot below), so that the format's
- * branches leave the loop. */
-static inline __attribute__((always_inline)) void row_dot_fmt(int fmt, const uint8_t *row, int64_t nb,
-                                                              const int16_t *xq, const float *pairs,
-                                                              int m, float *y) {
-    __m256 even[MAX_M], odd[MAX_M];
-    __m128 mins_even[MAX_M], mins_odd[MAX_M];
-    int64_t bytes = BLOCK_BYTES[fmt], i = 0;
-    for (int t = 0; t < m; t++) {
-        even[t] = odd[t] = _mm256_setzero_ps();
-        mins_even[t] = mins_odd[t] = _mm_setzero_ps();
+/* A row against a group of n (<= GROUP_M) quantized activations (batched decode, prompt chunks): each block's
+ * weights are decoded once for the n of them. x's scales come by block, the group's side by side (scales[i * GROUP_M
+ * + t], scaled sums likewise), so that d * scale for the whole group is one multiply and the minimum's term one FMA
+ * a block; per x and block there remain two integer multiply-adds, one conversion and one FMA. */
+static inline __attribute__((always_inline)) void group_dot_fmt(int fmt, const uint8_t *row, int64_t nb,
+                                                                const int16_t *xq, int64_t x_stride,
+                                                                const float *scales, const float *sums, int n,
+                                                                float *y) {
+    __m256 acc[GROUP_M], mins = _mm256_setzero_ps();
+    float dsx[GROUP_M] __attribute__((aligned(32)));
+    int64_t bytes = BLOCK_BYTES[fmt];
+    for (int t = 0; t < n; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        __m128 dm;
+        __m256i w1, w0 = block_weights(fmt, row + i * bytes, &dm, &w1);
+        _mm256_store_ps(dsx, _mm256_mul_ps(_mm256_broadcastss_ps(dm), _mm256_load_ps(scales + i * GROUP_M)));
+        if (fmt != FMT_Q8_0)
+            mins = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dm)), _mm256_load_ps(sums + i * GROUP_M), mins);
+        for (int t = 0; t < n; t++) {
+            __m256i p = dot_x(w0, w1, xq + t * x_stride + i * QK);
+            acc[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(dsx + t), _mm256_cvtepi32_ps(p), acc[t]);
+        }
     }
-    for (; i + 1 < nb; i += 2) {
-        block_dot(fmt, row + i * bytes, i, nb, xq, pairs, m, even, mins_even);
-        block_dot(fmt, row + (i + 1) * bytes, i + 1, nb, xq, pairs, m, odd, mins_odd);
-    }
-    if (i < nb) block_dot(fmt, row + i * bytes, i, nb, xq, pairs, m, even, mins_even);
-    for (int t = 0; t < m; t++) {
-        __m128 mins = _mm_add_ps(mins_even[t], mins_odd[t]);
-        y[t] = hsum(_mm256_add_ps(even[t], odd[t])) + _mm_cvtss_f32(_mm_movehdup_ps(mins));
+    float minv[GROUP_M] __attribute__((aligned(32)));
+    _mm256_store_ps(minv, mins);
+    for (int t = 0; t < n; t++) y[t] = hsum(acc[t]) + minv[t];
+}
+
+static void group_dot(int fmt, const uint8_t *row, int64_t nb, const int16_t *xq, int64_t x_stride,
+                      const float *scales, const float *sums, int n, float *y) {
+    if (fmt == FMT_Q4_1) {
+        if (n == GROUP_M) group_dot_fmt(FMT_Q4_1, row, nb, xq, x_stride, scales, sums, GROUP_M, y);
+        else group_dot_fmt(FMT_Q4_1, row, nb, xq, x_stride, scales, sums, n, y);
+    } else if (fmt == FMT_Q4_0) {
+        if (n == GROUP_M) group_dot_fmt(FMT_Q4_0, row, nb, xq, x_stride, scales, sums, GROUP_M, y);
+        else group_dot_fmt(FMT_Q4_0, row, nb, xq, x_stride, scales, sums, n, y);
+    } else {
+        if (n == GROUP_M) group_dot_fmt(FMT_Q8_0, row, nb, xq, x_stride, scales, sums, GROUP_M, y);
+        else group_dot_fmt(FMT_Q8_0, row, nb, xq, x_stride, scales, sums, n, y);
     }
 }
 
@@ -260,18 +283,10 @@ static void rows_dot(int fmt, const uint8_t *row, int64_t row_bytes, int64_t nb,
     else rows_dot_fmt(FMT_Q8_0, row, row_bytes, nb, xq, pairs, y);
 }
 
-static void row_dot(int fmt, const uint8_t *row, int64_t nb, const int16_t *xq, const float *pairs,
-                    int m, float *y) {
-    if (fmt == FMT_Q4_1) {
-        if (m == 1) row_dot_fmt(FMT_Q4_1, row, nb, xq, pairs, 1, y);
-        else row_dot_fmt(FMT_Q4_1, row, nb, xq, pairs, m, y);
-    } else if (fmt == FMT_Q4_0) {
-        if (m == 1) row_dot_fmt(FMT_Q4_0, row, nb, xq, pairs, 1, y);
-        else row_dot_fmt(FMT_Q4_0, row, nb, xq, pairs, m, y);
-    } else {
-        if (m == 1) row_dot_fmt(FMT_Q8_0, row, nb, xq, pairs, 1, y);
-        else row_dot_fmt(FMT_Q8_0, row, nb, xq, pairs, m, y);
-    }
+static void row_dot(int fmt, const uint8_t *row, int64_t nb, const int16_t *xq, const float *pairs, float *y) {
+    if (fmt == FMT_Q4_1) row_dot_fmt(FMT_Q4_1, row, nb, xq, pairs, y);
+    else if (fmt == FMT_Q4_0) row_dot_fmt(FMT_Q4_0, row, nb, xq, pairs, y);
+    else row_dot_fmt(FMT_Q8_0, row, nb, xq, pairs, y);
 }
 #else
 /* Without AVX2: the same sums in plain C. */
@@ -302,19 +317,49 @@ typedef struct {
     int64_t rows, cols, m, ldy;
     const int16_t *xq;
     const float *pairs;
+    const float *scales, *sums;   /* AVX2, m > 1: x's block scales and scaled sums by group (group_dot) */
     float *y;
 } matmul_job;
 
+#ifdef __AVX2__
 static void matmul_rows(void *ctx, int64_t chunk) {
     const matmul_job *j = ctx;
     int64_t nb = j->cols / QK, row_bytes = nb * BLOCK_BYTES[j->fmt], last = (chunk + 1) * ROWS_PER_CHUNK;
     int64_t r = chunk * ROWS_PER_CHUNK, end = last < j->rows ? last : j->rows;
-#ifdef __AVX2__
-    if (j->m == 1)
+    if (j->m == 1) {
         for (; r + ROWS_AT_ONCE <= end; r += ROWS_AT_ONCE)
             rows_dot(j->fmt, j->w + r * row_bytes, row_bytes, nb, j->xq, j->pairs, j->y + r);
-#endif
+        for (; r < end; r++) row_dot(j->fmt, j->w + r * row_bytes, nb, j->xq, j->pairs, j->y + r);
+        return;
+    }
     for (; r < end; r++) {
+        for (int64_t t0 = 0; t0 < j->m; t0 += GROUP_M) {
+            int n = (int)(j->m - t0 < GROUP_M ? j->m - t0 : GROUP_M);
+            float out[GROUP_M];
+            const float *scales = j->scales + t0 * nb, *sums = j->sums + t0 * nb;
+            group_dot(j->fmt, j->w + r * row_bytes, nb, j->xq + t0 * j->cols, j->cols, scales, sums, n, out);
+            for (int t = 0; t < n; t++) j->y[(t0 + t) * j->ldy + r] = out[t];
+        }
+    }
+}
+
+/* pairs [m, nb, 2] -> scales, sums [groups of GROUP_M x, nb, GROUP_M] (zero past m), the layout group_dot reads */
+static void scales_by_group(const float *pairs, int64_t m, int64_t nb, float *scales, float *sums) {
+    int64_t groups = (m + GROUP_M - 1) / GROUP_M;
+    memset(scales, 0, sizeof(float) * (size_t)(groups * nb * GROUP_M));
+    memset(sums, 0, sizeof(float) * (size_t)(groups * nb * GROUP_M));
+    for (int64_t t = 0; t < m; t++)
+        for (int64_t i = 0; i < nb; i++) {
+            int64_t at = ((t / GROUP_M) * nb + i) * GROUP_M + t % GROUP_M;
+            scales[at] = pairs[2 * (t * nb + i)];
+            sums[at] = pairs[2 * (t * nb + i) + 1];
+        }
+}
+#else
+static void matmul_rows(void *ctx, int64_t chunk) {
+    const matmul_job *j = ctx;
+    int64_t nb = j->cols / QK, row_bytes = nb * BLOCK_BYTES[j->fmt], last = (chunk + 1) * ROWS_PER_CHUNK;
+    for (int64_t r = chunk * ROWS_PER_CHUNK; r < (last < j->rows ? last : j->rows); r++) {
         for (int64_t t0 = 0; t0 < j->m; t0 += MAX_M) {
             int n = (int)(j->m - t0 < MAX_M ? j->m - t0 : MAX_M);
             float out[MAX_M];
@@ -323,17 +368,27 @@ static void matmul_rows(void *ctx, int64_t chunk) {
         }
     }
 }
+#endif
 
 /* y[t, r] (row stride ldy) = sum_k W[r, k] x[t, k] (row stride ldx) for t < m, x quantized per block first
  * (quantize_x). Q4_0 keeps its offset out of the quants here (q in 0..15, min = -8 d): the same weights. */
 void lq_matmul(int fmt, const uint8_t *w, int64_t rows, int64_t cols, const float *x, int64_t m, int64_t ldx,
                float *y, int64_t ldy, int threads) {
-    int64_t nb = cols / QK;
+    int64_t nb = cols / QK, grouped = (m + GROUP_M - 1) / GROUP_M * GROUP_M * nb;
     int16_t *xq = aligned_alloc(64, (size_t)(m * nb * XQ_BYTES));
     float *pairs = malloc(sizeof(float) * (size_t)(2 * m * nb));
+    float *scales = NULL, *sums = NULL;
     quantize_x(x, m, ldx, cols, xq, pairs);
-    matmul_job job = {fmt, w, rows, cols, m, ldy, xq, pairs, y};
+#ifdef __AVX2__
+    if (m > 1) {
+        scales = aligned_alloc(64, sizeof(float) * (size_t)(2 * grouped));
+        sums = scales + grouped;
+        scales_by_group(pairs, m, nb, scales, sums);
+    }
+#endif
+    matmul_job job = {fmt, w, rows, cols, m, ldy, xq, pairs, scales, sums, y};
     lq_parallel(matmul_rows, &job, (rows + ROWS_PER_CHUNK - 1) / ROWS_PER_CHUNK, threads);
     free(xq);
     free(pairs);
+    free(scales);
 }

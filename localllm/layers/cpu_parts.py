@@ -26,7 +26,8 @@ INT4_FORMATS = ("Q4_0", "Q4_1")
 _GROUP = 32
 _N_MULTIPLE = 16   # the int4 packing holds whole tiles of 16 output rows
 # rows of x up to which the compiled kernel multiplies from the blocks; beyond, dequantizing once and multiplying
-# with torch's GEMM is faster (the kernel decodes the blocks again for every 4 rows of x)
+# with torch's GEMM is faster (the kernel decodes the blocks again for every 8 rows of x and rereads all of x for
+# every row; at 128 rows the two take the same time)
 GEMV_MAX_ROWS = 32
 
 
