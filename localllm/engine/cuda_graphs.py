@@ -13,6 +13,16 @@ from localllm.engine.batch import StepBatch
 from localllm.layers.attention import AttentionMetadata
 
 
+def _capture(model, buffers, rows: int, meta: AttentionMetadata, pool) -> torch.cuda.CUDAGraph:
+    """A graph of the model's forward over the first `rows` rows of the buffers' static input_ids, positions and
+    hidden (the forward runs once first: that compiles its kernels outside the capture)."""
+    buffers.hidden[:rows] = model(buffers.input_ids[:rows], buffers.positions[:rows], meta)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool):
+        buffers.hidden[:rows] = model(buffers.input_ids[:rows], buffers.positions[:rows], meta)
+    return graph
+
+
 def graph_batch_sizes(max_num_seqs: int) -> list[int]:
     sizes = [1, 2, 4, 8] + list(range(16, max_num_seqs + 1, 16))
     return sorted({s for s in sizes if s <= max_num_seqs} | {max_num_seqs})
@@ -40,13 +50,8 @@ class StepGraphs:
         self.hidden = torch.zeros(rows, hidden_size, dtype=dtype, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         for size in reversed(self.sizes):   # largest first, so the smaller ones fit in its memory pool
-            meta, r = self._metadata(size), size * query_len
-            self.hidden[:r] = model(self.input_ids[:r], self.positions[:r], meta)  # warm-up, compiles
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool):
-                self.hidden[:r] = model(self.input_ids[:r], self.positions[:r], meta)
-            pool = graph.pool()
-            self.graphs[size] = graph
+            self.graphs[size] = _capture(model, self, size * query_len, self._metadata(size), pool)
+            pool = self.graphs[size].pool()
         self.pool = pool
         torch.cuda.synchronize(device)
 
@@ -117,12 +122,8 @@ class MixedGraphs:
             meta = AttentionMetadata(self.slot_mapping[:size], self.block_tables, self.context_lens,
                                      self.query_start_loc, num_seqs=max_seqs, num_decodes=0, max_query_len=size,
                                      max_context_len=max_context_len, query_start_loc_host=[], context_lens_host=[])
-            self.hidden[:size] = model(self.input_ids[:size], self.positions[:size], meta)  # warm-up, compiles
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool):
-                self.hidden[:size] = model(self.input_ids[:size], self.positions[:size], meta)
-            pool = graph.pool()
-            self.graphs[size] = graph
+            self.graphs[size] = _capture(model, self, size, meta, pool)
+            pool = self.graphs[size].pool()
         self.pool = pool
         torch.cuda.synchronize(device)
 
