@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+import math
 import mmap
 from pathlib import Path
 
@@ -37,10 +38,8 @@ def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
     a 1 GiB KV pool costs nothing at start instead of ~1 s of writing zeros on a small machine."""
     if device.type != "cpu":
         return torch.zeros(shape, dtype=dtype, device=device)
-    nbytes = dtype.itemsize
-    for n in shape:
-        nbytes *= n
-    return torch.frombuffer(mmap.mmap(-1, max(nbytes, 1)), dtype=dtype, count=nbytes // dtype.itemsize).view(shape)
+    count = math.prod(shape)
+    return torch.frombuffer(mmap.mmap(-1, max(count * dtype.itemsize, 1)), dtype=dtype, count=count).view(shape)
 
 
 class ModelRunner:
