@@ -1,21 +1,20 @@
 """Triton matmuls over quantized weights in their GPU layout (block_formats.PLANES, quant_planes_ref): y = x @ W^T
 with W [N, K] held as planes, the quants of each row in int32 words and the scale fields apart.
 
-- GEMV (decode, up to GEMV_MAX_ROWS rows of x): a program owns BLOCK_N weight rows and a range of K; it loads
-  [BLOCK_N, BLOCK_W] words of the quant plane (consecutive lanes, consecutive words of a row: 16-byte vector loads),
-  decodes them in registers ([BLOCK_N, BLOCK_W, weights per word]), and applies each word's scale after its dot
-  product with x (sum(q * x) * scale + shift * sum(x)). When the row tiles are too few to give every SM work (o_proj,
-  down_proj at batch 1) K is split over SPLIT programs: each writes its partial sums to a workspace and the last to
-  finish a row tile (an atomic counter per tile, reset by that program) adds them in order and stores y, so the
-  split costs no extra launch and the result does not depend on timing.
+- GEMV (decode, up to GEMV_MAX_ROWS rows of x): a program owns BLOCK_N weight rows and a range of K, which it
+  reads BLOCK_U units at a time ([BLOCK_N, BLOCK_U, UNIT] words, quant_tiles: a unit per thread and row, one
+  vector load, consecutive lanes on consecutive units of a row), reading the next tile while it multiplies this one.
+  Each
+  quant is decoded once in registers for all the rows of x, and each group's scale is applied after its dot product
+  with x (sum(q * x) * scale + shift * sum(x)). When the row tiles are too few to give every SM work (o_proj,
+  down_proj at batch 1) K is split over SPLIT programs (_store_rows).
 - Above GEMV_MAX_ROWS (prefill, large batches): the weight is dequantized by a kernel that streams the planes at
   bandwidth into a bf16 (x's dtype) scratch buffer reused by every layer, in row chunks of at most SCRATCH_WEIGHTS,
   and multiplied by torch.matmul (cuBLAS): the extra write and read of 2 bytes a weight cost far less than a
   1,024-token prefill's matmuls, which then run at the dense speed.
 
-Integer quants become float32 with the exponent trick ((q | 0x4B000000) as float32 - 2^23, exact below 2^23): two
-integer and one float instruction, where a conversion instruction has a quarter of their throughput. The plain-torch
-reference is quant_planes_ref.planes_matmul_ref.
+The block decoders (quant_tiles) read a unit's words and its group's scale fields together; the plain-torch reference is
+quant_planes_ref.planes_matmul_ref.
 """
 from __future__ import annotations
 
@@ -26,6 +25,8 @@ import triton
 import triton.language as tl
 
 from localllm.kernels.block_formats import PLANES, block_format
+from localllm.kernels.pdl import pdl_options, wait_for_previous_kernel
+from localllm.kernels.quant_tiles import load_units, mantissa_scale_shift, unit_columns, unit_mantissas, unit_quants
 
 GEMV_MAX_ROWS = 8
 _K_QUANTS = ("Q4_K", "Q5_K", "Q6_K")
@@ -36,120 +37,102 @@ GPU_TILES_EVERYWHERE = False
 SCRATCH_WEIGHTS = 1 << 27
 # the GEMV splits K until it has about this many programs per SM
 PROGRAMS_PER_SM = 4
-_MAGIC = tl.constexpr(8388608.0)      # 2^23
 
 
 @triton.jit
-def _small_int_f32(u, bias: tl.constexpr):
-    """int32 u in [0, 2^23) -> float32 u - bias, exactly."""
-    return (u | 0x4B000000).to(tl.float32, bitcast=True) - (_MAGIC + bias)
-
-
-@triton.jit
-def _fp8_e4m3(byte, HW: tl.constexpr):
-    """float8_e4m3fn bits (int32 0..255) as float32. HW: the GPU's conversion (Hopper, Ada); otherwise built bit
-    by bit (exact, and what Triton's interpreter runs): sign, 4 exponent bits of bias 7, 3 mantissa bits, exponent
-    0 subnormal (m / 8 * 2^-6). NaN (0x7f / 0xff) is not expected in weights."""
-    if HW:
-        return byte.to(tl.uint8).to(tl.float8e4nv, bitcast=True).to(tl.float32)
-    sign = tl.where((byte & 0x80) != 0, -1.0, 1.0)
-    exponent = (byte >> 3) & 15
-    mantissa = byte & 7
-    normal = ((exponent + 120) << 23) | (mantissa << 20)      # float32 exponent bias 127 = 7 + 120
-    magnitude = tl.where(exponent == 0, mantissa.to(tl.float32) * 0.001953125, normal.to(tl.float32, bitcast=True))
-    return sign * magnitude
-
-
-@triton.jit
-def _load_tile(q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr, e_ptr, rows, wi, mask, K, KW,
-               FMT: tl.constexpr, BITS: tl.constexpr, A_PER: tl.constexpr):
-    """Words wi [1, W] of the quant plane for rows [R, 1] (int64), with what their weights share: (words, high,
-    scale, shift), each [R, W], w = q * scale + shift. high: the word of Q5_K / Q6_K high bits covering each word
-    (the words again otherwise). Plane a is each format's per-group scale field (d, or sc for the K-quants), b its
-    second one (m, mn, zero), d / e the K-quants' d / dmin per 256 weights (quant_planes_ref names them). mask
-    [1, W]: the words to read (KW = K / weights a word)."""
-    EPW: tl.constexpr = 32 // BITS
-    words = tl.load(q_ptr + rows * KW + wi, mask=mask, other=0)
-    group = rows * (K // A_PER) + wi * EPW // A_PER
-    scale = tl.load(a_ptr + group, mask=mask, other=0).to(tl.float32)
-    shift = tl.zeros(scale.shape, tl.float32)
-    high = words
-    if FMT == 1:    # Q4_1: d * q + m
-        shift = tl.load(b_ptr + group, mask=mask, other=0).to(tl.float32)
-    elif FMT == 6:  # int4_g128: (q - zero) * d
-        shift = -(tl.load(b_ptr + group, mask=mask, other=0).to(tl.float32) * scale)
-    elif FMT >= 3 and FMT <= 5:   # K-quants: d per 256 weights times a small integer scale per group
-        superblock = rows * (K // 256) + wi * EPW // 256
-        scale = scale * tl.load(d_ptr + superblock, mask=mask, other=0).to(tl.float32)
-        if FMT == 5:    # Q6_K: one word of 2-bit highs per 16 weights
-            high = tl.load(qh_ptr + rows * (K // 16) + wi // 2, mask=mask, other=0)
-        else:
-            if FMT == 4:    # Q5_K: one word of fifth bits per 32 weights
-                high = tl.load(qh_ptr + rows * (K // 32) + wi // 4, mask=mask, other=0)
-            dmin = tl.load(e_ptr + superblock, mask=mask, other=0).to(tl.float32)
-            shift = -(dmin * tl.load(b_ptr + group, mask=mask, other=0).to(tl.float32))
-    return words, high, scale, shift
-
-
-@triton.jit
-def _quants(words, high, wi, j: tl.constexpr, FMT: tl.constexpr, BITS: tl.constexpr, FP8_HW: tl.constexpr):
-    """The quants (float32, their format's constant offset taken off) at bits j * BITS of words [R, W]: weight
-    j * C + c of the group whose word c it is (C words a group, block_formats.Plane)."""
-    field = (words >> (j * BITS)) & ((1 << BITS) - 1)
-    if FMT == 0:    # Q4_0: q - 8
-        q = _small_int_f32(field, 8)
-    elif FMT == 2:  # Q8_0: int8
-        q = _small_int_f32(field ^ 0x80, 128)
-    elif FMT == 4:  # Q5_K: the fifth bit of weight 4 j + c at bit 4 j + c
-        q = _small_int_f32(field | (((high >> (4 * j + wi % 4)) & 1) << 4), 0)
-    elif FMT == 5:  # Q6_K: q6 - 32; the top bits of weight 2 j + c at bits 2 (2 j + c)
-        q = _small_int_f32(field | (((high >> (4 * j + 2 * (wi % 2))) & 3) << 4), 32)
-    elif FMT == 7:
-        q = _fp8_e4m3(field, FP8_HW)
+def _gemv_quants(words, high, nibble_mask, one_bits, j: tl.constexpr, FMT: tl.constexpr, BITS: tl.constexpr,
+                 FP8_HW: tl.constexpr, Q_BITS: tl.constexpr):
+    """The GEMV's quants: unit_mantissas where the format has them (Q_BITS > 0), unit_quants otherwise."""
+    if Q_BITS > 0:
+        q = unit_mantissas(words, high, nibble_mask, one_bits, j, FMT, Q_BITS)
     else:
-        q = _small_int_f32(field, 0)
+        q = unit_quants(words, high, j, FMT, BITS, FP8_HW)
     return q
+
+
+@triton.jit
+def _one_row_dots(words, high, nibble_mask, one_bits, x_ptr, units, ok, FMT: tl.constexpr, BITS: tl.constexpr,
+                  G: tl.constexpr, UNIT: tl.constexpr, FP8_HW: tl.constexpr, Q_BITS: tl.constexpr):
+    """One row of x against units [BU] of the tile's rows (words [R, BU, UNIT]): per unit, the sum of q * x
+    [R, BU] and of x [1, BU]. x's [BU, UNIT] columns lie as the words do, so they need no exchange between
+    threads."""
+    dots = tl.zeros(words.shape, tl.float32)
+    x_sums = tl.zeros([words.shape[1], UNIT], tl.float32)
+    for j in tl.static_range(32 // BITS):
+        xj = tl.load(x_ptr + unit_columns(units, j, BITS, G, UNIT), mask=ok[:, None], other=0.0).to(tl.float32)
+        dots += _gemv_quants(words, high, nibble_mask, one_bits, j, FMT, BITS, FP8_HW, Q_BITS) * xj[None]
+        x_sums += xj
+    return tl.sum(dots, 2), tl.sum(x_sums, 1)[None, :]
+
+
+@triton.jit
+def _tile_sums(words, high, scale, shift, nibble_mask, one_bits, x_ptr, stride_xm, M, units, last,
+               BLOCK_M: tl.constexpr, FMT: tl.constexpr, BITS: tl.constexpr, G: tl.constexpr, UNIT: tl.constexpr,
+               FP8_HW: tl.constexpr, Q_BITS: tl.constexpr, Q_BIAS: tl.constexpr):
+    """A tile's sums of w * x over each unit, [BLOCK_M, R, BU], one row of x at a time: a product of all rows of x
+    with all rows of the weight would need a four-dimensional tile, which Triton lays out apart from the words'
+    and reshuffles through shared memory; the rows' decoding of the same words is the same code, which the
+    compiler computes once."""
+    if Q_BITS > 0:
+        scale, shift = mantissa_scale_shift(scale, shift, Q_BITS, Q_BIAS)
+    sums = tl.zeros([BLOCK_M, words.shape[0], words.shape[1]], tl.float32)
+    for m in tl.static_range(BLOCK_M):
+        x_row = x_ptr + tl.minimum(m, M - 1) * stride_xm     # rows past M repeat the last one; not stored
+        dots, x_sums = _one_row_dots(words, high, nibble_mask, one_bits, x_row, units, units < last, FMT, BITS, G,
+                                     UNIT, FP8_HW, Q_BITS)
+        row_sums = (dots * scale + shift * x_sums)[None]
+        sums += row_sums if BLOCK_M == 1 else tl.where(tl.arange(0, BLOCK_M)[:, None, None] == m, row_sums, 0.0)
+    return sums
 
 
 @triton.jit(do_not_specialize=["M"])
 def _gemv_kernel(x_ptr, y_ptr, partial_ptr, arrivals_ptr, q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr, e_ptr,
-                 M, N, K, KW, stride_xm, stride_ym, words_per_split, SPLIT,
-                 FMT: tl.constexpr, BITS: tl.constexpr, A_PER: tl.constexpr, G: tl.constexpr, FP8_HW: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_M: tl.constexpr):
-    EPW: tl.constexpr = 32 // BITS
-    C: tl.constexpr = G // EPW
+                 M, N, K, stride_xm, stride_ym, units_per_split, SPLIT, nibble_mask, one_bits,
+                 FMT: tl.constexpr, BITS: tl.constexpr, A_PER: tl.constexpr, G: tl.constexpr, UNIT: tl.constexpr,
+                 FP8_HW: tl.constexpr, Q_BITS: tl.constexpr, Q_BIAS: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_U: tl.constexpr, BLOCK_M: tl.constexpr, PREFETCH: tl.constexpr, USE_PDL: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     # rows past N read row N - 1 (no row mask on the loads); their results are not stored
     plane_rows = tl.minimum(rows, N - 1).to(tl.int64)[:, None]
+    first = pid_k * units_per_split
+    last = tl.minimum(K // G * (G * BITS // 32 // UNIT), first + units_per_split)
+    # The planes are no kernel's output: the first tile is read before waiting for the kernel before this one
+    # (launched as its programmatic dependent, this kernel starts while that one finishes); with PREFETCH, each
+    # next tile while this one is multiplied (more loads in flight, more registers).
+    units = first + tl.arange(0, BLOCK_U)
+    words, high, scale, shift = load_units(q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr, e_ptr, plane_rows, units[None, :],
+                                           (units < last)[None, :], K, FMT, BITS, A_PER, G, UNIT)
+    wait_for_previous_kernel(USE_PDL)
+    acc = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_U], tl.float32)
+    for u0 in range(first, last, BLOCK_U):
+        if PREFETCH:
+            next_units = units + BLOCK_U
+            next_words, next_high, next_scale, next_shift = load_units(
+                q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr, e_ptr, plane_rows, next_units[None, :],
+                (next_units < last)[None, :], K, FMT, BITS, A_PER, G, UNIT)
+        elif u0 > first:
+            units = u0 + tl.arange(0, BLOCK_U)
+            words, high, scale, shift = load_units(q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr, e_ptr, plane_rows,
+                                                   units[None, :], (units < last)[None, :], K, FMT, BITS, A_PER, G,
+                                                   UNIT)
+        acc += _tile_sums(words, high, scale, shift, nibble_mask, one_bits, x_ptr, stride_xm, M, units, last,
+                          BLOCK_M, FMT, BITS, G, UNIT, FP8_HW, Q_BITS, Q_BIAS)
+        if PREFETCH:
+            words, high, scale, shift, units = next_words, next_high, next_scale, next_shift, next_units
+    _store_rows(tl.sum(acc, 2), y_ptr, partial_ptr, arrivals_ptr, rows, M, N, stride_ym, pid_n, pid_k, SPLIT,
+                BLOCK_M, BLOCK_N)
+
+
+@triton.jit
+def _store_rows(acc, y_ptr, partial_ptr, arrivals_ptr, rows, M, N, stride_ym, pid_n, pid_k, SPLIT,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Stores acc [BLOCK_M, BLOCK_N] as y's columns `rows`, or, with K split over SPLIT programs, as this
+    program's partial sums: the last program of the row tile to arrive (an atomic counter per tile, reset by
+    that program) adds them in order and stores y, so the split costs no extra launch and the result does not
+    depend on timing."""
     offs_m = tl.arange(0, BLOCK_M)
-    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    acc_words = tl.zeros([BLOCK_N, BLOCK_W], tl.float32)     # one row of x: reduced over words once, at the end
-    first = pid_k * words_per_split
-    last = tl.minimum(KW, first + words_per_split)
-    for w0 in range(first, last, BLOCK_W):
-        wi = tl.max_contiguous(tl.multiple_of(w0 + tl.arange(0, BLOCK_W), BLOCK_W), BLOCK_W)
-        k_ok = wi < last
-        words, high, scale, shift = _load_tile(q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr, e_ptr, plane_rows, wi[None, :],
-                                               k_ok[None, :], K, KW, FMT, BITS, A_PER)
-        x_cols = (wi // C) * G + wi % C         # the column of x meeting bits 0.. of each word
-        for m in tl.static_range(BLOCK_M):
-            # rows of x past M repeat the last one (cached); their results are not stored
-            x_row = x_ptr + tl.minimum(M - 1, m) * stride_xm + x_cols
-            dots = tl.zeros([BLOCK_N, BLOCK_W], tl.float32)
-            x_sum = tl.zeros([BLOCK_W], tl.float32)
-            for j in tl.static_range(EPW):
-                xj = tl.load(x_row + j * C, mask=k_ok, other=0.0).to(tl.float32)
-                dots += _quants(words, high, wi[None, :], j, FMT, BITS, FP8_HW) * xj[None, :]
-                x_sum += xj
-            per_word = dots * scale + shift * x_sum[None, :]
-            if BLOCK_M == 1:
-                acc_words += per_word
-            else:
-                acc += tl.where(offs_m[:, None] == m, tl.sum(per_word, 1)[None, :], 0.0)
-    if BLOCK_M == 1:
-        acc = tl.sum(acc_words, 1)[None, :]
     y_mask = (offs_m[:, None] < M) & (rows[None, :] < N)
     y_offs = offs_m[:, None] * stride_ym + rows[None, :]
     if SPLIT == 1:
@@ -167,23 +150,46 @@ def _gemv_kernel(x_ptr, y_ptr, partial_ptr, arrivals_ptr, q_ptr, qh_ptr, a_ptr, 
 
 
 @triton.jit
-def _dequantize_kernel(w_ptr, q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr, e_ptr, first_row, rows_out, K, KW,
+def _dequantize_kernel(w_ptr, q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr, e_ptr, first_row, rows_out, K,
                        FMT: tl.constexpr, BITS: tl.constexpr, A_PER: tl.constexpr, G: tl.constexpr,
-                       FP8_HW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr):
+                       UNIT: tl.constexpr, FP8_HW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_U: tl.constexpr):
     """Rows first_row.. (rows_out of them) of the weight, dequantized into w [rows_out, K] (its dtype)."""
-    EPW: tl.constexpr = 32 // BITS
-    C: tl.constexpr = G // EPW
     out_rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     plane_rows = (first_row + tl.minimum(out_rows, rows_out - 1)).to(tl.int64)[:, None]
-    wi = tl.max_contiguous(tl.multiple_of(tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W), BLOCK_W), BLOCK_W)
-    k_ok = wi < KW
-    words, high, scale, shift = _load_tile(q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr, e_ptr, plane_rows, wi[None, :],
-                                           k_ok[None, :], K, KW, FMT, BITS, A_PER)
-    out = w_ptr + out_rows.to(tl.int64)[:, None] * K + ((wi // C) * G + wi % C)[None, :]
-    mask = (out_rows < rows_out)[:, None] & k_ok[None, :]
-    for j in tl.static_range(EPW):
-        w = _quants(words, high, wi[None, :], j, FMT, BITS, FP8_HW) * scale + shift
-        tl.store(out + j * C, w.to(w_ptr.dtype.element_ty), mask=mask)
+    units = tl.program_id(1) * BLOCK_U + tl.arange(0, BLOCK_U)
+    ok = units < K // G * (G * BITS // 32 // UNIT)
+    words, high, scale, shift = load_units(q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr, e_ptr, plane_rows, units[None, :],
+                                           ok[None, :], K, FMT, BITS, A_PER, G, UNIT)
+    row_ok = out_rows < rows_out
+    if BITS == 4 and UNIT * 8 == G:
+        # a unit is a whole group of 4-bit quants: its weights, decoded bits j of word c as weight j * UNIT + c,
+        # are G consecutive columns, stored in 16-byte vectors once put in that order in registers
+        w = tl.join(tl.join(tl.join(_unit_weights(words, high, scale, shift, 0, FMT, BITS, FP8_HW),
+                                    _unit_weights(words, high, scale, shift, 1, FMT, BITS, FP8_HW)),
+                            tl.join(_unit_weights(words, high, scale, shift, 2, FMT, BITS, FP8_HW),
+                                    _unit_weights(words, high, scale, shift, 3, FMT, BITS, FP8_HW))),
+                    tl.join(tl.join(_unit_weights(words, high, scale, shift, 4, FMT, BITS, FP8_HW),
+                                    _unit_weights(words, high, scale, shift, 5, FMT, BITS, FP8_HW)),
+                            tl.join(_unit_weights(words, high, scale, shift, 6, FMT, BITS, FP8_HW),
+                                    _unit_weights(words, high, scale, shift, 7, FMT, BITS, FP8_HW))))
+        w = tl.reshape(tl.permute(w, (0, 1, 5, 4, 3, 2)), [BLOCK_N, BLOCK_U * G])     # [R, BU, j, c] in order
+        cols = tl.reshape(units[:, None] * G + tl.arange(0, G)[None, :], [BLOCK_U * G])
+        mask = row_ok[:, None] & tl.reshape(tl.broadcast_to(ok[:, None], [BLOCK_U, G]), [BLOCK_U * G])[None, :]
+        tl.store(w_ptr + out_rows.to(tl.int64)[:, None] * K + cols[None, :], w.to(w_ptr.dtype.element_ty),
+                 mask=mask)
+    else:   # bits j of a unit's words are UNIT consecutive columns
+        out = w_ptr + out_rows.to(tl.int64)[:, None, None] * K
+        mask = row_ok[:, None, None] & ok[None, :, None]
+        for j in tl.static_range(32 // BITS):
+            w = _unit_weights(words, high, scale, shift, j, FMT, BITS, FP8_HW)
+            tl.store(out + unit_columns(units, j, BITS, G, UNIT)[None], w.to(w_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _unit_weights(words, high, scale, shift, j: tl.constexpr, FMT: tl.constexpr, BITS: tl.constexpr,
+                  FP8_HW: tl.constexpr):
+    """The weights [R, BU, UNIT] at bits j of a tile's words."""
+    return unit_quants(words, high, j, FMT, BITS, FP8_HW) * scale[:, :, None] + shift[:, :, None]
 
 
 def _kernel_planes(planes: dict, fmt: str) -> tuple:
@@ -201,8 +207,35 @@ def _a_plane(fmt: str) -> str:
 def _constants(fmt: str, x: torch.Tensor) -> dict:
     specs = {p.name: p for p in PLANES[fmt]}
     fp8_hw = x.is_cuda and _capability(x.device) >= (8, 9)
-    return dict(FMT=FORMAT_IDS[fmt], BITS=specs["q"].bits, A_PER=specs[_a_plane(fmt)].per,
-                G=block_format(fmt).group, FP8_HW=fp8_hw)
+    group = block_format(fmt).group
+    return dict(FMT=FORMAT_IDS[fmt], BITS=specs["q"].bits, A_PER=specs[_a_plane(fmt)].per, G=group,
+                UNIT=_unit_words(fmt), FP8_HW=fp8_hw)
+
+
+# (rows, warps) of a GEMV program at one row of x where 4 rows and one warp are not the best (gemv_config)
+_GEMV_TILES = {"Q6_K": (1, 1), "Q8_0": (1, 2), "fp8_e4m3_g128": (1, 2)}
+# the GEMV's unsigned quants (quant_tiles.unit_mantissas): (bits, bias) of the formats of up to 6 bits
+_MANTISSA_QUANTS = {"Q4_0": (4, 8), "Q4_1": (4, 0), "Q4_K": (4, 0), "Q5_K": (5, 0), "Q6_K": (6, 32), "int4_g128": (4, 0)}
+
+
+def _gemv_constants(fmt: str, x: torch.Tensor) -> dict:
+    q_bits, q_bias = _MANTISSA_QUANTS.get(fmt, (0, 0))
+    return dict(_constants(fmt, x), Q_BITS=q_bits, Q_BIAS=q_bias)
+
+
+def _mantissa_masks(fmt: str) -> tuple[int, int]:
+    """The GEMV's nibble_mask and one_bits (quant_tiles.unit_mantissas)."""
+    return 15 << (23 - _MANTISSA_QUANTS.get(fmt, (4, 0))[0]), 0x3F800000
+
+
+def _unit_words(fmt: str) -> int:
+    """Words of the quant plane a thread reads at once (quant_tiles.load_units): 16 bytes, or a whole group."""
+    return min(4, block_format(fmt).group * PLANES[fmt][0].bits // 32)
+
+
+def _units(fmt: str, k: int) -> int:
+    """Units of the quant plane in a row of k weights."""
+    return k * PLANES[fmt][0].bits // 32 // _unit_words(fmt)
 
 
 def _gpu_tiles(x: torch.Tensor) -> bool:
@@ -221,21 +254,21 @@ def _sm_count(device: torch.device) -> int:
 
 def gemv_config(fmt: str, m: int, n: int, k: int, device: torch.device, gpu: bool,
                 tiles: dict | None = None) -> dict:
-    """Tile of the GEMV: BLOCK_N rows by BLOCK_W words a step (tiles, when given, overrides them), and SPLIT
-    programs along K when the row tiles are too few to give every SM PROGRAMS_PER_SM of them."""
-    if gpu:   # 16-byte loads. At one row of x, the best of scripts/gpu_quant_check.py's sweep on one H200 at the
-        # 8B's shapes: 16 rows x 32 words for 4-bit formats, x 64 for 8-bit ones (Q4_K gate_up 137 us against 203
-        # at 32 x 32); at several rows, 8 x 64 (each row of x decodes the words again: fewer rows, fewer registers)
-        if m == 1:
-            config = dict(BLOCK_N=16, BLOCK_W=32 if PLANES[fmt][0].bits == 4 else 64, num_warps=4)
-        else:
-            config = dict(BLOCK_N=8, BLOCK_W=64, num_warps=4)
+    """Tile of the GEMV: BLOCK_N rows by 32 * num_warps units a step (a unit to each thread, so that x's columns
+    lie as the words do), tiles (when given) overriding them, and SPLIT programs along K when the row tiles are
+    too few to give every SM PROGRAMS_PER_SM of them."""
+    if gpu:   # from scripts/gpu_quant_check.py's sweep on one H200 at Llama-3.1-8B's shapes, at one row of x: the
+        # best tile of each format or within 7% of it at every shape (the GEMV is bound by its instructions; small
+        # programs, reading each tile ahead, keep the most of them in flight); fewer rows at several rows of x
+        rows, warps = _GEMV_TILES.get(fmt, (4, 1))
+        config = dict(BLOCK_N=rows if m == 1 else max(1, rows // 2), num_warps=warps, PREFETCH=True)
     else:     # the interpreter: few programs (its cost is per operation, whatever the tile)
-        config = dict(BLOCK_N=32, BLOCK_W=8, num_warps=1)
+        config = dict(BLOCK_N=32, num_warps=1, BLOCK_U=2, PREFETCH=True)
     config.update(tiles or {})
+    config.setdefault("BLOCK_U", 32 * config["num_warps"])
     if "SPLIT" not in config:
         row_tiles = triton.cdiv(n, config["BLOCK_N"])
-        steps = triton.cdiv(k // (32 // PLANES[fmt][0].bits), config["BLOCK_W"])
+        steps = triton.cdiv(_units(fmt, k), config["BLOCK_U"])
         config["SPLIT"] = max(1, min(steps, PROGRAMS_PER_SM * _sm_count(device) // row_tiles))
     return config
 
@@ -258,17 +291,17 @@ class _SplitWorkspace:
 def _gemv(x2: torch.Tensor, planes: dict, fmt: str, y: torch.Tensor, n: int, k: int, tiles: dict | None) -> None:
     m = x2.shape[0]
     config = gemv_config(fmt, m, n, k, x2.device, _gpu_tiles(x2), tiles)
-    block_n, block_w, split = config.pop("BLOCK_N"), config.pop("BLOCK_W"), config.pop("SPLIT")
-    kw = planes["q"].shape[1]
-    steps = triton.cdiv(kw, block_w)
-    words_per_split = triton.cdiv(steps, split) * block_w
-    split = triton.cdiv(kw, words_per_split)
+    block_n, block_u, split = config.pop("BLOCK_N"), config.pop("BLOCK_U"), config.pop("SPLIT")
+    units = _units(fmt, k)
+    units_per_split = triton.cdiv(triton.cdiv(units, block_u), split) * block_u
+    split = triton.cdiv(units, units_per_split)
     row_tiles = triton.cdiv(n, block_n)
     block_m = triton.next_power_of_2(m)
     partial, arrivals = _SplitWorkspace.get(x2.device, row_tiles * split * block_m * block_n, row_tiles)
     _gemv_kernel[(row_tiles, split)](
-        x2, y, partial, arrivals, *_kernel_planes(planes, fmt), m, n, k, kw, x2.stride(0), y.stride(0),
-        words_per_split, split, **_constants(fmt, x2), BLOCK_N=block_n, BLOCK_W=block_w, BLOCK_M=block_m, **config)
+        x2, y, partial, arrivals, *_kernel_planes(planes, fmt), m, n, k, x2.stride(0), y.stride(0),
+        units_per_split, split, *_mantissa_masks(fmt), **_gemv_constants(fmt, x2), BLOCK_N=block_n, BLOCK_U=block_u, BLOCK_M=block_m,
+        **pdl_options(x2.device), **config)
 
 
 class _Scratch:
@@ -286,12 +319,12 @@ class _Scratch:
 def dequantize_rows(planes: dict, fmt: str, first_row: int, rows: int, out: torch.Tensor) -> torch.Tensor:
     """Rows first_row..first_row + rows of the weight, dequantized into out [rows, K] (contiguous, any float
     dtype)."""
-    kw = planes["q"].shape[1]
     k = out.shape[1]
-    block_n, block_w, warps = (32, 64, 4) if _gpu_tiles(out) else (32, 16, 1)
-    grid = (triton.cdiv(rows, block_n), triton.cdiv(kw, block_w))
-    _dequantize_kernel[grid](out, *_kernel_planes(planes, fmt), first_row, rows, k, kw, **_constants(fmt, out),
-                             BLOCK_N=block_n, BLOCK_W=block_w, num_warps=warps)
+    block_n, warps = (4, 4) if _gpu_tiles(out) else (32, 1)
+    block_u = 32 * warps
+    grid = (triton.cdiv(rows, block_n), triton.cdiv(_units(fmt, k), block_u))
+    _dequantize_kernel[grid](out, *_kernel_planes(planes, fmt), first_row, rows, k, **_constants(fmt, out),
+                             BLOCK_N=block_n, BLOCK_U=block_u, num_warps=warps)
     return out
 
 

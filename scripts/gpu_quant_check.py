@@ -33,9 +33,9 @@ L2_MISS_BYTES = 256 << 20
 # timed at every shape (the formats of the 8B benchmarks; the others are checked only, or timed with --all-formats)
 BENCH_FORMATS = ["Q4_K", "Q6_K", "Q8_0", "int4_g128", "fp8_e4m3_g128"]
 # the GEMV tiles tried at one row of x (a 4-bit and an 8-bit format; gemv_config's default is among them)
-SWEEP_FORMATS = ["Q4_K", "Q8_0"]
-SWEEP_TILES = [dict(BLOCK_N=bn, BLOCK_W=bw, num_warps=4) for bn in (16, 32, 64) for bw in (32, 64)]
-SWEEP_TILES += [dict(BLOCK_N=32, BLOCK_W=32, num_warps=8), dict(BLOCK_N=32, BLOCK_W=32, num_warps=4, SPLIT=1)]
+SWEEP_FORMATS = ["Q4_K", "Q6_K", "Q8_0"]
+SWEEP_TILES = [dict(BLOCK_N=bn, num_warps=w, PREFETCH=p) for bn in (1, 2, 4, 8) for w in (1, 2, 4) for p in (0, 1)]
+SWEEP_TILES += [dict(BLOCK_N=4, num_warps=2, PREFETCH=p, maxnreg=r) for p in (0, 1) for r in (64, 96)]
 failures: list[str] = []
 
 
@@ -180,6 +180,7 @@ def main() -> int:
     parser.add_argument("--no-bench", action="store_true", help="correctness checks only")
     parser.add_argument("--no-sweep", action="store_true", help="no GEMV tile sweep")
     parser.add_argument("--all-formats", action="store_true", help="time every format, not BENCH_FORMATS")
+    parser.add_argument("--formats", default=None, help="comma-separated formats to time (and sweep) instead")
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -193,9 +194,11 @@ def main() -> int:
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
               "checks": check_all(gen)}
     if not args.no_bench:
-        report["timings"] = bench(gen, FORMATS if args.all_formats else BENCH_FORMATS)
+        chosen = args.formats.split(",") if args.formats else FORMATS if args.all_formats else BENCH_FORMATS
+        report["timings"] = bench(gen, chosen)
     if not args.no_bench and not args.no_sweep:
-        report["sweep"] = [sweep_shape(fmt, name, n, k, gen) for fmt in SWEEP_FORMATS for name, n, k in SHAPES]
+        swept = [f for f in SWEEP_FORMATS if not args.formats or f in args.formats.split(",")]
+        report["sweep"] = [sweep_shape(fmt, name, n, k, gen) for fmt in swept for name, n, k in SHAPES]
     report["seconds"] = time.time() - start
     report["failures"] = failures
     if args.json_out:

@@ -2,6 +2,7 @@
 torch's profiler, for a random-weight model at a given degree. Prints the kernel table and writes a Chrome trace.
 
     python scripts/gpu_tp_profile.py --random-weights llama-3.1-8b --tp 2 --steps 20 --trace trace.json
+    python scripts/gpu_tp_profile.py --random-weights llama-3.1-8b --tp 1 --quantize q4_k_m
 """
 from __future__ import annotations
 
@@ -22,10 +23,11 @@ def main() -> None:
     parser.add_argument("--tp", type=int, default=2)
     parser.add_argument("--allreduce", default="nccl")
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--quantize", default="none", help="e.g. q4_k_m: the weights kept in that format")
     parser.add_argument("--trace")
     args = parser.parse_args()
     backend = EngineBackend(open_bench_model(None, args.random_weights), "bfloat16", tensor_parallel_size=args.tp,
-                            tp_allreduce=args.allreduce)
+                            tp_allreduce=args.allreduce, quantization=args.quantize)
     core = backend.core
     prompt = list(range(100, 228))
     backend.warm_up(prompt)

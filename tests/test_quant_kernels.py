@@ -63,23 +63,25 @@ def test_gemv_three_rows_bfloat16_and_dense_path_float16(fmt):
     _check(quant_matmul(x.half(), pack_planes(raw, fmt), fmt), x.half(), raw, fmt)
 
 
+@pytest.mark.parametrize("prefetch", [True, False])
 @pytest.mark.parametrize("split", [1, 2, 5])
-def test_gemv_split_k_gives_the_same(split):
-    """K split over 1, 2 and 5 programs (5: more splits than steps, clamped); the counters reset themselves, so a
-    second call gives the same again."""
+def test_gemv_split_k_gives_the_same(split, prefetch):
+    """K split over 1, 2 and 5 programs (5: more splits than steps, clamped), each reading its tiles ahead or not;
+    the counters reset themselves, so a second call gives the same again."""
     from localllm.kernels.quant_matmul import quant_matmul
 
     x, raw = _case("Q4_K", 2, n=7, seed=3, k=1024)
     planes = pack_planes(raw, "Q4_K")
-    first = quant_matmul(x, planes, "Q4_K", gemv_tiles=dict(SPLIT=split, BLOCK_W=8))
+    tiles = dict(SPLIT=split, BLOCK_U=2, PREFETCH=prefetch)
+    first = quant_matmul(x, planes, "Q4_K", gemv_tiles=tiles)
     _check(first, x, raw, "Q4_K")
-    assert torch.equal(quant_matmul(x, planes, "Q4_K", gemv_tiles=dict(SPLIT=split, BLOCK_W=8)), first)
+    assert torch.equal(quant_matmul(x, planes, "Q4_K", gemv_tiles=tiles), first)
 
 
 @pytest.mark.parametrize("fmt", ["Q6_K", "Q5_K", "Q8_0"])
 def test_gpu_tile_sizes(monkeypatch, fmt):
-    """The GPU's tiles (32 rows x 32 words a step at one row of x, 8 x 64 at several; 32 x 64 words for the
-    dequantize kernel): K = 512 and 1,024 cover whole and partial steps."""
+    """The GPU's tiles (gemv_config's at one row of x and at several; the dequantize kernel's): K = 512 and 1,024
+    cover whole and partial steps."""
     from localllm.kernels import quant_matmul as qm
 
     monkeypatch.setattr(qm, "GPU_TILES_EVERYWHERE", True)

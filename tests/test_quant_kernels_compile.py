@@ -1,6 +1,6 @@
 """The quantized matmul kernels compiled for Hopper (sm_90) on a machine without a GPU: Triton's compiler rejects
 what its interpreter lets pass (tests/test_quant_kernels.py runs them there), and the PTX shows whether the GEMV
-reads its quant words as 16-byte vectors (ld.global.v4), turns integers into floats without conversion instructions,
+reads a group's quant words as vectors (ld.global.v4, or v2 for Q6_K's 8-byte groups), turns integers into floats without conversion instructions,
 and keeps everything in registers (no local memory: no spills)."""
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from triton_interpreter import IN_PROCESS  # noqa: E402
 from localllm.kernels.block_formats import BLOCK_FORMATS, PLANES  # noqa: E402
 
 pytestmark = pytest.mark.skipif(IN_PROCESS, reason="compiles real kernels: not under TRITON_INTERPRET=1")
+_GEMV_INTS = ["K", "stride_xm", "stride_ym", "units_per_split", "nibble_mask", "one_bits"]
 _TYPES = {"int32": "i32", "float16": "fp16", "uint8": "u8", "int8": "i8", "float32": "fp32"}
 
 
@@ -23,7 +24,7 @@ class _OffGpu:
     is_cuda = False
 
 
-def _ptx(kernel, fmt: str, x_type: str, ints: list[str], tiles: dict) -> str:
+def _ptx(kernel, fmt: str, x_type: str, ints: list[str], tiles: dict, num_warps: int = 4) -> str:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
@@ -33,7 +34,8 @@ def _ptx(kernel, fmt: str, x_type: str, ints: list[str], tiles: dict) -> str:
     b_name = next((n for n in ("m", "mn", "zero") if n in plane_types), "q")
     pointers = {"q_ptr": "i32", "qh_ptr": "i32", "a_ptr": plane_types[qm._a_plane(fmt)], "b_ptr": plane_types[b_name],
                 "d_ptr": "fp16", "e_ptr": "fp16", "partial_ptr": "fp32", "arrivals_ptr": "i32"}
-    constants = {**qm._constants(fmt, _OffGpu()), "FP8_HW": True, **tiles}
+    kernel_constants = qm._gemv_constants if kernel is qm._gemv_kernel else qm._constants
+    constants = {**kernel_constants(fmt, _OffGpu()), "FP8_HW": True, **tiles}
     names = kernel.arg_names
     signature = {}
     for name in names:
@@ -46,16 +48,17 @@ def _ptx(kernel, fmt: str, x_type: str, ints: list[str], tiles: dict) -> str:
     aligned = [i for i, n in enumerate(names) if n.endswith("_ptr") or n in ints]
     source = ASTSource(fn=kernel, signature=signature, attrs={(i,): [["tt.divisibility", 16]] for i in aligned},
                        constexprs={(names.index(k),): v for k, v in constants.items()})
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4}).asm["ptx"]
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps}).asm["ptx"]
 
 
 @pytest.mark.parametrize("fmt", list(BLOCK_FORMATS))
 def test_gemv_compiles_for_hopper_with_vector_loads_and_no_spills(fmt):
     from localllm.kernels.quant_matmul import _gemv_kernel
 
-    ptx = _ptx(_gemv_kernel, fmt, "bf16", ["K", "KW", "stride_xm", "stride_ym", "words_per_split"],
-               dict(BLOCK_N=32, BLOCK_W=32, BLOCK_M=1, SPLIT=1))
-    assert re.search(r"ld\.global(\.\w+)*\.v4\.b32", ptx)
+    ptx = _ptx(_gemv_kernel, fmt, "bf16", _GEMV_INTS,
+               dict(BLOCK_N=4, BLOCK_U=64, BLOCK_M=1, SPLIT=1, PREFETCH=True, USE_PDL=True), num_warps=2)
+    words_a_group = BLOCK_FORMATS[fmt].group * PLANES[fmt][0].bits // 32     # Q6_K's: 2 (8 bytes)
+    assert re.search(rf"ld\.global(\.\w+)*\.v{min(4, words_a_group)}\.b32", ptx)
     assert not re.search(r"cvt\.rn\.f32\.[su]32", ptx)
     assert ".local" not in ptx
 
@@ -63,8 +66,8 @@ def test_gemv_compiles_for_hopper_with_vector_loads_and_no_spills(fmt):
 def test_split_gemv_at_eight_rows_and_dequantize_compile_for_hopper():
     from localllm.kernels.quant_matmul import _dequantize_kernel, _gemv_kernel
 
-    ptx = _ptx(_gemv_kernel, "Q4_K", "bf16", ["K", "KW", "stride_xm", "stride_ym", "words_per_split"],
-               dict(BLOCK_N=8, BLOCK_W=64, BLOCK_M=8))
+    tiles = dict(BLOCK_N=2, BLOCK_U=64, BLOCK_M=8, PREFETCH=False, USE_PDL=True)
+    ptx = _ptx(_gemv_kernel, "Q4_K", "bf16", _GEMV_INTS, tiles, num_warps=2)
     assert "atom.global" in ptx and ".local" not in ptx
-    ptx = _ptx(_dequantize_kernel, "Q6_K", "bf16", ["K", "KW"], dict(BLOCK_N=32, BLOCK_W=64))
-    assert re.search(r"ld\.global(\.\w+)*\.v4\.b32", ptx) and ".local" not in ptx
+    ptx = _ptx(_dequantize_kernel, "Q6_K", "bf16", ["K"], dict(BLOCK_N=4, BLOCK_U=128))
+    assert re.search(r"ld\.global(\.\w+)*\.v2\.b32", ptx) and ".local" not in ptx

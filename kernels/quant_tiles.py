@@ -1,0 +1,141 @@
+"""The block decoders of quant_matmul's kernels: a tile of a quantized weight's planes (block_formats.PLANES) read
+group by group and turned into float32 quants, a scale and a shift, so that w = q * scale + shift exactly as
+quant_blocks_ref dequantizes the blocks.
+
+A tile is R weight rows by BU units: a group (the G weights sharing one scale, block_formats.BlockFormat.group) is C
+= G / E int32 words of the quant plane (E weights a word), read in units of UNIT = min(C, 4) words, one vector load
+each. The words are [R, BU, UNIT] with UNIT innermost, and a unit's scale fields are loaded with it: a load per
+group, not per word. Bits j of the C words of a group hold its weights j * C .. j * C + C - 1, so the words of a
+unit meet UNIT consecutive columns of x.
+
+Integer quants become float32 with the exponent trick ((q | 0x4B000000) as float32 - 2^23, exact below 2^23): two
+integer and one float instruction, where a conversion instruction has a quarter of their throughput.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+_MAGIC = tl.constexpr(8388608.0)      # 2^23
+K_QUANT_IDS = (3, 4, 5)               # FORMAT_IDS of Q4_K, Q5_K, Q6_K: d (and dmin) per 256 weights
+
+
+@triton.jit
+def small_int_f32(u, bias: tl.constexpr):
+    """int32 u in [0, 2^23) -> float32 u - bias, exactly."""
+    return (u | 0x4B000000).to(tl.float32, bitcast=True) - (_MAGIC + bias)
+
+
+@triton.jit
+def fp8_e4m3(byte, HW: tl.constexpr):
+    """float8_e4m3fn bits (int32 0..255) as float32. HW: the GPU's conversion (Hopper, Ada); otherwise built bit
+    by bit (exact, and what Triton's interpreter runs): sign, 4 exponent bits of bias 7, 3 mantissa bits, exponent
+    0 subnormal (m / 8 * 2^-6). NaN (0x7f / 0xff) is not expected in weights."""
+    if HW:
+        return byte.to(tl.uint8).to(tl.float8e4nv, bitcast=True).to(tl.float32)
+    sign = tl.where((byte & 0x80) != 0, -1.0, 1.0)
+    exponent = (byte >> 3) & 15
+    mantissa = byte & 7
+    normal = ((exponent + 120) << 23) | (mantissa << 20)      # float32 exponent bias 127 = 7 + 120
+    magnitude = tl.where(exponent == 0, mantissa.to(tl.float32) * 0.001953125, normal.to(tl.float32, bitcast=True))
+    return sign * magnitude
+
+
+@triton.jit
+def load_units(q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr, e_ptr, rows, units, mask, K,
+               FMT: tl.constexpr, BITS: tl.constexpr, A_PER: tl.constexpr, G: tl.constexpr, UNIT: tl.constexpr):
+    """Units `units` [1, BU] of weight rows `rows` [R, 1] (int64); mask [1, BU]: the units to read. A unit is
+    UNIT words of the quant plane (16 bytes, or a whole group where that is less): a group's C words are C /
+    UNIT units. Returns (words [R, BU, UNIT], high [R, BU, 1], scale [R, BU], shift [R, BU]) with w = q * scale +
+    shift for the quants q of unit_quants. high: the word of Q5_K / Q6_K high bits of each group (one a group in
+    both; zero otherwise). Plane a is each format's per-group scale field (d, or sc for the K-quants), b its
+    second one (m, mn, zero), d / e the K-quants' d / dmin per 256 weights (quant_planes_ref names them)."""
+    UNITS_A_GROUP: tl.constexpr = G * BITS // 32 // UNIT
+    words = tl.load(q_ptr + (rows * (K // G * UNITS_A_GROUP) + units)[:, :, None] * UNIT
+                    + tl.arange(0, UNIT)[None, None, :], mask=mask[:, :, None], other=0)
+    groups = units // UNITS_A_GROUP
+    first_weight = groups * G
+    scale_offs = rows * (K // A_PER) + first_weight // A_PER
+    scale = tl.load(a_ptr + scale_offs, mask=mask, other=0).to(tl.float32)
+    shift = tl.zeros(scale.shape, tl.float32)
+    high = tl.zeros(scale.shape, tl.int32)
+    if FMT == 1:    # Q4_1: d * q + m
+        shift = tl.load(b_ptr + scale_offs, mask=mask, other=0).to(tl.float32)
+    elif FMT == 6:  # int4_g128: (q - zero) * d
+        shift = -(tl.load(b_ptr + scale_offs, mask=mask, other=0).to(tl.float32) * scale)
+    elif FMT >= 3 and FMT <= 5:   # K-quants: d per 256 weights times a small integer scale per group
+        superblock = rows * (K // 256) + first_weight // 256
+        scale = scale * tl.load(d_ptr + superblock, mask=mask, other=0).to(tl.float32)
+        if FMT != 3:    # Q5_K / Q6_K: one word of high bits a group (and a group is one unit)
+            high = tl.load(qh_ptr + rows * (K // G) + groups, mask=mask, other=0)
+        if FMT != 5:
+            dmin = tl.load(e_ptr + superblock, mask=mask, other=0).to(tl.float32)
+            shift = -(dmin * tl.load(b_ptr + scale_offs, mask=mask, other=0).to(tl.float32))
+    return words, high[:, :, None], scale, shift
+
+
+@triton.jit
+def unit_columns(units, j: tl.constexpr, BITS: tl.constexpr, G: tl.constexpr, UNIT: tl.constexpr):
+    """[BU, UNIT]: the columns of the weight (and of x) that bits j of the words of units [BU] hold."""
+    C: tl.constexpr = G * BITS // 32
+    UNITS_A_GROUP: tl.constexpr = C // UNIT
+    first = (units // UNITS_A_GROUP) * G + (units % UNITS_A_GROUP) * UNIT + j * C
+    return first[:, None] + tl.arange(0, UNIT)[None, :]
+
+
+@triton.jit
+def unit_quants(words, high, j: tl.constexpr, FMT: tl.constexpr, BITS: tl.constexpr, FP8_HW: tl.constexpr):
+    """The quants (float32, their format's constant offset taken off) at bits j * BITS of words [R, BU, UNIT]
+    (unit_columns says which weights they are). high [R, BU, 1]: load_units' high bits; a Q5_K / Q6_K group is
+    one unit, so word c of the unit is word c of its group."""
+    C: tl.constexpr = words.shape[2]
+    field = (words >> (j * BITS)) & ((1 << BITS) - 1)
+    if FMT == 0:    # Q4_0: q - 8
+        q = small_int_f32(field, 8)
+    elif FMT == 2:  # Q8_0: int8
+        q = small_int_f32(field ^ 0x80, 128)
+    elif FMT == 4:  # Q5_K: the fifth bit of weight 4 j + c at bit 4 j + c of the group's word
+        c = tl.arange(0, C)[None, None, :]
+        q = small_int_f32(field | (((high >> (4 * j + c)) & 1) << 4), 0)
+    elif FMT == 5:  # Q6_K: q6 - 32; the top bits of weight 2 j + c at bits 2 (2 j + c)
+        c = tl.arange(0, C)[None, None, :]
+        q = small_int_f32(field | (((high >> (4 * j + 2 * c)) & 3) << 4), 32)
+    elif FMT == 7:
+        q = fp8_e4m3(field, FP8_HW)
+    else:
+        q = small_int_f32(field, 0)
+    return q
+
+
+@triton.jit
+def unit_mantissas(words, high, nibble_mask, one_bits, j: tl.constexpr, FMT: tl.constexpr, Q_BITS: tl.constexpr):
+    """The GEMV's form of unit_quants for the formats of up to 6 bits (Q_BITS: the bits of their unsigned quant
+    u, low nibble from the words and the rest from high): f = 1 + u / 2^Q_BITS, built by moving u into the top of
+    a float32's mantissa under the exponent of 1.0, so a quant costs a shift and a mask (and no float op; f * x
+    is exact). mantissa_scale_shift gives the scale and shift that make f * scale + shift the weight.
+    nibble_mask = 15 << (23 - Q_BITS) and one_bits = 0x3F800000 (1.0) come as values, not constants: with both
+    in registers the mask and the or are one LOP3 instruction, where two immediates take two."""
+    C: tl.constexpr = words.shape[2]
+    LOW: tl.constexpr = 23 - Q_BITS     # where u's lowest bit goes
+    if LOW >= 4 * j:
+        moved = words << (LOW - 4 * j)
+    else:
+        moved = words >> (4 * j - LOW)
+    top = one_bits     # the exponent of 1.0, and the high bits of Q5_K / Q6_K quants: or-ed in one go below
+    if FMT == 4 or FMT == 5:    # weight j * C + c's high bits at bits (4 j + c) * HIGH of the group's word
+        HIGH: tl.constexpr = Q_BITS - 4
+        TOP: tl.constexpr = LOW + 4     # where they go
+        if TOP >= 4 * j:    # moved once for the unit's C words, then by c * HIGH for word c
+            high_j = high << (TOP - 4 * j)
+        else:
+            high_j = high >> (4 * j - TOP)
+        c = tl.arange(0, C)[None, None, :]
+        top = ((high_j >> (c * HIGH)) & (((1 << HIGH) - 1) << TOP)) | one_bits
+    bits = (moved & nibble_mask) | top
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def mantissa_scale_shift(scale, shift, Q_BITS: tl.constexpr, Q_BIAS: tl.constexpr):
+    """w = scale * (u - Q_BIAS) + shift, as f * scale' + shift' for f = 1 + u / 2^Q_BITS (unit_mantissas)."""
+    return scale * (1 << Q_BITS), shift - scale * ((1 << Q_BITS) + Q_BIAS)
