@@ -3,34 +3,39 @@ with W [N, K] held as planes, the quants of each row in int32 words and the scal
 
 - GEMV (decode, up to GEMV_MAX_ROWS rows of x): a program owns BLOCK_N weight rows and a range of K, which it
   reads BLOCK_U units at a time ([BLOCK_N, BLOCK_U, UNIT] words, quant_tiles: a unit per thread and row, one
-  vector load, consecutive lanes on consecutive units of a row), reading the next tile while it multiplies this one.
-  Each
-  quant is decoded once in registers for all the rows of x, and each group's scale is applied after its dot product
-  with x (sum(q * x) * scale + shift * sum(x)). When the row tiles are too few to give every SM work (o_proj,
-  down_proj at batch 1) K is split over SPLIT programs (_store_rows).
-- Above GEMV_MAX_ROWS (prefill, large batches): the weight is dequantized by a kernel that streams the planes at
-  bandwidth into a bf16 (x's dtype) scratch buffer reused by every layer, in row chunks of at most SCRATCH_WEIGHTS,
-  and multiplied by torch.matmul (cuBLAS): the extra write and read of 2 bytes a weight cost far less than a
-  1,024-token prefill's matmuls, which then run at the dense speed.
+  vector load, consecutive lanes on consecutive units of a row), reading the next tile while it multiplies this
+  one. Each group's scale is applied after its dot product with x (sum(q * x) * scale + shift * sum(x)). When the
+  row tiles are too few to give every SM work (o_proj, down_proj at batch 1) K is split over SPLIT programs
+  (quant_tiles.store_tile).
+- Up to DOT_MAX_ROWS (small batches, speculative verify steps, short prompts): quant_gemm's tensor-core kernel,
+  which decodes each weight once for all rows of x.
+- Above (prefill, large batches): the weight is dequantized by a kernel that streams the planes into a bf16 (x's
+  dtype) scratch buffer reused by every layer, in row chunks of at most SCRATCH_WEIGHTS, and multiplied by
+  torch.matmul (cuBLAS): the extra write and read of 2 bytes a weight cost far less than a 1,024-token prefill's
+  matmuls, which then run at the dense speed.
 
-The block decoders (quant_tiles) read a unit's words and its group's scale fields together; the plain-torch reference is
-quant_planes_ref.planes_matmul_ref.
+The block decoders (quant_tiles) read a unit's words and its group's scale fields together; the plain-torch
+reference is quant_planes_ref.planes_matmul_ref.
 """
 from __future__ import annotations
-
-import functools
 
 import torch
 import triton
 import triton.language as tl
 
-from localllm.kernels.block_formats import PLANES, block_format
+from localllm.kernels.block_formats import PLANES
+from localllm.kernels.quant_gemm import quant_dot
+from localllm.kernels.quant_launch import SplitWorkspace, constants, kernel_planes, row_units, sm_count
 from localllm.kernels.pdl import pdl_options, wait_for_previous_kernel
-from localllm.kernels.quant_tiles import load_units, mantissa_scale_shift, unit_columns, unit_mantissas, unit_quants
+from localllm.kernels.quant_tiles import (load_units, mantissa_scale_shift, ordered_weights, store_tile,
+                                         unit_columns, unit_mantissas, unit_quants, unit_weights)
 
-GEMV_MAX_ROWS = 8
-_K_QUANTS = ("Q4_K", "Q5_K", "Q6_K")
-FORMAT_IDS = {"Q4_0": 0, "Q4_1": 1, "Q8_0": 2, "Q4_K": 3, "Q5_K": 4, "Q6_K": 5, "int4_g128": 6, "fp8_e4m3_g128": 7}
+# The path by rows of x (scripts/gpu_quant_check.py --paths on one H200, Llama-3.1-8B's gate_up and down): the GEMV
+# up to GEMV_MAX_ROWS (its time grows with the rows), the tensor-core kernel (flat from 1 to 64 rows: 1.3-3.6x
+# faster than dequantize + cuBLAS there) up to DOT_MAX_ROWS, or further for 8-bit formats, then dequantize + cuBLAS
+GEMV_MAX_ROWS = 2
+DOT_MAX_ROWS = 64
+_DOT_MAX_ROWS_8BIT = 256
 # tests: use the GPU's tile sizes on CPU tensors too (the interpreter otherwise gets small tiles, for speed)
 GPU_TILES_EVERYWHERE = False
 # the dequantize-then-cuBLAS path's scratch: at most this many weights at a time (256 MB in bf16)
@@ -121,32 +126,8 @@ def _gemv_kernel(x_ptr, y_ptr, partial_ptr, arrivals_ptr, q_ptr, qh_ptr, a_ptr, 
                           BLOCK_M, FMT, BITS, G, UNIT, FP8_HW, Q_BITS, Q_BIAS)
         if PREFETCH:
             words, high, scale, shift, units = next_words, next_high, next_scale, next_shift, next_units
-    _store_rows(tl.sum(acc, 2), y_ptr, partial_ptr, arrivals_ptr, rows, M, N, stride_ym, pid_n, pid_k, SPLIT,
-                BLOCK_M, BLOCK_N)
-
-
-@triton.jit
-def _store_rows(acc, y_ptr, partial_ptr, arrivals_ptr, rows, M, N, stride_ym, pid_n, pid_k, SPLIT,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Stores acc [BLOCK_M, BLOCK_N] as y's columns `rows`, or, with K split over SPLIT programs, as this
-    program's partial sums: the last program of the row tile to arrive (an atomic counter per tile, reset by
-    that program) adds them in order and stores y, so the split costs no extra launch and the result does not
-    depend on timing."""
-    offs_m = tl.arange(0, BLOCK_M)
-    y_mask = (offs_m[:, None] < M) & (rows[None, :] < N)
-    y_offs = offs_m[:, None] * stride_ym + rows[None, :]
-    if SPLIT == 1:
-        tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=y_mask)
-    else:
-        tile = (pid_n * SPLIT * BLOCK_M + offs_m[:, None]) * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
-        tl.store(partial_ptr + tile + pid_k * BLOCK_M * BLOCK_N, acc)
-        tl.debug_barrier()      # every thread's partial is written before the arrival is counted (acq_rel)
-        if tl.atomic_add(arrivals_ptr + pid_n, 1) == SPLIT - 1:
-            total = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-            for s in range(SPLIT):
-                total += tl.load(partial_ptr + tile + s * BLOCK_M * BLOCK_N, cache_modifier=".cg")
-            tl.store(y_ptr + y_offs, total.to(y_ptr.dtype.element_ty), mask=y_mask)
-            tl.atomic_xchg(arrivals_ptr + pid_n, 0)
+    store_tile(tl.sum(acc, 2), y_ptr, partial_ptr, arrivals_ptr, tl.arange(0, BLOCK_M), rows, M, N, stride_ym,
+               pid_n, pid_k, SPLIT)
 
 
 @triton.jit
@@ -161,66 +142,32 @@ def _dequantize_kernel(w_ptr, q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr, e_ptr, first_r
     words, high, scale, shift = load_units(q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr, e_ptr, plane_rows, units[None, :],
                                            ok[None, :], K, FMT, BITS, A_PER, G, UNIT)
     row_ok = out_rows < rows_out
-    if BITS == 4 and UNIT * 8 == G:
-        # a unit is a whole group of 4-bit quants: its weights, decoded bits j of word c as weight j * UNIT + c,
-        # are G consecutive columns, stored in 16-byte vectors once put in that order in registers
-        w = tl.join(tl.join(tl.join(_unit_weights(words, high, scale, shift, 0, FMT, BITS, FP8_HW),
-                                    _unit_weights(words, high, scale, shift, 1, FMT, BITS, FP8_HW)),
-                            tl.join(_unit_weights(words, high, scale, shift, 2, FMT, BITS, FP8_HW),
-                                    _unit_weights(words, high, scale, shift, 3, FMT, BITS, FP8_HW))),
-                    tl.join(tl.join(_unit_weights(words, high, scale, shift, 4, FMT, BITS, FP8_HW),
-                                    _unit_weights(words, high, scale, shift, 5, FMT, BITS, FP8_HW)),
-                            tl.join(_unit_weights(words, high, scale, shift, 6, FMT, BITS, FP8_HW),
-                                    _unit_weights(words, high, scale, shift, 7, FMT, BITS, FP8_HW))))
-        w = tl.reshape(tl.permute(w, (0, 1, 5, 4, 3, 2)), [BLOCK_N, BLOCK_U * G])     # [R, BU, j, c] in order
+    if UNIT * (32 // BITS) == G:
+        # a unit is a whole group: its weights, put in order in registers, are G consecutive columns (stored in
+        # 16-byte vectors, where bits j of the words are only UNIT consecutive columns)
+        w = ordered_weights(words, high, scale, shift, FMT, BITS, FP8_HW)
         cols = tl.reshape(units[:, None] * G + tl.arange(0, G)[None, :], [BLOCK_U * G])
         mask = row_ok[:, None] & tl.reshape(tl.broadcast_to(ok[:, None], [BLOCK_U, G]), [BLOCK_U * G])[None, :]
         tl.store(w_ptr + out_rows.to(tl.int64)[:, None] * K + cols[None, :], w.to(w_ptr.dtype.element_ty),
                  mask=mask)
-    else:   # bits j of a unit's words are UNIT consecutive columns
+    else:
         out = w_ptr + out_rows.to(tl.int64)[:, None, None] * K
         mask = row_ok[:, None, None] & ok[None, :, None]
         for j in tl.static_range(32 // BITS):
-            w = _unit_weights(words, high, scale, shift, j, FMT, BITS, FP8_HW)
+            w = unit_weights(words, high, scale, shift, j, FMT, BITS, FP8_HW)
             tl.store(out + unit_columns(units, j, BITS, G, UNIT)[None], w.to(w_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _unit_weights(words, high, scale, shift, j: tl.constexpr, FMT: tl.constexpr, BITS: tl.constexpr,
-                  FP8_HW: tl.constexpr):
-    """The weights [R, BU, UNIT] at bits j of a tile's words."""
-    return unit_quants(words, high, j, FMT, BITS, FP8_HW) * scale[:, :, None] + shift[:, :, None]
-
-
-def _kernel_planes(planes: dict, fmt: str) -> tuple:
-    """The planes in the kernels' argument order q, qh, a, b, d, e (_load_tile; an absent one is q again)."""
-    q = planes["q"]
-    kquant = fmt in _K_QUANTS
-    b = planes.get("m", planes.get("mn", planes.get("zero", q)))
-    return q, planes.get("qh", q), planes[_a_plane(fmt)], b, planes["d"] if kquant else q, planes.get("dmin", q)
-
-
-def _a_plane(fmt: str) -> str:
-    return "sc" if fmt in _K_QUANTS else "d"
-
-
-def _constants(fmt: str, x: torch.Tensor) -> dict:
-    specs = {p.name: p for p in PLANES[fmt]}
-    fp8_hw = x.is_cuda and _capability(x.device) >= (8, 9)
-    group = block_format(fmt).group
-    return dict(FMT=FORMAT_IDS[fmt], BITS=specs["q"].bits, A_PER=specs[_a_plane(fmt)].per, G=group,
-                UNIT=_unit_words(fmt), FP8_HW=fp8_hw)
 
 
 # (rows, warps) of a GEMV program at one row of x where 4 rows and one warp are not the best (gemv_config)
 _GEMV_TILES = {"Q6_K": (1, 1), "Q8_0": (1, 2), "fp8_e4m3_g128": (1, 2)}
 # the GEMV's unsigned quants (quant_tiles.unit_mantissas): (bits, bias) of the formats of up to 6 bits
-_MANTISSA_QUANTS = {"Q4_0": (4, 8), "Q4_1": (4, 0), "Q4_K": (4, 0), "Q5_K": (5, 0), "Q6_K": (6, 32), "int4_g128": (4, 0)}
+_MANTISSA_QUANTS = {"Q4_0": (4, 8), "Q4_1": (4, 0), "Q4_K": (4, 0), "Q5_K": (5, 0), "Q6_K": (6, 32),
+                    "int4_g128": (4, 0)}
 
 
 def _gemv_constants(fmt: str, x: torch.Tensor) -> dict:
     q_bits, q_bias = _MANTISSA_QUANTS.get(fmt, (0, 0))
-    return dict(_constants(fmt, x), Q_BITS=q_bits, Q_BIAS=q_bias)
+    return dict(constants(fmt, x), Q_BITS=q_bits, Q_BIAS=q_bias)
 
 
 def _mantissa_masks(fmt: str) -> tuple[int, int]:
@@ -228,28 +175,8 @@ def _mantissa_masks(fmt: str) -> tuple[int, int]:
     return 15 << (23 - _MANTISSA_QUANTS.get(fmt, (4, 0))[0]), 0x3F800000
 
 
-def _unit_words(fmt: str) -> int:
-    """Words of the quant plane a thread reads at once (quant_tiles.load_units): 16 bytes, or a whole group."""
-    return min(4, block_format(fmt).group * PLANES[fmt][0].bits // 32)
-
-
-def _units(fmt: str, k: int) -> int:
-    """Units of the quant plane in a row of k weights."""
-    return k * PLANES[fmt][0].bits // 32 // _unit_words(fmt)
-
-
 def _gpu_tiles(x: torch.Tensor) -> bool:
     return x.is_cuda or GPU_TILES_EVERYWHERE
-
-
-@functools.lru_cache(maxsize=None)
-def _capability(device: torch.device) -> tuple[int, int]:
-    return torch.cuda.get_device_capability(device)
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
 def gemv_config(fmt: str, m: int, n: int, k: int, device: torch.device, gpu: bool,
@@ -268,40 +195,25 @@ def gemv_config(fmt: str, m: int, n: int, k: int, device: torch.device, gpu: boo
     config.setdefault("BLOCK_U", 32 * config["num_warps"])
     if "SPLIT" not in config:
         row_tiles = triton.cdiv(n, config["BLOCK_N"])
-        steps = triton.cdiv(_units(fmt, k), config["BLOCK_U"])
-        config["SPLIT"] = max(1, min(steps, PROGRAMS_PER_SM * _sm_count(device) // row_tiles))
+        steps = triton.cdiv(row_units(fmt, k), config["BLOCK_U"])
+        config["SPLIT"] = max(1, min(steps, PROGRAMS_PER_SM * sm_count(device) // row_tiles))
     return config
-
-
-class _SplitWorkspace:
-    """Per device: the GEMV's split-K partial sums and per-row-tile arrival counters (zero between calls: the
-    last program of a tile resets its counter). Grown, never shrunk; sized once for the largest split seen."""
-    buffers: dict = {}
-
-    @classmethod
-    def get(cls, device: torch.device, partials: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
-        partial, arrivals = cls.buffers.get(device, (None, None))
-        if partial is None or partial.numel() < partials or arrivals.numel() < tiles:
-            partial = torch.empty(max(partials, 1 << 20), dtype=torch.float32, device=device)
-            arrivals = torch.zeros(max(tiles, 1 << 14), dtype=torch.int32, device=device)
-            cls.buffers[device] = (partial, arrivals)
-        return partial, arrivals
 
 
 def _gemv(x2: torch.Tensor, planes: dict, fmt: str, y: torch.Tensor, n: int, k: int, tiles: dict | None) -> None:
     m = x2.shape[0]
     config = gemv_config(fmt, m, n, k, x2.device, _gpu_tiles(x2), tiles)
     block_n, block_u, split = config.pop("BLOCK_N"), config.pop("BLOCK_U"), config.pop("SPLIT")
-    units = _units(fmt, k)
+    units = row_units(fmt, k)
     units_per_split = triton.cdiv(triton.cdiv(units, block_u), split) * block_u
     split = triton.cdiv(units, units_per_split)
     row_tiles = triton.cdiv(n, block_n)
     block_m = triton.next_power_of_2(m)
-    partial, arrivals = _SplitWorkspace.get(x2.device, row_tiles * split * block_m * block_n, row_tiles)
+    partial, arrivals = SplitWorkspace.get(x2.device, row_tiles * split * block_m * block_n, row_tiles)
     _gemv_kernel[(row_tiles, split)](
-        x2, y, partial, arrivals, *_kernel_planes(planes, fmt), m, n, k, x2.stride(0), y.stride(0),
-        units_per_split, split, *_mantissa_masks(fmt), **_gemv_constants(fmt, x2), BLOCK_N=block_n, BLOCK_U=block_u, BLOCK_M=block_m,
-        **pdl_options(x2.device), **config)
+        x2, y, partial, arrivals, *kernel_planes(planes, fmt), m, n, k, x2.stride(0), y.stride(0),
+        units_per_split, split, *_mantissa_masks(fmt), **_gemv_constants(fmt, x2), BLOCK_N=block_n,
+        BLOCK_U=block_u, BLOCK_M=block_m, **pdl_options(x2.device), **config)
 
 
 class _Scratch:
@@ -322,8 +234,8 @@ def dequantize_rows(planes: dict, fmt: str, first_row: int, rows: int, out: torc
     k = out.shape[1]
     block_n, warps = (4, 4) if _gpu_tiles(out) else (32, 1)
     block_u = 32 * warps
-    grid = (triton.cdiv(rows, block_n), triton.cdiv(_units(fmt, k), block_u))
-    _dequantize_kernel[grid](out, *_kernel_planes(planes, fmt), first_row, rows, k, **_constants(fmt, out),
+    grid = (triton.cdiv(rows, block_n), triton.cdiv(row_units(fmt, k), block_u))
+    _dequantize_kernel[grid](out, *kernel_planes(planes, fmt), first_row, rows, k, **constants(fmt, out),
                              BLOCK_N=block_n, BLOCK_U=block_u, num_warps=warps)
     return out
 
@@ -338,10 +250,11 @@ def _dense_matmul(x2: torch.Tensor, planes: dict, fmt: str, y: torch.Tensor, n: 
 
 
 def quant_matmul(x: torch.Tensor, planes: dict, fmt: str, out: torch.Tensor | None = None,
-                 gemv_tiles: dict | None = None) -> torch.Tensor:
+                 tiles: dict | None = None, path: str | None = None) -> torch.Tensor:
     """y = x @ W^T for x [..., K] and W [N, K] held as `fmt` planes (quant_planes_ref: name -> [N, K / per]).
     out, when given, is a [rows of x, N] matrix whose columns are contiguous (it may be a column slice of a wider
-    output, as for one part of a merged projection); it is returned. gemv_tiles overrides gemv_config (tuning)."""
+    output, as for one part of a merged projection); it is returned. path ("gemv", "dot" or "dense") and tiles
+    override the choice by rows of x and that path's tiles (tests, tuning)."""
     n, k = planes["q"].shape[0], planes["q"].shape[1] * PLANES[fmt][0].per
     assert x.shape[-1] == k and all(p.is_contiguous() for p in planes.values())
     x2 = x.reshape(-1, k)
@@ -350,10 +263,14 @@ def quant_matmul(x: torch.Tensor, planes: dict, fmt: str, out: torch.Tensor | No
     m = x2.shape[0]
     y = out if out is not None else torch.empty((m, n), dtype=x.dtype, device=x.device)
     assert y.shape == (m, n) and y.stride(-1) == 1
+    dot_max = _DOT_MAX_ROWS_8BIT if PLANES[fmt][0].bits == 8 else DOT_MAX_ROWS
+    path = path or ("gemv" if m <= GEMV_MAX_ROWS else "dot" if m <= dot_max else "dense")
     if m == 0:
         pass
-    elif m <= GEMV_MAX_ROWS:
-        _gemv(x2, planes, fmt, y, n, k, gemv_tiles)
+    elif path == "gemv":
+        _gemv(x2, planes, fmt, y, n, k, tiles)
+    elif path == "dot":
+        quant_dot(x2, planes, fmt, y, _gpu_tiles(x2), tiles)
     else:
         _dense_matmul(x2, planes, fmt, y, n, k)
     return y if out is not None else y.reshape(*x.shape[:-1], n)

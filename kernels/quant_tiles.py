@@ -139,3 +139,69 @@ def unit_mantissas(words, high, nibble_mask, one_bits, j: tl.constexpr, FMT: tl.
 def mantissa_scale_shift(scale, shift, Q_BITS: tl.constexpr, Q_BIAS: tl.constexpr):
     """w = scale * (u - Q_BIAS) + shift, as f * scale' + shift' for f = 1 + u / 2^Q_BITS (unit_mantissas)."""
     return scale * (1 << Q_BITS), shift - scale * ((1 << Q_BITS) + Q_BIAS)
+
+
+@triton.jit
+def unit_weights(words, high, scale, shift, j: tl.constexpr, FMT: tl.constexpr, BITS: tl.constexpr,
+                 FP8_HW: tl.constexpr):
+    """The weights [R, BU, UNIT] at bits j of a tile's words: float32, exactly quant_blocks_ref's values."""
+    return unit_quants(words, high, j, FMT, BITS, FP8_HW) * scale[:, :, None] + shift[:, :, None]
+
+
+@triton.jit
+def ordered_weights(words, high, scale, shift, FMT: tl.constexpr, BITS: tl.constexpr, FP8_HW: tl.constexpr):
+    """All the weights of a tile as [R, BU * 32 / BITS * UNIT], unit by unit, then bits j by bits j, then word by
+    word: weight (u, j, c) at (u * E + j) * UNIT + c (ordered_columns gives its column). The E bit planes are
+    stacked with tl.join, in registers: join adds a minor dimension of 2, so a tree of joins and a permutation
+    put j in order."""
+    if BITS == 4:   # E = 8: the tree's last join splits j's lowest bit, its first its highest
+        w = tl.join(tl.join(tl.join(unit_weights(words, high, scale, shift, 0, FMT, BITS, FP8_HW),
+                                    unit_weights(words, high, scale, shift, 4, FMT, BITS, FP8_HW)),
+                            tl.join(unit_weights(words, high, scale, shift, 2, FMT, BITS, FP8_HW),
+                                    unit_weights(words, high, scale, shift, 6, FMT, BITS, FP8_HW))),
+                    tl.join(tl.join(unit_weights(words, high, scale, shift, 1, FMT, BITS, FP8_HW),
+                                    unit_weights(words, high, scale, shift, 5, FMT, BITS, FP8_HW)),
+                            tl.join(unit_weights(words, high, scale, shift, 3, FMT, BITS, FP8_HW),
+                                    unit_weights(words, high, scale, shift, 7, FMT, BITS, FP8_HW))))
+        w = tl.permute(w, (0, 1, 3, 4, 5, 2))      # [R, BU, UNIT, j4, j2, j1] -> [R, BU, j4, j2, j1, UNIT]
+    else:           # E = 4
+        w = tl.join(tl.join(unit_weights(words, high, scale, shift, 0, FMT, BITS, FP8_HW),
+                            unit_weights(words, high, scale, shift, 2, FMT, BITS, FP8_HW)),
+                    tl.join(unit_weights(words, high, scale, shift, 1, FMT, BITS, FP8_HW),
+                            unit_weights(words, high, scale, shift, 3, FMT, BITS, FP8_HW)))
+        w = tl.permute(w, (0, 1, 3, 4, 2))         # [R, BU, UNIT, j2, j1] -> [R, BU, j2, j1, UNIT]
+    return tl.reshape(w, [words.shape[0], words.shape[1] * (32 // BITS) * words.shape[2]])
+
+
+@triton.jit
+def ordered_columns(units, BITS: tl.constexpr, G: tl.constexpr, UNIT: tl.constexpr):
+    """[BU * 32 / BITS * UNIT]: the column of each weight of ordered_weights for units [BU]."""
+    C: tl.constexpr = G * BITS // 32
+    UNITS_A_GROUP: tl.constexpr = C // UNIT
+    first = (units // UNITS_A_GROUP) * G + (units % UNITS_A_GROUP) * UNIT
+    cols = first[:, None, None] + (tl.arange(0, 32 // BITS) * C)[None, :, None] + tl.arange(0, UNIT)[None, None, :]
+    return tl.reshape(cols, [units.shape[0] * (32 // BITS) * UNIT])
+
+
+@triton.jit
+def store_tile(acc, y_ptr, partial_ptr, arrivals_ptr, ms, rows, M, N, stride_ym, tile, pid_k, SPLIT):
+    """Stores acc [BM, BN] as y's rows ms [BM] and columns rows [BN] (the weight's rows), or, with K split over
+    SPLIT programs, as this program's partial sums: the last program of output tile `tile` to arrive (an atomic
+    counter per tile, reset by that program) adds them in order and stores y, so the split costs no extra
+    launch and the result does not depend on timing."""
+    BM: tl.constexpr = acc.shape[0]
+    BN: tl.constexpr = acc.shape[1]
+    y_mask = (ms[:, None] < M) & (rows[None, :] < N)
+    y_offs = ms[:, None] * stride_ym + rows[None, :]
+    if SPLIT == 1:
+        tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=y_mask)
+    else:
+        part = (tile * SPLIT * BM + tl.arange(0, BM)[:, None]) * BN + tl.arange(0, BN)[None, :]
+        tl.store(partial_ptr + part + pid_k * BM * BN, acc)
+        tl.debug_barrier()      # every thread's partial is written before the arrival is counted (acq_rel)
+        if tl.atomic_add(arrivals_ptr + tile, 1) == SPLIT - 1:
+            total = tl.zeros([BM, BN], tl.float32)
+            for s in range(SPLIT):
+                total += tl.load(partial_ptr + part + s * BM * BN, cache_modifier=".cg")
+            tl.store(y_ptr + y_offs, total.to(y_ptr.dtype.element_ty), mask=y_mask)
+            tl.atomic_xchg(arrivals_ptr + tile, 0)

@@ -36,6 +36,10 @@ BENCH_FORMATS = ["Q4_K", "Q6_K", "Q8_0", "int4_g128", "fp8_e4m3_g128"]
 SWEEP_FORMATS = ["Q4_K", "Q6_K", "Q8_0"]
 SWEEP_TILES = [dict(BLOCK_N=bn, num_warps=w, PREFETCH=p) for bn in (1, 2, 4, 8) for w in (1, 2, 4) for p in (0, 1)]
 SWEEP_TILES += [dict(BLOCK_N=4, num_warps=2, PREFETCH=p, maxnreg=r) for p in (0, 1) for r in (64, 96)]
+# rows of x at which every path is timed (--paths), and the dot kernel's tiles tried at 8 of them
+PATH_ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+DOT_SWEEP_TILES = [dict(BLOCK_M=16, BLOCK_N=bn, BLOCK_U=bu, num_warps=w) for bn in (64, 128, 256) for bu in (2, 4, 8)
+                   for w in (4, 8)]
 failures: list[str] = []
 
 
@@ -79,10 +83,11 @@ def check_exact_dequantize(fmt: str, gen) -> dict:
 def check_all(gen) -> list[dict]:
     rows = []
     for fmt in FORMATS:
-        for m in (1, 3, 8, 9, 64, 1000):
+        for m in (1, 3, 8, 9, 64, 65, 1000):
             rows.append(check(fmt, m, 1536, 2048, gen))
         rows.append(check(fmt, 1, 4096, 14336, gen))      # split K
         rows.append(check(fmt, 2, 1000, 4096, gen))       # a partial row tile
+        rows.append(check(fmt, 20, 1000, 4096, gen))      # the dot kernel: partial tiles of both
         rows.append(check_exact_dequantize(fmt, gen))
     return rows
 
@@ -167,6 +172,29 @@ def sweep_shape(fmt: str, name: str, n: int, k: int, gen) -> dict:
             "results": [{"us": us, **tiles} for us, tiles in results]}
 
 
+def compare_paths(fmt: str, name: str, n: int, k: int, gen) -> list[dict]:
+    """Each path of quant_matmul (GEMV, tensor-core dot kernel, dequantize + cuBLAS) at each of PATH_ROWS rows of
+    x, and the dot kernel's tiles of DOT_SWEEP_TILES at 8 rows: where the defaults should switch."""
+    from localllm.kernels.quant_matmul import quant_matmul
+
+    weights, nbytes = _weights(fmt, n, k, gen)
+    rows = []
+    for m in PATH_ROWS:
+        x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
+        for path in ("gemv", "dot", "dense"):
+            if path == "gemv" and m > 8:
+                continue
+            us = _time(lambda w: quant_matmul(x, w, fmt, path=path), weights)
+            rows.append(_row(fmt, name, m, n, k, us, nbytes, path=path))
+        if m == 8:
+            for tiles in DOT_SWEEP_TILES:
+                us = _time(lambda w: quant_matmul(x, w, fmt, tiles=tiles, path="dot"), weights)
+                rows.append(_row(fmt, name, m, n, k, us, nbytes, path="dot", tiles=tiles))
+    del weights
+    torch.cuda.empty_cache()
+    return rows
+
+
 def bench(gen, formats: list[str]) -> list[dict]:
     rows = []
     for fmt in (None, *formats):
@@ -181,6 +209,7 @@ def main() -> int:
     parser.add_argument("--no-sweep", action="store_true", help="no GEMV tile sweep")
     parser.add_argument("--all-formats", action="store_true", help="time every format, not BENCH_FORMATS")
     parser.add_argument("--formats", default=None, help="comma-separated formats to time (and sweep) instead")
+    parser.add_argument("--paths", action="store_true", help="only check, then time each path by rows of x")
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -193,10 +222,14 @@ def main() -> int:
     gen = torch.Generator(device="cuda").manual_seed(0)
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
               "checks": check_all(gen)}
-    if not args.no_bench:
+    if args.paths:
+        chosen = args.formats.split(",") if args.formats else BENCH_FORMATS
+        report["paths"] = [row for fmt in chosen for name, n, k in SHAPES if name in ("gate_up", "down")
+                           for row in compare_paths(fmt, name, n, k, gen)]
+    elif not args.no_bench:
         chosen = args.formats.split(",") if args.formats else FORMATS if args.all_formats else BENCH_FORMATS
         report["timings"] = bench(gen, chosen)
-    if not args.no_bench and not args.no_sweep:
+    if not args.no_bench and not args.no_sweep and not args.paths:
         swept = [f for f in SWEEP_FORMATS if not args.formats or f in args.formats.split(",")]
         report["sweep"] = [sweep_shape(fmt, name, n, k, gen) for fmt in swept for name, n, k in SHAPES]
     report["seconds"] = time.time() - start

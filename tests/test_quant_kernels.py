@@ -45,21 +45,33 @@ def _check(got: torch.Tensor, x: torch.Tensor, raw: torch.Tensor, fmt: str) -> N
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("m", [1, 3, 8, 9, 64])
+@pytest.mark.parametrize("m", [1, 3, 64, 257])
 def test_matmul_float32(fmt, m):
+    """Rows of x: 1 (the GEMV), 3 and 64 (the tensor-core kernel, quant_gemm), 257 (dequantize, then matmul)."""
     from localllm.kernels.quant_matmul import quant_matmul
 
     x, raw = _case(fmt, m, seed=m)
     _check(quant_matmul(x, pack_planes(raw, fmt), fmt), x, raw, fmt)
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
-def test_gemv_three_rows_bfloat16_and_dense_path_float16(fmt):
+@pytest.mark.parametrize("fmt", ["Q4_K", "Q6_K", "Q8_0"])
+def test_gemv_several_rows_and_dot_one_row(fmt):
+    """Each path at the sizes another path takes by default: the GEMV at 5 rows of x, the dot kernel at 1."""
     from localllm.kernels.quant_matmul import quant_matmul
 
-    x, raw = _case(fmt, 3, seed=1)
-    _check(quant_matmul(x.bfloat16(), pack_planes(raw, fmt), fmt), x.bfloat16(), raw, fmt)
-    x, raw = _case(fmt, 12, seed=2)
+    for m, path in ((5, "gemv"), (1, "dot")):
+        x, raw = _case(fmt, m, seed=11)
+        _check(quant_matmul(x, pack_planes(raw, fmt), fmt, path=path), x, raw, fmt)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_gemv_and_dot_bfloat16_and_dense_path_float16(fmt):
+    from localllm.kernels.quant_matmul import quant_matmul
+
+    for m in (1, 3):
+        x, raw = _case(fmt, m, seed=1)
+        _check(quant_matmul(x.bfloat16(), pack_planes(raw, fmt), fmt), x.bfloat16(), raw, fmt)
+    x, raw = _case(fmt, 260, seed=2)
     _check(quant_matmul(x.half(), pack_planes(raw, fmt), fmt), x.half(), raw, fmt)
 
 
@@ -73,9 +85,21 @@ def test_gemv_split_k_gives_the_same(split, prefetch):
     x, raw = _case("Q4_K", 2, n=7, seed=3, k=1024)
     planes = pack_planes(raw, "Q4_K")
     tiles = dict(SPLIT=split, BLOCK_U=2, PREFETCH=prefetch)
-    first = quant_matmul(x, planes, "Q4_K", gemv_tiles=tiles)
+    first = quant_matmul(x, planes, "Q4_K", tiles=tiles, path="gemv")
     _check(first, x, raw, "Q4_K")
-    assert torch.equal(quant_matmul(x, planes, "Q4_K", gemv_tiles=tiles), first)
+    assert torch.equal(quant_matmul(x, planes, "Q4_K", tiles=tiles, path="gemv"), first)
+
+
+@pytest.mark.parametrize("split", [1, 3])
+def test_dot_split_k_and_row_tiles(split):
+    """The dot kernel with K split over 1 and 3 programs and x's rows over two tiles of 16."""
+    from localllm.kernels.quant_matmul import quant_matmul
+
+    x, raw = _case("Q4_K", 20, n=7, seed=12, k=1024)
+    tiles = dict(SPLIT=split, BLOCK_M=16)
+    first = quant_matmul(x, pack_planes(raw, "Q4_K"), "Q4_K", tiles=tiles, path="dot")
+    _check(first, x, raw, "Q4_K")
+    assert torch.equal(quant_matmul(x, pack_planes(raw, "Q4_K"), "Q4_K", tiles=tiles, path="dot"), first)
 
 
 @pytest.mark.parametrize("fmt", ["Q6_K", "Q5_K", "Q8_0"])
@@ -85,7 +109,7 @@ def test_gpu_tile_sizes(monkeypatch, fmt):
     from localllm.kernels import quant_matmul as qm
 
     monkeypatch.setattr(qm, "GPU_TILES_EVERYWHERE", True)
-    for m, k in ((1, 512), (8, 1024), (9, 512)):
+    for m, k in ((1, 512), (8, 1024), (260, 512)):
         x, raw = _case(fmt, m, n=21, seed=4, k=k)
         _check(qm.quant_matmul(x, pack_planes(raw, fmt), fmt), x, raw, fmt)
 

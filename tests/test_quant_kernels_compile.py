@@ -20,7 +20,7 @@ _TYPES = {"int32": "i32", "float16": "fp16", "uint8": "u8", "int8": "i8", "float
 
 
 class _OffGpu:
-    """What quant_matmul._constants asks of x (FP8_HW, Hopper's float8 conversion, is then set by hand)."""
+    """What quant_launch.constants asks of x (FP8_HW, Hopper's float8 conversion, is then set by hand)."""
     is_cuda = False
 
 
@@ -28,18 +28,25 @@ def _ptx(kernel, fmt: str, x_type: str, ints: list[str], tiles: dict, num_warps:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    from localllm.kernels import quant_gemm as qg
     from localllm.kernels import quant_matmul as qm
+    from localllm.kernels.quant_launch import a_plane, constants, group_words
 
     plane_types = {p.name: _TYPES[p.dtype] for p in PLANES[fmt]}
     b_name = next((n for n in ("m", "mn", "zero") if n in plane_types), "q")
-    pointers = {"q_ptr": "i32", "qh_ptr": "i32", "a_ptr": plane_types[qm._a_plane(fmt)], "b_ptr": plane_types[b_name],
+    pointers = {"q_ptr": "i32", "qh_ptr": "i32", "a_ptr": plane_types[a_plane(fmt)], "b_ptr": plane_types[b_name],
                 "d_ptr": "fp16", "e_ptr": "fp16", "partial_ptr": "fp32", "arrivals_ptr": "i32"}
-    kernel_constants = qm._gemv_constants if kernel is qm._gemv_kernel else qm._constants
-    constants = {**kernel_constants(fmt, _OffGpu()), "FP8_HW": True, **tiles}
+    if kernel is qm._gemv_kernel:
+        values = qm._gemv_constants(fmt, _OffGpu())
+    elif kernel is qg._dot_kernel:
+        values = dict(constants(fmt, _OffGpu()), UNIT=group_words(fmt), F32_DOT=False)
+    else:
+        values = constants(fmt, _OffGpu())
+    values = {**values, "FP8_HW": True, **tiles}
     names = kernel.arg_names
     signature = {}
     for name in names:
-        if name in constants:
+        if name in values:
             signature[name] = "constexpr"
         elif name.endswith("_ptr"):
             signature[name] = "*" + pointers.get(name, x_type)
@@ -47,7 +54,7 @@ def _ptx(kernel, fmt: str, x_type: str, ints: list[str], tiles: dict, num_warps:
             signature[name] = "i32"
     aligned = [i for i, n in enumerate(names) if n.endswith("_ptr") or n in ints]
     source = ASTSource(fn=kernel, signature=signature, attrs={(i,): [["tt.divisibility", 16]] for i in aligned},
-                       constexprs={(names.index(k),): v for k, v in constants.items()})
+                       constexprs={(names.index(k),): v for k, v in values.items()})
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps}).asm["ptx"]
 
 
@@ -71,3 +78,12 @@ def test_split_gemv_at_eight_rows_and_dequantize_compile_for_hopper():
     assert "atom.global" in ptx and ".local" not in ptx
     ptx = _ptx(_dequantize_kernel, "Q6_K", "bf16", ["K"], dict(BLOCK_N=4, BLOCK_U=128))
     assert re.search(r"ld\.global(\.\w+)*\.v2\.b32", ptx) and ".local" not in ptx
+
+
+@pytest.mark.parametrize("fmt", ["Q4_K", "Q6_K", "Q8_0"])
+def test_dot_kernel_compiles_for_hopper_onto_the_tensor_cores(fmt):
+    from localllm.kernels.quant_gemm import _dot_kernel
+
+    ptx = _ptx(_dot_kernel, fmt, "bf16", ["K", "stride_xm", "stride_ym", "units_per_split"],
+               dict(BLOCK_M=16, BLOCK_N=128, BLOCK_U=128 // BLOCK_FORMATS[fmt].group))
+    assert "mma.sync" in ptx and ".local" not in ptx

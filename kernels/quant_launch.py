@@ -1,0 +1,73 @@
+"""The Python side of launching quant_matmul's and quant_gemm's kernels: the planes and constants a kernel takes
+for a format, the unit of a plane's row, the split-K workspace, the GPU's properties."""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from localllm.kernels.block_formats import PLANES, block_format
+
+_K_QUANTS = ("Q4_K", "Q5_K", "Q6_K")
+FORMAT_IDS = {"Q4_0": 0, "Q4_1": 1, "Q8_0": 2, "Q4_K": 3, "Q5_K": 4, "Q6_K": 5, "int4_g128": 6, "fp8_e4m3_g128": 7}
+
+
+def kernel_planes(planes: dict, fmt: str) -> tuple:
+    """The planes in the kernels' argument order q, qh, a, b, d, e (quant_tiles.load_units; an absent one is q
+    again)."""
+    q = planes["q"]
+    kquant = fmt in _K_QUANTS
+    b = planes.get("m", planes.get("mn", planes.get("zero", q)))
+    return q, planes.get("qh", q), planes[a_plane(fmt)], b, planes["d"] if kquant else q, planes.get("dmin", q)
+
+
+def a_plane(fmt: str) -> str:
+    return "sc" if fmt in _K_QUANTS else "d"
+
+
+def constants(fmt: str, x: torch.Tensor) -> dict:
+    specs = {p.name: p for p in PLANES[fmt]}
+    fp8_hw = x.is_cuda and capability(x.device) >= (8, 9)
+    group = block_format(fmt).group
+    return dict(FMT=FORMAT_IDS[fmt], BITS=specs["q"].bits, A_PER=specs[a_plane(fmt)].per, G=group,
+                UNIT=unit_words(fmt), FP8_HW=fp8_hw)
+
+
+def unit_words(fmt: str) -> int:
+    """Words of the quant plane a thread reads at once (quant_tiles.load_units): 16 bytes, or a whole group."""
+    return min(4, group_words(fmt))
+
+
+def group_words(fmt: str) -> int:
+    """Words of the quant plane in a group (the weights sharing one scale)."""
+    return block_format(fmt).group * PLANES[fmt][0].bits // 32
+
+
+def row_units(fmt: str, k: int) -> int:
+    """Units of the quant plane in a row of k weights."""
+    return k * PLANES[fmt][0].bits // 32 // unit_words(fmt)
+
+
+@functools.lru_cache(maxsize=None)
+def capability(device: torch.device) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device)
+
+
+@functools.lru_cache(maxsize=None)
+def sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+
+
+class SplitWorkspace:
+    """Per device: the GEMV's split-K partial sums and per-row-tile arrival counters (zero between calls: the
+    last program of a tile resets its counter). Grown, never shrunk; sized once for the largest split seen."""
+    buffers: dict = {}
+
+    @classmethod
+    def get(cls, device: torch.device, partials: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
+        partial, arrivals = cls.buffers.get(device, (None, None))
+        if partial is None or partial.numel() < partials or arrivals.numel() < tiles:
+            partial = torch.empty(max(partials, 1 << 20), dtype=torch.float32, device=device)
+            arrivals = torch.zeros(max(tiles, 1 << 14), dtype=torch.int32, device=device)
+            cls.buffers[device] = (partial, arrivals)
+        return partial, arrivals
