@@ -6,6 +6,7 @@ Triton kernels (each module imports triton when imported; import them only where
                                     (negative slot = skip): one launch per layer
   paged_attention.paged_attention   varlen causal paged attention for a whole step, GQA, sliding window,
                                     split-K flash decoding for all-decode steps with long contexts
+                                    (paged_attention_split; the shared tile step in paged_attention_tile)
   rmsnorm.rms_norm                  RMSNorm with optional fused residual add
   activation.silu_and_mul           SwiGLU gate
   quant_matmul.quant_matmul         y = x @ W^T over quantized weight planes: GEMV (decode), and dequantize

@@ -96,8 +96,9 @@ def attention_case(pa, ref, model: str, q_lens: list[int], ctx_lens: list[int], 
                                       scale, window)
     path = {None: "auto", True: "split-K", False: "one-pass"}[split_kv]
     if split_kv is None and max(q_lens) == 1:
+        from localllm.kernels.paged_attention_split import use_split_kv
         num_sms = torch.cuda.get_device_properties(0).multi_processor_count
-        path += "=split-K" if pa.use_split_kv(1, max(ctx_lens), len(ctx_lens), num_kv_heads, num_sms) else "=one-pass"
+        path += "=split-K" if use_split_kv(1, max(ctx_lens), len(ctx_lens), num_kv_heads, num_sms) else "=one-pass"
     report(f"attn {model} {label} [{path}]" + (f" window={window}" if window else ""), out, want, 2e-2, 2e-2)
 
 
@@ -233,6 +234,7 @@ def graph_time_us(fn, reps: int = 20) -> float:
 def bench(tune: bool) -> None:
     from triton.testing import do_bench
     from localllm.kernels import paged_attention as pa
+    from localllm.kernels.paged_attention_split import use_split_kv
 
     num_heads, num_kv_heads, head_dim = MODELS["llama3.1-8b"]
     gen = torch.Generator(device="cuda").manual_seed(123)
@@ -260,7 +262,7 @@ def bench(tune: bool) -> None:
             qsl = torch.arange(batch + 1, dtype=torch.int32, device="cuda")
             ctx = torch.full((batch,), ctx_len, dtype=torch.int32, device="cuda")
             out = torch.empty(batch, num_heads, head_dim, device="cuda", dtype=DTYPE)
-            auto = "split-K" if pa.use_split_kv(1, ctx_len, batch, num_kv_heads, num_sms) else "one-pass"
+            auto = "split-K" if use_split_kv(1, ctx_len, batch, num_kv_heads, num_sms) else "one-pass"
             variants = [(f"auto={auto}", None)] + ([("one-pass", False), ("split-K", True)] if tune else [])
             for name, split in variants:
                 def call(r=0, split=split):

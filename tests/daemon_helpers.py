@@ -119,6 +119,18 @@ def stop_process_group(process, timeout: float = 15.0) -> None:
     process.wait(10)
 
 
+@contextlib.contextmanager
+def frozen_engine(pid):
+    """SIGSTOPs an engine process (tiny models generate hundreds of tokens a second, so a request could end
+    before the test acts on it); the front end keeps answering meanwhile."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield pid
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
 def wait_gone(pid: int, timeout: float = 15.0) -> bool:
     deadline = time.monotonic() + timeout
     while pid_alive(pid):

@@ -164,9 +164,10 @@ def test_split_k_decode_under_a_graph_sized_max_context(monkeypatch, gpu_tiles, 
 def test_split_k_reduction_skips_single_partition_sequences(monkeypatch):
     """A sequence of one partition is finished by phase 1: the reduction leaves its row alone."""
     from localllm.kernels import paged_attention as pa
+    from localllm.kernels import paged_attention_split as split
 
     q, cache, tables, qsl, ctx = _decode_inputs([10, 200], 4, 2, 16, 16, seed=1)
-    monkeypatch.setattr(pa, "_decode_split_kernel", _NoLaunch())   # phase 1 skipped: only the reduction runs
+    monkeypatch.setattr(split, "_decode_split_kernel", _NoLaunch())   # phase 1 skipped: only the reduction runs
     out = torch.full_like(q, 7.0)
     pa.paged_attention(q, cache[0], cache[1], tables, qsl, ctx, 0.25, out=out, max_query_len=1,
                        max_context_len=4096, split_kv=True)

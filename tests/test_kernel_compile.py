@@ -49,16 +49,16 @@ def test_norm_rope_store_compiles(has_norm, dtype):
 
 @pytest.mark.parametrize("sliding", [False, True])
 def test_split_k_decode_compiles(sliding):
-    from localllm.kernels import paged_attention as pa
+    from localllm.kernels import paged_attention_split as split
 
     pointers = {n: "*i32" for n in ("bt_ptr", "qsl_ptr", "ctx_ptr")}
     pointers.update({n: "*fp32" for n in ("part_acc_ptr", "part_m_ptr", "part_l_ptr")})
-    split = _compile(pa._decode_split_kernel, dict(HEAD_DIM=128, BLOCK_D=128, GROUP=4, BLOCK_M=16, BLOCK_N=64,
-                                                   BLOCK_SIZE=16, MIN_PARTITION=64, SLIDING=sliding, K_ROWS=True,
-                                                   DOT_PRECISION="tf32"), pointers, floats=("scale_log2",))
-    assert ".entry _decode_split_kernel" in split
-    reduce = _compile(pa._decode_reduce_kernel, dict(HEAD_DIM=128, BLOCK_D=128, MIN_PARTITION=64, BLOCK_N=64,
-                                                     CHUNK=16), pointers, num_warps=2)
+    ptx = _compile(split._decode_split_kernel, dict(HEAD_DIM=128, BLOCK_D=128, GROUP=4, BLOCK_M=16, BLOCK_N=64,
+                                                    BLOCK_SIZE=16, MIN_PARTITION=64, SLIDING=sliding, K_ROWS=True,
+                                                    DOT_PRECISION="tf32"), pointers, floats=("scale_log2",))
+    assert ".entry _decode_split_kernel" in ptx
+    reduce = _compile(split._decode_reduce_kernel, dict(HEAD_DIM=128, BLOCK_D=128, MIN_PARTITION=64, BLOCK_N=64,
+                                                        CHUNK=16), pointers, num_warps=2)
     assert ".entry _decode_reduce_kernel" in reduce
 
 

@@ -137,22 +137,23 @@ def test_split_k_decode_long_context(K, group, head_dim, block_size, window):
 
 
 def test_split_k_is_chosen_automatically_for_long_decodes(K, monkeypatch):
-    pa = K.paged_attention
-    assert pa.use_split_kv(1, pa.SPLIT_MIN_CONTEXT + 1, 1, 8, num_sms=132)
-    assert pa.use_split_kv(1, 4096, 32, 8, num_sms=132)
-    assert not pa.use_split_kv(1, pa.SPLIT_MIN_CONTEXT, 1, 8, num_sms=132)      # short contexts
-    assert not pa.use_split_kv(2, 100_000, 1, 8, num_sms=132)                    # not all decodes
-    assert not pa.use_split_kv(1, 100_000, 64, 8, num_sms=132)                   # the one-pass grid fills the GPU
+    from localllm.kernels import paged_attention_split as split
+
+    assert split.use_split_kv(1, split.SPLIT_MIN_CONTEXT + 1, 1, 8, num_sms=132)
+    assert split.use_split_kv(1, 4096, 32, 8, num_sms=132)
+    assert not split.use_split_kv(1, split.SPLIT_MIN_CONTEXT, 1, 8, num_sms=132)      # short contexts
+    assert not split.use_split_kv(2, 100_000, 1, 8, num_sms=132)                       # not all decodes
+    assert not split.use_split_kv(1, 100_000, 64, 8, num_sms=132)                      # the one-pass grid fills the GPU
     calls = []
-    original = pa._decode_split_kernel
+    original = split._decode_split_kernel
 
     class Spy:
         def __getitem__(self, grid):
             calls.append(grid)
             return original[grid]
 
-    monkeypatch.setattr(pa, "SPLIT_MIN_CONTEXT", 64)
-    monkeypatch.setattr(pa, "_decode_split_kernel", Spy())
+    monkeypatch.setattr(split, "SPLIT_MIN_CONTEXT", 64)
+    monkeypatch.setattr(split, "_decode_split_kernel", Spy())
     _check_attention(K, [200, 65], [1, 1], 4, 2, 16, 16, partition_size=32)
     assert calls and calls[0][2] == 7   # ceil(200 / 32) partitions
 

@@ -3,17 +3,15 @@ tracebacks; an aborted or disconnected request frees its KV blocks at once; a de
 replaced."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import threading
-import time
 
 import httpx
 import pytest
 
-from daemon_helpers import running_daemon, wait_gone
+from daemon_helpers import frozen_engine, running_daemon, wait_gone
 from tiny_models import build_model_dir
 
 # max_num_seqs 2 + max_queued 1: three sequences at once, the fourth is refused
@@ -201,18 +199,6 @@ def _generated(http, tiny) -> float:
         if line.startswith(f'localllm_generation_tokens_total{{model="{tiny}"}}'):
             return float(line.split()[-1])
     return 0.0
-
-
-@contextlib.contextmanager
-def frozen_engine(pid):
-    """SIGSTOPs an engine process (tiny models generate hundreds of tokens a second, so a request could end
-    before the test acts on it); the front end keeps answering meanwhile."""
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield pid
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
 
 
 def _open_stream(daemon, tiny, first_chunk=True):

@@ -1,0 +1,189 @@
+"""Split-K (flash-decoding) paged attention for all-decode steps with long contexts, the path paged_attention takes
+when use_split_kv says so: phase 1 gives each (sequence, KV head, context partition) its own program, which writes an
+unnormalised partial (acc, max, sum); phase 2 merges the partials of each (sequence, query head). The cache layout and
+the meaning of the index tensors are those of paged_attention.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from localllm.kernels.paged_attention_tile import attend_tile, pow2_at_least, sm_count
+from localllm.kernels.pdl import pdl_options, wait_for_previous_kernel
+
+# all-decode steps may switch to split-K once a sequence can span more than this many tokens (see use_split_kv)
+SPLIT_MIN_CONTEXT = 256
+
+
+@triton.jit
+def _partition_len(ctx, num_parts, MIN_PARTITION: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Tokens per split-K partition of a sequence of ctx tokens: its context spread over the num_parts programs of
+    the grid, at least MIN_PARTITION, a whole number of key tiles. A short context thus runs on a few programs (one
+    when ctx <= MIN_PARTITION) whatever the longest context the launch allows for, e.g. inside a CUDA graph."""
+    want = tl.maximum((ctx + num_parts - 1) // num_parts, MIN_PARTITION)
+    return (want + BLOCK_N - 1) // BLOCK_N * BLOCK_N
+
+
+@triton.jit(do_not_specialize=["num_parts", "stride_bt"])
+def _decode_split_kernel(
+    q_ptr, k_cache_ptr, v_cache_ptr, bt_ptr, qsl_ptr, ctx_ptr, part_acc_ptr, part_m_ptr, part_l_ptr, out_ptr,
+    scale_log2, window, num_parts, num_heads,
+    stride_qt, stride_qh, stride_ot, stride_oh,
+    stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, GROUP: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_SIZE: tl.constexpr, MIN_PARTITION: tl.constexpr,
+    SLIDING: tl.constexpr, K_ROWS: tl.constexpr = False, DOT_PRECISION: tl.constexpr = "tf32",
+    USE_PDL: tl.constexpr = False,
+):
+    """Flash-decoding phase 1: sequence x KV head x context partition -> unnormalised partial (acc, max, sum); a
+    sequence whose context fits one partition gets its output written here, and the reduction skips it."""
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    part = tl.program_id(2)
+    ctx = tl.load(ctx_ptr + seq)
+    tok = tl.load(qsl_ptr + seq).to(tl.int64)
+    partition = _partition_len(ctx, num_parts, MIN_PARTITION, BLOCK_N)
+    p_start = part * partition
+    wait_for_previous_kernel(USE_PDL)   # the step's lengths are no kernel's output; q and the cache are
+    if (p_start >= ctx) | (tl.load(qsl_ptr + seq + 1) == tok):
+        return   # the reduction never reads partitions past the context; a sequence without a query has nothing
+    p_end = tl.minimum(p_start + partition, ctx)
+    if SLIDING:
+        p_start = tl.maximum(p_start, ctx - window)   # the one query is at ctx - 1
+
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+    row_valid = offs_m < GROUP
+    head = kv_head * GROUP + offs_m
+    q = tl.load(q_ptr + tok * stride_qt + head[:, None] * stride_qh + offs_d[None, :],
+                mask=row_valid[:, None] & d_mask[None, :], other=0.0)
+    q_pos = tl.zeros([BLOCK_M], tl.int32) + (ctx - 1)
+
+    m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    bt_row = bt_ptr + seq.to(tl.int64) * stride_bt
+    for start_n in range(p_start, p_end, BLOCK_N):
+        # keys in [p_start, p_end) are all <= ctx - 1 and inside the window: only the range mask matters
+        acc, m_i, l_i = attend_tile(q, scale_log2, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_row, kv_head,
+                                    start_n, p_end, q_pos, window,
+                                    stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+                                    offs_n, offs_d, d_mask, BLOCK_SIZE, False, False, K_ROWS, DOT_PRECISION)
+
+    if ctx <= partition:   # the only partition: normalise and write the output (the reduction skips it)
+        out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+        tl.store(out_ptr + tok * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
+                 out.to(out_ptr.dtype.element_ty), mask=row_valid[:, None] & d_mask[None, :])
+    else:
+        idx = (tok * num_heads + head) * num_parts + part      # [T, H, num_parts]
+        tl.store(part_m_ptr + idx, m_i, mask=row_valid)
+        tl.store(part_l_ptr + idx, l_i, mask=row_valid)
+        tl.store(part_acc_ptr + idx[:, None] * HEAD_DIM + offs_d[None, :], acc,
+                 mask=row_valid[:, None] & d_mask[None, :])
+
+
+@triton.jit(do_not_specialize=["num_parts"])
+def _decode_reduce_kernel(
+    part_acc_ptr, part_m_ptr, part_l_ptr, out_ptr, qsl_ptr, ctx_ptr,
+    num_parts, num_heads, stride_ot, stride_oh,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, MIN_PARTITION: tl.constexpr, BLOCK_N: tl.constexpr,
+    CHUNK: tl.constexpr, USE_PDL: tl.constexpr = False,
+):
+    """Flash-decoding phase 2: merge the partitions of one (sequence, query head). A context of one partition was
+    written by phase 1; an empty one (a padding row) gets zeros."""
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    ctx = tl.load(ctx_ptr + seq)
+    tok = tl.load(qsl_ptr + seq).to(tl.int64)
+    partition = _partition_len(ctx, num_parts, MIN_PARTITION, BLOCK_N)
+    n_valid = tl.minimum((ctx + partition - 1) // partition, num_parts)
+    wait_for_previous_kernel(USE_PDL)
+    if (tl.load(qsl_ptr + seq + 1) == tok) | (n_valid == 1):
+        return   # no query row for this sequence, or phase 1 wrote it
+    base = (tok * num_heads + head) * num_parts
+    offs_c = tl.arange(0, CHUNK)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < HEAD_DIM
+
+    m_run = tl.full([CHUNK], -1.0e30, tl.float32)
+    for c in range(0, n_valid, CHUNK):
+        m = tl.load(part_m_ptr + base + c + offs_c, mask=c + offs_c < n_valid, other=-1.0e30)
+        m_run = tl.maximum(m_run, m)
+    m_all = tl.max(m_run, 0)
+
+    l_run = tl.zeros([CHUNK], tl.float32)
+    acc = tl.zeros([BLOCK_D], tl.float32)
+    for c in range(0, n_valid, CHUNK):
+        valid = c + offs_c < n_valid
+        m = tl.load(part_m_ptr + base + c + offs_c, mask=valid, other=-1.0e30)
+        l = tl.load(part_l_ptr + base + c + offs_c, mask=valid, other=0.0)
+        w = tl.where(valid, tl.exp2(m - m_all), 0.0)
+        l_run += w * l
+        a = tl.load(part_acc_ptr + (base + c + offs_c)[:, None] * HEAD_DIM + offs_d[None, :],
+                    mask=valid[:, None] & d_mask[None, :], other=0.0)
+        acc += tl.sum(a * w[:, None], 0)
+    l_all = tl.sum(l_run, 0)
+    out = acc / tl.where(l_all > 0, l_all, 1.0)
+    tl.store(out_ptr + tok * stride_ot + head * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty), mask=d_mask)
+
+
+# Launch configurations, chosen as paged_attention's (H100 timings, scripts/gpu_kernel_check.py --tune); the CPU
+# (interpreter) gets small tiles.
+
+def use_split_kv(max_query_len: int, max_context_len: int, num_seqs: int, num_kv_heads: int,
+                 num_sms: int = 132) -> bool:
+    """The automatic choice of paged_attention(split_kv=None): flash decoding for all-decode steps over long contexts
+    whose one-pass grid (a program per sequence and KV head) would leave the GPU underused. From 64 x 8 programs on,
+    the one-pass kernel already streams K/V at about the memory roofline and a split would only add the merge."""
+    return max_query_len == 1 and max_context_len > SPLIT_MIN_CONTEXT and num_seqs * num_kv_heads < 2 * num_sms
+
+
+def _split_config(num_seqs: int, num_kv_heads: int, max_context_len: int, gpu: bool, num_sms: int) -> dict:
+    """PARTITION: the partition of the longest context, which sets the grid (cdiv(max_context_len, PARTITION)
+    partitions); MIN_PARTITION: the shortest partition a sequence's context is cut into."""
+    if not gpu:
+        return dict(BLOCK_N=16, PARTITION=64, MIN_PARTITION=16, num_warps=4, num_stages=1)
+    # about four programs per SM in all: (sequence, kv head, partition), partitions of 64 tokens at least
+    want_parts = triton.cdiv(4 * num_sms, num_seqs * num_kv_heads)
+    partition = pow2_at_least(triton.cdiv(max_context_len, want_parts), 64)
+    return dict(BLOCK_N=32 if partition in (128, 256) else 64, PARTITION=partition, MIN_PARTITION=64, num_warps=4,
+                num_stages=2, K_ROWS=True)
+
+
+def split_decode(q, k_cache, v_cache, block_tables, query_start_loc, context_lens, out, scale_log2, window,
+                 common_strides, dot_precision, max_context_len, partition_size, on_gpu) -> None:
+    """paged_attention's split-K (flash-decoding) path: partials per (sequence, KV head, partition), then merged."""
+    num_tokens, num_heads, head_dim = q.shape
+    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    num_seqs = context_lens.shape[0]
+    group, block_d = num_heads // num_kv_heads, pow2_at_least(head_dim, 16)
+    cfg = _split_config(num_seqs, num_kv_heads, max_context_len, on_gpu, sm_count(q.device))
+    if partition_size is not None:
+        cfg["PARTITION"] = pow2_at_least(partition_size, cfg["BLOCK_N"])
+    # the grid's partitions cover max_context_len; each sequence spreads its own context over them, in pieces
+    # of at least min_partition tokens (all of cfg["PARTITION"] when the size is forced)
+    num_parts = triton.cdiv(max_context_len, cfg["PARTITION"])
+    min_partition = cfg["PARTITION"] if partition_size is not None else cfg["MIN_PARTITION"]
+    # one buffer for the partials: acc [T, H, P, D], then max [T, H, P], then sum [T, H, P]
+    n = num_tokens * num_heads * num_parts
+    partials = torch.empty(n * (head_dim + 2), dtype=torch.float32, device=q.device)
+    part_acc, part_m, part_l = partials[:n * head_dim], partials[n * head_dim:n * (head_dim + 1)], \
+        partials[n * (head_dim + 1):]
+    _decode_split_kernel[(num_seqs, num_kv_heads, num_parts)](
+        q, k_cache, v_cache, block_tables, query_start_loc, context_lens, part_acc, part_m, part_l, out,
+        scale_log2, window, num_parts, num_heads, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        *common_strides,
+        HEAD_DIM=head_dim, BLOCK_D=block_d, GROUP=group, BLOCK_M=pow2_at_least(group, 16),
+        BLOCK_N=cfg["BLOCK_N"], BLOCK_SIZE=block_size, MIN_PARTITION=min_partition, SLIDING=window > 0,
+        K_ROWS=cfg.get("K_ROWS", False), DOT_PRECISION=dot_precision, num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"], **pdl_options(q.device),
+    )
+    _decode_reduce_kernel[(num_seqs, num_heads)](
+        part_acc, part_m, part_l, out, query_start_loc, context_lens, num_parts, num_heads,
+        out.stride(0), out.stride(1),
+        HEAD_DIM=head_dim, BLOCK_D=block_d, MIN_PARTITION=min_partition, BLOCK_N=cfg["BLOCK_N"], CHUNK=16,
+        num_warps=1 if head_dim <= 64 else 2, **pdl_options(q.device),
+    )
