@@ -9,8 +9,9 @@ Triton kernels (each module imports triton when imported; import them only where
                                     (paged_attention_split; the shared tile step in paged_attention_tile)
   rmsnorm.rms_norm                  RMSNorm with optional fused residual add
   activation.silu_and_mul           SwiGLU gate
-  quant_matmul.quant_matmul         y = x @ W^T over quantized weight planes: GEMV (decode), and dequantize
-                                    + cuBLAS above 8 rows
+  quant_matmul.quant_matmul         y = x @ W^T over quantized weight planes: GEMV (1-2 rows of x), the
+                                    tensor-core kernel of quant_gemm (to 64 rows), dequantize + cuBLAS above;
+                                    quant_tiles decodes the planes for all three, quant_launch launches them
   gemv.gemv                         y = x @ W^T for a few token rows, with the RMSNorm or SiLU-and-mul before
                                     it and the residual add after it fused in
   pdl                               programmatic dependent launch of a decode step's kernels (Hopper)

@@ -1,10 +1,11 @@
 """What `--quantize auto` means for one load (localllm.quantization): on a GPU, a quantized checkpoint is
 dequantized to bf16 when its dense weights fit in DENSE_SHARE of the GPUs' memory, and kept as blocks only when
-they do not. The block kernels still read their weights far below the copy bandwidth (docs/quantization.md has
-the figures), so the dense path decodes faster wherever it fits; blocks are what lets a model that does not fit
-dense run at all. On the CPU, a GGUF checkpoint in the default dtype runs `fast` when the compiled CPU kernels are
-there (localllm.cpu_kernels: 100% greedy agreement with the exact path over 1,000 tokens of chat, docs/benchmarks.md)
-and is dequantized to float32 otherwise; `--dtype float32` or `--quantize none` asks for the exact path."""
+they do not. The block kernels decode one sequence faster than bf16, but a step of several rows (a batch, a
+speculative verify step) or a prompt costs more than bf16's (docs/quantization.md has the figures), so the dense
+path wherever it fits; blocks are what lets a model that does not fit dense run at all. On the CPU, a GGUF
+checkpoint in the default dtype runs `fast` when the compiled CPU kernels are there (localllm.cpu_kernels: 100%
+greedy agreement with the exact path over 1,000 tokens of chat, docs/benchmarks.md) and is dequantized to float32
+otherwise; `--dtype float32` or `--quantize none` asks for the exact path."""
 from __future__ import annotations
 
 from dataclasses import replace
