@@ -35,7 +35,6 @@ BENCH_FORMATS = ["Q4_K", "Q6_K", "Q8_0", "int4_g128", "fp8_e4m3_g128"]
 # the GEMV tiles tried at one row of x (a 4-bit and an 8-bit format; gemv_config's default is among them)
 SWEEP_FORMATS = ["Q4_K", "Q6_K", "Q8_0"]
 SWEEP_TILES = [dict(BLOCK_N=bn, num_warps=w, PREFETCH=p) for bn in (1, 2, 4, 8) for w in (1, 2, 4) for p in (0, 1)]
-SWEEP_TILES += [dict(BLOCK_N=4, num_warps=2, PREFETCH=p, maxnreg=r) for p in (0, 1) for r in (64, 96)]
 # rows of x at which every path is timed (--paths), and the dot kernel's tiles tried at 8 of them
 PATH_ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 DOT_SWEEP_TILES = [dict(BLOCK_M=16, BLOCK_N=bn, BLOCK_U=bu, num_warps=w) for bn in (64, 128, 256) for bu in (2, 4, 8)
@@ -161,7 +160,7 @@ def sweep_shape(fmt: str, name: str, n: int, k: int, gen) -> dict:
     x = torch.randn(1, k, device="cuda", generator=gen).to(torch.bfloat16)
     results = []
     for tiles in SWEEP_TILES:
-        us = _time(lambda w: quant_matmul(x, w, fmt, gemv_tiles=tiles), weights)
+        us = _time(lambda w: quant_matmul(x, w, fmt, tiles=tiles, path="gemv"), weights)
         results.append((us, tiles))
     us, best = min(results, key=lambda r: r[0])
     print(f"sweep {fmt:<14} {name:<8} best {best} {us:8.1f} us {100 * nbytes / us / 1e6 / COPY_TB_S:5.1f}% "
