@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_kernel_check import _import_kernels, graph_time_us  # noqa: E402
+from gpu_kernel_check import graph_time_us, open_gpu  # noqa: E402
 
 COPY_TB_S = 4.18            # H200 copy bandwidth, as `localllm bench` measures it
 L2_MISS_BYTES = 256 << 20   # weights rotated over copies of at least this many bytes miss the L2
@@ -100,7 +100,8 @@ def main() -> int:
     parser.add_argument("--json")
     parser.add_argument("--no-sweep", action="store_true")
     args = parser.parse_args()
-    _import_kernels()
+    if not open_gpu():
+        return 1
     gen = torch.Generator(device="cuda").manual_seed(0)
     rows, sweeps, failures = [], [], []
     for model, matrices in SHAPES.items():

@@ -21,6 +21,18 @@ from pathlib import Path
 import torch
 
 
+def open_gpu() -> bool:
+    """False (after a FAIL line) without a CUDA device; else imports the kernels and prints the device line."""
+    if not torch.cuda.is_available():
+        print("FAIL  no CUDA device")
+        return False
+    import triton
+
+    _import_kernels()
+    print(f"device {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}", flush=True)
+    return True
+
+
 def _import_kernels() -> None:
     """localllm.kernels from the install, else straight from this checkout (kernels/ is mapped to
     localllm.kernels only by the package install)."""
@@ -350,12 +362,8 @@ def main() -> int:
     parser.add_argument("--no-bench", action="store_true", help="correctness checks only")
     parser.add_argument("--tune", action="store_true", help="also time forced split-K and one-pass decode")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        print("FAIL  no CUDA device")
+    if not open_gpu():
         return 1
-    import triton
-    _import_kernels()
-    print(f"device {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}", flush=True)
     t0 = time.time()
     gen = torch.Generator(device="cuda").manual_seed(0)
     check_all(gen)

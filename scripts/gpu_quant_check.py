@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_kernel_check import _import_kernels, graph_time_us  # noqa: E402
+from gpu_kernel_check import graph_time_us, open_gpu  # noqa: E402
 
 FORMATS = ["Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "int4_g128", "fp8_e4m3_g128"]
 # (name, N, K) of Llama-3.1-8B's matrices: fused q/k/v, o, fused gate/up, down, LM head
@@ -211,12 +211,10 @@ def main() -> int:
     parser.add_argument("--paths", action="store_true", help="only check, then time each path by rows of x")
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        print("FAIL  no CUDA device")
+    if not open_gpu():
         return 1
     import triton
-    _import_kernels()
-    print(f"device {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}", flush=True)
+
     start = time.time()
     gen = torch.Generator(device="cuda").manual_seed(0)
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
