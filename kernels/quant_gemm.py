@@ -1,13 +1,13 @@
 """Triton matmul over quantized weight planes for a few to a few dozen rows of x (a small batch, a speculative
 verify step, a short prompt): y = x @ W^T on the tensor cores.
 
-A program owns BLOCK_M rows of x and BLOCK_N weight rows. For each BLOCK_U units of K it decodes the weight tile
+A program owns BLOCK_M rows of x and BLOCK_N weight rows. For each BLOCK_U groups of K it decodes the weight tile
 into registers (quant_tiles.ordered_weights: exactly the values of the reference's dequantization, rounded to x's
 dtype, as the reference rounds them) and multiplies it with the matching columns of x (tl.dot), so decoding costs
-the same for 2 rows of x as for 64; the GEMV decodes once per row of x it multiplies. A thread reads a whole
-group of words (its unit is the group, where the GEMV's is 16 bytes), so the tile's weights, put in order in
-registers, are consecutive columns, and x's columns are read as they lie. K is split over programs when the output tiles are too few to fill the GPU
-(quant_tiles.store_tile adds the parts up).
+the same for 2 rows of x as for 64; the GEMV decodes once per row of x it multiplies. A thread reads a whole group
+of words (its unit is the group, where the GEMV's is 16 bytes), so the tile's weights, put in order in registers,
+are consecutive columns, and x's columns are read as they lie. K is split over programs when the output tiles are
+too few to fill the GPU (quant_tiles.store_tile adds the parts up).
 """
 from __future__ import annotations
 
@@ -86,5 +86,6 @@ def quant_dot(x2: torch.Tensor, planes: dict, fmt: str, y: torch.Tensor, gpu: bo
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n), split)
     partial, arrivals = SplitWorkspace.get(x2.device, grid[0] * grid[1] * split * block_m * block_n, grid[0] * grid[1])
     _dot_kernel[grid](x2, y, partial, arrivals, *kernel_planes(planes, fmt), m, n, k, x2.stride(0), y.stride(0),
-                      units_per_split, split, **dict(constants(fmt, x2), UNIT=group_words(fmt)), F32_DOT=x2.dtype == torch.float32 or not x2.is_cuda,
+                      units_per_split, split, **dict(constants(fmt, x2), UNIT=group_words(fmt)),
+                      F32_DOT=x2.dtype == torch.float32 or not x2.is_cuda,
                       BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_U=block_u, **config)

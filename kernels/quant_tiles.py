@@ -1,12 +1,12 @@
-"""The block decoders of quant_matmul's kernels: a tile of a quantized weight's planes (block_formats.PLANES) read
-group by group and turned into float32 quants, a scale and a shift, so that w = q * scale + shift exactly as
-quant_blocks_ref dequantizes the blocks.
+"""The block decoders of the quantized matmul kernels (quant_matmul, quant_gemm): a tile of a quantized weight's
+planes (block_formats.PLANES) read group by group and turned into float32 quants, a scale and a shift, so that
+w = q * scale + shift exactly as quant_blocks_ref dequantizes the blocks.
 
 A tile is R weight rows by BU units: a group (the G weights sharing one scale, block_formats.BlockFormat.group) is C
-= G / E int32 words of the quant plane (E weights a word), read in units of UNIT = min(C, 4) words, one vector load
-each. The words are [R, BU, UNIT] with UNIT innermost, and a unit's scale fields are loaded with it: a load per
-group, not per word. Bits j of the C words of a group hold its weights j * C .. j * C + C - 1, so the words of a
-unit meet UNIT consecutive columns of x.
+= G / E int32 words of the quant plane (E weights a word), read in units of UNIT words: min(C, 4), one vector load
+each, in the GEMV and the dequantize kernel; C in the tensor-core kernel. The words are [R, BU, UNIT] with UNIT
+innermost, and a unit's scale fields are loaded with it: a load per group, not per word. Bits j of the C words of
+a group hold its weights j * C .. j * C + C - 1, so the words of a unit meet UNIT consecutive columns of x.
 
 Integer quants become float32 with the exponent trick ((q | 0x4B000000) as float32 - 2^23, exact below 2^23): two
 integer and one float instruction, where a conversion instruction has a quarter of their throughput.
@@ -17,7 +17,6 @@ import triton
 import triton.language as tl
 
 _MAGIC = tl.constexpr(8388608.0)      # 2^23
-K_QUANT_IDS = (3, 4, 5)               # FORMAT_IDS of Q4_K, Q5_K, Q6_K: d (and dmin) per 256 weights
 
 
 @triton.jit
@@ -151,9 +150,9 @@ def unit_weights(words, high, scale, shift, j: tl.constexpr, FMT: tl.constexpr, 
 @triton.jit
 def ordered_weights(words, high, scale, shift, FMT: tl.constexpr, BITS: tl.constexpr, FP8_HW: tl.constexpr):
     """All the weights of a tile as [R, BU * 32 / BITS * UNIT], unit by unit, then bits j by bits j, then word by
-    word: weight (u, j, c) at (u * E + j) * UNIT + c (ordered_columns gives its column). The E bit planes are
-    stacked with tl.join, in registers: join adds a minor dimension of 2, so a tree of joins and a permutation
-    put j in order."""
+    word: weight (u, j, c) at (u * E + j) * UNIT + c, which is its column's order when a unit is a whole group. The
+    E bit planes are stacked with tl.join, in registers: join adds a minor dimension of 2, so a tree of joins and a
+    permutation put j in order."""
     if BITS == 4:   # E = 8: the tree's last join splits j's lowest bit, its first its highest
         w = tl.join(tl.join(tl.join(unit_weights(words, high, scale, shift, 0, FMT, BITS, FP8_HW),
                                     unit_weights(words, high, scale, shift, 4, FMT, BITS, FP8_HW)),
@@ -171,16 +170,6 @@ def ordered_weights(words, high, scale, shift, FMT: tl.constexpr, BITS: tl.const
                             unit_weights(words, high, scale, shift, 3, FMT, BITS, FP8_HW)))
         w = tl.permute(w, (0, 1, 3, 4, 2))         # [R, BU, UNIT, j2, j1] -> [R, BU, j2, j1, UNIT]
     return tl.reshape(w, [words.shape[0], words.shape[1] * (32 // BITS) * words.shape[2]])
-
-
-@triton.jit
-def ordered_columns(units, BITS: tl.constexpr, G: tl.constexpr, UNIT: tl.constexpr):
-    """[BU * 32 / BITS * UNIT]: the column of each weight of ordered_weights for units [BU]."""
-    C: tl.constexpr = G * BITS // 32
-    UNITS_A_GROUP: tl.constexpr = C // UNIT
-    first = (units // UNITS_A_GROUP) * G + (units % UNITS_A_GROUP) * UNIT
-    cols = first[:, None, None] + (tl.arange(0, 32 // BITS) * C)[None, :, None] + tl.arange(0, UNIT)[None, None, :]
-    return tl.reshape(cols, [units.shape[0] * (32 // BITS) * UNIT])
 
 
 @triton.jit
