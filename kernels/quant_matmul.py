@@ -24,9 +24,9 @@ import triton
 import triton.language as tl
 
 from localllm.kernels.block_formats import PLANES
+from localllm.kernels.pdl import pdl_options, wait_for_previous_kernel
 from localllm.kernels.quant_gemm import quant_dot
 from localllm.kernels.quant_launch import SplitWorkspace, constants, kernel_planes, row_units, sm_count
-from localllm.kernels.pdl import pdl_options, wait_for_previous_kernel
 from localllm.kernels.quant_tiles import (load_units, mantissa_scale_shift, ordered_weights, store_tile,
                                          unit_columns, unit_mantissas, unit_quants, unit_weights)
 
