@@ -79,6 +79,32 @@ def test_matmul_matches_dequantize_then_matmul(lib, fmt, m):
         assert wide[:, :3].isnan().all() and wide[:, 3 + rows:].isnan().all()
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize(("rows", "cols", "m"), [(70, 160, 64), (70, 160, 131), (40, 1536, 131)])
+def test_prefill_sized_matmul_runs_the_tiles_to_the_same_rounding(lib, fmt, rows, cols, m):
+    """From 64 rows of x the tiled kernel (quant_gemm.c) multiplies: the same int16 rounding of x, so the same
+    bounds. 70 rows: two whole panels of 32 and a part of one; 131 rows of x: an odd one past the pairs; 1536 columns:
+    x in three chunks."""
+    if not ops.tiled_gemm(lib):
+        pytest.skip("the tiled kernel needs AVX2")
+    blocks = _random_blocks(fmt, rows, cols, seed=rows + m)
+    x = torch.randn(m, cols)
+    weights = dequantize_ref(blocks, fmt).double()
+    exact, rounded = x.double() @ weights.T, _rounded_to_int16(x) @ weights.T
+    wide = torch.full((m, rows + 5), float("nan"))
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        ops.matmul(lib, x, blocks, fmt, wide[:, 3:3 + rows])
+        got = wide[:, 3:3 + rows].double()
+        assert float((got - rounded).norm() / rounded.norm()) < 1e-5
+        assert float((got - exact).norm() / exact.norm()) < 2e-4
+        assert wide[:, :3].isnan().all() and wide[:, 3 + rows:].isnan().all()
+        # row by row against the few-x kernel: the same sums added in another order
+        few = torch.cat([ops.matmul(lib, x[t:t + 8], blocks, fmt, torch.empty(min(8, m - t), rows))
+                         for t in range(0, m, 8)]).double()
+        assert float((got - few).abs().max() / few.abs().max()) < 1e-5
+
+
 def test_a_layer_of_mixed_formats_multiplies_each_part_into_its_columns(lib):
     torch.manual_seed(0)
     spans = [(0, 32, "Q4_1"), (32, 16, "Q8_0"), (48, 8, "Q6_K")]
@@ -88,7 +114,7 @@ def test_a_layer_of_mixed_formats_multiplies_each_part_into_its_columns(lib):
         layout.blocks(weight, part).copy_(quantize_ref(torch.randn(part.rows, 256), part.fmt))
     matmul = CpuQuantMatmul(layout, weight, lib)
     assert [type(p) for p, _, _ in matmul.parts] == [CompiledPart, CompiledPart, DensePart]
-    for batch in (2, 20):   # a decode-sized x through the kernel, a prefill-sized one through torch's GEMM
+    for batch in (2, 20, 70):   # decode-sized x through the few-x kernel, a prefill-sized one through the tiles
         x = torch.randn(batch, 256)
         want = x @ layout.dequantize(weight).T
         assert float((matmul(x) - want).norm() / want.norm()) < 2e-4

@@ -1,4 +1,4 @@
-/* The kernels of quant_gemv.c and decode_ops.c, shared by decode_step.c. */
+/* The kernels of quant_gemv.c, quant_gemm.c and decode_ops.c, shared by decode_step.c. */
 #ifndef LQ_KERNELS_H
 #define LQ_KERNELS_H
 #include <stdint.h>
@@ -10,6 +10,10 @@ void lq_dequantize(int fmt, const uint8_t *w, int64_t rows, int64_t cols, float 
 void lq_matmul(int fmt, const uint8_t *w, int64_t rows, int64_t cols, const float *x, int64_t m, int64_t ldx,
                float *y, int64_t ldy, int threads);
 int64_t lq_row_bytes(int fmt, int64_t cols);
+void lq_block_quants(int fmt, const uint8_t *b, int32_t *q, float *d, float *m);
+void lq_quantize_x(const float *x, int64_t m, int64_t ldx, int64_t cols, int16_t *xq, float *pairs);
+void lq_gemm(int fmt, const uint8_t *w, int64_t rows, int64_t cols, const float *x, int64_t m, int64_t ldx,
+             float *y, int64_t ldy, int threads);
 void lq_rms_norm(const float *x, const float *residual, const float *weight, int64_t rows, int64_t dim, float eps,
                  float *out, float *residual_out);
 void lq_silu_mul(const float *x, int64_t rows, int64_t inner, float *out);

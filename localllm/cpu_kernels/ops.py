@@ -23,7 +23,14 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     for name, argtypes in _SIGNATURES.items():
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = argtypes, None
+    lib.lq_gemm_available.argtypes, lib.lq_gemm_available.restype = (), ctypes.c_int
     return lib
+
+
+def tiled_gemm(lib) -> bool:
+    """Whether matmul multiplies a prefill-sized x by quant_gemm.c's tiles (built with AVX2), faster than torch's
+    GEMM over the dequantized weights; without them it is only fit for a few rows of x."""
+    return bool(lib.lq_gemm_available())
 
 
 def dequantize(lib, blocks: torch.Tensor, fmt: str, cols: int) -> torch.Tensor:
@@ -35,7 +42,8 @@ def dequantize(lib, blocks: torch.Tensor, fmt: str, cols: int) -> torch.Tensor:
 
 
 def matmul(lib, x: torch.Tensor, blocks: torch.Tensor, fmt: str, out: torch.Tensor) -> torch.Tensor:
-    """out [m, rows] (rows may be a column slice of a wider, row-contiguous tensor) = x [m, cols] @ W^T."""
+    """out [m, rows] (rows may be a column slice of a wider, row-contiguous tensor) = x [m, cols] @ W^T, x rounded
+    to int16 per 32 values."""
     m, cols = x.shape
     lib.lq_matmul(FORMATS[fmt], blocks.data_ptr(), blocks.shape[0], cols, x.data_ptr(), m, x.stride(0),
                   out.data_ptr(), out.stride(0), torch.get_num_threads())
