@@ -19,9 +19,9 @@ void lq_rms_norm(const float *x, const float *residual, const float *weight, int
 void lq_silu_mul(const float *x, int64_t rows, int64_t inner, float *out);
 void lq_rope_store(const float *q, const float *k, const float *v, int64_t stride, int64_t tokens, int64_t heads,
                    int64_t kv_heads, int64_t dim, const float *cos, const float *sin, const int64_t *slots,
-                   float *q_out, float *k_cache, float *v_cache);
-void lq_decode_attention(const float *q, const float *k_cache, const float *v_cache, const int64_t *block_tables,
+                   float *q_out, void *k_cache, void *v_cache, int half);
+void lq_decode_attention(const float *q, const void *k_cache, const void *v_cache, const int64_t *block_tables,
                          int64_t table_width, const int64_t *context_lens, int64_t seqs, int64_t heads,
                          int64_t kv_heads, int64_t dim, int64_t block_size, float scale, int64_t window, float *out,
-                         int threads);
+                         int half, int threads);
 #endif

@@ -56,8 +56,13 @@ class ModelRunner:
         else:
             self.has_lm_head = load_weights(self.model, model_dir, quant)
         self.model.eval()
+        # float16 K/V when the compiled CPU kernels attend (half the bytes a decode step reads); else the model's dtype
+        self.kv_dtype = dtype
         if uses_cpu_kernels(quantization, device.type):
             attach_cpu_kernels(self.model)
+            if dtype == torch.float32 and any(getattr(m, "cpu_ops", None) is not None for m in self.model.modules()
+                                             if isinstance(m, Attention)):
+                self.kv_dtype = torch.float16
         self.weight_bytes = weight_bytes(self.model)
         self.quantization = weights_label(self.model, quant, quantization)
         self.hidden_size = hf_config.hidden_size
@@ -99,7 +104,7 @@ class ModelRunner:
         layers = [m for m in self.model.modules() if isinstance(m, Attention)]
         first = layers[0]
         shape = (2, len(layers), num_blocks, block_size, first.num_kv_heads, first.head_dim)
-        self.kv_cache = _zeros(shape, self.dtype, self.device)
+        self.kv_cache = _zeros(shape, self.kv_dtype, self.device)
         for i, layer in enumerate(layers):
             layer.k_cache = self.kv_cache[0, i]
             layer.v_cache = self.kv_cache[1, i]
