@@ -162,7 +162,7 @@ def test_rotary_store_and_decode_attention_match_the_references(lib, window, kv_
 
 def test_the_one_call_decode_step_gives_the_module_paths_tokens(lib):
     """The embedded model, two prompts decoding together: the compiled step and the module tree (layer by layer
-    through the same kernels) pick the same 24 greedy tokens."""
+    through the same kernels, over the same float16 KV cache) pick the same 24 greedy tokens."""
     from localllm import LLM, SamplingParams
     from localllm.layers.cpu_decode import DecodeStep
 
@@ -171,6 +171,7 @@ def test_the_one_call_decode_step_gives_the_module_paths_tokens(lib):
     with LLM(quantization="fast", num_kv_blocks=64) as llm:
         model = llm.engine.core.runner.model
         assert isinstance(model.forward, DecodeStep)
+        assert llm.engine.core.runner.kv_cache.dtype == (torch.float16 if ops.kv_half(lib) else torch.float32)
         fast = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
         model.forward = model.forward.forward
         modules = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
@@ -201,5 +202,6 @@ def test_turned_off_the_engine_keeps_torchs_path(monkeypatch):
         qkv = model.model.layers[0].self_attn.qkv_proj
         assert [type(p) for p, _, _ in qkv.cpu_matmul.parts] == [Int4Part]
         assert "forward" not in vars(model) and model.model.norm.cpu_ops is None
+        assert llm.engine.core.runner.kv_cache.dtype == torch.float32
         out = llm.generate(["The capital of France is"], SamplingParams(temperature=0.0, max_tokens=4))
         assert len(out[0].outputs[0].token_ids) == 4

@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "lq_kernels.h"
-#if defined(__AVX2__) && defined(__F16C__)
+#ifdef __F16C__
 #include <immintrin.h>
 #endif
 
@@ -46,21 +46,34 @@ static void rotate(const float *x, const float *cos, const float *sin, int64_t d
     }
 }
 
+/* Whether a float16 KV cache can be used (`half` below): its conversions are F16C instructions. */
+int lq_kv_half_available(void) {
+#ifdef __F16C__
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 /* Element `at` onward of a KV cache of float32, or of float16 (half) rounded to nearest, as torch's .half() does. */
 static void cache_put(void *cache, int half, int64_t at, const float *x, int64_t n) {
     if (!half) {
         memcpy((float *)cache + at, x, sizeof(float) * (size_t)n);
         return;
     }
-    _Float16 *to = (_Float16 *)cache + at;
-    for (int64_t i = 0; i < n; i++) to[i] = (_Float16)x[i];
+#ifdef __F16C__
+    uint16_t *to = (uint16_t *)cache + at;
+    for (int64_t i = 0; i < n; i++) to[i] = _cvtss_sh(x[i], _MM_FROUND_TO_NEAREST_INT);
+#endif
 }
 
 /* n elements of a KV cache from `at` as float32: the float32 cache itself, or a float16 one converted into buf. */
 static const float *cache_get(const void *cache, int half, int64_t at, int64_t n, float *buf) {
     if (!half) return (const float *)cache + at;
-    const _Float16 *from = (const _Float16 *)cache + at;
-    for (int64_t i = 0; i < n; i++) buf[i] = (float)from[i];
+#ifdef __F16C__
+    const uint16_t *from = (const uint16_t *)cache + at;
+    for (int64_t i = 0; i < n; i++) buf[i] = _cvtsh_ss(from[i]);
+#endif
     return buf;
 }
 
@@ -118,7 +131,7 @@ static int64_t next_slot(key_walk *w) {
 #if defined(__AVX2__) && defined(__F16C__)
 /* 8 elements of a KV cache from `at` as float32 (float16 ones converted by F16C) */
 static inline __m256 cache8(const void *cache, int half, int64_t at) {
-    return half ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const _Float16 *)cache + at)))
+    return half ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)cache + at)))
                 : _mm256_loadu_ps((const float *)cache + at);
 }
 

@@ -24,8 +24,14 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     for name, argtypes in _SIGNATURES.items():
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = argtypes, None
-    lib.lq_gemm_available.argtypes, lib.lq_gemm_available.restype = (), ctypes.c_int
+    for name in ("lq_gemm_available", "lq_kv_half_available"):
+        getattr(lib, name).argtypes, getattr(lib, name).restype = (), ctypes.c_int
     return lib
+
+
+def kv_half(lib) -> bool:
+    """Whether rope_store and decode_attention take a float16 KV cache (built with F16C)."""
+    return bool(lib.lq_kv_half_available())
 
 
 def tiled_gemm(lib) -> bool:

@@ -378,10 +378,7 @@ static void matmul_rows(void *ctx, int64_t chunk) {
 void lq_matmul(int fmt, const uint8_t *w, int64_t rows, int64_t cols, const float *x, int64_t m, int64_t ldx,
                float *y, int64_t ldy, int threads) {
 #ifdef __AVX2__
-    if (m >= GEMM_MIN_M) {
-        lq_gemm(fmt, w, rows, cols, x, m, ldx, y, ldy, threads);
-        return;
-    }
+    if (m >= GEMM_MIN_M) { lq_gemm(fmt, w, rows, cols, x, m, ldx, y, ldy, threads); return; }
 #endif
     int64_t nb = cols / QK, grouped = (m + GROUP_M - 1) / GROUP_M * GROUP_M * nb;
     int16_t *xq = aligned_alloc(64, (size_t)(m * nb * XQ_BYTES));

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from localllm.cpu_kernels.ops import kv_half
 from localllm.engine.batch import StepBatch, StepBatchBuilder, VerifyLayout
 from localllm.engine.cuda_graphs import MixedGraphs, StepGraphs
 from localllm.engine.request import Sequence
@@ -60,8 +61,8 @@ class ModelRunner:
         self.kv_dtype = dtype
         if uses_cpu_kernels(quantization, device.type):
             attach_cpu_kernels(self.model)
-            if dtype == torch.float32 and any(getattr(m, "cpu_ops", None) is not None for m in self.model.modules()
-                                             if isinstance(m, Attention)):
+            lib = next((m.cpu_ops for m in self.model.modules() if isinstance(m, Attention)), None)
+            if dtype == torch.float32 and lib is not None and kv_half(lib):
                 self.kv_dtype = torch.float16
         self.weight_bytes = weight_bytes(self.model)
         self.quantization = weights_label(self.model, quant, quantization)
