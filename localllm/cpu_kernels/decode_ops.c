@@ -6,8 +6,12 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "lq_kernels.h"
+#ifdef __F16C__
+#include <immintrin.h>
+#endif
 
 /* residual_out = x + residual (when residual is given), out = weight * (h / sqrt(mean(h^2) + eps)), h that sum. */
 void lq_rms_norm(const float *x, const float *residual, const float *weight, int64_t rows, int64_t dim, float eps,
@@ -42,28 +46,66 @@ static void rotate(const float *x, const float *cos, const float *sin, int64_t d
     }
 }
 
+/* Whether a float16 KV cache can be used (`half` below): its conversions are F16C instructions. */
+int lq_kv_half_available(void) {
+#ifdef __F16C__
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* Element `at` onward of a KV cache of float32, or of float16 (half) rounded to nearest, as torch's .half() does. */
+static void cache_put(void *cache, int half, int64_t at, const float *x, int64_t n) {
+    if (!half) {
+        memcpy((float *)cache + at, x, sizeof(float) * (size_t)n);
+        return;
+    }
+#ifdef __F16C__
+    uint16_t *to = (uint16_t *)cache + at;
+    for (int64_t i = 0; i < n; i++) to[i] = _cvtss_sh(x[i], _MM_FROUND_TO_NEAREST_INT);
+#endif
+}
+
+/* n elements of a KV cache from `at` as float32: the float32 cache itself, or a float16 one converted into buf. */
+static const float *cache_get(const void *cache, int half, int64_t at, int64_t n, float *buf) {
+    if (!half) return (const float *)cache + at;
+#ifdef __F16C__
+    const uint16_t *from = (const uint16_t *)cache + at;
+    for (int64_t i = 0; i < n; i++) buf[i] = _cvtsh_ss(from[i]);
+#endif
+    return buf;
+}
+
 /* q [tokens, heads, dim], k and v [tokens, kv_heads, dim] (rows `stride` floats apart: views of one qkv
  * projection): q rotated into q_out [tokens, heads, dim]; k rotated and v stored into their caches
- * [slots, kv_heads, dim] at slots[t] (a negative slot, padding, is skipped). cos, sin: [tokens, dim]. */
+ * [slots, kv_heads, dim] (float32, or float16 when half) at slots[t] (a negative slot, padding, is skipped).
+ * cos, sin: [tokens, dim]. */
 void lq_rope_store(const float *q, const float *k, const float *v, int64_t stride, int64_t tokens, int64_t heads,
                    int64_t kv_heads, int64_t dim, const float *cos, const float *sin, const int64_t *slots,
-                   float *q_out, float *k_cache, float *v_cache) {
+                   float *q_out, void *k_cache, void *v_cache, int half) {
+    float *rotated = malloc(sizeof(float) * (size_t)dim);
     for (int64_t t = 0; t < tokens; t++) {
         const float *c = cos + t * dim, *s = sin + t * dim;
         for (int64_t h = 0; h < heads; h++) rotate(q + t * stride + h * dim, c, s, dim, q_out + (t * heads + h) * dim);
         if (slots[t] < 0) continue;
-        float *kc = k_cache + slots[t] * kv_heads * dim, *vc = v_cache + slots[t] * kv_heads * dim;
-        for (int64_t h = 0; h < kv_heads; h++) rotate(k + t * stride + h * dim, c, s, dim, kc + h * dim);
-        for (int64_t i = 0; i < kv_heads * dim; i++) vc[i] = v[t * stride + i];
+        for (int64_t h = 0; h < kv_heads; h++) {
+            rotate(k + t * stride + h * dim, c, s, dim, rotated);
+            cache_put(k_cache, half, (slots[t] * kv_heads + h) * dim, rotated, dim);
+        }
+        cache_put(v_cache, half, slots[t] * kv_heads * dim, v + t * stride, kv_heads * dim);
     }
+    free(rotated);
 }
 
 typedef struct {
-    const float *q, *k_cache, *v_cache;
+    const float *q;
+    const void *k_cache, *v_cache;   /* float32, or float16 when half */
     const int64_t *block_tables, *context_lens;
     int64_t table_width, heads, kv_heads, dim, block_size, window;
     float scale;
     float *out;
+    int half;
 } attention_job;
 
 /* The cache row of position p of a sequence: walks the block table without a division per key. */
@@ -86,6 +128,72 @@ static int64_t next_slot(key_walk *w) {
     return slot;
 }
 
+#if defined(__AVX2__) && defined(__F16C__)
+/* 8 elements of a KV cache from `at` as float32 (float16 ones converted by F16C) */
+static inline __m256 cache8(const void *cache, int half, int64_t at) {
+    return half ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)cache + at)))
+                : _mm256_loadu_ps((const float *)cache + at);
+}
+
+static inline float sum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+#endif
+
+/* scores[g * n] = scale * (query head g of the group) . (the key row at `at`), for g < group; buf: dim floats. */
+static void key_dots(const float *q, int64_t group, int64_t dim, const void *k_cache, int half, int64_t at,
+                     float scale, float *buf, float *scores, int64_t n) {
+#if defined(__AVX2__) && defined(__F16C__)
+    if (dim % 8 == 0) {   /* 8 lanes at a time, the row converted as it is read (the scalar loop below 3x slower) */
+        for (int64_t g = 0; g < group; g++) {   /* two sums: two FMA chains */
+            __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+            for (int64_t i = 0; i < dim; i += 8)
+                acc[(i >> 3) & 1] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * dim + i), cache8(k_cache, half, at + i),
+                                                    acc[(i >> 3) & 1]);
+            scores[g * n] = sum8(_mm256_add_ps(acc[0], acc[1])) * scale;
+        }
+        return;
+    }
+#endif
+    const float *k = cache_get(k_cache, half, at, dim, buf);
+    for (int64_t g = 0; g < group; g++) {
+        float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+        for (int64_t i = 0; i < dim; i++) dot += q[g * dim + i] * k[i];
+        scores[g * n] = dot * scale;
+    }
+}
+
+/* out[g * dim + i] += weights[g * n] * (the value row at `at`)[i], for g < group; buf: dim floats. */
+static void add_value(float *out, int64_t group, int64_t dim, const void *v_cache, int half, int64_t at,
+                      const float *weights, int64_t n, float *buf) {
+#if defined(__AVX2__) && defined(__F16C__)
+    if (dim % 8 == 0) {
+        for (int64_t i = 0; i < dim; i += 8) {
+            __m256 v = cache8(v_cache, half, at + i);
+            for (int64_t g = 0; g < group; g++)
+                _mm256_storeu_ps(out + g * dim + i, _mm256_fmadd_ps(_mm256_set1_ps(weights[g * n]), v,
+                                                                    _mm256_loadu_ps(out + g * dim + i)));
+        }
+        return;
+    }
+#endif
+    const float *v = cache_get(v_cache, half, at, dim, buf);
+    for (int64_t g = 0; g < group; g++)
+        for (int64_t i = 0; i < dim; i++) out[g * dim + i] += weights[g * n] * v[i];
+}
+
+/* Rows are read this many positions after their prefetch: a sequence's rows are scattered over its blocks, and
+ * one KV head's row is a few cache lines in every kv_heads (a stride the hardware prefetcher follows poorly). */
+enum { AHEAD = 8 };
+
+static void prefetch_row(const void *cache, int half, int64_t at, int64_t dim) {
+    const char *row = (const char *)cache + at * (half ? 2 : 4);
+    for (int64_t line = 0; line < dim * (half ? 2 : 4); line += 64) __builtin_prefetch(row + line);
+}
+
 /* The query heads of one KV head of one sequence (chunk = seq * kv_heads + kv head): softmax(q . k * scale) . v
  * over the visible keys, each key and value row read once for the whole group. */
 static void attend_group(void *ctx, int64_t chunk) {
@@ -95,17 +203,12 @@ static void attend_group(void *ctx, int64_t chunk) {
     const int64_t *table = j->block_tables + b * j->table_width;
     const float *q = j->q + (b * j->heads + kv * group) * dim;
     float *out = j->out + (b * j->heads + kv * group) * dim;
-    float *scores = malloc(sizeof(float) * (size_t)(n * group));
-    key_walk keys = walk_from(table, j->block_size, first);
+    float *scores = malloc(sizeof(float) * (size_t)(n * group)), *row = malloc(sizeof(float) * (size_t)dim);
+    key_walk keys = walk_from(table, j->block_size, first), ahead = walk_from(table, j->block_size, first + AHEAD);
     for (int64_t p = first; p < len; p++) {
-        int64_t slot = next_slot(&keys);
-        const float *k = j->k_cache + (slot * j->kv_heads + kv) * dim;
-        for (int64_t g = 0; g < group; g++) {
-            float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-            for (int64_t i = 0; i < dim; i++) dot += q[g * dim + i] * k[i];
-            scores[g * n + p - first] = dot * j->scale;
-        }
+        if (p + AHEAD < len) prefetch_row(j->k_cache, j->half, (next_slot(&ahead) * j->kv_heads + kv) * dim, dim);
+        key_dots(q, group, dim, j->k_cache, j->half, (next_slot(&keys) * j->kv_heads + kv) * dim, j->scale, row,
+                 scores + p - first, n);
     }
     for (int64_t g = 0; g < group; g++) {   /* scores -> exp(score - max), their sum kept to normalise */
         float top = -INFINITY, total = 0.0f;
@@ -115,25 +218,24 @@ static void attend_group(void *ctx, int64_t chunk) {
     }
     for (int64_t i = 0; i < group * dim; i++) out[i] = 0.0f;
     key_walk values = walk_from(table, j->block_size, first);
+    ahead = walk_from(table, j->block_size, first + AHEAD);
     for (int64_t p = first; p < len; p++) {
-        int64_t slot = next_slot(&values);
-        const float *v = j->v_cache + (slot * j->kv_heads + kv) * dim;
-        for (int64_t g = 0; g < group; g++) {
-            float e = scores[g * n + p - first];
-            for (int64_t i = 0; i < dim; i++) out[g * dim + i] += e * v[i];
-        }
+        if (p + AHEAD < len) prefetch_row(j->v_cache, j->half, (next_slot(&ahead) * j->kv_heads + kv) * dim, dim);
+        add_value(out, group, dim, j->v_cache, j->half, (next_slot(&values) * j->kv_heads + kv) * dim,
+                  scores + p - first, n, row);
     }
     free(scores);
+    free(row);
 }
 
 /* One query token per sequence (at position context_lens[b] - 1), q [seqs, heads, dim] -> out [seqs, heads, dim]
- * over caches [blocks, block_size, kv_heads, dim] reached through block_tables [seqs, table_width]; query heads
- * grouped over kv heads; window > 0 keeps only the last `window` keys. */
-void lq_decode_attention(const float *q, const float *k_cache, const float *v_cache, const int64_t *block_tables,
+ * over caches [blocks, block_size, kv_heads, dim] (float32, or float16 when half) reached through block_tables
+ * [seqs, table_width]; query heads grouped over kv heads; window > 0 keeps only the last `window` keys. */
+void lq_decode_attention(const float *q, const void *k_cache, const void *v_cache, const int64_t *block_tables,
                          int64_t table_width, const int64_t *context_lens, int64_t seqs, int64_t heads,
                          int64_t kv_heads, int64_t dim, int64_t block_size, float scale, int64_t window, float *out,
-                         int threads) {
+                         int half, int threads) {
     attention_job job = {q, k_cache, v_cache, block_tables, context_lens, table_width, heads, kv_heads, dim,
-                         block_size, window, scale, out};
+                         block_size, window, scale, out, half};
     lq_parallel(attend_group, &job, seqs * kv_heads, threads);
 }

@@ -10,12 +10,12 @@
 typedef struct {
     const uint8_t *qkv, *o, *gate_up, *down;   /* block rows of the four matrices */
     const float *input_norm, *post_norm;
-    float *k_cache, *v_cache;                  /* [blocks, block_size, kv_heads, head_dim] */
+    void *k_cache, *v_cache;                   /* [blocks, block_size, kv_heads, head_dim], see kv_half */
     int64_t qkv_fmt, o_fmt, gate_up_fmt, down_fmt, window;   /* window 0 = full attention */
 } lq_layer;
 
 typedef struct {
-    int64_t layers, hidden, heads, kv_heads, head_dim, inter, block_size, embed_fmt;
+    int64_t layers, hidden, heads, kv_heads, head_dim, inter, block_size, embed_fmt, kv_half;   /* 1: float16 KV */
     float eps, scale;
     const uint8_t *embed;          /* block rows of the token embedding */
     const float *final_norm;
@@ -49,9 +49,9 @@ void lq_decode_step(const lq_model *m, const int64_t *ids, const int64_t *positi
         lq_rms_norm(residual, NULL, y->input_norm, tokens, h, m->eps, normed, NULL);
         lq_matmul((int)y->qkv_fmt, y->qkv, qkv_width, h, normed, tokens, h, wide, qkv_width, threads);
         lq_rope_store(wide, wide + q_width, wide + q_width + m->kv_heads * hd, qkv_width, tokens, m->heads,
-                      m->kv_heads, hd, cos, sin, slots, q, y->k_cache, y->v_cache);
+                      m->kv_heads, hd, cos, sin, slots, q, y->k_cache, y->v_cache, (int)m->kv_half);
         lq_decode_attention(q, y->k_cache, y->v_cache, block_tables, table_width, context_lens, tokens, m->heads,
-                            m->kv_heads, hd, m->block_size, m->scale, y->window, attn, threads);
+                            m->kv_heads, hd, m->block_size, m->scale, y->window, attn, (int)m->kv_half, threads);
         lq_matmul((int)y->o_fmt, y->o, h, q_width, attn, tokens, q_width, proj, h, threads);
         add_into(residual, proj, tokens * h);
         lq_rms_norm(residual, NULL, y->post_norm, tokens, h, m->eps, normed, NULL);

@@ -10,7 +10,8 @@
  * sum_j (d q_j + m) x_j = d sum_j q_j x_j + m sum_j x_j, so it agrees with dequantize-then-matmul to x's rounding
  * (relative 2e-5). Rows are shared out in chunks over the threads of work_pool.c; for one x (batch-1 decode) each
  * chunk goes 4 rows at a time, prefetching ahead (rows_dot_fmt): 25-30% less time than a row at a time. Several x
- * (batched decode) go 8 at a time against each row, its blocks decoded once for the 8 (group_dot_fmt).
+ * (batched decode) go 8 at a time against each row, its blocks decoded once for the 8 (group_dot_fmt); from
+ * GEMM_MIN_M x on (prefill), quant_gemm.c's tiles take over.
  */
 #include <stdint.h>
 #include <math.h>
@@ -24,6 +25,8 @@
 
 enum { FMT_Q4_0 = 0, FMT_Q4_1 = 1, FMT_Q8_0 = 2 };
 enum { QK = 32, XQ_BYTES = 2 * QK, X_LEVELS = 32767, MAX_M = 4, GROUP_M = 8, ROWS_PER_CHUNK = 32 };
+/* x from which lq_gemm is faster (it decodes the whole matrix first: 1.3-1.6x slower at 32 x, faster at 64) */
+enum { GEMM_MIN_M = 64 };
 /* batch-1 rows per pass over x, and how many such groups ahead their weights are prefetched (2 measured best of 1-4) */
 enum { ROWS_AT_ONCE = 4, PREFETCH_GROUPS = 2 };
 
@@ -58,7 +61,7 @@ static inline float f16_to_f32(const uint8_t *p) {
 
 /* A block's quants as 32 integers (Q4: 0..15, Q8: -128..127) and its scale and minimum: w = d * q + m, except
  * Q4_0, whose q is shifted (q - 8) and m is 0, as gguf computes it. */
-static void block_quants(int fmt, const uint8_t *b, int32_t *q, float *d, float *m) {
+void lq_block_quants(int fmt, const uint8_t *b, int32_t *q, float *d, float *m) {
     *d = f16_to_f32(b);
     *m = 0.0f;
     if (fmt == FMT_Q8_0) {
@@ -88,7 +91,7 @@ static void dequantize_rows(void *ctx, int64_t chunk) {
         for (int64_t i = 0; i < nb; i++) {
             int32_t q[QK];
             float d, m;
-            block_quants(j->fmt, j->w + (r * nb + i) * bytes, q, &d, &m);
+            lq_block_quants(j->fmt, j->w + (r * nb + i) * bytes, q, &d, &m);
             float *o = j->out + r * j->cols + i * QK;
             if (j->fmt == FMT_Q8_0) {
                 for (int k = 0; k < QK; k++) o[k] = (float)q[k] * d;
@@ -136,7 +139,7 @@ static void quantize_block(const float *xb, int16_t *q, float *pair) {
     pair[1] = pair[0] * (float)sum;
 }
 
-static void quantize_x(const float *x, int64_t m, int64_t ldx, int64_t cols, int16_t *xq, float *pairs) {
+void lq_quantize_x(const float *x, int64_t m, int64_t ldx, int64_t cols, int16_t *xq, float *pairs) {
     int64_t nb = cols / QK;
     for (int64_t t = 0; t < m; t++)
         for (int64_t i = 0; i < nb; i++)
@@ -297,7 +300,7 @@ static void row_dot(int fmt, const uint8_t *row, int64_t nb, const int16_t *xq, 
     for (int64_t i = 0; i < nb; i++) {
         int32_t q[QK];
         float d, mn;
-        block_quants(fmt, row + i * bytes, q, &d, &mn);
+        lq_block_quants(fmt, row + i * bytes, q, &d, &mn);
         if (fmt == FMT_Q4_0) {   /* as above: q in 0..15 and the offset in the minimum */
             for (int j = 0; j < QK; j++) q[j] += 8;
             mn = -8.0f * d;
@@ -374,11 +377,14 @@ static void matmul_rows(void *ctx, int64_t chunk) {
  * (quantize_x). Q4_0 keeps its offset out of the quants here (q in 0..15, min = -8 d): the same weights. */
 void lq_matmul(int fmt, const uint8_t *w, int64_t rows, int64_t cols, const float *x, int64_t m, int64_t ldx,
                float *y, int64_t ldy, int threads) {
+#ifdef __AVX2__
+    if (m >= GEMM_MIN_M) { lq_gemm(fmt, w, rows, cols, x, m, ldx, y, ldy, threads); return; }
+#endif
     int64_t nb = cols / QK, grouped = (m + GROUP_M - 1) / GROUP_M * GROUP_M * nb;
     int16_t *xq = aligned_alloc(64, (size_t)(m * nb * XQ_BYTES));
     float *pairs = malloc(sizeof(float) * (size_t)(2 * m * nb));
     float *scales = NULL, *sums = NULL;
-    quantize_x(x, m, ldx, cols, xq, pairs);
+    lq_quantize_x(x, m, ldx, cols, xq, pairs);
 #ifdef __AVX2__
     if (m > 1) {
         scales = aligned_alloc(64, sizeof(float) * (size_t)(2 * grouped));

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from localllm.cpu_kernels.ops import kv_half
 from localllm.engine.batch import StepBatch, StepBatchBuilder, VerifyLayout
 from localllm.engine.cuda_graphs import MixedGraphs, StepGraphs
 from localllm.engine.request import Sequence
@@ -56,8 +57,13 @@ class ModelRunner:
         else:
             self.has_lm_head = load_weights(self.model, model_dir, quant)
         self.model.eval()
+        # float16 K/V when the compiled CPU kernels attend (half the bytes a decode step reads); else the model's dtype
+        self.kv_dtype = dtype
         if uses_cpu_kernels(quantization, device.type):
             attach_cpu_kernels(self.model)
+            lib = next((m.cpu_ops for m in self.model.modules() if isinstance(m, Attention)), None)
+            if dtype == torch.float32 and lib is not None and kv_half(lib):
+                self.kv_dtype = torch.float16
         self.weight_bytes = weight_bytes(self.model)
         self.quantization = weights_label(self.model, quant, quantization)
         self.hidden_size = hf_config.hidden_size
@@ -99,7 +105,7 @@ class ModelRunner:
         layers = [m for m in self.model.modules() if isinstance(m, Attention)]
         first = layers[0]
         shape = (2, len(layers), num_blocks, block_size, first.num_kv_heads, first.head_dim)
-        self.kv_cache = _zeros(shape, self.dtype, self.device)
+        self.kv_cache = _zeros(shape, self.kv_dtype, self.device)
         for i, layer in enumerate(layers):
             layer.k_cache = self.kv_cache[0, i]
             layer.v_cache = self.kv_cache[1, i]

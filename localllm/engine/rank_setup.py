@@ -52,9 +52,9 @@ def set_up_rank(config: Config, hf_config, model_dir: Path | None, device: torch
     verify = verify_layout(config, device)
     builder = StepBatchBuilder(config.block_size, device, config.max_num_batched_tokens, max_step_seqs,
                                -(-model_len // config.block_size), verify)
-    block_bytes = kv_bytes_per_block(hf_config, config.block_size, dtype, tp_size())
+    block_bytes = kv_bytes_per_block(hf_config, config.block_size, runner.kv_dtype, tp_size())
     if draft is not None:
-        block_bytes += kv_bytes_per_block(draft.hf_config, config.block_size, dtype)
+        block_bytes += kv_bytes_per_block(draft.hf_config, config.block_size, draft_runner.kv_dtype)
     num_blocks = min_over_ranks(_num_kv_blocks(config, runner, builder, block_bytes, model_len), device)
     max_model_len = min(model_len, num_blocks * config.block_size)
     for each in (runner, draft_runner):

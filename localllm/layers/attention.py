@@ -58,7 +58,7 @@ class Attention(nn.Module):
             return self._forward_triton(rope, q, k, v, meta, qk_norms)
         if qk_norms is not None:
             q, k = qk_norms[0](q), qk_norms[1](k)
-        compiled = self.cpu_ops is not None and self.k_cache.dtype == q.dtype == torch.float32
+        compiled = self.cpu_ops is not None and q.dtype == torch.float32 and self.k_cache.dtype in ops.KV_DTYPES
         if compiled and _row_views(q, k, v):
             q = ops.rope_store(self.cpu_ops, q, k, v, rope.cos, rope.sin, meta.slot_mapping, self.k_cache,
                                self.v_cache)
@@ -75,9 +75,18 @@ class Attention(nn.Module):
                                            meta.context_lens[:n], self.scale, self.sliding_window)
         for i in range(n, meta.num_seqs):
             start, end = meta.query_start_loc_host[i], meta.query_start_loc_host[i + 1]
-            out[start:end] = ref.prefill_attention(q[start:end], self.k_cache, self.v_cache, meta.block_tables[i],
-                                                   meta.context_lens_host[i], self.scale, self.sliding_window)
+            k_cache, v_cache, table = self._caches_of(meta.block_tables[i], meta.context_lens_host[i], q.dtype)
+            out[start:end] = ref.prefill_attention(q[start:end], k_cache, v_cache, table, meta.context_lens_host[i],
+                                                   self.scale, self.sliding_window)
         return out
+
+    def _caches_of(self, table: torch.Tensor, context_len: int, dtype: torch.dtype):
+        """The caches and block table a prefill reads: the pool itself, or when the pool is float16 (the compiled
+        kernels' KV on the CPU fast path) the sequence's blocks of it in q's dtype."""
+        if self.k_cache.dtype == dtype:
+            return self.k_cache, self.v_cache, table
+        used = table[:-(-context_len // self.k_cache.shape[1])]
+        return self.k_cache[used].to(dtype), self.v_cache[used].to(dtype), torch.arange(used.shape[0])
 
     def _forward_triton(self, rope: StepRotary, q, k, v, meta: AttentionMetadata, qk_norms) -> torch.Tensor:
         from localllm.kernels.paged_attention import paged_attention

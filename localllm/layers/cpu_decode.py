@@ -33,7 +33,7 @@ class LayerStruct(ctypes.Structure):
 
 class ModelStruct(ctypes.Structure):
     _fields_ = [("layers", _I), ("hidden", _I), ("heads", _I), ("kv_heads", _I), ("head_dim", _I), ("inter", _I),
-                ("block_size", _I), ("embed_fmt", _I), ("eps", _F), ("scale", _F), ("embed", _P),
+                ("block_size", _I), ("embed_fmt", _I), ("kv_half", _I), ("eps", _F), ("scale", _F), ("embed", _P),
                 ("final_norm", _P), ("cos", _P), ("sin", _P), ("layer", ctypes.POINTER(LayerStruct))]
 
 
@@ -86,12 +86,13 @@ class DecodeStep:
         for struct, attn in zip(self.layers, self.attentions):
             struct.k_cache, struct.v_cache = attn.k_cache.data_ptr(), attn.v_cache.data_ptr()
         self.struct.block_size = self.attentions[0].k_cache.shape[1]
+        self.struct.kv_half = self.attentions[0].k_cache.dtype == torch.float16
         self.cache_ptr = self.attentions[0].k_cache.data_ptr()
 
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, meta) -> torch.Tensor:
         k_cache = self.attentions[0].k_cache
         tokens = input_ids.shape[0]
-        if (meta.num_decodes != meta.num_seqs or meta.num_seqs != tokens or k_cache.dtype != torch.float32
+        if (meta.num_decodes != meta.num_seqs or meta.num_seqs != tokens or k_cache.dtype not in ops.KV_DTYPES
                 or k_cache.dim() != 4 or input_ids.dtype != torch.int64):
             return self.forward(input_ids, positions, meta)
         if k_cache.data_ptr() != self.cache_ptr:

@@ -3,9 +3,10 @@ layer by layer: layers.cpu_quant gives each layer kept as blocks its CpuQuantMat
 
 With the compiled kernels (localllm.cpu_kernels, built on first use with the system's C compiler), Q4_0, Q4_1 and
 Q8_0 parts are multiplied straight from their GGUF blocks (CompiledPart: float32 in and out, x rounded to int16 per
-32 values inside the kernel: a relative error of the products below 2e-4, against ~4e-3 with bfloat16 x); a
-prefill-sized x dequantizes the part (exactly) into a float32 scratch and multiplies with torch. Other formats run
-as a float32 copy (exact).
+32 values inside the kernel: a relative error of the products below 2e-4, against ~4e-3 with bfloat16 x), a
+prefill-sized x (64 rows or more) by tiles that decode each block once for many rows of x (cpu_kernels/quant_gemm.c:
+1.2-1.3x torch's float32 GEMM over the dequantized part; a CPU without AVX2 dequantizes the part exactly into a
+float32 scratch and multiplies with torch instead). Other formats run as a float32 copy (exact).
 
 Without them (no compiler, or LOCALLLM_CPU_KERNELS=0) Q4_0 and Q4_1 parts are repacked once, at load, into torch's
 CPU int4 layout (`aten._convert_weight_to_int4pack_for_cpu`: 4-bit weights with a scale and a zero per 32 of them)
@@ -25,9 +26,8 @@ from localllm.layers.quantized import BlockLayout
 INT4_FORMATS = ("Q4_0", "Q4_1")
 _GROUP = 32
 _N_MULTIPLE = 16   # the int4 packing holds whole tiles of 16 output rows
-# rows of x up to which the compiled kernel multiplies from the blocks; beyond, dequantizing once and multiplying
-# with torch's GEMM is faster (the kernel decodes the blocks again for every 8 rows of x and rereads all of x for
-# every row; at 128 rows the two take the same time)
+# without the tiled kernel (a CPU without AVX2): rows of x up to which the compiled kernel multiplies from the
+# blocks; beyond, dequantizing once and multiplying with torch's GEMM is faster
 GEMV_MAX_ROWS = 32
 
 
@@ -76,9 +76,10 @@ class CompiledPart:
 
     def __init__(self, blocks: torch.Tensor, fmt: str, cols: int, lib):
         self.blocks, self.fmt, self.cols, self.lib = blocks, fmt, cols, lib
+        self.tiled = ops.tiled_gemm(lib)
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor) -> None:
-        if x.shape[0] <= GEMV_MAX_ROWS:
+        if self.tiled or x.shape[0] <= GEMV_MAX_ROWS:
             ops.matmul(self.lib, x, self.blocks, self.fmt, out)
         else:
             _matmul_into(x, ops.dequantize(self.lib, self.blocks, self.fmt, self.cols), out)
