@@ -58,6 +58,26 @@ def _rounded_to_int16(x: torch.Tensor) -> torch.Tensor:
     return (torch.round(blocks * (32767 / amax)).double() * (amax.double() / 32767)).view_as(x)
 
 
+def _matmuls_within_rounding(lib, x: torch.Tensor, blocks: torch.Tensor, fmt: str) -> list[torch.Tensor]:
+    """ops.matmul on 1 and 2 threads, into columns of a wider output: its products equal the dequantized weights
+    times x rounded to int16 per 32 values to float32 rounding, are within 2e-4 of the exact ones, and leave the
+    other columns alone. The results (float64), one a thread count."""
+    rows = blocks.shape[0]
+    weights = dequantize_ref(blocks, fmt).double()
+    exact, rounded = x.double() @ weights.T, _rounded_to_int16(x) @ weights.T
+    results = []
+    for threads in (1, 2):
+        wide = torch.full((x.shape[0], rows + 5), float("nan"))
+        torch.set_num_threads(threads)
+        ops.matmul(lib, x, blocks, fmt, wide[:, 3:3 + rows])
+        got = wide[:, 3:3 + rows].double()
+        assert float((got - rounded).norm() / rounded.norm()) < 1e-5   # float32 sums; unrounded x: ~3e-5
+        assert float((got - exact).norm() / exact.norm()) < 2e-4
+        assert wide[:, :3].isnan().all() and wide[:, 3 + rows:].isnan().all()
+        results.append(got)
+    return results
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("m", [1, 3, 6, 8, 19])
 def test_matmul_matches_dequantize_then_matmul(lib, fmt, m):
@@ -67,16 +87,7 @@ def test_matmul_matches_dequantize_then_matmul(lib, fmt, m):
     rows, cols = 70, 160
     blocks = quantize_ref(torch.randn(rows, cols), fmt)
     x = torch.randn(m, cols)
-    weights = dequantize_ref(blocks, fmt).double()
-    exact, rounded = x.double() @ weights.T, _rounded_to_int16(x) @ weights.T
-    wide = torch.full((m, rows + 5), float("nan"))
-    for threads in (1, 2):
-        torch.set_num_threads(threads)
-        ops.matmul(lib, x, blocks, fmt, wide[:, 3:3 + rows])    # into columns of a wider output
-        got = wide[:, 3:3 + rows].double()
-        assert float((got - rounded).norm() / rounded.norm()) < 1e-5   # float32 sums; unrounded x: ~3e-5
-        assert float((got - exact).norm() / exact.norm()) < 2e-4
-        assert wide[:, :3].isnan().all() and wide[:, 3 + rows:].isnan().all()
+    _matmuls_within_rounding(lib, x, blocks, fmt)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -89,16 +100,7 @@ def test_prefill_sized_matmul_runs_the_tiles_to_the_same_rounding(lib, fmt, rows
         pytest.skip("the tiled kernel needs AVX2")
     blocks = _random_blocks(fmt, rows, cols, seed=rows + m)
     x = torch.randn(m, cols)
-    weights = dequantize_ref(blocks, fmt).double()
-    exact, rounded = x.double() @ weights.T, _rounded_to_int16(x) @ weights.T
-    wide = torch.full((m, rows + 5), float("nan"))
-    for threads in (1, 2):
-        torch.set_num_threads(threads)
-        ops.matmul(lib, x, blocks, fmt, wide[:, 3:3 + rows])
-        got = wide[:, 3:3 + rows].double()
-        assert float((got - rounded).norm() / rounded.norm()) < 1e-5
-        assert float((got - exact).norm() / exact.norm()) < 2e-4
-        assert wide[:, :3].isnan().all() and wide[:, 3 + rows:].isnan().all()
+    for got in _matmuls_within_rounding(lib, x, blocks, fmt):
         # row by row against the few-x kernel: the same sums added in another order
         few = torch.cat([ops.matmul(lib, x[t:t + 8], blocks, fmt, torch.empty(min(8, m - t), rows))
                          for t in range(0, m, 8)]).double()
