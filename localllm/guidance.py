@@ -66,9 +66,11 @@ def validate_guidance(guidance: Guidance) -> None:
         raise _refusal(guidance, messages[0])
 
 
-def new_matcher(guidance: Guidance, tokenizer: llguidance.LLTokenizer) -> llguidance.LLMatcher:
-    """A matcher at the start of the grammar, for a model's tokenizer; ValueError as validate_guidance's."""
-    matcher = llguidance.LLMatcher(tokenizer, grammar_of(guidance), log_level=0)
+def new_matcher(guidance: Guidance, tokenizer: llguidance.LLTokenizer, grammar: str | None = None
+                ) -> llguidance.LLMatcher:
+    """A matcher at the start of the grammar (grammar_of(guidance), unless given), for a model's tokenizer;
+    ValueError as validate_guidance's."""
+    matcher = llguidance.LLMatcher(tokenizer, grammar or grammar_of(guidance), log_level=0)
     if matcher.is_error():
         raise _refusal(guidance, matcher.get_error())
     return matcher

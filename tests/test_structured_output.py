@@ -4,8 +4,10 @@ token-identical), under preemption, with n > 1, stop strings, prefix caching and
 from __future__ import annotations
 
 import json
+from concurrent.futures import Future
 
 import jsonschema_rs
+import llguidance
 import pytest
 
 from localllm import LLM, SamplingParams
@@ -127,6 +129,24 @@ def test_a_bad_grammar_is_refused_and_the_engine_goes_on(llm):
     with pytest.raises(ValueError, match="the JSON schema is invalid or unsupported: .*uniqueItems"):
         llm.generate([PROMPTS[0]], SamplingParams(guidance=Guidance("json_schema", '{"uniqueItems": true}')))
     assert_valid(llm.generate([PROMPTS[0]], guided(temperature=0))[0].outputs[0])
+
+
+def test_a_grammar_seen_before_compiles_while_the_prompt_is_computed(llm):
+    """The first request with a grammar compiles it at once (a bad one is refused there); a later one with the
+    same grammar gets its matcher from the compile pool, and samples the same tokens."""
+    grammar = Guidance("lark", 'start: "ab"+ "c"')   # new to this engine
+    core = llm.engine.core
+    params = SamplingParams(temperature=0, max_tokens=12, guidance=grammar)
+    for request_id in ("first", "second"):
+        core.add_request(request_id, PROMPTS[1], params)
+    first, second = core.requests["first"][0], core.requests["second"][0]
+    assert isinstance(first.matcher, llguidance.LLMatcher) and isinstance(second.matcher, Future)
+    tokens = {"first": [], "second": []}
+    while core.has_unfinished:
+        for event in core.step():
+            tokens[event.request_id].append(event.sampled.token_id)
+    assert tokens["first"] == tokens["second"] and len(tokens["first"]) > 1
+    assert isinstance(second.matcher, llguidance.LLMatcher) and second.matcher.is_accepting()
 
 
 def test_prefix_cache_hits_do_not_change_the_output(llm):

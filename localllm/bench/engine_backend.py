@@ -11,7 +11,7 @@ from localllm.bench.models import BenchModel
 from localllm.bench.roofline import model_shape
 from localllm.bench.speculative import SpeculationFigures
 from localllm.bench.workloads import Workload
-from localllm.sampling_params import SamplingParams
+from localllm.sampling_params import Guidance, SamplingParams
 
 
 def _file_bytes(bench_model: BenchModel, model, tp: int) -> int:
@@ -87,8 +87,12 @@ class EngineBackend:
             tokens += len(self.core.step())
         return tokens
 
-    def warm_up(self, prompt: list[int]) -> None:
+    def warm_up(self, prompt: list[int], guidance: Guidance | None = None) -> None:
+        """With guidance, also what a server does once, at its first guided request: reads the tokenizer for
+        grammars and compiles the grammar (later requests with it compile while their prompts are computed)."""
         self._add(prompt, _greedy(4))
+        if guidance is not None:
+            self._add(prompt, SamplingParams(temperature=0.0, max_tokens=4, guidance=guidance))
         self._run_to_completion()
 
     def time_to_first_token_s(self, prompt: list[int]) -> float:

@@ -102,7 +102,7 @@ def measure_grammar_cost(model: str, model_dir: Path, vocab_size: int, eos_token
     streams = [tokenizer.encode(text, add_special_tokens=False) for text in bench_documents(sequences)]
     seqs = [Sequence(f"bench-{i}", [0], SamplingParams(guidance=guidance)) for i in range(sequences)]
     for seq in seqs:
-        seq.matcher = matchers.start(guidance)
+        seq.matcher = matchers.start(guidance, background=False)
     positions = [0] * sequences
     logits = torch.zeros((sequences, vocab_size), device=device)
 
@@ -128,7 +128,7 @@ def measure_grammar_cost(model: str, model_dir: Path, vocab_size: int, eos_token
             if seq in ended and seq.matcher.is_error():
                 raise RuntimeError(f"the grammar refused document {i}: {seq.matcher.get_error()}")
             if seq in ended:   # the document is complete
-                seq.matcher, positions[i] = matchers.start(guidance), 0
+                seq.matcher, positions[i] = matchers.start(guidance, background=False), 0
     warm = times[len(times) // 4:]
     mask_s, upload_s, apply_s, advance_s = (sorted(column) for column in zip(*warm))
     median_ms = [statistics.median(column) * 1000 for column in (mask_s, upload_s, apply_s, advance_s)]

@@ -12,6 +12,7 @@ from localllm.bench.measure import GenerateStats
 from localllm.bench.models import BenchModel
 from localllm.bench.roofline import model_shape
 from localllm.bench.workloads import Workload
+from localllm.sampling_params import Guidance
 
 # tokens per KV block of transformers' continuous batching: the default of both 5.17 (block_size) and later
 # versions (page_size), left unset since the name changed between them
@@ -61,7 +62,8 @@ class HFBackend:
             raise RuntimeError(f"generate() gave {out.shape[1] - len(prompt)} tokens instead of {new_tokens}")
         return elapsed
 
-    def warm_up(self, prompt: list[int]) -> None:
+    def warm_up(self, prompt: list[int], guidance: Guidance | None = None) -> None:
+        """guidance: refused before a run gets here (transformers' runs are never guided)."""
         self._generate_s(prompt, 4)
 
     def time_to_first_token_s(self, prompt: list[int]) -> float:

@@ -14,6 +14,7 @@ from localllm.bench.device_limits import DeviceLimits
 from localllm.bench.roofline import ModelShape, decode_roofline, percent, prefill_floor_s
 from localllm.bench.speculative import SpeculationFigures
 from localllm.bench.workloads import Workload, prompt_vocab, random_prompts
+from localllm.sampling_params import Guidance
 
 
 @dataclass
@@ -32,7 +33,8 @@ class Backend(Protocol):
     shape: ModelShape
     load_s: float
 
-    def warm_up(self, prompt: list[int]) -> None: ...
+    def warm_up(self, prompt: list[int], guidance: Guidance | None = None) -> None:
+        """A short greedy request (and one under guidance, if given): compiles, graphs and one-time loads."""
 
     def time_to_first_token_s(self, prompt: list[int]) -> float: ...
 
@@ -160,7 +162,7 @@ def measure_latency(backend: Backend, limits: DeviceLimits, prompt_tokens: int =
 
 
 def measure_throughput(backend: Backend, limits: DeviceLimits, workload: Workload) -> ThroughputResult:
-    backend.warm_up(workload.prompts[0][:16])
+    backend.warm_up(workload.prompts[0][:16], workload.guidance)
     speculation = getattr(backend, "speculation", None)
     before = speculation() if speculation else None
     stats = backend.generate_all(workload)

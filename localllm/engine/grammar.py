@@ -1,7 +1,9 @@
 """Constrained decoding in the engine: an llguidance matcher per guided sequence, advanced by each token the
 sequence keeps, and each step's masks of the tokens those sequences may take next.
 
-The matchers of a step's tokens advance in one call. Masks are computed on the host (llguidance's executor, over its
+A grammar seen before compiles on a thread pool while the request's prompt is computed (only its first token needs
+the matcher); a new one compiles at once, so that a grammar that does not compile fails its request there. The
+matchers of a step's tokens advance in one call. Masks are computed on the host (llguidance's executor, over its
 own threads, started from a thread of their own so that the caller goes on) into a pinned buffer and copied to the
 device without waiting. With overlapped steps the core starts a guided step's masks as soon as the step before has
 been read back and its tokens consumed, and samples it at the start of the next step, just before that step's
@@ -11,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import threading
+from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +25,15 @@ import torch
 from localllm.cpu_cores import available_cores
 from localllm.engine.batch import to_device
 from localllm.engine.request import Sequence
-from localllm.guidance import llguidance_tokenizer, new_matcher
+from localllm.guidance import grammar_of, llguidance_tokenizer, new_matcher
 from localllm.sampling_params import Guidance
 
 
 # the pool size from which advancing matchers through it beats doing it in the caller: on 2 cores, 256 matchers took
 # 2.1 ms one by one and 4.1 ms through the pool (its hand-offs cost more than a consume, a few microseconds)
 PARALLEL_CONSUME_THREADS = 4
+# grammars remembered as compiling with the engine's tokenizer (their llguidance text, a few kB for a JSON schema)
+KNOWN_GRAMMARS = 256
 
 
 def mask_threads() -> int:
@@ -82,12 +87,27 @@ class GrammarMatchers:
         self.consumes_in_parallel = threads >= PARALLEL_CONSUME_THREADS
         # one caller thread: a step's masks are computed (llguidance releases the GIL) while the host goes on
         self.background = ThreadPoolExecutor(1, thread_name_prefix="grammar-masks")
+        # compiling releases the GIL too: 256 requests' matchers (~1.5-2.5 ms each) stalled the engine's loop 0.4 s
+        self.compiler = ThreadPoolExecutor(threads, thread_name_prefix="grammar-compile")
+        self.known_grammars: OrderedDict[str, None] = OrderedDict()
 
-    def start(self, guidance: Guidance) -> llguidance.LLMatcher:
-        """A matcher at the start of the grammar, compiled anew (~1-2 ms for a JSON schema); ValueError naming what
-        is wrong with a grammar that does not compile. Not a deep_copy of a cached one: copies share state that
-        llguidance's threads then take turns on, and 256 copies' masks took as long on 64 cores as on one."""
-        return new_matcher(guidance, self.tokenizer)
+    def start(self, guidance: Guidance, background: bool = True) -> llguidance.LLMatcher | Future:
+        """A matcher at the start of the grammar, compiled anew (~1-2 ms for a JSON schema): for a grammar that has
+        compiled before (with this tokenizer: the outcome is the same), a Future of it compiled on the pool unless
+        not background; otherwise compiled now, ValueError naming what is wrong with a grammar that does not
+        compile. Not a deep_copy of a cached one: copies share state that llguidance's threads then take turns on,
+        and 256 copies' masks took as long on 64 cores as on one."""
+        grammar = grammar_of(guidance)
+        if grammar in self.known_grammars:
+            self.known_grammars.move_to_end(grammar)
+            if background:
+                return self.compiler.submit(new_matcher, guidance, self.tokenizer, grammar)
+            return new_matcher(guidance, self.tokenizer, grammar)
+        matcher = new_matcher(guidance, self.tokenizer, grammar)
+        self.known_grammars[grammar] = None
+        if len(self.known_grammars) > KNOWN_GRAMMARS:
+            self.known_grammars.popitem(last=False)
+        return matcher
 
     def advance(self, seqs: list[Sequence], token_ids: list[int]) -> set[Sequence]:
         """Advances the matchers of the guided, unfinished sequences by the tokens they keep (token_ids[i] is
@@ -95,6 +115,8 @@ class GrammarMatchers:
         follow, or broken by the token, which the mask allows only when it left no token."""
         guided = [(seq, token_id) for seq, token_id in zip(seqs, token_ids)
                   if seq.matcher is not None and not seq.is_finished]
+        for seq, _ in guided:
+            compiled(seq)
         if len(guided) > 1 and self.consumes_in_parallel:
             consumed = self.executor.consume_token_par([(seq.matcher, token_id) for seq, token_id in guided])
         else:
@@ -108,6 +130,8 @@ class GrammarMatchers:
         rows = [row for row, seq in enumerate(seqs) if seq.matcher is not None and not seq.is_finished]
         if not rows:
             return None
+        for row in rows:
+            compiled(seqs[row])
         bits = torch.empty((len(rows), self.words), dtype=torch.int32, pin_memory=self.device.type == "cuda")
         fill = functools.partial(llguidance.numpy.fill_next_token_bitmask_par, self.executor,
                                  [(seqs[row].matcher, i) for i, row in enumerate(rows)], bits.numpy())
@@ -133,6 +157,13 @@ class GrammarMatchers:
         """The masks of this step's guided rows, computed before this returns (see start_masks)."""
         pending = self.start_masks(seqs, background=False)
         return pending.result() if pending is not None else None
+
+
+def compiled(seq: Sequence) -> llguidance.LLMatcher:
+    """The sequence's matcher, waiting for it if it is still being compiled (GrammarMatchers.start)."""
+    if isinstance(seq.matcher, Future):
+        seq.matcher = seq.matcher.result()
+    return seq.matcher
 
 
 @dataclass(frozen=True)

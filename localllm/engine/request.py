@@ -10,6 +10,8 @@ from localllm.pooling_params import PoolingParams
 from localllm.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     import llguidance
     import torch
 
@@ -51,9 +53,10 @@ class Sequence:
         self.num_hashed_blocks = 0              # leading blocks already registered in the prefix cache
         self.finish_reason: str | None = None
         self.generator: torch.Generator | None = None   # set by the core, on the device that samples
-        # A guided request's grammar state, set by the core; it has consumed every output token read back so far.
-        # Preemption keeps the tokens (recomputing only their KV), so the state stays valid through it.
-        self.matcher: llguidance.LLMatcher | None = None
+        # A guided request's grammar state, set by the core (a Future while it compiles); it has consumed every
+        # output token read back so far. Preemption keeps the tokens (recomputing only their KV), so the state stays
+        # valid through it.
+        self.matcher: llguidance.LLMatcher | Future[llguidance.LLMatcher] | None = None
         # Tokens sampled by steps still in flight, not yet read back; the next step takes its input on the device
         # from row pending_index of the latest such step's sampled tokens.
         self.num_pending = 0
