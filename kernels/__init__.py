@@ -15,6 +15,7 @@ Triton kernels (each module imports triton when imported; import them only where
   gemv.gemv                         y = x @ W^T for a few token rows, with the RMSNorm or SiLU-and-mul before
                                     it and the residual add after it fused in
   pdl                               programmatic dependent launch of a decode step's kernels (Hopper)
+  sample.sample_tokens              a step's tokens by temperature alone (greedy rows beside them) in one launch
 Plain data: block_formats (the quantized block formats: sizes, the GGUF types kept as blocks)
 Plain torch (no triton; the ground truth of the tests and the CPU path of localllm.layers):
   paged_attention_ref               store_kvcache, decode_attention, prefill_attention, paged_attention_varlen
@@ -25,6 +26,7 @@ Plain torch (no triton; the ground truth of the tests and the CPU path of locall
   quant_blocks_ref                  block dequantizers (bit-exact with gguf's) and quant_matmul_ref
   quant_planes_ref                  the GPU layout: blocks repacked into planes and back, planes_matmul_ref
   quantize_ref                      round-to-nearest quantizers into the block formats
-tests/test_kernels.py and tests/test_fused_kernels.py check every kernel against its reference under Triton's
+  sample_ref                        softmax + inverse CDF over the whole vocabulary, the reference of sample
+tests/test_kernels.py, tests/test_fused_kernels.py and tests/test_sample_kernel.py check every kernel against its reference under Triton's
 interpreter; scripts/gpu_kernel_check.py does so on a GPU in bf16 and times them.
 """

@@ -72,3 +72,12 @@ def test_decode_gemv_compiles_as_a_dependent_launch_without_spills(prologue, res
                                       BLOCK_N=4, BLOCK_K=512, USE_PDL=True), {}, floats=("eps",))
     assert "griddepcontrol.wait" in ptx and "griddepcontrol.launch_dependents" in ptx
     assert "ld.local" not in ptx and "st.local" not in ptx
+
+
+@pytest.mark.parametrize("dtype", ["*bf16", "*fp32"])
+def test_sample_kernel_compiles_without_spills(dtype):
+    from localllm.kernels import sample
+
+    pointers = {"logits_ptr": dtype, "temperature_ptr": "*fp32", "uniform_ptr": "*fp32", "out_ptr": "*i64"}
+    ptx = _compile(sample._sample_kernel, dict(BLOCK=sample.BLOCK), pointers, num_warps=8)
+    assert ".entry _sample_kernel" in ptx and "ld.local" not in ptx and "st.local" not in ptx

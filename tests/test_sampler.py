@@ -282,3 +282,19 @@ def test_seeded_row_ignores_its_batch_and_position():
 
 def test_different_seeds_different_streams():
     assert stream(row(SEEDED, seed=11)) != stream(row(SEEDED, seed=12))
+
+
+def test_the_gpu_kernels_reference_chooses_what_the_sampler_does():
+    """On a GPU, rows sampled by temperature alone (and greedy rows beside them) take their tokens from
+    kernels.sample in one launch; its reference must choose what this module's own path does, uniform for uniform."""
+    from localllm.kernels.sample_ref import sample_tokens_ref
+
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(6, 300, generator=g) * 4
+    logits[1, ::3] = math.nan
+    logits[2] = -math.inf
+    params = [SamplingParams(temperature=t) for t in (0.7, 1.0, 1.3, 0.0, 0.2, 2.0)]
+    rows = [row(p, seed=40 + i) for i, p in enumerate(params)]
+    uniforms = sampler_module.uniforms_of([row(p, seed=40 + i) for i, p in enumerate(params)], logits.device)
+    temperature = torch.tensor([p.temperature for p in params])
+    assert torch.equal(Sampler.token_ids(logits, rows), sample_tokens_ref(logits, temperature, uniforms))

@@ -48,7 +48,7 @@ class Sampler:
         """The chosen token ids, left on the logits' device, for rows that need neither penalties nor logprobs
         (see needs_host): with a GPU, the host goes on without waiting for them (except for top-p rows whose
         nucleus may be wider than NUCLEUS_WINDOW, which look at the result)."""
-        return _choose_tokens(logits.float(), rows)
+        return _choose_tokens(logits, rows)
 
     @staticmethod
     def reads_history(params: SamplingParams) -> bool:
@@ -143,16 +143,31 @@ def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _choose_tokens(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    """logits: any float dtype; they are compared and transformed in float32."""
     greedy = [i for i, row in enumerate(rows) if row.params.greedy]
     sampled = [i for i, row in enumerate(rows) if not row.params.greedy]
     if not sampled:
-        return greedy_tokens(logits)
+        return greedy_tokens(logits.float())
+    if logits.is_cuda and all(_by_temperature_alone(row.params) for row in rows):
+        # one launch reading the logits at most twice, where softmax + cumsum + search pass over them ~10 times
+        from localllm.kernels.sample import sample_tokens
+
+        temperature = to_device(torch.tensor([0.0 if row.params.greedy else row.params.temperature for row in rows]),
+                                logits.device)
+        return sample_tokens(logits.contiguous(), temperature, uniforms_of(rows, logits.device))
+    logits = logits.float()
     if not greedy:
         return _sample(logits, rows)
     token_ids = torch.empty(len(rows), dtype=torch.long, device=logits.device)
     token_ids[greedy] = greedy_tokens(logits[greedy])
     token_ids[sampled] = _sample(logits[sampled], [rows[i] for i in sampled])
     return token_ids
+
+
+def _by_temperature_alone(params: SamplingParams) -> bool:
+    """Whether a row's token is chosen from the whole vocabulary by temperature (or greedily), as
+    kernels.sample_ref.sample_tokens_ref chooses it: no top-k, top-p or min-p."""
+    return params.top_k <= 0 and params.top_p >= 1.0 and params.min_p <= 0.0
 
 
 def _sample(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
