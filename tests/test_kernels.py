@@ -143,7 +143,12 @@ def test_split_k_is_chosen_automatically_for_long_decodes(K, monkeypatch):
     assert split.use_split_kv(1, 4096, 32, 8, num_sms=132)
     assert not split.use_split_kv(1, split.SPLIT_MIN_CONTEXT, 1, 8, num_sms=132)      # short contexts
     assert not split.use_split_kv(2, 100_000, 1, 8, num_sms=132)                       # not all decodes
-    assert not split.use_split_kv(1, 100_000, 64, 8, num_sms=132)                      # the one-pass grid fills the GPU
+    assert split.use_split_kv(1, 100_000, 64, 8, num_sms=132)       # a full grid still balances long and short contexts
+    large = split._split_config(256, 8, 4096, True, 132)
+    assert large["PARTITION"] == 512 and large["MIN_PARTITION"] == split.BALANCE_MIN_PARTITION   # 8 partitions
+    assert split._split_config(256, 8, 40960, True, 132)["PARTITION"] == 8192                 # at most 8
+    assert split._split_config(256, 8, 300, True, 132)["PARTITION"] == 256                    # 2 of >= 256 tokens
+    assert split._split_config(4, 8, 4096, True, 132)["MIN_PARTITION"] == 64                  # small batch as before
     calls = []
     original = split._decode_split_kernel
 
