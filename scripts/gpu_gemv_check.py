@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_kernel_check import graph_time_us, open_gpu  # noqa: E402
+from gpu_common import graph_time_us, open_gpu  # noqa: E402
 
 COPY_TB_S = 4.18            # H200 copy bandwidth, as `localllm bench` measures it
 L2_MISS_BYTES = 256 << 20   # weights rotated over copies of at least this many bytes miss the L2

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_kernel_check import graph_time_us, open_gpu  # noqa: E402
+from gpu_common import graph_time_us, open_gpu  # noqa: E402
 
 FORMATS = ["Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "int4_g128", "fp8_e4m3_g128"]
 # (name, N, K) of Llama-3.1-8B's matrices: fused q/k/v, o, fused gate/up, down, LM head

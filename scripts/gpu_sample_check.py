@@ -21,7 +21,7 @@ from localllm.kernels.sample_ref import sample_tokens_ref
 from localllm.sampling_params import SamplingParams
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_kernel_check import open_gpu  # noqa: E402
+from gpu_common import open_gpu  # noqa: E402
 
 VOCAB = 151936
 
