@@ -86,6 +86,10 @@ class Client:
     def chat(self, model: str, messages: list[dict], **params) -> dict:
         return self._json("POST", "/v1/chat/completions", json={"model": model, "messages": messages, **params})
 
+    def completion(self, model: str, prompt: str | list[int], **params) -> dict:
+        """/v1/completions of one prompt (text, or token ids)."""
+        return self._json("POST", "/v1/completions", json={"model": model, "prompt": prompt, **params})
+
     def chat_stream(self, model: str, messages: list[dict], **params) -> Iterator[dict]:
         """The answer's chunks (OpenAI chat.completion.chunk dicts) as they arrive; closing the iterator early
         aborts the request in the daemon."""
