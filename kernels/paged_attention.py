@@ -160,7 +160,6 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     assert kv_dim == head_dim and v_cache.shape == k_cache.shape and num_heads % num_kv_heads == 0
     assert query_start_loc.shape[0] == num_seqs + 1 and block_tables.shape[0] >= num_seqs
     assert q.stride(-1) == 1 and k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1
-    group = num_heads // num_kv_heads
     if out is None:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     assert out.shape == q.shape and out.stride(-1) == 1
@@ -168,7 +167,6 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         return out
     window = int(sliding_window or 0)
     scale_log2 = float(scale) * _LOG2E
-    block_d = pow2_at_least(head_dim, 16)
     on_gpu = q.device.type == "cuda" or GPU_TILES_EVERYWHERE
     # Triton's float32 dot runs in TF32 (10-bit mantissa) unless told otherwise: enough to flip greedy tokens
     # against transformers' float32, which the exact path promises; bf16/fp16 inputs are unaffected.
@@ -176,15 +174,25 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     common_strides = (k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
                       v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0))
 
-    is_decode = max_query_len == 1
     if split_kv is None:
         split_kv = use_split_kv(max_query_len, max_context_len, num_seqs, num_kv_heads, sm_count(q.device))
     if split_kv:
-        assert is_decode, "split-K is for steps whose sequences all have one query"
+        assert max_query_len == 1, "split-K is for steps whose sequences all have one query"
         split_decode(q, k_cache, v_cache, block_tables, query_start_loc, context_lens, out, scale_log2, window,
                      common_strides, dot_precision, max_context_len, partition_size, on_gpu)
         return out
+    _one_pass(q, k_cache, v_cache, out, block_tables, query_start_loc, context_lens, scale_log2, window,
+              common_strides, dot_precision, max_query_len, max_context_len, on_gpu)
+    return out
 
+
+def _one_pass(q, k_cache, v_cache, out, block_tables, query_start_loc, context_lens, scale_log2, window,
+              common_strides, dot_precision, max_query_len, max_context_len, on_gpu) -> None:
+    """paged_attention's one-pass kernel: a program per (query tile, KV head), or per (sequence, KV head) to decode."""
+    num_tokens, num_heads, head_dim = q.shape
+    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    num_seqs, group = context_lens.shape[0], num_heads // num_kv_heads
+    is_decode = max_query_len == 1
     if is_decode:
         cfg = _decode_config(num_seqs, num_kv_heads, max_context_len, on_gpu)
         block_m, block_q = pow2_at_least(group, 16), 1
@@ -198,8 +206,8 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         q, k_cache, v_cache, out, block_tables, query_start_loc, context_lens,
         scale_log2, window, num_seqs,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), *common_strides,
-        HEAD_DIM=head_dim, BLOCK_D=block_d, GROUP=group, BLOCK_Q=block_q, BLOCK_M=block_m, BLOCK_N=cfg["BLOCK_N"],
-        BLOCK_SIZE=block_size, SLIDING=window > 0, IS_DECODE=is_decode, K_ROWS=cfg.get("K_ROWS", False),
-        DOT_PRECISION=dot_precision, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        HEAD_DIM=head_dim, BLOCK_D=pow2_at_least(head_dim, 16), GROUP=group, BLOCK_Q=block_q, BLOCK_M=block_m,
+        BLOCK_N=cfg["BLOCK_N"], BLOCK_SIZE=block_size, SLIDING=window > 0, IS_DECODE=is_decode,
+        K_ROWS=cfg.get("K_ROWS", False), DOT_PRECISION=dot_precision, num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
     )
-    return out
