@@ -21,7 +21,7 @@ from pathlib import Path
 from localllm import settings
 
 log = logging.getLogger("localllm.cpu_kernels")
-SOURCES = ("quant_gemv.c", "quant_gemm.c", "decode_ops.c", "decode_step.c", "work_pool.c")
+SOURCES = ("quant_blocks.c", "quant_gemv.c", "quant_gemm.c", "decode_ops.c", "decode_step.c", "work_pool.c")
 HEADERS = ("lq_kernels.h",)
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp-simd", "-shared", "-fPIC", "-std=gnu11", "-pthread")
 

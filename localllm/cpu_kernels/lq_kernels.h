@@ -1,7 +1,9 @@
-/* The kernels of quant_gemv.c, quant_gemm.c and decode_ops.c, shared by decode_step.c. */
+/* The kernels of quant_blocks.c, quant_gemv.c, quant_gemm.c and decode_ops.c, shared by decode_step.c. */
 #ifndef LQ_KERNELS_H
 #define LQ_KERNELS_H
 #include <stdint.h>
+
+static const int LQ_BLOCK_BYTES[] = {18, 20, 34};   /* a Q4_0, Q4_1, Q8_0 block of 32 weights */
 
 typedef void (*lq_chunk_fn)(void *ctx, int64_t chunk);
 void lq_parallel(lq_chunk_fn fn, void *ctx, int64_t chunks, int threads);

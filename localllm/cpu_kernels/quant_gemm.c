@@ -1,7 +1,8 @@
-/* A matmul over GGUF block rows (Q4_0, Q4_1, Q8_0) for many rows of x (a prefill), x rounded to int16 per 32
- * values as lq_matmul rounds it (quant_gemv.c), the products summed by vpmaddwd: 16 multiply-adds an instruction
- * against a float32 FMA's 8. Measured on AVX2 Zen 3 cores, a multiply-add and the add that accumulates it cost about
- * 1.5 FMAs, so this runs at 1.2-1.3x torch's float32 GEMM over dequantized weights, and skips the dequantizing.
+/* A matmul over GGUF block rows (Q4_0, Q4_1, Q8_0) for many rows of x (a prefill), x rounded to int16 per 32 values
+ * as lq_matmul rounds it (lq_quantize_x, quant_blocks.c), the products summed by vpmaddwd: 16 multiply-adds an
+ * instruction against a float32 FMA's 8. Measured on AVX2 Zen 3 cores, a multiply-add and the add that accumulates
+ * it cost about 1.5 FMAs, so this runs at 1.2-1.3x torch's float32 GEMM over dequantized weights, and skips the
+ * dequantizing.
  *
  * The weights are decoded once into int16 panels of PANEL_ROWS rows, laid out for the inner loop (a vector = 8 rows
  * x 2 consecutive columns), x is rounded once, then tiles (a panel x a chunk of x rows small enough to stay in L2)

@@ -1,14 +1,9 @@
 /* Matmuls over GGUF block rows as they are in memory (Q4_0, Q4_1, Q8_0), float32 activations in and out.
  *
- * A weight [rows, cols] is rows x (cols / 32) blocks (kernels/block_formats.py): Q4_0 = f16 d, 16 bytes of
- * nibbles, w = d * (q - 8); Q4_1 = f16 d, f16 m, 16 bytes, w = d * q + m; Q8_0 = f16 d, 32 int8, w = d * q.
- * A nibble byte j holds weight j (low) and weight j + 16 (high).
- *
- * lq_dequantize writes the weights exactly as gguf's dequantize computes them (the same float32 operations, built
- * with -ffp-contract=off so that none is fused). lq_matmul never writes them out: x is rounded to int16 per
- * block (quantize_block), each block's products sum exactly in int32, and the scale and the minimum apply once,
- * sum_j (d q_j + m) x_j = d sum_j q_j x_j + m sum_j x_j, so it agrees with dequantize-then-matmul to x's rounding
- * (relative 2e-5). Rows are shared out in chunks over the threads of work_pool.c; for one x (batch-1 decode) each
+ * The blocks' layout, their decoding one at a time and x's rounding are in quant_blocks.c. lq_matmul never writes
+ * the weights out: x is rounded to int16 per block (lq_quantize_x), each block's products sum exactly in int32,
+ * and the scale and the minimum apply once, sum_j (d q_j + m) x_j = d sum_j q_j x_j + m sum_j x_j, so it agrees
+ * with dequantize-then-matmul to x's rounding (relative 2e-5). Rows are shared out in chunks over the threads of work_pool.c; for one x (batch-1 decode) each
  * chunk goes 4 rows at a time, prefetching ahead (rows_dot_fmt): 25-30% less time than a row at a time. Several x
  * (batched decode) go 8 at a time against each row, its blocks decoded once for the 8 (group_dot_fmt); from
  * GEMM_MIN_M x on (prefill), quant_gemm.c's tiles take over.
@@ -24,127 +19,11 @@
 #endif
 
 enum { FMT_Q4_0 = 0, FMT_Q4_1 = 1, FMT_Q8_0 = 2 };
-enum { QK = 32, XQ_BYTES = 2 * QK, X_LEVELS = 32767, MAX_M = 4, GROUP_M = 8, ROWS_PER_CHUNK = 32 };
+enum { QK = 32, XQ_BYTES = 2 * QK, MAX_M = 4, GROUP_M = 8, ROWS_PER_CHUNK = 32 };
 /* x from which lq_gemm is faster (it decodes the whole matrix first: 1.3-1.6x slower at 32 x, faster at 64) */
 enum { GEMM_MIN_M = 64 };
 /* batch-1 rows per pass over x, and how many such groups ahead their weights are prefetched (2 measured best of 1-4) */
 enum { ROWS_AT_ONCE = 4, PREFETCH_GROUPS = 2 };
-
-static const int BLOCK_BYTES[] = {18, 20, 34};
-
-int64_t lq_row_bytes(int fmt, int64_t cols) { return cols / QK * BLOCK_BYTES[fmt]; }
-
-static inline float f16_to_f32(const uint8_t *p) {
-#ifdef __F16C__
-    uint16_t bits16;
-    memcpy(&bits16, p, 2);
-    return _cvtsh_ss(bits16);
-#else
-    uint16_t h = (uint16_t)(p[0] | (p[1] << 8));
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1F, man = h & 0x3FF, bits;
-    if (exp == 0x1F) {
-        bits = sign | 0x7F800000u | (man << 13);
-    } else if (exp != 0) {
-        bits = sign | ((exp + 112) << 23) | (man << 13);
-    } else if (man == 0) {
-        bits = sign;
-    } else {   /* subnormal: normalise */
-        exp = 113;
-        while (!(man & 0x400)) { man <<= 1; exp--; }
-        bits = sign | (exp << 23) | ((man & 0x3FF) << 13);
-    }
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-#endif
-}
-
-/* A block's quants as 32 integers (Q4: 0..15, Q8: -128..127) and its scale and minimum: w = d * q + m, except
- * Q4_0, whose q is shifted (q - 8) and m is 0, as gguf computes it. */
-void lq_block_quants(int fmt, const uint8_t *b, int32_t *q, float *d, float *m) {
-    *d = f16_to_f32(b);
-    *m = 0.0f;
-    if (fmt == FMT_Q8_0) {
-        for (int j = 0; j < QK; j++) q[j] = (int8_t)b[2 + j];
-        return;
-    }
-    const uint8_t *qs = b + (fmt == FMT_Q4_1 ? 4 : 2);
-    int shift = fmt == FMT_Q4_0 ? 8 : 0;
-    if (fmt == FMT_Q4_1) *m = f16_to_f32(b + 2);
-    for (int j = 0; j < 16; j++) {
-        q[j] = (qs[j] & 0x0F) - shift;
-        q[j + 16] = (qs[j] >> 4) - shift;
-    }
-}
-
-typedef struct {
-    int fmt;
-    const uint8_t *w;
-    int64_t rows, cols;
-    float *out;
-} dequantize_job;
-
-static void dequantize_rows(void *ctx, int64_t chunk) {
-    const dequantize_job *j = ctx;
-    int64_t nb = j->cols / QK, bytes = BLOCK_BYTES[j->fmt], last = (chunk + 1) * ROWS_PER_CHUNK;
-    for (int64_t r = chunk * ROWS_PER_CHUNK; r < (last < j->rows ? last : j->rows); r++) {
-        for (int64_t i = 0; i < nb; i++) {
-            int32_t q[QK];
-            float d, m;
-            lq_block_quants(j->fmt, j->w + (r * nb + i) * bytes, q, &d, &m);
-            float *o = j->out + r * j->cols + i * QK;
-            if (j->fmt == FMT_Q8_0) {
-                for (int k = 0; k < QK; k++) o[k] = (float)q[k] * d;
-            } else if (j->fmt == FMT_Q4_1) {
-                for (int k = 0; k < QK; k++) o[k] = d * (float)q[k] + m;
-            } else {
-                for (int k = 0; k < QK; k++) o[k] = d * (float)q[k];
-            }
-        }
-    }
-}
-
-void lq_dequantize(int fmt, const uint8_t *w, int64_t rows, int64_t cols, float *out, int threads) {
-    dequantize_job job = {fmt, w, rows, cols, out};
-    lq_parallel(dequantize_rows, &job, (rows + ROWS_PER_CHUNK - 1) / ROWS_PER_CHUNK, threads);
-}
-
-/* Each block of x (32 values) as int16 X = round(x * 32767 / max|x|) (a rounding error of at most 1.5e-5 of the
- * block's largest value; bfloat16's is 4e-3; llama.cpp's int8 x, 0.4%, costs greedy agreement with the exact path
- * here: 98.8% over 1,000 tokens), XQ_BYTES a block, and beside: pairs[2 * block] = the scale max|x| / 32767,
- * pairs[2 * block + 1] = scale * sum(X). The minimum's term uses that rounded sum, so that the block's weights
- * d q + m meet one rounded x (with x's exact sum, x's rounding error would meet d q alone, not centred on 0). */
-static void quantize_block(const float *xb, int16_t *q, float *pair) {
-    float amax = 0.0f;
-#pragma omp simd reduction(max : amax)
-    for (int j = 0; j < QK; j++) amax = fabsf(xb[j]) > amax ? fabsf(xb[j]) : amax;
-    float inv = amax > 0.0f ? (float)X_LEVELS / amax : 0.0f;
-    int32_t sum = 0;
-#ifdef __AVX2__   /* the same rounding as lrintf (to nearest even), 8 at a time */
-    __m256i v[4], total = _mm256_setzero_si256();
-    for (int k = 0; k < 4; k++) {
-        v[k] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + 8 * k), _mm256_set1_ps(inv)));
-        total = _mm256_add_epi32(total, v[k]);
-    }
-    /* the pack interleaves 128-bit lanes: the permutation puts the 64-bit groups back in order */
-    _mm256_storeu_si256((__m256i *)q, _mm256_permute4x64_epi64(_mm256_packs_epi32(v[0], v[1]), 0xD8));
-    _mm256_storeu_si256((__m256i *)(q + 16), _mm256_permute4x64_epi64(_mm256_packs_epi32(v[2], v[3]), 0xD8));
-    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
-    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
-    sum = _mm_cvtsi128_si32(_mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1)));
-#else
-    for (int j = 0; j < QK; j++) sum += q[j] = (int16_t)lrintf(xb[j] * inv);
-#endif
-    pair[0] = amax / (float)X_LEVELS;
-    pair[1] = pair[0] * (float)sum;
-}
-
-void lq_quantize_x(const float *x, int64_t m, int64_t ldx, int64_t cols, int16_t *xq, float *pairs) {
-    int64_t nb = cols / QK;
-    for (int64_t t = 0; t < m; t++)
-        for (int64_t i = 0; i < nb; i++)
-            quantize_block(x + t * ldx + i * QK, xq + (t * nb + i) * QK, pairs + 2 * (t * nb + i));
-}
 
 #ifdef __AVX2__
 static float hsum(__m256 v) {
@@ -190,7 +69,7 @@ static inline __attribute__((always_inline)) void row_dot_fmt(int fmt, const uin
                                                               const int16_t *xq, const float *pairs, float *y) {
     __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
     __m128 mins[2] = {_mm_setzero_ps(), _mm_setzero_ps()};
-    int64_t bytes = BLOCK_BYTES[fmt];
+    int64_t bytes = LQ_BLOCK_BYTES[fmt];
     for (int64_t i = 0; i < nb; i++) {
         __m128 dm;
         __m256i w1, w0 = block_weights(fmt, row + i * bytes, &dm, &w1);
@@ -213,7 +92,7 @@ static inline __attribute__((always_inline)) void group_dot_fmt(int fmt, const u
                                                                 float *y) {
     __m256 acc[GROUP_M], mins = _mm256_setzero_ps();
     float dsx[GROUP_M] __attribute__((aligned(32)));
-    int64_t bytes = BLOCK_BYTES[fmt];
+    int64_t bytes = LQ_BLOCK_BYTES[fmt];
     for (int t = 0; t < n; t++) acc[t] = _mm256_setzero_ps();
     for (int64_t i = 0; i < nb; i++) {
         __m128 dm;
@@ -254,7 +133,7 @@ static inline __attribute__((always_inline)) void rows_dot_fmt(int fmt, const ui
                                                                float *y) {
     __m256 acc[ROWS_AT_ONCE];
     __m128 mins[ROWS_AT_ONCE];
-    int64_t bytes = BLOCK_BYTES[fmt];
+    int64_t bytes = LQ_BLOCK_BYTES[fmt];
     for (int r = 0; r < ROWS_AT_ONCE; r++) {
         acc[r] = _mm256_setzero_ps();
         mins[r] = _mm_setzero_ps();
@@ -295,7 +174,7 @@ static void row_dot(int fmt, const uint8_t *row, int64_t nb, const int16_t *xq, 
 /* Without AVX2: the same sums in plain C. */
 static void row_dot(int fmt, const uint8_t *row, int64_t nb, const int16_t *xq, const float *pairs,
                     int m, float *y) {
-    int64_t bytes = BLOCK_BYTES[fmt];
+    int64_t bytes = LQ_BLOCK_BYTES[fmt];
     for (int t = 0; t < m; t++) y[t] = 0.0f;
     for (int64_t i = 0; i < nb; i++) {
         int32_t q[QK];
@@ -327,7 +206,7 @@ typedef struct {
 #ifdef __AVX2__
 static void matmul_rows(void *ctx, int64_t chunk) {
     const matmul_job *j = ctx;
-    int64_t nb = j->cols / QK, row_bytes = nb * BLOCK_BYTES[j->fmt], last = (chunk + 1) * ROWS_PER_CHUNK;
+    int64_t nb = j->cols / QK, row_bytes = nb * LQ_BLOCK_BYTES[j->fmt], last = (chunk + 1) * ROWS_PER_CHUNK;
     int64_t r = chunk * ROWS_PER_CHUNK, end = last < j->rows ? last : j->rows;
     if (j->m == 1) {
         for (; r + ROWS_AT_ONCE <= end; r += ROWS_AT_ONCE)
@@ -361,7 +240,7 @@ static void scales_by_group(const float *pairs, int64_t m, int64_t nb, float *sc
 #else
 static void matmul_rows(void *ctx, int64_t chunk) {
     const matmul_job *j = ctx;
-    int64_t nb = j->cols / QK, row_bytes = nb * BLOCK_BYTES[j->fmt], last = (chunk + 1) * ROWS_PER_CHUNK;
+    int64_t nb = j->cols / QK, row_bytes = nb * LQ_BLOCK_BYTES[j->fmt], last = (chunk + 1) * ROWS_PER_CHUNK;
     for (int64_t r = chunk * ROWS_PER_CHUNK; r < (last < j->rows ? last : j->rows); r++) {
         for (int64_t t0 = 0; t0 < j->m; t0 += MAX_M) {
             int n = (int)(j->m - t0 < MAX_M ? j->m - t0 : MAX_M);
