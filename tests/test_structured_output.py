@@ -145,7 +145,7 @@ def test_a_grammar_seen_before_compiles_while_the_prompt_is_computed(llm):
     while core.has_unfinished:
         for event in core.step():
             tokens[event.request_id].append(event.sampled.token_id)
-    assert tokens["first"] == tokens["second"] and len(tokens["first"]) > 1
+    assert tokens["first"] == tokens["second"] and tokens["first"]
     assert isinstance(second.matcher, llguidance.LLMatcher) and not second.matcher.is_error()
 
 
