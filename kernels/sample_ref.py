@@ -12,7 +12,9 @@ FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
 def preferences(logits: torch.Tensor) -> torch.Tensor:
-    """float32 logits with NaN -> -inf and +inf -> the largest float32."""
+    """A float32 copy where NaN is -inf (never chosen while any other token is left) and +inf the largest float32
+    (the tokens at +inf share the probability, where they would make the softmax NaN); -inf stays impossible.
+    Whatever a model or an extreme setting produces, what comes out of sampling is then a token of the vocabulary."""
     return logits.float().nan_to_num(nan=-math.inf, posinf=FLOAT32_MAX, neginf=-math.inf)
 
 

@@ -9,6 +9,7 @@ import torch
 
 from localllm.engine.batch import to_device
 from localllm.engine.events import SampledToken
+from localllm.kernels.sample_ref import preferences
 from localllm.sampling_params import SamplingParams
 
 # A row with top-p but no top-k looks for its nucleus among this many best tokens first: a full
@@ -18,7 +19,6 @@ NUCLEUS_WINDOW = 1024
 # float32 cumulative sums are off by about 1e-7 per term; without some slack a nucleus that reaches
 # top_p exactly (0.3 + 0.3 for top_p 0.6) could take in one token more.
 TOP_P_SLACK = 1e-6
-FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
 @dataclass
@@ -128,18 +128,9 @@ def _apply_presence_and_frequency_penalties(logits: torch.Tensor, row_index: lis
     logits[at] -= presence + frequency * counts
 
 
-def _finite_preferences(logits: torch.Tensor) -> torch.Tensor:
-    """A copy where NaN is -inf (never chosen while any other token is left) and +inf the largest float32 (the
-    tokens at +inf share the probability, where they would make the softmax NaN); -inf stays impossible.
-
-    Whatever a model or an extreme setting produces, what comes out of sampling is then a token of the vocabulary.
-    """
-    return logits.nan_to_num(nan=-math.inf, posinf=FLOAT32_MAX, neginf=-math.inf)
-
-
 def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
     """The best token of each row (the first one where nothing is finite: argmax alone would pick a NaN)."""
-    return _finite_preferences(logits).argmax(-1)
+    return preferences(logits).argmax(-1)
 
 
 def _choose_tokens(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
@@ -201,7 +192,7 @@ def _sample_group(scaled: torch.Tensor, rows: list[SamplingRow], uniforms: torch
 
 def _scaled(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
     temperature = to_device(torch.tensor([row.params.temperature for row in rows]), logits.device)
-    return _with_a_candidate_in_every_row(_finite_preferences(logits / temperature[:, None]))
+    return _with_a_candidate_in_every_row(preferences(logits / temperature[:, None]))
 
 
 def _with_a_candidate_in_every_row(scaled: torch.Tensor) -> torch.Tensor:
@@ -341,7 +332,7 @@ def sampled_tokens(logits: torch.Tensor, rows: list[SamplingRow], token_ids: tor
     # but before temperature, top-k, top-p and min-p, so they describe the model rather than each
     # request's sampling settings and stay comparable across requests.
     # (a row with no finite logit has every logprob -inf rather than NaN)
-    logprobs = _finite_preferences(torch.log_softmax(_finite_preferences(_rows_of(logits, wanted)), -1))
+    logprobs = preferences(torch.log_softmax(preferences(_rows_of(logits, wanted)), -1))
     chosen = logprobs.gather(1, token_ids[wanted][:, None]).squeeze(1).tolist()
     top_values, top_ids = logprobs.topk(max(rows[i].params.logprobs for i in wanted), -1)
     top_values, top_ids = top_values.tolist(), top_ids.tolist()
