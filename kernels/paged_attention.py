@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from localllm.kernels.paged_attention_split import split_decode, use_split_kv
-from localllm.kernels.paged_attention_tile import attend_tile, pow2_at_least, sm_count
+from localllm.kernels.paged_attention_tile import attend_tile, pow2_at_least
 
 _LOG2E = 1.4426950408889634
 
@@ -175,7 +175,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
                       v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0))
 
     if split_kv is None:
-        split_kv = use_split_kv(max_query_len, max_context_len, num_seqs, num_kv_heads, sm_count(q.device))
+        split_kv = use_split_kv(max_query_len, max_context_len)
     if split_kv:
         assert max_query_len == 1, "split-K is for steps whose sequences all have one query"
         split_decode(q, k_cache, v_cache, block_tables, query_start_loc, context_lens, out, scale_log2, window,

@@ -139,8 +139,7 @@ def _decode_reduce_kernel(
 # Launch configurations, chosen as paged_attention's (H100 timings, scripts/gpu_kernel_check.py --tune); the CPU
 # (interpreter) gets small tiles.
 
-def use_split_kv(max_query_len: int, max_context_len: int, num_seqs: int, num_kv_heads: int,
-                 num_sms: int = 132) -> bool:
+def use_split_kv(max_query_len: int, max_context_len: int) -> bool:
     """The automatic choice of paged_attention(split_kv=None): flash decoding for all-decode steps whose sequences
     may span more than SPLIT_MIN_CONTEXT tokens. At small batches the one-pass grid (a program per sequence and KV
     head) would leave the GPU underused; at large ones the split balances long contexts against short ones."""

@@ -57,8 +57,7 @@ def attention_case(pa, ref, model: str, q_lens: list[int], ctx_lens: list[int], 
     path = {None: "auto", True: "split-K", False: "one-pass"}[split_kv]
     if split_kv is None and max(q_lens) == 1:
         from localllm.kernels.paged_attention_split import use_split_kv
-        num_sms = torch.cuda.get_device_properties(0).multi_processor_count
-        path += "=split-K" if use_split_kv(1, max(ctx_lens), len(ctx_lens), num_kv_heads, num_sms) else "=one-pass"
+        path += "=split-K" if use_split_kv(1, max(ctx_lens)) else "=one-pass"
     report(f"attn {model} {label} [{path}]" + (f" window={window}" if window else ""), out, want, 2e-2, 2e-2)
 
 

@@ -55,7 +55,6 @@ def bench_decode(timings: Timings, tune: bool, gen) -> None:
 
     num_heads, num_kv_heads, head_dim = MODELS["llama3.1-8b"]
     elem = torch.tensor([], dtype=DTYPE).element_size()
-    num_sms = torch.cuda.get_device_properties(0).multi_processor_count
     for batch in (1, 64, 256):
         for ctx_len in (1024, 4096):
             kv_bytes = 2 * batch * ctx_len * num_kv_heads * head_dim * elem
@@ -65,7 +64,7 @@ def bench_decode(timings: Timings, tune: bool, gen) -> None:
             qsl = torch.arange(batch + 1, dtype=torch.int32, device="cuda")
             ctx = torch.full((batch,), ctx_len, dtype=torch.int32, device="cuda")
             out = torch.empty(batch, num_heads, head_dim, device="cuda", dtype=DTYPE)
-            auto = "split-K" if use_split_kv(1, ctx_len, batch, num_kv_heads, num_sms) else "one-pass"
+            auto = "split-K" if use_split_kv(1, ctx_len) else "one-pass"
             variants = [(f"auto={auto}", None)] + ([("one-pass", False), ("split-K", True)] if tune else [])
             for name, split in variants:
                 def call(r=0, split=split):

@@ -139,11 +139,11 @@ def test_split_k_decode_long_context(K, group, head_dim, block_size, window):
 def test_split_k_is_chosen_automatically_for_long_decodes(K, monkeypatch):
     from localllm.kernels import paged_attention_split as split
 
-    assert split.use_split_kv(1, split.SPLIT_MIN_CONTEXT + 1, 1, 8, num_sms=132)
-    assert split.use_split_kv(1, 4096, 32, 8, num_sms=132)
-    assert not split.use_split_kv(1, split.SPLIT_MIN_CONTEXT, 1, 8, num_sms=132)      # short contexts
-    assert not split.use_split_kv(2, 100_000, 1, 8, num_sms=132)                       # not all decodes
-    assert split.use_split_kv(1, 100_000, 64, 8, num_sms=132)       # a full grid still balances long and short contexts
+    assert split.use_split_kv(1, split.SPLIT_MIN_CONTEXT + 1)
+    assert split.use_split_kv(1, 4096)
+    assert not split.use_split_kv(1, split.SPLIT_MIN_CONTEXT)      # short contexts
+    assert not split.use_split_kv(2, 100_000)                       # not all decodes
+    assert split.use_split_kv(1, 100_000)       # a full grid still balances long and short contexts
     large = split._split_config(256, 8, 4096, True, 132)
     assert large["PARTITION"] == 512 and large["MIN_PARTITION"] == split.BALANCE_MIN_PARTITION   # 8 partitions
     assert split._split_config(256, 8, 40960, True, 132)["PARTITION"] == 8192                 # at most 8
