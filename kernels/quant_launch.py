@@ -38,14 +38,20 @@ def unit_words(fmt: str) -> int:
     return min(4, group_words(fmt))
 
 
+def gemv_unit_words(fmt: str) -> int:
+    """The GEMV's unit: Q8_0's whole group of 8 words (two vector loads), so that its scale, x's scale and their
+    addresses are read once a group; unit_words otherwise."""
+    return group_words(fmt) if fmt == "Q8_0" else unit_words(fmt)
+
+
 def group_words(fmt: str) -> int:
     """Words of the quant plane in a group (the weights sharing one scale)."""
     return block_format(fmt).group * PLANES[fmt][0].bits // 32
 
 
-def row_units(fmt: str, k: int) -> int:
-    """Units of the quant plane in a row of k weights."""
-    return k * PLANES[fmt][0].bits // 32 // unit_words(fmt)
+def row_units(fmt: str, k: int, unit: int | None = None) -> int:
+    """Units of the quant plane (of `unit` words, by default unit_words) in a row of k weights."""
+    return k * PLANES[fmt][0].bits // 32 // (unit or unit_words(fmt))
 
 
 @functools.lru_cache(maxsize=None)

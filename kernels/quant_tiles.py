@@ -107,40 +107,6 @@ def unit_quants(words, high, j: tl.constexpr, FMT: tl.constexpr, BITS: tl.conste
 
 
 @triton.jit
-def unit_mantissas(words, high, nibble_mask, one_bits, j: tl.constexpr, FMT: tl.constexpr, Q_BITS: tl.constexpr):
-    """The GEMV's form of unit_quants for the formats of up to 6 bits (Q_BITS: the bits of their unsigned quant
-    u, low nibble from the words and the rest from high): f = 1 + u / 2^Q_BITS, built by moving u into the top of
-    a float32's mantissa under the exponent of 1.0, so a quant costs a shift and a mask (and no float op; f * x
-    is exact). mantissa_scale_shift gives the scale and shift that make f * scale + shift the weight.
-    nibble_mask = 15 << (23 - Q_BITS) and one_bits = 0x3F800000 (1.0) come as values, not constants: with both
-    in registers the mask and the or are one LOP3 instruction, where two immediates take two."""
-    C: tl.constexpr = words.shape[2]
-    LOW: tl.constexpr = 23 - Q_BITS     # where u's lowest bit goes
-    if LOW >= 4 * j:
-        moved = words << (LOW - 4 * j)
-    else:
-        moved = words >> (4 * j - LOW)
-    top = one_bits     # the exponent of 1.0, and the high bits of Q5_K / Q6_K quants: or-ed in one go below
-    if FMT == 4 or FMT == 5:    # weight j * C + c's high bits at bits (4 j + c) * HIGH of the group's word
-        HIGH: tl.constexpr = Q_BITS - 4
-        TOP: tl.constexpr = LOW + 4     # where they go
-        if TOP >= 4 * j:    # moved once for the unit's C words, then by c * HIGH for word c
-            high_j = high << (TOP - 4 * j)
-        else:
-            high_j = high >> (4 * j - TOP)
-        c = tl.arange(0, C)[None, None, :]
-        top = ((high_j >> (c * HIGH)) & (((1 << HIGH) - 1) << TOP)) | one_bits
-    bits = (moved & nibble_mask) | top
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def mantissa_scale_shift(scale, shift, Q_BITS: tl.constexpr, Q_BIAS: tl.constexpr):
-    """w = scale * (u - Q_BIAS) + shift, as f * scale' + shift' for f = 1 + u / 2^Q_BITS (unit_mantissas)."""
-    return scale * (1 << Q_BITS), shift - scale * ((1 << Q_BITS) + Q_BIAS)
-
-
-@triton.jit
 def unit_weights(words, high, scale, shift, j: tl.constexpr, FMT: tl.constexpr, BITS: tl.constexpr,
                  FP8_HW: tl.constexpr):
     """The weights [R, BU, UNIT] at bits j of a tile's words: float32, exactly quant_blocks_ref's values."""

@@ -11,16 +11,20 @@ import torch
 
 triton = pytest.importorskip("triton")
 
+import triton.language as tl  # noqa: E402
 from triton_interpreter import collect_one_mode, run_under_interpreter  # noqa: E402
 
 from localllm.kernels.block_formats import BLOCK_FORMATS  # noqa: E402
 from localllm.kernels.quant_blocks_ref import dequantize_ref, quant_matmul_ref  # noqa: E402
+from localllm.kernels.quant_int_dots import dp4a  # noqa: E402
 from localllm.kernels.quant_planes_ref import pack_planes, planes_matmul_ref  # noqa: E402
 from localllm.kernels.quantize_ref import quantize_ref  # noqa: E402
 
 FORMATS = list(BLOCK_FORMATS)
 # relative to the largest output: float32 agrees to rounding; 16-bit inputs and outputs to their rounding
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 2e-2}
+# the GEMV's x in 15-bit fixed point per group (fixed_x_ref) for every format but FP8
+FIXED_X_TOLERANCE = 3e-4
 
 
 def test_quant_kernels_under_triton_interpreter():
@@ -35,13 +39,19 @@ def _case(fmt: str, m: int, n: int = 19, seed: int = 0, k: int | None = None):
     return torch.randn(m, k, generator=g), raw
 
 
-def _check(got: torch.Tensor, x: torch.Tensor, raw: torch.Tensor, fmt: str) -> None:
+def _check(got: torch.Tensor, x: torch.Tensor, raw: torch.Tensor, fmt: str, gemv: bool | None = None) -> None:
+    """gemv: whether the GEMV computed got (by default: when x has few enough rows for it)."""
+    from localllm.kernels.quant_matmul import GEMV_MAX_ROWS
+
     want = quant_matmul_ref(x.float(), raw, fmt)
     assert torch.equal(planes_matmul_ref(x.float(), pack_planes(raw, fmt), fmt), want)
     assert got.dtype == x.dtype and got.shape == want.shape
     assert torch.isfinite(got.float()).all()
+    tolerance = TOLERANCE[x.dtype]
+    if (x.shape[0] <= GEMV_MAX_ROWS if gemv is None else gemv) and fmt != "fp8_e4m3_g128":
+        tolerance = max(tolerance, FIXED_X_TOLERANCE)
     error = (got.float() - want).abs().max() / want.abs().max()
-    assert error < TOLERANCE[x.dtype], f"{fmt} {x.dtype} {tuple(x.shape)}: relative error {error:.2e}"
+    assert error < tolerance, f"{fmt} {x.dtype} {tuple(x.shape)}: relative error {error:.2e}"
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -56,12 +66,12 @@ def test_matmul_float32(fmt, m):
 
 @pytest.mark.parametrize("fmt", ["Q4_K", "Q6_K", "Q8_0"])
 def test_gemv_several_rows_and_dot_one_row(fmt):
-    """Each path at the sizes another path takes by default: the GEMV at 5 rows of x, the dot kernel at 1."""
+    """Each path at the sizes another path takes by default: the GEMV at its most rows of x (2), the dot kernel at 1."""
     from localllm.kernels.quant_matmul import quant_matmul
 
-    for m, path in ((5, "gemv"), (1, "dot")):
+    for m, path in ((2, "gemv"), (1, "dot")):
         x, raw = _case(fmt, m, seed=11)
-        _check(quant_matmul(x, pack_planes(raw, fmt), fmt, path=path), x, raw, fmt)
+        _check(quant_matmul(x, pack_planes(raw, fmt), fmt, path=path), x, raw, fmt, gemv=path == "gemv")
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -75,18 +85,17 @@ def test_gemv_and_dot_bfloat16_and_dense_path_float16(fmt):
     _check(quant_matmul(x.half(), pack_planes(raw, fmt), fmt), x.half(), raw, fmt)
 
 
-@pytest.mark.parametrize("prefetch", [True, False])
-@pytest.mark.parametrize("split", [1, 2, 5])
-def test_gemv_split_k_gives_the_same(split, prefetch):
-    """K split over 1, 2 and 5 programs (5: more splits than steps, clamped), each reading its tiles ahead or not;
-    the counters reset themselves, so a second call gives the same again."""
+@pytest.mark.parametrize("slice_units, row_programs", [(2, 1), (8, 3), (64, 2)])
+def test_gemv_slices_of_k_and_row_programs_give_the_same(slice_units, row_programs):
+    """K in slices of 2, 8 and 64 units (16, 4 and 1 slices: the last ones' sums added up by the last to arrive),
+    row tiles walked by 1, 3 or 2 programs; the counters reset themselves, so a second call gives the same again."""
     from localllm.kernels.quant_matmul import quant_matmul
 
     x, raw = _case("Q4_K", 2, n=7, seed=3, k=1024)
     planes = pack_planes(raw, "Q4_K")
-    tiles = dict(SPLIT=split, BLOCK_U=2, PREFETCH=prefetch)
+    tiles = dict(BLOCK_U=slice_units, BLOCK_N=2, ROW_PROGRAMS=row_programs)
     first = quant_matmul(x, planes, "Q4_K", tiles=tiles, path="gemv")
-    _check(first, x, raw, "Q4_K")
+    _check(first, x, raw, "Q4_K", gemv=True)
     assert torch.equal(quant_matmul(x, planes, "Q4_K", tiles=tiles, path="gemv"), first)
 
 
@@ -98,7 +107,7 @@ def test_dot_split_k_and_row_tiles(split):
     x, raw = _case("Q4_K", 20, n=7, seed=12, k=1024)
     tiles = dict(SPLIT=split, BLOCK_M=16)
     first = quant_matmul(x, pack_planes(raw, "Q4_K"), "Q4_K", tiles=tiles, path="dot")
-    _check(first, x, raw, "Q4_K")
+    _check(first, x, raw, "Q4_K", gemv=False)
     assert torch.equal(quant_matmul(x, pack_planes(raw, "Q4_K"), "Q4_K", tiles=tiles, path="dot"), first)
 
 
@@ -205,7 +214,50 @@ def test_packed_layers_shard_and_compute_like_dense_ones(rank, monkeypatch):
                 x = torch.randn(m, kept.layout.cols, generator=g)
                 want = apply_weight(x, dense)
                 error = (apply_weight(x, kept) - want).abs().max() / want.abs().max()
-                assert error < 1e-5, f"{cls.__name__} rank {rank} m {m}: {error:.2e}"
+                tolerance = FIXED_X_TOLERANCE if m == 1 else 1e-5
+                assert error < tolerance, f"{cls.__name__} rank {rank} m {m}: {error:.2e}"
+
+
+@pytest.mark.parametrize("group", [16, 32])
+def test_fixed_point_x_is_the_reference_and_within_its_rounding(group):
+    """pack_fixed_x gives fixed_x_ref's words exactly (a group of zeros included, bf16 and float32 x), and
+    the x they stand for is within half a step (max|x| / 32766) of x."""
+    from localllm.kernels.fixed_x_ref import X_LEVELS, fixed_x_ref, fixed_x_values
+    from localllm.kernels.quant_int_dots import pack_fixed_x
+
+    g = torch.Generator().manual_seed(13)
+    x = torch.randn(3, 9 * group, generator=g) * torch.logspace(-3, 3, 9 * group)
+    x[1, group:2 * group] = 0
+    for dtype in (torch.float32, torch.bfloat16):
+        xd = x.to(dtype)
+        words, scale, sums = pack_fixed_x(xd, group)
+        want_words, want_scale, want_sums = fixed_x_ref(xd, group)
+        assert torch.equal(words.view(want_words.shape), want_words)
+        assert torch.allclose(scale, want_scale, rtol=1e-6, atol=0)
+        magnitude = xd.float().abs().reshape(3, -1, group).sum(-1)      # the sums' rounding depends on their order
+        assert ((sums - want_sums).abs() <= magnitude * 1e-6).all()
+    assert (scale[1, 1] == 0) and (words.view(want_words.shape)[1, 1] == 0).all()
+    words, scale, _ = fixed_x_ref(x, group)
+    step = x.reshape(3, -1, group).abs().amax(-1, keepdim=True) / X_LEVELS
+    error = (fixed_x_values(words, scale, group).reshape(3, -1, group) - x.reshape(3, -1, group)).abs()
+    assert (error <= step * 0.5001).all()
+
+
+@triton.jit
+def _dp4a_kernel(a_ptr, b_ptr, c_ptr, out_ptr):
+    i = tl.arange(0, 8)
+    tl.store(out_ptr + i, dp4a(tl.load(a_ptr + i), tl.load(b_ptr + i), tl.load(c_ptr + i), False))
+
+
+def test_dp4a_multiplies_signed_bytes():
+    """The GEMV's dp4a as Triton's interpreter runs it: four products of signed bytes added to acc."""
+    g = torch.Generator().manual_seed(14)
+    a, b = (torch.randint(-2**31, 2**31 - 1, (8,), generator=g, dtype=torch.int64).to(torch.int32) for _ in "ab")
+    c = torch.randint(-1000, 1000, (8,), generator=g, dtype=torch.int32)
+    out = torch.empty(8, dtype=torch.int32)
+    _dp4a_kernel[(1,)](a, b, c, out)
+    want = (a.view(torch.int8).reshape(8, 4).int() * b.view(torch.int8).reshape(8, 4).int()).sum(1) + c
+    assert torch.equal(out, want)
 
 
 collect_one_mode(globals(), "test_quant_kernels_under_triton_interpreter")

@@ -1,7 +1,7 @@
 """The quantized matmul kernels compiled for Hopper (sm_90) on a machine without a GPU: Triton's compiler rejects
 what its interpreter lets pass (tests/test_quant_kernels.py runs them there), and the PTX shows whether the GEMV
-reads a group's quant words as vectors (ld.global.v4, or v2 for Q6_K's 8-byte groups), turns integers into floats without conversion instructions,
-and keeps everything in registers (no local memory: no spills)."""
+reads a group's quant words as vectors (ld.global.v4, or v2 for Q6_K's 8-byte groups), multiplies integer quants
+with dp4a, and keeps everything in registers (no local memory: no spills)."""
 from __future__ import annotations
 
 import re
@@ -15,7 +15,7 @@ from triton_interpreter import IN_PROCESS  # noqa: E402
 from localllm.kernels.block_formats import BLOCK_FORMATS, PLANES  # noqa: E402
 
 pytestmark = pytest.mark.skipif(IN_PROCESS, reason="compiles real kernels: not under TRITON_INTERPRET=1")
-_GEMV_INTS = ["K", "stride_xm", "stride_ym", "units_per_split", "nibble_mask", "one_bits"]
+_GEMV_INTS = ["K", "stride_xm", "stride_ym"]
 _TYPES = {"int32": "i32", "float16": "fp16", "uint8": "u8", "int8": "i8", "float32": "fp32"}
 
 
@@ -29,15 +29,19 @@ def _ptx(kernel, fmt: str, x_type: str, ints: list[str], tiles: dict, num_warps:
     from triton.compiler import ASTSource
 
     from localllm.kernels import quant_gemm as qg
-    from localllm.kernels import quant_matmul as qm
-    from localllm.kernels.quant_launch import a_plane, constants, group_words
+    from localllm.kernels import quant_gemv as qv
+    from localllm.kernels.quant_int_dots import int_constants
+    from localllm.kernels.quant_launch import a_plane, constants, gemv_unit_words, group_words
 
     plane_types = {p.name: _TYPES[p.dtype] for p in PLANES[fmt]}
     b_name = next((n for n in ("m", "mn", "zero") if n in plane_types), "q")
     pointers = {"q_ptr": "i32", "qh_ptr": "i32", "a_ptr": plane_types[a_plane(fmt)], "b_ptr": plane_types[b_name],
                 "d_ptr": "fp16", "e_ptr": "fp16", "partial_ptr": "fp32", "arrivals_ptr": "i32"}
-    if kernel is qm._gemv_kernel:
-        values = qm._gemv_constants(fmt, _OffGpu())
+    if kernel is qv._gemv_kernel:
+        values = {**constants(fmt, _OffGpu()), **int_constants(fmt, _OffGpu()), "ASM": True, "UNIT": gemv_unit_words(fmt)}
+        pointers.update(xs_ptr="fp32", xsum_ptr="fp32")
+        if fmt != "fp8_e4m3_g128":
+            pointers["x_ptr"] = "i32"     # pack_fixed_x's words
     elif kernel is qg._dot_kernel:
         values = dict(constants(fmt, _OffGpu()), UNIT=group_words(fmt), F32_DOT=False)
     else:
@@ -60,20 +64,21 @@ def _ptx(kernel, fmt: str, x_type: str, ints: list[str], tiles: dict, num_warps:
 
 @pytest.mark.parametrize("fmt", list(BLOCK_FORMATS))
 def test_gemv_compiles_for_hopper_with_vector_loads_and_no_spills(fmt):
-    from localllm.kernels.quant_matmul import _gemv_kernel
+    from localllm.kernels.quant_gemv import _gemv_kernel
 
-    ptx = _ptx(_gemv_kernel, fmt, "bf16", _GEMV_INTS,
-               dict(BLOCK_N=4, BLOCK_U=64, BLOCK_M=1, SPLIT=1, PREFETCH=True, USE_PDL=True), num_warps=2)
+    ptx = _ptx(_gemv_kernel, fmt, "bf16", _GEMV_INTS, dict(BLOCK_N=4, BLOCK_U=64, BLOCK_M=1, USE_PDL=True),
+               num_warps=2)
     words_a_group = BLOCK_FORMATS[fmt].group * PLANES[fmt][0].bits // 32     # Q6_K's: 2 (8 bytes)
     assert re.search(rf"ld\.global(\.\w+)*\.v{min(4, words_a_group)}\.b32", ptx)
-    assert not re.search(r"cvt\.rn\.f32\.[su]32", ptx)
+    assert ("dp4a.s32.s32" in ptx) == (fmt != "fp8_e4m3_g128")
     assert ".local" not in ptx
 
 
-def test_split_gemv_at_eight_rows_and_dequantize_compile_for_hopper():
-    from localllm.kernels.quant_matmul import _dequantize_kernel, _gemv_kernel
+def test_gemv_at_two_rows_and_dequantize_compile_for_hopper():
+    from localllm.kernels.quant_gemv import _gemv_kernel
+    from localllm.kernels.quant_matmul import _dequantize_kernel
 
-    tiles = dict(BLOCK_N=2, BLOCK_U=64, BLOCK_M=8, PREFETCH=False, USE_PDL=True)
+    tiles = dict(BLOCK_N=2, BLOCK_U=64, BLOCK_M=2, USE_PDL=True)
     ptx = _ptx(_gemv_kernel, "Q4_K", "bf16", _GEMV_INTS, tiles, num_warps=2)
     assert "atom.global" in ptx and ".local" not in ptx
     ptx = _ptx(_dequantize_kernel, "Q6_K", "bf16", ["K"], dict(BLOCK_N=4, BLOCK_U=128))

@@ -141,8 +141,10 @@ class BlockLayout:
             return quant_matmul(x, self._planes(weight, self.parts[0]), self.parts[0].fmt)
         x2 = x.reshape(-1, self.cols)
         y = torch.empty((x2.shape[0], self.rows), dtype=x.dtype, device=x.device)
+        packed_x = {}
         for p in self.parts:
-            quant_matmul(x2, self._planes(weight, p), p.fmt, out=y[:, p.first_row:p.first_row + p.rows])
+            quant_matmul(x2, self._planes(weight, p), p.fmt, out=y[:, p.first_row:p.first_row + p.rows],
+                         packed_x=packed_x)
         return y.reshape(*x.shape[:-1], self.rows)
 
     def rows_of(self, weight: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

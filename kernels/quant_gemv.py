@@ -1,0 +1,161 @@
+"""The decode GEMV over quantized planes (quant_matmul's path for up to GEMV_MAX_ROWS rows of x): y = x @ W^T.
+
+x stays put, the weight streams past it. A program owns one slice of K, BLOCK_U units wide (a unit, 16 bytes or a
+group of a row's quant words, to each thread: quant_tiles.load_units), and loads x for that slice once, into the
+threads that meet its columns; then it walks row tiles pid_n, pid_n + ROW_PROGRAMS, ...: BLOCK_N rows' units and
+scale fields a step, the next step's read while this one multiplies. Each row tile's sum over the slice goes to
+quant_tiles.store_tile, whose last arriving slice adds the slices up. Loading x for every row tile instead (the
+unit-loop GEMV before this one) read x from the caches about twice as often as the weights themselves.
+
+Every format but FP8 multiplies in integers (quant_int_dots: x packed in 15-bit fixed point first, one dp4a per
+four quants); FP8 multiplies its float8 weights by x's float32 columns.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from localllm.kernels.block_formats import block_format
+from localllm.kernels.pdl import pdl_options, wait_for_previous_kernel
+from localllm.kernels.quant_int_dots import fixed_dots, int_constants, load_fixed_x, pack_fixed_x
+from localllm.kernels.quant_launch import SplitWorkspace, constants, gemv_unit_words, kernel_planes, row_units, sm_count
+from localllm.kernels.quant_tiles import load_units, store_tile, unit_columns, unit_quants
+
+# the GEMV's programs: about this many per SM (the slices of K times the row programs)
+PROGRAMS_PER_SM = 8
+# a slice of K: at most this many units (a row of Llama-3.1-8B's down_proj is 448 in Q4_K, 896 in Q6_K)
+MAX_SLICE_UNITS = 1024
+# warps of a program with a slice of 512 units or more, where 4 are not the best
+_LONG_SLICE_WARPS = {"Q8_0": 8}
+FP8 = "fp8_e4m3_g128"
+
+
+@triton.jit
+def _load_x(x_ptr, xs_ptr, xsum_ptr, stride_xm, K, row, units, ok, FMT: tl.constexpr, BITS: tl.constexpr,
+            G: tl.constexpr, UNIT: tl.constexpr):
+    """Row `row` of x for units [BU] (ok: those to read): load_fixed_x's six tensors, or for FP8 x's float32
+    columns [BU, UNIT] at bits j = 0..3 of the words (and two zeros)."""
+    if FMT == 7:
+        x_row = x_ptr + row * stride_xm
+        x0 = tl.load(x_row + unit_columns(units, 0, BITS, G, UNIT), mask=ok[:, None], other=0.0).to(tl.float32)
+        x1 = tl.load(x_row + unit_columns(units, 1, BITS, G, UNIT), mask=ok[:, None], other=0.0).to(tl.float32)
+        x2 = tl.load(x_row + unit_columns(units, 2, BITS, G, UNIT), mask=ok[:, None], other=0.0).to(tl.float32)
+        x3 = tl.load(x_row + unit_columns(units, 3, BITS, G, UNIT), mask=ok[:, None], other=0.0).to(tl.float32)
+        x_scale = 0.0
+        x_sum = 0.0
+    else:
+        x0, x1, x2, x3, x_scale, x_sum = load_fixed_x(x_ptr + row * (K // 2), xs_ptr + row * (K // G),
+                                                      xsum_ptr + row * (K // G), units, ok, BITS, G, UNIT)
+    return x0, x1, x2, x3, x_scale, x_sum
+
+
+@triton.jit
+def _row_sums(words, high, scale, shift, x0, x1, x2, x3, x_scale, x_sum, FMT: tl.constexpr, BITS: tl.constexpr,
+              G: tl.constexpr, FP8_HW: tl.constexpr, HAS_SHIFT: tl.constexpr, ASM: tl.constexpr):
+    """One row of x (_load_x's) against a tile's words [R, BU, UNIT]: the sums of w * x over each row, [R]."""
+    if FMT == 7:
+        dots = unit_quants(words, words, 0, 7, BITS, FP8_HW) * x0[None]
+        dots += unit_quants(words, words, 1, 7, BITS, FP8_HW) * x1[None]
+        dots += unit_quants(words, words, 2, 7, BITS, FP8_HW) * x2[None]
+        dots += unit_quants(words, words, 3, 7, BITS, FP8_HW) * x3[None]
+        sums = tl.sum(dots, 2) * scale
+    else:
+        sums = fixed_dots(words, high, scale, shift, x0, x1, x2, x3, x_scale, x_sum, FMT, BITS, G, HAS_SHIFT, ASM)
+    return tl.sum(sums, 1)
+
+
+@triton.jit
+def _tile_rows(tile, N, BLOCK_N: tl.constexpr):
+    """A row tile's rows and the plane rows they read (rows past N read row N - 1; not stored)."""
+    rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+    return rows, tl.minimum(rows, N - 1).to(tl.int64)[:, None]
+
+
+@triton.jit(do_not_specialize=["M"])
+def _gemv_kernel(x_ptr, xs_ptr, xsum_ptr, y_ptr, partial_ptr, arrivals_ptr, q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr,
+                 e_ptr, M, N, K, stride_xm, stride_ym, ROW_PROGRAMS, SPLIT,
+                 FMT: tl.constexpr, BITS: tl.constexpr, A_PER: tl.constexpr, G: tl.constexpr, UNIT: tl.constexpr,
+                 FP8_HW: tl.constexpr, HAS_SHIFT: tl.constexpr, Q_OFFSET: tl.constexpr, ASM: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_M: tl.constexpr, USE_PDL: tl.constexpr):
+    """x: for FP8 x itself, otherwise pack_fixed_x's words, with its scales and sums at xs_ptr / xsum_ptr. Rows of
+    x past M repeat the last one (not stored)."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    units = pid_k * BLOCK_U + tl.arange(0, BLOCK_U)
+    row_units = K // G * (G * BITS // 32 // UNIT)
+    ok = units < row_units
+    row_tiles = tl.cdiv(N, BLOCK_N)
+    # The planes are no kernel's output: the first tile is read before waiting for the kernel before this one
+    # (launched as its programmatic dependent, this kernel starts while that one finishes)
+    rows, plane_rows = _tile_rows(pid_n, N, BLOCK_N)
+    words, high, scale, shift = load_units(q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr, e_ptr, plane_rows, units[None, :],
+                                           ok[None, :], K, FMT, BITS, A_PER, G, UNIT)
+    wait_for_previous_kernel(USE_PDL)
+    a0, a1, a2, a3, a_scale, a_sum = _load_x(x_ptr, xs_ptr, xsum_ptr, stride_xm, K, 0, units, ok, FMT, BITS, G,
+                                             UNIT)
+    if BLOCK_M == 2:
+        b0, b1, b2, b3, b_scale, b_sum = _load_x(x_ptr, xs_ptr, xsum_ptr, stride_xm, K, tl.minimum(1, M - 1), units,
+                                                 ok, FMT, BITS, G, UNIT)
+    for tile in range(pid_n, row_tiles, ROW_PROGRAMS):
+        next_rows, next_plane_rows = _tile_rows(tile + ROW_PROGRAMS, N, BLOCK_N)
+        next_units = tl.where(tile + ROW_PROGRAMS < row_tiles, row_units, 0)    # none past the last tile
+        next_words, next_high, next_scale, next_shift = load_units(
+            q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr, e_ptr, next_plane_rows, units[None, :],
+            (units < next_units)[None, :], K, FMT, BITS, A_PER, G, UNIT)
+        if Q_OFFSET != 0:
+            shift = shift - scale * Q_OFFSET
+        sums = _row_sums(words, high, scale, shift, a0, a1, a2, a3, a_scale, a_sum, FMT, BITS, G, FP8_HW, HAS_SHIFT,
+                         ASM)[None, :]
+        if BLOCK_M == 2:
+            second = _row_sums(words, high, scale, shift, b0, b1, b2, b3, b_scale, b_sum, FMT, BITS, G, FP8_HW,
+                               HAS_SHIFT, ASM)[None, :]
+            sums = tl.where(tl.arange(0, 2)[:, None] == 0, sums, second)
+        store_tile(sums, y_ptr, partial_ptr, arrivals_ptr, tl.arange(0, BLOCK_M), rows, M, N, stride_ym, tile, pid_k,
+                   SPLIT)
+        words, high, scale, shift, rows = next_words, next_high, next_scale, next_shift, next_rows
+
+
+def _gemv_x(x2: torch.Tensor, fmt: str, packed: dict | None) -> tuple[torch.Tensor, ...]:
+    """The GEMV's x: (x, x, x) for FP8, pack_fixed_x's (words, scales, sums) otherwise."""
+    if fmt == FP8:
+        return x2, x2, x2
+    return pack_fixed_x(x2, block_format(fmt).group, packed)
+
+
+def gemv_config(fmt: str, m: int, n: int, k: int, device: torch.device, gpu: bool,
+                tiles: dict | None = None) -> dict:
+    """A program's tile: BLOCK_N rows by BLOCK_U units (a few to each thread, so that x's columns lie as the words
+    do), tiles (when given) overriding them; SPLIT slices of K, and ROW_PROGRAMS programs along the rows for
+    each, about PROGRAMS_PER_SM in all a SM."""
+    units = row_units(fmt, k, gemv_unit_words(fmt))
+    if gpu:   # scripts/gpu_quant_check.py's sweep on one H200 at Llama-3.1-8B's shapes, at one row of x: one row a
+        # program and the whole of K in one slice where it fits (no partial sums to add up) were the best or
+        # within 10% of it for each format and shape
+        block_u = min(max(triton.next_power_of_2(units), 128), MAX_SLICE_UNITS)
+        warps = _LONG_SLICE_WARPS.get(fmt, 4) if block_u >= 512 else 4
+        config = dict(BLOCK_N=1, num_warps=warps, BLOCK_U=block_u)
+    else:     # the interpreter: few programs (its cost is per operation, whatever the tile)
+        config = dict(BLOCK_N=8, num_warps=1, BLOCK_U=2)
+    config.update(tiles or {})
+    config["SPLIT"] = triton.cdiv(units, config["BLOCK_U"])
+    row_tiles = triton.cdiv(n, config["BLOCK_N"])
+    config.setdefault("ROW_PROGRAMS", max(1, min(row_tiles, PROGRAMS_PER_SM * sm_count(device) // config["SPLIT"])))
+    return config
+
+
+def quant_gemv(x2: torch.Tensor, planes: dict, fmt: str, y: torch.Tensor, n: int, k: int, gpu: bool,
+               tiles: dict | None, packed_x: dict | None) -> None:
+    """y [M, N] = x2 [M, K] @ W^T for M <= 2 (quant_matmul.quant_matmul's arguments)."""
+    m = x2.shape[0]
+    assert m <= 2
+    config = gemv_config(fmt, m, n, k, x2.device, gpu, tiles)
+    block_n, split, row_programs = config.pop("BLOCK_N"), config.pop("SPLIT"), config.pop("ROW_PROGRAMS")
+    row_tiles = triton.cdiv(n, block_n)
+    block_m = triton.next_power_of_2(m)
+    partial, arrivals = SplitWorkspace.get(x2.device, row_tiles * split * block_m * block_n, row_tiles)
+    fmt_constants = dict(constants(fmt, x2), UNIT=gemv_unit_words(fmt), **int_constants(fmt, x2))
+    _gemv_kernel[(row_programs, split)](
+        *_gemv_x(x2, fmt, packed_x), y, partial, arrivals, *kernel_planes(planes, fmt), m, n, k, x2.stride(0),
+        y.stride(0), row_programs, split, **fmt_constants, BLOCK_N=block_n, BLOCK_M=block_m,
+        **pdl_options(x2.device), **config)
