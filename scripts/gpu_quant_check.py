@@ -173,16 +173,17 @@ def sweep_shape(fmt: str, name: str, n: int, k: int, gen) -> dict:
 
 
 def compare_paths(fmt: str, name: str, n: int, k: int, gen) -> list[dict]:
-    """Each path of quant_matmul (GEMV, tensor-core dot kernel, dequantize + cuBLAS) at each of PATH_ROWS rows of
-    x, and the dot kernel's tiles of DOT_SWEEP_TILES at 8 rows: where the defaults should switch."""
-    from localllm.kernels.quant_matmul import quant_matmul
+    """Each path of quant_matmul (GEMV up to its GEMV_MAX_ROWS, tensor-core dot kernel, dequantize + cuBLAS) at each
+    of PATH_ROWS rows of x, and the dot kernel's tiles of DOT_SWEEP_TILES at 8 rows: where the defaults should
+    switch."""
+    from localllm.kernels.quant_matmul import GEMV_MAX_ROWS, quant_matmul
 
     weights, nbytes = _weights(fmt, n, k, gen)
     rows = []
     for m in PATH_ROWS:
         x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
         for path in ("gemv", "dot", "dense"):
-            if path == "gemv" and m > 8:
+            if path == "gemv" and m > GEMV_MAX_ROWS:
                 continue
             us = _time(lambda w: quant_matmul(x, w, fmt, path=path), weights)
             rows.append(_row(fmt, name, m, n, k, us, nbytes, path=path))
