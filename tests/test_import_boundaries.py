@@ -28,6 +28,15 @@ def test_importing_loads_neither_torch_nor_transformers(module):
     assert loaded_after(f"import {module}") == []
 
 
+def test_what_a_cold_run_imports_before_the_daemon_and_its_engine_start_leaves_out_its_later_needs():
+    """`localllm run` starts the daemon before it talks to it (httpx), the daemon starts its preloaded engines before
+    its event loop (asyncio), and neither prints a rich table: each is imported where it is used."""
+    code = ("import json, sys\nimport localllm.cli.main, localllm.client, localllm.server.daemon\n"
+            "print(json.dumps([m for m in ('httpx', 'rich', 'asyncio') if m in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert json.loads(out.stdout.splitlines()[-1]) == []
+
+
 def test_the_front_end_tokenizes_and_renders_chats_without_them():
     model_dir = resolve_model("smollm2:135m")   # converting the GGUF is the engine's work, done here beforehand
     code = ("from localllm.loader.tokenizer import Tokenizer\n"

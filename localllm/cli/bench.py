@@ -8,8 +8,6 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from localllm.errors import LocalLLMError, one_line
 
@@ -114,7 +112,17 @@ def _cell(value) -> str:
     return f"{value:,.2f}" if isinstance(value, float) else str(value)
 
 
+def _print(table) -> None:
+    """Prints a rich table. rich is imported by the commands that print one, not with the command line, which
+    every command and the daemon import (its console alone is ~25 ms of each start)."""
+    from rich.console import Console
+
+    Console().print(table)
+
+
 def _report(result, json_out: Path | None) -> None:
+    from rich.table import Table
+
     from localllm.bench.measure import as_dict
 
     fields = as_dict(result)
@@ -122,7 +130,7 @@ def _report(result, json_out: Path | None) -> None:
     for key, value in fields.items():
         for name, item in (value.items() if isinstance(value, dict) else [(None, value)]):
             table.add_row(f"{key}.{name}" if name else key, _cell(item))
-    Console().print(table)
+    _print(table)
     _write_json(fields, json_out)
 
 
@@ -310,6 +318,8 @@ def sweep(
             _closed(engine)
     except (LocalLLMError, ValueError) as e:
         _fail(e)
+    from rich.table import Table
+
     table = Table(title=f"{result.model} on {result.device}, {result.dtype}, copy bandwidth "
                         f"{result.copy_bandwidth_gb_s:,.1f} GB/s")
     for column in ("batch size", "decode tok/s", "roofline tok/s", "% of roofline"):
@@ -317,7 +327,7 @@ def sweep(
     for point in result.points:
         table.add_row(str(point.batch_size), _cell(point.decode_tokens_per_s), _cell(point.roofline_tokens_per_s),
                       f"{percent(point.decode_tokens_per_s, point.roofline_tokens_per_s):.1f}")
-    Console().print(table)
+    _print(table)
     _write_json(as_dict(result), json_out)
 
 
@@ -346,6 +356,8 @@ def grammar(
     except (LocalLLMError, ValueError, RuntimeError) as e:
         _fail(e)
     first = results[0]
+    from rich.table import Table
+
     table = Table(title=f"grammar masks, {first.model} tokenizer ({first.vocab_size:,} tokens) on {first.device}; "
                         f"tokenizer load {first.tokenizer_load_ms:,.0f} ms, schema compile {first.compile_ms:,.1f} ms")
     for column in ("sequences", "mask ms/step", "mask p90 ms", "us/seq", "upload ms/step", "apply ms/step",
@@ -354,5 +366,5 @@ def grammar(
     for r in results:
         table.add_row(str(r.sequences), _cell(r.mask_ms), _cell(r.mask_p90_ms), _cell(r.mask_per_sequence_us),
                       _cell(r.upload_ms), _cell(r.apply_ms), _cell(r.advance_ms), _cell(r.host_ms))
-    Console().print(table)
+    _print(table)
     _write_json({"results": [as_dict(r) for r in results]}, json_out)

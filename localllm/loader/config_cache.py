@@ -2,7 +2,8 @@
 fields such as layer_types set), kept as JSON in the data directory after the first read: later engine starts read
 it without importing transformers, which takes 1.5-3 s of each start on a small CPU. An entry is keyed by the bytes
 of config.json and by the installed transformers (its package file's path, size and modification time), so an
-edited config or another transformers reads the config anew."""
+edited config or another transformers reads the config anew. The engine keeps the little it needs of a tokenizer
+the same way (loader.tokenizer_facts)."""
 from __future__ import annotations
 
 import contextlib
@@ -16,11 +17,16 @@ from localllm.hub.paths import data_dir, write_private_atomically
 
 def cache_path(config_bytes: bytes) -> Path:
     """Where the attributes read from these config.json bytes by the installed transformers are kept."""
-    spec = importlib.util.find_spec("transformers")   # finds the package without importing it
+    return entry_path("configs", "transformers", config_bytes)
+
+
+def entry_path(folder: str, package: str, content: bytes) -> Path:
+    """Where what the installed `package` read from `content` is kept, in `folder` of the data directory."""
+    spec = importlib.util.find_spec(package)   # finds the package without importing it
     origin = Path(spec.origin) if spec is not None and spec.origin else None
     stat = origin.stat() if origin is not None else None
     identity = f"{origin}\0{stat.st_size if stat else 0}\0{stat.st_mtime_ns if stat else 0}\0".encode()
-    return data_dir() / "configs" / f"{hashlib.sha256(identity + config_bytes).hexdigest()[:32]}.json"
+    return data_dir() / folder / f"{hashlib.sha256(identity + content).hexdigest()[:32]}.json"
 
 
 def read_cached(path: Path) -> dict | None:

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from localllm.architectures import hf_architecture
 from localllm.errors import CorruptModelError, ModelNotFoundError, UnsupportedModelError, first_line
 from localllm.hf_config import HFConfig
 from localllm.loader.config_cache import cache_path, read_cached, write_cached
 from localllm.loader.pooling_config import PoolingConfig, read_pooling_config
-from localllm.loader.tokenizer import Tokenizer
+from localllm.loader.tokenizer_facts import tokenizer_eos_id
+
+if TYPE_CHECKING:
+    from localllm.loader.tokenizer import Tokenizer
 
 
 def load_hf_config(model_dir: Path) -> HFConfig:
@@ -41,10 +46,10 @@ def _auto_config(model_dir: Path, config_bytes: bytes):
         raise UnsupportedModelError(f"cannot read the config in {model_dir}: {first_line(e)}") from None
 
 
-def eos_token_ids(model_dir: Path, tokenizer: Tokenizer, hf_config) -> set[int]:
+def eos_token_ids(model_dir: Path, hf_config) -> set[int]:
     """Generation stops at any of the ids the model's generation config, config or tokenizer name."""
     ids: set[int] = set()
-    sources = [getattr(hf_config, "eos_token_id", None), tokenizer.eos_token_id]
+    sources = [getattr(hf_config, "eos_token_id", None), tokenizer_eos_id(model_dir)]
     generation_config = model_dir / "generation_config.json"
     if generation_config.is_file():
         try:
@@ -64,9 +69,15 @@ class ModelFiles:
     """What a model name resolves to, read and checked before any weights are loaded."""
     model_dir: Path
     hf_config: object
-    tokenizer: Tokenizer
     eos_token_ids: set[int]
     pooling: PoolingConfig | None = None   # set for an embedding model (a sentence-transformers directory)
+
+    @cached_property
+    def tokenizer(self) -> Tokenizer:
+        """Read on first use: the engine process needs only eos_token_ids (loader.tokenizer_facts)."""
+        from localllm.loader.tokenizer import Tokenizer
+
+        return Tokenizer.from_dir(self.model_dir)
 
 
 def open_model(name: str | None, keep_gguf_blocks: bool = False) -> ModelFiles:
@@ -77,6 +88,4 @@ def open_model(name: str | None, keep_gguf_blocks: bool = False) -> ModelFiles:
     hf_config = load_hf_config(model_dir)
     # an unsupported architecture fails before anything heavy is loaded
     hf_architecture(getattr(hf_config, "architectures", None), str(model_dir))
-    tokenizer = Tokenizer.from_dir(model_dir)
-    return ModelFiles(model_dir, hf_config, tokenizer, eos_token_ids(model_dir, tokenizer, hf_config),
-                      read_pooling_config(model_dir))
+    return ModelFiles(model_dir, hf_config, eos_token_ids(model_dir, hf_config), read_pooling_config(model_dir))

@@ -2,7 +2,6 @@
 remove it on the way out (SIGTERM and Ctrl-C shut down gracefully, stopping every engine process)."""
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -64,6 +63,8 @@ def serve(settings: ServerSettings, log_file: Path | None = None) -> None:
         # the preloaded models' engines start first, so that their imports (torch) and loads overlap the web
         # stack's imports below (a second of a cold `localllm run` on a small CPU)
         spawned = spawn_preloaded(settings.models, settings.engine_config)
+        import asyncio   # here, not above: ~30 ms that the engines' start need not wait for
+
         server = _make_server(settings, url, spawned)
         state = DaemonState(pid=os.getpid(), url=url, host=settings.host, port=port,
                             started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -95,6 +96,8 @@ def _make_server(settings: ServerSettings, url: str, spawned: dict):
 
 
 async def _serve(server, sock: socket.socket, state_path, state: DaemonState) -> None:
+    import asyncio
+
     loop = asyncio.get_running_loop()
     def on_signal() -> None:   # the first signal shuts down gracefully, a second one at once
         server.force_exit = server.should_exit
