@@ -1,4 +1,5 @@
-"""The decode GEMV over quantized planes (quant_matmul's path for up to GEMV_MAX_ROWS rows of x): y = x @ W^T.
+"""The decode GEMV over quantized planes (quant_matmul's path for up to GEMV_MAX_ROWS rows of x): y = x @ W^T, two
+rows of x a launch.
 
 x stays put, the weight streams past it. A program owns one slice of K, BLOCK_U units wide (a unit, 16 bytes or a
 group of a row's quant words, to each thread: quant_tiles.load_units), and loads x for that slice once, into the
@@ -146,16 +147,18 @@ def gemv_config(fmt: str, m: int, n: int, k: int, device: torch.device, gpu: boo
 
 def quant_gemv(x2: torch.Tensor, planes: dict, fmt: str, y: torch.Tensor, n: int, k: int, gpu: bool,
                tiles: dict | None, packed_x: dict | None) -> None:
-    """y [M, N] = x2 [M, K] @ W^T for M <= 2 (quant_matmul.quant_matmul's arguments)."""
+    """y [M, N] = x2 [M, K] @ W^T (quant_matmul.quant_matmul's arguments): a launch for each two rows of x, which
+    cost a program about what one does (x packed once for all)."""
     m = x2.shape[0]
-    assert m <= 2
-    config = gemv_config(fmt, m, n, k, x2.device, gpu, tiles)
+    config = gemv_config(fmt, min(m, 2), n, k, x2.device, gpu, tiles)
     block_n, split, row_programs = config.pop("BLOCK_N"), config.pop("SPLIT"), config.pop("ROW_PROGRAMS")
     row_tiles = triton.cdiv(n, block_n)
-    block_m = triton.next_power_of_2(m)
-    partial, arrivals = SplitWorkspace.get(x2.device, row_tiles * split * block_m * block_n, row_tiles)
+    partial, arrivals = SplitWorkspace.get(x2.device, row_tiles * split * 2 * block_n, row_tiles)
     fmt_constants = dict(constants(fmt, x2), UNIT=gemv_unit_words(fmt), **int_constants(fmt, x2))
-    _gemv_kernel[(row_programs, split)](
-        *_gemv_x(x2, fmt, packed_x), y, partial, arrivals, *kernel_planes(planes, fmt), m, n, k, x2.stride(0),
-        y.stride(0), row_programs, split, **fmt_constants, BLOCK_N=block_n, BLOCK_M=block_m,
-        **pdl_options(x2.device), **config)
+    x_parts = _gemv_x(x2, fmt, packed_x)
+    for first in range(0, m, 2):
+        rows = min(2, m - first)
+        _gemv_kernel[(row_programs, split)](
+            *(part[first:first + rows] for part in x_parts), y[first:first + rows], partial, arrivals,
+            *kernel_planes(planes, fmt), rows, n, k, x2.stride(0), y.stride(0), row_programs, split, **fmt_constants,
+            BLOCK_N=block_n, BLOCK_M=rows, **pdl_options(x2.device), **config)

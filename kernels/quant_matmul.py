@@ -26,9 +26,12 @@ from localllm.kernels.quant_launch import constants, kernel_planes, row_units
 from localllm.kernels.quant_tiles import load_units, ordered_weights, unit_columns, unit_weights
 
 # The path by rows of x (scripts/gpu_quant_check.py --paths on one H200, Llama-3.1-8B's gate_up and down): the GEMV
-# up to GEMV_MAX_ROWS (its time grows with the rows), the tensor-core kernel (flat from 1 to 64 rows: 1.3-3.6x
-# faster than dequantize + cuBLAS there) up to DOT_MAX_ROWS, or further for 8-bit formats, then dequantize + cuBLAS
-GEMV_MAX_ROWS = 2
+# up to GEMV_MAX_ROWS, or 2 for 8-bit formats (a launch for each two rows: at 4 rows Q4_K's gate_up takes 66 us
+# against the tensor-core kernel's 154, Q8_0's 110 against 96), the tensor-core kernel (flat from 1 to 64 rows:
+# 1.3-3.6x faster than dequantize + cuBLAS there) up to DOT_MAX_ROWS, or further for 8-bit formats, then
+# dequantize + cuBLAS
+GEMV_MAX_ROWS = 4
+_GEMV_MAX_ROWS_8BIT = 2
 DOT_MAX_ROWS = 64
 _DOT_MAX_ROWS_8BIT = 256
 # tests: use the GPU's tile sizes on CPU tensors too (the interpreter otherwise gets small tiles, for speed)
@@ -117,8 +120,9 @@ def quant_matmul(x: torch.Tensor, planes: dict, fmt: str, out: torch.Tensor | No
     m = x2.shape[0]
     y = out if out is not None else torch.empty((m, n), dtype=x.dtype, device=x.device)
     assert y.shape == (m, n) and y.stride(-1) == 1
-    dot_max = _DOT_MAX_ROWS_8BIT if PLANES[fmt][0].bits == 8 else DOT_MAX_ROWS
-    path = path or ("gemv" if m <= GEMV_MAX_ROWS else "dot" if m <= dot_max else "dense")
+    eight_bit = PLANES[fmt][0].bits == 8
+    gemv_max, dot_max = (_GEMV_MAX_ROWS_8BIT, _DOT_MAX_ROWS_8BIT) if eight_bit else (GEMV_MAX_ROWS, DOT_MAX_ROWS)
+    path = path or ("gemv" if m <= gemv_max else "dot" if m <= dot_max else "dense")
     if m == 0:
         pass
     elif path == "gemv":
