@@ -162,6 +162,21 @@ def test_rotary_store_and_decode_attention_match_the_references(lib, window, kv_
     torch.testing.assert_close(got, want)
 
 
+@pytest.mark.parametrize("heads, kv_heads, dim", [(5, 1, 32), (8, 2, 64), (12, 3, 16), (4, 4, 24)])
+def test_decode_attention_over_every_head_grouping(lib, heads, kv_heads, dim):
+    """Query heads a KV head serves: 5 (a pass of 4, then 1), 4, 4 and 1; head sizes a multiple of 16 (the vector
+    path) and 24 (the scalar one), float16 caches, contexts of 1 to 37 keys over shuffled blocks."""
+    torch.manual_seed(1)
+    block_size, lens = 8, [37, 1, 16, 9]
+    tables = torch.randperm(24)[:20].reshape(4, 5)
+    k_cache, v_cache = torch.randn(2, 24, block_size, kv_heads, dim).half().unbind(0)
+    q = torch.randn(4, heads, dim)
+    context_lens = torch.tensor(lens)
+    got = ops.decode_attention(lib, q, k_cache, v_cache, tables, context_lens, dim ** -0.5, None)
+    want = ref.decode_attention(q, k_cache.float(), v_cache.float(), tables, context_lens, dim ** -0.5, None)
+    torch.testing.assert_close(got, want)
+
+
 def test_the_one_call_decode_step_gives_the_module_paths_tokens(lib):
     """The embedded model, two prompts decoding together: the compiled step and the module tree (layer by layer
     through the same kernels, over the same float16 KV cache) pick the same 24 greedy tokens."""

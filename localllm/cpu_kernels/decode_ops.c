@@ -98,35 +98,9 @@ void lq_rope_store(const float *q, const float *k, const float *v, int64_t strid
     free(rotated);
 }
 
-typedef struct {
-    const float *q;
-    const void *k_cache, *v_cache;   /* float32, or float16 when half */
-    const int64_t *block_tables, *context_lens;
-    int64_t table_width, heads, kv_heads, dim, block_size, window;
-    float scale;
-    float *out;
-    int half;
-} attention_job;
-
-/* The cache row of position p of a sequence: walks the block table without a division per key. */
-typedef struct {
-    const int64_t *table;
-    int64_t block_size, block, offset;
-} key_walk;
-
-static key_walk walk_from(const int64_t *table, int64_t block_size, int64_t p) {
-    key_walk w = {table, block_size, p / block_size, p % block_size};
-    return w;
-}
-
-static int64_t next_slot(key_walk *w) {
-    int64_t slot = w->table[w->block] * w->block_size + w->offset;
-    if (++w->offset == w->block_size) {
-        w->offset = 0;
-        w->block++;
-    }
-    return slot;
-}
+/* Query heads a pass of the vector path takes together: with two 8-lane accumulators each, their value sums stay in
+ * registers (AVX2 has 16). */
+enum { PASS_HEADS = 4 };
 
 #if defined(__AVX2__) && defined(__F16C__)
 /* 8 elements of a KV cache from `at` as float32 (float16 ones converted by F16C) */
@@ -140,62 +114,128 @@ static inline float sum8(__m256 v) {
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
 }
-#endif
 
-/* scores[g * n] = scale * (query head g of the group) . (the key row at `at`), for g < group; buf: dim floats. */
-static void key_dots(const float *q, int64_t group, int64_t dim, const void *k_cache, int half, int64_t at,
-                     float scale, float *buf, float *scores, int64_t n) {
-#if defined(__AVX2__) && defined(__F16C__)
-    if (dim % 8 == 0) {   /* 8 lanes at a time, the row converted as it is read (the scalar loop below 3x slower) */
-        for (int64_t g = 0; g < group; g++) {   /* two sums: two FMA chains */
-            __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
-            for (int64_t i = 0; i < dim; i += 8)
-                acc[(i >> 3) & 1] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * dim + i), cache8(k_cache, half, at + i),
-                                                    acc[(i >> 3) & 1]);
-            scores[g * n] = sum8(_mm256_add_ps(acc[0], acc[1])) * scale;
-        }
-        return;
-    }
-#endif
-    const float *k = cache_get(k_cache, half, at, dim, buf);
-    for (int64_t g = 0; g < group; g++) {
-        float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-        for (int64_t i = 0; i < dim; i++) dot += q[g * dim + i] * k[i];
-        scores[g * n] = dot * scale;
-    }
-}
-
-/* out[g * dim + i] += weights[g * n] * (the value row at `at`)[i], for g < group; buf: dim floats. */
-static void add_value(float *out, int64_t group, int64_t dim, const void *v_cache, int half, int64_t at,
-                      const float *weights, int64_t n, float *buf) {
-#if defined(__AVX2__) && defined(__F16C__)
-    if (dim % 8 == 0) {
+/* scores[g * n + p] = scale * (query head g) . (key row rows[p]) for g < heads (a constant where it is inlined, so
+ * the loops unroll and the sums live in registers): each key row is read and converted once for all the heads. */
+static inline __attribute__((always_inline)) void pass_dots(const float *q, int heads, int64_t dim,
+                                                            const void *k_cache, int half, const int64_t *rows,
+                                                            int64_t n, float scale, float *scores, int64_t stride) {
+    for (int64_t p = 0; p < n; p++) {
+        __m256 acc[PASS_HEADS];
+        for (int g = 0; g < heads; g++) acc[g] = _mm256_setzero_ps();
         for (int64_t i = 0; i < dim; i += 8) {
-            __m256 v = cache8(v_cache, half, at + i);
-            for (int64_t g = 0; g < group; g++)
-                _mm256_storeu_ps(out + g * dim + i, _mm256_fmadd_ps(_mm256_set1_ps(weights[g * n]), v,
-                                                                    _mm256_loadu_ps(out + g * dim + i)));
+            __m256 k = cache8(k_cache, half, rows[p] + i);
+            for (int g = 0; g < heads; g++) acc[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * dim + i), k, acc[g]);
         }
-        return;
+        for (int g = 0; g < heads; g++) scores[g * stride + p] = sum8(acc[g]) * scale;
     }
-#endif
-    const float *v = cache_get(v_cache, half, at, dim, buf);
-    for (int64_t g = 0; g < group; g++)
-        for (int64_t i = 0; i < dim; i++) out[g * dim + i] += weights[g * n] * v[i];
 }
 
-/* Rows are read this many positions after their prefetch: a sequence's rows are scattered over its blocks, and
- * one KV head's row is a few cache lines in every kv_heads (a stride the hardware prefetcher follows poorly). */
-enum { AHEAD = 8 };
+/* out[g * dim + i] = sum over p of weights[g * stride + p] * (value row rows[p])[i], 16 columns at a time: their sums
+ * stay in registers over all the keys (the value rows, read once per 16 columns, stay in the caches). */
+static inline __attribute__((always_inline)) void pass_values(float *out, int heads, int64_t dim,
+                                                              const void *v_cache, int half, const int64_t *rows,
+                                                              int64_t n, const float *weights, int64_t stride) {
+    for (int64_t i = 0; i < dim; i += 16) {
+        __m256 acc[PASS_HEADS][2];
+        for (int g = 0; g < heads; g++) acc[g][0] = acc[g][1] = _mm256_setzero_ps();
+        for (int64_t p = 0; p < n; p++) {
+            __m256 v0 = cache8(v_cache, half, rows[p] + i), v1 = cache8(v_cache, half, rows[p] + i + 8);
+            for (int g = 0; g < heads; g++) {
+                __m256 w = _mm256_set1_ps(weights[g * stride + p]);
+                acc[g][0] = _mm256_fmadd_ps(w, v0, acc[g][0]);
+                acc[g][1] = _mm256_fmadd_ps(w, v1, acc[g][1]);
+            }
+        }
+        for (int g = 0; g < heads; g++) {
+            _mm256_storeu_ps(out + g * dim + i, acc[g][0]);
+            _mm256_storeu_ps(out + g * dim + i + 8, acc[g][1]);
+        }
+    }
+}
 
-static void prefetch_row(const void *cache, int half, int64_t at, int64_t dim) {
-    const char *row = (const char *)cache + at * (half ? 2 : 4);
-    for (int64_t line = 0; line < dim * (half ? 2 : 4); line += 64) __builtin_prefetch(row + line);
+/* pass_dots (values: 0) or pass_values (1) for up to PASS_HEADS heads, `heads` made a constant for each. */
+static void vector_pass(int values, const float *q, float *out, int heads, int64_t dim, const void *cache, int half,
+                        const int64_t *rows, int64_t n, float scale, float *scores, int64_t stride) {
+#define PASS(H) (values ? pass_values(out, H, dim, cache, half, rows, n, scores, stride) \
+                        : pass_dots(q, H, dim, cache, half, rows, n, scale, scores, stride))
+    switch (heads) {
+        case 1: PASS(1); break;
+        case 2: PASS(2); break;
+        case 3: PASS(3); break;
+        default: PASS(4); break;
+    }
+#undef PASS
+}
+#endif
+
+/* The scalar path (no AVX2, or a head size that is not a multiple of 16), over the same rows. */
+static void scalar_dots(const float *q, int64_t heads, int64_t dim, const void *k_cache, int half,
+                        const int64_t *rows, int64_t n, float scale, float *scores, float *buf) {
+    for (int64_t p = 0; p < n; p++) {
+        const float *k = cache_get(k_cache, half, rows[p], dim, buf);
+        for (int64_t g = 0; g < heads; g++) {
+            float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+            for (int64_t i = 0; i < dim; i++) dot += q[g * dim + i] * k[i];
+            scores[g * n + p] = dot * scale;
+        }
+    }
+}
+
+static void scalar_values(float *out, int64_t heads, int64_t dim, const void *v_cache, int half,
+                          const int64_t *rows, int64_t n, const float *weights, float *buf) {
+    for (int64_t i = 0; i < heads * dim; i++) out[i] = 0.0f;
+    for (int64_t p = 0; p < n; p++) {
+        const float *v = cache_get(v_cache, half, rows[p], dim, buf);
+        for (int64_t g = 0; g < heads; g++)
+            for (int64_t i = 0; i < dim; i++) out[g * dim + i] += weights[g * n + p] * v[i];
+    }
+}
+
+typedef struct {
+    const float *q;
+    const void *k_cache, *v_cache;   /* float32, or float16 when half */
+    const int64_t *block_tables, *context_lens;
+    int64_t table_width, heads, kv_heads, dim, block_size, window;
+    float scale;
+    float *out;
+    int half;
+} attention_job;
+
+/* scores [group, n] -> softmax along each row (exp(score - max), normalised). */
+static void softmax_rows(float *scores, int64_t group, int64_t n) {
+    for (int64_t g = 0; g < group; g++) {
+        float top = -INFINITY, total = 0.0f, *row = scores + g * n;
+        for (int64_t p = 0; p < n; p++) top = row[p] > top ? row[p] : top;
+        for (int64_t p = 0; p < n; p++) total += row[p] = expf(row[p] - top);
+        for (int64_t p = 0; p < n; p++) row[p] /= total;
+    }
+}
+
+/* attend_group's work on the vector path, PASS_HEADS query heads a pass; 0 where that path is not built or the head
+ * size is not a multiple of 16. */
+static int vector_attention(const attention_job *j, const float *q, float *out, int64_t group, const int64_t *rows,
+                            int64_t n, float *scores) {
+#if defined(__AVX2__) && defined(__F16C__)
+    int64_t dim = j->dim;
+    if (dim % 16) return 0;
+    for (int64_t g = 0; g < group; g += PASS_HEADS)
+        vector_pass(0, q + g * dim, NULL, (int)(group - g < PASS_HEADS ? group - g : PASS_HEADS), dim, j->k_cache,
+                    j->half, rows, n, j->scale, scores + g * n, n);
+    softmax_rows(scores, group, n);
+    for (int64_t g = 0; g < group; g += PASS_HEADS)
+        vector_pass(1, NULL, out + g * dim, (int)(group - g < PASS_HEADS ? group - g : PASS_HEADS), dim,
+                    j->v_cache, j->half, rows, n, 0.0f, scores + g * n, n);
+    return 1;
+#else
+    (void)j, (void)q, (void)out, (void)group, (void)rows, (void)n, (void)scores;
+    return 0;
+#endif
 }
 
 /* The query heads of one KV head of one sequence (chunk = seq * kv_heads + kv head): softmax(q . k * scale) . v
- * over the visible keys, each key and value row read once for the whole group. */
+ * over the visible keys. The cache rows of the keys are looked up once (rows[p], in elements). */
 static void attend_group(void *ctx, int64_t chunk) {
     const attention_job *j = ctx;
     int64_t b = chunk / j->kv_heads, kv = chunk % j->kv_heads, dim = j->dim, group = j->heads / j->kv_heads;
@@ -203,29 +243,20 @@ static void attend_group(void *ctx, int64_t chunk) {
     const int64_t *table = j->block_tables + b * j->table_width;
     const float *q = j->q + (b * j->heads + kv * group) * dim;
     float *out = j->out + (b * j->heads + kv * group) * dim;
-    float *scores = malloc(sizeof(float) * (size_t)(n * group)), *row = malloc(sizeof(float) * (size_t)dim);
-    key_walk keys = walk_from(table, j->block_size, first), ahead = walk_from(table, j->block_size, first + AHEAD);
-    for (int64_t p = first; p < len; p++) {
-        if (p + AHEAD < len) prefetch_row(j->k_cache, j->half, (next_slot(&ahead) * j->kv_heads + kv) * dim, dim);
-        key_dots(q, group, dim, j->k_cache, j->half, (next_slot(&keys) * j->kv_heads + kv) * dim, j->scale, row,
-                 scores + p - first, n);
+    float *scores = malloc(sizeof(float) * (size_t)(n * group)), *buf = malloc(sizeof(float) * (size_t)dim);
+    int64_t *rows = malloc(sizeof(int64_t) * (size_t)n);
+    for (int64_t p = 0; p < n; p++) {
+        int64_t pos = first + p;
+        rows[p] = ((table[pos / j->block_size] * j->block_size + pos % j->block_size) * j->kv_heads + kv) * dim;
     }
-    for (int64_t g = 0; g < group; g++) {   /* scores -> exp(score - max), their sum kept to normalise */
-        float top = -INFINITY, total = 0.0f;
-        for (int64_t p = 0; p < n; p++) top = scores[g * n + p] > top ? scores[g * n + p] : top;
-        for (int64_t p = 0; p < n; p++) total += scores[g * n + p] = expf(scores[g * n + p] - top);
-        for (int64_t p = 0; p < n; p++) scores[g * n + p] /= total;
-    }
-    for (int64_t i = 0; i < group * dim; i++) out[i] = 0.0f;
-    key_walk values = walk_from(table, j->block_size, first);
-    ahead = walk_from(table, j->block_size, first + AHEAD);
-    for (int64_t p = first; p < len; p++) {
-        if (p + AHEAD < len) prefetch_row(j->v_cache, j->half, (next_slot(&ahead) * j->kv_heads + kv) * dim, dim);
-        add_value(out, group, dim, j->v_cache, j->half, (next_slot(&values) * j->kv_heads + kv) * dim,
-                  scores + p - first, n, row);
+    if (!vector_attention(j, q, out, group, rows, n, scores)) {
+        scalar_dots(q, group, dim, j->k_cache, j->half, rows, n, j->scale, scores, buf);
+        softmax_rows(scores, group, n);
+        scalar_values(out, group, dim, j->v_cache, j->half, rows, n, scores, buf);
     }
     free(scores);
-    free(row);
+    free(buf);
+    free(rows);
 }
 
 /* One query token per sequence (at position context_lens[b] - 1), q [seqs, heads, dim] -> out [seqs, heads, dim]
