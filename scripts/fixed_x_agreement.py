@@ -6,7 +6,9 @@ rounding (and the order of float additions), so this measures what the rounding 
 cannot hold the model file. transformers generates greedily in float32; then ONE teacher-forced forward with every
 nn.Linear's input rounded compares its argmax at each generated position with the generated token.
 
-    python scripts/fixed_x_agreement.py --new-tokens 250 --prompts 4 [--bits 8] [--model PATH]
+    python scripts/fixed_x_agreement.py --new-tokens 250 --prompts 4 [--bits 8] [--prompt-only] [--model PATH]
+
+--prompt-only rounds only the prompt's positions (a prefill in fixed point, decode steps exact).
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=250)
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--bits", type=int, choices=[15, 8], default=15)
+    p.add_argument("--prompt-only", action="store_true", help="round the prompt's positions only")
     p.add_argument("--json-out", default=None)
     args = p.parse_args()
     model_dir = resolve_model(args.model)
@@ -55,16 +58,22 @@ def main() -> None:
                                                return_tensors="pt", return_dict=True)["input_ids"]
         out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
                              max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, pad_token_id=0)
-        hooks = [m.register_forward_pre_hook(lambda _, inputs: (rounded(inputs[0], args.bits),))
-                 for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        upto = prompt.shape[1] if args.prompt_only else out.shape[1]
+
+        def round_input(_, inputs):
+            x = inputs[0].clone()
+            x[:, :upto] = rounded(x[:, :upto], args.bits)
+            return (x,)
+
+        hooks = [m.register_forward_pre_hook(round_input) for m in model.modules() if isinstance(m, torch.nn.Linear)]
         logits = model(out, logits_to_keep=args.new_tokens + 1).logits[0, :-1]
         for hook in hooks:
             hook.remove()
         matches += int((logits.argmax(-1) == out[0, prompt.shape[1]:]).sum())
         total += args.new_tokens
         print(f"{text[:40]:<40} {matches}/{total}", flush=True)
-    report = {"model": str(model_dir), "bits": args.bits, "group": GROUP, "matches": matches, "total": total,
-              "agreement": matches / total}
+    report = {"model": str(model_dir), "bits": args.bits, "group": GROUP, "prompt_only": args.prompt_only,
+              "matches": matches, "total": total, "agreement": matches / total}
     print(json.dumps(report))
     if args.json_out:
         with open(args.json_out, "w") as f:
