@@ -1,11 +1,27 @@
 """Plain-torch paged attention: K/V live in fixed-size blocks reached through per-sequence block tables.
 
 Cache layout: [num_blocks, block_size, num_kv_heads, head_dim]. Slot s is block s // block_size, offset
-s % block_size. Query heads are grouped over KV heads (GQA).
+s % block_size. Query heads are grouped over KV heads (GQA). The cache is in q's dtype, or float8_e4m3fn (scale 1:
+stored by to_cache, read by from_cache).
 """
 from __future__ import annotations
 
 import torch
+
+E4M3_MAX = 448.0   # the largest finite float8_e4m3fn
+
+
+def to_cache(x: torch.Tensor, cache_dtype: torch.dtype) -> torch.Tensor:
+    """x as a cache of cache_dtype holds it: an fp8 (e4m3) cache saturates at +-448 (torch alone would give NaN
+    from 480 up), rounding to nearest even as torch does."""
+    if cache_dtype == torch.float8_e4m3fn:
+        x = x.clamp(-E4M3_MAX, E4M3_MAX)
+    return x.to(cache_dtype)
+
+
+def from_cache(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Cache values (gathered blocks) in the dtype attention computes in: an fp8 cache decoded exactly."""
+    return x.to(dtype)
 
 
 def store_kvcache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -15,8 +31,11 @@ def store_kvcache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cac
     keep = slot_mapping >= 0
     num_kv_heads, head_dim = k.shape[1], k.shape[2]
     slots = slot_mapping[keep].long()
-    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, k[keep].to(k_cache.dtype))
-    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, v[keep].to(v_cache.dtype))
+    for x, cache in ((k, k_cache), (v, v_cache)):
+        rows, values = cache.view(-1, num_kv_heads, head_dim), to_cache(x[keep], cache.dtype)
+        if cache.dtype == torch.float8_e4m3fn:   # torch has no index_copy_ of float8: copy the bytes
+            rows, values = rows.view(torch.uint8), values.view(torch.uint8)
+        rows.index_copy_(0, slots, values)
 
 
 def _visible(query_pos: torch.Tensor, key_pos: torch.Tensor, sliding_window: int | None) -> torch.Tensor:
@@ -32,8 +51,8 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     batch, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[2]
     group = num_heads // num_kv_heads
-    k = k_cache[block_tables].reshape(batch, -1, num_kv_heads, head_dim)
-    v = v_cache[block_tables].reshape(batch, -1, num_kv_heads, head_dim)
+    k = from_cache(k_cache[block_tables].reshape(batch, -1, num_kv_heads, head_dim), q.dtype)
+    v = from_cache(v_cache[block_tables].reshape(batch, -1, num_kv_heads, head_dim), q.dtype)
     scores = torch.einsum("bhgd,blhd->bhgl", q.view(batch, num_kv_heads, group, head_dim), k) * scale
     key_pos = torch.arange(k.shape[1], device=q.device)
     visible = key_pos[None, :] < context_lens[:, None]
@@ -52,8 +71,8 @@ def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     num_kv_heads = k_cache.shape[2]
     block_size = k_cache.shape[1]
     num_blocks = -(-context_len // block_size)
-    k = k_cache[block_table[:num_blocks]].reshape(-1, num_kv_heads, head_dim)[:context_len]
-    v = v_cache[block_table[:num_blocks]].reshape(-1, num_kv_heads, head_dim)[:context_len]
+    k = from_cache(k_cache[block_table[:num_blocks]].reshape(-1, num_kv_heads, head_dim)[:context_len], q.dtype)
+    v = from_cache(v_cache[block_table[:num_blocks]].reshape(-1, num_kv_heads, head_dim)[:context_len], q.dtype)
     group = num_heads // num_kv_heads
     k = k.repeat_interleave(group, dim=1).transpose(0, 1)
     v = v.repeat_interleave(group, dim=1).transpose(0, 1)

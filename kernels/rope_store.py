@@ -3,7 +3,12 @@ per layer, in place of three to five (norm q, norm k, rotary, store). It reads q
 qkv projection), writes the rotated q back in place and the rotated k and v into their cache slots; the rotated k is
 not written anywhere else, since attention reads K from the cache. Same arithmetic as the unfused kernels: the norm
 in fp32, rounded to the input dtype, times the weight and rounded again (as rms_norm), then rotated in fp32.
-Its plain-torch reference is rope_store_ref.norm_rope_store_ref."""
+Its plain-torch reference is rope_store_ref.norm_rope_store_ref.
+
+An fp8 cache (torch.float8_e4m3fn, scale 1) gets each value rounded to the input dtype, then to e4m3: round to
+nearest even, saturating at +-448 (what torch's .to(float8_e4m3fn) gives after a clamp to +-448; torch itself
+turns values of 480 and more into NaN). On a GPU by its conversion instruction; under Triton's interpreter, whose
+conversion to fp8 truncates and wraps, bit by bit (_e4m3_bits)."""
 from __future__ import annotations
 
 import torch
@@ -13,11 +18,41 @@ import triton.language as tl
 from localllm.kernels.pdl import pdl_options, wait_for_previous_kernel
 
 
+E4M3_MAX = tl.constexpr(448.0)
+
+
+@triton.jit
+def _e4m3_bits(x):
+    """float32 x -> float8_e4m3fn bits (int32 0..255): round to nearest even, saturating at +-448, the sign of -0
+    and of values that round to 0 kept. Normal results round the float32 mantissa to 3 bits and rebias the exponent
+    (127 -> 7); below 2^-6 the result is a subnormal m * 2^-9, m = x * 512 rounded by adding 2^23 in float32."""
+    sign = (x.to(tl.int32, bitcast=True) >> 24) & 0x80
+    a = tl.minimum(tl.abs(x), E4M3_MAX)
+    bits = a.to(tl.int32, bitcast=True)
+    normal = ((bits + 0x7FFFF + ((bits >> 20) & 1)) >> 20) - (120 << 3)
+    subnormal = (a * 512.0 + 8388608.0).to(tl.int32, bitcast=True) - 0x4B000000
+    return tl.where(a < 0.015625, subnormal, normal) | sign
+
+
+@triton.jit
+def _cache_values(x, in_dtype, cache_dtype, KV_FP8: tl.constexpr, FP8_HW: tl.constexpr):
+    """float32 x as the cache holds it: in cache_dtype, or for an fp8 cache rounded to in_dtype (the reference
+    stores a tensor of that dtype) and then to e4m3 (by the GPU's conversion when FP8_HW)."""
+    if KV_FP8:
+        x = x.to(in_dtype).to(tl.float32)
+        if FP8_HW:
+            return tl.clamp(x, -E4M3_MAX, E4M3_MAX).to(tl.float8e4nv)
+        return _e4m3_bits(x).to(tl.uint8).to(tl.float8e4nv, bitcast=True)
+    return x.to(cache_dtype)
+
+
 @triton.jit
 def _rotate_heads(src, stride_sh, dst, stride_dh, n_heads, w_ptr, eps, cos1, sin1, cos2, sin2,
-                  HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_H: tl.constexpr, HAS_NORM: tl.constexpr):
+                  HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_H: tl.constexpr, HAS_NORM: tl.constexpr,
+                  KV_FP8: tl.constexpr = False, FP8_HW: tl.constexpr = False):
     """Heads [n_heads, 2 * HALF] at src (head stride stride_sh): RMS-normed per head and scaled when HAS_NORM (rounded
-    to the input dtype twice, as rms_norm does), rotated in fp32, written at dst (head stride stride_dh)."""
+    to the input dtype twice, as rms_norm does), rotated in fp32, written at dst (head stride stride_dh) as
+    _cache_values makes them (KV_FP8: dst is an fp8 cache)."""
     offs_h = tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, BLOCK_HALF)
     dm = offs_d < HALF
@@ -35,8 +70,10 @@ def _rotate_heads(src, stride_sh, dst, stride_dh, n_heads, w_ptr, eps, cos1, sin
         x1 = ((x1 * inv[:, None]).to(dtype).to(tl.float32) * w1[None, :]).to(dtype).to(tl.float32)
         x2 = ((x2 * inv[:, None]).to(dtype).to(tl.float32) * w2[None, :]).to(dtype).to(tl.float32)
     out = dst + offs_h[:, None] * stride_dh + offs_d[None, :]
-    tl.store(out, (x1 * cos1[None, :] - x2 * sin1[None, :]).to(dst.dtype.element_ty), mask=mask)
-    tl.store(out + HALF, (x2 * cos2[None, :] + x1 * sin2[None, :]).to(dst.dtype.element_ty), mask=mask)
+    out_ty = dst.dtype.element_ty
+    tl.store(out, _cache_values(x1 * cos1[None, :] - x2 * sin1[None, :], dtype, out_ty, KV_FP8, FP8_HW), mask=mask)
+    tl.store(out + HALF, _cache_values(x2 * cos2[None, :] + x1 * sin2[None, :], dtype, out_ty, KV_FP8, FP8_HW),
+             mask=mask)
 
 
 @triton.jit
@@ -45,7 +82,7 @@ def _rope_store_kernel(pos_ptr, slot_ptr, q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr,
                        stride_cos, stride_sin, stride_cb, stride_cs, stride_ch, n_q_heads, n_kv_heads,
                        HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_HQ: tl.constexpr,
                        BLOCK_HKV: tl.constexpr, BLOCK_SIZE: tl.constexpr, HAS_NORM: tl.constexpr,
-                       USE_PDL: tl.constexpr):
+                       USE_PDL: tl.constexpr, KV_FP8: tl.constexpr = False, FP8_HW: tl.constexpr = False):
     """Program (t, 0) rotates token t's query heads in place; program (t, 1) stores its key and value heads."""
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(pos_ptr + t).to(tl.int64)
@@ -65,13 +102,16 @@ def _rope_store_kernel(pos_ptr, slot_ptr, q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr,
         if slot >= 0:   # a negative slot is a padding row of a CUDA-graph batch: nothing to store
             cache_row = (slot // BLOCK_SIZE) * stride_cb + (slot % BLOCK_SIZE) * stride_cs
             _rotate_heads(k_ptr + t * stride_kt, stride_kh, k_cache_ptr + cache_row, stride_ch, n_kv_heads, kw_ptr,
-                          eps, cos1, sin1, cos2, sin2, HALF, BLOCK_HALF, BLOCK_HKV, HAS_NORM)
+                          eps, cos1, sin1, cos2, sin2, HALF, BLOCK_HALF, BLOCK_HKV, HAS_NORM, KV_FP8, FP8_HW)
             offs_h = tl.arange(0, BLOCK_HKV)
             mask = (offs_h < n_kv_heads)[:, None] & dm[None, :]
             v_src = v_ptr + t * stride_vt + offs_h[:, None] * stride_vh + offs_d[None, :]
             v_dst = v_cache_ptr + cache_row + offs_h[:, None] * stride_ch + offs_d[None, :]
-            tl.store(v_dst, tl.load(v_src, mask=mask).to(v_cache_ptr.dtype.element_ty), mask=mask)
-            tl.store(v_dst + HALF, tl.load(v_src + HALF, mask=mask).to(v_cache_ptr.dtype.element_ty), mask=mask)
+            v_ty = v_cache_ptr.dtype.element_ty
+            for half in tl.static_range(2):
+                x = tl.load(v_src + half * HALF, mask=mask)
+                tl.store(v_dst + half * HALF, _cache_values(x.to(tl.float32), x.dtype, v_ty, KV_FP8, FP8_HW),
+                         mask=mask)
 
 
 def norm_rope_store(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -80,7 +120,8 @@ def norm_rope_store(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v
                     k_norm_weight: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
     """positions, slot_mapping [T] (int32/int64; a negative slot stores nothing); q [T, Hq, D], k, v [T, Hkv, D]
     (last dim contiguous, token/head strides free: views of a fused qkv output); cos_cache/sin_cache [max_pos, D];
-    k_cache, v_cache [num_blocks, block_size, Hkv, D] with the same strides; q_norm_weight, k_norm_weight [D]: the
+    k_cache, v_cache [num_blocks, block_size, Hkv, D] with the same strides, of any float dtype or float8_e4m3fn (an
+    fp8 cache, see above); q_norm_weight, k_norm_weight [D]: the
     per-head RMSNorm weights (both or neither). Rotates q in place and returns it."""
     num_tokens, n_q_heads, head_dim = q.shape
     n_kv_heads = k.shape[1]
@@ -103,6 +144,7 @@ def norm_rope_store(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v
         n_q_heads, n_kv_heads,
         HALF=half, BLOCK_HALF=triton.next_power_of_2(half), BLOCK_HQ=triton.next_power_of_2(n_q_heads),
         BLOCK_HKV=triton.next_power_of_2(n_kv_heads), BLOCK_SIZE=k_cache.shape[1], HAS_NORM=has_norm,
+        KV_FP8=k_cache.dtype == torch.float8_e4m3fn, FP8_HW=k_cache.is_cuda,
         num_warps=4 if n_q_heads * head_dim >= 2048 else 1, **pdl_options(q.device),
     )
     return q

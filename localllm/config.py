@@ -7,6 +7,7 @@ from localllm.quantization import check_quantization
 
 TP_ALLREDUCE_KINDS = ("nccl", "symm_mem")
 SPECULATIVE_KINDS = ("off", "ngram")
+KV_CACHE_DTYPES = ("auto", "fp8")
 DRAFT_PREFIX = "draft:"   # speculative="draft:MODEL": a small model with the target's vocabulary proposes the drafts
 MAX_SPECULATIVE_TOKENS = 16
 
@@ -19,6 +20,8 @@ class Config:
     device: str = "auto"              # "auto" = cuda when available, else cpu
     block_size: int = 16              # tokens per KV-cache block
     num_kv_blocks: int | None = None  # fixed pool size; None = sized from kv_memory_fraction / kv_memory_gib
+    kv_cache_dtype: str = "auto"      # "auto" = the model's dtype (float16 for the CPU kernels); "fp8" = e4m3,
+    #                                   one byte an element, scale 1 (CUDA GPUs of compute capability 8.9+)
     kv_memory_gib: float = 1.0        # CPU: memory given to the KV pool when num_kv_blocks is None
     gpu_memory_fraction: float | None = None  # GPU: None = a desktop KV pool, what max_num_seqs x max_model_len
     #                                           can use (1 GiB .. a quarter of the card; engine/kv_pool.py); a
@@ -60,6 +63,8 @@ class Config:
             raise ValueError(f"tensor_parallel_size must be at least 1, got {self.tensor_parallel_size}")
         if self.tp_allreduce not in TP_ALLREDUCE_KINDS:
             raise ValueError(f"tp_allreduce must be one of {', '.join(TP_ALLREDUCE_KINDS)}, got {self.tp_allreduce!r}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, got {self.kv_cache_dtype!r}")
         check_speculation(self)
         check_quantization(self.quantization)
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):

@@ -86,10 +86,72 @@ def test_norm_rope_store_bfloat16_within_rounding():
     assert torch.equal(caches[1], want_caches[1])   # v is copied, bit for bit
 
 
-@pytest.mark.parametrize("qk_norm", [False, True])
-def test_attention_layer_fused_path_matches_plain_torch_path(qk_norm):
+FP8 = torch.float8_e4m3fn
+
+
+def _e4m3_ties_and_extremes() -> torch.Tensor:
+    """Every finite e4m3 value, the midpoints between neighbours (ties), values just off them, and values past the
+    largest (448, 464 = the tie with the would-be 480, 1e4, inf) of both signs."""
+    values = torch.arange(256, dtype=torch.uint8).view(FP8).float()
+    values = values[values.isfinite()].unique()
+    mids = (values[1:] + values[:-1]) / 2
+    extra = torch.tensor([464.0, 470.0, 479.0, 1e4, float("inf"), 1e-9, 3e-3])
+    out = torch.cat([values, mids, mids * (1 + 2 ** -20), mids * (1 - 2 ** -20), extra, -extra])
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fp8_store_rounds_as_torch_and_saturates(dtype):
+    """V goes into an fp8 cache as it comes (no rotation): its bytes are exactly torch's .to(float8_e4m3fn) of the
+    value clamped to +-448, over every e4m3 value, every tie between two of them and both sides of every tie (in
+    float32), every finite bfloat16 value (in bfloat16), and values past the largest."""
+    from localllm.kernels.rope_store import norm_rope_store
+
+    if dtype == torch.float32:
+        values = _e4m3_ties_and_extremes()
+    else:
+        values = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+        values = values[values.isfinite()]
+    head_dim, kv_heads = 64, 4
+    tokens = -(-values.numel() // (kv_heads * head_dim))
+    v = torch.zeros(tokens * kv_heads * head_dim, dtype=dtype)
+    v[:values.numel()] = values.to(dtype)
+    v = v.view(tokens, kv_heads, head_dim)
+    q, k = torch.zeros(tokens, kv_heads, head_dim, dtype=dtype), torch.zeros_like(v)
+    cos, sin = _rope_cache(head_dim, 4)
+    k_cache, v_cache = torch.zeros(2, tokens, 1, kv_heads, head_dim, dtype=FP8).unbind(0)
+    norm_rope_store(torch.zeros(tokens, dtype=torch.int64), q, k, v, cos, sin, k_cache, v_cache,
+                    torch.arange(tokens, dtype=torch.int32))
+    want = v.float().clamp(-448, 448).to(FP8)
+    assert torch.equal(v_cache.view(torch.uint8).flatten(), want.view(torch.uint8).flatten())
+
+
+@pytest.mark.parametrize("with_norm", [False, True])
+def test_norm_rope_store_into_an_fp8_cache(with_norm):
+    """The rotated K within one e4m3 step of the reference's (whose bfloat16 rotation and norm may end an ulp
+    away, on the other side of an e4m3 rounding boundary; the rounding itself is checked exactly above, on V);
+    V bit for bit; the padding row's slot untouched (the caches are compared whole)."""
+    from localllm.kernels.rope_store import norm_rope_store
+
+    positions, q, k, v, cos, sin, caches, slots, (qw, kw) = _rope_store_case(4, 2, 32, 4, torch.bfloat16,
+                                                                               with_norm, 3)
+    caches = (caches.float() * 16).to(FP8)   # K/V of several binades, past 448 too: saturated
+    k, v = k * 40, v * 200
+    want_caches = caches.clone()
+    want_q = norm_rope_store_ref(positions, q.clone(), k, v, cos, sin, want_caches[0], want_caches[1], slots,
+                                 qw, kw, 1e-6)
+    norm_rope_store(positions, q, k, v, cos, sin, caches[0], caches[1], slots, qw, kw, 1e-6)
+    torch.testing.assert_close(q.float(), want_q.float(), atol=2e-2, rtol=1 / 64)
+    assert torch.equal(caches[1].view(torch.uint8), want_caches[1].view(torch.uint8))
+    torch.testing.assert_close(caches[0].float(), want_caches[0].float(), atol=2 ** -9, rtol=1 / 8)
+    assert caches[1].float().abs().max() == 448   # v * 200 saturates
+
+
+@pytest.mark.parametrize("qk_norm,kv_dtype", [(False, torch.float32), (True, torch.float32), (True, FP8)])
+def test_attention_layer_fused_path_matches_plain_torch_path(qk_norm, kv_dtype):
     """The layer's GPU path (one norm + rotary + store launch, then paged attention), run here by the interpreter,
-    against its CPU path, over a step of two decodes and a prefill after a cached prefix."""
+    against its CPU path, over a step of two decodes and a prefill after a cached prefix; with an fp8 KV pool
+    too."""
     from localllm.layers.attention import Attention, AttentionMetadata
     from localllm.layers.norm import RMSNorm
     from localllm.layers.rotary import RotaryEmbedding, StepRotary
@@ -112,7 +174,7 @@ def test_attention_layer_fused_path_matches_plain_torch_path(qk_norm):
                              num_seqs=3, num_decodes=2, max_query_len=6, max_context_len=11,
                              query_start_loc_host=qsl, context_lens_host=ctx)
     qkv = torch.randn(8, (heads + 2 * kv_heads) * head_dim, generator=g)
-    cache = torch.randn(2, 9, block_size, kv_heads, head_dim, generator=g)
+    cache = torch.randn(2, 9, block_size, kv_heads, head_dim, generator=g).to(kv_dtype)
     outs, caches = [], []
     for fused in (False, True):
         layer = Attention(heads, kv_heads, head_dim, head_dim ** -0.5)
@@ -122,8 +184,10 @@ def test_attention_layer_fused_path_matches_plain_torch_path(qk_norm):
         rope = StepRotary(positions, rotary.cos, rotary.sin, True) if fused else rotary.for_step(positions)
         outs.append(layer(rope, q, k, v, meta, norms))
         caches.append(pool)
-    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(caches[1], caches[0], atol=1e-6, rtol=1e-6)
+    # in an fp8 pool, a K a float32 ulp away from the plain path's may round to the neighbouring e4m3 value
+    out_tol, cache_atol, cache_rtol = (1e-5, 1e-6, 1e-6) if kv_dtype == torch.float32 else (2e-2, 2 ** -9, 1 / 8)
+    torch.testing.assert_close(outs[1], outs[0], atol=out_tol, rtol=out_tol)
+    torch.testing.assert_close(caches[1].float(), caches[0].float(), atol=cache_atol, rtol=cache_rtol)
 
 
 def _decode_inputs(ctx_lens, num_heads, num_kv_heads, head_dim, block_size, seed=0):

@@ -34,13 +34,15 @@ def _gen(seed: int) -> torch.Generator:
 
 
 def _paged_setup(ctx_lens, q_lens, num_heads, num_kv_heads, head_dim, block_size, dtype=torch.float32, seed=0,
-                 extra_cols=2):
-    """A cache filled with random K/V, blocks handed out in a random order, tables padded with 0 columns."""
+                 extra_cols=2, kv_dtype=None):
+    """A cache filled with random K/V, blocks handed out in a random order, tables padded with 0 columns. kv_dtype:
+    the cache's, when not q's (float8_e4m3fn: an fp8 cache, of values up to a few tens, as K after its norm)."""
     g = _gen(seed)
     blocks_per_seq = [-(-c // block_size) for c in ctx_lens]
     num_blocks = sum(blocks_per_seq) + 3
-    k_cache = torch.randn(num_blocks, block_size, num_kv_heads, head_dim, generator=g).to(dtype)
-    v_cache = torch.randn(num_blocks, block_size, num_kv_heads, head_dim, generator=g).to(dtype)
+    spread = 8.0 if kv_dtype == torch.float8_e4m3fn else 1.0
+    k_cache = (torch.randn(num_blocks, block_size, num_kv_heads, head_dim, generator=g) * spread).to(kv_dtype or dtype)
+    v_cache = (torch.randn(num_blocks, block_size, num_kv_heads, head_dim, generator=g) * spread).to(kv_dtype or dtype)
     order = (torch.randperm(num_blocks - 1, generator=g) + 1).tolist()
     width = max(blocks_per_seq) + extra_cols
     tables = torch.zeros(len(ctx_lens), width, dtype=torch.int32)
@@ -54,8 +56,10 @@ def _paged_setup(ctx_lens, q_lens, num_heads, num_kv_heads, head_dim, block_size
 
 
 def _check_attention(K, ctx_lens, q_lens, num_heads, num_kv_heads, head_dim, block_size, window=None,
-                     dtype=torch.float32, atol=2e-5, **kwargs):
-    q, kc, vc, tables, qsl, ctx = _paged_setup(ctx_lens, q_lens, num_heads, num_kv_heads, head_dim, block_size, dtype)
+                     dtype=torch.float32, atol=2e-5, kv_dtype=None, **kwargs):
+    """The kernel against the reference over the same cache, decoded to float32 (an fp8 cache's exact values)."""
+    q, kc, vc, tables, qsl, ctx = _paged_setup(ctx_lens, q_lens, num_heads, num_kv_heads, head_dim, block_size, dtype,
+                                               kv_dtype=kv_dtype)
     scale = head_dim ** -0.5
     out = torch.full_like(q, float("nan"))   # poisoned: every row must be written
     res = K.paged_attention.paged_attention(q, kc, vc, tables, qsl, ctx, scale, window, out=out,
@@ -215,6 +219,52 @@ def test_paged_attention_strided_q_view(K):
                                             max_context_len=20)
     want = ref.paged_attention_varlen(q, kc, vc, tables, qsl, ctx, 0.25)
     torch.testing.assert_close(out, want, atol=2e-5, rtol=2e-5)
+
+
+# --- an fp8 (e4m3) KV cache: every path decodes it as it loads ------------------------------------------------
+
+FP8 = torch.float8_e4m3fn
+
+
+# float16 stands for the GPU's bfloat16: the interpreter's bfloat16 dot is wrong, with a bfloat16 cache as well
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 2e-5), (torch.float16, 3e-2)])
+def test_paged_attention_over_an_fp8_cache(K, dtype, atol):
+    # one-pass decodes and prefills (mixed), a sliding window, split-K decodes
+    _check_attention(K, MIXED_CTX, MIXED_Q, 4, 2, 16, 8, dtype=dtype, atol=atol, kv_dtype=FP8)
+    _check_attention(K, [5, 37, 25, 30], [1, 1, 9, 20], 4, 2, 16, 4, window=11, dtype=dtype, atol=atol,
+                     kv_dtype=FP8)
+    _check_attention(K, [300, 17, 129], [1, 1, 1], 4, 2, 64, 8, dtype=dtype, atol=atol, kv_dtype=FP8,
+                     split_kv=True, partition_size=32)
+    _check_attention(K, [40, 7, 33], [1, 1, 1], 8, 2, 16, 16, dtype=dtype, atol=atol, kv_dtype=FP8, split_kv=False)
+
+
+def test_paged_attention_over_an_fp8_cache_with_gpu_tile_sizes(K, monkeypatch):
+    monkeypatch.setattr(K.paged_attention, "GPU_TILES_EVERYWHERE", True)
+    _check_attention(K, [150, 40, 7, 90], [1, 40, 7, 70], 8, 2, 16, 16, kv_dtype=FP8)
+    _check_attention(K, [300, 17, 129], [1, 1, 1], 4, 1, 16, 16, kv_dtype=FP8, split_kv=True, partition_size=64)
+
+
+def test_references_read_an_fp8_cache_as_its_decoded_values():
+    q, kc, vc, tables, qsl, ctx = _paged_setup(MIXED_CTX, MIXED_Q, 4, 2, 16, 8, kv_dtype=FP8)
+    assert kc.dtype == FP8 and kc.float().abs().max() > 8   # values of several binades, rounded to e4m3
+    decoded = (kc.float(), vc.float())
+    assert torch.equal(ref.paged_attention_varlen(q, kc, vc, tables, qsl, ctx, 0.25),
+                       ref.paged_attention_varlen(q, *decoded, tables, qsl, ctx, 0.25))
+    q, kc, vc, tables, qsl, ctx = _paged_setup([9, 40], [1, 1], 4, 2, 16, 8, kv_dtype=FP8)
+    assert torch.equal(ref.decode_attention(q, kc, vc, tables, ctx, 0.25, 16),
+                       ref.decode_attention(q, kc.float(), vc.float(), tables, ctx, 0.25, 16))
+
+
+def test_store_into_an_fp8_cache_rounds_as_torch_and_saturates():
+    # the reference store: torch's round to nearest even, with +-448 for what torch would make NaN (>= 480)
+    # ties 1.0625 -> 1.0 and 1.1875 -> 1.25 (even mantissas), the subnormal 1e-3 -> 2^-9, 464 -> 448 and beyond
+    k = torch.tensor([1.0625, 1.1875, -1e-3, 447.9, 464.0, 1e4, -1e4, -0.0]).view(8, 1, 1)
+    kc, vc = torch.zeros(2, 4, 2, 1, 1, dtype=FP8).unbind(0)
+    ref.store_kvcache(k, -k, kc, vc, torch.tensor([0, 1, 2, 3, 4, 5, 6, 7]))
+    want = [1.0, 1.25, -2 ** -9, 448.0, 448.0, 448.0, -448.0, -0.0]
+    assert kc.flatten().float().tolist() == want and vc.flatten().float().tolist() == [-x for x in want]
+    assert torch.equal(kc.flatten()[:5].view(torch.uint8), k.flatten()[:5].to(FP8).view(torch.uint8))
+    assert kc.flatten()[7].view(torch.uint8) == 0x80   # -0 keeps its sign
 
 
 # --- rmsnorm, activation -------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from localllm.config import Config
 from localllm.engine.batch import H, PackedStep, PoolingSlice, unpack
 from localllm.engine.block_manager import BlockManager
 from localllm.engine.draft_model import DraftProposer, open_draft
+from localllm.engine.model_runner import check_kv_cache_dtype
 from localllm.engine.rank_setup import set_up_rank
 from localllm.engine.request import Sequence
 from localllm.engine.events import EmbeddingEvent, SampledToken, TokenEvent
@@ -88,6 +89,7 @@ class EngineCore:
             torch.set_num_threads(config.num_threads)
         self.config = config
         self.device = resolve_device(config)
+        check_kv_cache_dtype(config.kv_cache_dtype, self.device)
         self.dtype = resolve_dtype(config, self.device)
         model_len = config.max_model_len or hf_config.max_position_embeddings
         self.tensor_parallel_size = resolve_degree(config, hf_config, self.device, self.dtype, model_len, model_dir)

@@ -15,6 +15,7 @@ from localllm.engine.request import Sequence
 from localllm.engine.scheduler import ScheduledSeq
 from localllm.hf_config import attention_head_dim
 from localllm.engine.model_builder import build_model, weight_bytes, weights_label
+from localllm.errors import LocalLLMError
 from localllm.layers.attention import Attention
 from localllm.layers.cpu_quant import attach_cpu_kernels
 from localllm.layers.quantized import randomize_weights
@@ -34,6 +35,25 @@ def kv_bytes_per_block(hf_config, block_size: int, dtype: torch.dtype, tp: int =
     return per_token * block_size * dtype.itemsize
 
 
+# kv_cache_dtype="fp8": K/V stored as float8 e4m3 with a scale of 1 (values saturate at +-448, which K and V after
+# the projections and norms stay well within), read by the attention kernels with the GPU's fp8 conversion
+FP8_KV_DTYPE = torch.float8_e4m3fn
+FP8_KV_MIN_CAPABILITY = (8, 9)   # Ada, Hopper and later convert e4m3 in hardware
+
+
+def check_kv_cache_dtype(kv_cache_dtype: str, device: torch.device) -> None:
+    """Refuses an fp8 KV cache where the kernels that read and write one do not run, before any weight is loaded."""
+    if kv_cache_dtype != "fp8":
+        return
+    if device.type != "cuda":
+        raise LocalLLMError(f"kv_cache_dtype fp8 needs a CUDA GPU; on {device.type} the KV cache stays "
+                            "float32/float16 (leave kv_cache_dtype at auto)")
+    capability = torch.cuda.get_device_capability(device)
+    if capability < FP8_KV_MIN_CAPABILITY:
+        raise LocalLLMError(f"kv_cache_dtype fp8 needs a GPU of compute capability 8.9 or later (Ada, Hopper), "
+                            f"{device} has {capability[0]}.{capability[1]}")
+
+
 def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A zero tensor. On the CPU an anonymous memory map, whose pages the kernel zeroes as they are first written:
     a 1 GiB KV pool costs nothing at start instead of ~1 s of writing zeros on a small machine."""
@@ -45,9 +65,9 @@ def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
 
 class ModelRunner:
     def __init__(self, hf_config, model_dir: Path | None, device: torch.device, dtype: torch.dtype,
-                 quantization: str = "none"):
+                 quantization: str = "none", kv_cache_dtype: str = "auto"):
         """model_dir None = random weights (benchmarks of speed only), in the format `quantization` names if it
-        is one (localllm.quantization)."""
+        is one (localllm.quantization). kv_cache_dtype: Config.kv_cache_dtype (check_kv_cache_dtype first)."""
         self.device = device
         self.has_lm_head = True   # False for an embedding model whose checkpoint has no LM head: it cannot generate
         self.dtype = dtype
@@ -64,6 +84,8 @@ class ModelRunner:
             lib = next((m.cpu_ops for m in self.model.modules() if isinstance(m, Attention)), None)
             if dtype == torch.float32 and lib is not None and kv_half(lib):
                 self.kv_dtype = torch.float16
+        if kv_cache_dtype == "fp8":
+            self.kv_dtype = FP8_KV_DTYPE
         self.weight_bytes = weight_bytes(self.model)
         self.quantization = weights_label(self.model, quant, quantization)
         self.hidden_size = hf_config.hidden_size

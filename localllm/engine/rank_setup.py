@@ -39,8 +39,9 @@ class RankSetup:
 
 def set_up_rank(config: Config, hf_config, model_dir: Path | None, device: torch.device,
                 dtype: torch.dtype, draft: DraftFiles | None = None) -> RankSetup:
-    runner = ModelRunner(hf_config, model_dir, device, dtype, config.quantization)
-    draft_runner = (ModelRunner(draft.hf_config, draft.model_dir, device, dtype, config.quantization)
+    runner = ModelRunner(hf_config, model_dir, device, dtype, config.quantization, config.kv_cache_dtype)
+    draft_runner = (ModelRunner(draft.hf_config, draft.model_dir, device, dtype, config.quantization,
+                                config.kv_cache_dtype)
                     if draft is not None else None)
     if tp_size() > 1 and config.tp_allreduce != "nccl":
         use_reducer(make_reducer(config.tp_allreduce, device, dtype))
