@@ -41,9 +41,12 @@ def _cache_values(x, in_dtype, cache_dtype, KV_FP8: tl.constexpr, FP8_HW: tl.con
     if KV_FP8:
         x = x.to(in_dtype).to(tl.float32)
         if FP8_HW:
-            return tl.clamp(x, -E4M3_MAX, E4M3_MAX).to(tl.float8e4nv)
-        return _e4m3_bits(x).to(tl.uint8).to(tl.float8e4nv, bitcast=True)
-    return x.to(cache_dtype)
+            values = tl.clamp(x, -E4M3_MAX, E4M3_MAX).to(tl.float8e4nv)
+        else:
+            values = _e4m3_bits(x).to(tl.uint8).to(tl.float8e4nv, bitcast=True)
+    else:
+        values = x.to(cache_dtype)
+    return values
 
 
 @triton.jit

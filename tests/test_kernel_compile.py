@@ -43,15 +43,49 @@ def test_norm_rope_store_compiles(has_norm, dtype):
     pointers = {n: dtype for n in ("q_ptr", "k_ptr", "v_ptr", "qw_ptr", "kw_ptr", "k_cache_ptr", "v_cache_ptr")}
     pointers.update(pos_ptr="*i64", slot_ptr="*i32", cos_ptr="*fp32", sin_ptr="*fp32")
     ptx = _compile(_rope_store_kernel, dict(HALF=64, BLOCK_HALF=64, BLOCK_HQ=16, BLOCK_HKV=8, BLOCK_SIZE=16,
-                                            HAS_NORM=has_norm, USE_PDL=True), pointers, floats=("eps",))
+                                            HAS_NORM=has_norm, USE_PDL=True, KV_FP8=False, FP8_HW=False),
+                   pointers, floats=("eps",))
     assert ".entry _rope_store_kernel" in ptx
 
 
-@pytest.mark.parametrize("sliding", [False, True])
-def test_split_k_decode_compiles(sliding):
+@pytest.mark.parametrize("has_norm", [False, True])
+def test_norm_rope_store_into_an_fp8_cache_compiles_to_the_saturating_conversion(has_norm):
+    """An fp8 KV cache on the GPU: K and V go to e4m3 by the hardware's round-to-nearest-even conversion (which
+    also saturates), not by the interpreter's bit-by-bit encoding."""
+    from localllm.kernels.rope_store import _rope_store_kernel
+
+    pointers = {n: "*bf16" for n in ("q_ptr", "k_ptr", "v_ptr", "qw_ptr", "kw_ptr")}
+    pointers.update(pos_ptr="*i64", slot_ptr="*i32", cos_ptr="*fp32", sin_ptr="*fp32", k_cache_ptr="*fp8e4nv",
+                    v_cache_ptr="*fp8e4nv")
+    ptx = _compile(_rope_store_kernel, dict(HALF=64, BLOCK_HALF=64, BLOCK_HQ=16, BLOCK_HKV=8, BLOCK_SIZE=16,
+                                            HAS_NORM=has_norm, USE_PDL=True, KV_FP8=True, FP8_HW=True),
+                   pointers, floats=("eps",))
+    assert "cvt.rn.satfinite.e4m3x2.f32" in ptx
+
+
+@pytest.mark.parametrize("kv", ["*bf16", "*fp8e4nv"])
+@pytest.mark.parametrize("decode", [False, True])
+def test_one_pass_attention_compiles(kv, decode):
+    """The one-pass kernel (prefills, short decodes) at the GPU's tiles, over a bf16 and an fp8 cache (decoded
+    by the hardware's e4m3 conversion)."""
+    from localllm.kernels.paged_attention import _paged_attn_kernel
+
+    pointers = {n: "*i32" for n in ("bt_ptr", "qsl_ptr", "ctx_ptr")}
+    pointers.update(k_cache_ptr=kv, v_cache_ptr=kv)
+    tiles = dict(BLOCK_Q=1, BLOCK_M=16, BLOCK_N=128) if decode else dict(BLOCK_Q=16, BLOCK_M=64, BLOCK_N=64)
+    ptx = _compile(_paged_attn_kernel, dict(HEAD_DIM=128, BLOCK_D=128, GROUP=4, BLOCK_SIZE=16, SLIDING=False,
+                                            IS_DECODE=decode, K_ROWS=True, DOT_PRECISION="tf32", **tiles),
+                   pointers, floats=("scale_log2",))
+    assert ".entry _paged_attn_kernel" in ptx
+    assert ("cvt.rn.f16x2.e4m3x2" in ptx) == (kv == "*fp8e4nv")
+
+
+@pytest.mark.parametrize("sliding,kv", [(False, "*bf16"), (True, "*bf16"), (False, "*fp8e4nv")])
+def test_split_k_decode_compiles(sliding, kv):
     from localllm.kernels import paged_attention_split as split
 
     pointers = {n: "*i32" for n in ("bt_ptr", "qsl_ptr", "ctx_ptr")}
+    pointers.update(k_cache_ptr=kv, v_cache_ptr=kv)
     pointers.update({n: "*fp32" for n in ("part_acc_ptr", "part_m_ptr", "part_l_ptr")})
     ptx = _compile(split._decode_split_kernel, dict(HEAD_DIM=128, BLOCK_D=128, GROUP=4, BLOCK_M=16, BLOCK_N=64,
                                                     BLOCK_SIZE=16, MIN_PARTITION=64, SLIDING=sliding, K_ROWS=True,
