@@ -51,7 +51,7 @@ class EngineBackend:
         self.device, self.dtype, self.vocab_size = self.core.device, self.core.dtype, self.core.vocab_size
         self.tensor_parallel_size = self.core.tensor_parallel_size
         runner = self.core.runner
-        self.shape = model_shape(runner.model, bench_model.hf_config, self.dtype.itemsize,
+        self.shape = model_shape(runner.model, bench_model.hf_config, runner.kv_dtype.itemsize,
                                  self.tensor_parallel_size)
         self.memory_figures = dict(quantization=runner.quantization,
                                    weight_bytes=runner.weight_bytes * self.tensor_parallel_size,

@@ -36,6 +36,8 @@ JsonOpt = typer.Option(None, "--json-out", help="Also write the result as JSON t
 MaxLenOpt = typer.Option(4096, "--max-model-len", help="Context length the engine is set up for.")
 SpeculativeOpt = typer.Option("off", "--speculative", help="Speculative decoding: off, ngram or draft:MODEL.")
 SpecTokensOpt = typer.Option(4, "--num-speculative-tokens", min=1, help="Most draft tokens verified per step.")
+KvCacheDtypeOpt = typer.Option("auto", "--kv-cache-dtype", help="KV cache element type: auto (the model's dtype) "
+                                                                "or fp8 (e4m3; CUDA GPUs of compute capability 8.9+).")
 SpecAcceptOpt = typer.Option(None, "--spec-accept-prob", min=0.0, max=1.0,
                              help="Random weights accept nothing: accept each draft with this probability instead "
                                   "(drafts then copy the prompt from its start when nothing matches).")
@@ -46,12 +48,17 @@ def _fail(error: Exception) -> None:
     raise typer.Exit(1)
 
 
-def _check_backend(backend: str, quantize: str = "auto") -> None:
+def _check_backend(backend: str, quantize: str = "auto", kv_cache_dtype: str = "auto") -> None:
     """Refuses what no backend can run before any model is loaded."""
+    from localllm.config import Config
+
     if backend not in BACKENDS:
         raise ValueError(f"unknown --backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if backend == "hf" and quantize not in ("auto", "none"):
         raise ValueError("--quantize applies to --backend localllm only")
+    Config(kv_cache_dtype=kv_cache_dtype)
+    if backend == "hf" and kv_cache_dtype != "auto":
+        raise ValueError("--kv-cache-dtype applies to --backend localllm only")
 
 
 def _prepare(model: str | None, random_weights: str | None, dtype: str, quantize: str = "auto"):
@@ -78,7 +85,8 @@ def _load(backend: str, bench_model, dtype: str, device, torch_dtype, **config):
     if backend == "hf":
         if config.pop("quantization", "auto") not in ("auto", "none"):
             raise ValueError("--quantize applies to --backend localllm only")
-        for key in ("speculative", "num_speculative_tokens", "speculative_accept_prob"):   # checked before
+        # checked before; transformers keeps its own KV cache (--compare-hf beside an fp8 one)
+        for key in ("speculative", "num_speculative_tokens", "speculative_accept_prob", "kv_cache_dtype"):
             config.pop(key, None)
         from localllm.bench.hf_backend import HFBackend
 
@@ -173,6 +181,7 @@ def latency(
     speculative: str = SpeculativeOpt,
     num_speculative_tokens: int = SpecTokensOpt,
     spec_accept_prob: Optional[float] = SpecAcceptOpt,
+    kv_cache_dtype: str = KvCacheDtypeOpt,
     json_out: Optional[Path] = JsonOpt,
 ) -> None:
     """Batch-1 decode tokens/s and time to first token, greedy, beside the roofline; with --speculative, the
@@ -182,7 +191,7 @@ def latency(
     from localllm.bench.speculative import CODE_EDIT_TOKENS, code_edit_prompt
 
     try:
-        _check_backend(backend, quantize)
+        _check_backend(backend, quantize, kv_cache_dtype)
         _check_new_tokens(new_tokens)
         if workload not in ("random", "code-edit"):
             raise ValueError(f"unknown --workload {workload!r}; use 'random' or 'code-edit'")
@@ -191,7 +200,7 @@ def latency(
         runtime = _load(backend, bench_model, dtype, device, torch_dtype, max_model_len=max_model_len,
                         quantization=quantize, num_kv_blocks=num_kv_blocks, **_tp_config(backend, tp, allreduce),
                         speculative=speculative, num_speculative_tokens=num_speculative_tokens,
-                        speculative_accept_prob=spec_accept_prob)
+                        speculative_accept_prob=spec_accept_prob, kv_cache_dtype=kv_cache_dtype)
         decode_prompt = None
         if workload == "code-edit":   # with random weights, --model names the tokenizer the prompt is written in
             tokenizer_dir = with_a_tokenizer(bench_model, model if random_weights else None).tokenizer_dir
@@ -232,6 +241,7 @@ def throughput(
     speculative: str = SpeculativeOpt,
     num_speculative_tokens: int = SpecTokensOpt,
     spec_accept_prob: Optional[float] = SpecAcceptOpt,
+    kv_cache_dtype: str = KvCacheDtypeOpt,
     json_out: Optional[Path] = JsonOpt,
 ) -> None:
     """Aggregate output tokens/s of many sequences generated at once (continuous batching), beside the roofline."""
@@ -240,7 +250,7 @@ def throughput(
     from localllm.bench.workloads import guided, throughput_workload
 
     try:
-        _check_backend(backend, quantize)
+        _check_backend(backend, quantize, kv_cache_dtype)
         if compare_hf and backend != "localllm":
             raise ValueError("--compare-hf compares localllm with hf; leave --backend at localllm")
         if json_schema and (backend != "localllm" or compare_hf):
@@ -253,7 +263,7 @@ def throughput(
             work, bench_model = guided(work), with_a_tokenizer(bench_model, model if random_weights else None)
         config = dict(max_num_seqs=max_num_seqs, max_model_len=max_model_len, num_kv_blocks=num_kv_blocks,
                       speculative=speculative, num_speculative_tokens=num_speculative_tokens,
-                      speculative_accept_prob=spec_accept_prob)
+                      speculative_accept_prob=spec_accept_prob, kv_cache_dtype=kv_cache_dtype)
         config.update(_tp_config(backend, tp, allreduce))
         runtime = _load(backend, bench_model, dtype, device, torch_dtype, quantization=quantize, **config)
         try:
@@ -300,6 +310,7 @@ def sweep(
     tp: Optional[int] = TpOpt,
     allreduce: str = AllreduceOpt,
     quantize: str = QuantizeOpt,
+    kv_cache_dtype: str = KvCacheDtypeOpt,
     json_out: Optional[Path] = JsonOpt,
 ) -> None:
     """Decode tokens/s of this engine against batch size (greedy, decode phase only), beside the roofline."""
@@ -309,9 +320,11 @@ def sweep(
     try:
         sizes = _batch_sizes(batch_sizes)
         _check_new_tokens(new_tokens)
+        _check_backend("localllm", quantize, kv_cache_dtype)
         bench_model, device, torch_dtype, limits, quantize = _prepare(model, random_weights, dtype, quantize)
         engine = _load("localllm", bench_model, dtype, device, torch_dtype, max_model_len=max_model_len,
-                       max_num_seqs=max(sizes), quantization=quantize, **_tp_config("localllm", tp, allreduce))
+                       max_num_seqs=max(sizes), quantization=quantize, kv_cache_dtype=kv_cache_dtype,
+                       **_tp_config("localllm", tp, allreduce))
         try:
             result = measure_sweep(engine, limits, sizes, prompt_tokens, new_tokens)
         finally:

@@ -26,6 +26,9 @@ SpeculativeOpt = typer.Option(None, "--speculative", help="Speculative decoding:
                                                           "forward.")
 SpecTokensOpt = typer.Option(None, "--num-speculative-tokens", min=1,
                              help="Most draft tokens a sequence verifies per step (default 4).")
+KV_CACHE_DTYPE_HELP = ("KV cache element type: auto (the model's dtype) or fp8 (e4m3: half the bytes, twice the "
+                       "blocks; CUDA GPUs of compute capability 8.9+).")
+KvCacheDtypeOpt = typer.Option(None, "--kv-cache-dtype", show_default=False, help=KV_CACHE_DTYPE_HELP)
 
 
 def _fail(error: Exception) -> None:
@@ -67,6 +70,7 @@ def serve(
              "(default: $LOCALLLM_GPU_MEMORY_FRACTION; unset = a KV pool sized to the model's sequences and context)."),
     speculative: Optional[str] = SpeculativeOpt,
     num_speculative_tokens: Optional[int] = SpecTokensOpt,
+    kv_cache_dtype: Optional[str] = KvCacheDtypeOpt,
 ) -> None:
     """Run the daemon in the foreground: an OpenAI-compatible API on http://HOST:PORT/v1."""
     from localllm.server.daemon import serve as run_daemon
@@ -77,7 +81,7 @@ def serve(
             host=host, port=port, api_key=api_key, cors_origins=cors_origin, keep_alive_s=keep_alive,
             max_queued=max_queued, max_body_bytes=max_body_bytes, allowed_hosts=allow_host, models=model,
             engine=parse_engine_overrides(engine + tp_override(tp) + quantize_override(quantize)
-                                          + memory_override(gpu_memory_fraction)
+                                          + kv_cache_override(kv_cache_dtype) + memory_override(gpu_memory_fraction)
                                           + speculative_override(speculative, num_speculative_tokens)),
             state_file=state_file.expanduser() if state_file else None)
         run_daemon(settings, log_file.expanduser() if log_file else None)
@@ -95,6 +99,11 @@ def tp_override(tp: int | None) -> list[str]:
 def quantize_override(quantize: str | None) -> list[str]:
     """--quantize X as the engine setting it stands for."""
     return [] if quantize is None else [f"quantization={quantize}"]
+
+
+def kv_cache_override(kv_cache_dtype: str | None) -> list[str]:
+    """--kv-cache-dtype X as the engine setting it stands for."""
+    return [] if kv_cache_dtype is None else [f"kv_cache_dtype={kv_cache_dtype}"]
 
 
 def memory_override(fraction: float | None) -> list[str]:

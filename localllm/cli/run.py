@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from localllm.errors import InvalidModelNameError, LocalLLMError, one_line
-from localllm.cli.daemon import SpecTokensOpt, SpeculativeOpt
+from localllm.cli.daemon import KvCacheDtypeOpt, SpecTokensOpt, SpeculativeOpt
 from localllm.hub.embedded import EMBEDDED_ALIAS
 
 
@@ -33,6 +33,7 @@ def run(
                                                               "starts the daemon); default: the fewest that fit."),
     speculative: Optional[str] = SpeculativeOpt,
     num_speculative_tokens: Optional[int] = SpecTokensOpt,
+    kv_cache_dtype: Optional[str] = KvCacheDtypeOpt,
 ) -> None:
     """Chat with a model through the daemon (started if needed): answer PROMPT once, or chat interactively."""
     from localllm.config import Config
@@ -44,11 +45,12 @@ def run(
     try:
         SamplingParams(**params)   # bad values are refused here, before any daemon is started
         Config(speculative=speculative or "off", num_speculative_tokens=num_speculative_tokens or 4,
-               tensor_parallel_size=tp)
+               tensor_parallel_size=tp, kv_cache_dtype=kv_cache_dtype or "auto")
         reference, prompt = _model_and_prompt(model, prompt)
         name, preload = model_to_serve(reference)
         start = time.perf_counter()
-        client, started = daemon_client(preload, daemon_args(tp, speculative, num_speculative_tokens))
+        client, started = daemon_client(preload, daemon_args(tp, speculative, num_speculative_tokens,
+                                                             kv_cache_dtype))
         if verbose and started:
             typer.echo(f"started the daemon:  {time.perf_counter() - start:.2f} s ({client.url})", err=True)
         name = pull_if_missing(client, reference, name)
@@ -115,9 +117,11 @@ def pull_if_missing(client, reference, name: str) -> str:
     return pull_through(client, name)["name"]
 
 
-def daemon_args(tp: int | None, speculative: str | None, num_speculative_tokens: int | None) -> list[str]:
+def daemon_args(tp: int | None, speculative: str | None, num_speculative_tokens: int | None,
+                kv_cache_dtype: str | None = None) -> list[str]:
     """The options a daemon started for `run` gets (a running daemon keeps its own)."""
-    pairs = (("--tp", tp), ("--speculative", speculative), ("--num-speculative-tokens", num_speculative_tokens))
+    pairs = (("--tp", tp), ("--speculative", speculative), ("--num-speculative-tokens", num_speculative_tokens),
+             ("--kv-cache-dtype", kv_cache_dtype))
     return [arg for flag, value in pairs if value is not None for arg in (flag, str(value))]
 
 
