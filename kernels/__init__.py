@@ -3,7 +3,8 @@ tests and the path used where Triton is unavailable. Nothing here imports the re
 
 Triton kernels (each module imports triton when imported; import them only where a GPU and triton exist):
   rope_store.norm_rope_store        per-head q/k RMSNorm (optional), rotary, and K/V into their cache slots
-                                    (negative slot = skip): one launch per layer
+                                    (negative slot = skip; an fp8 e4m3 cache rounded to nearest even, saturated):
+                                    one launch per layer
   paged_attention.paged_attention   varlen causal paged attention for a whole step, GQA, sliding window,
                                     split-K flash decoding for all-decode steps with long contexts
                                     (paged_attention_split; the shared tile step in paged_attention_tile)
@@ -19,6 +20,7 @@ Triton kernels (each module imports triton when imported; import them only where
 Plain data: block_formats (the quantized block formats: sizes, the GGUF types kept as blocks)
 Plain torch (no triton; the ground truth of the tests and the CPU path of localllm.layers):
   paged_attention_ref               store_kvcache, decode_attention, prefill_attention, paged_attention_varlen
+                                    (over a cache in q's dtype or fp8: to_cache, from_cache)
   rmsnorm_ref, activation_ref       the reference of the kernel of the same name
   gemv_ref                          the unfused ops gemv replaces
   rotary_ref                        neox rotary (the CPU path of the rotary layer)

@@ -5,7 +5,10 @@ on a GPU). Also runs on a CPU in fp32 with fewer tokens, where it should give 10
 
 With quantized weights (--quantize auto keeps a GGUF's blocks on a GPU; a format quantizes at load), transformers
 gets the same weights dequantized to the dtype: the comparison is then of the quantized kernels against dense
-matmuls of the very same values.
+matmuls of the very same values. With --kv-cache-dtype fp8 localllm keeps its KV cache in e4m3 (transformers keeps
+its own in the dtype): the agreement then measures what the fp8 cache costs, e.g.
+
+    python scripts/gpu_agreement.py --model PATH.gguf --dtype bfloat16 --kv-cache-dtype fp8 --json-out fp8kv.json
 
 1. localllm generates greedily (ignore_eos) for each chat prompt, all prompts in one batch as the engine serves them.
 2. transformers loads the same converted safetensors directory in the same dtype and runs ONE teacher-forced forward
@@ -52,6 +55,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-mismatches", type=int, default=20, help="mismatches detailed per prompt in the JSON")
     p.add_argument("--quantize", default="none", help="localllm's weights: none (dense), auto, native or a format "
                                                       "(q4_k_m, q8_0, ...); transformers gets them dequantized")
+    p.add_argument("--kv-cache-dtype", choices=["auto", "fp8"], default="auto",
+                   help="localllm's KV cache: auto (the dtype) or fp8 (e4m3; GPUs of compute capability 8.9+)")
     p.add_argument("--json-out", default=None)
     args = p.parse_args()
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -74,7 +79,7 @@ def run_localllm(args, prompts: list[str]):
     from localllm.loader.resolve import resolve_model
 
     llm = LLM(args.model, dtype=args.dtype, device=args.device, gpu_memory_fraction=args.gpu_memory_fraction,
-              quantization=args.quantize)
+              quantization=args.quantize, kv_cache_dtype=args.kv_cache_dtype)
     params = SamplingParams(temperature=0.0, max_tokens=args.new_tokens, ignore_eos=True)
     start = time.perf_counter()
     outs = llm.chat([[{"role": "user", "content": p}] for p in prompts], params)
@@ -173,7 +178,8 @@ def main() -> None:
     report = {
         "model": args.model or "embedded SmolLM2-135M-Instruct", "model_dir": str(model_dir),
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-        "dtype": args.dtype, "weights": ran_as, "quantize": args.quantize, "new_tokens": args.new_tokens,
+        "dtype": args.dtype, "weights": ran_as, "quantize": args.quantize, "kv_cache_dtype": args.kv_cache_dtype,
+        "new_tokens": args.new_tokens,
         "torch": torch.__version__,
         "transformers": transformers.__version__, "localllm_generate_s": localllm_s,
         "matches": matches, "total": total, "agreement": matches / total, "target": TARGET,

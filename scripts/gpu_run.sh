@@ -20,6 +20,8 @@ Stages (default: check latency throughput sweep):
   kernels      every Triton kernel against its reference, and their timings  -> kernel_check.txt
   startup      qwen3-0.6b latency twice over a new Triton cache: load_s cold  -> startup-cold.json,
                (kernels compiled) then warm (from the disk cache)               startup-warm.json
+  fp8kv        the throughput stage with --kv-cache-dtype fp8, and greedy     -> throughput-nano-vllm-fp8kv.json,
+               agreement with transformers over an fp8 KV cache (embedded)      agreement-fp8kv.json
 
 Options:
   --wheels DIR  first install the wheels in DIR (localllm's dependencies) without the network, then localllm
@@ -48,7 +50,7 @@ shift
 stages=${*:-check latency throughput sweep}
 for stage in $stages; do
   case $stage in
-    check|latency|throughput|sweep|hf-latency|compare-hf|kernels|startup) ;;
+    check|latency|throughput|sweep|hf-latency|compare-hf|kernels|startup|fp8kv) ;;
     *) echo "Error: unknown stage '$stage' (see scripts/gpu_run.sh --help)" >&2; exit 2 ;;
   esac
 done
@@ -99,5 +101,9 @@ for stage in $stages; do
         TRITON_CACHE_DIR=$cache ll bench latency --random-weights qwen3-0.6b --json-out "$out/startup-$start.json" \
           2>&1 | grep -i load; done
       rm -rf "$cache" ;;
+    fp8kv) ll bench throughput --random-weights qwen3-0.6b --workload nano-vllm --kv-cache-dtype fp8 \
+        --json-out "$out/throughput-nano-vllm-fp8kv.json" 2>&1 | tail -20
+      python3 scripts/gpu_agreement.py --dtype bfloat16 --kv-cache-dtype fp8 \
+        --json-out "$out/agreement-fp8kv.json" 2>&1 | tail -12 ;;
   esac
 done
