@@ -94,3 +94,16 @@ def test_bench_refuses_fp8_for_transformers():
     result = CliRunner().invoke(app, ["bench", "latency", "--backend", "hf", "--kv-cache-dtype", "fp8"])
     assert result.exit_code == 1
     assert "Error: --kv-cache-dtype applies to --backend localllm only" in result.output
+
+
+def test_the_tensor_parallel_degree_is_sized_with_the_fp8_cache():
+    from localllm.engine.model_runner import kv_cache_torch_dtype
+    from localllm.engine.tp_degree import model_size
+
+    hf_config = CONFIGS["qwen3"]()
+    hf_config.architectures = ["Qwen3ForCausalLM"]
+    assert kv_cache_torch_dtype("auto", torch.bfloat16) == torch.bfloat16
+    bf16 = model_size(hf_config, torch.bfloat16, 1024)
+    fp8 = model_size(hf_config, torch.bfloat16, 1024, kv_dtype=kv_cache_torch_dtype("fp8", torch.bfloat16))
+    assert 2 * fp8.kv_bytes_per_token == bf16.kv_bytes_per_token == 2 * 2 * 2 * 24 * 2
+    assert fp8.weight_bytes == bf16.weight_bytes

@@ -41,6 +41,11 @@ FP8_KV_DTYPE = torch.float8_e4m3fn
 FP8_KV_MIN_CAPABILITY = (8, 9)   # Ada, Hopper and later convert e4m3 in hardware
 
 
+def kv_cache_torch_dtype(kv_cache_dtype: str, dtype: torch.dtype) -> torch.dtype:
+    """The KV pool's element type for Config.kv_cache_dtype on a GPU: the model's dtype, or e4m3."""
+    return FP8_KV_DTYPE if kv_cache_dtype == "fp8" else dtype
+
+
 def check_kv_cache_dtype(kv_cache_dtype: str, device: torch.device) -> None:
     """Refuses an fp8 KV cache where the kernels that read and write one do not run, before any weight is loaded."""
     if kv_cache_dtype != "fp8":
@@ -77,15 +82,13 @@ class ModelRunner:
         else:
             self.has_lm_head = load_weights(self.model, model_dir, quant)
         self.model.eval()
-        # float16 K/V when the compiled CPU kernels attend (half the bytes a decode step reads); else the model's dtype
-        self.kv_dtype = dtype
+        # float16 K/V when the compiled CPU kernels attend (half the bytes a decode step reads)
+        self.kv_dtype = kv_cache_torch_dtype(kv_cache_dtype, dtype)
         if uses_cpu_kernels(quantization, device.type):
             attach_cpu_kernels(self.model)
             lib = next((m.cpu_ops for m in self.model.modules() if isinstance(m, Attention)), None)
-            if dtype == torch.float32 and lib is not None and kv_half(lib):
+            if self.kv_dtype == torch.float32 and lib is not None and kv_half(lib):
                 self.kv_dtype = torch.float16
-        if kv_cache_dtype == "fp8":
-            self.kv_dtype = FP8_KV_DTYPE
         self.weight_bytes = weight_bytes(self.model)
         self.quantization = weights_label(self.model, quant, quantization)
         self.hidden_size = hf_config.hidden_size

@@ -11,6 +11,7 @@ import torch
 from localllm import settings
 from localllm.config import Config
 from localllm.cpu_cores import available_cores
+from localllm.engine.model_runner import kv_cache_torch_dtype
 from localllm.engine.step_channel import StepSender
 from localllm.engine.tp_degree import (TensorParallelError, check_degree, degree_error, free_gpu_bytes, model_size,
                                        pick_degree)
@@ -31,7 +32,8 @@ def resolve_degree(config: Config, hf_config, device: torch.device, dtype: torch
         if reason:
             raise TensorParallelError(reason)
         return asked or 1
-    size = model_size(hf_config, dtype, model_len, model_dir, config.quantization)
+    size = model_size(hf_config, dtype, model_len, model_dir, config.quantization,
+                      kv_cache_torch_dtype(config.kv_cache_dtype, dtype))
     free = free_gpu_bytes()
     if asked is None:
         return pick_degree(size, free)

@@ -76,9 +76,10 @@ def pick_degree(size: ModelSize, free_bytes: list[int]) -> int:
     return largest
 
 
-def model_size(hf_config, dtype, context_len: int, model_dir=None, quantization: str = "none") -> ModelSize:
-    """The model's size on GPUs in `dtype`, its weights stored as `quantization` says, counted on the meta
-    device (nothing is allocated)."""
+def model_size(hf_config, dtype, context_len: int, model_dir=None, quantization: str = "none",
+               kv_dtype=None) -> ModelSize:
+    """The model's size on GPUs in `dtype`, its weights stored as `quantization` says and its KV cache in kv_dtype
+    (None: dtype), counted on the meta device (nothing is allocated)."""
     import torch
 
     from localllm.engine.model_builder import build_model, weight_bytes
@@ -86,7 +87,7 @@ def model_size(hf_config, dtype, context_len: int, model_dir=None, quantization:
     model, _ = build_model(hf_config, model_dir, quantization, torch.device("meta"), dtype, device_type="cuda")
     weights = weight_bytes(model)
     kv_per_token = (2 * hf_config.num_hidden_layers * hf_config.num_key_value_heads * attention_head_dim(hf_config)
-                    * dtype.itemsize)
+                    * (kv_dtype or dtype).itemsize)
     return ModelSize(hf_config.num_attention_heads, hf_config.num_key_value_heads, weights, kv_per_token,
                      context_len)
 
