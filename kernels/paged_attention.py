@@ -141,7 +141,8 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     """Causal paged attention for a whole step; returns out.
 
     q [T, H, D] (last dim contiguous; token/head strides are free, e.g. a view of a fused qkv output).
-    k_cache, v_cache [num_blocks, block_size, Hkv, D] (last dim contiguous), already holding this step's K/V.
+    k_cache, v_cache [num_blocks, block_size, Hkv, D] (last dim contiguous), already holding this step's K/V, in q's
+    dtype or float8_e4m3fn (an fp8 cache of scale 1, decoded as it is loaded).
     block_tables [B, W]: block ids per sequence; columns past a sequence's blocks are never read (0-padding is fine).
     query_start_loc [B + 1], context_lens [B]: sequence i's queries are rows query_start_loc[i]:query_start_loc[i+1]
     of q, at positions context_lens[i] - q_len ... context_lens[i] - 1 (decode, prefill, prefill after a cached prefix

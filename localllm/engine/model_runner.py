@@ -35,8 +35,8 @@ def kv_bytes_per_block(hf_config, block_size: int, dtype: torch.dtype, tp: int =
     return per_token * block_size * dtype.itemsize
 
 
-# kv_cache_dtype="fp8": K/V stored as float8 e4m3 with a scale of 1 (values saturate at +-448, which K and V after
-# the projections and norms stay well within), read by the attention kernels with the GPU's fp8 conversion
+# kv_cache_dtype="fp8": K/V stored as float8 e4m3 with a scale of 1 (values beyond +-448 saturate; no per-layer
+# scale yet), read by the attention kernels with the GPU's fp8 conversion
 FP8_KV_DTYPE = torch.float8_e4m3fn
 FP8_KV_MIN_CAPABILITY = (8, 9)   # Ada, Hopper and later convert e4m3 in hardware
 
