@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""GPU check of localllm.kernels: every Triton kernel against its plain-torch reference on realistic bf16 shapes,
-then timings of paged attention (decode and prefill) with triton.testing.do_bench.
+"""GPU check of localllm.kernels: every Triton kernel against its plain-torch reference on realistic bf16 shapes
+(and over an fp8 KV cache), then timings of paged attention (decode and prefill, decode over an fp8 cache too) with
+triton.testing.do_bench.
 
 Needs a CUDA GPU, torch and triton. localllm.kernels comes from the install if there is one
 (`python3 -m pip install --no-deps --no-build-isolation -e .`: use the pip of the python that has torch; without
@@ -39,9 +40,11 @@ def report(name: str, got: torch.Tensor, want: torch.Tensor, atol: float, rtol: 
 
 
 def attention_case(pa, ref, model: str, q_lens: list[int], ctx_lens: list[int], gen, window=None, label="",
-                   split_kv=None, index_dtype=torch.int32, max_context_len=None):
+                   split_kv=None, index_dtype=torch.int32, max_context_len=None, kv_dtype=DTYPE):
+    """kv_dtype: the cache's (float8_e4m3fn: an fp8 KV cache, against the reference over its decoded values)."""
     num_heads, num_kv_heads, head_dim = MODELS[model]
     k_cache, v_cache, tables = make_cache(ctx_lens, num_kv_heads, head_dim, gen)
+    k_cache, v_cache = k_cache.to(kv_dtype), v_cache.to(kv_dtype)
     tables = tables.to(index_dtype)
     qsl = torch.zeros(len(q_lens) + 1, dtype=index_dtype, device="cuda")
     qsl[1:] = torch.tensor(q_lens, device="cuda").cumsum(0)
@@ -58,7 +61,8 @@ def attention_case(pa, ref, model: str, q_lens: list[int], ctx_lens: list[int], 
     if split_kv is None and max(q_lens) == 1:
         from localllm.kernels.paged_attention_split import use_split_kv
         path += "=split-K" if use_split_kv(1, max(ctx_lens)) else "=one-pass"
-    report(f"attn {model} {label} [{path}]" + (f" window={window}" if window else ""), out, want, 2e-2, 2e-2)
+    report(f"attn {model} {label} [{path}]" + (f" window={window}" if window else "")
+           + ("" if kv_dtype == DTYPE else " fp8 KV"), out, want, 2e-2, 2e-2)
 
 
 def rope_store_case(rope_store, model: str, num_tokens: int, with_norm: bool, gen) -> None:
@@ -86,6 +90,42 @@ def check_all(gen) -> None:
                 rope_store_case(rope_store, model, num_tokens, with_norm, gen)
     check_norms_and_activation(gen)
     check_attention(gen)
+    check_fp8_kv_cache(gen)
+
+
+def check_fp8_kv_cache(gen) -> None:
+    """kv_cache_dtype="fp8": the store rounds as torch does (clamped to +-448) over every finite bf16 value, the
+    fused store's K within an e4m3 step of the reference's and its V exact, and attention over the decoded cache."""
+    from localllm.kernels import paged_attention as pa, paged_attention_ref as ref, rope_store
+    from localllm.kernels.rope_store_ref import norm_rope_store_ref
+
+    fp8 = torch.float8_e4m3fn
+    values = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).cuda()
+    v = values[values.isfinite()].view(-1, 2, 128)   # 65,280 values
+    zeros = torch.zeros_like(v)
+    cos = sin = torch.zeros(1, 128, device="cuda")
+    k_cache, v_cache = torch.zeros(2, v.shape[0], 1, 2, 128, dtype=fp8, device="cuda").unbind(0)
+    rope_store.norm_rope_store(torch.zeros(v.shape[0], dtype=torch.int64, device="cuda"), zeros.clone(), zeros, v,
+                               cos, sin, k_cache, v_cache, torch.arange(v.shape[0], dtype=torch.int32, device="cuda"))
+    want = v.float().clamp(-448, 448).to(fp8)
+    mismatches = (v_cache.view(torch.uint8).flatten() != want.view(torch.uint8).flatten()).sum()
+    report("fp8 store of every finite bf16 value (bytes differing)", mismatches.float(), torch.zeros(()), 0, 0)
+    q, k, v, cos, sin, pos, slots, caches, (qw, kw) = rope_inputs("qwen3-0.6b", 2048, gen)
+    caches = caches.to(fp8)
+    want_caches = caches.clone()
+    norm_rope_store_ref(pos, q.clone(), k, v, cos, sin, want_caches[0], want_caches[1], slots, qw, kw)
+    rope_store.norm_rope_store(pos, q, k, v, cos, sin, caches[0], caches[1], slots, qw, kw)
+    torch.cuda.synchronize()
+    # the bf16 check's tolerance (the rotation's last bits) plus one e4m3 step
+    report("norm_rope_store qwen3-0.6b T=2048 +q/k norm fp8 KV (k cache)", caches[0], want_caches[0], 1e-2,
+           0.125 + 1e-2)
+    report("norm_rope_store qwen3-0.6b T=2048 +q/k norm fp8 KV (v cache, exact)", caches[1], want_caches[1], 0, 0)
+    lens = torch.randint(1, 4097, (64,), generator=torch.Generator().manual_seed(1)).tolist()
+    for split in (None, False, True):
+        attention_case(pa, ref, "llama3.1-8b", [1] * 64, lens, gen, label="decode B=64 ctx<=4096", split_kv=split,
+                       kv_dtype=fp8)
+    attention_case(pa, ref, "qwen3-0.6b", [1] * 30 + [777, 300], lens[:30] + [777, 1000], gen,
+                   label="mixed 30 decodes + 2 prefills", kv_dtype=fp8)
 
 
 def check_norms_and_activation(gen) -> None:

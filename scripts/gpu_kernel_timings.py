@@ -42,24 +42,28 @@ def bench(tune: bool) -> None:
     gen = torch.Generator(device="cuda").manual_seed(123)
     timings = Timings()
     bench_decode(timings, tune, gen)
+    bench_decode(timings, False, gen, kv_dtype=torch.float8_e4m3fn)   # kv_cache_dtype="fp8": half the bytes
     bench_decode_under_a_bound(timings, gen)
     bench_prefill(timings, gen)
     bench_other_kernels(timings, gen)
     timings.summary()
 
 
-def bench_decode(timings: Timings, tune: bool, gen) -> None:
+def bench_decode(timings: Timings, tune: bool, gen, kv_dtype: torch.dtype = DTYPE) -> None:
+    """kv_dtype: the cache's (float8_e4m3fn: an fp8 KV cache; its rows say so)."""
     from triton.testing import do_bench
     from localllm.kernels import paged_attention as pa
     from localllm.kernels.paged_attention_split import use_split_kv
 
     num_heads, num_kv_heads, head_dim = MODELS["llama3.1-8b"]
-    elem = torch.tensor([], dtype=DTYPE).element_size()
+    elem = torch.tensor([], dtype=kv_dtype).element_size()
+    label = "" if kv_dtype == DTYPE else " fp8 KV"
     for batch in (1, 64, 256):
         for ctx_len in (1024, 4096):
             kv_bytes = 2 * batch * ctx_len * num_kv_heads * head_dim * elem
             copies = max(1, min(32, -(-200_000_000 // kv_bytes)))
             k_cache, v_cache, tables = make_cache([ctx_len] * (batch * copies), num_kv_heads, head_dim, gen)
+            k_cache, v_cache = k_cache.to(kv_dtype), v_cache.to(kv_dtype)
             q = torch.randn(copies, batch, num_heads, head_dim, device="cuda", dtype=DTYPE, generator=gen)
             qsl = torch.arange(batch + 1, dtype=torch.int32, device="cuda")
             ctx = torch.full((batch,), ctx_len, dtype=torch.int32, device="cuda")
@@ -76,7 +80,8 @@ def bench_decode(timings: Timings, tune: bool, gen) -> None:
                     for r in range(copies):
                         call(r)
                 eager = do_bench(call, warmup=25, rep=100, return_mode="median") * 1e3 if split is None else None
-                timings.row(f"decode B={batch} ctx={ctx_len} [{name}]", eager, graph_time_us(all_copies) / copies,
+                timings.row(f"decode B={batch} ctx={ctx_len}{label} [{name}]", eager,
+                            graph_time_us(all_copies) / copies,
                             gbps(kv_bytes))
 
 
