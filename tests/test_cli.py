@@ -58,10 +58,12 @@ def test_run_starts_the_daemon_and_answers_with_the_embedded_model(daemons):
     assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout
     pid = daemons()   # left running in the background, as Ollama does
-    result = runner.invoke(app, ["run", QUESTION, "--verbose"])
+    result = runner.invoke(app, ["run", QUESTION, "--verbose", "--kv-cache-dtype", "fp8"])
     assert result.exit_code == 0, result.output
     assert "Paris" in result.stdout
     assert "time to first token" in result.stderr and "started the daemon" not in result.stderr
+    # an engine option cannot change the running daemon: said in one line, not silently dropped
+    assert "already running, so --kv-cache-dtype did not apply" in result.stderr
     assert daemons() == pid   # the same daemon answered
 
 

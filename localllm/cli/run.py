@@ -49,10 +49,14 @@ def run(
         reference, prompt = _model_and_prompt(model, prompt)
         name, preload = model_to_serve(reference)
         start = time.perf_counter()
-        client, started = daemon_client(preload, daemon_args(tp, speculative, num_speculative_tokens,
-                                                             kv_cache_dtype))
+        engine_args = daemon_args(tp, speculative, num_speculative_tokens, kv_cache_dtype)
+        client, started = daemon_client(preload, engine_args)
         if verbose and started:
             typer.echo(f"started the daemon:  {time.perf_counter() - start:.2f} s ({client.url})", err=True)
+        if engine_args and not started:
+            flags = ", ".join(a for a in engine_args if a.startswith("--"))
+            typer.echo(f"note: the daemon was already running, so {flags} did not apply (they apply when `run` "
+                       "starts it; `localllm stop` first)", err=True)
         name = pull_if_missing(client, reference, name)
         if prompt is None and sys.stdin.isatty() and sys.stdout.isatty():
             from localllm.tui.app import ChatApp   # a person at a terminal gets the chat app
