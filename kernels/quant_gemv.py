@@ -124,8 +124,7 @@ def _gemv_x(x2: torch.Tensor, fmt: str, packed: dict | None) -> tuple[torch.Tens
     return pack_fixed_x(x2, block_format(fmt).group, packed)
 
 
-def gemv_config(fmt: str, m: int, n: int, k: int, device: torch.device, gpu: bool,
-                tiles: dict | None = None) -> dict:
+def gemv_config(fmt: str, n: int, k: int, device: torch.device, gpu: bool, tiles: dict | None = None) -> dict:
     """A program's tile: BLOCK_N rows by BLOCK_U units (a few to each thread, so that x's columns lie as the words
     do), tiles (when given) overriding them; SPLIT slices of K, and ROW_PROGRAMS programs along the rows for
     each, about PROGRAMS_PER_SM in all a SM."""
@@ -150,7 +149,7 @@ def quant_gemv(x2: torch.Tensor, planes: dict, fmt: str, y: torch.Tensor, n: int
     """y [M, N] = x2 [M, K] @ W^T (quant_matmul.quant_matmul's arguments): a launch for each two rows of x, which
     cost a program about what one does (x packed once for all)."""
     m = x2.shape[0]
-    config = gemv_config(fmt, min(m, 2), n, k, x2.device, gpu, tiles)
+    config = gemv_config(fmt, n, k, x2.device, gpu, tiles)
     block_n, split, row_programs = config.pop("BLOCK_N"), config.pop("SPLIT"), config.pop("ROW_PROGRAMS")
     row_tiles = triton.cdiv(n, block_n)
     partial, arrivals = SplitWorkspace.get(x2.device, row_tiles * split * 2 * block_n, row_tiles)

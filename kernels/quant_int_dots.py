@@ -14,9 +14,10 @@ import torch
 import triton
 import triton.language as tl
 
+from localllm.kernels import fixed_x_ref
 from localllm.kernels.pdl import pdl_options, wait_for_previous_kernel
 
-X_LEVELS = tl.constexpr(16383)      # fixed_x_ref.X_LEVELS
+X_LEVELS = tl.constexpr(fixed_x_ref.X_LEVELS)
 # the formats' constant offset, taken off their unsigned quants: Q4_0 (q - 8), Q6_K (q - 32)
 _Q_OFFSETS = {"Q4_0": 8, "Q6_K": 32}
 PACK_GROUPS = 8      # groups of x a packing program takes on a GPU (small: a decode step's x is a few thousand values)
@@ -143,5 +144,5 @@ def pack_fixed_x(x2: torch.Tensor, group: int, packed: dict | None = None) -> tu
 
 def int_constants(fmt: str, x: torch.Tensor) -> dict:
     """The GEMV's constants of the integer path: the dp4a instruction on a GPU, whether the format has a shift,
-    and its quants' offset (taken off by shift_with_offset)."""
+    and its quants' offset (the GEMV takes it off through the shift)."""
     return dict(ASM=x.is_cuda, HAS_SHIFT=fmt != "Q8_0", Q_OFFSET=_Q_OFFSETS.get(fmt, 0))

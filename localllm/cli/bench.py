@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from localllm.cli.daemon import KV_CACHE_DTYPE_HELP
 from localllm.errors import LocalLLMError, one_line
 
 bench_app = typer.Typer(help="Measure latency, throughput and a batch-size sweep beside the roofline, and the cost "
@@ -36,8 +37,7 @@ JsonOpt = typer.Option(None, "--json-out", help="Also write the result as JSON t
 MaxLenOpt = typer.Option(4096, "--max-model-len", help="Context length the engine is set up for.")
 SpeculativeOpt = typer.Option("off", "--speculative", help="Speculative decoding: off, ngram or draft:MODEL.")
 SpecTokensOpt = typer.Option(4, "--num-speculative-tokens", min=1, help="Most draft tokens verified per step.")
-KvCacheDtypeOpt = typer.Option("auto", "--kv-cache-dtype", help="KV cache element type: auto (the model's dtype) "
-                                                                "or fp8 (e4m3; CUDA GPUs of compute capability 8.9+).")
+KvCacheDtypeOpt = typer.Option("auto", "--kv-cache-dtype", help=KV_CACHE_DTYPE_HELP)
 SpecAcceptOpt = typer.Option(None, "--spec-accept-prob", min=0.0, max=1.0,
                              help="Random weights accept nothing: accept each draft with this probability instead "
                                   "(drafts then copy the prompt from its start when nothing matches).")
