@@ -2,7 +2,9 @@
 neighbours fused in so that a decode step launches fewer kernels:
   - prologue RMS_NORM: x is RMS-normalised with a weight first (the norm before qkv and gate/up);
   - prologue SILU_MUL: x is [M, 2K] and silu(first half) * second half is the input (the SwiGLU before down);
-  - epilogue residual: the output is residual + y, rounded as the unfused add rounds (after o_proj and down).
+  - epilogue residual: the output is residual + y, rounded as the unfused add rounds (after o_proj and down);
+  - epilogue push (tensor parallelism, one row): the partial sum goes to this rank's slot on every rank instead,
+    in float32, for the RMSNorm after it to add up (kernels/peer_sum.py).
 
 At batch 1 a small model's step is bound by its launches, not by its weights: each of RMSNorm, SiLU-and-mul and
 a residual add costs a launch of a few microseconds whatever its size. The weight is read once in [BLOCK_N,
@@ -16,6 +18,7 @@ import triton
 import triton.language as tl
 
 from localllm.kernels.pdl import pdl_options, wait_for_previous_kernel
+from localllm.kernels.peer_sum import PeerSite, push_rows, signal_peers
 
 PROLOGUE_NONE, PROLOGUE_RMS_NORM, PROLOGUE_SILU_MUL = 0, 1, 2
 GEMV_MAX_ROWS = 8           # above this the tile of products no longer fits the registers: cuBLAS takes over
@@ -41,8 +44,10 @@ def _input_tile(x_ptr, norm_ptr, ms, kk, m_ok, k_ok, stride_xm, K, inv, PROLOGUE
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, y_ptr, norm_ptr, bias_ptr, res_ptr, M, N, K,
                  stride_xm, stride_wn, stride_ym, stride_rm, eps,
+                 flags_ptr, deltas_ptr, arrivals_ptr,
                  PROLOGUE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_PDL: tl.constexpr):
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_PDL: tl.constexpr,
+                 PUSH: tl.constexpr = False, RANK: tl.constexpr = 0, WORLD: tl.constexpr = 1):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     ms = tl.arange(0, BLOCK_M)
     ks = tl.arange(0, BLOCK_K)
@@ -73,12 +78,19 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, norm_ptr, bias_ptr, res_ptr, M, N, K,
     acc = tl.sum(products, 2)
     if HAS_BIAS:   # added before the one rounding, as a matmul's epilogue adds it
         acc += tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[None, :]
-    y = acc.to(y_ptr.dtype.element_ty)
+    y = acc.to(res_ptr.dtype.element_ty)
     y_mask = m_ok[:, None] & row_ok[None, :]
-    if HAS_RESIDUAL:
-        r = tl.load(res_ptr + ms[:, None] * stride_rm + rows[None, :], mask=y_mask, other=0.0)
-        y = (y.to(tl.float32) + r.to(tl.float32)).to(y_ptr.dtype.element_ty)
-    tl.store(y_ptr + ms[:, None] * stride_ym + rows[None, :], y, mask=y_mask)
+    if PUSH:   # y_ptr: the site's first slot (one row); rank 0's residual is added once, unrounded
+        part = y.to(tl.float32)
+        if HAS_RESIDUAL:
+            part += tl.load(res_ptr + ms[:, None] * stride_rm + rows[None, :], mask=y_mask, other=0.0).to(tl.float32)
+        push_rows(y_ptr, deltas_ptr, rows[None, :], part, y_mask, RANK, WORLD, N)
+        signal_peers(flags_ptr, deltas_ptr, arrivals_ptr, RANK, WORLD)
+    else:
+        if HAS_RESIDUAL:
+            r = tl.load(res_ptr + ms[:, None] * stride_rm + rows[None, :], mask=y_mask, other=0.0)
+            y = (y.to(tl.float32) + r.to(tl.float32)).to(y_ptr.dtype.element_ty)
+        tl.store(y_ptr + ms[:, None] * stride_ym + rows[None, :], y, mask=y_mask)
 
 
 def gemv_config(m: int, n: int, k: int) -> tuple[int, int, int]:
@@ -93,14 +105,18 @@ def gemv_config(m: int, n: int, k: int) -> tuple[int, int, int]:
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
          norm: tuple[torch.Tensor, float] | None = None, silu_mul: bool = False,
-         residual: torch.Tensor | None = None, out: torch.Tensor | None = None,
-         config: tuple[int, int, int] | None = None, num_warps: int = 4) -> torch.Tensor:
+         residual: torch.Tensor | None = None, out: torch.Tensor | None = None, push: PeerSite | None = None,
+         config: tuple[int, int, int] | None = None, num_warps: int = 4) -> torch.Tensor | None:
     """x [M, K] (or [M, 2K] with silu_mul), weight [N, K] -> [M, N]. norm: (weight [K], eps) of an RMSNorm applied
-    to x first. residual [M, N]: added to the result. out: where to write (may be residual itself)."""
+    to x first. residual [M, N]: added to the result. out: where to write (may be residual itself). push: one row's
+    partial sum sent to this rank's slot of that site on every rank instead (returns None)."""
     m, n, k = x.shape[0], weight.shape[0], weight.shape[1]
     assert 0 < m <= GEMV_MAX_ROWS and not (norm is not None and silu_mul)
     assert x.shape[1] == (2 * k if silu_mul else k) and x.stride(-1) == 1 and weight.stride(-1) == 1
-    if out is None:
+    if push is not None:
+        assert m == 1 and push.width == n
+        out = push.slots
+    elif out is None:
         out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     prologue = PROLOGUE_SILU_MUL if silu_mul else PROLOGUE_RMS_NORM if norm is not None else PROLOGUE_NONE
     block_m, block_n, block_k = config or gemv_config(m, n, k)
@@ -109,6 +125,8 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
         residual if residual is not None else x, m, n, k,
         x.stride(0), weight.stride(0), out.stride(0), residual.stride(0) if residual is not None else 0,
         float(norm[1]) if norm is not None else 0.0,
+        *(push.signal_args() if push is not None else (x, x, x)),
         PROLOGUE=prologue, HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, **pdl_options(x.device))
-    return out
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, **pdl_options(x.device),
+        **(push.constants() if push is not None else {}))
+    return None if push is not None else out

@@ -1,10 +1,14 @@
 """Triton fused RMSNorm with optional residual add, fp32 accumulation; its plain-torch reference (the same
-arithmetic, and the CPU path) is rmsnorm_ref.rms_norm_ref."""
+arithmetic, and the CPU path) is rmsnorm_ref.rms_norm_ref. With tensor parallelism at one token, the residual add
+is the sum of the ranks' partial sums pushed by the row-parallel GEMV before it (kernels/peer_sum.py)."""
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
+
+from localllm.kernels.pdl import pdl_options, wait_for_previous_kernel
+from localllm.kernels.peer_sum import PeerSite, sum_of_slots, wait_for_peers
 
 
 @triton.jit
@@ -63,3 +67,34 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
         return x if residual is None else (x, residual)
     normed = out2.view(x.shape)
     return normed if residual is None else (normed, res_out2.view(x.shape))
+
+
+@triton.jit
+def _pulled_rms_norm_kernel(slots_ptr, flags_ptr, abandon_ptr, w_ptr, out_ptr, res_out_ptr, n_cols, eps,
+                            RANK: tl.constexpr, WORLD: tl.constexpr, TIMEOUT: tl.constexpr,
+                            BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0)
+    wait_for_previous_kernel(USE_PDL)
+    wait_for_peers(flags_ptr, abandon_ptr, RANK, WORLD, TIMEOUT)
+    x = sum_of_slots(slots_ptr, cols, mask, WORLD, n_cols).to(res_out_ptr.dtype.element_ty)
+    tl.store(res_out_ptr + cols, x, mask=mask)
+    xf = x.to(tl.float32)
+    inv = tl.rsqrt(tl.sum(xf * xf, 0) / n_cols + eps)
+    y = (xf * inv).to(x.dtype).to(tl.float32) * w.to(tl.float32)
+    tl.store(out_ptr + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def pulled_rms_norm(site: PeerSite, weight: torch.Tensor, eps: float, residual: torch.Tensor):
+    """(normed, residual) of one row whose residual stream is the sum of the ranks' slots of `site`: waits for
+    every rank's partial sum, writes the sum into residual [1, N] (rounded to its dtype) and returns its RMSNorm."""
+    n_cols = residual.shape[-1]
+    assert residual.numel() == n_cols == site.width and residual.is_contiguous()
+    out = torch.empty_like(residual)
+    block = triton.next_power_of_2(n_cols)
+    _pulled_rms_norm_kernel[(1,)](
+        site.slots, site.flags, site.abandon, weight, out, residual, n_cols, float(eps),
+        RANK=site.rank, WORLD=site.world, TIMEOUT=residual.is_cuda, BLOCK=block,
+        num_warps=min(16, max(1, block // 256)), **pdl_options(residual.device))
+    return out, residual

@@ -30,11 +30,14 @@ for stage in ${STAGES:-fp32 agreement latency-8b latency-70b throughput-70b thro
   case $stage in
     fp32) for tp in $SPLIT; do
             py scripts/gpu_tp_agreement.py --tiny /tmp/tp-tiny --tp "$tp" --new-tokens 64 --json-out "$OUT/fp32-tiny-tp$tp.json"
+            py scripts/gpu_tp_agreement.py --tiny /tmp/tp-tiny --tp "$tp" --new-tokens 64 --allreduce fused --alone \
+              --json-out "$OUT/fp32-tiny-tp$tp-fused.json"
           done ;;
     agreement) py scripts/gpu_tp_agreement.py --padded /tmp/tp-smollm2 ${SMOLLM2_GGUF:+--gguf "$SMOLLM2_GGUF"} \
         --tp "$MAX" --new-tokens 250 --prompts 4 --json-out "$OUT/agreement-bf16-tp$MAX.json" | tail -8 ;;
-    latency-8b) for tp in $DEGREES; do lat llama-3.1-8b "$tp" nccl; done; lat llama-3.1-8b "$MAX" symm_mem ;;
-    latency-70b) for tp in $DEGREES_70B; do lat llama-3.1-70b "$tp" nccl; done ;;
+    latency-8b) for tp in $DEGREES; do lat llama-3.1-8b "$tp" nccl; done
+                for kind in symm_mem fused; do lat llama-3.1-8b "$MAX" $kind; done ;;
+    latency-70b) for tp in $DEGREES_70B; do lat llama-3.1-70b "$tp" nccl; lat llama-3.1-70b "$tp" fused; done ;;
     throughput-70b) for tp in $DEGREES_70B; do thr llama-3.1-70b "$tp"; done ;;
     throughput-8b) for tp in $DEGREES; do thr llama-3.1-8b "$tp"; done ;;
     allreduce) for tp in $SPLIT; do

@@ -61,13 +61,16 @@ def padded_smollm2(out: Path, gguf: Path | None = None) -> Path:
     return out
 
 
-def generate(model: str, tp: int, dtype: str, prompts, max_tokens: int) -> list[list[int]]:
+def generate(model: str, tp: int, dtype: str, prompts, max_tokens: int, allreduce: str = "nccl",
+             alone: bool = False) -> list[list[int]]:
+    """(prompt ids, greedy ids) of each prompt: all in one batch, or alone (one-token decode steps, the fused
+    kernels' path) one after the other."""
     greedy = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
-    with LLM(model, tensor_parallel_size=tp, dtype=dtype, gpu_memory_fraction=0.3) as llm:
-        if isinstance(prompts[0], str):
-            outs = llm.chat([[{"role": "user", "content": p}] for p in prompts], greedy)
-        else:
-            outs = llm.generate(prompts, greedy)
+    with LLM(model, tensor_parallel_size=tp, dtype=dtype, gpu_memory_fraction=0.3,
+             tp_allreduce=allreduce if tp > 1 else "nccl") as llm:
+        run = ((lambda ps: llm.chat([[{"role": "user", "content": p}] for p in ps], greedy))
+               if isinstance(prompts[0], str) else (lambda ps: llm.generate(ps, greedy)))
+        outs = [o for p in prompts for o in run([p])] if alone else run(prompts)
         result = [(o.prompt_token_ids, o.outputs[0].token_ids) for o in outs]
     gc.collect()
     torch.cuda.empty_cache()
@@ -101,6 +104,8 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=250)
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--tp", type=int, default=2, help="the degree compared with one rank")
+    p.add_argument("--allreduce", default="nccl", help="the all-reduce of TP=N (nccl, symm_mem, fused)")
+    p.add_argument("--alone", action="store_true", help="generate for each prompt alone: batch-1 decode steps")
     p.add_argument("--json-out", type=Path)
     args = p.parse_args()
     if args.tiny:
@@ -110,19 +115,22 @@ def main() -> None:
         model = str(build_model_dir("llama", args.tiny, configs=TP_CONFIGS))
         rng = random.Random(0)
         prompts = [[rng.randrange(300) for _ in range(n)] for n in (7, 30, 100, 3)]
-        one = generate(model, 1, "float32", prompts, args.new_tokens)
-        many = generate(model, args.tp, "float32", prompts, args.new_tokens)
+        one = generate(model, 1, "float32", prompts, args.new_tokens, alone=args.alone)
+        many = generate(model, args.tp, "float32", prompts, args.new_tokens, args.allreduce, args.alone)
         result = {"model": "tiny llama (4 heads, 2 KV heads, vocab 331)", "dtype": "float32", "tp": args.tp,
+                  "allreduce": args.allreduce, "alone": args.alone,
                   "tokens": sum(len(t) for _, t in one), "identical": one == many,
                   "common_prefix": [common_prefix(a[1], b[1]) for a, b in zip(one, many)]}
     else:
         model = str(padded_smollm2(args.padded, args.gguf))
-        many = generate(model, args.tp, "bfloat16", PROMPTS[:args.prompts], args.new_tokens)
-        one = generate(model, 1, "bfloat16", PROMPTS[:args.prompts], args.new_tokens)
+        many = generate(model, args.tp, "bfloat16", PROMPTS[:args.prompts], args.new_tokens, args.allreduce,
+                        args.alone)
+        one = generate(model, 1, "bfloat16", PROMPTS[:args.prompts], args.new_tokens, alone=args.alone)
         predicted = teacher_forced_top1(model, "bfloat16", many)
         agree = sum(p == t for pred, (_, tokens) in zip(predicted, many) for p, t in zip(pred, tokens))
         total = sum(len(tokens) for _, tokens in many)
         result = {"model": "SmolLM2-135M padded to 12 heads over 4 KV heads", "dtype": "bfloat16", "tp": args.tp,
+                  "allreduce": args.allreduce, "alone": args.alone,
                   "tokens": total, "teacher_forced_top1_agreement": agree / total, "target": 0.99,
                   "free_running_common_prefix": [common_prefix(a[1], b[1]) for a, b in zip(one, many)]}
     print(json.dumps(result, indent=2))

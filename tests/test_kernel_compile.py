@@ -103,7 +103,8 @@ def test_decode_gemv_compiles_as_a_dependent_launch_without_spills(prologue, res
     from localllm.kernels.gemv import _gemv_kernel
 
     ptx = _compile(_gemv_kernel, dict(PROLOGUE=prologue, HAS_BIAS=True, HAS_RESIDUAL=residual, BLOCK_M=1,
-                                      BLOCK_N=4, BLOCK_K=512, USE_PDL=True), {}, floats=("eps",))
+                                      BLOCK_N=4, BLOCK_K=512, USE_PDL=True, PUSH=False, RANK=0, WORLD=1),
+                   {}, floats=("eps",))
     assert "griddepcontrol.wait" in ptx and "griddepcontrol.launch_dependents" in ptx
     assert "ld.local" not in ptx and "st.local" not in ptx
 
@@ -115,3 +116,29 @@ def test_sample_kernel_compiles_without_spills(dtype):
     pointers = {"logits_ptr": dtype, "temperature_ptr": "*fp32", "uniform_ptr": "*fp32", "out_ptr": "*i64"}
     ptx = _compile(sample._sample_kernel, dict(BLOCK=sample.BLOCK), pointers, num_warps=8)
     assert ".entry _sample_kernel" in ptx and "ld.local" not in ptx and "st.local" not in ptx
+
+
+def test_pushing_gemv_compiles_to_system_scope_release():
+    """The row-parallel GEMV of a one-token step pushing to the peers (kernels/peer_sum.py): the programs' arrivals
+    are counted with a system-scope atomic, and the flags raised with a system-scope release (another GPU reads
+    them)."""
+    from localllm.kernels.gemv import _gemv_kernel
+
+    pointers = {"y_ptr": "*fp32", "flags_ptr": "*i32", "deltas_ptr": "*i64", "arrivals_ptr": "*i64"}
+    ptx = _compile(_gemv_kernel, dict(PROLOGUE=2, HAS_BIAS=False, HAS_RESIDUAL=True, BLOCK_M=1, BLOCK_N=4,
+                                      BLOCK_K=512, USE_PDL=True, PUSH=True, RANK=1, WORLD=2),
+                   pointers, floats=("eps",))
+    assert "atom.global.sys.acq_rel.add.u64" in ptx and "atom.global.sys.release.exch.b32" in ptx
+    assert "ld.local" not in ptx and "st.local" not in ptx
+
+
+def test_pulling_norm_compiles_to_acquire_loads_and_a_timeout():
+    """The RMSNorm that adds up the ranks' partial sums waits with system-scope acquire loads of the flags, and
+    traps past its timeout (read from the GPU's global timer) rather than wait forever for a dead rank."""
+    from localllm.kernels.rmsnorm import _pulled_rms_norm_kernel
+
+    pointers = {"slots_ptr": "*fp32", "flags_ptr": "*i32", "abandon_ptr": "*i32"}
+    ptx = _compile(_pulled_rms_norm_kernel, dict(RANK=0, WORLD=2, TIMEOUT=True, BLOCK=4096, USE_PDL=True),
+                   pointers, floats=("eps",), num_warps=16)
+    assert "ld.global.sys.acquire.b32" in ptx and "ld.volatile.global.b32" in ptx   # the flags; the abandon word
+    assert "globaltimer" in ptx and "trap;" in ptx

@@ -143,3 +143,10 @@ def test_a_degree_that_does_not_divide_the_heads_is_refused_before_any_worker_st
     heads = load_hf_config(model_dir).num_attention_heads
     with pytest.raises(TensorParallelError, match=f"^tensor_parallel_size 5 does not divide the model's {heads} "):
         LLM(str(model_dir), tensor_parallel_size=5, **ENGINE)
+
+
+@pytest.mark.parametrize("kind", ["fused", "symm_mem"])
+def test_an_all_reduce_of_gpus_alone_is_refused_in_one_line_on_the_cpu(tmp_path_factory, kind):
+    model_dir = build_model_dir("llama", tmp_path_factory.mktemp("tp-refused"), configs=TP_CONFIGS)
+    with pytest.raises(ValueError, match=f"^the {kind} all-reduce is not available: it needs CUDA GPUs$"):
+        LLM(str(model_dir), tensor_parallel_size=2, tp_allreduce=kind, **ENGINE)

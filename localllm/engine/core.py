@@ -15,7 +15,7 @@ from localllm.config import Config
 from localllm.engine.batch import H, PackedStep, PoolingSlice, unpack
 from localllm.engine.block_manager import BlockManager
 from localllm.engine.draft_model import DraftProposer, open_draft
-from localllm.engine.model_runner import check_kv_cache_dtype
+from localllm.engine.model_runner import ModelRunner, check_kv_cache_dtype
 from localllm.engine.rank_setup import set_up_rank
 from localllm.engine.request import Sequence
 from localllm.engine.events import EmbeddingEvent, SampledToken, TokenEvent
@@ -27,6 +27,7 @@ from localllm.engine.verification import Verified, Verifier, sampling_row
 from localllm.engine.scheduler import Scheduler, SchedulerOutput
 from localllm.engine.tensor_parallel import TensorParallel, resolve_degree
 from localllm.errors import PromptTooLongError
+from localllm.layers.allreduce import check_allreduce_kind
 from localllm.loader.pooling_config import PoolingConfig
 from localllm.pooling_params import PoolingParams
 from localllm.quantization import keeps_blocks
@@ -94,7 +95,9 @@ class EngineCore:
         model_len = config.max_model_len or hf_config.max_position_embeddings
         self.tensor_parallel_size = resolve_degree(config, hf_config, self.device, self.dtype, model_len, model_dir)
         self.tp: TensorParallel | None = None
+        self.runner: ModelRunner | None = None   # until set_up_rank has built it
         if self.tensor_parallel_size > 1:
+            check_allreduce_kind(config.tp_allreduce, self.device)
             self.tp = TensorParallel.start(self.tensor_parallel_size, config, hf_config, model_dir, self.device,
                                            self.dtype, on_worker_failure)
             self.device = self.tp.device
@@ -138,7 +141,8 @@ class EngineCore:
     def shutdown(self) -> None:
         """Stops the tensor-parallel workers (nothing to do without them); the core is unusable afterwards."""
         if self.tp is not None:
-            self.runner.release_graphs()
+            if self.runner is not None:
+                self.runner.release_graphs()
             self.tp.stop()
 
     def add_request(self, request_id: str, prompt_token_ids: list[int],

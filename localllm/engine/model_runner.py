@@ -92,6 +92,7 @@ class ModelRunner:
         self.weight_bytes = weight_bytes(self.model)
         self.quantization = weights_label(self.model, quant, quantization)
         self.hidden_size = hf_config.hidden_size
+        self.peer_exchange = None   # the split all-reduce's buffer, where the ranks use it (rank_setup)
         self.kv_cache: torch.Tensor | None = None
         self.decode_graphs: StepGraphs | None = None
         self.verify_graphs: StepGraphs | None = None   # of uniformly laid-out verifying steps

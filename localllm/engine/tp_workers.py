@@ -33,9 +33,13 @@ def rank_device(device, rank: int) -> str:
 
 
 def abort_process_group() -> None:
-    """Makes collectives blocked on a dead peer fail (NCCL would otherwise wait for its timeout)."""
+    """Makes collectives blocked on a dead peer fail (NCCL would otherwise wait for its timeout), and kernels
+    waiting for a dead peer's partial sums (layers/peer_exchange.py) go on."""
     import torch.distributed as dist
 
+    from localllm.layers.peer_exchange import abandon_peer_waits
+
+    abandon_peer_waits()
     abort = getattr(dist.distributed_c10d, "_abort_process_group", None)
     with contextlib.suppress(Exception):
         if abort is not None and dist.is_initialized():

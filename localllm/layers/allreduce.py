@@ -66,14 +66,19 @@ class SymmMemReducer:
         return torch.ops.symm_mem.one_shot_all_reduce(staged, "sum", self.group_name).view(x.shape)
 
 
-def make_reducer(kind: str, device: torch.device, dtype: torch.dtype):
-    """The reducer `kind` names (one of TP_ALLREDUCE_KINDS). Every rank calls this at the same point."""
+def check_allreduce_kind(kind: str, device: torch.device) -> None:
+    """Refuses, in one line, an all-reduce that cannot run on `device` (before any rank starts)."""
     if kind not in TP_ALLREDUCE_KINDS:
         raise ValueError(f"unknown all-reduce {kind!r}; choose from {', '.join(TP_ALLREDUCE_KINDS)}")
-    if kind == "nccl":
-        return ProcessGroupReducer()
-    reason = symm_mem_unavailable_reason(device)
-    if reason:
-        raise ValueError(f"the symm_mem all-reduce is not available: {reason}")
-    return SymmMemReducer(device, dtype)
+    if kind != "nccl":   # symm_mem and fused both map the peers' memory through torch's symmetric memory
+        reason = symm_mem_unavailable_reason(device)
+        if reason:
+            raise ValueError(f"the {kind} all-reduce is not available: {reason}")
+
+
+def make_reducer(kind: str, device: torch.device, dtype: torch.dtype):
+    """The reducer of the process group that `kind` names ("nccl" or "symm_mem"). Every rank calls this at the
+    same point."""
+    check_allreduce_kind(kind, device)
+    return SymmMemReducer(device, dtype) if kind == "symm_mem" else ProcessGroupReducer()
 

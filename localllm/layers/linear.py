@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from localllm.layers.parallel import all_reduce, tp_rank, tp_size
+from localllm.layers.peer_exchange import PendingSum
 from localllm.layers.quantized import apply_weight, new_weight, store_rows
 from localllm.layers.shards import columns, rows, whole
 
@@ -29,10 +30,11 @@ FUSED_GEMV_MAX_BYTES = 48 << 20
 
 def fuses_gemv(x: torch.Tensor, module: nn.Module) -> bool:
     """Whether module's projection of x runs as the fused GEMV: one token, on a GPU, a dense weight of x's dtype of
-    at most FUSED_GEMV_MAX_BYTES."""
+    at most FUSED_GEMV_MAX_BYTES, or of any size where the GEMV also does the all-reduce (a peer site)."""
     weight = module.weight
     return (x.is_cuda and x.shape[0] == 1 and getattr(module, "layout", None) is None and weight.dtype == x.dtype
-            and weight.numel() * weight.element_size() <= FUSED_GEMV_MAX_BYTES)
+            and (weight.numel() * weight.element_size() <= FUSED_GEMV_MAX_BYTES
+                 or getattr(module, "peer_site", None) is not None))
 
 
 def normed_projection(proj: nn.Module, norm: nn.Module, hidden: torch.Tensor | None, residual: torch.Tensor | None):
@@ -48,11 +50,11 @@ def normed_projection(proj: nn.Module, norm: nn.Module, hidden: torch.Tensor | N
 
 
 def add_projection(proj: "RowParallelLinear", x: torch.Tensor, residual: torch.Tensor, act: nn.Module | None = None):
-    """The output projection of a block, proj(act(x)): added into residual in place where the fused GEMV runs (and
-    None returned), else returned for the next block's norm to add."""
+    """The output projection of a block, proj(act(x)): where the fused GEMV runs, added into residual in place (and
+    None returned) or, split over GPUs, pushed to the ranks for the next norm to add (a PendingSum returned); else
+    returned for the next block's norm to add."""
     if fuses_gemv(x, proj):
-        proj.add_into(x, residual, silu_mul=act is not None)
-        return None
+        return proj.add_into(x, residual, silu_mul=act is not None)
     return proj(act(x) if act is not None else x)
 
 
@@ -140,6 +142,7 @@ class QKVParallelLinear(ColumnParallelLinear):
 
 class RowParallelLinear(nn.Module):
     """Input features split over ranks; partial results summed across ranks."""
+    peer_site = None   # its place in the exchange buffer where one-token steps split the all-reduce (peer_exchange)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False):
         super().__init__()
@@ -161,14 +164,19 @@ class RowParallelLinear(nn.Module):
         y = all_reduce(apply_weight(x, self))
         return y if self.bias is None else y + self.bias
 
-    def add_into(self, x: torch.Tensor, residual: torch.Tensor, silu_mul: bool = False) -> None:
+    def add_into(self, x: torch.Tensor, residual: torch.Tensor, silu_mul: bool = False) -> PendingSum | None:
         """residual += self(x) (x = silu(gate) * up of x's halves first) with the fused GEMV. Rank 0 adds the
-        residual and the bias to its partial product, so the all-reduce of the partials is the new residual."""
+        residual and the bias to its partial product, so the all-reduce of the partials is the new residual. With a
+        peer site the partials are pushed to the ranks instead, and the sum is pending until a norm pulls it."""
         from localllm.kernels.gemv import gemv
 
         first = tp_rank() == 0
+        site = self.peer_site if tp_size() > 1 else None
         gemv(x, self.weight, self.bias if first else None, silu_mul=silu_mul, residual=residual if first else None,
-             out=residual)
+             out=residual, push=site)
+        if site is not None:
+            return PendingSum(site)
         reduced = all_reduce(residual)
         if reduced is not residual:   # a reducer that does not work in place
             residual.copy_(reduced)
+        return None

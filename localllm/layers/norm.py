@@ -3,6 +3,7 @@ from torch import nn
 
 from localllm.cpu_kernels import ops
 from localllm.kernels.rmsnorm_ref import rms_norm_ref
+from localllm.layers.peer_exchange import PendingSum
 
 
 class RMSNorm(nn.Module):
@@ -14,7 +15,11 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(size), requires_grad=False)
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor | PendingSum, residual: torch.Tensor | None = None):
+        if isinstance(x, PendingSum):   # the ranks' partial sums of the residual stream, added here
+            from localllm.kernels.rmsnorm import pulled_rms_norm
+
+            return pulled_rms_norm(x.site, self.weight, self.eps, residual)
         if x.is_cuda:  # one fused Triton kernel instead of ~8 launches
             from localllm.kernels.rmsnorm import rms_norm
 
