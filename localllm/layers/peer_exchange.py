@@ -66,6 +66,9 @@ class PeerExchange:
         base = self.buffer.data_ptr()
         deltas = [(self.handle.get_buffer(r, (words,), torch.float32).data_ptr() - base) // 4 for r in range(world)]
         self.abandon = torch.zeros(1, dtype=torch.int32, device=device)
+        # made now: once a kernel waits, making a stream or pinned memory might wait for the GPU to go idle
+        self._abandon_stream = torch.cuda.Stream(device)
+        self._one = torch.ones(1, dtype=torch.int32).pin_memory()
         self.sites = make_sites(self.buffer, widths, rank, torch.tensor(deltas, dtype=torch.int64, device=device),
                                 self.abandon)
         torch.cuda.synchronize(device)
@@ -75,8 +78,8 @@ class PeerExchange:
     def abandon_waits(self) -> None:
         """Lets every kernel waiting for the peers go on (a rank died: the engine is ending). Copied in on a stream
         of its own by the copy engine, beside the kernel that waits."""
-        with torch.cuda.stream(torch.cuda.Stream(self.abandon.device)):
-            self.abandon.copy_(torch.ones(1, dtype=torch.int32).pin_memory(), non_blocking=True)
+        with torch.cuda.stream(self._abandon_stream):
+            self.abandon.copy_(self._one, non_blocking=True)
 
 
 _live: weakref.WeakSet[PeerExchange] = weakref.WeakSet()
