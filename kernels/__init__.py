@@ -8,13 +8,16 @@ Triton kernels (each module imports triton when imported; import them only where
   paged_attention.paged_attention   varlen causal paged attention for a whole step, GQA, sliding window,
                                     split-K flash decoding for all-decode steps with long contexts
                                     (paged_attention_split; the shared tile step in paged_attention_tile)
-  rmsnorm.rms_norm                  RMSNorm with optional fused residual add
+  rmsnorm.rms_norm                  RMSNorm with optional fused residual add; pulled_rms_norm adds the ranks'
+                                    partial sums of a tensor-parallel step first (peer_sum)
   activation.silu_and_mul           SwiGLU gate
   quant_matmul.quant_matmul         y = x @ W^T over quantized weight planes: GEMV (1-2 rows of x), the
                                     tensor-core kernel of quant_gemm (to 64 rows), dequantize + cuBLAS above;
                                     quant_tiles decodes the planes for all three, quant_launch launches them
   gemv.gemv                         y = x @ W^T for a few token rows, with the RMSNorm or SiLU-and-mul before
-                                    it and the residual add after it fused in
+                                    it and the residual add after it fused in, or its partial sum pushed to
+                                    every tensor-parallel rank (peer_sum: the all-reduce split over the GEMV and
+                                    the norm after it)
   pdl                               programmatic dependent launch of a decode step's kernels (Hopper)
   sample.sample_tokens              a step's tokens by temperature alone (greedy rows beside them) in one launch
 Plain data: block_formats (the quantized block formats: sizes, the GGUF types kept as blocks)
