@@ -26,6 +26,7 @@ from localllm.engine.model_runner import ModelRunner, kv_bytes_per_block
 from localllm.errors import LocalLLMError
 from localllm.layers.allreduce import make_reducer
 from localllm.layers.parallel import min_over_ranks, tp_size, use_reducer
+from localllm.layers.linear import RowParallelLinear
 from localllm.layers.peer_exchange import enable_peer_exchange
 
 
@@ -45,7 +46,8 @@ def set_up_rank(config: Config, hf_config, model_dir: Path | None, device: torch
                                 config.kv_cache_dtype)
                     if draft is not None else None)
     if tp_size() > 1 and config.tp_allreduce == "fused":
-        runner.peer_exchange = enable_peer_exchange(runner.model, device)
+        projections = [m for m in runner.model.modules() if isinstance(m, RowParallelLinear)]
+        runner.peer_exchange = enable_peer_exchange(projections, device)
     elif tp_size() > 1 and config.tp_allreduce != "nccl":
         use_reducer(make_reducer(config.tp_allreduce, device, dtype))
     model_len = config.max_model_len or hf_config.max_position_embeddings

@@ -91,11 +91,9 @@ def abandon_peer_waits() -> None:
         exchange.abandon_waits()
 
 
-def enable_peer_exchange(model: nn.Module, device: torch.device) -> PeerExchange:
-    """Gives each row-parallel projection of model a site (a collective: every rank calls it)."""
-    from localllm.layers.linear import RowParallelLinear
-
-    projections = [m for m in model.modules() if isinstance(m, RowParallelLinear)]
+def enable_peer_exchange(projections: list[nn.Module], device: torch.device) -> PeerExchange:
+    """Gives each row-parallel projection (linear.RowParallelLinear) a site, its `peer_site` (a collective: every
+    rank calls it with the same projections)."""
     exchange = PeerExchange([m.out_features for m in projections], device)
     for module, site in zip(projections, exchange.sites):
         module.peer_site = site
