@@ -1,6 +1,7 @@
 """The fused decode GEMV (kernels/gemv.py) on a GPU: checked against its reference in bf16, and timed inside CUDA
 graphs against what it replaces (the RMSNorm or SiLU-and-mul kernel + cuBLAS + the residual add) at the projection
-shapes of Qwen3-0.6B, Llama-3.2-1B and Llama-3.1-8B, 1-8 rows; then a sweep of its tiles at one row.
+shapes of Qwen3-0.6B, Llama-3.2-1B and Llama-3.1-8B (whole, and one rank's shards at TP=2), 1-8 rows; then a sweep of
+its tiles at one row.
 
     python scripts/gpu_gemv_check.py [--json OUT.json] [--no-sweep]
 """
@@ -26,10 +27,14 @@ SHAPES = {
                      "down": (2048, 8192, "silu_residual"), "lm_head": (128256, 2048, "plain")},
     "llama-3.1-8b": {"qkv": (6144, 4096, "norm"), "o": (4096, 4096, "residual"), "gate_up": (28672, 4096, "norm"),
                      "down": (4096, 14336, "silu_residual"), "lm_head": (128256, 4096, "plain")},
+    # one rank's shards at tensor_parallel_size 2, where o and down run the GEMV whatever their size
+    "llama-3.1-8b-tp2": {"qkv": (3072, 4096, "plain"), "o": (4096, 2048, "residual"),
+                         "down": (4096, 7168, "silu_residual")},
 }
 SWEEP = [(bn, bk, warps) for bn in (2, 4, 8, 16, 32) for bk in (256, 512, 1024) for warps in (4, 8)
          if bn * bk <= 16384]
-SWEPT = {("qwen3-0.6b", "qkv"), ("qwen3-0.6b", "lm_head"), ("llama-3.2-1b", "gate_up"), ("llama-3.1-8b", "gate_up")}
+SWEPT = {("qwen3-0.6b", "qkv"), ("qwen3-0.6b", "lm_head"), ("llama-3.2-1b", "gate_up"), ("llama-3.1-8b", "gate_up"),
+         ("llama-3.1-8b-tp2", "o"), ("llama-3.1-8b-tp2", "down")}
 
 
 def _inputs(m: int, n: int, k: int, fused: str, gen):
