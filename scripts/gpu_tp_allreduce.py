@@ -1,6 +1,8 @@
-"""All-reduce latency on N GPUs inside a CUDA graph, through localllm's own reducers (nccl, symm_mem), and the
-share of a batch-1 decode step it takes: per token a Llama does 2 all-reduces per layer plus 1 in the embedding,
-each of hidden_size bf16 values; the step time comes from `bench latency --tp N` JSON of the same degree.
+"""All-reduce latency on N GPUs inside a CUDA graph, through localllm's own reducers (nccl, symm_mem) and torch's
+two-shot symmetric-memory all-reduce (a candidate for the large messages of full-batch steps: 256 rows of the 8B
+model are 2 MiB, of the 70B 4 MiB), and the share of a batch-1 decode step it takes: per token a Llama does 2
+all-reduces per layer plus 1 in the embedding, each of hidden_size bf16 values; the step time comes from
+`bench latency --tp N` JSON of the same degree. NCCL's protocol is its own choice unless NCCL_PROTO is set.
 
     python scripts/gpu_tp_allreduce.py --world-size 2 --latency-json 8b=lat-8b-tp2.json \\
         --latency-json 70b=lat-70b-tp2.json --json-out allreduce.json
@@ -14,7 +16,7 @@ import socket
 import torch
 import torch.multiprocessing as mp
 
-SIZES_KIB = [8, 16, 64, 128, 2048]
+SIZES_KIB = [8, 16, 64, 128, 2048, 4096]
 OPS_PER_GRAPH = 100
 REPLAYS = 20
 MODELS = {"8b": (32, 4096), "70b": (80, 8192)}   # layers, hidden size
@@ -31,11 +33,15 @@ def _measure(rank: int, world_size: int, port: int, results: dict) -> None:
     store = dist.TCPStore("127.0.0.1", port, world_size, is_master=rank == 0)
     init_tensor_parallel(rank, world_size, device, store)
     out = {}
-    for kind in ("nccl", "symm_mem"):
-        if kind == "symm_mem" and symm_mem_unavailable_reason(device):
+    for kind in ("nccl", "symm_mem", "symm_mem_two_shot"):
+        if kind != "nccl" and symm_mem_unavailable_reason(device):
             out[kind] = {"unavailable": symm_mem_unavailable_reason(device)}
             continue
-        use_reducer(make_reducer(kind, device, torch.bfloat16))
+        if kind == "symm_mem_two_shot" and not hasattr(torch.ops.symm_mem, "two_shot_all_reduce_"):
+            out[kind] = {"unavailable": "this torch has no symm_mem.two_shot_all_reduce_"}
+            continue
+        use_reducer(TwoShotReducer(device, max(SIZES_KIB) << 10) if kind == "symm_mem_two_shot"
+                    else make_reducer(kind, device, torch.bfloat16))
         out[kind] = {}
         for kib in SIZES_KIB:
             x = torch.ones(kib * 1024 // 2, dtype=torch.bfloat16, device=device)
@@ -57,6 +63,25 @@ def _measure(rank: int, world_size: int, port: int, results: dict) -> None:
             out[kind][kib] = start.elapsed_time(end) * 1000 / (REPLAYS * OPS_PER_GRAPH)   # us, clone included
     if rank == 0:
         results.update(out)
+
+
+class TwoShotReducer:
+    """torch's two-shot all-reduce (a reduce-scatter and an all-gather through the peers' symmetric buffers), in
+    place in its buffer, for messages up to max_bytes of bf16."""
+
+    def __init__(self, device: torch.device, max_bytes: int):
+        import torch.distributed as dist
+        import torch.distributed._symmetric_memory as symm_mem
+
+        self.group_name = dist.group.WORLD.group_name
+        self.buffer = symm_mem.empty(max_bytes // 2, dtype=torch.bfloat16, device=device)
+        self.handle = symm_mem.rendezvous(self.buffer, self.group_name)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        staged = self.buffer[:x.numel()]
+        staged.copy_(x.view(-1))
+        torch.ops.symm_mem.two_shot_all_reduce_(staged, "sum", self.group_name)
+        return staged.view(x.shape)
 
 
 def _free_port() -> int:
