@@ -24,6 +24,7 @@ from localllm.engine.draft_model import DraftFiles
 from localllm.engine.kv_pool import GiB, PoolRequest, gpu_budget_bytes, pool_blocks
 from localllm.engine.model_runner import ModelRunner, kv_bytes_per_block
 from localllm.errors import LocalLLMError
+from localllm.heap import retain_freed_memory
 from localllm.layers.allreduce import make_reducer
 from localllm.layers.parallel import min_over_ranks, tp_size, use_reducer
 from localllm.layers.linear import RowParallelLinear
@@ -45,6 +46,8 @@ def set_up_rank(config: Config, hf_config, model_dir: Path | None, device: torch
     draft_runner = (ModelRunner(draft.hf_config, draft.model_dir, device, dtype, config.quantization,
                                 config.kv_cache_dtype)
                     if draft is not None else None)
+    if device.type == "cpu":   # the steps' temporaries are kept for reuse (heap.py); loading's went back already
+        retain_freed_memory()
     if tp_size() > 1 and config.tp_allreduce == "fused":
         projections = [m for m in runner.model.modules() if isinstance(m, RowParallelLinear)]
         runner.peer_exchange = enable_peer_exchange(projections, device)
