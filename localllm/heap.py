@@ -3,9 +3,9 @@
 A CPU step allocates and frees the same large temporaries every time (a prefill's activations are megabytes a
 layer). glibc's malloc hands blocks above its mmap threshold back to the kernel when they are freed, and trims the
 top of its heap, so the next step faults every page in again: a 16-stream run of the embedded model on two cores took
-320-470k minor page faults and ~1.7 s of system time. With the thresholds raised it takes ~194k and ~1.1 s, and ran
-faster in 11 of 13 alternated pairs (docs/benchmarks.md). The process keeps the memory of its largest step, which a
-serving engine reaches again anyway.
+300-470k minor page faults and 1.2-2.1 s of system time. With the thresholds raised once the model is loaded it takes
+~264k and 1.2-1.4 s, 5-9% faster in 3 of 4 alternated runs (docs/benchmarks.md). The process keeps the memory of its
+largest step, which a serving engine reaches again anyway.
 """
 from __future__ import annotations
 
