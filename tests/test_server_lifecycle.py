@@ -160,6 +160,13 @@ def test_serve_and_stop_verbs(tiny, tmp_path):
         second = subprocess.run([sys.executable, "-m", "localllm", "serve", "--port", "0"],
                                 capture_output=True, text=True, timeout=60)
         assert second.returncode == 1 and "already running" in second.stderr
+        # a daemon of another home on the same port: named, not just "Address already in use"
+        port = find_daemon().url.rsplit(":", 1)[1]
+        other_home = subprocess.run([sys.executable, "-m", "localllm", "serve", "--port", port],
+                                    capture_output=True, text=True, timeout=60,
+                                    env={**os.environ, "LOCALLLM_HOME": str(tmp_path / "other-home")})
+        assert other_home.returncode == 1, other_home.stderr
+        assert f"another localllm daemon (pid {serve.pid}), of another LOCALLLM_HOME" in other_home.stderr
         result = runner.invoke(app, ["stop"])
         assert result.exit_code == 0 and f"pid {serve.pid}" in result.stdout
         assert serve.wait(30) == 0

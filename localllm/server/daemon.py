@@ -3,6 +3,7 @@ remove it on the way out (SIGTERM and Ctrl-C shut down gracefully, stopping ever
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -15,7 +16,8 @@ from localllm.errors import LocalLLMError
 from localllm.server.engine_spawn import spawn_preloaded
 from localllm.server.logfile import DaemonLogHandler
 from localllm.server.settings import ServerSettings
-from localllm.server.state import DaemonState, default_state_path, live_daemon, remove_state, write_state
+from localllm.server.state import (DaemonState, daemon_pid_at, default_state_path, live_daemon, remove_state,
+                                   write_state)
 
 
 class DaemonStartError(LocalLLMError):
@@ -41,7 +43,10 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.listen(2048)
     except OSError as e:
         sock.close()
-        raise DaemonStartError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+        other = daemon_pid_at(client_url(host, port), timeout=1.0) if e.errno == errno.EADDRINUSE else None
+        why = (f"another localllm daemon (pid {other}), of another LOCALLLM_HOME, is listening there; stop it, or "
+               "give this one another address (--host/--port, LOCALLLM_HOST)") if other else e.strerror or str(e)
+        raise DaemonStartError(f"cannot listen on {host}:{port}: {why}") from None
     sock.set_inheritable(False)
     return sock
 

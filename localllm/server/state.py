@@ -90,17 +90,21 @@ def _is_zombie(pid: int) -> bool:
         return False
 
 
-def answers(state: DaemonState, timeout: float = 2.0) -> bool:
-    """Whether the address answers /health as the recorded process (a reused pid or port does not)."""
+def daemon_pid_at(url: str, timeout: float = 2.0) -> int | None:
+    """The pid that the localllm daemon at url reports on /health; None where nothing answers as one."""
     import httpx
 
-    if not state.url:
-        return False
     try:
-        response = httpx.get(f"{state.url}/health", timeout=timeout)
-        return response.status_code == 200 and response.json().get("pid") == state.pid
-    except (httpx.HTTPError, ValueError):
-        return False
+        response = httpx.get(f"{url}/health", timeout=timeout)
+        pid = response.json().get("pid") if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    return pid if isinstance(pid, int) else None
+
+
+def answers(state: DaemonState, timeout: float = 2.0) -> bool:
+    """Whether the address answers /health as the recorded process (a reused pid or port does not)."""
+    return bool(state.url) and daemon_pid_at(state.url, timeout) == state.pid
 
 
 def live_daemon(path: Path | None = None) -> DaemonState | None:
