@@ -3,7 +3,7 @@
 # the all-reduce share of a decode step, the degree the engine picks by itself, and `localllm ps` with a model split
 # over the most GPUs. Usage: scripts/gpu_tp.sh OUTDIR (every stage's JSON lands there). DEGREES lists the degrees
 # (default "1 2"; "1 2 4" on four GPUs), the last being the largest; the 70B model runs at the degrees above 1, or at
-# DEGREES_70B. STAGES picks stages (default: all, in this order; ~9 minutes on 2 H200s). SMOLLM2_GGUF names the
+# DEGREES_70B. STAGES picks stages (default: all, in this order; ~11 minutes on 2 H200s). SMOLLM2_GGUF names the
 # embedded model's GGUF where its package is not installed. Run from the repository root.
 set -u
 OUT=${1:?usage: scripts/gpu_tp.sh OUTDIR}
@@ -25,7 +25,7 @@ thr() { ll bench throughput --random-weights "$1" --tp "$2" --workload nano-vllm
 padded() { [ -d /tmp/tp-smollm2 ] || python3 -c "import sys; sys.path.insert(0, 'scripts')
 from pathlib import Path; from gpu_tp_agreement import padded_smollm2
 padded_smollm2(Path('/tmp/tp-smollm2'), Path('$SMOLLM2_GGUF') if '${SMOLLM2_GGUF:-}' else None)"; }
-for stage in ${STAGES:-fp32 agreement latency-8b latency-70b throughput-70b throughput-8b allreduce degree ps}; do
+for stage in ${STAGES:-fp32 agreement latency-8b latency-70b throughput-70b throughput-8b allreduce profile degree ps}; do
   echo "== $stage $(date -u +%H:%M:%S)"
   case $stage in
     fp32) for tp in $SPLIT; do
@@ -45,6 +45,10 @@ for stage in ${STAGES:-fp32 agreement latency-8b latency-70b throughput-70b thro
           f="$OUT/latency-llama-3.1-$model-tp$tp-nccl.json"; [ -f "$f" ] && latency+=(--latency-json "$model=$f")
         done
         py scripts/gpu_tp_allreduce.py --world-size "$tp" "${latency[@]}" --json-out "$OUT/allreduce-tp$tp.json" | tail -30
+      done ;;
+    profile) for kind in nccl fused; do   # rank 0's kernels of a batch-1 8B decode step at the largest degree
+        py scripts/gpu_tp_profile.py --tp "$MAX" --allreduce $kind --trace "$OUT/trace-8b-tp$MAX-$kind.json" \
+          2>&1 | grep -v "^ *aten" | head -24
       done ;;
     degree) py scripts/gpu_tp_degree.py llama-3.1-8b llama-3.1-70b --json-out "$OUT/degree.json" ;;
     ps) padded
