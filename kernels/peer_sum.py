@@ -9,11 +9,12 @@ norm waits until every rank's flag has the value of its own, then sums the slots
 rank rounds the same residual stream.
 
 The buffer is word-addressed (4-byte words): a site (one row-parallel projection of the model) has WORLD flags
-(int32, padded to 128 bytes), then WORLD slots of `width` float32. A peer's copy of a word is at `delta` words from this rank's copy
-(deltas[r]; deltas[rank] = 0), so one pointer and the deltas reach every rank. A flag counts the times its site
-ran: the arrivals counter (int64, this rank's own memory) counts the programs that finished, and the one that
-completes a multiple of the grid writes the quotient. Every one-token step runs every site once on every rank, so
-the values agree; a slot is rewritten only a step later, after two more sites, by which time every rank has summed it.
+(int32, padded to 128 bytes), then WORLD slots of `width` float32. A peer's copy of a word is at `delta` words from
+this rank's copy (deltas[r]; deltas[rank] = 0), so one pointer and the deltas reach every rank. A flag counts the
+times its site ran: the arrivals counter (int64, this rank's own memory) counts the programs that finished, and the
+one that completes a multiple of the grid writes the quotient. Every one-token step runs every site once on every
+rank, so the values agree; a slot is rewritten only a step later, after two more sites, by which time every rank has
+summed it.
 
 A rank that never arrives (its process died) would hold the waiting kernel forever: the wait also reads an
 `abandon` word that the engine's watchdog sets when a worker dies (the step then finishes with garbage, and the
