@@ -2,6 +2,7 @@
 steps (each step ends with the sampled tokens on the host, so wall-clock time is the device's time too)."""
 from __future__ import annotations
 
+import gc
 import time
 
 import torch
@@ -47,6 +48,7 @@ class EngineBackend:
         self.core = EngineCore(Config(dtype=dtype, **config), bench_model.model_dir, bench_model.hf_config,
                                bench_model.eos_token_ids, tokenizer_dir=bench_model.tokenizer_dir)
         self.load_s = time.perf_counter() - start
+        gc.freeze()   # as the engine process does once loaded: the model's objects stay out of later collections
         self.model = bench_model.name
         self.device, self.dtype, self.vocab_size = self.core.device, self.core.dtype, self.core.vocab_size
         self.tensor_parallel_size = self.core.tensor_parallel_size

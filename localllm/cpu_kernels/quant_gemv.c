@@ -82,46 +82,46 @@ static inline __attribute__((always_inline)) void row_dot_fmt(int fmt, const uin
     *y = hsum(_mm256_add_ps(acc[0], acc[1])) + _mm_cvtss_f32(_mm_movehdup_ps(both));
 }
 
-/* A row against a group of n (<= GROUP_M) quantized activations (batched decode, prompt chunks): each block's
- * weights are decoded once for the n of them. x's scales come by block, the group's side by side (scales[i * GROUP_M
- * + t], scaled sums likewise), so that d * scale for the whole group is one multiply and the minimum's term one FMA
- * a block; per x and block there remain two integer multiply-adds, one conversion and one FMA. */
+/* A row against a group of N (<= GROUP_M) quantized activations (batched decode, prompt chunks): each block's
+ * weights are decoded once for the N of them. The group's x comes interleaved by block (x_by_group: block i of x t
+ * at xg[(i * GROUP_M + t) * QK]), with its scales and scaled sums beside ([i * GROUP_M + t]), so one pointer walks
+ * all of it and d * scale for the whole group is one multiply and the minimum's term one FMA a block; per x and
+ * block there remain two integer multiply-adds, one conversion and one FMA. N is a constant in each copy, so that
+ * the accumulators stay in registers. */
 static inline __attribute__((always_inline)) void group_dot_fmt(int fmt, const uint8_t *row, int64_t nb,
-                                                                const int16_t *xq, int64_t x_stride,
-                                                                const float *scales, const float *sums, int n,
-                                                                float *y) {
+                                                                const int16_t *xg, const float *scales,
+                                                                const float *sums, const int N, float *y) {
     __m256 acc[GROUP_M], mins = _mm256_setzero_ps();
     float dsx[GROUP_M] __attribute__((aligned(32)));
     int64_t bytes = LQ_BLOCK_BYTES[fmt];
-    for (int t = 0; t < n; t++) acc[t] = _mm256_setzero_ps();
-    for (int64_t i = 0; i < nb; i++) {
+    for (int t = 0; t < N; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb; i++, xg += GROUP_M * QK, scales += GROUP_M, sums += GROUP_M) {
         __m128 dm;
         __m256i w1, w0 = block_weights(fmt, row + i * bytes, &dm, &w1);
-        _mm256_store_ps(dsx, _mm256_mul_ps(_mm256_broadcastss_ps(dm), _mm256_load_ps(scales + i * GROUP_M)));
+        _mm256_store_ps(dsx, _mm256_mul_ps(_mm256_broadcastss_ps(dm), _mm256_load_ps(scales)));
         if (fmt != FMT_Q8_0)
-            mins = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dm)), _mm256_load_ps(sums + i * GROUP_M), mins);
-        for (int t = 0; t < n; t++) {
-            __m256i p = dot_x(w0, w1, xq + t * x_stride + i * QK);
+            mins = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dm)), _mm256_load_ps(sums), mins);
+        for (int t = 0; t < N; t++) {
+            __m256i p = dot_x(w0, w1, xg + t * QK);
             acc[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(dsx + t), _mm256_cvtepi32_ps(p), acc[t]);
         }
     }
     float minv[GROUP_M] __attribute__((aligned(32)));
     _mm256_store_ps(minv, mins);
-    for (int t = 0; t < n; t++) y[t] = hsum(acc[t]) + minv[t];
+    for (int t = 0; t < N; t++) y[t] = hsum(acc[t]) + minv[t];
 }
 
-static void group_dot(int fmt, const uint8_t *row, int64_t nb, const int16_t *xq, int64_t x_stride,
-                      const float *scales, const float *sums, int n, float *y) {
-    if (fmt == FMT_Q4_1) {
-        if (n == GROUP_M) group_dot_fmt(FMT_Q4_1, row, nb, xq, x_stride, scales, sums, GROUP_M, y);
-        else group_dot_fmt(FMT_Q4_1, row, nb, xq, x_stride, scales, sums, n, y);
-    } else if (fmt == FMT_Q4_0) {
-        if (n == GROUP_M) group_dot_fmt(FMT_Q4_0, row, nb, xq, x_stride, scales, sums, GROUP_M, y);
-        else group_dot_fmt(FMT_Q4_0, row, nb, xq, x_stride, scales, sums, n, y);
-    } else {
-        if (n == GROUP_M) group_dot_fmt(FMT_Q8_0, row, nb, xq, x_stride, scales, sums, GROUP_M, y);
-        else group_dot_fmt(FMT_Q8_0, row, nb, xq, x_stride, scales, sums, n, y);
-    }
+#define GROUP_DOT_N(F, N) group_dot_fmt(F, row, nb, xg, scales, sums, N, y)
+#define GROUP_DOT_FMT(F) switch (n) { \
+    case 1: GROUP_DOT_N(F, 1); break; case 2: GROUP_DOT_N(F, 2); break; case 3: GROUP_DOT_N(F, 3); break; \
+    case 4: GROUP_DOT_N(F, 4); break; case 5: GROUP_DOT_N(F, 5); break; case 6: GROUP_DOT_N(F, 6); break; \
+    case 7: GROUP_DOT_N(F, 7); break; default: GROUP_DOT_N(F, GROUP_M); }
+
+static void group_dot(int fmt, const uint8_t *row, int64_t nb, const int16_t *xg, const float *scales,
+                      const float *sums, int n, float *y) {
+    if (fmt == FMT_Q4_1) GROUP_DOT_FMT(FMT_Q4_1)
+    else if (fmt == FMT_Q4_0) GROUP_DOT_FMT(FMT_Q4_0)
+    else GROUP_DOT_FMT(FMT_Q8_0)
 }
 
 /* One x (m == 1) against ROWS_AT_ONCE consecutive rows: each block of x is loaded once for all of them, and their
@@ -197,7 +197,7 @@ typedef struct {
     int fmt;
     const uint8_t *w;
     int64_t rows, cols, m, ldy;
-    const int16_t *xq;
+    const int16_t *xq;            /* x quantized by row (m == 1), or as x_by_group lays it out (AVX2, m > 1) */
     const float *pairs;
     const float *scales, *sums;   /* AVX2, m > 1: x's block scales and scaled sums by group (group_dot) */
     float *y;
@@ -214,25 +214,30 @@ static void matmul_rows(void *ctx, int64_t chunk) {
         for (; r < end; r++) row_dot(j->fmt, j->w + r * row_bytes, nb, j->xq, j->pairs, j->y + r);
         return;
     }
-    for (; r < end; r++) {
-        for (int64_t t0 = 0; t0 < j->m; t0 += GROUP_M) {
-            int n = (int)(j->m - t0 < GROUP_M ? j->m - t0 : GROUP_M);
+    /* a group's x (nb * GROUP_M * 64 bytes: 9-24 KiB here) stays in L1 while the chunk's rows pass */
+    for (int64_t t0 = 0; t0 < j->m; t0 += GROUP_M) {
+        int n = (int)(j->m - t0 < GROUP_M ? j->m - t0 : GROUP_M);
+        int64_t at = t0 * nb;   /* the group's first entry of the grouped layout */
+        for (int64_t row = r; row < end; row++) {
             float out[GROUP_M];
-            const float *scales = j->scales + t0 * nb, *sums = j->sums + t0 * nb;
-            group_dot(j->fmt, j->w + r * row_bytes, nb, j->xq + t0 * j->cols, j->cols, scales, sums, n, out);
-            for (int t = 0; t < n; t++) j->y[(t0 + t) * j->ldy + r] = out[t];
+            group_dot(j->fmt, j->w + row * row_bytes, nb, j->xq + at * QK, j->scales + at, j->sums + at, n, out);
+            for (int t = 0; t < n; t++) j->y[(t0 + t) * j->ldy + row] = out[t];
         }
     }
 }
 
-/* pairs [m, nb, 2] -> scales, sums [groups of GROUP_M x, nb, GROUP_M] (zero past m), the layout group_dot reads */
-static void scales_by_group(const float *pairs, int64_t m, int64_t nb, float *scales, float *sums) {
+/* x quantized [m, nb, QK] and pairs [m, nb, 2] -> the layout group_dot reads, by groups of GROUP_M x: xg [groups,
+ * nb, GROUP_M, QK], scales and sums [groups, nb, GROUP_M] (zero past m) */
+static void x_by_group(const int16_t *xq, const float *pairs, int64_t m, int64_t nb, int16_t *xg, float *scales,
+                       float *sums) {
     int64_t groups = (m + GROUP_M - 1) / GROUP_M;
+    memset(xg, 0, sizeof(int16_t) * (size_t)(groups * nb * GROUP_M * QK));
     memset(scales, 0, sizeof(float) * (size_t)(groups * nb * GROUP_M));
     memset(sums, 0, sizeof(float) * (size_t)(groups * nb * GROUP_M));
     for (int64_t t = 0; t < m; t++)
         for (int64_t i = 0; i < nb; i++) {
             int64_t at = ((t / GROUP_M) * nb + i) * GROUP_M + t % GROUP_M;
+            memcpy(xg + at * QK, xq + (t * nb + i) * QK, sizeof(int16_t) * QK);
             scales[at] = pairs[2 * (t * nb + i)];
             sums[at] = pairs[2 * (t * nb + i) + 1];
         }
@@ -260,19 +265,21 @@ void lq_matmul(int fmt, const uint8_t *w, int64_t rows, int64_t cols, const floa
     if (m >= GEMM_MIN_M) { lq_gemm(fmt, w, rows, cols, x, m, ldx, y, ldy, threads); return; }
 #endif
     int64_t nb = cols / QK, grouped = (m + GROUP_M - 1) / GROUP_M * GROUP_M * nb;
-    int16_t *xq = aligned_alloc(64, (size_t)(m * nb * XQ_BYTES));
+    int16_t *xq = aligned_alloc(64, (size_t)(m * nb * XQ_BYTES)), *xg = NULL;
     float *pairs = malloc(sizeof(float) * (size_t)(2 * m * nb));
     float *scales = NULL, *sums = NULL;
     lq_quantize_x(x, m, ldx, cols, xq, pairs);
 #ifdef __AVX2__
     if (m > 1) {
+        xg = aligned_alloc(64, (size_t)(grouped * XQ_BYTES));
         scales = aligned_alloc(64, sizeof(float) * (size_t)(2 * grouped));
         sums = scales + grouped;
-        scales_by_group(pairs, m, nb, scales, sums);
+        x_by_group(xq, pairs, m, nb, xg, scales, sums);
     }
 #endif
-    matmul_job job = {fmt, w, rows, cols, m, ldy, xq, pairs, scales, sums, y};
+    matmul_job job = {fmt, w, rows, cols, m, ldy, xg != NULL ? xg : xq, pairs, scales, sums, y};
     lq_parallel(matmul_rows, &job, (rows + ROWS_PER_CHUNK - 1) / ROWS_PER_CHUNK, threads);
+    free(xg);
     free(xq);
     free(pairs);
     free(scales);
