@@ -1,6 +1,6 @@
 """How the engine stores a model's weights: Config.quantization (`--quantize`). Plain Python, no torch.
 
-  auto    on a GPU, `none` when the model's bf16 weights fit and `native` when they do not
+  auto    on a GPU, `native` for a quantized checkpoint and `none` for a dense one
           (engine.quant_choice decides per load); on the CPU a GGUF checkpoint in the default dtype runs `fast`
           when the compiled CPU kernels build (localllm.cpu_kernels), and is otherwise dequantized at load
           (float32, exact).

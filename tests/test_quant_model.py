@@ -141,23 +141,19 @@ def test_a_dense_checkpoint_quantized_at_load_runs_its_round_trip(tmp_path):
         assert _tokens(llm, prompts) == want
 
 
-def test_auto_on_a_gpu_keeps_blocks_only_when_the_dense_weights_do_not_fit(mixed_gguf, monkeypatch):
-    """What `auto` means on a GPU is decided from the file's header and the GPU's memory (quant_choice); the
-    GPU's properties are the one thing stood in for, since this machine has none."""
-    from types import SimpleNamespace
-
+def test_auto_on_a_gpu_keeps_a_quantized_files_blocks_and_a_dense_one_dense(mixed_gguf, tmp_path, monkeypatch):
+    """What `auto` means on a GPU is decided from the file's header (quant_choice): a quantized checkpoint runs as
+    its blocks, whatever the GPU's size; a dense one stays dense. The device is the one thing stood in for, since
+    this machine has no GPU."""
     from localllm.config import Config
     from localllm.engine import quant_choice
 
-    dense = describe(mixed_gguf)["dense_weight_bytes"]
-    assert dense == 2 * describe(mixed_gguf)["parameters"]
+    dense_gguf = write_quantized_gguf(tmp_path / "dense.gguf", lambda name: "F32", file_type="ALL_F32")
     monkeypatch.setattr(quant_choice, "resolve_device", lambda config: torch.device("cuda", 0))
 
-    def settled(total_memory: int, **config) -> str:
-        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: SimpleNamespace(total_memory=total_memory))
-        return quant_choice.settle_quantization(Config(**config), str(mixed_gguf)).quantization
+    def settled(path, **config) -> str:
+        return quant_choice.settle_quantization(Config(**config), str(path)).quantization
 
-    fits = int(dense / quant_choice.DENSE_SHARE) + 1
-    assert settled(fits) == "none" and settled(fits - 2) == "native"
-    assert settled(fits // 2 + 1, tensor_parallel_size=2) == "none"
-    assert settled(fits - 2, quantization="q8_0") == "q8_0" and settled(1, quantization="none") == "none"
+    assert settled(mixed_gguf) == "native" and settled(mixed_gguf, tensor_parallel_size=2) == "native"
+    assert settled(dense_gguf) == "none"
+    assert settled(mixed_gguf, quantization="q8_0") == "q8_0" and settled(mixed_gguf, quantization="none") == "none"
