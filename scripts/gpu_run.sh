@@ -12,14 +12,16 @@ nothing is downloaded.
 
 Stages (default: check latency throughput sweep):
   check        greedy tokens of the engine on the GPU against transformers  -> engine_check.txt
+  agreement    bf16 greedy top-1 agreement with transformers, 4 x 1,000      -> agreement.json
+               tokens of the embedded model (dense)
   latency      localllm bench latency for each model of $ARCHS              -> latency-ARCH.json
   throughput   localllm bench throughput, nano-vllm workload, qwen3-0.6b    -> throughput-nano-vllm.json
   sweep        localllm bench sweep for each model of $SWEEP_ARCHS          -> sweep-ARCH.json
   hf-latency   latency with transformers as the runtime, each of $ARCHS     -> hf-latency-ARCH.json
-  compare-hf   the throughput stage beside transformers' continuous batching -> throughput-vs-hf.json
+  compare-hf   64 streams of 256 tokens beside transformers' continuous batching -> throughput-vs-hf.json
   kernels      every Triton kernel against its reference, and their timings  -> kernel_check.txt
-  startup      qwen3-0.6b latency twice over a new Triton cache: load_s cold  -> startup-cold.json,
-               (kernels compiled) then warm (from the disk cache)               startup-warm.json
+  startup      latency of each of $STARTUP_ARCHS twice over a new Triton     -> startup-ARCH-cold.json,
+               cache: load_s cold (kernels compiled), then warm (disk cache)    startup-ARCH-warm.json
   fp8kv        the throughput stage with --kv-cache-dtype fp8, and greedy     -> throughput-nano-vllm-fp8kv.json,
                agreement with transformers over an fp8 KV cache (embedded)      agreement-fp8kv.json
 
@@ -30,7 +32,9 @@ Options:
 Environment:
   ARCHS         models of latency and hf-latency (default: qwen3-0.6b llama-3.2-1b llama-3.1-8b)
   SWEEP_ARCHS   models of sweep (default: qwen3-0.6b llama-3.1-8b)
+  STARTUP_ARCHS models of startup (default: qwen3-0.6b llama-3.1-8b)
   LOCALLLM_HOME the model store to use (default: a new temporary directory)
+  LOCALLLM_EMBEDDED_GGUF  the embedded model's GGUF where its package is not installed (agreement, fp8kv)
 
 Example: scripts/gpu_run.sh results/ latency sweep
 EOF
@@ -50,7 +54,7 @@ shift
 stages=${*:-check latency throughput sweep}
 for stage in $stages; do
   case $stage in
-    check|latency|throughput|sweep|hf-latency|compare-hf|kernels|startup|fp8kv) ;;
+    check|agreement|latency|throughput|sweep|hf-latency|compare-hf|kernels|startup|fp8kv) ;;
     *) echo "Error: unknown stage '$stage' (see scripts/gpu_run.sh --help)" >&2; exit 2 ;;
   esac
 done
@@ -80,10 +84,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 ll() { python3 -m localllm.cli.main "$@"; }
 archs=${ARCHS:-qwen3-0.6b llama-3.2-1b llama-3.1-8b}
 sweep_archs=${SWEEP_ARCHS:-qwen3-0.6b llama-3.1-8b}
+startup_archs=${STARTUP_ARCHS:-qwen3-0.6b llama-3.1-8b}
 for stage in $stages; do
   echo "== $stage $(date -u +%H:%M:%S)"
   case $stage in
     check) python3 scripts/gpu_engine_check.py 2>&1 | grep -v -e Loading -e Writing | tee "$out/engine_check.txt" ;;
+    agreement) python3 scripts/gpu_agreement.py --dtype bfloat16 --json-out "$out/agreement.json" 2>&1 | tail -12 ;;
     latency) for arch in $archs; do
         ll bench latency --random-weights "$arch" --json-out "$out/latency-$arch.json" 2>&1 | tail -20; done ;;
     throughput) ll bench throughput --random-weights qwen3-0.6b --workload nano-vllm \
@@ -93,14 +99,16 @@ for stage in $stages; do
     hf-latency) for arch in $archs; do
         ll bench latency --backend hf --random-weights "$arch" --json-out "$out/hf-latency-$arch.json" 2>&1 | tail -20
         done ;;
-    compare-hf) ll bench throughput --random-weights qwen3-0.6b --workload nano-vllm --compare-hf \
+    compare-hf)   # 64 streams of 256 tokens: transformers' continuous batching takes minutes over nano-vllm's
+      ll bench throughput --random-weights qwen3-0.6b --streams 64 --new-tokens 256 --compare-hf \
         --json-out "$out/throughput-vs-hf.json" 2>&1 | tail -24 ;;
     kernels) python3 scripts/gpu_kernel_check.py 2>&1 | tee "$out/kernel_check.txt" | tail -40 ;;
-    startup) cache=$(mktemp -d)
-      for start in cold warm; do
-        TRITON_CACHE_DIR=$cache ll bench latency --random-weights qwen3-0.6b --json-out "$out/startup-$start.json" \
-          2>&1 | grep -i load; done
-      rm -rf "$cache" ;;
+    startup) for arch in $startup_archs; do
+        cache=$(mktemp -d)
+        for start in cold warm; do
+          TRITON_CACHE_DIR=$cache ll bench latency --random-weights "$arch" \
+            --json-out "$out/startup-$arch-$start.json" 2>&1 | grep -i load; done
+        rm -rf "$cache"; done ;;
     fp8kv) ll bench throughput --random-weights qwen3-0.6b --workload nano-vllm --kv-cache-dtype fp8 \
         --json-out "$out/throughput-nano-vllm-fp8kv.json" 2>&1 | tail -20
       python3 scripts/gpu_agreement.py --dtype bfloat16 --kv-cache-dtype fp8 \
