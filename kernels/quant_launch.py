@@ -66,14 +66,19 @@ def sm_count(device: torch.device) -> int:
 
 class SplitWorkspace:
     """Per device: the GEMV's split-K partial sums and per-row-tile arrival counters (zero between calls: the
-    last program of a tile resets its counter). Grown, never shrunk; sized once for the largest split seen."""
+    last program of a tile resets its counter). Grown, never shrunk, and never freed: a CUDA graph captured with a
+    smaller one still writes into it when it replays (freed, its memory would go to other tensors)."""
     buffers: dict = {}
+    retired: list = []
 
     @classmethod
     def get(cls, device: torch.device, partials: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
         partial, arrivals = cls.buffers.get(device, (None, None))
         if partial is None or partial.numel() < partials or arrivals.numel() < tiles:
-            partial = torch.empty(max(partials, 1 << 20), dtype=torch.float32, device=device)
+            if partial is not None:
+                cls.retired.append((partial, arrivals))
+            grown = 2 * partial.numel() if partial is not None else 1 << 20
+            partial = torch.empty(max(partials, grown), dtype=torch.float32, device=device)
             arrivals = torch.zeros(max(tiles, 1 << 14), dtype=torch.int32, device=device)
             cls.buffers[device] = (partial, arrivals)
         return partial, arrivals

@@ -73,13 +73,17 @@ def _gpu_tiles(x: torch.Tensor) -> bool:
 
 
 class _Scratch:
-    """Per device and dtype: the dense weight rows the large-M path multiplies, reused by every layer."""
+    """Per device and dtype: the dense weight rows the large-M path multiplies, reused by every layer. A smaller
+    one it outgrows is kept, not freed: a CUDA graph captured with it still writes into it when it replays."""
     buffers: dict = {}
+    retired: list = []
 
     @classmethod
     def get(cls, device: torch.device, dtype: torch.dtype, numel: int) -> torch.Tensor:
         buffer = cls.buffers.get((device, dtype))
         if buffer is None or buffer.numel() < numel:
+            if buffer is not None:
+                cls.retired.append(buffer)
             buffer = cls.buffers[(device, dtype)] = torch.empty(numel, dtype=dtype, device=device)
         return buffer
 

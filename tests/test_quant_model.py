@@ -157,3 +157,19 @@ def test_auto_on_a_gpu_keeps_a_quantized_files_blocks_and_a_dense_one_dense(mixe
     assert settled(mixed_gguf) == "native" and settled(mixed_gguf, tensor_parallel_size=2) == "native"
     assert settled(dense_gguf) == "none"
     assert settled(mixed_gguf, quantization="q8_0") == "q8_0" and settled(mixed_gguf, quantization="none") == "none"
+
+
+def test_grown_kernel_workspaces_keep_the_buffers_graphs_were_captured_with():
+    """A CUDA graph captured while a workspace was smaller writes into that buffer whenever it replays: growing
+    the workspace must not free it (freed, its memory went to other tensors: a quantized SmolLM2 on a GPU then
+    sampled token 0 from every step of four sequences)."""
+    from localllm.kernels.quant_launch import SplitWorkspace
+    from localllm.kernels.quant_matmul import _Scratch
+
+    device = torch.device("cpu")
+    partial, arrivals = SplitWorkspace.get(device, 16, 16)
+    grown, _ = SplitWorkspace.get(device, partial.numel() + 1, 16)
+    assert grown.numel() > partial.numel() and any(kept is partial for kept, _ in SplitWorkspace.retired)
+    scratch = _Scratch.get(device, torch.float32, 8)
+    bigger = _Scratch.get(device, torch.float32, scratch.numel() + 1)
+    assert bigger.numel() > scratch.numel() and any(kept is scratch for kept in _Scratch.retired)
