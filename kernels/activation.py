@@ -1,10 +1,13 @@
-"""Triton SiLU-and-mul (SwiGLU): [..., 2I] -> [..., I], silu(first half) * second half, computed in fp32.
+"""Triton SiLU-and-mul (SwiGLU): [..., 2I] -> [..., I], silu(first half) * second half, computed in fp32 and
+rounded where torch's F.silu(gate) * up rounds.
 Its plain-torch reference (and the CPU path) is activation_ref.silu_and_mul_ref."""
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
+
+from localllm.kernels.rounding import rounded
 
 
 @triton.jit
@@ -14,8 +17,10 @@ def _silu_and_mul_kernel(x_ptr, out_ptr, n_cols, stride_x, stride_o, BLOCK: tl.c
     mask = cols < n_cols
     gate = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
     up = tl.load(x_ptr + row * stride_x + n_cols + cols, mask=mask, other=0.0).to(tl.float32)
-    y = gate / (1.0 + tl.exp(-gate)) * up
-    tl.store(out_ptr + row * stride_o + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
+    # silu rounded to the output dtype before the product, as F.silu(gate) * up rounds it (transformers' MLPs)
+    dtype = out_ptr.dtype.element_ty
+    y = rounded(rounded(gate / (1.0 + tl.exp(-gate)), dtype) * up, dtype)
+    tl.store(out_ptr + row * stride_o + cols, y.to(dtype), mask=mask)
 
 
 def silu_and_mul(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:

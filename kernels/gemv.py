@@ -19,6 +19,7 @@ import triton.language as tl
 
 from localllm.kernels.pdl import pdl_options, wait_for_previous_kernel
 from localllm.kernels.peer_sum import PeerSite, push_rows, signal_peers
+from localllm.kernels.rounding import rounded
 
 PROLOGUE_NONE, PROLOGUE_RMS_NORM, PROLOGUE_SILU_MUL = 0, 1, 2
 GEMV_MAX_ROWS = 8           # above this the tile of products no longer fits the registers: cuBLAS takes over
@@ -33,7 +34,8 @@ def _input_tile(x_ptr, norm_ptr, ms, kk, m_ok, k_ok, stride_xm, K, inv, PROLOGUE
     if PROLOGUE == 2:
         gate = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
         up = tl.load(ptrs + K, mask=mask, other=0.0).to(tl.float32)
-        return (gate / (1.0 + tl.exp(-gate)) * up).to(x_ptr.dtype.element_ty)
+        dtype = x_ptr.dtype.element_ty
+        return rounded(rounded(gate / (1.0 + tl.exp(-gate)), dtype) * up, dtype).to(dtype)   # as F.silu(g) * up
     x = tl.load(ptrs, mask=mask, other=0.0)
     if PROLOGUE == 1:
         nw = tl.load(norm_ptr + kk, mask=k_ok, other=0.0).to(tl.float32)

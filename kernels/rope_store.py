@@ -2,7 +2,8 @@
 per layer, in place of three to five (norm q, norm k, rotary, store). It reads q, k and v once (views of the fused
 qkv projection), writes the rotated q back in place and the rotated k and v into their cache slots; the rotated k is
 not written anywhere else, since attention reads K from the cache. Same arithmetic as the unfused kernels: the norm
-in fp32, rounded to the input dtype, times the weight and rounded again (as rms_norm), then rotated in fp32.
+in fp32, rounded to the input dtype, times the weight and rounded again (as rms_norm), then rotated in fp32,
+rounded where transformers' rotary rounds (kernels/rounding.py).
 Its plain-torch reference is rope_store_ref.norm_rope_store_ref.
 
 An fp8 cache (torch.float8_e4m3fn, scale 1) gets each value rounded to the input dtype, then to e4m3: round to
@@ -16,6 +17,7 @@ import triton
 import triton.language as tl
 
 from localllm.kernels.pdl import pdl_options, wait_for_previous_kernel
+from localllm.kernels.rounding import rounded
 
 
 E4M3_MAX = tl.constexpr(448.0)
@@ -39,13 +41,13 @@ def _cache_values(x, in_dtype, cache_dtype, KV_FP8: tl.constexpr, FP8_HW: tl.con
     """float32 x as the cache holds it: in cache_dtype, or for an fp8 cache rounded to in_dtype (the reference
     stores a tensor of that dtype) and then to e4m3 (by the GPU's conversion when FP8_HW)."""
     if KV_FP8:
-        x = x.to(in_dtype).to(tl.float32)
+        x = rounded(x, in_dtype)
         if FP8_HW:
             values = tl.clamp(x, -E4M3_MAX, E4M3_MAX).to(tl.float8e4nv)
         else:
             values = _e4m3_bits(x).to(tl.uint8).to(tl.float8e4nv, bitcast=True)
     else:
-        values = x.to(cache_dtype)
+        values = rounded(x, cache_dtype).to(cache_dtype)   # exact: the interpreter's truncation changes nothing
     return values
 
 
@@ -54,8 +56,8 @@ def _rotate_heads(src, stride_sh, dst, stride_dh, n_heads, w_ptr, eps, cos1, sin
                   HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_H: tl.constexpr, HAS_NORM: tl.constexpr,
                   KV_FP8: tl.constexpr = False, FP8_HW: tl.constexpr = False):
     """Heads [n_heads, 2 * HALF] at src (head stride stride_sh): RMS-normed per head and scaled when HAS_NORM (rounded
-    to the input dtype twice, as rms_norm does), rotated in fp32, written at dst (head stride stride_dh) as
-    _cache_values makes them (KV_FP8: dst is an fp8 cache)."""
+    to the input dtype twice, as rms_norm does), rotated as rotary_ref rounds it, written at dst (head stride
+    stride_dh) as _cache_values makes them (KV_FP8: dst is an fp8 cache)."""
     offs_h = tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, BLOCK_HALF)
     dm = offs_d < HALF
@@ -70,13 +72,14 @@ def _rotate_heads(src, stride_sh, dst, stride_dh, n_heads, w_ptr, eps, cos1, sin
         inv = tl.rsqrt((tl.sum(x1 * x1, 1) + tl.sum(x2 * x2, 1)) / (2 * HALF) + eps)
         w1 = tl.load(w_ptr + offs_d, mask=dm, other=0.0).to(tl.float32)
         w2 = tl.load(w_ptr + HALF + offs_d, mask=dm, other=0.0).to(tl.float32)
-        x1 = ((x1 * inv[:, None]).to(dtype).to(tl.float32) * w1[None, :]).to(dtype).to(tl.float32)
-        x2 = ((x2 * inv[:, None]).to(dtype).to(tl.float32) * w2[None, :]).to(dtype).to(tl.float32)
+        x1 = rounded(rounded(x1 * inv[:, None], dtype) * w1[None, :], dtype)
+        x2 = rounded(rounded(x2 * inv[:, None], dtype) * w2[None, :], dtype)
     out = dst + offs_h[:, None] * stride_dh + offs_d[None, :]
     out_ty = dst.dtype.element_ty
-    tl.store(out, _cache_values(x1 * cos1[None, :] - x2 * sin1[None, :], dtype, out_ty, KV_FP8, FP8_HW), mask=mask)
-    tl.store(out + HALF, _cache_values(x2 * cos2[None, :] + x1 * sin2[None, :], dtype, out_ty, KV_FP8, FP8_HW),
-             mask=mask)
+    first = rounded(x1 * rounded(cos1, dtype)[None, :], dtype) - rounded(x2 * rounded(sin1, dtype)[None, :], dtype)
+    second = rounded(x2 * rounded(cos2, dtype)[None, :], dtype) + rounded(x1 * rounded(sin2, dtype)[None, :], dtype)
+    tl.store(out, _cache_values(first, dtype, out_ty, KV_FP8, FP8_HW), mask=mask)
+    tl.store(out + HALF, _cache_values(second, dtype, out_ty, KV_FP8, FP8_HW), mask=mask)
 
 
 @triton.jit

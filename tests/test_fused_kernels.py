@@ -50,6 +50,23 @@ def test_rotary_reference_is_the_rotate_half_formula():
         torch.testing.assert_close(want, x * c + torch.cat((-x[..., 8:], x[..., :8]), -1) * s)
 
 
+def test_bfloat16_rotary_rounds_as_transformers():
+    """In bf16 the rotation rounds where transformers' apply_rotary_pos_emb does (cos and sin, each product, the
+    sum): the reference and the fused kernel give its very bits, so bf16 greedy near-ties go its way."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    from localllm.kernels.rope_store import norm_rope_store
+
+    positions, q, k, v, cos, sin, caches, slots, _ = _rope_store_case(4, 2, 32, 4, torch.bfloat16, False, 5)
+    rows = (cos[positions][None].to(torch.bfloat16), sin[positions][None].to(torch.bfloat16))
+    want_q, want_k = (x[0].transpose(0, 1) for x in apply_rotary_pos_emb(q.transpose(0, 1)[None],
+                                                                          k.transpose(0, 1)[None], *rows))
+    ref_q, ref_k = rotary_ref(positions, q, k, cos, sin)
+    assert torch.equal(ref_q, want_q) and torch.equal(ref_k, want_k)
+    norm_rope_store(positions, q, k, v, cos, sin, caches[0], caches[1], slots)
+    assert torch.equal(q, want_q)
+
+
 @pytest.mark.parametrize("num_heads,num_kv_heads,head_dim,block_size", [(4, 2, 16, 4), (3, 1, 24, 8)])
 @pytest.mark.parametrize("with_norm", [False, True])
 def test_norm_rope_store_float32(num_heads, num_kv_heads, head_dim, block_size, with_norm):

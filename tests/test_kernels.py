@@ -311,4 +311,11 @@ def test_silu_and_mul(K, shape):
     torch.testing.assert_close(got, torch.nn.functional.silu(gate) * up)
 
 
+def test_silu_and_mul_in_bfloat16_rounds_as_torch(K):
+    """bf16 models round silu(gate) before the product, as transformers' MLP does: the same bits."""
+    x = torch.randn(5, 2 * 80, generator=_gen(6)).bfloat16()
+    gate, up = x.chunk(2, -1)
+    assert torch.equal(K.activation.silu_and_mul(x), torch.nn.functional.silu(gate) * up)
+
+
 collect_one_mode(globals(), "test_kernels_under_triton_interpreter")
