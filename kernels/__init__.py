@@ -20,6 +20,7 @@ Triton kernels (each module imports triton when imported; import them only where
                                     the norm after it)
   pdl                               programmatic dependent launch of a decode step's kernels (Hopper)
   sample.sample_tokens              a step's tokens by temperature alone (greedy rows beside them) in one launch
+  rounding.rounded                  rounding to the model's dtype where transformers' torch ops round (rope, SiLU)
 Plain data: block_formats (the quantized block formats: sizes, the GGUF types kept as blocks)
 Plain torch (no triton; the ground truth of the tests and the CPU path of localllm.layers):
   paged_attention_ref               store_kvcache, decode_attention, prefill_attention, paged_attention_varlen
