@@ -155,6 +155,8 @@ def test_auto_on_a_gpu_keeps_a_quantized_files_blocks_and_a_dense_one_dense(mixe
         return quant_choice.settle_quantization(Config(**config), str(path)).quantization
 
     assert settled(mixed_gguf) == "native" and settled(mixed_gguf, tensor_parallel_size=2) == "native"
+    # 4 ranks would get 128 of o_proj's 512 inputs, half a Q5_K block: dense, not the plan's refusal
+    assert settled(mixed_gguf, tensor_parallel_size=4) == "none"
     assert settled(dense_gguf) == "none"
     assert settled(mixed_gguf, quantization="q8_0") == "q8_0" and settled(mixed_gguf, quantization="none") == "none"
 

@@ -265,6 +265,29 @@ def _describe_gguf(gguf_path: Path, with_metadata: bool = False) -> dict:
     return {**summary, "metadata": metadata} if with_metadata else summary
 
 
+# the GGUF matrices a tensor-parallel rank splits along their input features (the row-parallel layers)
+_ROW_PARALLEL_GGUF = ("attn_output.weight", "ffn_down.weight")
+
+
+def gguf_blocks_split_evenly(gguf_path: Path, degree: int) -> bool:
+    """Whether `degree` ranks each get whole blocks of the input features of every row-parallel matrix that a GGUF
+    keeps as blocks (attention output, FFN down), as the engine's weight plan demands of kept blocks."""
+    import gguf
+
+    with open(gguf_path, "rb", buffering=1 << 20) as f:
+        _, tensors = read_gguf_header(f)
+    for name, shape, ggml_type in tensors:
+        if not name.endswith(_ROW_PARALLEL_GGUF) or len(shape) != 2:
+            continue
+        try:
+            kind = gguf.GGMLQuantizationType(ggml_type)
+        except ValueError:
+            continue
+        if kind.name in GGUF_BLOCK_TYPES and shape[0] % (degree * gguf.GGML_QUANT_SIZES[kind][0]):
+            return False   # GGUF lists a matrix's input features first
+    return True
+
+
 def _files(paths) -> list[dict]:
     return [{"name": p.name, "size": p.stat().st_size} for p in paths]
 
