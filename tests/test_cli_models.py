@@ -192,3 +192,12 @@ def test_is_loaded_asks_the_daemon_status(monkeypatch):
     assert _is_loaded("tiny:test") and not _is_loaded("other")
     fake.find_daemon = lambda: None
     assert not _is_loaded("tiny:test")
+
+
+def test_show_gives_a_quantized_files_gpu_memory_kept_quantized_and_dense(tmp_path):
+    from tiny_models import write_quantized_gguf
+
+    path = write_quantized_gguf(tmp_path / "q.gguf", lambda name: "Q8_0", file_type="MOSTLY_Q8_0")
+    text = runner.invoke(app, ["show", str(path)]).stdout
+    assert re.search(r"weights on a GPU  1\.2 MiB kept quantized, 2\.3 MiB in bf16 \(--quantize none\)\n",
+                     text), text

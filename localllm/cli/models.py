@@ -83,7 +83,7 @@ def _gpu_weights(info: dict) -> str:
     dense = f"{format_size(info['dense_weight_bytes'])} in bf16"
     if info["gpu_weight_bytes"] == info["dense_weight_bytes"]:
         return dense
-    return f"{dense}, {format_size(info['gpu_weight_bytes'])} kept quantized (--quantize native)"
+    return f"{format_size(info['gpu_weight_bytes'])} kept quantized, {dense} (--quantize none)"
 
 
 def show(
