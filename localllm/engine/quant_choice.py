@@ -1,9 +1,10 @@
 """What `--quantize auto` means for one load (localllm.quantization): on a GPU, a quantized checkpoint keeps its
 blocks (`native`): its weights take about its file size, and its kernels decode one sequence 1.4-1.8x faster than
 bf16 (docs/benchmarks.md); steps of many rows (a full batch, a long prompt) are faster dense, which `--quantize
-none` asks for. A GGUF whose blocks a tensor-parallel degree would cut is dequantized instead. On the CPU, a GGUF checkpoint in the default dtype runs `fast` when the compiled CPU kernels are there
-(localllm.cpu_kernels: 100% greedy agreement with the exact path over 1,000 tokens of chat, docs/benchmarks.md) and
-is dequantized to float32 otherwise; `--dtype float32` or `--quantize none` asks for the exact path."""
+none` asks for. A GGUF whose blocks a tensor-parallel degree would cut is dequantized instead. On the CPU, a GGUF
+checkpoint in the default dtype runs `fast` when the compiled CPU kernels are there (localllm.cpu_kernels: 100%
+greedy agreement with the exact path over 1,000 tokens of chat, docs/benchmarks.md) and is dequantized to float32
+otherwise; `--dtype float32` or `--quantize none` asks for the exact path."""
 from __future__ import annotations
 
 from dataclasses import replace
