@@ -3,6 +3,7 @@ the matmul to its int16 rounding of x, the per-layer operations to float32 round
 token for token against the module path; and the fallback when no compiler is there."""
 from __future__ import annotations
 
+import ctypes
 import logging
 
 import pytest
@@ -21,13 +22,28 @@ from localllm.layers.quantized import BlockLayout
 FORMATS = list(ops.FORMATS)
 
 
+def _has_compiler() -> None:
+    if build.system_compiler() is None:
+        pytest.skip("no C compiler (cc, gcc or clang) on this machine: the engine runs torch's CPU path")
+
+
 @pytest.fixture
 def lib(monkeypatch):
     """The kernels, built into the session's data dir (conftest) on first use."""
-    if build.system_compiler() is None:
-        pytest.skip("no C compiler (cc, gcc or clang) on this machine: the engine runs torch's CPU path")
+    _has_compiler()
     monkeypatch.setenv("LOCALLLM_CPU_KERNELS", "1")
     return build.library()
+
+
+@pytest.fixture(params=["native", "avx2"])
+def matmul_lib(request, lib):
+    """The kernels as this CPU builds them, then (on a CPU with AVX-512) built without AVX-512, so that both the
+    AVX-512 tiles and the AVX2 ones are tested here."""
+    if request.param == "native":
+        return lib
+    if "avx512f" not in build.cpu_flags().split():
+        pytest.skip("this CPU has no AVX-512: the native build is the AVX2 one")
+    return ops.declare(ctypes.CDLL(str(build.build(extra_flags=("-mno-avx512f",)))))
 
 
 def _random_blocks(fmt: str, rows: int, cols: int, seed: int) -> torch.Tensor:
@@ -80,29 +96,29 @@ def _matmuls_within_rounding(lib, x: torch.Tensor, blocks: torch.Tensor, fmt: st
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("m", [1, 3, 6, 8, 19])
-def test_matmul_matches_dequantize_then_matmul(lib, fmt, m):
+def test_matmul_matches_dequantize_then_matmul(matmul_lib, fmt, m):
     """x is rounded to int16 per 32 values inside the kernel: the products equal the dequantized
     weights times that rounded x to float32 rounding, and are within 2e-4 of the exact ones. 70 rows: the 4-row
     batch-1 kernel, its remainder rows, and chunks on two threads."""
     rows, cols = 70, 160
     blocks = quantize_ref(torch.randn(rows, cols), fmt)
     x = torch.randn(m, cols)
-    _matmuls_within_rounding(lib, x, blocks, fmt)
+    _matmuls_within_rounding(matmul_lib, x, blocks, fmt)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize(("rows", "cols", "m"), [(70, 160, 64), (70, 160, 131), (40, 1536, 131)])
-def test_prefill_sized_matmul_runs_the_tiles_to_the_same_rounding(lib, fmt, rows, cols, m):
+def test_prefill_sized_matmul_runs_the_tiles_to_the_same_rounding(matmul_lib, fmt, rows, cols, m):
     """From 64 rows of x the tiled kernel (quant_gemm.c) multiplies: the same int16 rounding of x, so the same
     bounds. 70 rows: two whole panels of 32 and a part of one; 131 rows of x: an odd one past the pairs; 1536 columns:
     x in three chunks."""
-    if not ops.tiled_gemm(lib):
+    if not ops.tiled_gemm(matmul_lib):
         pytest.skip("the tiled kernel needs AVX2")
     blocks = _random_blocks(fmt, rows, cols, seed=rows + m)
     x = torch.randn(m, cols)
-    for got in _matmuls_within_rounding(lib, x, blocks, fmt):
+    for got in _matmuls_within_rounding(matmul_lib, x, blocks, fmt):
         # row by row against the few-x kernel: the same sums added in another order
-        few = torch.cat([ops.matmul(lib, x[t:t + 8], blocks, fmt, torch.empty(min(8, m - t), rows))
+        few = torch.cat([ops.matmul(matmul_lib, x[t:t + 8], blocks, fmt, torch.empty(min(8, m - t), rows))
                          for t in range(0, m, 8)]).double()
         assert float((got - few).abs().max() / few.abs().max()) < 1e-5
 

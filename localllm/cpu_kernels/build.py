@@ -22,7 +22,7 @@ from localllm import settings
 
 log = logging.getLogger("localllm.cpu_kernels")
 SOURCES = ("quant_blocks.c", "quant_gemv.c", "quant_gemm.c", "decode_ops.c", "decode_step.c", "work_pool.c")
-HEADERS = ("lq_kernels.h",)
+HEADERS = ("lq_kernels.h", "quant_gemm_512.h")
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp-simd", "-shared", "-fPIC", "-std=gnu11", "-pthread")
 
 
@@ -36,7 +36,8 @@ def cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("localllm")) / "cpu_kernels"
 
 
-def _cpu_flags() -> str:
+def cpu_flags() -> str:
+    """The CPU's feature flags as /proc/cpuinfo lists them (else the machine's name): part of a build's key."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
@@ -46,22 +47,22 @@ def _cpu_flags() -> str:
     return platform.machine() + platform.processor()
 
 
-def _key(compiler: str) -> str:
+def _key(compiler: str, flags: tuple[str, ...]) -> str:
     digest = hashlib.sha256()
     for name in (*SOURCES, *HEADERS):
         digest.update((Path(__file__).parent / name).read_bytes())
-    digest.update("\0".join((compiler, *FLAGS, _cpu_flags())).encode())
+    digest.update("\0".join((compiler, *flags, cpu_flags())).encode())
     return digest.hexdigest()[:16]
 
 
-def _compile(compiler: str, target: Path) -> None:
+def _compile(compiler: str, flags: tuple[str, ...], target: Path) -> None:
     """Builds into a temporary file renamed into place, so that a concurrent first use never loads half a file."""
     target.parent.mkdir(parents=True, exist_ok=True)
     sources = [str(Path(__file__).parent / name) for name in SOURCES]
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        done = subprocess.run([compiler, *FLAGS, *sources, "-o", tmp, "-lm"], capture_output=True, text=True,
+        done = subprocess.run([compiler, *flags, *sources, "-o", tmp, "-lm"], capture_output=True, text=True,
                               timeout=120)
         if done.returncode != 0:
             lines = done.stderr.strip().splitlines()
@@ -77,15 +78,17 @@ def system_compiler() -> str | None:
     return shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
 
 
-def build(compiler: str | None = None) -> Path:
+def build(compiler: str | None = None, extra_flags: tuple[str, ...] = ()) -> Path:
     """The path of the built library, compiling it when the cache lacks it. Raises RuntimeError with the reason
-    when it cannot be built."""
+    when it cannot be built. extra_flags follow FLAGS (the tests build the AVX2 kernels on an AVX-512 CPU with
+    -mno-avx512f)."""
     compiler = compiler or system_compiler()
     if not compiler or shutil.which(compiler) is None:
         raise RuntimeError(f"no C compiler found ({compiler or 'cc, gcc or clang'})")
-    target = cache_dir() / f"localllm_cpu_{_key(compiler)}.so"
+    flags = (*FLAGS, *extra_flags)
+    target = cache_dir() / f"localllm_cpu_{_key(compiler, flags)}.so"
     if not target.exists():
-        _compile(compiler, target)
+        _compile(compiler, flags, target)
     return target
 
 

@@ -15,7 +15,6 @@
 #include <immintrin.h>
 #endif
 
-enum { FMT_Q4_0 = 0, FMT_Q4_1 = 1, FMT_Q8_0 = 2 };
 enum { QK = 32, X_LEVELS = 32767, ROWS_PER_CHUNK = 32 };
 
 int64_t lq_row_bytes(int fmt, int64_t cols) { return cols / QK * LQ_BLOCK_BYTES[fmt]; }
