@@ -12,22 +12,25 @@ enum { FMT_Q4_0 = 0, FMT_Q4_1 = 1, FMT_Q8_0 = 2 };
 static const int LQ_BLOCK_BYTES[] = {18, 20, 34};   /* a Q4_0, Q4_1, Q8_0 block of 32 weights */
 
 #ifdef __AVX2__
-/* A block's [d, min] (Q4_0: [d, -8 d]) and its 32 weights as int16 (Q4: nibbles 0..15, byte j holding weights j
- * and j + 16): weights 0-15 returned, 16-31 in *w1. */
-static inline __attribute__((always_inline)) __m256i block_weights(int fmt, const uint8_t *b, __m128 *dm,
-                                                                   __m256i *w1) {
-    if (fmt == FMT_Q8_0) {
-        *dm = _mm_cvtph_ps(_mm_cvtsi32_si128(*(const uint16_t *)b));
-        *w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b + 18)));
-        return _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b + 2)));
-    }
+/* A block's [d, min] (Q4_0: [d, -8 d]; Q8_0: [d, 0]); block_weights: that, and its 32 weights as int16 (Q4: nibbles
+ * 0..15, byte j holding weights j and j + 16): weights 0-15 returned, 16-31 in *w1. */
+static inline __attribute__((always_inline)) __m128 block_dm(int fmt, const uint8_t *b) {
+    if (fmt == FMT_Q8_0) return _mm_cvtph_ps(_mm_cvtsi32_si128(*(const uint16_t *)b));
     if (fmt == FMT_Q4_1) {
         int32_t both;
         memcpy(&both, b, 4);
-        *dm = _mm_cvtph_ps(_mm_cvtsi32_si128(both));
-    } else {
-        *dm = _mm_mul_ps(_mm_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(*(const uint16_t *)b))),
-                         _mm_setr_ps(1.0f, -8.0f, 0.0f, 0.0f));
+        return _mm_cvtph_ps(_mm_cvtsi32_si128(both));
+    }
+    return _mm_mul_ps(_mm_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(*(const uint16_t *)b))),
+                      _mm_setr_ps(1.0f, -8.0f, 0.0f, 0.0f));
+}
+
+static inline __attribute__((always_inline)) __m256i block_weights(int fmt, const uint8_t *b, __m128 *dm,
+                                                                   __m256i *w1) {
+    *dm = block_dm(fmt, b);
+    if (fmt == FMT_Q8_0) {
+        *w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b + 18)));
+        return _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b + 2)));
     }
     __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(b + (fmt == FMT_Q4_1 ? 4 : 2))));
     *w1 = _mm256_srli_epi16(v, 4);

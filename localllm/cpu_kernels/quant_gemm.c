@@ -36,6 +36,8 @@ enum { QK = 32, LANES = 8, ROW_VECTORS = 4, PANEL_ROWS = LANES * ROW_VECTORS };
 /* x rows a tile runs against its panel: as many as fit this many bytes of int16 (L2 holds them between panels);
  * x rows rounded per chunk of the pool */
 enum { X_CHUNK_BYTES = 192 * 1024, QUANTIZE_ROWS = 32 };
+/* a one-chunk x's panels go in this many contiguous runs a thread (quant_gemv.c's CHUNKS_PER_THREAD says why) */
+enum { PANEL_RUNS_PER_THREAD = 2 };
 
 /* Whether lq_gemm is built (it needs AVX2); without it lq_matmul is only fit for a few rows of x. */
 int lq_gemm_available(void) {
@@ -50,7 +52,7 @@ int lq_gemm_available(void) {
 typedef struct {
     int fmt;
     const uint8_t *w;
-    int64_t rows, cols, m, ldx, ldy, x_chunk, panels;
+    int64_t rows, cols, m, ldx, ldy, x_chunk, panels, panels_per_chunk;
     const float *x;
     int16_t *xq;     /* [m rounded up to X_AT_ONCE, cols] (AVX-512: by groups of X_AT_ONCE, quantize_rows) */
     float *pairs;    /* [that, cols / 32, 2]: x's block scale, scale * sum(X) */
@@ -192,14 +194,19 @@ static void run_tile(void *ctx, int64_t tile) {
                t0 + j->x_chunk < j->m ? t0 + j->x_chunk : j->m);
 }
 
-/* All of x against one panel, decoded here into the thread's cache rather than into a whole decoded matrix first:
- * for an x small enough to be one chunk (a batched decode step), so that the decoded weights never go to memory. */
-static void decode_and_run_panel(void *ctx, int64_t panel) {
+/* All of x against the panels of chunk `chunk` (a contiguous run of panels_per_chunk), each decoded here into the
+ * thread's cache rather than into a whole decoded matrix first: for an x small enough to be one chunk (a batched
+ * decode step), so that the decoded weights never go to memory. Contiguous runs, not panels taken in turn, so that
+ * each thread streams its weights in one run the prefetcher follows. */
+static void decode_and_run_panels(void *ctx, int64_t chunk) {
     const gemm_job *j = ctx;
     int16_t *wp = aligned_alloc(64, sizeof(int16_t) * (size_t)(PANEL_ROWS * j->cols));
     float *d = aligned_alloc(64, sizeof(float) * (size_t)(2 * PANEL_ROWS * (j->cols / QK)));
-    decode_panel(j, panel, wp, d);
-    panel_rows(j, panel, wp, d, 0, j->m);
+    int64_t end = (chunk + 1) * j->panels_per_chunk < j->panels ? (chunk + 1) * j->panels_per_chunk : j->panels;
+    for (int64_t panel = chunk * j->panels_per_chunk; panel < end; panel++) {
+        decode_panel(j, panel, wp, d);
+        panel_rows(j, panel, wp, d, 0, j->m);
+    }
     free(wp);
     free(d);
 }
@@ -212,7 +219,8 @@ void lq_gemm(int fmt, const uint8_t *w, int64_t rows, int64_t cols, const float 
     if (x_chunk < X_AT_ONCE) x_chunk = X_AT_ONCE;
     int64_t padded = (m + X_AT_ONCE - 1) / X_AT_ONCE * X_AT_ONCE, panels = (rows + PANEL_ROWS - 1) / PANEL_ROWS;
     int fused = m <= x_chunk;   /* one chunk of x: each panel decoded where it is used */
-    gemm_job job = {fmt, w, rows, cols, m, ldx, ldy, x_chunk, panels, x,
+    int64_t runs = (int64_t)(threads > 0 ? threads : 1) * PANEL_RUNS_PER_THREAD;
+    gemm_job job = {fmt, w, rows, cols, m, ldx, ldy, x_chunk, panels, (panels + runs - 1) / runs, x,
                     aligned_alloc(64, sizeof(int16_t) * (size_t)(padded * cols)),
                     calloc((size_t)(2 * padded * nb), sizeof(float)),
                     fused ? NULL : aligned_alloc(64, sizeof(int16_t) * (size_t)(panels * PANEL_ROWS * cols)),
@@ -220,7 +228,7 @@ void lq_gemm(int fmt, const uint8_t *w, int64_t rows, int64_t cols, const float 
     memset(job.xq + m * cols, 0, sizeof(int16_t) * (size_t)((padded - m) * cols));   /* whole tiles only */
     lq_parallel(quantize_rows, &job, (m + QUANTIZE_ROWS - 1) / QUANTIZE_ROWS, threads);
     if (fused) {
-        lq_parallel(decode_and_run_panel, &job, panels, threads);
+        lq_parallel(decode_and_run_panels, &job, (panels + job.panels_per_chunk - 1) / job.panels_per_chunk, threads);
     } else {
         lq_parallel(decode_one_panel, &job, panels, threads);
         lq_parallel(run_tile, &job, panels * ((m + x_chunk - 1) / x_chunk), threads);

@@ -3,10 +3,11 @@
  * The blocks' layout, their decoding one at a time and x's rounding are in quant_blocks.c. lq_matmul never writes
  * the weights out: x is rounded to int16 per block (lq_quantize_x), each block's products sum exactly in int32,
  * and the scale and the minimum apply once, sum_j (d q_j + m) x_j = d sum_j q_j x_j + m sum_j x_j, so it agrees
- * with dequantize-then-matmul to x's rounding (relative 2e-5). Rows are shared out in chunks over the threads of work_pool.c; for one x (batch-1 decode) each
- * chunk goes 4 rows at a time, prefetching ahead (rows_dot_fmt): 25-30% less time than a row at a time. Several x
- * (batched decode) go 8 at a time against each row, its blocks decoded once for the 8 (group_dot_fmt); from
- * GEMM_MIN_M x on (prefill), quant_gemm.c's tiles take over.
+ * with dequantize-then-matmul to x's rounding (relative 2e-5). Rows are shared out in a few contiguous chunks a
+ * thread of work_pool.c. For one x (batch-1 decode) each chunk goes 4 rows at a time, prefetching ahead
+ * (rows_dot_fmt): 25-30% less time than a row at a time. Several x (batched decode) go 8 at a time against each
+ * row, its blocks decoded once for the 8 (group_dot_fmt). From GEMM_MIN_M x on (prefill, and with AVX-512 VNNI
+ * batched decode), quant_gemm.c's tiles take over. With AVX-512 VNNI the two dot products are quant_gemv_512.h's.
  */
 #include <stdint.h>
 #include <math.h>
@@ -18,12 +19,19 @@
 #include <immintrin.h>
 #endif
 
-enum { QK = 32, XQ_BYTES = 2 * QK, MAX_M = 4, GROUP_M = 8, ROWS_PER_CHUNK = 32 };
-/* x from which lq_gemm is faster: with AVX2 it decodes the whole matrix first (1.3-1.6x slower at 32 x, faster at
- * 64); with AVX-512 VNNI it decodes each panel where it is used (on a Zen 5 core, as fast as group_dot at 8 x, 1.4x
- * faster at 16, 1.9x at 32) */
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
-enum { GEMM_MIN_M = 8 };
+#define LQ_GEMV_512 1   /* group_dot_fmt and rows_dot_fmt from quant_gemv_512.h */
+#endif
+enum { QK = 32, XQ_BYTES = 2 * QK, MAX_M = 4, GROUP_M = 8 };
+/* Rows are shared out in CHUNKS_PER_THREAD contiguous chunks a thread (of at least MIN_CHUNK_ROWS): the weights then
+ * stream from memory in a few long runs that the hardware prefetcher follows. Chunks of 32 rows taken by the threads
+ * in turn read at 22-25 GB/s on a 2-core Zen 5 VM; two chunks a thread at 39 GB/s (batch-1 decode 1.6x faster). */
+enum { CHUNKS_PER_THREAD = 2, MIN_CHUNK_ROWS = 32 };
+/* x from which lq_gemm is faster: with AVX2 it decodes the whole matrix first (1.3-1.6x slower at 32 x, faster at
+ * 64); with AVX-512 VNNI it decodes each panel where it is used (on a Zen 5 VM, 5% slower than group_dot at 8 x,
+ * 1.1x faster at 12, 1.4x at 16), so from past one group of x */
+#ifdef LQ_GEMV_512
+enum { GEMM_MIN_M = GROUP_M + 1 };
 #else
 enum { GEMM_MIN_M = 64 };
 #endif
@@ -65,41 +73,8 @@ static inline __attribute__((always_inline)) void row_dot_fmt(int fmt, const uin
     *y = hsum(_mm256_add_ps(acc[0], acc[1])) + _mm_cvtss_f32(_mm_movehdup_ps(both));
 }
 
-#if defined(__AVX512F__) && defined(__AVX512BW__)
-/* group_dot_fmt below with AVX-512: a block's 32 weights are one zmm vector of int16 in x's order, so that per x and
- * block there is one integer multiply-add (x's block its memory operand), one conversion and one FMA (d * scale its
- * broadcast memory operand), over 16 lanes, where AVX2 takes two multiply-adds, an add, a conversion and an FMA over
- * 8. The accumulators are named variables, not an array, and the FMA is written out, since GCC otherwise kept the
- * array on the stack or took each d * scale out of a register with two shuffles. */
-#define LQ_GROUP_STEP(t)                                                                                      \
-    if (t < N) {                                                                                              \
-        __m512 p = _mm512_cvtepi32_ps(_mm512_madd_epi16(w, _mm512_load_si512(xg + t * QK)));                  \
-        __asm__("vfmadd231ps %[ds]%{1to16%}, %[p], %[acc]" : [acc] "+v"(acc##t) : [p] "v"(p), [ds] "m"(dsx[t])); \
-    }
-static inline __attribute__((always_inline)) void group_dot_fmt(int fmt, const uint8_t *row, int64_t nb,
-                                                                const int16_t *xg, const float *scales,
-                                                                const float *sums, const int N, float *y) {
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0, acc4 = acc0, acc5 = acc0,
-           acc6 = acc0, acc7 = acc0;
-    __m256 mins = _mm256_setzero_ps();
-    float dsx[GROUP_M] __attribute__((aligned(32)));
-    int64_t bytes = LQ_BLOCK_BYTES[fmt];
-    for (int64_t i = 0; i < nb; i++, xg += GROUP_M * QK, scales += GROUP_M, sums += GROUP_M) {
-        __m128 dm;
-        __m256i w1, w0 = block_weights(fmt, row + i * bytes, &dm, &w1);
-        __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(w0), w1, 1);
-        _mm256_store_ps(dsx, _mm256_mul_ps(_mm256_broadcastss_ps(dm), _mm256_load_ps(scales)));
-        if (fmt != FMT_Q8_0)
-            mins = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dm)), _mm256_load_ps(sums), mins);
-        LQ_GROUP_STEP(0) LQ_GROUP_STEP(1) LQ_GROUP_STEP(2) LQ_GROUP_STEP(3)
-        LQ_GROUP_STEP(4) LQ_GROUP_STEP(5) LQ_GROUP_STEP(6) LQ_GROUP_STEP(7)
-    }
-    float minv[GROUP_M] __attribute__((aligned(32)));
-    _mm256_store_ps(minv, mins);
-    __m512 acc[GROUP_M] = {acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7};
-    for (int t = 0; t < N; t++) y[t] = _mm512_reduce_add_ps(acc[t]) + minv[t];
-}
-#undef LQ_GROUP_STEP
+#ifdef LQ_GEMV_512
+#include "quant_gemv_512.h"
 #else
 /* A row against a group of N (<= GROUP_M) quantized activations (batched decode, prompt chunks): each block's
  * weights are decoded once for the N of them. The group's x comes interleaved by block (x_by_group: block i of x t
@@ -145,6 +120,7 @@ static void group_dot(int fmt, const uint8_t *row, int64_t nb, const int16_t *xg
     else GROUP_DOT_FMT(FMT_Q8_0)
 }
 
+#ifndef LQ_GEMV_512
 /* One x (m == 1) against ROWS_AT_ONCE consecutive rows: each block of x is loaded once for all of them, and their
  * independent accumulators keep the FMA and add chains apart. Per row and block: the weights' bytes, two integer
  * multiply-adds, one conversion and one FMA; the minimum's term, m * scale * sum(X), goes into a 2-lane vector
@@ -178,6 +154,8 @@ static inline __attribute__((always_inline)) void rows_dot_fmt(int fmt, const ui
     }
     for (int r = 0; r < ROWS_AT_ONCE; r++) y[r] = hsum(acc[r]) + _mm_cvtss_f32(_mm_movehdup_ps(mins[r]));
 }
+
+#endif
 
 static void rows_dot(int fmt, const uint8_t *row, int64_t row_bytes, int64_t nb, const int16_t *xq,
                      const float *pairs, float *y) {
@@ -217,7 +195,7 @@ static void row_dot(int fmt, const uint8_t *row, int64_t nb, const int16_t *xq, 
 typedef struct {
     int fmt;
     const uint8_t *w;
-    int64_t rows, cols, m, ldy;
+    int64_t rows, cols, m, ldy, chunk_rows;
     const int16_t *xq;            /* x quantized by row (m == 1), or as x_by_group lays it out (AVX2, m > 1) */
     const float *pairs;
     const float *scales, *sums;   /* AVX2, m > 1: x's block scales and scaled sums by group (group_dot) */
@@ -227,8 +205,8 @@ typedef struct {
 #ifdef __AVX2__
 static void matmul_rows(void *ctx, int64_t chunk) {
     const matmul_job *j = ctx;
-    int64_t nb = j->cols / QK, row_bytes = nb * LQ_BLOCK_BYTES[j->fmt], last = (chunk + 1) * ROWS_PER_CHUNK;
-    int64_t r = chunk * ROWS_PER_CHUNK, end = last < j->rows ? last : j->rows;
+    int64_t nb = j->cols / QK, row_bytes = nb * LQ_BLOCK_BYTES[j->fmt], last = (chunk + 1) * j->chunk_rows;
+    int64_t r = chunk * j->chunk_rows, end = last < j->rows ? last : j->rows;
     if (j->m == 1) {
         for (; r + ROWS_AT_ONCE <= end; r += ROWS_AT_ONCE)
             rows_dot(j->fmt, j->w + r * row_bytes, row_bytes, nb, j->xq, j->pairs, j->y + r);
@@ -266,8 +244,8 @@ static void x_by_group(const int16_t *xq, const float *pairs, int64_t m, int64_t
 #else
 static void matmul_rows(void *ctx, int64_t chunk) {
     const matmul_job *j = ctx;
-    int64_t nb = j->cols / QK, row_bytes = nb * LQ_BLOCK_BYTES[j->fmt], last = (chunk + 1) * ROWS_PER_CHUNK;
-    for (int64_t r = chunk * ROWS_PER_CHUNK; r < (last < j->rows ? last : j->rows); r++) {
+    int64_t nb = j->cols / QK, row_bytes = nb * LQ_BLOCK_BYTES[j->fmt], last = (chunk + 1) * j->chunk_rows;
+    for (int64_t r = chunk * j->chunk_rows; r < (last < j->rows ? last : j->rows); r++) {
         for (int64_t t0 = 0; t0 < j->m; t0 += MAX_M) {
             int n = (int)(j->m - t0 < MAX_M ? j->m - t0 : MAX_M);
             float out[MAX_M];
@@ -298,8 +276,11 @@ void lq_matmul(int fmt, const uint8_t *w, int64_t rows, int64_t cols, const floa
         x_by_group(xq, pairs, m, nb, xg, scales, sums);
     }
 #endif
-    matmul_job job = {fmt, w, rows, cols, m, ldy, xg != NULL ? xg : xq, pairs, scales, sums, y};
-    lq_parallel(matmul_rows, &job, (rows + ROWS_PER_CHUNK - 1) / ROWS_PER_CHUNK, threads);
+    int64_t chunks = (int64_t)(threads > 0 ? threads : 1) * CHUNKS_PER_THREAD;
+    int64_t chunk_rows = ((rows + chunks - 1) / chunks + ROWS_AT_ONCE - 1) / ROWS_AT_ONCE * ROWS_AT_ONCE;
+    if (chunk_rows < MIN_CHUNK_ROWS) chunk_rows = MIN_CHUNK_ROWS;
+    matmul_job job = {fmt, w, rows, cols, m, ldy, chunk_rows, xg != NULL ? xg : xq, pairs, scales, sums, y};
+    lq_parallel(matmul_rows, &job, (rows + chunk_rows - 1) / chunk_rows, threads);
     free(xg);
     free(xq);
     free(pairs);
