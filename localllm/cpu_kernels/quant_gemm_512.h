@@ -35,14 +35,19 @@ static inline __attribute__((always_inline)) void transpose16(__m512i r[16]) {
  * row's block is one zmm of 16 int32 column pairs (lq_kernels.h's decoder), and the transpose of 16 of them is the
  * panel's 16 vectors of a column pair x 16 rows. About 5x faster than decoding weight by weight, which matters when
  * a batched decode step decodes every panel for a few x rows. */
-enum { PREFETCH_BYTES = 512 };   /* how far ahead in each row: 16 rows read side by side are 16 streams to prefetch */
 static void decode_panel(const gemm_job *j, int64_t panel, int16_t *wp, float *d) {
     int64_t nb = j->cols / QK, row_bytes = lq_row_bytes(j->fmt, j->cols), bytes = LQ_BLOCK_BYTES[j->fmt];
     float *min = d + PANEL_ROWS * nb;
     for (int half = 0; half < PANEL_ROWS / 16; half++) {
         int64_t first = panel * PANEL_ROWS + 16 * half;
         int have = j->rows - first < 16 ? (int)(j->rows - first) : 16;   /* rows past the matrix are zero */
+        /* the next 16 rows (one contiguous run of bytes), spread over this half's blocks: 16 rows read side by side
+         * are 16 streams, which the hardware prefetcher does not follow */
+        const char *next = (const char *)(j->w + (first + 16) * row_bytes);
+        int64_t lines_per_block = (16 * bytes + 63) / 64;
         for (int64_t i = 0; i < nb; i++) {
+            for (int64_t line = 0; line < lines_per_block; line++)
+                _mm_prefetch(next + (i * lines_per_block + line) * 64, _MM_HINT_T0);
             __m512i v[16];
             float *di = d + i * PANEL_ROWS + 16 * half, *mi = min + i * PANEL_ROWS + 16 * half;
             for (int r = 0; r < 16; r++) {
@@ -52,7 +57,6 @@ static void decode_panel(const gemm_job *j, int64_t panel, int16_t *wp, float *d
                     continue;
                 }
                 const uint8_t *b = j->w + (first + r) * row_bytes + i * bytes;
-                _mm_prefetch((const char *)b + PREFETCH_BYTES, _MM_HINT_T0);
                 __m128 dm;
                 __m256i w1, w0 = block_weights(j->fmt, b, &dm, &w1);
                 v[r] = _mm512_inserti64x4(_mm512_castsi256_si512(w0), w1, 1);

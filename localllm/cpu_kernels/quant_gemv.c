@@ -28,10 +28,10 @@ enum { QK = 32, XQ_BYTES = 2 * QK, MAX_M = 4, GROUP_M = 8 };
  * in turn read at 22-25 GB/s on a 2-core Zen 5 VM; two chunks a thread at 39 GB/s (batch-1 decode 1.6x faster). */
 enum { CHUNKS_PER_THREAD = 2, MIN_CHUNK_ROWS = 32 };
 /* x from which lq_gemm is faster: with AVX2 it decodes the whole matrix first (1.3-1.6x slower at 32 x, faster at
- * 64); with AVX-512 VNNI it decodes each panel where it is used (on a Zen 5 VM, 5% slower than group_dot at 8 x,
- * 1.1x faster at 12, 1.4x at 16), so from past one group of x */
+ * 64); with AVX-512 VNNI it decodes each panel where it is used (on a Zen 5 VM, 1.17x slower than group_dot at 4 x,
+ * 1.13x faster at 6, 1.35x at 8, 2x at 16) */
 #ifdef LQ_GEMV_512
-enum { GEMM_MIN_M = GROUP_M + 1 };
+enum { GEMM_MIN_M = 5 };
 #else
 enum { GEMM_MIN_M = 64 };
 #endif
