@@ -82,6 +82,32 @@ def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     return out.transpose(0, 1)
 
 
+def whole_prompt_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                           block_tables: list[torch.Tensor], query_starts: list[int], lengths: list[int],
+                           scale: float) -> list[torch.Tensor]:
+    """prefill_attention of several sequences whose queries are their whole context (no cached prefix, no sliding
+    window), in one call: padded at the end to the longest, where the causal mask hides the padding from every real
+    query, so that torch takes its fused (flash) kernel over [B, H, L, D] instead of one masked math-path call a
+    sequence (the embedded model's 16 x 128-token prefill: 0.35 -> ~0.1 s). q: the step's [T, H, D]; returns each
+    sequence's [length, H, D]."""
+    batch, longest = len(lengths), max(lengths)
+    num_heads, head_dim = q.shape[1], q.shape[2]
+    num_kv_heads, block_size = k_cache.shape[2], k_cache.shape[1]
+    qs = q.new_zeros(batch, longest, num_heads, head_dim)
+    ks = q.new_zeros(batch, longest, num_kv_heads, head_dim)
+    vs = torch.zeros_like(ks)
+    for b, (table, start, length) in enumerate(zip(block_tables, query_starts, lengths)):
+        blocks = table[:-(-length // block_size)]
+        qs[b, :length] = q[start:start + length]
+        ks[b, :length] = from_cache(k_cache[blocks].reshape(-1, num_kv_heads, head_dim)[:length], q.dtype)
+        vs[b, :length] = from_cache(v_cache[blocks].reshape(-1, num_kv_heads, head_dim)[:length], q.dtype)
+    group = num_heads // num_kv_heads
+    out = torch.nn.functional.scaled_dot_product_attention(
+        qs.transpose(1, 2), ks.repeat_interleave(group, dim=2).transpose(1, 2),
+        vs.repeat_interleave(group, dim=2).transpose(1, 2), is_causal=True, scale=scale).transpose(1, 2)
+    return [out[b, :length] for b, length in enumerate(lengths)]
+
+
 def paged_attention_varlen(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                            query_start_loc: torch.Tensor | list[int], context_lens: torch.Tensor | list[int],
                            scale: float, sliding_window: int | None = None) -> torch.Tensor:

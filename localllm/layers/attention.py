@@ -73,12 +73,26 @@ class Attention(nn.Module):
         elif n:
             out[:n] = ref.decode_attention(q[:n], self.k_cache, self.v_cache, meta.block_tables[:n],
                                            meta.context_lens[:n], self.scale, self.sliding_window)
-        for i in range(n, meta.num_seqs):
-            start, end = meta.query_start_loc_host[i], meta.query_start_loc_host[i + 1]
-            k_cache, v_cache, table = self._caches_of(meta.block_tables[i], meta.context_lens_host[i], q.dtype)
-            out[start:end] = ref.prefill_attention(q[start:end], k_cache, v_cache, table, meta.context_lens_host[i],
-                                                   self.scale, self.sliding_window)
+        self._prefills(q, out, meta)
         return out
+
+    def _prefills(self, q: torch.Tensor, out: torch.Tensor, meta: AttentionMetadata) -> None:
+        """out's rows of the sequences after the decodes (plain-torch path). Whole prompts (no cached prefix, no
+        sliding window) go in one fused call when there are several; the others one by one."""
+        starts, lens = meta.query_start_loc_host, meta.context_lens_host
+        rest = range(meta.num_decodes, meta.num_seqs)
+        whole = [i for i in rest if self.sliding_window is None and starts[i + 1] - starts[i] == lens[i]]
+        if len(whole) > 1:
+            results = ref.whole_prompt_attention(q, self.k_cache, self.v_cache, [meta.block_tables[i] for i in whole],
+                                                 [starts[i] for i in whole], [lens[i] for i in whole], self.scale)
+            for i, result in zip(whole, results):
+                out[starts[i]:starts[i + 1]] = result
+            done = set(whole)
+            rest = [i for i in rest if i not in done]
+        for i in rest:
+            k_cache, v_cache, table = self._caches_of(meta.block_tables[i], lens[i], q.dtype)
+            out[starts[i]:starts[i + 1]] = ref.prefill_attention(q[starts[i]:starts[i + 1]], k_cache, v_cache, table,
+                                                                 lens[i], self.scale, self.sliding_window)
 
     def _caches_of(self, table: torch.Tensor, context_len: int, dtype: torch.dtype):
         """The caches and block table a prefill reads: the pool itself, or when the pool is float16 (the compiled
