@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "lq_kernels.h"
-#ifdef __F16C__
+#if defined(__F16C__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -30,11 +30,38 @@ void lq_rms_norm(const float *x, const float *residual, const float *weight, int
     }
 }
 
-/* x [rows, 2 * inner] -> out [rows, inner] = silu(first half) * second half */
+#ifdef __AVX2__
+/* exp(x), 8 at a time, within 2 ulp of expf: x = n ln2 + r (ln2 in two parts), exp(r) by its degree-7 Taylor
+ * polynomial (|r| <= ln2 / 2: error below 1e-8), times 2^n built in the exponent bits. x is clamped to where
+ * 2^n is a normal float; silu only needs exp(-g) to saturate there. */
+static inline __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-0.693145752f), x);
+    r = _mm256_fmadd_ps(n, _mm256_set1_ps(-1.42860677e-6f), r);
+    static const float taylor[] = {1.0f / 5040, 1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f};
+    __m256 p = _mm256_set1_ps(1.0f / 40320);
+    for (int k = 0; k < 8; k++) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(taylor[k]));
+    __m256i scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(scale));
+}
+#endif
+
+/* x [rows, 2 * inner] -> out [rows, inner] = silu(first half) * second half. With AVX2 the exponential is exp8's,
+ * 8 at a time: a prefill's SiLU (3M values a layer for the embedded model's 16 x 128 tokens) took 9 ms with expf. */
 void lq_silu_mul(const float *x, int64_t rows, int64_t inner, float *out) {
     for (int64_t r = 0; r < rows; r++) {
         const float *g = x + r * 2 * inner, *u = g + inner;
-        for (int64_t i = 0; i < inner; i++) out[r * inner + i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+        int64_t i = 0;
+#ifdef __AVX2__
+        for (; i + 8 <= inner; i += 8) {
+            __m256 gv = _mm256_loadu_ps(g + i);
+            __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), gv));
+            __m256 silu = _mm256_div_ps(gv, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+            _mm256_storeu_ps(out + r * inner + i, _mm256_mul_ps(silu, _mm256_loadu_ps(u + i)));
+        }
+#endif
+        for (; i < inner; i++) out[r * inner + i] = g[i] / (1.0f + expf(-g[i])) * u[i];
     }
 }
 
