@@ -36,9 +36,9 @@ def lib(monkeypatch):
 
 
 @pytest.fixture(params=["native", "avx2"])
-def matmul_lib(request, lib):
+def each_build(request, lib):
     """The kernels as this CPU builds them, then (on a CPU with AVX-512) built without AVX-512, so that both the
-    AVX-512 tiles and the AVX2 ones are tested here."""
+    AVX-512 kernels and the AVX2 ones are tested here."""
     if request.param == "native":
         return lib
     if "avx512f" not in build.cpu_flags().split():
@@ -96,29 +96,29 @@ def _matmuls_within_rounding(lib, x: torch.Tensor, blocks: torch.Tensor, fmt: st
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("m", [1, 3, 6, 8, 19])
-def test_matmul_matches_dequantize_then_matmul(matmul_lib, fmt, m):
+def test_matmul_matches_dequantize_then_matmul(each_build, fmt, m):
     """x is rounded to int16 per 32 values inside the kernel: the products equal the dequantized
     weights times that rounded x to float32 rounding, and are within 2e-4 of the exact ones. 70 rows: the 4-row
     batch-1 kernel, its remainder rows, and chunks on two threads."""
     rows, cols = 70, 160
     blocks = quantize_ref(torch.randn(rows, cols), fmt)
     x = torch.randn(m, cols)
-    _matmuls_within_rounding(matmul_lib, x, blocks, fmt)
+    _matmuls_within_rounding(each_build, x, blocks, fmt)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize(("rows", "cols", "m"), [(70, 160, 64), (70, 160, 131), (40, 1536, 131)])
-def test_prefill_sized_matmul_runs_the_tiles_to_the_same_rounding(matmul_lib, fmt, rows, cols, m):
+def test_prefill_sized_matmul_runs_the_tiles_to_the_same_rounding(each_build, fmt, rows, cols, m):
     """From 64 rows of x the tiled kernel (quant_gemm.c) multiplies: the same int16 rounding of x, so the same
     bounds. 70 rows: two whole panels of 32 and a part of one; 131 rows of x: an odd one past the pairs; 1536 columns:
     x in three chunks."""
-    if not ops.tiled_gemm(matmul_lib):
+    if not ops.tiled_gemm(each_build):
         pytest.skip("the tiled kernel needs AVX2")
     blocks = _random_blocks(fmt, rows, cols, seed=rows + m)
     x = torch.randn(m, cols)
-    for got in _matmuls_within_rounding(matmul_lib, x, blocks, fmt):
+    for got in _matmuls_within_rounding(each_build, x, blocks, fmt):
         # row by row against the few-x kernel: the same sums added in another order
-        few = torch.cat([ops.matmul(matmul_lib, x[t:t + 8], blocks, fmt, torch.empty(min(8, m - t), rows))
+        few = torch.cat([ops.matmul(each_build, x[t:t + 8], blocks, fmt, torch.empty(min(8, m - t), rows))
                          for t in range(0, m, 8)]).double()
         assert float((got - few).abs().max() / few.abs().max()) < 1e-5
 
@@ -179,17 +179,19 @@ def test_rotary_store_and_decode_attention_match_the_references(lib, window, kv_
     torch.testing.assert_close(got, want)
 
 
-@pytest.mark.parametrize("heads, kv_heads, dim", [(5, 1, 32), (8, 2, 64), (12, 3, 16), (4, 4, 24)])
-def test_decode_attention_over_every_head_grouping(lib, heads, kv_heads, dim):
-    """Query heads a KV head serves: 5 (a pass of 4, then 1), 4, 4 and 1; head sizes a multiple of 16 (the vector
-    path) and 24 (the scalar one), float16 caches, contexts of 1 to 37 keys over shuffled blocks."""
+@pytest.mark.parametrize("kv_dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("heads, kv_heads, dim", [(5, 1, 32), (8, 2, 64), (6, 2, 128), (12, 3, 16), (4, 4, 24)])
+def test_decode_attention_over_every_head_grouping(each_build, heads, kv_heads, dim, kv_dtype):
+    """Query heads a KV head serves: 5 (a pass of 4, then 1), 4, 3, 4 and 1; head sizes a multiple of 16 (the AVX2
+    vector path), of 64 (AVX-512's: 16 keys a tile, so 37 keys are two whole tiles and part of one) and 24 (the
+    scalar one), float16 and float32 caches, contexts of 1 to 37 keys over shuffled blocks."""
     torch.manual_seed(1)
     block_size, lens = 8, [37, 1, 16, 9]
     tables = torch.randperm(24)[:20].reshape(4, 5)
-    k_cache, v_cache = torch.randn(2, 24, block_size, kv_heads, dim).half().unbind(0)
+    k_cache, v_cache = torch.randn(2, 24, block_size, kv_heads, dim).to(kv_dtype).unbind(0)
     q = torch.randn(4, heads, dim)
     context_lens = torch.tensor(lens)
-    got = ops.decode_attention(lib, q, k_cache, v_cache, tables, context_lens, dim ** -0.5, None)
+    got = ops.decode_attention(each_build, q, k_cache, v_cache, tables, context_lens, dim ** -0.5, None)
     want = ref.decode_attention(q, k_cache.float(), v_cache.float(), tables, context_lens, dim ** -0.5, None)
     torch.testing.assert_close(got, want)
 

@@ -22,7 +22,7 @@ from localllm import settings
 
 log = logging.getLogger("localllm.cpu_kernels")
 SOURCES = ("quant_blocks.c", "quant_gemv.c", "quant_gemm.c", "decode_ops.c", "decode_step.c", "work_pool.c")
-HEADERS = ("lq_kernels.h", "quant_gemm_512.h", "quant_gemv_512.h")
+HEADERS = ("lq_kernels.h", "quant_gemm_512.h", "quant_gemv_512.h", "decode_attention_512.h")
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp-simd", "-shared", "-fPIC", "-std=gnu11", "-pthread")
 
 

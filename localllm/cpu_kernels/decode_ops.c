@@ -128,6 +128,9 @@ void lq_rope_store(const float *q, const float *k, const float *v, int64_t strid
 /* Query heads a pass of the vector path takes together: with two 8-lane accumulators each, their value sums stay in
  * registers (AVX2 has 16). */
 enum { PASS_HEADS = 4 };
+#if defined(__AVX512F__) && defined(__F16C__)
+#define LQ_ATTENTION_512 1   /* the passes of decode_attention_512.h */
+#endif
 
 #if defined(__AVX2__) && defined(__F16C__)
 /* 8 elements of a KV cache from `at` as float32 (float16 ones converted by F16C) */
@@ -181,9 +184,28 @@ static inline __attribute__((always_inline)) void pass_values(float *out, int he
     }
 }
 
-/* pass_dots (values: 0) or pass_values (1) for up to PASS_HEADS heads, `heads` made a constant for each. */
+#ifdef LQ_ATTENTION_512
+#include "decode_attention_512.h"
+#endif
+
+/* pass_dots (values: 0) or pass_values (1) for up to PASS_HEADS heads, `heads` made a constant for each; with
+ * AVX-512, decode_attention_512.h's for head sizes a multiple of 64 up to MAX_DIM_512. */
 static void vector_pass(int values, const float *q, float *out, int heads, int64_t dim, const void *cache, int half,
                         const int64_t *rows, int64_t n, float scale, float *scores, int64_t stride) {
+#ifdef LQ_ATTENTION_512
+#define PASS(H) (values ? pass_values_512(out, H, dim, cache, half, rows, n, scores, stride) \
+                        : pass_dots_512(q, H, dim, cache, half, rows, n, scale, scores, stride))
+    if (dim % 64 == 0 && dim <= MAX_DIM_512) {
+        switch (heads) {
+            case 1: PASS(1); break;
+            case 2: PASS(2); break;
+            case 3: PASS(3); break;
+            default: PASS(4); break;
+        }
+        return;
+    }
+#undef PASS
+#endif
 #define PASS(H) (values ? pass_values(out, H, dim, cache, half, rows, n, scores, stride) \
                         : pass_dots(q, H, dim, cache, half, rows, n, scale, scores, stride))
     switch (heads) {
@@ -247,6 +269,7 @@ static int vector_attention(const attention_job *j, const float *q, float *out, 
 #if defined(__AVX2__) && defined(__F16C__)
     int64_t dim = j->dim;
     if (dim % 16) return 0;
+
     for (int64_t g = 0; g < group; g += PASS_HEADS)
         vector_pass(0, q + g * dim, NULL, (int)(group - g < PASS_HEADS ? group - g : PASS_HEADS), dim, j->k_cache,
                     j->half, rows, n, j->scale, scores + g * n, n);
