@@ -196,6 +196,25 @@ def test_decode_attention_over_every_head_grouping(each_build, heads, kv_heads, 
     torch.testing.assert_close(got, want)
 
 
+@pytest.mark.parametrize("window", [None, 600])
+@pytest.mark.parametrize("heads, dim", [(3, 64), (2, 16)])
+def test_long_contexts_of_few_kv_heads_are_cut_into_key_ranges(each_build, heads, dim, window):
+    """Fewer (sequence, KV head) pairs than two a thread (two sequences of one KV head) and 512 or more visible
+    keys: each pair's keys are cut into two ranges on two threads and their partial softmaxes merged, to the
+    reference's result; the 1-key sequence beside the 700-key one leaves its second range empty."""
+    kv_heads = 1
+    torch.manual_seed(2)
+    block_size, lens = 16, [700, 1]
+    tables = torch.randperm(90)[:88].reshape(2, 44)
+    k_cache, v_cache = torch.randn(2, 90, block_size, kv_heads, dim).half().unbind(0)
+    q = torch.randn(2, heads, dim)
+    context_lens = torch.tensor(lens)
+    torch.set_num_threads(2)
+    got = ops.decode_attention(each_build, q, k_cache, v_cache, tables, context_lens, dim ** -0.5, window)
+    want = ref.decode_attention(q, k_cache.float(), v_cache.float(), tables, context_lens, dim ** -0.5, window)
+    torch.testing.assert_close(got, want)
+
+
 def test_the_one_call_decode_step_gives_the_module_paths_tokens(lib):
     """The embedded model, two prompts decoding together: the compiled step and the module tree (layer by layer
     through the same kernels, over the same float16 KV cache) pick the same 24 greedy tokens."""

@@ -128,6 +128,8 @@ void lq_rope_store(const float *q, const float *k, const float *v, int64_t strid
 /* Query heads a pass of the vector path takes together: with two 8-lane accumulators each, their value sums stay in
  * registers (AVX2 has 16). */
 enum { PASS_HEADS = 4 };
+/* keys a range of a split (sequence, KV head) takes at least: shorter contexts are not worth the merge */
+enum { MIN_RANGE_KEYS = 256 };
 #if defined(__AVX512F__) && defined(__F16C__)
 #define LQ_ATTENTION_512 1   /* the passes of decode_attention_512.h */
 #endif
@@ -250,14 +252,22 @@ typedef struct {
     float scale;
     float *out;
     int half;
+    int64_t splits;   /* key ranges a (sequence, KV head) is cut into; above 1 each writes partial below */
+    float *partial;   /* by chunk: [group] maxima, [group] sums of exp, [group, dim] unnormalised value sums */
 } attention_job;
 
-/* scores [group, n] -> softmax along each row (exp(score - max), normalised). */
-static void softmax_rows(float *scores, int64_t group, int64_t n) {
+/* scores [group, n] -> exp(score - the row's max) along each row, normalised when stats is NULL; otherwise the
+ * row maxima and sums go to stats [group] and [group] (a key range's partial softmax, merged later). */
+static void softmax_rows(float *scores, int64_t group, int64_t n, float *stats) {
     for (int64_t g = 0; g < group; g++) {
         float top = -INFINITY, total = 0.0f, *row = scores + g * n;
         for (int64_t p = 0; p < n; p++) top = row[p] > top ? row[p] : top;
         for (int64_t p = 0; p < n; p++) total += row[p] = expf(row[p] - top);
+        if (stats != NULL) {
+            stats[g] = top;
+            stats[group + g] = total;
+            continue;
+        }
         for (int64_t p = 0; p < n; p++) row[p] /= total;
     }
 }
@@ -265,7 +275,7 @@ static void softmax_rows(float *scores, int64_t group, int64_t n) {
 /* attend_group's work on the vector path, PASS_HEADS query heads a pass; 0 where that path is not built or the head
  * size is not a multiple of 16. */
 static int vector_attention(const attention_job *j, const float *q, float *out, int64_t group, const int64_t *rows,
-                            int64_t n, float *scores) {
+                            int64_t n, float *scores, float *stats) {
 #if defined(__AVX2__) && defined(__F16C__)
     int64_t dim = j->dim;
     if (dim % 16) return 0;
@@ -273,40 +283,76 @@ static int vector_attention(const attention_job *j, const float *q, float *out, 
     for (int64_t g = 0; g < group; g += PASS_HEADS)
         vector_pass(0, q + g * dim, NULL, (int)(group - g < PASS_HEADS ? group - g : PASS_HEADS), dim, j->k_cache,
                     j->half, rows, n, j->scale, scores + g * n, n);
-    softmax_rows(scores, group, n);
+    softmax_rows(scores, group, n, stats);
     for (int64_t g = 0; g < group; g += PASS_HEADS)
         vector_pass(1, NULL, out + g * dim, (int)(group - g < PASS_HEADS ? group - g : PASS_HEADS), dim,
                     j->v_cache, j->half, rows, n, 0.0f, scores + g * n, n);
     return 1;
 #else
-    (void)j, (void)q, (void)out, (void)group, (void)rows, (void)n, (void)scores;
+    (void)j, (void)q, (void)out, (void)group, (void)rows, (void)n, (void)scores, (void)stats;
     return 0;
 #endif
 }
 
-/* The query heads of one KV head of one sequence (chunk = seq * kv_heads + kv head): softmax(q . k * scale) . v
- * over the visible keys. The cache rows of the keys are looked up once (rows[p], in elements). */
+/* The query heads of one KV head of one sequence over one range of its visible keys (chunk = (seq * kv_heads + kv
+ * head) * splits + range): softmax(q . k * scale) . v, or with several ranges the range's partial softmax and its
+ * unnormalised value sums (merge_ranges adds them up). The cache rows of the keys are looked up once (rows[p], in
+ * elements). */
 static void attend_group(void *ctx, int64_t chunk) {
     const attention_job *j = ctx;
-    int64_t b = chunk / j->kv_heads, kv = chunk % j->kv_heads, dim = j->dim, group = j->heads / j->kv_heads;
-    int64_t len = j->context_lens[b], first = j->window > 0 && len > j->window ? len - j->window : 0, n = len - first;
+    int64_t range = chunk % j->splits, pair = chunk / j->splits;
+    int64_t b = pair / j->kv_heads, kv = pair % j->kv_heads, dim = j->dim, group = j->heads / j->kv_heads;
+    int64_t len = j->context_lens[b], first = j->window > 0 && len > j->window ? len - j->window : 0;
+    int64_t per = (len - first + j->splits - 1) / j->splits, start = first + range * per;
+    int64_t n = len - start < per ? len - start : per;
     const int64_t *table = j->block_tables + b * j->table_width;
     const float *q = j->q + (b * j->heads + kv * group) * dim;
-    float *out = j->out + (b * j->heads + kv * group) * dim;
+    float *out = j->out + (b * j->heads + kv * group) * dim, *stats = NULL;
+    if (j->splits > 1) {
+        stats = j->partial + chunk * group * (2 + dim);
+        out = stats + 2 * group;
+        if (n <= 0) {   /* an empty range: weight 0 in the merge */
+            for (int64_t g = 0; g < group; g++) stats[g] = -INFINITY, stats[group + g] = 0.0f;
+            return;
+        }
+    }
     float *scores = malloc(sizeof(float) * (size_t)(n * group)), *buf = malloc(sizeof(float) * (size_t)dim);
     int64_t *rows = malloc(sizeof(int64_t) * (size_t)n);
     for (int64_t p = 0; p < n; p++) {
-        int64_t pos = first + p;
+        int64_t pos = start + p;
         rows[p] = ((table[pos / j->block_size] * j->block_size + pos % j->block_size) * j->kv_heads + kv) * dim;
     }
-    if (!vector_attention(j, q, out, group, rows, n, scores)) {
+    if (!vector_attention(j, q, out, group, rows, n, scores, stats)) {
         scalar_dots(q, group, dim, j->k_cache, j->half, rows, n, j->scale, scores, buf);
-        softmax_rows(scores, group, n);
+        softmax_rows(scores, group, n, stats);
         scalar_values(out, group, dim, j->v_cache, j->half, rows, n, scores, buf);
     }
     free(scores);
     free(buf);
     free(rows);
+}
+
+/* out for every (sequence, KV head) from its ranges' partials: each range's sums rescaled by exp(its max - the
+ * overall max), then divided by the rescaled total. */
+static void merge_ranges(const attention_job *j, int64_t seqs) {
+    int64_t group = j->heads / j->kv_heads, dim = j->dim, width = group * (2 + dim);
+    for (int64_t pair = 0; pair < seqs * j->kv_heads; pair++) {
+        const float *first = j->partial + pair * j->splits * width;
+        float *out = j->out + pair * group * dim;
+        for (int64_t g = 0; g < group; g++) {
+            float top = -INFINITY, total = 0.0f;
+            for (int64_t r = 0; r < j->splits; r++) top = first[r * width + g] > top ? first[r * width + g] : top;
+            for (int64_t i = 0; i < dim; i++) out[g * dim + i] = 0.0f;
+            for (int64_t r = 0; r < j->splits; r++) {
+                const float *part = first + r * width;
+                if (part[group + g] == 0.0f) continue;
+                float w = expf(part[g] - top);
+                total += w * part[group + g];
+                for (int64_t i = 0; i < dim; i++) out[g * dim + i] += w * part[2 * group + g * dim + i];
+            }
+            for (int64_t i = 0; i < dim; i++) out[g * dim + i] /= total;
+        }
+    }
 }
 
 /* One query token per sequence (at position context_lens[b] - 1), q [seqs, heads, dim] -> out [seqs, heads, dim]
@@ -316,7 +362,21 @@ void lq_decode_attention(const float *q, const void *k_cache, const void *v_cach
                          int64_t table_width, const int64_t *context_lens, int64_t seqs, int64_t heads,
                          int64_t kv_heads, int64_t dim, int64_t block_size, float scale, int64_t window, float *out,
                          int half, int threads) {
+    /* Fewer (sequence, KV head) pairs than two a thread (batch-1 decode: 3 KV heads over 2 threads left a thread idle
+     * a third of the time) and long contexts: each pair's keys are cut into ranges, merged after */
+    int64_t pairs = seqs * kv_heads, splits = 1, longest = 0;
+    for (int64_t b = 0; b < seqs; b++) longest = context_lens[b] > longest ? context_lens[b] : longest;
+    if (window > 0 && longest > window) longest = window;
+    if (threads > 1 && pairs < 2 * threads) {
+        splits = (2 * threads + pairs - 1) / pairs;
+        if (splits > longest / MIN_RANGE_KEYS) splits = longest / MIN_RANGE_KEYS;
+        if (splits < 1) splits = 1;
+    }
     attention_job job = {q, k_cache, v_cache, block_tables, context_lens, table_width, heads, kv_heads, dim,
-                         block_size, window, scale, out, half};
-    lq_parallel(attend_group, &job, seqs * kv_heads, threads);
+                         block_size, window, scale, out, half, splits,
+                         splits > 1 ? malloc(sizeof(float) * (size_t)(pairs * splits * (heads / kv_heads) * (2 + dim)))
+                                    : NULL};
+    lq_parallel(attend_group, &job, pairs * splits, threads);
+    if (splits > 1) merge_ranges(&job, seqs);
+    free(job.partial);
 }
