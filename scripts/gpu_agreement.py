@@ -10,6 +10,10 @@ its own in the dtype): the agreement then measures what the fp8 cache costs, e.g
 
     python scripts/gpu_agreement.py --model PATH.gguf --dtype bfloat16 --kv-cache-dtype fp8 --json-out fp8kv.json
 
+--reference-dtype float32 gives transformers the quantized weights exactly (a K-quant's d * scale * q - dmin * min
+has more bits than bf16 keeps) and float32 activations: the quantized model itself, against which both localllm's
+kernels and transformers in bf16 are approximations.
+
 1. localllm generates greedily (ignore_eos) for each chat prompt, all prompts in one batch as the engine serves them.
 2. transformers loads the same converted safetensors directory in the same dtype and runs ONE teacher-forced forward
    over prompt + localllm's tokens per prompt; its argmax at each generated position is compared with localllm's
@@ -59,10 +63,14 @@ def parse_args() -> argparse.Namespace:
                    help="localllm's KV cache: auto (the dtype) or fp8 (e4m3; GPUs of compute capability 8.9+)")
     p.add_argument("--free-running", action=argparse.BooleanOptionalAction, default=True,
                    help="also run transformers' own greedy generation for the common prefix (~1 min on a GPU)")
+    p.add_argument("--reference-dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                   help="transformers' dtype (default: --dtype). float32 with a quantized model: the reference is the "
+                        "quantized weights exactly, not rounded to bf16 as --dtype bfloat16 rounds them")
     p.add_argument("--json-out", default=None)
     args = p.parse_args()
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    args.reference_dtype = args.reference_dtype or args.dtype
     if not 1 <= args.prompts <= len(PROMPTS):
         p.error(f"--prompts must be in 1..{len(PROMPTS)}")
     return args
@@ -87,7 +95,7 @@ def run_localllm(args, prompts: list[str]):
     outs = llm.chat([[{"role": "user", "content": p}] for p in prompts], params)
     seconds = time.perf_counter() - start
     runner = llm.engine.core.runner
-    quantized = dequantized_weights(runner.model, getattr(torch, args.dtype))
+    quantized = dequantized_weights(runner.model, getattr(torch, args.reference_dtype))
     ran_as = runner.quantization or args.dtype
     result = [(list(o.prompt_token_ids), list(o.outputs[0].token_ids)) for o in outs]
     # The engine's KV pool holds much of the GPU memory: release it before transformers loads.
@@ -152,7 +160,7 @@ def main() -> None:
     if args.device.startswith("cuda"):
         print(f"CUDA memory still allocated after freeing localllm: {torch.cuda.memory_allocated() / 2**30:.2f} GiB")
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, args.dtype))
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, args.reference_dtype))
     if quantized:   # the very weights localllm ran, dequantized
         state = model.state_dict()
         for name, weight in quantized.items():
@@ -182,7 +190,7 @@ def main() -> None:
     report = {
         "model": args.model or "embedded SmolLM2-135M-Instruct", "model_dir": str(model_dir),
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-        "dtype": args.dtype, "weights": ran_as, "quantize": args.quantize, "kv_cache_dtype": args.kv_cache_dtype,
+        "dtype": args.dtype, "reference_dtype": args.reference_dtype, "weights": ran_as, "quantize": args.quantize, "kv_cache_dtype": args.kv_cache_dtype,
         "new_tokens": args.new_tokens,
         "torch": torch.__version__,
         "transformers": transformers.__version__, "localllm_generate_s": localllm_s,
@@ -199,7 +207,8 @@ def main() -> None:
         print(f"{r['prompt'][:46]:46s} {r['agreement']:8.2%} {first!s:>10s} {r['exact_ties']:5d} {gap:>8s} "
               f"{prefix!s:>5s}/{r['generated_tokens']}")
     print(f"top-1 agreement {matches}/{total} = {matches / total:.2%} (target >= {TARGET:.0%}: "
-          f"{'PASS' if report['meets_target'] else 'FAIL'}) on {report['device']}, {args.dtype}; "
+          f"{'PASS' if report['meets_target'] else 'FAIL'}) on {report['device']}, {args.dtype} against "
+          f"transformers in {args.reference_dtype}; "
           f"{with_ties / total:.2%} counting exact ties in HF's logits as matches")
     if args.json_out:
         with open(args.json_out, "w") as f:
