@@ -66,6 +66,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--reference-dtype", choices=["float32", "bfloat16", "float16"], default=None,
                    help="transformers' dtype (default: --dtype). float32 with a quantized model: the reference is the "
                         "quantized weights exactly, not rounded to bf16 as --dtype bfloat16 rounds them")
+    p.add_argument("--candidate", choices=["localllm", "transformers"], default="localllm",
+                   help="whose greedy tokens are checked: localllm's, or transformers' own in --dtype over the same "
+                        "weights (with --reference-dtype float32: what dense --dtype matmuls cost that model)")
     p.add_argument("--json-out", default=None)
     args = p.parse_args()
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -102,6 +105,21 @@ def run_localllm(args, prompts: list[str]):
     del llm, outs, runner
     free_device_memory()
     return resolve_model(args.model), quantized, result, seconds, ran_as
+
+
+def transformers_model(model_dir, quantized: dict, dtype: str, device: str):
+    """transformers' model of model_dir in dtype, with the weights localllm ran (dequantized) where it held them
+    quantized."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
+    if quantized:   # the very weights localllm ran, dequantized
+        state = model.state_dict()
+        for name, weight in quantized.items():
+            state[name].copy_(weight)
+        if getattr(model.config, "tie_word_embeddings", False) and "model.embed_tokens.weight" in quantized:
+            model.tie_weights()
+    model = model.to(device).eval()
+    model.generation_config.eos_token_id = None
+    return model
 
 
 @torch.inference_mode()
@@ -160,16 +178,13 @@ def main() -> None:
     if args.device.startswith("cuda"):
         print(f"CUDA memory still allocated after freeing localllm: {torch.cuda.memory_allocated() / 2**30:.2f} GiB")
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, args.reference_dtype))
-    if quantized:   # the very weights localllm ran, dequantized
-        state = model.state_dict()
-        for name, weight in quantized.items():
-            state[name].copy_(weight)
-        if getattr(model.config, "tie_word_embeddings", False) and "model.embed_tokens.weight" in quantized:
-            model.tie_weights()
-    model = model.to(args.device).eval()
-    model.generation_config.eos_token_id = None
+    model = transformers_model(model_dir, quantized, args.reference_dtype, args.device)
     pad_id = model.generation_config.pad_token_id or model.config.pad_token_id or 0
+    if args.candidate == "transformers":   # transformers' own greedy tokens in --dtype replace localllm's
+        candidate = transformers_model(model_dir, quantized, args.dtype, args.device)
+        generations = [(p, hf_free_running(candidate, p, args.new_tokens, pad_id)) for p, _ in generations]
+        del candidate
+        ran_as = f"transformers {args.dtype} over {ran_as}"
 
     rows = []
     for text, (prompt_ids, gen_ids) in zip(prompts, generations):
@@ -190,7 +205,7 @@ def main() -> None:
     report = {
         "model": args.model or "embedded SmolLM2-135M-Instruct", "model_dir": str(model_dir),
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-        "dtype": args.dtype, "reference_dtype": args.reference_dtype, "weights": ran_as, "quantize": args.quantize, "kv_cache_dtype": args.kv_cache_dtype,
+        "dtype": args.dtype, "reference_dtype": args.reference_dtype, "candidate": args.candidate, "weights": ran_as, "quantize": args.quantize, "kv_cache_dtype": args.kv_cache_dtype,
         "new_tokens": args.new_tokens,
         "torch": torch.__version__,
         "transformers": transformers.__version__, "localllm_generate_s": localllm_s,
