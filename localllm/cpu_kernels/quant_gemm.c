@@ -211,8 +211,9 @@ static void decode_and_run_panels(void *ctx, int64_t chunk) {
     free(d);
 }
 
-/* y[t, r] (row stride ldy) = sum_k W[r, k] x[t, k] (row stride ldx) for t < m, x rounded by lq_quantize_x: the
- * weights decoded once into panels, x rounded, then the tiles, each step over all threads. */
+/* y[t, r] (row stride ldy) = sum_k W[r, k] x[t, k] (row stride ldx) for t < m, x rounded by lq_quantize_x: x
+ * rounded, then either (x one chunk) each panel decoded and multiplied by the thread that takes it, or the weights
+ * decoded once into panels and then the tiles; each step over all threads. */
 void lq_gemm(int fmt, const uint8_t *w, int64_t rows, int64_t cols, const float *x, int64_t m, int64_t ldx,
              float *y, int64_t ldy, int threads) {
     int64_t nb = cols / QK, x_chunk = X_CHUNK_BYTES / (2 * cols) / X_AT_ONCE * X_AT_ONCE;
