@@ -35,4 +35,6 @@ def test_a_freed_step_buffer_is_reused_without_faulting_its_pages_again():
     pages = (64 << 20) // 4096
     default, retained = _faults("default"), _faults("retain")
     assert default > 15 * pages      # every allocation of the 20 mapped afresh
-    assert retained < 4 * pages      # the warm-up's pages reused (OpenMP's threads may touch two buffers' more)
+    # the warm-up's pages reused: at most a few buffers' pages more (two buffers are alive at each assignment, and
+    # where they land can differ from the warm-up's; 4 buffers' worth was seen on a Zen 5 VM), against 20
+    assert retained < 6 * pages
