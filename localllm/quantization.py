@@ -13,7 +13,8 @@
           embedded model's answer to the capital-of-France question flips); on a GPU the same as native.
   a format (q4_0, q4_1, q8_0, q4_k, q5_k, q6_k, q4_k_m, q5_k_m, int4 = awq = gptq, fp8): every matrix
   quantized at load to that format (round to nearest, localllm.kernels.quantize_ref), from whatever the
-  checkpoint holds; also the format of --random-weights benchmarks. The _m mixes follow llama.cpp's Q4_K_M /
+  checkpoint holds; also the format of --random-weights benchmarks. On the CPU, q4_0, q4_1 and q8_0 then run the
+  compiled kernels as `fast` does (the way for a safetensors model to use them). The _m mixes follow llama.cpp's Q4_K_M /
   Q5_K_M: Q6_K for attn_v and ffn_down in the layers llama.cpp gives more bits, and for the LM head. int4 is
   group-128 int4 with zero points, the layout AWQ and GPTQ checkpoints are repacked into; fp8 is float8 e4m3 with
   a scale per 128 weights, the layout FP8 checkpoints are repacked into. Both leave the embedding and LM head
@@ -55,9 +56,14 @@ def keeps_blocks(quantization: str, device_type: str) -> bool:
     return quantization in ("native", "fast") or (quantization == "auto" and device_type == "cuda")
 
 
+# recipes whose blocks the compiled CPU kernels multiply (localllm.cpu_kernels.ops.FORMATS)
+_CPU_KERNEL_RECIPES = ("q4_0", "q4_1", "q8_0")
+
+
 def uses_cpu_kernels(quantization: str, device_type: str) -> bool:
-    """Whether the layers kept as blocks run layers.cpu_quant's kernels (else: dequantize, then matmul)."""
-    return quantization == "fast" and device_type == "cpu"
+    """Whether the layers kept as blocks run layers.cpu_quant's kernels (else: dequantize, then matmul): `fast`, and
+    on the CPU the recipes in the kernels' own formats (a safetensors model quantized at load to Q8_0 runs them)."""
+    return device_type == "cpu" and (quantization == "fast" or canonical(quantization) in _CPU_KERNEL_RECIPES)
 
 
 def is_recipe(quantization: str) -> bool:

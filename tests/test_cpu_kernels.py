@@ -233,6 +233,22 @@ def test_the_one_call_decode_step_gives_the_module_paths_tokens(lib):
     assert fast == modules and len(fast[0]) == 24
 
 
+def test_a_model_quantized_at_load_to_q8_0_runs_the_compiled_kernels(lib):
+    """`--quantize q8_0` on the CPU (how a safetensors model gets the compiled path): every matrix becomes Q8_0
+    blocks that the C kernels multiply, a decode step is one call, and the embedded model still answers Paris."""
+    from localllm import LLM, SamplingParams
+    from localllm.layers.cpu_decode import DecodeStep
+
+    with LLM(quantization="q8_0", num_kv_blocks=64) as llm:
+        runner = llm.engine.core.runner
+        assert runner.quantization == "Q8_0" and isinstance(runner.model.forward, DecodeStep)
+        parts = runner.model.model.layers[0].mlp.gate_up_proj.cpu_matmul.parts
+        assert [(type(p), p.fmt) for p, _, _ in parts] == [(CompiledPart, "Q8_0")]
+        out = llm.chat([[{"role": "user", "content": "What is the capital of France?"}]],
+                       SamplingParams(temperature=0.0, max_tokens=12))
+    assert "Paris" in out[0].outputs[0].text
+
+
 def test_without_a_compiler_the_kernels_are_off_after_one_log_line(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("LOCALLLM_HOME", str(tmp_path))
     monkeypatch.setenv("LOCALLLM_CPU_KERNELS", "1")
