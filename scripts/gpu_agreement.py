@@ -66,6 +66,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--reference-dtype", choices=["float32", "bfloat16", "float16"], default=None,
                    help="transformers' dtype (default: --dtype). float32 with a quantized model: the reference is the "
                         "quantized weights exactly, not rounded to bf16 as --dtype bfloat16 rounds them")
+    p.add_argument("--reference-weights", choices=["engine", "checkpoint"], default="engine",
+                   help="transformers' weights: the engine's (quantized ones dequantized: the kernels' own error), or "
+                        "the checkpoint's as they are (what quantizing at load costs as well)")
     p.add_argument("--candidate", choices=["localllm", "transformers"], default="localllm",
                    help="whose greedy tokens are checked: localllm's, or transformers' own in --dtype over the same "
                         "weights (with --reference-dtype float32: what dense --dtype matmuls cost that model)")
@@ -178,7 +181,8 @@ def main() -> None:
     if args.device.startswith("cuda"):
         print(f"CUDA memory still allocated after freeing localllm: {torch.cuda.memory_allocated() / 2**30:.2f} GiB")
 
-    model = transformers_model(model_dir, quantized, args.reference_dtype, args.device)
+    model = transformers_model(model_dir, quantized if args.reference_weights == "engine" else {},
+                               args.reference_dtype, args.device)
     pad_id = model.generation_config.pad_token_id or model.config.pad_token_id or 0
     if args.candidate == "transformers":   # transformers' own greedy tokens in --dtype replace localllm's
         candidate = transformers_model(model_dir, quantized, args.dtype, args.device)
@@ -205,7 +209,8 @@ def main() -> None:
     report = {
         "model": args.model or "embedded SmolLM2-135M-Instruct", "model_dir": str(model_dir),
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-        "dtype": args.dtype, "reference_dtype": args.reference_dtype, "candidate": args.candidate, "weights": ran_as, "quantize": args.quantize, "kv_cache_dtype": args.kv_cache_dtype,
+        "dtype": args.dtype, "reference_dtype": args.reference_dtype, "candidate": args.candidate,
+        "reference_weights": args.reference_weights, "weights": ran_as, "quantize": args.quantize, "kv_cache_dtype": args.kv_cache_dtype,
         "new_tokens": args.new_tokens,
         "torch": torch.__version__,
         "transformers": transformers.__version__, "localllm_generate_s": localllm_s,
