@@ -369,7 +369,8 @@ static void merge_ranges(const attention_job *j, int64_t seqs) {
                 total += w * part[group + g];
                 for (int64_t i = 0; i < dim; i++) out[g * dim + i] += w * part[2 * group + g * dim + i];
             }
-            for (int64_t i = 0; i < dim; i++) out[g * dim + i] /= total;
+            if (total > 0.0f)   /* no keys at all (a context of 0) leaves zeros, as the unsplit path does */
+                for (int64_t i = 0; i < dim; i++) out[g * dim + i] /= total;
         }
     }
 }
