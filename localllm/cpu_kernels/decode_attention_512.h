@@ -26,20 +26,24 @@ static inline __m512 cache16(const void *cache, int half, int64_t at) {
 }
 
 /* scores[g * stride + p] = scale * (query head g) . (key row rows[p]), for `heads` heads */
-static inline __attribute__((always_inline)) void pass_dots_512(const float *q, int heads, int64_t dim, const void *k_cache, int half, const int64_t *rows,
-                      int64_t n, float scale, float *scores, int64_t stride) {
+static inline __attribute__((always_inline)) void pass_dots_512(const float *q, int heads, int64_t dim,
+                                                                const void *k_cache, int half, const int64_t *rows,
+                                                                int64_t n, float scale, float *scores,
+                                                                int64_t stride) {
     float tile[KEYS_A_TILE][MAX_DIM_512] __attribute__((aligned(64)));
     for (int64_t p0 = 0; p0 < n; p0 += KEYS_A_TILE) {
         int keys = n - p0 < KEYS_A_TILE ? (int)(n - p0) : KEYS_A_TILE;
         for (int k = 0; k < KEYS_A_TILE; k++)
             for (int64_t i = 0; i < dim; i += 16)
-                _mm512_store_ps(tile[k] + i, k < keys ? cache16(k_cache, half, rows[p0 + k] + i) : _mm512_setzero_ps());
+                _mm512_store_ps(tile[k] + i,
+                                k < keys ? cache16(k_cache, half, rows[p0 + k] + i) : _mm512_setzero_ps());
         for (int g = 0; g < heads; g++) {
             __m512 part[KEYS_A_TILE];
             for (int k = 0; k < KEYS_A_TILE; k++) part[k] = _mm512_setzero_ps();
             for (int64_t i = 0; i < dim; i += 16) {
                 __m512 qi = _mm512_loadu_ps(q + g * dim + i);
-                for (int k = 0; k < KEYS_A_TILE; k++) part[k] = _mm512_fmadd_ps(qi, _mm512_load_ps(tile[k] + i), part[k]);
+                for (int k = 0; k < KEYS_A_TILE; k++)
+                    part[k] = _mm512_fmadd_ps(qi, _mm512_load_ps(tile[k] + i), part[k]);
             }
             __m512 dots = _mm512_mul_ps(hsum16(part), _mm512_set1_ps(scale));
             _mm512_mask_storeu_ps(scores + g * stride + p0, (__mmask16)((1u << keys) - 1), dots);
@@ -48,8 +52,9 @@ static inline __attribute__((always_inline)) void pass_dots_512(const float *q, 
 }
 
 /* out[g * dim + i] = sum over p of weights[g * stride + p] * (value row rows[p])[i], 64 columns a walk over the keys */
-static inline __attribute__((always_inline)) void pass_values_512(float *out, int heads, int64_t dim, const void *v_cache, int half, const int64_t *rows,
-                        int64_t n, const float *weights, int64_t stride) {
+static inline __attribute__((always_inline)) void pass_values_512(float *out, int heads, int64_t dim,
+                                                                  const void *v_cache, int half, const int64_t *rows,
+                                                                  int64_t n, const float *weights, int64_t stride) {
     for (int64_t i0 = 0; i0 < dim; i0 += 64) {
         __m512 acc[PASS_HEADS][4];
         for (int g = 0; g < heads; g++)

@@ -31,12 +31,13 @@ void lq_rms_norm(const float *x, const float *residual, const float *weight, int
 }
 
 #ifdef __AVX2__
-/* exp(x), 8 at a time, within 2 ulp of expf: x = n ln2 + r (ln2 in two parts), exp(r) by its degree-7 Taylor
+/* exp(x), 8 at a time, within a few ulp of expf: x = n ln2 + r (ln2 in two parts), exp(r) by its degree-8 Taylor
  * polynomial (|r| <= ln2 / 2: error below 1e-8), times 2^n built in the exponent bits. x is clamped to where
  * 2^n is a normal float; silu only needs exp(-g) to saturate there. */
 static inline __m256 exp8(__m256 x) {
     x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-0.693145752f), x);
     r = _mm256_fmadd_ps(n, _mm256_set1_ps(-1.42860677e-6f), r);
     static const float taylor[] = {1.0f / 5040, 1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f};
@@ -298,7 +299,6 @@ static int vector_attention(const attention_job *j, const float *q, float *out, 
 #if defined(__AVX2__) && defined(__F16C__)
     int64_t dim = j->dim;
     if (dim % 16) return 0;
-
     for (int64_t g = 0; g < group; g += PASS_HEADS)
         vector_pass(0, q + g * dim, NULL, (int)(group - g < PASS_HEADS ? group - g : PASS_HEADS), dim, j->k_cache,
                     j->half, rows, n, j->scale, scores + g * n, n);

@@ -36,6 +36,14 @@ static inline __attribute__((always_inline)) __m256i block_weights(int fmt, cons
     *w1 = _mm256_srli_epi16(v, 4);
     return _mm256_and_si256(v, _mm256_set1_epi16(0x0F));
 }
+
+#ifdef __AVX512F__
+/* block_weights' 32 weights as one zmm of int16, in x's order (weights 0-15, then 16-31) */
+static inline __attribute__((always_inline)) __m512i block_weights_512(int fmt, const uint8_t *b, __m128 *dm) {
+    __m256i w1, w0 = block_weights(fmt, b, dm, &w1);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(w0), w1, 1);
+}
+#endif
 #endif
 
 typedef void (*lq_chunk_fn)(void *ctx, int64_t chunk);

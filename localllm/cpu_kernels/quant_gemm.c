@@ -64,9 +64,9 @@ typedef struct {
 #ifdef LQ_GEMM_512
 #include "quant_gemm_512.h"
 #else
-/* Panel `panel` (PANEL_ROWS rows; rows past the matrix are zero) as int16 into wp, d: wp[(p * ROW_VECTORS + v) * 16 + 2 * lane
- * + h] = q[8 v + lane][2 p + h], and by block i: d[i * PANEL_ROWS + r], min[i * PANEL_ROWS + r], lq_block_quants' q,
- * d and min: w = d q + min in every format (Q4_0's q - 8 and min 0). */
+/* Panel `panel` (PANEL_ROWS rows; rows past the matrix are zero) as int16 into wp, d: wp[(p * ROW_VECTORS + v) * 16
+ * + 2 * lane + h] = q[8 v + lane][2 p + h], and by block i: d[i * PANEL_ROWS + r], min[i * PANEL_ROWS + r],
+ * lq_block_quants' q, d and min: w = d q + min in every format (Q4_0's q - 8 and min 0). */
 static void decode_panel(const gemm_job *j, int64_t panel, int16_t *wp, float *d) {
     int64_t nb = j->cols / QK, row_bytes = lq_row_bytes(j->fmt, j->cols), first = panel * PANEL_ROWS;
     float *min = d + PANEL_ROWS * nb;
@@ -176,7 +176,8 @@ static void panel_rows(const gemm_job *j, int64_t panel, const int16_t *wp, cons
     for (int64_t t = t0; t < t_end; t += X_AT_ONCE) {
         int n = t_end - t < X_AT_ONCE ? (int)(t_end - t) : X_AT_ONCE;
         panel_tile(j, wp, d, d + PANEL_ROWS * nb, t, out);
-        for (int x = 0; x < n; x++) memcpy(j->y + (t + x) * j->ldy + first, out + x * PANEL_ROWS, sizeof(float) * width);
+        for (int x = 0; x < n; x++)
+            memcpy(j->y + (t + x) * j->ldy + first, out + x * PANEL_ROWS, sizeof(float) * width);
     }
 }
 

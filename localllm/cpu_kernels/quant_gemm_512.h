@@ -56,15 +56,14 @@ static void decode_panel(const gemm_job *j, int64_t panel, int16_t *wp, float *d
                     di[r] = mi[r] = 0.0f;
                     continue;
                 }
-                const uint8_t *b = j->w + (first + r) * row_bytes + i * bytes;
                 __m128 dm;
-                __m256i w1, w0 = block_weights(j->fmt, b, &dm, &w1);
-                v[r] = _mm512_inserti64x4(_mm512_castsi256_si512(w0), w1, 1);
+                v[r] = block_weights_512(j->fmt, j->w + (first + r) * row_bytes + i * bytes, &dm);
                 di[r] = _mm_cvtss_f32(dm);
                 mi[r] = _mm_cvtss_f32(_mm_movehdup_ps(dm));
             }
             transpose16(v);
-            for (int p = 0; p < QK / 2; p++) _mm512_store_si512(wp + ((i * QK / 2 + p) * PANEL_ROWS + 16 * half) * 2, v[p]);
+            for (int p = 0; p < QK / 2; p++)
+                _mm512_store_si512(wp + ((i * QK / 2 + p) * PANEL_ROWS + 16 * half) * 2, v[p]);
         }
     }
 }
@@ -77,10 +76,9 @@ static void quantize_rows(void *ctx, int64_t chunk) {
     int64_t t = chunk * QUANTIZE_ROWS, n = j->m - t < QUANTIZE_ROWS ? j->m - t : QUANTIZE_ROWS, nb = j->cols / QK;
     int64_t pairs = j->cols / 2;
     int32_t *rows = aligned_alloc(64, sizeof(int32_t) * (size_t)(X_AT_ONCE * pairs));
-    lq_quantize_x(j->x + t * j->ldx, n, j->ldx, j->cols, j->xq + t * j->cols, j->pairs + 2 * t * nb);
     for (int64_t g = t; g < t + n; g += X_AT_ONCE) {
         int64_t have = t + n - g < X_AT_ONCE ? t + n - g : X_AT_ONCE;
-        memcpy(rows, j->xq + g * j->cols, sizeof(int32_t) * (size_t)(have * pairs));
+        lq_quantize_x(j->x + g * j->ldx, have, j->ldx, j->cols, (int16_t *)rows, j->pairs + 2 * g * nb);
         memset(rows + have * pairs, 0, sizeof(int32_t) * (size_t)((X_AT_ONCE - have) * pairs));
         int32_t *to = (int32_t *)(j->xq + g * j->cols);
         for (int64_t p = 0; p < pairs; p++)
@@ -123,6 +121,7 @@ static inline __attribute__((always_inline)) void block_products(const int16_t *
 #undef LQ_DP
 #undef LQ_STORE
 }
+
 /* X_AT_ONCE = 8 x rows from t (a multiple of 8) against a panel: out[x * PANEL_ROWS + r]. The float sums wait in
  * out between blocks, the registers being the accumulators'. */
 static void panel_tile(const gemm_job *j, const int16_t *wp, const float *d, const float *min, int64_t t,
@@ -138,8 +137,10 @@ static void panel_tile(const gemm_job *j, const int16_t *wp, const float *d, con
             __m512 scale = _mm512_set1_ps(pair[0]), scaled_sum = _mm512_set1_ps(pair[1]);
             for (int v = 0; v < 2; v++) {
                 float *sum = out + x * PANEL_ROWS + 16 * v;
-                __m512 dv = _mm512_load_ps(d + i * PANEL_ROWS + 16 * v), mv = _mm512_load_ps(min + i * PANEL_ROWS + 16 * v);
-                __m512 s = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[x][v]), _mm512_mul_ps(dv, scale), _mm512_load_ps(sum));
+                __m512 dv = _mm512_load_ps(d + i * PANEL_ROWS + 16 * v);
+                __m512 mv = _mm512_load_ps(min + i * PANEL_ROWS + 16 * v);
+                __m512 s = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[x][v]), _mm512_mul_ps(dv, scale),
+                                           _mm512_load_ps(sum));
                 _mm512_store_ps(sum, _mm512_fmadd_ps(mv, scaled_sum, s));
             }
         }

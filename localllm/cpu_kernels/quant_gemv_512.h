@@ -1,10 +1,11 @@
 /* quant_gemv.c's batched-decode and batch-1 dot products with AVX-512 (VNNI), included by quant_gemv.c in place of
  * its AVX2 ones (constants, layouts and the block decoder are quant_gemv.c's and lq_kernels.h's). */
-/* quant_gemv.c's group_dot_fmt with AVX-512: a block's 32 weights are one zmm vector of int16 in x's order, so that per x and
- * block there is one integer multiply-add (x's block its memory operand), one conversion and one FMA (d * scale its
- * broadcast memory operand), over 16 lanes, where AVX2 takes two multiply-adds, an add, a conversion and an FMA over
- * 8. The accumulators are named variables, not an array, and the FMA is written out, since GCC otherwise kept the
- * array on the stack or took each d * scale out of a register with two shuffles. */
+
+/* quant_gemv.c's group_dot_fmt with AVX-512: a block's 32 weights are one zmm vector of int16 in x's order, so that
+ * per x and block there is one integer multiply-add (x's block its memory operand), one conversion and one FMA
+ * (d * scale its broadcast memory operand), over 16 lanes, where AVX2 takes two multiply-adds, an add, a conversion
+ * and an FMA over 8. The accumulators are named variables, not an array, and the FMA is written out, since GCC
+ * otherwise kept the array on the stack or took each d * scale out of a register with two shuffles. */
 #define LQ_GROUP_STEP(t)                                                                                      \
     if (t < N) {                                                                                              \
         __m512 p = _mm512_cvtepi32_ps(_mm512_madd_epi16(w, _mm512_load_si512(xg + t * QK)));                  \
@@ -20,8 +21,7 @@ static inline __attribute__((always_inline)) void group_dot_fmt(int fmt, const u
     int64_t bytes = LQ_BLOCK_BYTES[fmt];
     for (int64_t i = 0; i < nb; i++, xg += GROUP_M * QK, scales += GROUP_M, sums += GROUP_M) {
         __m128 dm;
-        __m256i w1, w0 = block_weights(fmt, row + i * bytes, &dm, &w1);
-        __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(w0), w1, 1);
+        __m512i w = block_weights_512(fmt, row + i * bytes, &dm);
         _mm256_store_ps(dsx, _mm256_mul_ps(_mm256_broadcastss_ps(dm), _mm256_load_ps(scales)));
         if (fmt != FMT_Q8_0)
             mins = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dm)), _mm256_load_ps(sums), mins);
