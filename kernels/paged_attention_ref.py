@@ -88,8 +88,8 @@ def whole_prompt_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     """prefill_attention of several sequences whose queries are their whole context (no cached prefix, no sliding
     window), in one call: padded at the end to the longest, where the causal mask hides the padding from every real
     query, so that torch takes its fused (flash) kernel over [B, H, L, D] instead of one masked math-path call a
-    sequence (the embedded model's 16 x 128-token prefill: 0.35 -> ~0.1 s). q: the step's [T, H, D]; returns each
-    sequence's [length, H, D]."""
+    sequence (which took 0.35 s of the embedded model's 16 x 128-token prefill on the CPU). q: the step's [T, H, D];
+    returns each sequence's [length, H, D]."""
     batch, longest = len(lengths), max(lengths)
     num_heads, head_dim = q.shape[1], q.shape[2]
     num_kv_heads, block_size = k_cache.shape[2], k_cache.shape[1]

@@ -14,8 +14,8 @@
   a format (q4_0, q4_1, q8_0, q4_k, q5_k, q6_k, q4_k_m, q5_k_m, int4 = awq = gptq, fp8): every matrix
   quantized at load to that format (round to nearest, localllm.kernels.quantize_ref), from whatever the
   checkpoint holds; also the format of --random-weights benchmarks. On the CPU, q4_0, q4_1 and q8_0 then run the
-  compiled kernels as `fast` does (the way for a safetensors model to use them). The _m mixes follow llama.cpp's Q4_K_M /
-  Q5_K_M: Q6_K for attn_v and ffn_down in the layers llama.cpp gives more bits, and for the LM head. int4 is
+  compiled kernels as `fast` does (the way for a safetensors model to use them). The _m mixes follow llama.cpp's
+  Q4_K_M / Q5_K_M: Q6_K for attn_v and ffn_down in the layers llama.cpp gives more bits, and for the LM head. int4 is
   group-128 int4 with zero points, the layout AWQ and GPTQ checkpoints are repacked into; fp8 is float8 e4m3 with
   a scale per 128 weights, the layout FP8 checkpoints are repacked into. Both leave the embedding and LM head
   dense, as such checkpoints do.

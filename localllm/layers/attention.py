@@ -81,15 +81,15 @@ class Attention(nn.Module):
         sliding window) go in one fused causal call (one masked call a sequence takes torch's math path: 4 s for a
         2,048-token prompt of the embedded model); the others one by one."""
         starts, lens = meta.query_start_loc_host, meta.context_lens_host
-        rest = range(meta.num_decodes, meta.num_seqs)
-        whole = [i for i in rest if self.sliding_window is None and starts[i + 1] - starts[i] == lens[i]]
+        whole, rest = [], []
+        for i in range(meta.num_decodes, meta.num_seqs):
+            is_whole = self.sliding_window is None and starts[i + 1] - starts[i] == lens[i]
+            (whole if is_whole else rest).append(i)
         if whole:
             results = ref.whole_prompt_attention(q, self.k_cache, self.v_cache, [meta.block_tables[i] for i in whole],
                                                  [starts[i] for i in whole], [lens[i] for i in whole], self.scale)
             for i, result in zip(whole, results):
                 out[starts[i]:starts[i + 1]] = result
-            done = set(whole)
-            rest = [i for i in rest if i not in done]
         for i in rest:
             k_cache, v_cache, table = self._caches_of(meta.block_tables[i], lens[i], q.dtype)
             out[starts[i]:starts[i + 1]] = ref.prefill_attention(q[starts[i]:starts[i + 1]], k_cache, v_cache, table,
