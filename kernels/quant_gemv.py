@@ -19,24 +19,32 @@ import triton.language as tl
 
 from localllm.kernels.block_formats import block_format
 from localllm.kernels.pdl import pdl_options, wait_for_previous_kernel
-from localllm.kernels.quant_int_dots import fixed_dots, int_constants, load_fixed_x, pack_fixed_x
-from localllm.kernels.quant_launch import SplitWorkspace, constants, gemv_unit_words, kernel_planes, row_units, sm_count
+from localllm.kernels.quant_int_dots import fixed_dots, int_constants, load_fixed_x, pack_fixed_x, pack_x_groups
+from localllm.kernels.quant_launch import (SplitWorkspace, constants, gemv_unit_words, group_words, kernel_planes,
+                                          row_units, sm_count)
 from localllm.kernels.quant_tiles import load_units, store_tile, unit_columns, unit_quants
 
 # the GEMV's programs: about this many per SM (the slices of K times the row programs)
 PROGRAMS_PER_SM = 8
 # a slice of K: at most this many units (a row of Llama-3.1-8B's down_proj is 448 in Q4_K, 896 in Q6_K)
 MAX_SLICE_UNITS = 1024
-# warps of a program with a slice of 512 units or more, where 4 are not the best
-_LONG_SLICE_WARPS = {"Q8_0": 8}
+# The tiles of the integer formats, which pack x in each program (scripts/gpu_quant_check.py's sweep at
+# Llama-3.1-8B's shapes on one H200, at one row of x): rows of up to SHORT_ROW_WEIGHTS weights take two rows a tile
+# and 4 programs a SM (Q4_K gate_up 27.3 us, qkv 8.3, LM head 107.6; each within 7% of its shape's best), longer
+# rows (down_proj's 14,336) one row a tile, 8 warps and 2 programs a SM: the fewer programs, the fewer times x is
+# loaded and packed (Q4_K 17.4 against 27.4 us with 8 programs a SM)
+SHORT_ROW_WEIGHTS = 4096
+_SHORT_ROW_TILE = dict(BLOCK_N=2, num_warps=4, PROGRAMS_PER_SM=4)
+_LONG_ROW_TILES = {"Q6_K": dict(BLOCK_N=2, num_warps=8, PROGRAMS_PER_SM=2)}
+_LONG_ROW_TILE = dict(BLOCK_N=1, num_warps=8, PROGRAMS_PER_SM=2)
 FP8 = "fp8_e4m3_g128"
 
 
 @triton.jit
 def _load_x(x_ptr, xs_ptr, xsum_ptr, stride_xm, K, row, units, ok, FMT: tl.constexpr, BITS: tl.constexpr,
-            G: tl.constexpr, UNIT: tl.constexpr):
-    """Row `row` of x for units [BU] (ok: those to read): load_fixed_x's six tensors, or for FP8 x's float32
-    columns [BU, UNIT] at bits j = 0..3 of the words (and two zeros)."""
+            G: tl.constexpr, UNIT: tl.constexpr, PACK_X: tl.constexpr):
+    """Row `row` of x for units [BU] (ok: those to read): load_fixed_x's six tensors (PACK_X: packed here from
+    x itself), or for FP8 x's float32 columns [BU, UNIT] at bits j = 0..3 of the words (and two zeros)."""
     if FMT == 7:
         x_row = x_ptr + row * stride_xm
         x0 = tl.load(x_row + unit_columns(units, 0, BITS, G, UNIT), mask=ok[:, None], other=0.0).to(tl.float32)
@@ -45,6 +53,8 @@ def _load_x(x_ptr, xs_ptr, xsum_ptr, stride_xm, K, row, units, ok, FMT: tl.const
         x3 = tl.load(x_row + unit_columns(units, 3, BITS, G, UNIT), mask=ok[:, None], other=0.0).to(tl.float32)
         x_scale = 0.0
         x_sum = 0.0
+    elif PACK_X:
+        x0, x1, x2, x3, x_scale, x_sum = pack_x_groups(x_ptr + row * stride_xm, units, ok, BITS, G, UNIT)
     else:
         x0, x1, x2, x3, x_scale, x_sum = load_fixed_x(x_ptr + row * (K // 2), xs_ptr + row * (K // G),
                                                       xsum_ptr + row * (K // G), units, ok, BITS, G, UNIT)
@@ -78,9 +88,10 @@ def _gemv_kernel(x_ptr, xs_ptr, xsum_ptr, y_ptr, partial_ptr, arrivals_ptr, q_pt
                  e_ptr, M, N, K, stride_xm, stride_ym, ROW_PROGRAMS, SPLIT,
                  FMT: tl.constexpr, BITS: tl.constexpr, A_PER: tl.constexpr, G: tl.constexpr, UNIT: tl.constexpr,
                  FP8_HW: tl.constexpr, HAS_SHIFT: tl.constexpr, Q_OFFSET: tl.constexpr, ASM: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_M: tl.constexpr, USE_PDL: tl.constexpr):
-    """x: for FP8 x itself, otherwise pack_fixed_x's words, with its scales and sums at xs_ptr / xsum_ptr. Rows of
-    x past M repeat the last one (not stored)."""
+                 PACK_X: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_M: tl.constexpr,
+                 USE_PDL: tl.constexpr):
+    """x: x itself for FP8 and PACK_X, otherwise pack_fixed_x's words, with its scales and sums at xs_ptr /
+    xsum_ptr. Rows of x past M repeat the last one (not stored)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     units = pid_k * BLOCK_U + tl.arange(0, BLOCK_U)
@@ -94,10 +105,10 @@ def _gemv_kernel(x_ptr, xs_ptr, xsum_ptr, y_ptr, partial_ptr, arrivals_ptr, q_pt
                                            ok[None, :], K, FMT, BITS, A_PER, G, UNIT)
     wait_for_previous_kernel(USE_PDL)
     a0, a1, a2, a3, a_scale, a_sum = _load_x(x_ptr, xs_ptr, xsum_ptr, stride_xm, K, 0, units, ok, FMT, BITS, G,
-                                             UNIT)
+                                             UNIT, PACK_X)
     if BLOCK_M == 2:
         b0, b1, b2, b3, b_scale, b_sum = _load_x(x_ptr, xs_ptr, xsum_ptr, stride_xm, K, tl.minimum(1, M - 1), units,
-                                                 ok, FMT, BITS, G, UNIT)
+                                                 ok, FMT, BITS, G, UNIT, PACK_X)
     for tile in range(pid_n, row_tiles, ROW_PROGRAMS):
         next_rows, next_plane_rows = _tile_rows(tile + ROW_PROGRAMS, N, BLOCK_N)
         next_units = tl.where(tile + ROW_PROGRAMS < row_tiles, row_units, 0)    # none past the last tile
@@ -117,9 +128,15 @@ def _gemv_kernel(x_ptr, xs_ptr, xsum_ptr, y_ptr, partial_ptr, arrivals_ptr, q_pt
         words, high, scale, shift, rows = next_words, next_high, next_scale, next_shift, next_rows
 
 
+def _packs_x(fmt: str) -> bool:
+    """Whether the GEMV packs x itself: a unit is a whole group (every integer format but int4_g128's 128)."""
+    return fmt != FP8 and gemv_unit_words(fmt) == group_words(fmt)
+
+
 def _gemv_x(x2: torch.Tensor, fmt: str, packed: dict | None) -> tuple[torch.Tensor, ...]:
-    """The GEMV's x: (x, x, x) for FP8, pack_fixed_x's (words, scales, sums) otherwise."""
-    if fmt == FP8:
+    """The GEMV's x: (x, x, x) for FP8 and where it packs x itself, pack_fixed_x's (words, scales, sums)
+    otherwise."""
+    if fmt == FP8 or _packs_x(fmt):
         return x2, x2, x2
     return pack_fixed_x(x2, block_format(fmt).group, packed)
 
@@ -127,33 +144,36 @@ def _gemv_x(x2: torch.Tensor, fmt: str, packed: dict | None) -> tuple[torch.Tens
 def gemv_config(fmt: str, n: int, k: int, device: torch.device, gpu: bool, tiles: dict | None = None) -> dict:
     """A program's tile: BLOCK_N rows by BLOCK_U units (a few to each thread, so that x's columns lie as the words
     do), tiles (when given) overriding them; SPLIT slices of K, and ROW_PROGRAMS programs along the rows for
-    each, about PROGRAMS_PER_SM in all a SM."""
+    each, about PROGRAMS_PER_SM in all a SM (tiles may set PROGRAMS_PER_SM too)."""
     units = row_units(fmt, k, gemv_unit_words(fmt))
     if gpu:   # scripts/gpu_quant_check.py's sweep on one H200 at Llama-3.1-8B's shapes, at one row of x: one row a
         # program and the whole of K in one slice where it fits (no partial sums to add up) were the best or
         # within 10% of it for each format and shape
         block_u = min(max(triton.next_power_of_2(units), 128), MAX_SLICE_UNITS)
-        warps = _LONG_SLICE_WARPS.get(fmt, 4) if block_u >= 512 else 4
-        config = dict(BLOCK_N=1, num_warps=warps, BLOCK_U=block_u)
+        config = dict(BLOCK_N=1, num_warps=4, BLOCK_U=block_u)
+        if _packs_x(fmt):
+            config.update(_SHORT_ROW_TILE if k <= SHORT_ROW_WEIGHTS else _LONG_ROW_TILES.get(fmt, _LONG_ROW_TILE))
     else:     # the interpreter: few programs (its cost is per operation, whatever the tile)
         config = dict(BLOCK_N=8, num_warps=1, BLOCK_U=2)
     config.update(tiles or {})
+    programs_per_sm = config.pop("PROGRAMS_PER_SM", PROGRAMS_PER_SM)
     config["SPLIT"] = triton.cdiv(units, config["BLOCK_U"])
     row_tiles = triton.cdiv(n, config["BLOCK_N"])
-    config.setdefault("ROW_PROGRAMS", max(1, min(row_tiles, PROGRAMS_PER_SM * sm_count(device) // config["SPLIT"])))
+    config.setdefault("ROW_PROGRAMS", max(1, min(row_tiles, programs_per_sm * sm_count(device) // config["SPLIT"])))
     return config
 
 
 def quant_gemv(x2: torch.Tensor, planes: dict, fmt: str, y: torch.Tensor, n: int, k: int, gpu: bool,
                tiles: dict | None, packed_x: dict | None) -> None:
     """y [M, N] = x2 [M, K] @ W^T (quant_matmul.quant_matmul's arguments): a launch for each two rows of x, which
-    cost a program about what one does (x packed once for all)."""
+    cost a program about what one does (x packed once for all, by the GEMV itself where a unit is a group)."""
     m = x2.shape[0]
     config = gemv_config(fmt, n, k, x2.device, gpu, tiles)
     block_n, split, row_programs = config.pop("BLOCK_N"), config.pop("SPLIT"), config.pop("ROW_PROGRAMS")
     row_tiles = triton.cdiv(n, block_n)
     partial, arrivals = SplitWorkspace.get(x2.device, row_tiles * split * 2 * block_n, row_tiles)
-    fmt_constants = dict(constants(fmt, x2), UNIT=gemv_unit_words(fmt), **int_constants(fmt, x2))
+    fmt_constants = dict(constants(fmt, x2), UNIT=gemv_unit_words(fmt), PACK_X=_packs_x(fmt),
+                         **int_constants(fmt, x2))
     x_parts = _gemv_x(x2, fmt, packed_x)
     for first in range(0, m, 2):
         rows = min(2, m - first)

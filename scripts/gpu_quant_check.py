@@ -32,10 +32,11 @@ COPY_TB_S = 4.18            # H200's measured copy bandwidth: the GEMV's rooflin
 L2_MISS_BYTES = 256 << 20
 # timed at every shape (the formats of the 8B benchmarks; the others are checked only, or timed with --all-formats)
 BENCH_FORMATS = ["Q4_K", "Q6_K", "Q8_0", "int4_g128", "fp8_e4m3_g128"]
-# the GEMV tiles tried at one row of x (a 4-bit and an 8-bit format; gemv_config's default is among them)
-SWEEP_FORMATS = ["Q4_K", "Q6_K", "Q8_0"]
-SWEEP_TILES = [dict(BLOCK_N=bn, num_warps=w, BLOCK_U=u) for bn in (1, 2)
-               for w, u in ((2, 128), (4, 128), (4, 256), (4, 512), (8, 512), (4, 1024), (8, 1024))]
+# the GEMV tiles tried at one row of x, by rows a tile, warps and programs a SM (gemv_config's defaults among them)
+SWEEP_FORMATS = ["Q4_K", "Q6_K", "Q8_0", "Q4_1"]
+# (BLOCK_U: gemv_config's, the whole row where it fits)
+SWEEP_TILES = [dict(BLOCK_N=bn, num_warps=w, PROGRAMS_PER_SM=p) for bn in (1, 2, 4) for w in (2, 4, 8)
+               for p in (2, 4, 8)]
 # rows of x at which every path is timed (--paths), and the dot kernel's tiles tried at 8 of them
 PATH_ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 DOT_SWEEP_TILES = [dict(BLOCK_M=16, BLOCK_N=bn, BLOCK_U=bu, num_warps=w) for bn in (64, 128, 256) for bu in (2, 4, 8)

@@ -14,9 +14,9 @@ triton = pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402
 from triton_interpreter import collect_one_mode, run_under_interpreter  # noqa: E402
 
-from localllm.kernels.block_formats import BLOCK_FORMATS  # noqa: E402
+from localllm.kernels.block_formats import BLOCK_FORMATS, PLANES  # noqa: E402
 from localllm.kernels.quant_blocks_ref import dequantize_ref, quant_matmul_ref  # noqa: E402
-from localllm.kernels.quant_int_dots import dp4a  # noqa: E402
+from localllm.kernels.quant_int_dots import dp4a, pack_x_groups  # noqa: E402
 from localllm.kernels.quant_planes_ref import pack_planes, planes_matmul_ref  # noqa: E402
 from localllm.kernels.quantize_ref import quantize_ref  # noqa: E402
 
@@ -243,6 +243,42 @@ def test_fixed_point_x_is_the_reference_and_within_its_rounding(group):
     step = x.reshape(3, -1, group).abs().amax(-1, keepdim=True) / X_LEVELS
     error = (fixed_x_values(words, scale, group).reshape(3, -1, group) - x.reshape(3, -1, group)).abs()
     assert (error <= step * 0.5001).all()
+
+
+@triton.jit
+def _pack_x_groups_kernel(x_ptr, words_ptr, scale_ptr, sum_ptr, BITS: tl.constexpr, G: tl.constexpr,
+                          UNIT: tl.constexpr, GROUPS: tl.constexpr):
+    units = tl.arange(0, GROUPS)
+    high0, low0, high1, low1, scale, sums = pack_x_groups(x_ptr, units, units < GROUPS, BITS, G, UNIT)
+    C: tl.constexpr = G // 4 // (2 if BITS == 4 else 1)
+    out = words_ptr + units[:, None] * (G // 2) + tl.arange(0, UNIT)[None, :]     # fixed_x_ref's word order
+    tl.store(out, high0)
+    tl.store(out + G // 4, low0)
+    if BITS == 4:
+        tl.store(out + C, high1)
+        tl.store(out + G // 4 + C, low1)
+    tl.store(scale_ptr + units, scale)
+    tl.store(sum_ptr + units, sums)
+
+
+@pytest.mark.parametrize("fmt", ["Q4_K", "Q6_K", "Q8_0"])
+def test_gemv_packs_x_itself_as_the_reference(fmt):
+    """Where a GEMV unit is a whole group, the GEMV packs x in its own threads (pack_x_groups): the words are
+    fixed_x_ref's exactly, for the 4-bit layout (two halves of a group's words) and the 8-bit one."""
+    from localllm.kernels.fixed_x_ref import fixed_x_ref
+    from localllm.kernels.quant_launch import gemv_unit_words
+
+    group, bits = BLOCK_FORMATS[fmt].group, PLANES[fmt][0].bits
+    g = torch.Generator().manual_seed(15)
+    x = (torch.randn(1, 8 * group, generator=g) * torch.logspace(-3, 3, 8 * group)).to(torch.bfloat16)
+    x[0, group:2 * group] = 0
+    words = torch.empty(8 * group // 2, dtype=torch.int32)
+    scale, sums = torch.empty(8), torch.empty(8)
+    _pack_x_groups_kernel[(1,)](x, words, scale, sums, BITS=bits, G=group, UNIT=gemv_unit_words(fmt), GROUPS=8)
+    want_words, want_scale, want_sums = fixed_x_ref(x, group)
+    assert torch.equal(words.view(want_words.shape), want_words)
+    assert torch.equal(scale, want_scale[0])
+    assert ((sums - want_sums[0]).abs() <= x.float().abs().reshape(8, group).sum(-1) * 1e-6).all()
 
 
 @triton.jit

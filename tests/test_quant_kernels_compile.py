@@ -38,9 +38,10 @@ def _ptx(kernel, fmt: str, x_type: str, ints: list[str], tiles: dict, num_warps:
     pointers = {"q_ptr": "i32", "qh_ptr": "i32", "a_ptr": plane_types[a_plane(fmt)], "b_ptr": plane_types[b_name],
                 "d_ptr": "fp16", "e_ptr": "fp16", "partial_ptr": "fp32", "arrivals_ptr": "i32"}
     if kernel is qv._gemv_kernel:
-        values = {**constants(fmt, _OffGpu()), **int_constants(fmt, _OffGpu()), "ASM": True, "UNIT": gemv_unit_words(fmt)}
+        values = {**constants(fmt, _OffGpu()), **int_constants(fmt, _OffGpu()), "ASM": True, "UNIT": gemv_unit_words(fmt),
+                  "PACK_X": qv._packs_x(fmt)}
         pointers.update(xs_ptr="fp32", xsum_ptr="fp32")
-        if fmt != "fp8_e4m3_g128":
+        if fmt != "fp8_e4m3_g128" and not values["PACK_X"]:
             pointers["x_ptr"] = "i32"     # pack_fixed_x's words
     elif kernel is qg._dot_kernel:
         values = dict(constants(fmt, _OffGpu()), UNIT=group_words(fmt), F32_DOT=False)
