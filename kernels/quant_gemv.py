@@ -146,9 +146,9 @@ def gemv_config(fmt: str, n: int, k: int, device: torch.device, gpu: bool, tiles
     do), tiles (when given) overriding them; SPLIT slices of K, and ROW_PROGRAMS programs along the rows for
     each, about PROGRAMS_PER_SM in all a SM (tiles may set PROGRAMS_PER_SM too)."""
     units = row_units(fmt, k, gemv_unit_words(fmt))
-    if gpu:   # scripts/gpu_quant_check.py's sweep on one H200 at Llama-3.1-8B's shapes, at one row of x: one row a
-        # program and the whole of K in one slice where it fits (no partial sums to add up) were the best or
-        # within 10% of it for each format and shape
+    if gpu:   # scripts/gpu_quant_check.py's sweeps on one H200 at Llama-3.1-8B's shapes, at one row of x: the whole
+        # of K in one slice where it fits (no partial sums to add up), one row a tile for FP8 and int4 (their packed
+        # x loaded, not packed here), the integer formats' tiles above
         block_u = min(max(triton.next_power_of_2(units), 128), MAX_SLICE_UNITS)
         config = dict(BLOCK_N=1, num_warps=4, BLOCK_U=block_u)
         if _packs_x(fmt):

@@ -82,25 +82,32 @@ def load_fixed_x(xq_row, xs_row, xsum_row, units, ok, BITS: tl.constexpr, G: tl.
 
 
 @triton.jit
-def pack_x_groups(x_row, units, ok, BITS: tl.constexpr, G: tl.constexpr, UNIT: tl.constexpr):
-    """load_fixed_x's tensors computed here from x's row itself (float, columns contiguous) where a unit is a
-    whole group: every thread holds its group's G values, so its scale is found without other threads, and the
-    GEMV needs no packing launch before it (one a matmul input: ~2.5 us each, ~0.35 ms of an 8B decode step).
-    The same arithmetic as pack_fixed_x (only the group sum's order of additions differs)."""
-    Q: tl.constexpr = G // 4
+def _fixed_point(x):
+    """fixed_x_ref's arithmetic on x [groups, 4, A, B] (float32; byte k of word (a, b) is x[:, k, a, b]): the h and
+    the l words [groups, A, B], each group's scale and sum [groups]."""
     byte = tl.arange(0, 4)[None, :, None, None]
-    # word i = half * UNIT + c of the group, as [BU, byte, c, half]; the 8-bit formats' Q words are one half
-    HALVES: tl.constexpr = 2 if BITS == 4 else 1
-    word = tl.arange(0, UNIT)[None, None, :, None] + UNIT * tl.arange(0, HALVES)[None, None, None, :]
-    cols = units[:, None, None, None] * G + byte * Q + word
-    x = tl.load(x_row + cols, mask=ok[:, None, None, None], other=0.0).to(tl.float32)
     amax = tl.max(tl.max(tl.max(tl.abs(x), 3), 2), 1)
     nonzero = amax > 0
     inverse = tl.where(nonzero, tl.div_rn(tl.full(amax.shape, X_LEVELS, tl.float32), tl.where(nonzero, amax, 1.0)),
                        0.0)
     v = tl.floor(x * inverse[:, None, None, None] + 0.5).to(tl.int32)
-    high = tl.sum(((v >> 7) & 255) << (8 * byte), 1)      # [BU, c, half]
+    high = tl.sum(((v >> 7) & 255) << (8 * byte), 1)
     low = tl.sum((v & 127) << (8 * byte), 1)
+    return high, low, amax / X_LEVELS, tl.sum(tl.sum(tl.sum(x, 3), 2), 1)
+
+
+@triton.jit
+def pack_x_groups(x_row, units, ok, BITS: tl.constexpr, G: tl.constexpr, UNIT: tl.constexpr):
+    """load_fixed_x's tensors computed here from x's row itself (float, columns contiguous) where a unit is a
+    whole group: every thread holds its group's G values, so its scale is found without other threads, and the
+    GEMV needs no packing launch before it (one a matmul input: ~2.5 us each, ~0.35 ms of an 8B decode step).
+    The same arithmetic as pack_fixed_x (only the group sum's order of additions differs)."""
+    # word i = half * UNIT + c of the group, as [BU, byte, c, half]; the 8-bit formats' Q words are one half
+    HALVES: tl.constexpr = 2 if BITS == 4 else 1
+    word = tl.arange(0, UNIT)[None, None, :, None] + UNIT * tl.arange(0, HALVES)[None, None, None, :]
+    cols = units[:, None, None, None] * G + tl.arange(0, 4)[None, :, None, None] * (G // 4) + word
+    x = tl.load(x_row + cols, mask=ok[:, None, None, None], other=0.0).to(tl.float32)
+    high, low, scale, sums = _fixed_point(x)      # [BU, c, half]
     if BITS == 4:
         high0, high1 = tl.split(high)
         low0, low1 = tl.split(low)
@@ -108,7 +115,7 @@ def pack_x_groups(x_row, units, ok, BITS: tl.constexpr, G: tl.constexpr, UNIT: t
         high0 = tl.reshape(high, [high.shape[0], UNIT])
         low0 = tl.reshape(low, [low.shape[0], UNIT])
         high1, low1 = high0, low0
-    return high0, low0, high1, low1, amax / X_LEVELS, tl.sum(tl.sum(tl.sum(x, 3), 2), 1)
+    return high0, low0, high1, low1, scale, sums
 
 
 @triton.jit
@@ -137,22 +144,17 @@ def _pack_fixed_x_kernel(x_ptr, words_ptr, scale_ptr, sum_ptr, K, stride_xm, G: 
     groups = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)
     ok = groups < K // G
     Q: tl.constexpr = G // 4
-    byte = tl.arange(0, 4)[None, :, None]
-    cols = groups[:, None, None] * G + byte * Q + tl.arange(0, Q)[None, None, :]     # [BLOCK_G, 4, Q]
+    cols = (groups[:, None, None, None] * G + tl.arange(0, 4)[None, :, None, None] * Q
+            + tl.arange(0, Q)[None, None, :, None])                                      # [BLOCK_G, 4, Q, 1]
     wait_for_previous_kernel(USE_PDL)
-    x = tl.load(x_ptr + m * stride_xm + cols, mask=ok[:, None, None], other=0.0).to(tl.float32)
-    amax = tl.max(tl.max(tl.abs(x), 2), 1)
-    nonzero = amax > 0
-    inverse = tl.where(nonzero, tl.div_rn(tl.full(amax.shape, X_LEVELS, tl.float32), tl.where(nonzero, amax, 1.0)),
-                       0.0)
-    v = tl.floor(x * inverse[:, None, None] + 0.5).to(tl.int32)
-    high = tl.sum(((v >> 7) & 255) << (8 * byte), 1)
-    low = tl.sum((v & 127) << (8 * byte), 1)
+    x = tl.load(x_ptr + m * stride_xm + cols, mask=ok[:, None, None, None], other=0.0).to(tl.float32)
+    high, low, scale, sums = _fixed_point(x)      # words [BLOCK_G, Q, 1]
+    high, low = tl.reshape(high, [BLOCK_G, Q]), tl.reshape(low, [BLOCK_G, Q])
     out = words_ptr + m * (K // 2) + groups[:, None] * (2 * Q) + tl.arange(0, Q)[None, :]
     tl.store(out, high, mask=ok[:, None])
     tl.store(out + Q, low, mask=ok[:, None])
-    tl.store(scale_ptr + m * (K // G) + groups, amax / X_LEVELS, mask=ok)
-    tl.store(sum_ptr + m * (K // G) + groups, tl.sum(tl.sum(x, 2), 1), mask=ok)
+    tl.store(scale_ptr + m * (K // G) + groups, scale, mask=ok)
+    tl.store(sum_ptr + m * (K // G) + groups, sums, mask=ok)
 
 
 def pack_fixed_x(x2: torch.Tensor, group: int, packed: dict | None = None) -> tuple[torch.Tensor, ...]:
