@@ -1,5 +1,6 @@
 """The step's token choice on a GPU (localllm.kernels.sample) against its plain-torch reference, and its time
-against the sampler's torch path it replaces (softmax, cumulative sum, search), for 1 and 256 rows of a 151,936-token vocabulary.
+against the sampler's torch path it replaces (softmax, cumulative sum, search), for 1 and 256 rows of a 151,936-token vocabulary;
+greedy choice by pieces (kernels.sample.greedy_tokens) against torch's argmax, the same and timed.
 
     python scripts/gpu_sample_check.py
 
@@ -16,8 +17,8 @@ import torch
 from triton.testing import do_bench
 
 from localllm.engine.sampler import Sampler, SamplingRow
-from localllm.kernels.sample import sample_tokens
-from localllm.kernels.sample_ref import sample_tokens_ref
+from localllm.kernels.sample import greedy_tokens, sample_tokens
+from localllm.kernels.sample_ref import preferences, sample_tokens_ref
 from localllm.sampling_params import SamplingParams
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -43,6 +44,23 @@ def proportions_hold() -> bool:
     return counts.tolist() == [100, 300, 0, 400, 200]
 
 
+def greedy_agreement(rows: int, dtype: torch.dtype, gen: torch.Generator) -> bool:
+    """Greedy by pieces against argmax, with ties (a row's best repeated later, in another piece) and NaN."""
+    logits = (torch.randn(rows, VOCAB, generator=gen, device="cuda") * 4).to(dtype)
+    logits[::3, 7] = 100.0
+    logits[::3, VOCAB - 5] = 100.0
+    logits[1::3, ::11] = float("nan")
+    return torch.equal(greedy_tokens(logits), preferences(logits).argmax(-1))
+
+
+def greedy_time_us(rows: int, dtype: torch.dtype) -> tuple[float, float]:
+    """greedy_tokens against the torch path it replaces (float32 copy, NaN handling, argmax)."""
+    logits = torch.randn(rows, VOCAB, device="cuda").to(dtype)
+    kernel = do_bench(lambda: greedy_tokens(logits), return_mode="median")
+    torch_path = do_bench(lambda: preferences(logits).argmax(-1), return_mode="median")
+    return kernel * 1e3, torch_path * 1e3
+
+
 def time_us(rows: int, dtype: torch.dtype) -> tuple[float, float]:
     """The sampler's step with temperature-only rows (now the kernel) and its torch path, each with its host work."""
     from localllm.engine import sampler
@@ -58,12 +76,16 @@ def main() -> int:
     if not open_gpu():
         return 1
     gen = torch.Generator(device="cuda").manual_seed(0)
+    greedy_gen = torch.Generator(device="cuda").manual_seed(1)
     failed = False
     for dtype in (torch.float32, torch.bfloat16):
         same, rows = agreement(512, dtype, gen)
         ok = same >= rows - 2
         failed |= not ok
         print(f"{'PASS' if ok else 'FAIL'}  {str(dtype):15s} tokens equal to the reference: {same}/{rows}")
+        ok = all(greedy_agreement(rows, dtype, greedy_gen) for rows in (1, 7, 256))
+        failed |= not ok
+        print(f"{'PASS' if ok else 'FAIL'}  {str(dtype):15s} greedy by pieces equal to argmax at 1, 7, 256 rows")
     ok = proportions_hold()
     failed |= not ok
     print(f"{'PASS' if ok else 'FAIL'}  draws over a grid of uniforms follow the probabilities")
@@ -72,6 +94,8 @@ def main() -> int:
         for dtype in (torch.float32, torch.bfloat16):
             kernel, torch_path = time_us(rows, dtype)
             print(f"{rows:5d} {str(dtype):15s} {kernel:10.1f} {torch_path:14.1f}")
+            kernel, torch_path = greedy_time_us(rows, dtype)
+            print(f"{rows:5d} {str(dtype):15s} {kernel:10.1f} {torch_path:14.1f}  greedy")
     return 1 if failed else 0
 
 

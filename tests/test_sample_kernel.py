@@ -68,4 +68,21 @@ def test_each_draw_is_the_inverse_cdf_of_its_uniform():
     assert torch.bincount(drawn, minlength=4).tolist() == [100, 300, 0, 400]
 
 
+@pytest.mark.parametrize("vocab, dtype", [(37, torch.float32), (4096, torch.float32), (9001, torch.bfloat16)])
+def test_greedy_tokens_by_pieces_are_the_first_best(vocab, dtype):
+    """Greedy by pieces of GREEDY_CHUNK columns: NaN never chosen, +inf chosen first, a row with nothing finite
+    gives 0, and a tie between pieces goes to the first piece (a tie inside one, to its first column)."""
+    from localllm.kernels import sample
+
+    logits, _, _ = _case(12, vocab, 7, dtype)
+    last = vocab - 1
+    logits[5, [last, last // 2, 3]] = 50.0              # a tie across pieces (one piece when vocab is small)
+    logits[6, [last, last - 1]] = 60.0                  # a tie inside the last piece
+    got = sample.greedy_tokens(logits)
+    assert torch.equal(got, sample_tokens_ref(logits, torch.zeros(12), torch.zeros(12)))
+    assert got[3] == 0 and got[4] == last and got[5] == 3 and got[6] == last - 1 and got[2] in (5, vocab - 3)
+    assert torch.equal(sample.greedy_tokens(logits[:, :vocab // 2 + 1]),
+                       logits[:, :vocab // 2 + 1].float().nan_to_num(nan=-math.inf).argmax(-1))
+
+
 collect_one_mode(globals(), "test_sample_kernel_under_triton_interpreter")

@@ -129,7 +129,12 @@ def _apply_presence_and_frequency_penalties(logits: torch.Tensor, row_index: lis
 
 
 def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
-    """The best token of each row (the first one where nothing is finite: argmax alone would pick a NaN)."""
+    """The best token of each row (the first one where nothing is finite: argmax alone would pick a NaN). On a GPU
+    one Triton pass over pieces of the rows (kernels.sample.greedy_tokens), the logits read in their own dtype."""
+    if logits.is_cuda and logits.stride(-1) == 1:
+        from localllm.kernels.sample import greedy_tokens as greedy_on_gpu
+
+        return greedy_on_gpu(logits)
     return preferences(logits).argmax(-1)
 
 
@@ -138,7 +143,7 @@ def _choose_tokens(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tenso
     greedy = [i for i, row in enumerate(rows) if row.params.greedy]
     sampled = [i for i, row in enumerate(rows) if not row.params.greedy]
     if not sampled:
-        return greedy_tokens(logits.float())
+        return greedy_tokens(logits)
     if logits.is_cuda and all(_by_temperature_alone(row.params) for row in rows):
         # one launch reading the logits at most twice, where softmax + cumsum + search pass over them ~10 times
         from localllm.kernels.sample import sample_tokens
