@@ -51,8 +51,9 @@ def _decode_split_kernel(
     tok = tl.load(qsl_ptr + seq).to(tl.int64)
     partition = _partition_len(ctx, num_parts, MIN_PARTITION, BLOCK_N)
     p_start = part * partition
+    no_query = tl.load(qsl_ptr + seq + 1) == tok
     wait_for_previous_kernel(USE_PDL)   # the step's lengths are no kernel's output; q and the cache are
-    if (p_start >= ctx) | (tl.load(qsl_ptr + seq + 1) == tok):
+    if (p_start >= ctx) | no_query:
         return   # the reduction never reads partitions past the context; a sequence without a query has nothing
     p_end = tl.minimum(p_start + partition, ctx)
     if SLIDING:
@@ -106,8 +107,9 @@ def _decode_reduce_kernel(
     tok = tl.load(qsl_ptr + seq).to(tl.int64)
     partition = _partition_len(ctx, num_parts, MIN_PARTITION, BLOCK_N)
     n_valid = tl.minimum((ctx + partition - 1) // partition, num_parts)
+    no_query = tl.load(qsl_ptr + seq + 1) == tok
     wait_for_previous_kernel(USE_PDL)
-    if (tl.load(qsl_ptr + seq + 1) == tok) | (n_valid == 1):
+    if no_query | (n_valid == 1):
         return   # no query row for this sequence, or phase 1 wrote it
     base = (tok * num_heads + head) * num_parts
     offs_c = tl.arange(0, CHUNK)

@@ -98,26 +98,25 @@ def _rope_store_kernel(pos_ptr, slot_ptr, q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr,
     cos2 = tl.load(cos_ptr + pos * stride_cos + HALF + offs_d, mask=dm, other=0.0).to(tl.float32)
     sin1 = tl.load(sin_ptr + pos * stride_sin + offs_d, mask=dm, other=0.0).to(tl.float32)
     sin2 = tl.load(sin_ptr + pos * stride_sin + HALF + offs_d, mask=dm, other=0.0).to(tl.float32)
-    wait_for_previous_kernel(USE_PDL)   # the positions and the rotary tables are no kernel's output; q/k/v are
+    slot = tl.load(slot_ptr + t).to(tl.int64)
+    wait_for_previous_kernel(USE_PDL)   # the positions, slots and rotary tables are no kernel's output; q/k/v are
     if tl.program_id(1) == 0:
         q_row = q_ptr + t * stride_qt
         _rotate_heads(q_row, stride_qh, q_row, stride_qh, n_q_heads, qw_ptr, eps, cos1, sin1, cos2, sin2,
                       HALF, BLOCK_HALF, BLOCK_HQ, HAS_NORM)
-    else:
-        slot = tl.load(slot_ptr + t).to(tl.int64)
-        if slot >= 0:   # a negative slot is a padding row of a CUDA-graph batch: nothing to store
-            cache_row = (slot // BLOCK_SIZE) * stride_cb + (slot % BLOCK_SIZE) * stride_cs
-            _rotate_heads(k_ptr + t * stride_kt, stride_kh, k_cache_ptr + cache_row, stride_ch, n_kv_heads, kw_ptr,
-                          eps, cos1, sin1, cos2, sin2, HALF, BLOCK_HALF, BLOCK_HKV, HAS_NORM, KV_FP8, FP8_HW)
-            offs_h = tl.arange(0, BLOCK_HKV)
-            mask = (offs_h < n_kv_heads)[:, None] & dm[None, :]
-            v_src = v_ptr + t * stride_vt + offs_h[:, None] * stride_vh + offs_d[None, :]
-            v_dst = v_cache_ptr + cache_row + offs_h[:, None] * stride_ch + offs_d[None, :]
-            v_ty = v_cache_ptr.dtype.element_ty
-            for half in tl.static_range(2):
-                x = tl.load(v_src + half * HALF, mask=mask)
-                tl.store(v_dst + half * HALF, _cache_values(x.to(tl.float32), x.dtype, v_ty, KV_FP8, FP8_HW),
-                         mask=mask)
+    elif slot >= 0:   # a negative slot is a padding row of a CUDA-graph batch: nothing to store
+        cache_row = (slot // BLOCK_SIZE) * stride_cb + (slot % BLOCK_SIZE) * stride_cs
+        _rotate_heads(k_ptr + t * stride_kt, stride_kh, k_cache_ptr + cache_row, stride_ch, n_kv_heads, kw_ptr,
+                      eps, cos1, sin1, cos2, sin2, HALF, BLOCK_HALF, BLOCK_HKV, HAS_NORM, KV_FP8, FP8_HW)
+        offs_h = tl.arange(0, BLOCK_HKV)
+        mask = (offs_h < n_kv_heads)[:, None] & dm[None, :]
+        v_src = v_ptr + t * stride_vt + offs_h[:, None] * stride_vh + offs_d[None, :]
+        v_dst = v_cache_ptr + cache_row + offs_h[:, None] * stride_ch + offs_d[None, :]
+        v_ty = v_cache_ptr.dtype.element_ty
+        for half in tl.static_range(2):
+            x = tl.load(v_src + half * HALF, mask=mask)
+            tl.store(v_dst + half * HALF, _cache_values(x.to(tl.float32), x.dtype, v_ty, KV_FP8, FP8_HW),
+                     mask=mask)
 
 
 def norm_rope_store(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
