@@ -29,14 +29,18 @@ PROGRAMS_PER_SM = 8
 # a slice of K: at most this many units (a row of Llama-3.1-8B's down_proj is 448 in Q4_K, 896 in Q6_K)
 MAX_SLICE_UNITS = 1024
 # The tiles of the integer formats, which pack x in each program (scripts/gpu_quant_check.py's sweep at
-# Llama-3.1-8B's shapes on one H200, at one row of x): rows of up to SHORT_ROW_WEIGHTS weights take two rows a tile
-# and 4 programs a SM (Q4_K gate_up 27.3 us, qkv 8.3, LM head 107.6; each within 7% of its shape's best), longer
-# rows (down_proj's 14,336) one row a tile, 8 warps and 2 programs a SM: the fewer programs, the fewer times x is
-# loaded and packed (Q4_K 17.4 against 27.4 us with 8 programs a SM)
+# Llama-3.1-8B's shapes on one H200, at one row of x, the loads unmasked). Rows of up to SHORT_ROW_WEIGHTS weights:
+# 4 warps and 4 programs a SM; 4 rows a tile for the 4-bit formats without high bits (Q4_K gate_up 23.1 us against
+# 27.7 at 2 rows, qkv 7.5, LM head 87.0; Q4_1 gate_up 23.5; Q4_0 20.7), 2 for the others, Q6_K reading two tiles
+# ahead (LM head 121.3 us against 123.9; Q4_K lost with it: gate_up 26.2). Longer rows (down_proj's 14,336): one
+# row a tile, 8 warps and 2 programs a SM, the fewer programs the fewer times x is loaded and packed (Q4_K 16.5 us;
+# Q6_K 20.4 against 26.1 at 2 rows).
 SHORT_ROW_WEIGHTS = 4096
-_SHORT_ROW_TILE = dict(BLOCK_N=2, num_warps=4, PROGRAMS_PER_SM=4)
-_LONG_ROW_TILES = {"Q6_K": dict(BLOCK_N=2, num_warps=8, PROGRAMS_PER_SM=2)}
-_LONG_ROW_TILE = dict(BLOCK_N=1, num_warps=8, PROGRAMS_PER_SM=2)
+_FOUR_ROW_TILE = dict(BLOCK_N=4, num_warps=4, PROGRAMS_PER_SM=4, AHEAD=1)
+_SHORT_ROW_TILES = {"Q4_0": _FOUR_ROW_TILE, "Q4_1": _FOUR_ROW_TILE, "Q4_K": _FOUR_ROW_TILE,
+                    "Q6_K": dict(BLOCK_N=2, num_warps=4, PROGRAMS_PER_SM=4, AHEAD=2)}
+_SHORT_ROW_TILE = dict(BLOCK_N=2, num_warps=4, PROGRAMS_PER_SM=4, AHEAD=1)
+_LONG_ROW_TILE = dict(BLOCK_N=1, num_warps=8, PROGRAMS_PER_SM=2, AHEAD=1)
 FP8 = "fp8_e4m3_g128"
 
 
@@ -77,10 +81,21 @@ def _row_sums(words, high, scale, shift, x0, x1, x2, x3, x_scale, x_sum, FMT: tl
 
 
 @triton.jit
-def _tile_rows(tile, N, BLOCK_N: tl.constexpr):
-    """A row tile's rows and the plane rows they read (rows past N read row N - 1; not stored)."""
+def _load_tile(tile, q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr, e_ptr, units, row_units, row_tiles, N, K,
+               FMT: tl.constexpr, BITS: tl.constexpr, A_PER: tl.constexpr, G: tl.constexpr, UNIT: tl.constexpr,
+               BLOCK_N: tl.constexpr, WIDE: tl.constexpr, WHOLE_SLICES: tl.constexpr):
+    """Row tile `tile`'s rows [BLOCK_N] and load_units' tensors for them. A tile past the last reads the last one
+    again (a cache hit; never stored), rows past N read row N - 1 (not stored), so that where every slice of K is
+    whole (WHOLE_SLICES) no load needs a mask (nor a predicate, nor zeroed registers). WIDE: the planes' offsets
+    need 64 bits (32-bit ones take fewer address instructions a load)."""
     rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-    return rows, tl.minimum(rows, N - 1).to(tl.int64)[:, None]
+    plane_rows = tl.minimum(tl.minimum(tile, row_tiles - 1) * BLOCK_N + tl.arange(0, BLOCK_N), N - 1)[:, None]
+    if WIDE:
+        plane_rows = plane_rows.to(tl.int64)
+    words, high, scale, shift = load_units(q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr, e_ptr, plane_rows, units[None, :],
+                                           (units < row_units)[None, :], K, FMT, BITS, A_PER, G, UNIT,
+                                           not WHOLE_SLICES)
+    return rows, words, high, scale, shift
 
 
 @triton.jit(do_not_specialize=["M"])
@@ -89,20 +104,25 @@ def _gemv_kernel(x_ptr, xs_ptr, xsum_ptr, y_ptr, partial_ptr, arrivals_ptr, q_pt
                  FMT: tl.constexpr, BITS: tl.constexpr, A_PER: tl.constexpr, G: tl.constexpr, UNIT: tl.constexpr,
                  FP8_HW: tl.constexpr, HAS_SHIFT: tl.constexpr, Q_OFFSET: tl.constexpr, ASM: tl.constexpr,
                  PACK_X: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_M: tl.constexpr,
-                 USE_PDL: tl.constexpr):
+                 AHEAD: tl.constexpr, WIDE: tl.constexpr, WHOLE_SLICES: tl.constexpr, USE_PDL: tl.constexpr):
     """x: x itself for FP8 and PACK_X, otherwise pack_fixed_x's words, with its scales and sums at xs_ptr /
-    xsum_ptr. Rows of x past M repeat the last one (not stored)."""
+    xsum_ptr. Rows of x past M repeat the last one (not stored). AHEAD (1 or 2): the row tiles read ahead of the
+    one multiplied, so that more of the weight's bytes are in flight while each tile's sums are reduced."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     units = pid_k * BLOCK_U + tl.arange(0, BLOCK_U)
     row_units = K // G * (G * BITS // 32 // UNIT)
     ok = units < row_units
     row_tiles = tl.cdiv(N, BLOCK_N)
-    # The planes are no kernel's output: the first tile is read before waiting for the kernel before this one
+    # The planes are no kernel's output: the first tiles are read before waiting for the kernel before this one
     # (launched as its programmatic dependent, this kernel starts while that one finishes)
-    rows, plane_rows = _tile_rows(pid_n, N, BLOCK_N)
-    words, high, scale, shift = load_units(q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr, e_ptr, plane_rows, units[None, :],
-                                           ok[None, :], K, FMT, BITS, A_PER, G, UNIT)
+    rows, words, high, scale, shift = _load_tile(pid_n, q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr, e_ptr, units, row_units,
+                                                 row_tiles, N, K, FMT, BITS, A_PER, G, UNIT, BLOCK_N, WIDE,
+                                                 WHOLE_SLICES)
+    if AHEAD == 2:
+        rows1, words1, high1, scale1, shift1 = _load_tile(pid_n + ROW_PROGRAMS, q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr,
+                                                          e_ptr, units, row_units, row_tiles, N, K, FMT, BITS,
+                                                          A_PER, G, UNIT, BLOCK_N, WIDE, WHOLE_SLICES)
     wait_for_previous_kernel(USE_PDL)
     a0, a1, a2, a3, a_scale, a_sum = _load_x(x_ptr, xs_ptr, xsum_ptr, stride_xm, K, 0, units, ok, FMT, BITS, G,
                                              UNIT, PACK_X)
@@ -110,11 +130,9 @@ def _gemv_kernel(x_ptr, xs_ptr, xsum_ptr, y_ptr, partial_ptr, arrivals_ptr, q_pt
         b0, b1, b2, b3, b_scale, b_sum = _load_x(x_ptr, xs_ptr, xsum_ptr, stride_xm, K, tl.minimum(1, M - 1), units,
                                                  ok, FMT, BITS, G, UNIT, PACK_X)
     for tile in range(pid_n, row_tiles, ROW_PROGRAMS):
-        next_rows, next_plane_rows = _tile_rows(tile + ROW_PROGRAMS, N, BLOCK_N)
-        next_units = tl.where(tile + ROW_PROGRAMS < row_tiles, row_units, 0)    # none past the last tile
-        next_words, next_high, next_scale, next_shift = load_units(
-            q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr, e_ptr, next_plane_rows, units[None, :],
-            (units < next_units)[None, :], K, FMT, BITS, A_PER, G, UNIT)
+        next_rows, next_words, next_high, next_scale, next_shift = _load_tile(
+            tile + AHEAD * ROW_PROGRAMS, q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr, e_ptr, units, row_units, row_tiles, N, K,
+            FMT, BITS, A_PER, G, UNIT, BLOCK_N, WIDE, WHOLE_SLICES)
         if Q_OFFSET != 0:
             shift = shift - scale * Q_OFFSET
         sums = _row_sums(words, high, scale, shift, a0, a1, a2, a3, a_scale, a_sum, FMT, BITS, G, FP8_HW, HAS_SHIFT,
@@ -125,7 +143,11 @@ def _gemv_kernel(x_ptr, xs_ptr, xsum_ptr, y_ptr, partial_ptr, arrivals_ptr, q_pt
             sums = tl.where(tl.arange(0, 2)[:, None] == 0, sums, second)
         store_tile(sums, y_ptr, partial_ptr, arrivals_ptr, tl.arange(0, BLOCK_M), rows, M, N, stride_ym, tile, pid_k,
                    SPLIT)
-        words, high, scale, shift, rows = next_words, next_high, next_scale, next_shift, next_rows
+        if AHEAD == 2:
+            rows, words, high, scale, shift = rows1, words1, high1, scale1, shift1
+            rows1, words1, high1, scale1, shift1 = next_rows, next_words, next_high, next_scale, next_shift
+        else:
+            rows, words, high, scale, shift = next_rows, next_words, next_high, next_scale, next_shift
 
 
 def _packs_x(fmt: str) -> bool:
@@ -150,11 +172,11 @@ def gemv_config(fmt: str, n: int, k: int, device: torch.device, gpu: bool, tiles
         # of K in one slice where it fits (no partial sums to add up), one row a tile for FP8 and int4 (their packed
         # x loaded, not packed here), the integer formats' tiles above
         block_u = min(max(triton.next_power_of_2(units), 128), MAX_SLICE_UNITS)
-        config = dict(BLOCK_N=1, num_warps=4, BLOCK_U=block_u)
+        config = dict(BLOCK_N=1, num_warps=4, BLOCK_U=block_u, AHEAD=1)
         if _packs_x(fmt):
-            config.update(_SHORT_ROW_TILE if k <= SHORT_ROW_WEIGHTS else _LONG_ROW_TILES.get(fmt, _LONG_ROW_TILE))
+            config.update(_SHORT_ROW_TILES.get(fmt, _SHORT_ROW_TILE) if k <= SHORT_ROW_WEIGHTS else _LONG_ROW_TILE)
     else:     # the interpreter: few programs (its cost is per operation, whatever the tile)
-        config = dict(BLOCK_N=8, num_warps=1, BLOCK_U=2)
+        config = dict(BLOCK_N=8, num_warps=1, BLOCK_U=2, AHEAD=2)
     config.update(tiles or {})
     programs_per_sm = config.pop("PROGRAMS_PER_SM", PROGRAMS_PER_SM)
     config["SPLIT"] = triton.cdiv(units, config["BLOCK_U"])
@@ -173,6 +195,8 @@ def quant_gemv(x2: torch.Tensor, planes: dict, fmt: str, y: torch.Tensor, n: int
     row_tiles = triton.cdiv(n, block_n)
     partial, arrivals = SplitWorkspace.get(x2.device, row_tiles * split * 2 * block_n, row_tiles)
     fmt_constants = dict(constants(fmt, x2), UNIT=gemv_unit_words(fmt), PACK_X=_packs_x(fmt),
+                         WIDE=max(plane.numel() for plane in planes.values()) >= 2 ** 31,
+                         WHOLE_SLICES=row_units(fmt, k, gemv_unit_words(fmt)) % config["BLOCK_U"] == 0,
                          **int_constants(fmt, x2))
     x_parts = _gemv_x(x2, fmt, packed_x)
     for first in range(0, m, 2):

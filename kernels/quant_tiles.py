@@ -41,35 +41,60 @@ def fp8_e4m3(byte, HW: tl.constexpr):
 
 
 @triton.jit
+def field_f32(v):
+    """A scale field as float32: a byte field (the K-quants' sc / mn, int4's zero) by small_int_f32, on the
+    integer and float pipes, where a conversion instruction runs at a quarter of their rate; floats converted."""
+    if v.dtype == tl.uint8:
+        f = small_int_f32(v.to(tl.int32), 0)
+    elif v.dtype == tl.int8:
+        f = small_int_f32(v.to(tl.int32) + 128, 128)
+    else:
+        f = v.to(tl.float32)
+    return f
+
+
+@triton.jit
+def _load(ptrs, mask, MASKED: tl.constexpr):
+    """ptrs' values where mask (zero elsewhere), or every one of them when not MASKED."""
+    if MASKED:
+        values = tl.load(ptrs, mask=mask, other=0)
+    else:
+        values = tl.load(ptrs)
+    return values
+
+
+@triton.jit
 def load_units(q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr, e_ptr, rows, units, mask, K,
-               FMT: tl.constexpr, BITS: tl.constexpr, A_PER: tl.constexpr, G: tl.constexpr, UNIT: tl.constexpr):
-    """Units `units` [1, BU] of weight rows `rows` [R, 1] (int64); mask [1, BU]: the units to read. A unit is
+               FMT: tl.constexpr, BITS: tl.constexpr, A_PER: tl.constexpr, G: tl.constexpr, UNIT: tl.constexpr,
+               MASKED: tl.constexpr = True):
+    """Units `units` [1, BU] of weight rows `rows` [R, 1] (int32 where every plane's offsets fit, else int64); mask
+    [1, BU]: the units to read (MASKED False: all, and the loads need no predicates nor zeroed registers). A unit is
     UNIT words of the quant plane (16 bytes, or a whole group where that is less): a group's C words are C /
     UNIT units. Returns (words [R, BU, UNIT], high [R, BU, 1], scale [R, BU], shift [R, BU]) with w = q * scale +
     shift for the quants q of unit_quants. high: the word of Q5_K / Q6_K high bits of each group (one a group in
     both; zero otherwise). Plane a is each format's per-group scale field (d, or sc for the K-quants), b its
     second one (m, mn, zero), d / e the K-quants' d / dmin per 256 weights (quant_planes_ref names them)."""
     UNITS_A_GROUP: tl.constexpr = G * BITS // 32 // UNIT
-    words = tl.load(q_ptr + (rows * (K // G * UNITS_A_GROUP) + units)[:, :, None] * UNIT
-                    + tl.arange(0, UNIT)[None, None, :], mask=mask[:, :, None], other=0)
+    words = _load(q_ptr + (rows * (K // G * UNITS_A_GROUP) + units)[:, :, None] * UNIT
+                  + tl.arange(0, UNIT)[None, None, :], mask[:, :, None], MASKED)
     groups = units // UNITS_A_GROUP
     first_weight = groups * G
     scale_offs = rows * (K // A_PER) + first_weight // A_PER
-    scale = tl.load(a_ptr + scale_offs, mask=mask, other=0).to(tl.float32)
+    scale = field_f32(_load(a_ptr + scale_offs, mask, MASKED))
     shift = tl.zeros(scale.shape, tl.float32)
     high = tl.zeros(scale.shape, tl.int32)
     if FMT == 1:    # Q4_1: d * q + m
-        shift = tl.load(b_ptr + scale_offs, mask=mask, other=0).to(tl.float32)
+        shift = _load(b_ptr + scale_offs, mask, MASKED).to(tl.float32)
     elif FMT == 6:  # int4_g128: (q - zero) * d
-        shift = -(tl.load(b_ptr + scale_offs, mask=mask, other=0).to(tl.float32) * scale)
+        shift = -(field_f32(_load(b_ptr + scale_offs, mask, MASKED)) * scale)
     elif FMT >= 3 and FMT <= 5:   # K-quants: d per 256 weights times a small integer scale per group
         superblock = rows * (K // 256) + first_weight // 256
-        scale = scale * tl.load(d_ptr + superblock, mask=mask, other=0).to(tl.float32)
+        scale = scale * _load(d_ptr + superblock, mask, MASKED).to(tl.float32)
         if FMT != 3:    # Q5_K / Q6_K: one word of high bits a group (and a group is one unit)
-            high = tl.load(qh_ptr + rows * (K // G) + groups, mask=mask, other=0)
+            high = _load(qh_ptr + rows * (K // G) + groups, mask, MASKED)
         if FMT != 5:
-            dmin = tl.load(e_ptr + superblock, mask=mask, other=0).to(tl.float32)
-            shift = -(dmin * tl.load(b_ptr + scale_offs, mask=mask, other=0).to(tl.float32))
+            dmin = _load(e_ptr + superblock, mask, MASKED).to(tl.float32)
+            shift = -(dmin * field_f32(_load(b_ptr + scale_offs, mask, MASKED)))
     return words, high[:, :, None], scale, shift
 
 

@@ -32,11 +32,12 @@ COPY_TB_S = 4.18            # H200's measured copy bandwidth: the GEMV's rooflin
 L2_MISS_BYTES = 256 << 20
 # timed at every shape (the formats of the 8B benchmarks; the others are checked only, or timed with --all-formats)
 BENCH_FORMATS = ["Q4_K", "Q6_K", "Q8_0", "int4_g128", "fp8_e4m3_g128"]
-# the GEMV tiles tried at one row of x, by rows a tile, warps and programs a SM (gemv_config's defaults among them)
+# the GEMV tiles tried at one row of x, by rows a tile, warps, programs a SM and row tiles read ahead (gemv_config's
+# defaults among them)
 SWEEP_FORMATS = ["Q4_K", "Q6_K", "Q8_0", "Q4_1"]
 # (BLOCK_U: gemv_config's, the whole row where it fits)
-SWEEP_TILES = [dict(BLOCK_N=bn, num_warps=w, PROGRAMS_PER_SM=p) for bn in (1, 2, 4) for w in (2, 4, 8)
-               for p in (2, 4, 8)]
+SWEEP_TILES = [dict(BLOCK_N=bn, num_warps=w, PROGRAMS_PER_SM=p, AHEAD=a) for bn in (1, 2, 4) for w in (4, 8)
+               for p in (2, 4) for a in (1, 2)]
 # rows of x at which every path is timed (--paths), and the dot kernel's tiles tried at 8 of them
 PATH_ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 DOT_SWEEP_TILES = [dict(BLOCK_M=16, BLOCK_N=bn, BLOCK_U=bu, num_warps=w) for bn in (64, 128, 256) for bu in (2, 4, 8)

@@ -87,15 +87,16 @@ def test_gemv_and_dot_bfloat16_and_dense_path_float16(fmt):
     _check(quant_matmul(x.half(), pack_planes(raw, fmt), fmt), x.half(), raw, fmt)
 
 
-@pytest.mark.parametrize("slice_units, row_programs", [(2, 1), (8, 3), (64, 2)])
-def test_gemv_slices_of_k_and_row_programs_give_the_same(slice_units, row_programs):
+@pytest.mark.parametrize("slice_units, row_programs, ahead", [(2, 1, 2), (8, 3, 1), (64, 2, 2), (64, 1, 1)])
+def test_gemv_slices_of_k_and_row_programs_give_the_same(slice_units, row_programs, ahead):
     """K in slices of 2, 8 and 64 units (16, 4 and 1 slices: the last ones' sums added up by the last to arrive),
-    row tiles walked by 1, 3 or 2 programs; the counters reset themselves, so a second call gives the same again."""
+    row tiles walked by 1, 3 or 2 programs, read 1 or 2 tiles ahead; the counters reset themselves, so a second
+    call gives the same again."""
     from localllm.kernels.quant_matmul import quant_matmul
 
     x, raw = _case("Q4_K", 2, n=7, seed=3, k=1024)
     planes = pack_planes(raw, "Q4_K")
-    tiles = dict(BLOCK_U=slice_units, BLOCK_N=2, ROW_PROGRAMS=row_programs)
+    tiles = dict(BLOCK_U=slice_units, BLOCK_N=2, ROW_PROGRAMS=row_programs, AHEAD=ahead)
     first = quant_matmul(x, planes, "Q4_K", tiles=tiles, path="gemv")
     _check(first, x, raw, "Q4_K", gemv=True)
     assert torch.equal(quant_matmul(x, planes, "Q4_K", tiles=tiles, path="gemv"), first)
@@ -113,7 +114,7 @@ def test_dot_split_k_and_row_tiles(split):
     assert torch.equal(quant_matmul(x, pack_planes(raw, "Q4_K"), "Q4_K", tiles=tiles, path="dot"), first)
 
 
-@pytest.mark.parametrize("fmt", ["Q6_K", "Q5_K", "Q8_0"])
+@pytest.mark.parametrize("fmt", ["Q4_K", "Q6_K", "Q5_K", "Q8_0"])
 def test_gpu_tile_sizes(monkeypatch, fmt):
     """The GPU's tiles (gemv_config's at one row of x and at several; the dequantize kernel's): K = 512 and 1,024
     cover whole and partial steps."""

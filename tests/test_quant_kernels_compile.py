@@ -67,8 +67,8 @@ def _ptx(kernel, fmt: str, x_type: str, ints: list[str], tiles: dict, num_warps:
 def test_gemv_compiles_for_hopper_with_vector_loads_and_no_spills(fmt):
     from localllm.kernels.quant_gemv import _gemv_kernel
 
-    ptx = _ptx(_gemv_kernel, fmt, "bf16", _GEMV_INTS, dict(BLOCK_N=4, BLOCK_U=64, BLOCK_M=1, USE_PDL=True),
-               num_warps=2)
+    tiles = dict(BLOCK_N=4, BLOCK_U=64, BLOCK_M=1, AHEAD=2, WIDE=False, WHOLE_SLICES=True, USE_PDL=True)
+    ptx = _ptx(_gemv_kernel, fmt, "bf16", _GEMV_INTS, tiles, num_warps=2)
     words_a_group = BLOCK_FORMATS[fmt].group * PLANES[fmt][0].bits // 32     # Q6_K's: 2 (8 bytes)
     assert re.search(rf"ld\.global(\.\w+)*\.v{min(4, words_a_group)}\.b32", ptx)
     assert ("dp4a.s32.s32" in ptx) == (fmt != "fp8_e4m3_g128")
@@ -79,7 +79,8 @@ def test_gemv_at_two_rows_and_dequantize_compile_for_hopper():
     from localllm.kernels.quant_gemv import _gemv_kernel
     from localllm.kernels.quant_matmul import _dequantize_kernel
 
-    tiles = dict(BLOCK_N=2, BLOCK_U=64, BLOCK_M=2, USE_PDL=True)
+    tiles = dict(BLOCK_N=2, BLOCK_U=64, BLOCK_M=2, AHEAD=1, WIDE=True,
+                 WHOLE_SLICES=False, USE_PDL=True)
     ptx = _ptx(_gemv_kernel, "Q4_K", "bf16", _GEMV_INTS, tiles, num_warps=2)
     assert "atom.global" in ptx and ".local" not in ptx
     ptx = _ptx(_dequantize_kernel, "Q6_K", "bf16", ["K"], dict(BLOCK_N=4, BLOCK_U=128))
