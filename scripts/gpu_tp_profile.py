@@ -2,7 +2,10 @@
 torch's profiler, for a random-weight model at a given degree. Prints the kernel table and writes a Chrome trace.
 
     python scripts/gpu_tp_profile.py --random-weights llama-3.1-8b --tp 2 --steps 20 --trace trace.json
-    python scripts/gpu_tp_profile.py --random-weights llama-3.1-8b --tp 1 --quantize q4_k_m
+    python scripts/gpu_tp_profile.py --random-weights llama-3.1-8b --tp 1 --quantize q4_k_m [--no-pdl]
+
+--no-pdl launches every kernel plainly (kernels.pdl.ENABLED), so that each kernel's time is its own: with dependent
+launches a kernel's time includes its wait for the one before.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from localllm.bench.engine_backend import EngineBackend
 from localllm.bench.models import open_bench_model
+from localllm.kernels import pdl
 from localllm.sampling_params import SamplingParams
 
 
@@ -25,7 +29,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--quantize", default="none", help="e.g. q4_k_m: the weights kept in that format")
     parser.add_argument("--trace")
+    parser.add_argument("--no-pdl", action="store_true", help="no programmatic dependent launch")
     args = parser.parse_args()
+    if args.no_pdl and args.tp > 1:
+        parser.error("--no-pdl takes --tp 1: the other ranks run in processes of their own")
+    pdl.ENABLED = not args.no_pdl
     backend = EngineBackend(open_bench_model(None, args.random_weights), "bfloat16", tensor_parallel_size=args.tp,
                             tp_allreduce=args.allreduce, quantization=args.quantize)
     core = backend.core
