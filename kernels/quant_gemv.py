@@ -194,8 +194,8 @@ def quant_gemv(x2: torch.Tensor, planes: dict, fmt: str, y: torch.Tensor, n: int
     block_n, split, row_programs = config.pop("BLOCK_N"), config.pop("SPLIT"), config.pop("ROW_PROGRAMS")
     row_tiles = triton.cdiv(n, block_n)
     partial, arrivals = SplitWorkspace.get(x2.device, row_tiles * split * 2 * block_n, row_tiles)
+    config.setdefault("WIDE", max(plane.numel() for plane in planes.values()) >= 2 ** 31)   # tiles may force it
     fmt_constants = dict(constants(fmt, x2), UNIT=gemv_unit_words(fmt), PACK_X=_packs_x(fmt),
-                         WIDE=max(plane.numel() for plane in planes.values()) >= 2 ** 31,
                          WHOLE_SLICES=row_units(fmt, k, gemv_unit_words(fmt)) % config["BLOCK_U"] == 0,
                          **int_constants(fmt, x2))
     x_parts = _gemv_x(x2, fmt, packed_x)

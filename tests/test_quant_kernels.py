@@ -87,16 +87,17 @@ def test_gemv_and_dot_bfloat16_and_dense_path_float16(fmt):
     _check(quant_matmul(x.half(), pack_planes(raw, fmt), fmt), x.half(), raw, fmt)
 
 
-@pytest.mark.parametrize("slice_units, row_programs, ahead", [(2, 1, 2), (8, 3, 1), (64, 2, 2), (64, 1, 1)])
-def test_gemv_slices_of_k_and_row_programs_give_the_same(slice_units, row_programs, ahead):
-    """K in slices of 2, 8 and 64 units (16, 4 and 1 slices: the last ones' sums added up by the last to arrive),
-    row tiles walked by 1, 3 or 2 programs, read 1 or 2 tiles ahead; the counters reset themselves, so a second
-    call gives the same again."""
+@pytest.mark.parametrize("slice_units, row_programs, ahead, wide",
+                         [(2, 1, 2, False), (8, 3, 1, True), (64, 2, 2, False), (64, 1, 1, True)])
+def test_gemv_slices_of_k_and_row_programs_give_the_same(slice_units, row_programs, ahead, wide):
+    """K in slices of 2, 8 and 64 units (16, 4 and 1 slices: the last ones' sums added up by the last to arrive;
+    64 is more than the row's 32, so its loads are masked), row tiles walked by 1, 3 or 2 programs, read 1 or 2
+    tiles ahead, offsets in 32 or 64 bits; the counters reset themselves, so a second call gives the same again."""
     from localllm.kernels.quant_matmul import quant_matmul
 
     x, raw = _case("Q4_K", 2, n=7, seed=3, k=1024)
     planes = pack_planes(raw, "Q4_K")
-    tiles = dict(BLOCK_U=slice_units, BLOCK_N=2, ROW_PROGRAMS=row_programs, AHEAD=ahead)
+    tiles = dict(BLOCK_U=slice_units, BLOCK_N=2, ROW_PROGRAMS=row_programs, AHEAD=ahead, WIDE=wide)
     first = quant_matmul(x, planes, "Q4_K", tiles=tiles, path="gemv")
     _check(first, x, raw, "Q4_K", gemv=True)
     assert torch.equal(quant_matmul(x, planes, "Q4_K", tiles=tiles, path="gemv"), first)
