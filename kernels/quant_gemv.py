@@ -165,8 +165,9 @@ def _gemv_x(x2: torch.Tensor, fmt: str, packed: dict | None) -> tuple[torch.Tens
 
 def gemv_config(fmt: str, n: int, k: int, device: torch.device, gpu: bool, tiles: dict | None = None) -> dict:
     """A program's tile: BLOCK_N rows by BLOCK_U units (a few to each thread, so that x's columns lie as the words
-    do), tiles (when given) overriding them; SPLIT slices of K, and ROW_PROGRAMS programs along the rows for
-    each, about PROGRAMS_PER_SM in all a SM (tiles may set PROGRAMS_PER_SM too)."""
+    do), tiles (when given) overriding them; SPLIT slices of K (WHOLE_SLICES: all of BLOCK_U units), and
+    ROW_PROGRAMS programs along the rows for each, about PROGRAMS_PER_SM in all a SM (tiles may set
+    PROGRAMS_PER_SM too)."""
     units = row_units(fmt, k, gemv_unit_words(fmt))
     if gpu:   # scripts/gpu_quant_check.py's sweeps on one H200 at Llama-3.1-8B's shapes, at one row of x: the whole
         # of K in one slice where it fits (no partial sums to add up), one row a tile for FP8 and int4 (their packed
@@ -180,6 +181,7 @@ def gemv_config(fmt: str, n: int, k: int, device: torch.device, gpu: bool, tiles
     config.update(tiles or {})
     programs_per_sm = config.pop("PROGRAMS_PER_SM", PROGRAMS_PER_SM)
     config["SPLIT"] = triton.cdiv(units, config["BLOCK_U"])
+    config["WHOLE_SLICES"] = units % config["BLOCK_U"] == 0
     row_tiles = triton.cdiv(n, config["BLOCK_N"])
     config.setdefault("ROW_PROGRAMS", max(1, min(row_tiles, programs_per_sm * sm_count(device) // config["SPLIT"])))
     return config
@@ -196,7 +198,6 @@ def quant_gemv(x2: torch.Tensor, planes: dict, fmt: str, y: torch.Tensor, n: int
     partial, arrivals = SplitWorkspace.get(x2.device, row_tiles * split * 2 * block_n, row_tiles)
     config.setdefault("WIDE", max(plane.numel() for plane in planes.values()) >= 2 ** 31)   # tiles may force it
     fmt_constants = dict(constants(fmt, x2), UNIT=gemv_unit_words(fmt), PACK_X=_packs_x(fmt),
-                         WHOLE_SLICES=row_units(fmt, k, gemv_unit_words(fmt)) % config["BLOCK_U"] == 0,
                          **int_constants(fmt, x2))
     x_parts = _gemv_x(x2, fmt, packed_x)
     for first in range(0, m, 2):

@@ -130,7 +130,7 @@ def _apply_presence_and_frequency_penalties(logits: torch.Tensor, row_index: lis
 
 def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
     """The best token of each row (the first one where nothing is finite: argmax alone would pick a NaN). On a GPU
-    one Triton pass over pieces of the rows (kernels.sample.greedy_tokens), the logits read in their own dtype."""
+    by pieces of the rows in parallel (kernels.sample.greedy_tokens), the logits read in their own dtype."""
     if logits.is_cuda and logits.stride(-1) == 1:
         from localllm.kernels.sample import greedy_tokens as greedy_on_gpu
 
