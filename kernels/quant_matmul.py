@@ -9,6 +9,9 @@ with W [N, K] held as planes, the quants of each row in int32 words and the scal
   dtype) scratch buffer reused by every layer, in row chunks of at most SCRATCH_WEIGHTS, and multiplied by
   torch.matmul (cuBLAS): the extra write and read of 2 bytes a weight cost far less than a 1,024-token prefill's
   matmuls, which then run at the dense speed.
+- FP8 weights from FP8_TENSOR_CORE_ROWS rows of x, where the GPU and cuBLAS multiply fp8 with a scale per 128
+  columns: fp8_gemm, x quantized to e4m3 per group of 128 (the checkpoints' dynamic activation scheme), multiplied
+  on the FP8 tensor cores.
 
 The block decoders (quant_tiles) read a unit's words and its group's scale fields together; the plain-torch
 reference is quant_planes_ref.planes_matmul_ref.
@@ -20,6 +23,7 @@ import triton
 import triton.language as tl
 
 from localllm.kernels.block_formats import PLANES
+from localllm.kernels.fp8_gemm import fp8_matmul, fp8_tensor_cores
 from localllm.kernels.quant_gemm import quant_dot
 from localllm.kernels.quant_gemv import quant_gemv
 from localllm.kernels.quant_launch import constants, kernel_planes, row_units
@@ -34,6 +38,11 @@ GEMV_MAX_ROWS = 4
 _GEMV_MAX_ROWS_8BIT = 2
 DOT_MAX_ROWS = 64
 _DOT_MAX_ROWS_8BIT = 256
+# FP8 weights take the FP8 tensor cores from this many rows of x, where the GEMV stops (scripts/gpu_quant_check.py
+# --paths on one H200: Llama-3.1-8B's gate_up in 49-53 us from 2 to 64 rows against the dot kernel's 99-111, 289
+# at 1,024 rows against dequantize + cuBLAS's 568)
+FP8_TENSOR_CORE_ROWS = 3
+FP8 = "fp8_e4m3_g128"
 # tests: use the GPU's tile sizes on CPU tensors too (the interpreter otherwise gets small tiles, for speed)
 GPU_TILES_EVERYWHERE = False
 # the dequantize-then-cuBLAS path's scratch: at most this many weights at a time (256 MB in bf16)
@@ -109,13 +118,23 @@ def _dense_matmul(x2: torch.Tensor, planes: dict, fmt: str, y: torch.Tensor, n: 
         torch.matmul(x2, w.t(), out=y[:, first:first + rows])
 
 
+def chosen_path(fmt: str, m: int, n: int, x: torch.Tensor) -> str:
+    """quant_matmul's path for m rows of x (on x's device) and a weight of n rows in `fmt`."""
+    eight_bit = PLANES[fmt][0].bits == 8
+    gemv_max, dot_max = (_GEMV_MAX_ROWS_8BIT, _DOT_MAX_ROWS_8BIT) if eight_bit else (GEMV_MAX_ROWS, DOT_MAX_ROWS)
+    # (cuBLAS's fp8 matmuls take whole multiples of 16 rows of W)
+    fp8_cores = fmt == FP8 and m >= FP8_TENSOR_CORE_ROWS and n % 16 == 0 and fp8_tensor_cores(x)
+    return "gemv" if m <= gemv_max else "fp8" if fp8_cores else "dot" if m <= dot_max else "dense"
+
+
 def quant_matmul(x: torch.Tensor, planes: dict, fmt: str, out: torch.Tensor | None = None,
                  tiles: dict | None = None, path: str | None = None, packed_x: dict | None = None) -> torch.Tensor:
     """y = x @ W^T for x [..., K] and W [N, K] held as `fmt` planes (quant_planes_ref: name -> [N, K / per]).
     out, when given, is a [rows of x, N] matrix whose columns are contiguous (it may be a column slice of a wider
-    output, as for one part of a merged projection); it is returned. path ("gemv", "dot" or "dense") and tiles
-    override the choice by rows of x and that path's tiles (tests, tuning). packed_x: a dict shared by the calls
-    of the parts of one merged projection, in which the GEMV keeps x packed (pack_fixed_x)."""
+    output, as for one part of a merged projection); it is returned. path ("gemv", "dot", "dense", or "fp8" for
+    FP8 weights) and tiles override the choice by rows of x and that path's tiles (tests, tuning). packed_x: a
+    dict shared by the calls of the parts of one merged projection, in which x is kept packed (pack_fixed_x) or
+    quantized (fp8_gemm.quantize_x) once for all of them."""
     n, k = planes["q"].shape[0], planes["q"].shape[1] * PLANES[fmt][0].per
     assert x.shape[-1] == k and all(p.is_contiguous() for p in planes.values())
     x2 = x.reshape(-1, k)
@@ -124,13 +143,13 @@ def quant_matmul(x: torch.Tensor, planes: dict, fmt: str, out: torch.Tensor | No
     m = x2.shape[0]
     y = out if out is not None else torch.empty((m, n), dtype=x.dtype, device=x.device)
     assert y.shape == (m, n) and y.stride(-1) == 1
-    eight_bit = PLANES[fmt][0].bits == 8
-    gemv_max, dot_max = (_GEMV_MAX_ROWS_8BIT, _DOT_MAX_ROWS_8BIT) if eight_bit else (GEMV_MAX_ROWS, DOT_MAX_ROWS)
-    path = path or ("gemv" if m <= gemv_max else "dot" if m <= dot_max else "dense")
+    path = path or chosen_path(fmt, m, n, x2)
     if m == 0:
         pass
     elif path == "gemv":
         quant_gemv(x2, planes, fmt, y, n, k, _gpu_tiles(x2), tiles, packed_x)
+    elif path == "fp8":
+        fp8_matmul(x2, planes, y, packed_x)
     elif path == "dot":
         quant_dot(x2, planes, fmt, y, _gpu_tiles(x2), tiles)
     else:

@@ -9,7 +9,7 @@ Its plain-torch reference is rope_store_ref.norm_rope_store_ref.
 An fp8 cache (torch.float8_e4m3fn, scale 1) gets each value rounded to the input dtype, then to e4m3: round to
 nearest even, saturating at +-448 (what torch's .to(float8_e4m3fn) gives after a clamp to +-448; torch itself
 turns values of 480 and more into NaN). On a GPU by its conversion instruction; under Triton's interpreter, whose
-conversion to fp8 truncates and wraps, bit by bit (_e4m3_bits)."""
+conversion to fp8 truncates and wraps, bit by bit (rounding.e4m3_bits)."""
 from __future__ import annotations
 
 import torch
@@ -17,23 +17,7 @@ import triton
 import triton.language as tl
 
 from localllm.kernels.pdl import pdl_options, wait_for_previous_kernel
-from localllm.kernels.rounding import rounded
-
-
-E4M3_MAX = tl.constexpr(448.0)
-
-
-@triton.jit
-def _e4m3_bits(x):
-    """float32 x -> float8_e4m3fn bits (int32 0..255): round to nearest even, saturating at +-448, the sign of -0
-    and of values that round to 0 kept. Normal results round the float32 mantissa to 3 bits and rebias the exponent
-    (127 -> 7); below 2^-6 the result is a subnormal m * 2^-9, m = x * 512 rounded by adding 2^23 in float32."""
-    sign = (x.to(tl.int32, bitcast=True) >> 24) & 0x80
-    a = tl.minimum(tl.abs(x), E4M3_MAX)
-    bits = a.to(tl.int32, bitcast=True)
-    normal = ((bits + 0x7FFFF + ((bits >> 20) & 1)) >> 20) - (120 << 3)
-    subnormal = (a * 512.0 + 8388608.0).to(tl.int32, bitcast=True) - 0x4B000000
-    return tl.where(a < 0.015625, subnormal, normal) | sign
+from localllm.kernels.rounding import rounded, to_e4m3
 
 
 @triton.jit
@@ -42,10 +26,7 @@ def _cache_values(x, in_dtype, cache_dtype, KV_FP8: tl.constexpr, FP8_HW: tl.con
     stores a tensor of that dtype) and then to e4m3 (by the GPU's conversion when FP8_HW)."""
     if KV_FP8:
         x = rounded(x, in_dtype)
-        if FP8_HW:
-            values = tl.clamp(x, -E4M3_MAX, E4M3_MAX).to(tl.float8e4nv)
-        else:
-            values = _e4m3_bits(x).to(tl.uint8).to(tl.float8e4nv, bitcast=True)
+        values = to_e4m3(x, FP8_HW)
     else:
         values = rounded(x, cache_dtype).to(cache_dtype)   # exact: the interpreter's truncation changes nothing
     return values

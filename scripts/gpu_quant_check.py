@@ -40,21 +40,31 @@ SWEEP_TILES = [dict(BLOCK_N=bn, num_warps=w, PROGRAMS_PER_SM=p, AHEAD=a) for bn 
                for p in (2, 4) for a in (1, 2)]
 # rows of x at which every path is timed (--paths), and the dot kernel's tiles tried at 8 of them
 PATH_ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# FP8 weights also at these rows
+FP8 = "fp8_e4m3_g128"
+FP8_PATH_ROWS = (512, 1024, 4096)
 DOT_SWEEP_TILES = [dict(BLOCK_M=16, BLOCK_N=bn, BLOCK_U=bu, num_warps=w) for bn in (64, 128, 256) for bu in (2, 4, 8)
                    for w in (4, 8)]
 failures: list[str] = []
 
 
 def check(fmt: str, m: int, n: int, k: int, gen) -> dict:
+    """quant_matmul's choice of path against its reference: FP8 weights on the FP8 tensor cores against
+    fp8_matmul_ref (x quantized as the kernel quantizes it), every other path against quant_matmul_ref."""
+    from localllm.kernels.fp8_gemm_ref import fp8_matmul_ref
     from localllm.kernels.quant_blocks_ref import quant_matmul_ref
-    from localllm.kernels.quant_matmul import quant_matmul
+    from localllm.kernels.quant_matmul import chosen_path, quant_matmul
     from localllm.kernels.quant_planes_ref import pack_planes
     from localllm.kernels.quantize_ref import quantize_ref
 
     raw = quantize_ref(torch.randn(n, k, device="cuda", generator=gen) * 0.02, fmt)
     x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
-    got = quant_matmul(x, pack_planes(raw, fmt), fmt)
-    want = quant_matmul_ref(x.float(), raw, fmt)
+    planes = pack_planes(raw, fmt)
+    got = quant_matmul(x, planes, fmt)
+    if chosen_path(fmt, m, n, x) == "fp8":
+        want = fp8_matmul_ref(x.float(), planes)
+    else:
+        want = quant_matmul_ref(x.float(), raw, fmt)
     error = float((got.float() - want).abs().max() / want.abs().max())
     ok = bool(torch.isfinite(got).all()) and error < 2e-2
     name = f"{fmt} M={m} N={n} K={k}"
@@ -175,17 +185,17 @@ def sweep_shape(fmt: str, name: str, n: int, k: int, gen) -> dict:
 
 
 def compare_paths(fmt: str, name: str, n: int, k: int, gen) -> list[dict]:
-    """Each path of quant_matmul (GEMV up to its GEMV_MAX_ROWS, tensor-core dot kernel, dequantize + cuBLAS) at each
-    of PATH_ROWS rows of x, and the dot kernel's tiles of DOT_SWEEP_TILES at 8 rows: where the defaults should
-    switch."""
+    """Each path of quant_matmul (GEMV up to its GEMV_MAX_ROWS, tensor-core dot kernel, dequantize + cuBLAS, and for
+    FP8 the FP8 tensor cores) at each of PATH_ROWS rows of x (FP8 also at FP8_PATH_ROWS), and the dot kernel's
+    tiles of DOT_SWEEP_TILES at 8 rows: where the defaults should switch."""
     from localllm.kernels.quant_matmul import GEMV_MAX_ROWS, quant_matmul
 
     weights, nbytes = _weights(fmt, n, k, gen)
     rows = []
-    for m in PATH_ROWS:
+    for m in PATH_ROWS + (FP8_PATH_ROWS if fmt == FP8 else ()):
         x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
-        for path in ("gemv", "dot", "dense"):
-            if path == "gemv" and m > GEMV_MAX_ROWS:
+        for path in ("gemv", "dot", "dense", "fp8"):
+            if (path == "gemv" and m > GEMV_MAX_ROWS) or (path == "fp8" and fmt != FP8):
                 continue
             us = _time(lambda w: quant_matmul(x, w, fmt, path=path), weights)
             rows.append(_row(fmt, name, m, n, k, us, nbytes, path=path))
