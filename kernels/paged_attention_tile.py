@@ -70,3 +70,20 @@ def sm_count(device: torch.device) -> int:
 
 def pow2_at_least(n: int, floor: int) -> int:
     return max(floor, triton.next_power_of_2(max(1, n)))
+
+
+class ArrivalCounters:
+    """Per device: int32 counters, zero between launches (the kernel that counts on one resets it), for the split-K
+    programs of each (sequence, KV head) to find the last of them. Grown, never shrunk or freed: a CUDA graph
+    captured with a smaller buffer still uses it when it replays."""
+    buffers: dict = {}
+    retired: list = []
+
+    @classmethod
+    def get(cls, device: torch.device, count: int) -> torch.Tensor:
+        counters = cls.buffers.get(device)
+        if counters is None or counters.numel() < count:
+            if counters is not None:
+                cls.retired.append(counters)
+            counters = cls.buffers[device] = torch.zeros(max(count, 4096), dtype=torch.int32, device=device)
+        return counters

@@ -242,18 +242,24 @@ def test_split_k_decode_under_a_graph_sized_max_context(monkeypatch, gpu_tiles, 
         torch.testing.assert_close(out, want, atol=2e-5, rtol=2e-5)
 
 
-def test_split_k_reduction_skips_single_partition_sequences(monkeypatch):
-    """A sequence of one partition is finished by phase 1: the reduction leaves its row alone."""
+def test_split_k_merge_resets_its_counters():
+    """The last partition of each (sequence, KV head) to arrive merges the partials and resets its counter, so a
+    second launch (a CUDA graph's replay) counts from zero and gives the same output."""
     from localllm.kernels import paged_attention as pa
-    from localllm.kernels import paged_attention_split as split
+    from localllm.kernels import paged_attention_ref as ref
+    from localllm.kernels.paged_attention_tile import ArrivalCounters
 
-    q, cache, tables, qsl, ctx = _decode_inputs([10, 200], 4, 2, 16, 16, seed=1)
-    monkeypatch.setattr(split, "_decode_split_kernel", _NoLaunch())   # phase 1 skipped: only the reduction runs
-    out = torch.full_like(q, 7.0)
-    pa.paged_attention(q, cache[0], cache[1], tables, qsl, ctx, 0.25, out=out, max_query_len=1,
-                       max_context_len=4096, split_kv=True)
-    assert torch.equal(out[0], torch.full_like(out[0], 7.0))   # left to phase 1
-    assert not torch.equal(out[1], torch.full_like(out[1], 7.0))   # written by the reduction
+    q, cache, tables, qsl, ctx = _decode_inputs([10, 200, 0, 300], 4, 2, 16, 16, seed=1)
+    want = ref.paged_attention_varlen(q, cache[0], cache[1], tables, qsl, ctx, 0.25)
+    outs = []
+    for _ in range(2):
+        out = torch.full_like(q, 7.0)
+        pa.paged_attention(q, cache[0], cache[1], tables, qsl, ctx, 0.25, out=out, max_query_len=1,
+                           max_context_len=4096, split_kv=True, partition_size=32)
+        assert not ArrivalCounters.buffers[q.device].any()
+        outs.append(out)
+    assert torch.equal(outs[0], outs[1])
+    torch.testing.assert_close(outs[0], want, atol=2e-5, rtol=2e-5)
 
 
 class _NoLaunch:

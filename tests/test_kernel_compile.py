@@ -2,6 +2,8 @@
 checks what its interpreter (tests/test_fused_kernels.py) lets pass, such as the types of both branches of an if."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 triton = pytest.importorskip("triton")
@@ -84,16 +86,15 @@ def test_one_pass_attention_compiles(kv, decode):
 def test_split_k_decode_compiles(sliding, kv):
     from localllm.kernels import paged_attention_split as split
 
-    pointers = {n: "*i32" for n in ("bt_ptr", "qsl_ptr", "ctx_ptr")}
+    pointers = {n: "*i32" for n in ("bt_ptr", "qsl_ptr", "ctx_ptr", "arrivals_ptr")}
     pointers.update(k_cache_ptr=kv, v_cache_ptr=kv)
     pointers.update({n: "*fp32" for n in ("part_acc_ptr", "part_m_ptr", "part_l_ptr")})
-    ptx = _compile(split._decode_split_kernel, dict(HEAD_DIM=128, BLOCK_D=128, GROUP=4, BLOCK_M=16, BLOCK_N=64,
-                                                    BLOCK_SIZE=16, MIN_PARTITION=64, SLIDING=sliding, K_ROWS=True,
-                                                    DOT_PRECISION="tf32"), pointers, floats=("scale_log2",))
+    ptx = _compile(split._decode_split_kernel, dict(HEAD_DIM=128, BLOCK_D=128, GROUP=4, BLOCK_G=4, BLOCK_M=16,
+                                                    BLOCK_N=64, BLOCK_SIZE=16, MIN_PARTITION=64, SLIDING=sliding,
+                                                    K_ROWS=True, DOT_PRECISION="tf32"), pointers,
+                   floats=("scale_log2",))
     assert ".entry _decode_split_kernel" in ptx
-    reduce = _compile(split._decode_reduce_kernel, dict(HEAD_DIM=128, BLOCK_D=128, MIN_PARTITION=64, BLOCK_N=64,
-                                                        CHUNK=16), pointers, num_warps=2)
-    assert ".entry _decode_reduce_kernel" in reduce
+    assert re.search(r"atom\.global\.[\w.]*acq_rel[\w.]*\.add", ptx)   # the arrival count, ordered after the partials
 
 
 @pytest.mark.parametrize("prologue,residual", [(0, False), (1, False), (2, True)])
