@@ -86,7 +86,7 @@ def _decode_split_kernel(
                                     stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
                                     offs_n, offs_d, d_mask, BLOCK_SIZE, False, False, K_ROWS, DOT_PRECISION)
 
-    if ctx <= partition:   # the only partition: normalise and write the output (the reduction skips it)
+    if ctx <= partition:   # the only partition: normalise and write the output (nothing to merge)
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
         tl.store(out_ptr + tok * stride_ot + head[:, None] * stride_oh + offs_d[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=row_valid[:, None] & d_mask[None, :])
@@ -96,13 +96,22 @@ def _decode_split_kernel(
         tl.store(part_l_ptr + idx, l_i, mask=row_valid)
         tl.store(part_acc_ptr + idx[:, None] * HEAD_DIM + offs_d[None, :], acc,
                  mask=row_valid[:, None] & d_mask[None, :])
-        tl.debug_barrier()      # every thread's partial is written before the arrival is counted (acq_rel)
-        counter = arrivals_ptr + seq * tl.num_programs(1) + kv_head
-        if tl.atomic_add(counter, 1) == (ctx + partition - 1) // partition - 1:
-            _merge_partials(part_acc_ptr, part_m_ptr, part_l_ptr, out_ptr, tok, kv_head * GROUP, num_heads,
-                            num_parts, (ctx + partition - 1) // partition, stride_ot, stride_oh,
-                            HEAD_DIM, BLOCK_D, GROUP, BLOCK_G, MERGE_CHUNK)
-            tl.atomic_xchg(counter, 0)
+        _arrive(arrivals_ptr + seq * tl.num_programs(1) + kv_head, (ctx + partition - 1) // partition,
+                part_acc_ptr, part_m_ptr, part_l_ptr, out_ptr, tok, kv_head * GROUP, num_heads, num_parts,
+                stride_ot, stride_oh, HEAD_DIM, BLOCK_D, GROUP, BLOCK_G)
+
+
+@triton.jit
+def _arrive(counter_ptr, n_valid, part_acc_ptr, part_m_ptr, part_l_ptr, out_ptr, tok, first_head, num_heads,
+            num_parts, stride_ot, stride_oh, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, GROUP: tl.constexpr,
+            BLOCK_G: tl.constexpr):
+    """Counts this program's partial in; the last of the n_valid partitions of its (sequence, KV head) merges them
+    and resets the counter for the next launch."""
+    tl.debug_barrier()      # every thread's partial is written before the arrival is counted (acq_rel)
+    if tl.atomic_add(counter_ptr, 1) == n_valid - 1:
+        _merge_partials(part_acc_ptr, part_m_ptr, part_l_ptr, out_ptr, tok, first_head, num_heads, num_parts,
+                        n_valid, stride_ot, stride_oh, HEAD_DIM, BLOCK_D, GROUP, BLOCK_G, MERGE_CHUNK)
+        tl.atomic_xchg(counter_ptr, 0)
 
 
 @triton.jit
