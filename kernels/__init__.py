@@ -13,14 +13,17 @@ Triton kernels (each module imports triton when imported; import them only where
   activation.silu_and_mul           SwiGLU gate
   quant_matmul.quant_matmul         y = x @ W^T over quantized weight planes: GEMV (1-2 rows of x), the
                                     tensor-core kernel of quant_gemm (to 64 rows), dequantize + cuBLAS above;
-                                    quant_tiles decodes the planes for all three, quant_launch launches them
+                                    quant_tiles decodes the planes for all three, quant_launch launches them;
+                                    FP8 weights from 3 rows of x on the FP8 tensor cores (fp8_gemm: x quantized
+                                    to e4m3 per 128 columns, cuBLAS's block-scaled matmul)
   gemv.gemv                         y = x @ W^T for a few token rows, with the RMSNorm or SiLU-and-mul before
                                     it and the residual add after it fused in, or its partial sum pushed to
                                     every tensor-parallel rank (peer_sum: the all-reduce split over the GEMV and
                                     the norm after it)
   pdl                               programmatic dependent launch of a decode step's kernels (Hopper)
   sample.sample_tokens              a step's tokens by temperature alone (greedy rows beside them) in one launch
-  rounding.rounded                  rounding to the model's dtype where transformers' torch ops round (rope, SiLU)
+  rounding.rounded                  rounding to the model's dtype where transformers' torch ops round (rope, SiLU);
+                                    to_e4m3, float32 to float8 e4m3 as torch rounds it
 Plain data: block_formats (the quantized block formats: sizes, the GGUF types kept as blocks)
 Plain torch (no triton; the ground truth of the tests and the CPU path of localllm.layers):
   paged_attention_ref               store_kvcache, decode_attention, prefill_attention, paged_attention_varlen
@@ -32,7 +35,8 @@ Plain torch (no triton; the ground truth of the tests and the CPU path of locall
   quant_blocks_ref                  block dequantizers (bit-exact with gguf's) and quant_matmul_ref
   quant_planes_ref                  the GPU layout: blocks repacked into planes and back, planes_matmul_ref
   quantize_ref                      round-to-nearest quantizers into the block formats
+  fp8_gemm_ref                      x quantized to e4m3 per 128 columns, fp8_matmul_ref, block_scaled_mm_ref
   sample_ref                        softmax + inverse CDF over the whole vocabulary, the reference of sample
-tests/test_kernels.py, tests/test_fused_kernels.py and tests/test_sample_kernel.py check every kernel against its reference under Triton's
+tests/test_kernels.py, tests/test_fused_kernels.py, tests/test_sample_kernel.py and tests/test_fp8_gemm.py check every kernel against its reference under Triton's
 interpreter; scripts/gpu_kernel_check.py does so on a GPU in bf16 and times them.
 """
