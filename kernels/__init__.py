@@ -37,6 +37,7 @@ Plain torch (no triton; the ground truth of the tests and the CPU path of locall
   quantize_ref                      round-to-nearest quantizers into the block formats
   fp8_gemm_ref                      x quantized to e4m3 per 128 columns, fp8_matmul_ref, block_scaled_mm_ref
   sample_ref                        softmax + inverse CDF over the whole vocabulary, the reference of sample
-tests/test_kernels.py, tests/test_fused_kernels.py, tests/test_sample_kernel.py and tests/test_fp8_gemm.py check every kernel against its reference under Triton's
-interpreter; scripts/gpu_kernel_check.py does so on a GPU in bf16 and times them.
+tests/test_kernels.py, tests/test_fused_kernels.py, tests/test_sample_kernel.py and tests/test_fp8_gemm.py check
+every kernel against its reference under Triton's interpreter; scripts/gpu_kernel_check.py does so on a GPU in
+bf16 and times them.
 """
