@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from localllm.kernels.quant_launch import capability
+from localllm.kernels.quant_launch import capability, converts_e4m3
 from localllm.kernels.rounding import E4M3_MAX, to_e4m3
 
 GROUP = 128
@@ -77,8 +77,8 @@ def quantize_x(x2: torch.Tensor, packed: dict | None = None) -> tuple[torch.Tens
     scales = torch.empty((k // GROUP, padded), dtype=torch.float32, device=x2.device)
     block_g = 8 if x2.is_cuda else 2
     _quantize_x_kernel[(padded, triton.cdiv(k // GROUP, block_g))](
-        x2, x8, scales, m, padded, k, x2.stride(0), HW=x2.is_cuda and capability(x2.device) >= (8, 9),
-        BLOCK_G=block_g, num_warps=4 if x2.is_cuda else 1)
+        x2, x8, scales, m, padded, k, x2.stride(0), HW=converts_e4m3(x2), BLOCK_G=block_g,
+        num_warps=4 if x2.is_cuda else 1)
     quantized = x8, scales.t()
     if packed is not None:
         packed["fp8"] = quantized

@@ -6,30 +6,33 @@ from __future__ import annotations
 import torch
 
 from localllm.kernels.quant_planes_ref import Planes, dequantize_planes_ref
+from localllm.kernels.quantize_ref import FP8_MAX
 
 GROUP = 128
-E4M3_MAX = 448.0
 
 
 def quantize_x_ref(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x [M, K] -> (float8_e4m3fn [M, K], float32 scales [M, K / 128]); x ~= values * scale of their group."""
     groups = x.float().reshape(x.shape[0], -1, GROUP)
     amax = groups.abs().amax(-1)
-    scale = torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
-    values = (groups / scale[..., None]).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    values = (groups / scale[..., None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
     return values.reshape(x.shape), scale
+
+
+def _scaled(values: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """float8 values [R, K] times their blocks' scales [R, K / 128], float32 [R, K]."""
+    return (values.float().reshape(values.shape[0], -1, GROUP) * scales[..., None]).reshape(values.shape)
 
 
 def fp8_matmul_ref(x: torch.Tensor, planes: Planes) -> torch.Tensor:
     """y = x @ W^T in float32 for W [N, K] held as fp8_e4m3_g128 planes, x as quantize_x_ref gives it."""
-    values, scale = quantize_x_ref(x)
-    x_hat = (values.float().reshape(x.shape[0], -1, GROUP) * scale[..., None]).reshape(x.shape)
+    x_hat = _scaled(*quantize_x_ref(x))
     return x_hat.double().matmul(dequantize_planes_ref(planes, "fp8_e4m3_g128").double().t()).float()
 
 
-def block_scaled_mm_ref(a8: torch.Tensor, a_scales: torch.Tensor, b8: torch.Tensor, b_scales: torch.Tensor) -> torch.Tensor:
+def block_scaled_mm_ref(a8: torch.Tensor, a_scales: torch.Tensor, b8: torch.Tensor,
+                        b_scales: torch.Tensor) -> torch.Tensor:
     """What torch._scaled_mm computes with 1x128 block scales on both sides, float32 [M, N]: a8 [M, K] and b8 [N, K]
     float8, a_scales [M, K / 128], b_scales [N, K / 128]; each block's products scaled by both blocks' scales."""
-    a = a8.float().reshape(a8.shape[0], -1, GROUP) * a_scales[..., None]
-    b = b8.float().reshape(b8.shape[0], -1, GROUP) * b_scales[..., None]
-    return a.reshape(a8.shape).double().matmul(b.reshape(b8.shape).double().t()).float()
+    return _scaled(a8, a_scales).double().matmul(_scaled(b8, b_scales).double().t()).float()

@@ -27,10 +27,15 @@ def a_plane(fmt: str) -> str:
 
 def constants(fmt: str, x: torch.Tensor) -> dict:
     specs = {p.name: p for p in PLANES[fmt]}
-    fp8_hw = x.is_cuda and capability(x.device) >= (8, 9)
+    fp8_hw = converts_e4m3(x)
     group = block_format(fmt).group
     return dict(FMT=FORMAT_IDS[fmt], BITS=specs["q"].bits, A_PER=specs[a_plane(fmt)].per, G=group,
                 UNIT=unit_words(fmt), FP8_HW=fp8_hw)
+
+
+def converts_e4m3(x: torch.Tensor) -> bool:
+    """Whether x's device converts float8 e4m3 in hardware (Ada, Hopper and later)."""
+    return x.is_cuda and capability(x.device) >= (8, 9)
 
 
 def unit_words(fmt: str) -> int:

@@ -25,7 +25,7 @@ import triton.language as tl
 from localllm.kernels.block_formats import PLANES
 from localllm.kernels.fp8_gemm import fp8_matmul, fp8_tensor_cores
 from localllm.kernels.quant_gemm import quant_dot
-from localllm.kernels.quant_gemv import quant_gemv
+from localllm.kernels.quant_gemv import FP8, quant_gemv
 from localllm.kernels.quant_launch import constants, kernel_planes, row_units
 from localllm.kernels.quant_tiles import load_units, ordered_weights, unit_columns, unit_weights
 
@@ -42,7 +42,6 @@ _DOT_MAX_ROWS_8BIT = 256
 # --paths on one H200: Llama-3.1-8B's gate_up in 49-53 us from 2 to 64 rows against the dot kernel's 99-111, 289
 # at 1,024 rows against dequantize + cuBLAS's 568)
 FP8_TENSOR_CORE_ROWS = 3
-FP8 = "fp8_e4m3_g128"
 # tests: use the GPU's tile sizes on CPU tensors too (the interpreter otherwise gets small tiles, for speed)
 GPU_TILES_EVERYWHERE = False
 # the dequantize-then-cuBLAS path's scratch: at most this many weights at a time (256 MB in bf16)
