@@ -1,5 +1,6 @@
 """Triton SiLU-and-mul (SwiGLU): [..., 2I] -> [..., I], silu(first half) * second half, computed in fp32 and
-rounded where torch's F.silu(gate) * up rounds.
+rounded where torch's F.silu(gate) * up rounds. Launched as a programmatic dependent (pdl.py) where the GPU can: at
+one token a step it then starts while the GEMV before it finishes, and the GEMV after it while it runs.
 Its plain-torch reference (and the CPU path) is activation_ref.silu_and_mul_ref."""
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ import torch
 import triton
 import triton.language as tl
 
+from localllm.kernels.pdl import pdl_options, wait_for_previous_kernel
 from localllm.kernels.rounding import rounded
 
 
 @triton.jit
-def _silu_and_mul_kernel(x_ptr, out_ptr, n_cols, stride_x, stride_o, BLOCK: tl.constexpr):
+def _silu_and_mul_kernel(x_ptr, out_ptr, n_cols, stride_x, stride_o, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < n_cols
+    wait_for_previous_kernel(USE_PDL)
     gate = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
     up = tl.load(x_ptr + row * stride_x + n_cols + cols, mask=mask, other=0.0).to(tl.float32)
     # silu rounded to the output dtype before the product, as F.silu(gate) * up rounds it (transformers' MLPs)
@@ -38,5 +41,6 @@ def silu_and_mul(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tens
     if rows:
         block = min(1024, triton.next_power_of_2(n))
         _silu_and_mul_kernel[(rows, triton.cdiv(n, block))](x2, out2, n, x2.stride(0), out2.stride(0), BLOCK=block,
-                                                           num_warps=4 if block >= 512 else 1)
+                                                           num_warps=4 if block >= 512 else 1,
+                                                           **pdl_options(x.device))
     return out

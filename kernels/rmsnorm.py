@@ -1,6 +1,7 @@
 """Triton fused RMSNorm with optional residual add, fp32 accumulation; its plain-torch reference (the same
-arithmetic, and the CPU path) is rmsnorm_ref.rms_norm_ref. With tensor parallelism at one token, the residual add
-is the sum of the ranks' partial sums pushed by the row-parallel GEMV before it (kernels/peer_sum.py)."""
+arithmetic, and the CPU path) is rmsnorm_ref.rms_norm_ref. Launched as a programmatic dependent (pdl.py) where the
+GPU can, the weight read before the wait. With tensor parallelism at one token, the residual add is the sum of the
+ranks' partial sums pushed by the row-parallel GEMV before it (kernels/peer_sum.py)."""
 from __future__ import annotations
 
 import torch
@@ -14,10 +15,12 @@ from localllm.kernels.peer_sum import PeerSite, sum_of_slots, wait_for_peers
 @triton.jit
 def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n_cols, eps,
                      stride_x, stride_r, stride_o, stride_ro,
-                     HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr):
+                     HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0)
+    wait_for_previous_kernel(USE_PDL)
     x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
     if HAS_RESIDUAL:
         r = tl.load(res_ptr + row * stride_r + cols, mask=mask, other=0.0)
@@ -25,7 +28,6 @@ def _rms_norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n_cols, eps,
         tl.store(res_out_ptr + row * stride_ro + cols, x, mask=mask)
     xf = x.to(tl.float32)
     inv = tl.rsqrt(tl.sum(xf * xf, 0) / n_cols + eps)
-    w = tl.load(w_ptr + cols, mask=mask, other=0.0)
     y = (xf * inv).to(x.dtype).to(tl.float32) * w.to(tl.float32)
     tl.store(out_ptr + row * stride_o + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -61,7 +63,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
             n_cols, float(eps), x2.stride(0), r2.stride(0) if r2 is not None else 0, out2.stride(0),
             res_out2.stride(0) if res_out2 is not None else 0,
             HAS_RESIDUAL=residual is not None, BLOCK=block,
-            num_warps=min(16, max(1, block // 256)),
+            num_warps=min(16, max(1, block // 256)), **pdl_options(x.device),
         )
     if inplace:
         return x if residual is None else (x, residual)

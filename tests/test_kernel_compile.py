@@ -143,3 +143,21 @@ def test_pulling_norm_compiles_to_acquire_loads_and_a_timeout():
                    pointers, floats=("eps",), num_warps=16)
     assert "ld.global.sys.acquire.b32" in ptx and "ld.volatile.global.b32" in ptx   # the flags; the abandon word
     assert "globaltimer" in ptx and "trap;" in ptx
+
+
+@pytest.mark.parametrize("kernel", ["rms_norm", "silu_and_mul"])
+def test_decode_step_small_kernels_compile_as_dependent_launches(kernel):
+    """RMSNorm and SiLU-and-mul wait for the kernel before them (griddepcontrol.wait) before they read its output,
+    and then let the next one start (launch_dependents); RMSNorm reads its weight before the wait."""
+    from localllm.kernels import activation, rmsnorm
+
+    if kernel == "rms_norm":
+        ptx = _compile(rmsnorm._rms_norm_kernel, dict(HAS_RESIDUAL=True, BLOCK=4096, USE_PDL=True), {},
+                       floats=("eps",), num_warps=16)
+    else:
+        ptx = _compile(activation._silu_and_mul_kernel, dict(BLOCK=1024, USE_PDL=True), {})
+    body = ptx[ptx.index(".entry"):]
+    wait = body.index("griddepcontrol.wait")
+    assert body.index("griddepcontrol.launch_dependents") > wait
+    loads = [m.start() for m in re.finditer(r"ld\.global", body)]
+    assert loads and (loads[0] < wait) == (kernel == "rms_norm")
