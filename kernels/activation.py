@@ -20,10 +20,15 @@ def _silu_and_mul_kernel(x_ptr, out_ptr, n_cols, stride_x, stride_o, BLOCK: tl.c
     wait_for_previous_kernel(USE_PDL)
     gate = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
     up = tl.load(x_ptr + row * stride_x + n_cols + cols, mask=mask, other=0.0).to(tl.float32)
-    # silu rounded to the output dtype before the product, as F.silu(gate) * up rounds it (transformers' MLPs)
     dtype = out_ptr.dtype.element_ty
-    y = rounded(rounded(gate / (1.0 + tl.exp(-gate)), dtype) * up, dtype)
-    tl.store(out_ptr + row * stride_o + cols, y.to(dtype), mask=mask)
+    tl.store(out_ptr + row * stride_o + cols, silu_mul(gate, up, dtype).to(dtype), mask=mask)
+
+
+@triton.jit
+def silu_mul(gate, up, dtype: tl.constexpr):
+    """silu(gate) * up in float32, rounded as in dtype: silu rounded before the product, as F.silu(gate) * up
+    rounds it (transformers' MLPs). Also the quantized GEMV's epilogue (quant_tiles.store_tile)."""
+    return rounded(rounded(gate / (1.0 + tl.exp(-gate)), dtype) * up, dtype)
 
 
 def silu_and_mul(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:

@@ -40,7 +40,7 @@ def attend_tile(q, scale_log2, acc, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_row_p
     else:
         kt = _decoded(tl.load(k_cache_ptr + k_off[None, :] + offs_d[:, None],
                               mask=k_valid[None, :] & d_mask[:, None], other=0.0), q.dtype)
-    qk = tl.dot(q, kt, input_precision=DOT_PRECISION) * scale_log2                     # [BLOCK_M, BLOCK_N] fp32, log2 units
+    qk = tl.dot(q, kt, input_precision=DOT_PRECISION) * scale_log2    # [BLOCK_M, BLOCK_N] fp32, log2 units
     visible = k_valid[None, :]
     if CAUSAL:
         visible = visible & (k_pos[None, :] <= q_pos[:, None])

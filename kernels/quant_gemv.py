@@ -83,13 +83,20 @@ def _row_sums(words, high, scale, shift, x0, x1, x2, x3, x_scale, x_sum, FMT: tl
 @triton.jit
 def _load_tile(tile, q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr, e_ptr, units, row_units, row_tiles, N, K,
                FMT: tl.constexpr, BITS: tl.constexpr, A_PER: tl.constexpr, G: tl.constexpr, UNIT: tl.constexpr,
-               BLOCK_N: tl.constexpr, WIDE: tl.constexpr, WHOLE_SLICES: tl.constexpr):
-    """Row tile `tile`'s rows [BLOCK_N] and load_units' tensors for them. A tile past the last reads the last one
-    again (a cache hit; never stored), rows past N read row N - 1 (not stored), so that where every slice of K is
-    whole (WHOLE_SLICES) no load needs a mask (nor a predicate, nor zeroed registers). WIDE: the planes' offsets
-    need 64 bits (32-bit ones take fewer address instructions a load)."""
-    rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-    plane_rows = tl.minimum(tl.minimum(tile, row_tiles - 1) * BLOCK_N + tl.arange(0, BLOCK_N), N - 1)[:, None]
+               BLOCK_N: tl.constexpr, WIDE: tl.constexpr, WHOLE_SLICES: tl.constexpr, GATED: tl.constexpr):
+    """Row tile `tile`'s output rows [TILE_ROWS] and load_units' tensors for its BLOCK_N weight rows: the tile's
+    rows, or with GATED (N output rows of a [gate; up] weight of 2N rows) its BLOCK_N / 2 rows of the gate and
+    the same rows of the up half. A tile past the last reads the last one again (a cache hit; never stored), rows
+    past N read row N - 1 (not stored), so that where every slice of K is whole (WHOLE_SLICES) no load needs a
+    mask (nor a predicate, nor zeroed registers). WIDE: the planes' offsets need 64 bits (32-bit ones take fewer
+    address instructions a load)."""
+    TILE_ROWS: tl.constexpr = BLOCK_N >> GATED     # GATED: half a tile's weight rows are the up matrix's
+    rows = tile * TILE_ROWS + tl.arange(0, TILE_ROWS)
+    j = tl.arange(0, BLOCK_N)
+    plane_rows = tl.minimum(tl.minimum(tile, row_tiles - 1) * TILE_ROWS + j % TILE_ROWS, N - 1)
+    if GATED:
+        plane_rows += j // TILE_ROWS * N
+    plane_rows = plane_rows[:, None]
     if WIDE:
         plane_rows = plane_rows.to(tl.int64)
     words, high, scale, shift = load_units(q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr, e_ptr, plane_rows, units[None, :],
@@ -98,31 +105,33 @@ def _load_tile(tile, q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr, e_ptr, units, row_units
     return rows, words, high, scale, shift
 
 
-@triton.jit(do_not_specialize=["M"])
-def _gemv_kernel(x_ptr, xs_ptr, xsum_ptr, y_ptr, partial_ptr, arrivals_ptr, q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr,
-                 e_ptr, M, N, K, stride_xm, stride_ym, ROW_PROGRAMS, SPLIT,
-                 FMT: tl.constexpr, BITS: tl.constexpr, A_PER: tl.constexpr, G: tl.constexpr, UNIT: tl.constexpr,
-                 FP8_HW: tl.constexpr, HAS_SHIFT: tl.constexpr, Q_OFFSET: tl.constexpr, ASM: tl.constexpr,
-                 PACK_X: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_M: tl.constexpr,
-                 AHEAD: tl.constexpr, WIDE: tl.constexpr, WHOLE_SLICES: tl.constexpr, USE_PDL: tl.constexpr):
-    """x: x itself for FP8 and PACK_X, otherwise pack_fixed_x's words, with its scales and sums at xs_ptr /
-    xsum_ptr. Rows of x past M repeat the last one (not stored). AHEAD (1 or 2): the row tiles read ahead of the
-    one multiplied, so that more of the weight's bytes are in flight while each tile's sums are reduced."""
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
+@triton.jit
+def _gemv_program(pid_n, pid_k, x_ptr, xs_ptr, xsum_ptr, y_ptr, partial_ptr, arrivals_ptr, q_ptr, qh_ptr, a_ptr,
+                  b_ptr, d_ptr, e_ptr, M, N, K, stride_xm, stride_ym, ROW_PROGRAMS, SPLIT,
+                  FMT: tl.constexpr, BITS: tl.constexpr, A_PER: tl.constexpr, G: tl.constexpr, UNIT: tl.constexpr,
+                  FP8_HW: tl.constexpr, HAS_SHIFT: tl.constexpr, Q_OFFSET: tl.constexpr, ASM: tl.constexpr,
+                  PACK_X: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_M: tl.constexpr,
+                  AHEAD: tl.constexpr, WIDE: tl.constexpr, WHOLE_SLICES: tl.constexpr, GATED: tl.constexpr,
+                  USE_PDL: tl.constexpr):
+    """Program (pid_n, pid_k): row tiles pid_n, pid_n + ROW_PROGRAMS, ... over slice pid_k of K. x: x itself for
+    FP8 and PACK_X, otherwise pack_fixed_x's words, with its scales and sums at xs_ptr / xsum_ptr. Rows of x past M
+    repeat the last one (not stored). AHEAD (1 or 2): the row tiles read ahead of the one multiplied, so that more
+    of the weight's bytes are in flight while each tile's sums are reduced. N: the output's columns (GATED: half
+    the weight's rows, _load_tile)."""
     units = pid_k * BLOCK_U + tl.arange(0, BLOCK_U)
     row_units = K // G * (G * BITS // 32 // UNIT)
     ok = units < row_units
-    row_tiles = tl.cdiv(N, BLOCK_N)
+    row_tiles = tl.cdiv(N, BLOCK_N >> GATED)
     # The planes are no kernel's output: the first tiles are read before waiting for the kernel before this one
     # (launched as its programmatic dependent, this kernel starts while that one finishes)
     rows, words, high, scale, shift = _load_tile(pid_n, q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr, e_ptr, units, row_units,
                                                  row_tiles, N, K, FMT, BITS, A_PER, G, UNIT, BLOCK_N, WIDE,
-                                                 WHOLE_SLICES)
+                                                 WHOLE_SLICES, GATED)
     if AHEAD == 2:
         rows1, words1, high1, scale1, shift1 = _load_tile(pid_n + ROW_PROGRAMS, q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr,
                                                           e_ptr, units, row_units, row_tiles, N, K, FMT, BITS,
-                                                          A_PER, G, UNIT, BLOCK_N, WIDE, WHOLE_SLICES)
+                                                          A_PER, G, UNIT, BLOCK_N, WIDE, WHOLE_SLICES,
+                                                          GATED)
     wait_for_previous_kernel(USE_PDL)
     a0, a1, a2, a3, a_scale, a_sum = _load_x(x_ptr, xs_ptr, xsum_ptr, stride_xm, K, 0, units, ok, FMT, BITS, G,
                                              UNIT, PACK_X)
@@ -132,7 +141,7 @@ def _gemv_kernel(x_ptr, xs_ptr, xsum_ptr, y_ptr, partial_ptr, arrivals_ptr, q_pt
     for tile in range(pid_n, row_tiles, ROW_PROGRAMS):
         next_rows, next_words, next_high, next_scale, next_shift = _load_tile(
             tile + AHEAD * ROW_PROGRAMS, q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr, e_ptr, units, row_units, row_tiles, N, K,
-            FMT, BITS, A_PER, G, UNIT, BLOCK_N, WIDE, WHOLE_SLICES)
+            FMT, BITS, A_PER, G, UNIT, BLOCK_N, WIDE, WHOLE_SLICES, GATED)
         if Q_OFFSET != 0:
             shift = shift - scale * Q_OFFSET
         sums = _row_sums(words, high, scale, shift, a0, a1, a2, a3, a_scale, a_sum, FMT, BITS, G, FP8_HW, HAS_SHIFT,
@@ -142,12 +151,66 @@ def _gemv_kernel(x_ptr, xs_ptr, xsum_ptr, y_ptr, partial_ptr, arrivals_ptr, q_pt
                                HAS_SHIFT, ASM)[None, :]
             sums = tl.where(tl.arange(0, 2)[:, None] == 0, sums, second)
         store_tile(sums, y_ptr, partial_ptr, arrivals_ptr, tl.arange(0, BLOCK_M), rows, M, N, stride_ym, tile, pid_k,
-                   SPLIT)
+                   SPLIT, GATED)
         if AHEAD == 2:
             rows, words, high, scale, shift = rows1, words1, high1, scale1, shift1
             rows1, words1, high1, scale1, shift1 = next_rows, next_words, next_high, next_scale, next_shift
         else:
             rows, words, high, scale, shift = next_rows, next_words, next_high, next_scale, next_shift
+
+
+# the arguments of _gemv_program after the program's ids (a part's, in _gemv_pair_kernel: all but x's M, K, stride)
+_PART_ARGS = ("x_ptr", "xs_ptr", "xsum_ptr", "y_ptr", "partial_ptr", "arrivals_ptr", "q_ptr", "qh_ptr", "a_ptr",
+              "b_ptr", "d_ptr", "e_ptr", "N", "stride_ym", "ROW_PROGRAMS", "SPLIT", "FMT", "BITS", "A_PER", "G",
+              "UNIT", "FP8_HW", "HAS_SHIFT", "Q_OFFSET", "PACK_X", "BLOCK_N", "BLOCK_U", "AHEAD", "WIDE",
+              "WHOLE_SLICES", "GATED")
+
+
+@triton.jit(do_not_specialize=["M"])
+def _gemv_kernel(x_ptr, xs_ptr, xsum_ptr, y_ptr, partial_ptr, arrivals_ptr, q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr,
+                 e_ptr, M, N, K, stride_xm, stride_ym, ROW_PROGRAMS, SPLIT,
+                 FMT: tl.constexpr, BITS: tl.constexpr, A_PER: tl.constexpr, G: tl.constexpr, UNIT: tl.constexpr,
+                 FP8_HW: tl.constexpr, HAS_SHIFT: tl.constexpr, Q_OFFSET: tl.constexpr, ASM: tl.constexpr,
+                 PACK_X: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_M: tl.constexpr,
+                 AHEAD: tl.constexpr, WIDE: tl.constexpr, WHOLE_SLICES: tl.constexpr, GATED: tl.constexpr,
+                 USE_PDL: tl.constexpr):
+    """One weight: a grid of (ROW_PROGRAMS, SPLIT) programs."""
+    _gemv_program(tl.program_id(0), tl.program_id(1), x_ptr, xs_ptr, xsum_ptr, y_ptr, partial_ptr, arrivals_ptr,
+                  q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr, e_ptr, M, N, K, stride_xm, stride_ym, ROW_PROGRAMS, SPLIT,
+                  FMT, BITS, A_PER, G, UNIT, FP8_HW, HAS_SHIFT, Q_OFFSET, ASM, PACK_X, BLOCK_N, BLOCK_U, BLOCK_M,
+                  AHEAD, WIDE, WHOLE_SLICES, GATED, USE_PDL)
+
+
+@triton.jit(do_not_specialize=["M"])
+def _gemv_pair_kernel(M, K, stride_xm, ASM: tl.constexpr, BLOCK_M: tl.constexpr, USE_PDL: tl.constexpr,
+                      x_ptr, xs_ptr, xsum_ptr, y_ptr, partial_ptr, arrivals_ptr, q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr,
+                      e_ptr, N, stride_ym, ROW_PROGRAMS, SPLIT, FMT: tl.constexpr, BITS: tl.constexpr,
+                      A_PER: tl.constexpr, G: tl.constexpr, UNIT: tl.constexpr, FP8_HW: tl.constexpr,
+                      HAS_SHIFT: tl.constexpr, Q_OFFSET: tl.constexpr, PACK_X: tl.constexpr, BLOCK_N: tl.constexpr,
+                      BLOCK_U: tl.constexpr, AHEAD: tl.constexpr, WIDE: tl.constexpr, WHOLE_SLICES: tl.constexpr,
+                      GATED: tl.constexpr,
+                      x2_ptr, xs2_ptr, xsum2_ptr, y2_ptr, partial2_ptr, arrivals2_ptr, q2_ptr, qh2_ptr, a2_ptr,
+                      b2_ptr, d2_ptr, e2_ptr, N2, stride_ym2, ROW_PROGRAMS2, SPLIT2, FMT2: tl.constexpr,
+                      BITS2: tl.constexpr, A_PER2: tl.constexpr, G2: tl.constexpr, UNIT2: tl.constexpr,
+                      FP8_HW2: tl.constexpr, HAS_SHIFT2: tl.constexpr, Q_OFFSET2: tl.constexpr,
+                      PACK_X2: tl.constexpr, BLOCK_N2: tl.constexpr, BLOCK_U2: tl.constexpr, AHEAD2: tl.constexpr,
+                      WIDE2: tl.constexpr, WHOLE_SLICES2: tl.constexpr, GATED2: tl.constexpr):
+    """Two weights of one x in one launch (the parts of a merged projection in two formats, such as Q4_K_M's
+    Q4_K q/k beside its Q6_K v): a 1-D grid, the first ROW_PROGRAMS x SPLIT programs the first weight's, the
+    rest the second's (the arguments ending in 2), each with the tiles of its own format."""
+    pid = tl.program_id(0)
+    if pid < ROW_PROGRAMS * SPLIT:
+        _gemv_program(pid % ROW_PROGRAMS, pid // ROW_PROGRAMS, x_ptr, xs_ptr, xsum_ptr, y_ptr, partial_ptr,
+                      arrivals_ptr, q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr, e_ptr, M, N, K, stride_xm, stride_ym,
+                      ROW_PROGRAMS, SPLIT, FMT, BITS, A_PER, G, UNIT, FP8_HW, HAS_SHIFT, Q_OFFSET, ASM, PACK_X,
+                      BLOCK_N, BLOCK_U, BLOCK_M, AHEAD, WIDE, WHOLE_SLICES, GATED, USE_PDL)
+    else:
+        pid -= ROW_PROGRAMS * SPLIT
+        _gemv_program(pid % ROW_PROGRAMS2, pid // ROW_PROGRAMS2, x2_ptr, xs2_ptr, xsum2_ptr, y2_ptr, partial2_ptr,
+                      arrivals2_ptr, q2_ptr, qh2_ptr, a2_ptr, b2_ptr, d2_ptr, e2_ptr, M, N2, K, stride_xm,
+                      stride_ym2, ROW_PROGRAMS2, SPLIT2, FMT2, BITS2, A_PER2, G2, UNIT2, FP8_HW2, HAS_SHIFT2,
+                      Q_OFFSET2, ASM, PACK_X2, BLOCK_N2, BLOCK_U2, BLOCK_M, AHEAD2, WIDE2, WHOLE_SLICES2, GATED2,
+                      USE_PDL)
 
 
 def _packs_x(fmt: str) -> bool:
@@ -163,11 +226,12 @@ def _gemv_x(x2: torch.Tensor, fmt: str, packed: dict | None) -> tuple[torch.Tens
     return pack_fixed_x(x2, block_format(fmt).group, packed)
 
 
-def gemv_config(fmt: str, n: int, k: int, device: torch.device, gpu: bool, tiles: dict | None = None) -> dict:
+def gemv_config(fmt: str, n: int, k: int, device: torch.device, gpu: bool, tiles: dict | None = None,
+                gated: bool = False) -> dict:
     """A program's tile: BLOCK_N rows by BLOCK_U units (a few to each thread, so that x's columns lie as the words
     do), tiles (when given) overriding them; SPLIT slices of K (WHOLE_SLICES: all of BLOCK_U units), and
     ROW_PROGRAMS programs along the rows for each, about PROGRAMS_PER_SM in all a SM (tiles may set
-    PROGRAMS_PER_SM too)."""
+    PROGRAMS_PER_SM too). gated: a tile is half gate rows, half up rows (at least one of each)."""
     units = row_units(fmt, k, gemv_unit_words(fmt))
     if gpu:   # scripts/gpu_quant_check.py's sweeps on one H200 at Llama-3.1-8B's shapes, at one row of x: the whole
         # of K in one slice where it fits (no partial sums to add up), one row a tile for FP8 and int4 (their packed
@@ -179,6 +243,8 @@ def gemv_config(fmt: str, n: int, k: int, device: torch.device, gpu: bool, tiles
     else:     # the interpreter: few programs (its cost is per operation, whatever the tile)
         config = dict(BLOCK_N=8, num_warps=1, BLOCK_U=2, AHEAD=2)
     config.update(tiles or {})
+    if gated:
+        config["BLOCK_N"] = max(2, config["BLOCK_N"])
     programs_per_sm = config.pop("PROGRAMS_PER_SM", PROGRAMS_PER_SM)
     config["SPLIT"] = triton.cdiv(units, config["BLOCK_U"])
     config["WHOLE_SLICES"] = units % config["BLOCK_U"] == 0
@@ -187,22 +253,92 @@ def gemv_config(fmt: str, n: int, k: int, device: torch.device, gpu: bool, tiles
     return config
 
 
-def quant_gemv(x2: torch.Tensor, planes: dict, fmt: str, y: torch.Tensor, n: int, k: int, gpu: bool,
-               tiles: dict | None, packed_x: dict | None) -> None:
-    """y [M, N] = x2 [M, K] @ W^T (quant_matmul.quant_matmul's arguments): a launch for each two rows of x, which
-    cost a program about what one does (x packed once for all, by the GEMV itself where a unit is a group)."""
-    m = x2.shape[0]
-    config = gemv_config(fmt, n, k, x2.device, gpu, tiles)
-    block_n, split, row_programs = config.pop("BLOCK_N"), config.pop("SPLIT"), config.pop("ROW_PROGRAMS")
-    row_tiles = triton.cdiv(n, block_n)
-    partial, arrivals = SplitWorkspace.get(x2.device, row_tiles * split * 2 * block_n, row_tiles)
-    config.setdefault("WIDE", max(plane.numel() for plane in planes.values()) >= 2 ** 31)   # tiles may force it
+def gates_itself(fmt: str, n: int, k: int, device: torch.device, gpu: bool, tiles: dict | None = None) -> bool:
+    """Whether the GEMV of a merged [gate; up] weight applies SiLU-and-mul in its store: where its tile holds 2
+    or more rows anyway. FP8 and int4 take one row a tile, and two rows (one gate, one up) slowed them more than
+    the launch it saves (Qwen3-8B FP8 batch-1 decode on one H200: 302 against 308 tok/s)."""
+    return gemv_config(fmt, n, k, device, gpu, tiles)["BLOCK_N"] >= 2
+
+
+def _part(x2: torch.Tensor, planes: dict, fmt: str, y: torch.Tensor, n: int, config: dict, packed_x: dict | None,
+          gated: bool, workspace: tuple[torch.Tensor, torch.Tensor]) -> dict:
+    """A weight's arguments of _gemv_program by name (_PART_ARGS; x's whole rows, y's), with num_warps: its
+    tiles (config: gemv_config's), its planes and its split-K workspace."""
+    x_words, x_scales, x_sums = _gemv_x(x2, fmt, packed_x)
     fmt_constants = dict(constants(fmt, x2), UNIT=gemv_unit_words(fmt), PACK_X=_packs_x(fmt),
                          **int_constants(fmt, x2))
-    x_parts = _gemv_x(x2, fmt, packed_x)
-    for first in range(0, m, 2):
-        rows = min(2, m - first)
-        _gemv_kernel[(row_programs, split)](
-            *(part[first:first + rows] for part in x_parts), y[first:first + rows], partial, arrivals,
-            *kernel_planes(planes, fmt), rows, n, k, x2.stride(0), y.stride(0), row_programs, split, **fmt_constants,
-            BLOCK_N=block_n, BLOCK_M=rows, **pdl_options(x2.device), **config)
+    part = dict(zip(("x_ptr", "xs_ptr", "xsum_ptr", "y_ptr", "partial_ptr", "arrivals_ptr", "q_ptr", "qh_ptr",
+                     "a_ptr", "b_ptr", "d_ptr", "e_ptr"),
+                    (x_words, x_scales, x_sums, y, *workspace, *kernel_planes(planes, fmt))),
+                N=n // 2 if gated else n, stride_ym=y.stride(0), GATED=gated, **fmt_constants,
+                WIDE=max(plane.numel() for plane in planes.values()) >= 2 ** 31)
+    part.update(config)     # tiles may force WIDE
+    return part
+
+
+def _config(fmt: str, n: int, k: int, device: torch.device, gpu: bool, tiles: dict | None, gated: bool) -> dict:
+    config = gemv_config(fmt, n, k, device, gpu, tiles, gated)
+    config["PARTIALS"] = triton.cdiv(n, config["BLOCK_N"]) * config["SPLIT"] * 2 * config["BLOCK_N"]
+    return config
+
+
+def _rows_of_x(part: dict, first: int, rows: int) -> dict:
+    """part's arguments for rows first.. of x and y (x's planes are its rows' parts; y's row stride)."""
+    shifted = dict(part)
+    for name in ("x_ptr", "xs_ptr", "xsum_ptr", "y_ptr"):
+        shifted[name] = part[name][first:first + rows]
+    return shifted
+
+
+def quant_gemv(x2: torch.Tensor, planes: dict, fmt: str, y: torch.Tensor, n: int, k: int, gpu: bool,
+               tiles: dict | None, packed_x: dict | None, gated: bool = False) -> None:
+    """y [M, N] = x2 [M, K] @ W^T (quant_matmul.quant_matmul's arguments), or with gated y [M, N / 2] =
+    silu(x2 @ W[:N / 2]^T) * (x2 @ W[N / 2:]^T): a launch for each two rows of x, which cost a program about what
+    one does (x packed once for all, by the GEMV itself where a unit is a group)."""
+    config = _config(fmt, n, k, x2.device, gpu, tiles, gated)
+    workspace = SplitWorkspace.get(x2.device, config.pop("PARTIALS"), triton.cdiv(n, config["BLOCK_N"]))
+    part = _part(x2, planes, fmt, y, n, config, packed_x, gated, workspace)
+    grid = (part["ROW_PROGRAMS"], part["SPLIT"])
+    for first in range(0, x2.shape[0], 2):
+        rows = min(2, x2.shape[0] - first)
+        _gemv_kernel[grid](**_rows_of_x(part, first, rows), M=rows, K=k, stride_xm=x2.stride(0),
+                           BLOCK_M=rows, **pdl_options(x2.device))
+
+
+def quant_gemv_pair(x2: torch.Tensor, weights: list[tuple[dict, str, torch.Tensor]], k: int, gpu: bool,
+                    packed_x: dict | None) -> bool:
+    """The GEMVs y_i = x2 @ W_i^T of two weights (planes, format, y_i) in one launch per two rows of x
+    (_gemv_pair_kernel): the programs one GEMV of the larger would have, shared by the weights' bytes. False
+    (nothing launched) where their tiles need different warps a program."""
+    n = [planes["q"].shape[0] for planes, _, _ in weights]
+    configs = [_config(fmt, rows, k, x2.device, gpu, None, False) for (_, fmt, _), rows in zip(weights, n)]
+    if configs[0]["num_warps"] != configs[1]["num_warps"]:
+        return False
+    weight_bytes = [sum(p.numel() * p.element_size() for p in planes.values()) for planes, _, _ in weights]
+    programs = max(c["ROW_PROGRAMS"] * c["SPLIT"] for c in configs)
+    for config, nbytes, rows in zip(configs, weight_bytes, n):
+        row_tiles = triton.cdiv(rows, config["BLOCK_N"])
+        share = round(programs * nbytes / sum(weight_bytes)) // config["SPLIT"]
+        config["ROW_PROGRAMS"] = max(1, min(row_tiles, share))
+    partials = [c.pop("PARTIALS") for c in configs]
+    tiles = [triton.cdiv(rows, c["BLOCK_N"]) for c, rows in zip(configs, n)]
+    partial, arrivals = SplitWorkspace.get(x2.device, sum(partials), sum(tiles))
+    first = _part(x2, *weights[0], n[0], configs[0], packed_x, False, (partial, arrivals))
+    second = _part(x2, *weights[1], n[1], configs[1], packed_x, False,
+                   (partial[partials[0]:], arrivals[tiles[0]:]))
+    warps = first.pop("num_warps")
+    second.pop("num_warps")
+    grid = (first["ROW_PROGRAMS"] * first["SPLIT"] + second["ROW_PROGRAMS"] * second["SPLIT"],)
+    for row in range(0, x2.shape[0], 2):
+        rows = min(2, x2.shape[0] - row)
+        named = {**_rows_of_x(first, row, rows),
+                 **{_second(name): value for name, value in _rows_of_x(second, row, rows).items()
+                    if name != "ASM"}}
+        _gemv_pair_kernel[grid](**named, M=rows, K=k, stride_xm=x2.stride(0), BLOCK_M=rows, num_warps=warps,
+                                **pdl_options(x2.device))
+    return True
+
+
+def _second(name: str) -> str:
+    """The name of a _gemv_pair_kernel argument of its second weight."""
+    return name[:-4] + "2_ptr" if name.endswith("_ptr") else name + "2"

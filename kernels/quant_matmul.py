@@ -22,10 +22,11 @@ import torch
 import triton
 import triton.language as tl
 
+from localllm.kernels.activation import silu_and_mul
 from localllm.kernels.block_formats import PLANES
 from localllm.kernels.fp8_gemm import fp8_matmul, fp8_tensor_cores
 from localllm.kernels.quant_gemm import quant_dot
-from localllm.kernels.quant_gemv import FP8, quant_gemv
+from localllm.kernels.quant_gemv import FP8, gates_itself, quant_gemv, quant_gemv_pair
 from localllm.kernels.quant_launch import constants, kernel_planes, row_units
 from localllm.kernels.quant_tiles import load_units, ordered_weights, unit_columns, unit_weights
 
@@ -127,30 +128,49 @@ def chosen_path(fmt: str, m: int, n: int, x: torch.Tensor) -> str:
 
 
 def quant_matmul(x: torch.Tensor, planes: dict, fmt: str, out: torch.Tensor | None = None,
-                 tiles: dict | None = None, path: str | None = None, packed_x: dict | None = None) -> torch.Tensor:
+                 tiles: dict | None = None, path: str | None = None, packed_x: dict | None = None,
+                 gated: bool = False) -> torch.Tensor:
     """y = x @ W^T for x [..., K] and W [N, K] held as `fmt` planes (quant_planes_ref: name -> [N, K / per]).
     out, when given, is a [rows of x, N] matrix whose columns are contiguous (it may be a column slice of a wider
     output, as for one part of a merged projection); it is returned. path ("gemv", "dot", "dense", or "fp8" for
     FP8 weights) and tiles override the choice by rows of x and that path's tiles (tests, tuning). packed_x: a
     dict shared by the calls of the parts of one merged projection, in which x is kept packed (pack_fixed_x) or
-    quantized (fp8_gemm.quantize_x) once for all of them."""
+    quantized (fp8_gemm.quantize_x) once for all of them. gated (W a merged [gate; up]): y [..., N / 2] =
+    silu_and_mul of that, inside the GEMV, after the matmul on the other paths."""
     n, k = planes["q"].shape[0], planes["q"].shape[1] * PLANES[fmt][0].per
     assert x.shape[-1] == k and all(p.is_contiguous() for p in planes.values())
     x2 = x.reshape(-1, k)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     m = x2.shape[0]
-    y = out if out is not None else torch.empty((m, n), dtype=x.dtype, device=x.device)
-    assert y.shape == (m, n) and y.stride(-1) == 1
     path = path or chosen_path(fmt, m, n, x2)
+    if gated and not (path == "gemv" and gates_itself(fmt, n, k, x2.device, _gpu_tiles(x2), tiles)):
+        return silu_and_mul(quant_matmul(x, planes, fmt, tiles=tiles, path=path, packed_x=packed_x), out)
+    n_out = n // 2 if gated else n
+    y = out if out is not None else torch.empty((m, n_out), dtype=x.dtype, device=x.device)
+    assert y.shape == (m, n_out) and y.stride(-1) == 1
     if m == 0:
         pass
     elif path == "gemv":
-        quant_gemv(x2, planes, fmt, y, n, k, _gpu_tiles(x2), tiles, packed_x)
+        quant_gemv(x2, planes, fmt, y, n, k, _gpu_tiles(x2), tiles, packed_x, gated)
     elif path == "fp8":
         fp8_matmul(x2, planes, y, packed_x)
     elif path == "dot":
         quant_dot(x2, planes, fmt, y, _gpu_tiles(x2), tiles)
     else:
         _dense_matmul(x2, planes, fmt, y, n, k)
-    return y if out is not None else y.reshape(*x.shape[:-1], n)
+    return y if out is not None else y.reshape(*x.shape[:-1], n_out)
+
+
+def merged_matmul(x2: torch.Tensor, weights: list[tuple[dict, str, torch.Tensor]],
+                  packed_x: dict | None = None) -> None:
+    """y_i = x2 @ W_i^T into each y_i for the weights (planes, format, y_i) of one merged projection (its parts,
+    one a format, y_i column slices of one output): two parts that both take the GEMV in one launch a pair of
+    rows of x (quant_gemv_pair), each part by quant_matmul otherwise. packed_x: as quant_matmul's."""
+    m = x2.shape[0]
+    paired = len(weights) == 2 and m > 0 and all(
+        chosen_path(fmt, m, planes["q"].shape[0], x2) == "gemv" for planes, fmt, _ in weights)
+    if paired and quant_gemv_pair(x2, weights, x2.shape[1], _gpu_tiles(x2), packed_x):
+        return
+    for planes, fmt, y in weights:
+        quant_matmul(x2, planes, fmt, out=y, packed_x=packed_x)

@@ -16,6 +16,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from localllm.kernels.activation import silu_mul
+from localllm.kernels.rounding import rounded
+
 _MAGIC = tl.constexpr(8388608.0)      # 2^23
 
 
@@ -164,17 +167,32 @@ def ordered_weights(words, high, scale, shift, FMT: tl.constexpr, BITS: tl.const
 
 
 @triton.jit
-def store_tile(acc, y_ptr, partial_ptr, arrivals_ptr, ms, rows, M, N, stride_ym, tile, pid_k, SPLIT):
+def _store_y(acc, y_ptr, ms, rows, M, N, stride_ym, GATED: tl.constexpr):
+    """y's rows ms [BM] and columns rows of acc [BM, BN], or with GATED of silu(acc's first BN / 2 columns) *
+    its last ones: each of them rounded to y's dtype first, as the GEMV would store them for silu_and_mul."""
+    dtype: tl.constexpr = y_ptr.dtype.element_ty
+    if GATED:
+        halves = tl.reshape(acc, [acc.shape[0], 2, acc.shape[1] // 2])
+        which = tl.arange(0, 2)[None, :, None]
+        gate = rounded(tl.sum(tl.where(which == 0, halves, 0.0), 1), dtype)
+        up = rounded(tl.sum(tl.where(which == 1, halves, 0.0), 1), dtype)
+        acc = silu_mul(gate, up, dtype)
+    y_mask = (ms[:, None] < M) & (rows[None, :] < N)
+    tl.store(y_ptr + ms[:, None] * stride_ym + rows[None, :], acc.to(dtype), mask=y_mask)
+
+
+@triton.jit
+def store_tile(acc, y_ptr, partial_ptr, arrivals_ptr, ms, rows, M, N, stride_ym, tile, pid_k, SPLIT,
+               GATED: tl.constexpr = False):
     """Stores acc [BM, BN] as y's rows ms [BM] and columns rows [BN] (the weight's rows), or, with K split over
     SPLIT programs, as this program's partial sums: the last program of output tile `tile` to arrive (an atomic
     counter per tile, reset by that program) adds them in order and stores y, so the split costs no extra
-    launch and the result does not depend on timing."""
+    launch and the result does not depend on timing. GATED: acc's columns are BN / 2 rows of a gate matrix and
+    the same rows of an up matrix, stored as silu(gate) * up in y's columns rows [BN / 2]."""
     BM: tl.constexpr = acc.shape[0]
     BN: tl.constexpr = acc.shape[1]
-    y_mask = (ms[:, None] < M) & (rows[None, :] < N)
-    y_offs = ms[:, None] * stride_ym + rows[None, :]
     if SPLIT == 1:
-        tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=y_mask)
+        _store_y(acc, y_ptr, ms, rows, M, N, stride_ym, GATED)
     else:
         part = (tile * SPLIT * BM + tl.arange(0, BM)[:, None]) * BN + tl.arange(0, BN)[None, :]
         tl.store(partial_ptr + part + pid_k * BM * BN, acc)
@@ -183,5 +201,5 @@ def store_tile(acc, y_ptr, partial_ptr, arrivals_ptr, ms, rows, M, N, stride_ym,
             total = tl.zeros([BM, BN], tl.float32)
             for s in range(SPLIT):
                 total += tl.load(partial_ptr + part + s * BM * BN, cache_modifier=".cg")
-            tl.store(y_ptr + y_offs, total.to(y_ptr.dtype.element_ty), mask=y_mask)
+            _store_y(total, y_ptr, ms, rows, M, N, stride_ym, GATED)
             tl.atomic_xchg(arrivals_ptr + tile, 0)

@@ -92,6 +92,49 @@ def check_exact_dequantize(fmt: str, gen) -> dict:
     return {"format": fmt, "dequantize_relative_max_error": error, "pass": ok}
 
 
+def check_gated(fmt: str, m: int, n: int, k: int, gen) -> dict:
+    """gated (a merged [gate; up] weight): silu(gate) * up stored by the GEMV itself (where it does:
+    gates_itself), in bf16, against silu_and_mul of the plain output, which it must equal to the bit."""
+    from localllm.kernels.activation import silu_and_mul
+    from localllm.kernels.quant_gemv import gates_itself
+    from localllm.kernels.quant_matmul import quant_matmul
+    from localllm.kernels.quant_planes_ref import pack_planes
+    from localllm.kernels.quantize_ref import quantize_ref
+
+    planes = pack_planes(quantize_ref(torch.randn(n, k, device="cuda", generator=gen) * 0.02, fmt), fmt)
+    x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
+    got = quant_matmul(x, planes, fmt, gated=True)
+    want = silu_and_mul(quant_matmul(x, planes, fmt))
+    ok = torch.equal(got, want)
+    where = "in the GEMV" if gates_itself(fmt, n, k, x.device, True) else "after it"
+    name = f"{fmt} gated ({where}) M={m} N={n} K={k}"
+    print(f"{'PASS' if ok else 'FAIL'}  {name:<36} {int((got != want).sum())} values differ", flush=True)
+    if not ok:
+        failures.append(name)
+    return {"format": fmt, "m": m, "n": n, "k": k, "gated": True, "pass": ok}
+
+
+def check_pair(first: str, second: str, m: int, n: tuple[int, int], k: int, gen) -> dict:
+    """Two weights in two formats in one launch (merged_matmul: Q4_K_M's Q4_K q/k beside its Q6_K v), in bf16,
+    against each one's own GEMV, which they must equal to the bit."""
+    from localllm.kernels.quant_matmul import merged_matmul, quant_matmul
+    from localllm.kernels.quant_planes_ref import pack_planes
+    from localllm.kernels.quantize_ref import quantize_ref
+
+    planes = [pack_planes(quantize_ref(torch.randn(rows, k, device="cuda", generator=gen) * 0.02, fmt), fmt)
+              for fmt, rows in zip((first, second), n)]
+    x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
+    got = torch.empty(m, sum(n), device="cuda", dtype=torch.bfloat16)
+    merged_matmul(x, [(planes[0], first, got[:, :n[0]]), (planes[1], second, got[:, n[0]:])], {})
+    want = torch.cat([quant_matmul(x, planes[0], first), quant_matmul(x, planes[1], second)], 1)
+    ok = torch.equal(got, want)
+    name = f"{first}+{second} one launch M={m} N={n[0]}+{n[1]} K={k}"
+    print(f"{'PASS' if ok else 'FAIL'}  {name:<36} {int((got != want).sum())} values differ", flush=True)
+    if not ok:
+        failures.append(name)
+    return {"formats": [first, second], "m": m, "n": list(n), "k": k, "pass": ok}
+
+
 def check_all(gen) -> list[dict]:
     rows = []
     for fmt in FORMATS:
@@ -101,6 +144,11 @@ def check_all(gen) -> list[dict]:
         rows.append(check(fmt, 2, 1000, 4096, gen))       # a partial row tile
         rows.append(check(fmt, 20, 1000, 4096, gen))      # the dot kernel: partial tiles of both
         rows.append(check_exact_dequantize(fmt, gen))
+        for m, (n, k) in ((1, (28672, 4096)), (2, (1000, 4096)), (1, (64, 65536))):   # the last: K split
+            rows.append(check_gated(fmt, m, n, k, gen))
+    for first, second in (("Q4_K", "Q6_K"), ("Q4_K", "Q8_0"), ("Q5_K", "Q6_K"), ("int4_g128", "Q6_K")):
+        for m in (1, 2, 4):
+            rows.append(check_pair(first, second, m, (5120, 1024), 4096, gen))
     return rows
 
 

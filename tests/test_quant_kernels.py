@@ -103,6 +103,46 @@ def test_gemv_slices_of_k_and_row_programs_give_the_same(slice_units, row_progra
     assert torch.equal(quant_matmul(x, planes, "Q4_K", tiles=tiles, path="gemv"), first)
 
 
+@pytest.mark.parametrize("fmt", ["Q4_K", "Q6_K", "Q8_0", "int4_g128", "fp8_e4m3_g128"])
+def test_gated_matmul_is_silu_and_mul_of_the_matmul(fmt):
+    """gated (a merged [gate; up] weight): the GEMV stores silu(gate) * up itself, a tile's rows half gate, half
+    up, at its tiles (1 row of x), over split K and 3 row programs, a last tile half past the 7 rows (2 rows of
+    x); the other paths apply silu_and_mul after the matmul (3 rows: the 8-bit formats' dot kernel). Each is
+    silu_and_mul of the path's own output, to the bit."""
+    from localllm.kernels.activation import silu_and_mul
+    from localllm.kernels.quant_matmul import quant_matmul
+
+    for m, tiles in ((1, None), (2, dict(BLOCK_U=2, BLOCK_N=4, ROW_PROGRAMS=3)), (3, None)):
+        x, raw = _case(fmt, m, n=14, seed=5)
+        planes = pack_planes(raw, fmt)
+        got = quant_matmul(x, planes, fmt, tiles=tiles, gated=True)
+        assert got.shape == (m, 7)
+        assert torch.equal(got, silu_and_mul(quant_matmul(x, planes, fmt, tiles=tiles)))
+
+
+@pytest.mark.parametrize("first, second", [("Q4_K", "Q6_K"), ("int4_g128", "Q8_0")])
+def test_two_parts_of_a_merged_projection_in_one_launch(monkeypatch, first, second):
+    """merged_matmul: two parts in two formats (Q4_K_M's Q4_K q/k beside its Q6_K v) that both take the GEMV run
+    in one launch a pair of rows of x (int4 with x packed apart), each with its own format's tiles and the same
+    values as its own GEMV; at rows where one takes another path (3: the 8-bit formats' dot kernel), each runs
+    apart."""
+    from localllm.kernels import quant_matmul as qm
+
+    launches = []
+    pair = qm.quant_gemv_pair
+    monkeypatch.setattr(qm, "quant_gemv_pair", lambda *args: launches.append(pair(*args)) or launches[-1])
+    for m in (1, 2, 3):
+        x, raw_first = _case(first, m, n=13, seed=6, k=512)
+        raw_second = _case(second, m, n=6, seed=7, k=512)[1]
+        planes = pack_planes(raw_first, first), pack_planes(raw_second, second)
+        y = torch.empty(m, 19)
+        qm.merged_matmul(x, [(planes[0], first, y[:, :13]), (planes[1], second, y[:, 13:])], {})
+        assert torch.equal(y, torch.cat([qm.quant_matmul(x, planes[0], first),
+                                         qm.quant_matmul(x, planes[1], second)], 1))
+    paired_at_three = second != "Q8_0"
+    assert launches == [True, True] + [True] * paired_at_three
+
+
 @pytest.mark.parametrize("split", [1, 3])
 def test_dot_split_k_and_row_tiles(split):
     """The dot kernel with K split over 1 and 3 programs and x's rows over two tiles of 16."""
@@ -220,6 +260,36 @@ def test_packed_layers_shard_and_compute_like_dense_ones(rank, monkeypatch):
                 error = (apply_weight(x, kept) - want).abs().max() / want.abs().max()
                 tolerance = FIXED_X_TOLERANCE if m == 1 else 1e-5
                 assert error < tolerance, f"{cls.__name__} rank {rank} m {m}: {error:.2e}"
+
+
+def test_packed_gate_up_applies_silu_and_mul_itself():
+    """A merged gate/up layer kept as planes, given the MLP's SiluAndMul (linear.gated_mlp does where no dense
+    fused GEMV takes it): silu(gate) * up from its GEMV's store at 1 row of x, after its matmul at 9, as the dense
+    layer's matmul then the activation, within the GEMV's rounding."""
+    from localllm.kernels.activation_ref import silu_and_mul_ref
+    from localllm.layers.activation import SiluAndMul
+    from localllm.layers.linear import MergedColumnParallelLinear
+    from localllm.layers.quantized import BlockSource, apply_weight, deferred_weights, place_weights
+
+    g = torch.Generator().manual_seed(9)
+    layers = []
+    for packed in (True, None):
+        with deferred_weights():
+            layer = MergedColumnParallelLinear(256, [40, 40])
+        spans = {"": [(0, 40, "Q4_K"), (40, 40, "Q4_K")]} if packed else {}
+        place_weights(layer, spans, torch.device("cpu"), torch.float32, packed=packed)
+        layers.append(layer)
+    kept, dense = layers
+    for shard in (0, 1):
+        src = BlockSource.of_rows(quantize_ref(torch.randn(40, 256, generator=g), "Q4_K"), "Q4_K")
+        kept.load_weight(kept.weight, src, shard)
+        dense.load_weight(dense.weight, src.dequantized(), shard)
+    for m in (1, 9):
+        x = torch.randn(m, 256, generator=g)
+        want = silu_and_mul_ref(apply_weight(x, dense))
+        got = kept(x, act=SiluAndMul())
+        assert got.shape == (m, 40)
+        assert (got - want).abs().max() / want.abs().max() < (FIXED_X_TOLERANCE if m == 1 else 1e-5)
 
 
 @pytest.mark.parametrize("group", [16, 32])

@@ -24,30 +24,52 @@ class _OffGpu:
     is_cuda = False
 
 
-def _ptx(kernel, fmt: str, x_type: str, ints: list[str], tiles: dict, num_warps: int = 4) -> str:
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    from localllm.kernels import quant_gemm as qg
+def _gemv_part(fmt: str) -> tuple[dict, dict]:
+    """The constexprs and pointer types of a weight of `fmt` in the GEMV (quant_gemv._PART_ARGS)."""
     from localllm.kernels import quant_gemv as qv
     from localllm.kernels.quant_int_dots import int_constants
-    from localllm.kernels.quant_launch import a_plane, constants, gemv_unit_words, group_words
+    from localllm.kernels.quant_launch import a_plane, constants, gemv_unit_words
 
     plane_types = {p.name: _TYPES[p.dtype] for p in PLANES[fmt]}
     b_name = next((n for n in ("m", "mn", "zero") if n in plane_types), "q")
     pointers = {"q_ptr": "i32", "qh_ptr": "i32", "a_ptr": plane_types[a_plane(fmt)], "b_ptr": plane_types[b_name],
-                "d_ptr": "fp16", "e_ptr": "fp16", "partial_ptr": "fp32", "arrivals_ptr": "i32"}
-    if kernel is qv._gemv_kernel:
-        values = {**constants(fmt, _OffGpu()), **int_constants(fmt, _OffGpu()), "ASM": True, "UNIT": gemv_unit_words(fmt),
-                  "PACK_X": qv._packs_x(fmt)}
-        pointers.update(xs_ptr="fp32", xsum_ptr="fp32")
-        if fmt != "fp8_e4m3_g128" and not values["PACK_X"]:
-            pointers["x_ptr"] = "i32"     # pack_fixed_x's words
+                "d_ptr": "fp16", "e_ptr": "fp16", "partial_ptr": "fp32", "arrivals_ptr": "i32",
+                "xs_ptr": "fp32", "xsum_ptr": "fp32"}
+    values = {**constants(fmt, _OffGpu()), **int_constants(fmt, _OffGpu()), "ASM": True,
+              "UNIT": gemv_unit_words(fmt), "PACK_X": qv._packs_x(fmt), "FP8_HW": True}
+    if fmt != "fp8_e4m3_g128" and not values["PACK_X"]:
+        pointers["x_ptr"] = "i32"     # pack_fixed_x's words
+    return values, pointers
+
+
+def _ptx(kernel, fmt: str, x_type: str, ints: list[str], tiles: dict, num_warps: int = 4,
+         second: tuple[dict, dict] | None = None) -> str:
+    """kernel's PTX for sm_90 with fmt's constants and `tiles`; second: the pair kernel's second weight's
+    (constexprs and pointer types, named as for the first)."""
+    from localllm.kernels import quant_gemm as qg
+    from localllm.kernels import quant_gemv as qv
+    from localllm.kernels.quant_launch import constants, group_words
+
+    gemv_values, pointers = _gemv_part(fmt)
+    if kernel in (qv._gemv_kernel, qv._gemv_pair_kernel):
+        values = gemv_values
     elif kernel is qg._dot_kernel:
         values = dict(constants(fmt, _OffGpu()), UNIT=group_words(fmt), F32_DOT=False)
     else:
         values = constants(fmt, _OffGpu())
+    if values is not gemv_values:
+        pointers.pop("x_ptr", None)     # x itself
     values = {**values, "FP8_HW": True, **tiles}
+    if second is not None:
+        values.update({qv._second(k): v for k, v in second[0].items() if k != "ASM"})
+        pointers.update({qv._second(k): v for k, v in second[1].items()})
+    return _compile(kernel, values, pointers, x_type, ints, num_warps)
+
+
+def _compile(kernel, values: dict, pointers: dict, x_type: str, ints: list[str], num_warps: int) -> str:
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
     names = kernel.arg_names
     signature = {}
     for name in names:
@@ -63,11 +85,25 @@ def _ptx(kernel, fmt: str, x_type: str, ints: list[str], tiles: dict, num_warps:
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps}).asm["ptx"]
 
 
+def test_pair_of_formats_compiles_for_hopper_in_one_kernel():
+    """Q4_K_M's q/k (Q4_K, 4 rows a tile) and v (Q6_K, 2 rows, 2 ahead) in one launch: both bodies, no spills."""
+    from localllm.kernels.quant_gemv import _gemv_pair_kernel, _second
+
+    tiles = dict(BLOCK_N=4, BLOCK_U=128, BLOCK_M=1, AHEAD=1, WIDE=False, WHOLE_SLICES=True, GATED=False,
+                 USE_PDL=True)
+    values, pointers = _gemv_part("Q6_K")
+    values.update(BLOCK_N=2, BLOCK_U=128, AHEAD=2, WIDE=False, WHOLE_SLICES=True, GATED=False)
+    ptx = _ptx(_gemv_pair_kernel, "Q4_K", "bf16", _GEMV_INTS + ["stride_ym2"], tiles, second=(values, pointers))
+    assert _second("x_ptr") == "x2_ptr" and _second("FMT") == "FMT2"
+    assert ptx.count("griddepcontrol.wait") == 2 and "dp4a.s32.s32" in ptx and ".local" not in ptx
+
+
 @pytest.mark.parametrize("fmt", list(BLOCK_FORMATS))
 def test_gemv_compiles_for_hopper_with_vector_loads_and_no_spills(fmt):
     from localllm.kernels.quant_gemv import _gemv_kernel
 
-    tiles = dict(BLOCK_N=4, BLOCK_U=64, BLOCK_M=1, AHEAD=2, WIDE=False, WHOLE_SLICES=True, USE_PDL=True)
+    tiles = dict(BLOCK_N=4, BLOCK_U=64, BLOCK_M=1, AHEAD=2, WIDE=False, WHOLE_SLICES=True, GATED=False,
+                 USE_PDL=True)
     ptx = _ptx(_gemv_kernel, fmt, "bf16", _GEMV_INTS, tiles, num_warps=2)
     words_a_group = BLOCK_FORMATS[fmt].group * PLANES[fmt][0].bits // 32     # Q6_K's: 2 (8 bytes)
     assert re.search(rf"ld\.global(\.\w+)*\.v{min(4, words_a_group)}\.b32", ptx)
@@ -75,14 +111,15 @@ def test_gemv_compiles_for_hopper_with_vector_loads_and_no_spills(fmt):
     assert ".local" not in ptx
 
 
-def test_gemv_at_two_rows_and_dequantize_compile_for_hopper():
+def test_gemv_at_two_rows_gated_and_dequantize_compile_for_hopper():
+    """Two rows of x, K split (the partial sums' atomics), the SiLU-and-mul epilogue (its exp2)."""
     from localllm.kernels.quant_gemv import _gemv_kernel
     from localllm.kernels.quant_matmul import _dequantize_kernel
 
     tiles = dict(BLOCK_N=2, BLOCK_U=64, BLOCK_M=2, AHEAD=1, WIDE=True,
-                 WHOLE_SLICES=False, USE_PDL=True)
+                 WHOLE_SLICES=False, GATED=True, USE_PDL=True)
     ptx = _ptx(_gemv_kernel, "Q4_K", "bf16", _GEMV_INTS, tiles, num_warps=2)
-    assert "atom.global" in ptx and ".local" not in ptx
+    assert "atom.global" in ptx and "ex2.approx" in ptx and ".local" not in ptx
     ptx = _ptx(_dequantize_kernel, "Q6_K", "bf16", ["K"], dict(BLOCK_N=4, BLOCK_U=128))
     assert re.search(r"ld\.global(\.\w+)*\.v2\.b32", ptx) and ".local" not in ptx
 

@@ -37,16 +37,27 @@ def fuses_gemv(x: torch.Tensor, module: nn.Module) -> bool:
                  or getattr(module, "peer_site", None) is not None))
 
 
-def normed_projection(proj: nn.Module, norm: nn.Module, hidden: torch.Tensor | None, residual: torch.Tensor | None):
-    """(proj(norm(hidden + residual)), hidden + residual): the input projection of a pre-norm block and the residual
-    stream after it. hidden None: nothing to add (the previous block added its output in place); residual None: the
-    first block, whose stream starts at hidden."""
+def normed_projection(proj: nn.Module, norm: nn.Module, hidden: torch.Tensor | None, residual: torch.Tensor | None,
+                      act: nn.Module | None = None):
+    """(act(proj(norm(hidden + residual))), hidden + residual): the input projection of a pre-norm block and the
+    residual stream after it. hidden None: nothing to add (the previous block added its output in place); residual
+    None: the first block, whose stream starts at hidden."""
     if residual is None:
         residual, hidden = hidden, None
     if hidden is None:
-        return proj(residual, norm), residual
+        return proj(residual, norm, act), residual
     normed, residual = norm(hidden, residual)
-    return proj(normed), residual
+    return proj(normed, act=act), residual
+
+
+def gated_mlp(gate_up: "MergedColumnParallelLinear", down: "RowParallelLinear", act: nn.Module, norm: nn.Module,
+              hidden: torch.Tensor | None, residual: torch.Tensor | None):
+    """(down(act(gate_up(norm(hidden + residual)))) as add_projection returns it, hidden + residual): a pre-norm
+    SwiGLU MLP. The activation runs where it needs no launch of its own: in the prologue of down's fused GEMV
+    where that runs, else with gate_up (inside the quantized GEMV's store where that runs)."""
+    in_down = fuses_gemv(hidden if hidden is not None else residual, down)
+    activated, residual = normed_projection(gate_up, norm, hidden, residual, None if in_down else act)
+    return add_projection(down, activated, residual, act if in_down else None), residual
 
 
 def add_projection(proj: "RowParallelLinear", x: torch.Tensor, residual: torch.Tensor, act: nn.Module | None = None):
@@ -85,13 +96,15 @@ class ColumnParallelLinear(nn.Module):
         else:
             param.data.narrow(0, offset, size).copy_(part)
 
-    def forward(self, x: torch.Tensor, norm: nn.Module | None = None) -> torch.Tensor:
-        """x @ W^T (+ bias); norm: an RMSNorm applied to x first."""
+    def forward(self, x: torch.Tensor, norm: nn.Module | None = None, act: nn.Module | None = None) -> torch.Tensor:
+        """act(x @ W^T (+ bias)); norm: an RMSNorm applied to x first; act: a merged gate/up's SiluAndMul
+        (quantized.apply_weight)."""
         if fuses_gemv(x, self):
             from localllm.kernels.gemv import gemv
 
-            return gemv(x, self.weight, self.bias, norm=(norm.weight, norm.eps) if norm is not None else None)
-        return apply_weight(norm(x) if norm is not None else x, self, self.bias)
+            y = gemv(x, self.weight, self.bias, norm=(norm.weight, norm.eps) if norm is not None else None)
+            return act(y) if act is not None else y
+        return apply_weight(norm(x) if norm is not None else x, self, self.bias, act)
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):

@@ -130,22 +130,26 @@ class BlockLayout:
         """float32 [rows, cols]."""
         return torch.cat([self._dequantize_part(weight, p) for p in self.parts])
 
-    def matmul(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def matmul(self, x: torch.Tensor, weight: torch.Tensor, gated: bool = False) -> torch.Tensor:
         """x [..., cols] @ W^T -> [..., rows]: the Triton kernels over the planes; block rows are dequantized
-        first (the same weights a dense conversion holds, so the same results)."""
+        first (the same weights a dense conversion holds, so the same results). gated (planes only; W a merged
+        [gate; up]): silu(gate) * up -> [..., rows / 2], inside the GEMV where it runs."""
         if not self.packed:
+            assert not gated, "gated: planes only"
             return F.linear(x, self.dequantize(weight).to(x.dtype))
-        from localllm.kernels.quant_matmul import quant_matmul
+        from localllm.kernels.activation import silu_and_mul
+        from localllm.kernels.quant_matmul import merged_matmul, quant_matmul
 
         if len(self.parts) == 1:
-            return quant_matmul(x, self._planes(weight, self.parts[0]), self.parts[0].fmt)
+            return quant_matmul(x, self._planes(weight, self.parts[0]), self.parts[0].fmt, gated=gated)
         x2 = x.reshape(-1, self.cols)
+        if x2.stride(-1) != 1:
+            x2 = x2.contiguous()
         y = torch.empty((x2.shape[0], self.rows), dtype=x.dtype, device=x.device)
-        packed_x = {}
-        for p in self.parts:
-            quant_matmul(x2, self._planes(weight, p), p.fmt, out=y[:, p.first_row:p.first_row + p.rows],
-                         packed_x=packed_x)
-        return y.reshape(*x.shape[:-1], self.rows)
+        merged_matmul(x2, [(self._planes(weight, p), p.fmt, y[:, p.first_row:p.first_row + p.rows])
+                           for p in self.parts], {})
+        y = y.reshape(*x.shape[:-1], self.rows)
+        return silu_and_mul(y) if gated else y
 
     def rows_of(self, weight: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Dequantized rows [*index.shape, cols] (float32): an embedding lookup."""
@@ -210,14 +214,20 @@ def store_rows(module: nn.Module, first_row: int, src) -> None:
     layout.write_rows(module.weight.data, part, first_row - part.first_row, blocks)
 
 
-def apply_weight(x: torch.Tensor, module: nn.Module, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x @ module.weight^T (+ bias), whatever the weight's storage."""
+def apply_weight(x: torch.Tensor, module: nn.Module, bias: torch.Tensor | None = None,
+                 act: nn.Module | None = None) -> torch.Tensor:
+    """act(x @ module.weight^T (+ bias)), whatever the weight's storage. act: the MLP's SiluAndMul of a merged
+    gate/up weight, which a weight kept as planes applies inside its GEMV (no launch of its own)."""
     layout = getattr(module, "layout", None)
-    if layout is None:
-        return F.linear(x, module.weight, bias)
     cpu_matmul = getattr(module, "cpu_matmul", None)   # layers.cpu_quant, on the CPU's fast path
-    y = cpu_matmul(x) if cpu_matmul is not None else layout.matmul(x, module.weight)
-    return y if bias is None else y + bias
+    if layout is None:
+        y = F.linear(x, module.weight, bias)
+    elif cpu_matmul is None and layout.packed and act is not None and bias is None:
+        return layout.matmul(x, module.weight, gated=True)
+    else:
+        y = cpu_matmul(x) if cpu_matmul is not None else layout.matmul(x, module.weight)
+        y = y if bias is None else y + bias
+    return act(y) if act is not None else y
 
 
 def place_weights(model: nn.Module, spans_of: dict[str, list[tuple[int, int, str]]], device: torch.device,

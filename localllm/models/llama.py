@@ -9,7 +9,7 @@ from localllm.layers.activation import SiluAndMul
 from localllm.layers.attention import Attention, AttentionMetadata
 from localllm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from localllm.layers.linear import (MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear, add_projection,
-                                    normed_projection)
+                                    gated_mlp, normed_projection)
 from localllm.layers.norm import RMSNorm
 from localllm.layers.rotary import RotaryEmbedding, rope_parameters
 
@@ -74,8 +74,7 @@ class LlamaDecoderLayer(nn.Module):
         attn, mlp = self.self_attn, self.mlp
         qkv, residual = normed_projection(attn.qkv_proj, self.input_layernorm, hidden, residual)
         hidden = add_projection(attn.o_proj, attn.attend(rope, qkv, meta), residual)
-        gate_up, residual = normed_projection(mlp.gate_up_proj, self.post_attention_layernorm, hidden, residual)
-        return add_projection(mlp.down_proj, gate_up, residual, mlp.act), residual
+        return gated_mlp(mlp.gate_up_proj, mlp.down_proj, mlp.act, self.post_attention_layernorm, hidden, residual)
 
 
 class LlamaForCausalLM(nn.Module):
