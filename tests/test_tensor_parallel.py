@@ -150,3 +150,28 @@ def test_an_all_reduce_of_gpus_alone_is_refused_in_one_line_on_the_cpu(tmp_path_
     model_dir = build_model_dir("llama", tmp_path_factory.mktemp("tp-refused"), configs=TP_CONFIGS)
     with pytest.raises(ValueError, match=f"^the {kind} all-reduce is not available: it needs CUDA GPUs$"):
         LLM(str(model_dir), tensor_parallel_size=2, tp_allreduce=kind, **ENGINE)
+
+
+def test_gated_mlp_reads_the_stream_not_a_pending_sum():
+    """At one token with the ranks' partial sums pushed to each other (layers/peer_exchange), the MLP's hidden is a
+    PendingSum, which has no rows: gated_mlp decides where SwiGLU runs from the residual stream, and its norm then
+    adds the sum (a stand-in here that only records what it was given)."""
+    from localllm.kernels.activation_ref import silu_and_mul_ref
+    from localllm.layers.activation import SiluAndMul
+    from localllm.layers.linear import MergedColumnParallelLinear, RowParallelLinear, gated_mlp
+    from localllm.layers.peer_exchange import PendingSum
+
+    torch.manual_seed(0)
+    gate_up, down = MergedColumnParallelLinear(8, [6, 6]), RowParallelLinear(6, 8)
+    for layer in (gate_up, down):
+        layer.weight.data = torch.randn_like(layer.weight)
+    residual, given = torch.randn(1, 8), []
+
+    def norm(hidden, stream):
+        given.append(hidden)
+        return stream * 2, stream
+
+    pending = PendingSum(site=None)
+    out, stream = gated_mlp(gate_up, down, SiluAndMul(), norm, pending, residual)
+    assert given == [pending] and stream is residual
+    assert torch.allclose(out, silu_and_mul_ref((residual * 2) @ gate_up.weight.t()) @ down.weight.t())

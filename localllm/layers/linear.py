@@ -55,7 +55,8 @@ def gated_mlp(gate_up: "MergedColumnParallelLinear", down: "RowParallelLinear", 
     """(down(act(gate_up(norm(hidden + residual)))) as add_projection returns it, hidden + residual): a pre-norm
     SwiGLU MLP. The activation runs where it needs no launch of its own: in the prologue of down's fused GEMV
     where that runs, else with gate_up (inside the quantized GEMV's store where that runs)."""
-    in_down = fuses_gemv(hidden if hidden is not None else residual, down)
+    # the stream's rows decide it: hidden may be a PendingSum of the ranks' partial sums, residual is a tensor
+    in_down = fuses_gemv(residual if residual is not None else hidden, down)
     activated, residual = normed_projection(gate_up, norm, hidden, residual, None if in_down else act)
     return add_projection(down, activated, residual, act if in_down else None), residual
 
