@@ -10,6 +10,10 @@ unit-loop GEMV before this one) read x from the caches about twice as often as t
 
 Every format but FP8 multiplies in integers (quant_int_dots: x packed in 15-bit fixed point first, one dp4a per
 four quants); FP8 multiplies its float8 weights by x's float32 columns.
+
+A merged gate/up weight may store silu(gate) * up itself (GATED: a tile's rows half from each matrix), and two
+weights of two formats (a merged projection's parts) may share one launch (_gemv_pair_kernel): at one token a step
+a launch costs about what a small matrix's GEMV does.
 """
 from __future__ import annotations
 
@@ -159,13 +163,6 @@ def _gemv_program(pid_n, pid_k, x_ptr, xs_ptr, xsum_ptr, y_ptr, partial_ptr, arr
             rows, words, high, scale, shift = next_rows, next_words, next_high, next_scale, next_shift
 
 
-# the arguments of _gemv_program after the program's ids (a part's, in _gemv_pair_kernel: all but x's M, K, stride)
-_PART_ARGS = ("x_ptr", "xs_ptr", "xsum_ptr", "y_ptr", "partial_ptr", "arrivals_ptr", "q_ptr", "qh_ptr", "a_ptr",
-              "b_ptr", "d_ptr", "e_ptr", "N", "stride_ym", "ROW_PROGRAMS", "SPLIT", "FMT", "BITS", "A_PER", "G",
-              "UNIT", "FP8_HW", "HAS_SHIFT", "Q_OFFSET", "PACK_X", "BLOCK_N", "BLOCK_U", "AHEAD", "WIDE",
-              "WHOLE_SLICES", "GATED")
-
-
 @triton.jit(do_not_specialize=["M"])
 def _gemv_kernel(x_ptr, xs_ptr, xsum_ptr, y_ptr, partial_ptr, arrivals_ptr, q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr,
                  e_ptr, M, N, K, stride_xm, stride_ym, ROW_PROGRAMS, SPLIT,
@@ -262,8 +259,9 @@ def gates_itself(fmt: str, n: int, k: int, device: torch.device, gpu: bool, tile
 
 def _part(x2: torch.Tensor, planes: dict, fmt: str, y: torch.Tensor, n: int, config: dict, packed_x: dict | None,
           gated: bool, workspace: tuple[torch.Tensor, torch.Tensor]) -> dict:
-    """A weight's arguments of _gemv_program by name (_PART_ARGS; x's whole rows, y's), with num_warps: its
-    tiles (config: gemv_config's), its planes and its split-K workspace."""
+    """One weight's arguments of _gemv_kernel by name, but for M, K and stride_xm (x's, shared by a pair's two
+    weights) and BLOCK_M: x's whole rows, y, the split-K workspace, the planes, the format's constants and its
+    tiles (config: gemv_config's, num_warps included)."""
     x_words, x_scales, x_sums = _gemv_x(x2, fmt, packed_x)
     fmt_constants = dict(constants(fmt, x2), UNIT=gemv_unit_words(fmt), PACK_X=_packs_x(fmt),
                          **int_constants(fmt, x2))
@@ -277,13 +275,14 @@ def _part(x2: torch.Tensor, planes: dict, fmt: str, y: torch.Tensor, n: int, con
 
 
 def _config(fmt: str, n: int, k: int, device: torch.device, gpu: bool, tiles: dict | None, gated: bool) -> dict:
+    """gemv_config's tiles and PARTIALS, the split-K workspace's float32 sums they need."""
     config = gemv_config(fmt, n, k, device, gpu, tiles, gated)
     config["PARTIALS"] = triton.cdiv(n, config["BLOCK_N"]) * config["SPLIT"] * 2 * config["BLOCK_N"]
     return config
 
 
 def _rows_of_x(part: dict, first: int, rows: int) -> dict:
-    """part's arguments for rows first.. of x and y (x's planes are its rows' parts; y's row stride)."""
+    """part's arguments with x's tensors and y narrowed to rows first .. first + rows."""
     shifted = dict(part)
     for name in ("x_ptr", "xs_ptr", "xsum_ptr", "y_ptr"):
         shifted[name] = part[name][first:first + rows]

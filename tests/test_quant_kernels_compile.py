@@ -25,7 +25,7 @@ class _OffGpu:
 
 
 def _gemv_part(fmt: str) -> tuple[dict, dict]:
-    """The constexprs and pointer types of a weight of `fmt` in the GEMV (quant_gemv._PART_ARGS)."""
+    """The constexprs and pointer types of a weight of `fmt` in the GEMV (quant_gemv._part's)."""
     from localllm.kernels import quant_gemv as qv
     from localllm.kernels.quant_int_dots import int_constants
     from localllm.kernels.quant_launch import a_plane, constants, gemv_unit_words
