@@ -50,12 +50,17 @@ SCRATCH_WEIGHTS = 1 << 27
 
 
 @triton.jit
-def _dequantize_kernel(w_ptr, q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr, e_ptr, first_row, rows_out, K,
+def _dequantize_kernel(w_ptr, q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr, e_ptr, index_ptr, first_row, rows_out, K,
                        FMT: tl.constexpr, BITS: tl.constexpr, A_PER: tl.constexpr, G: tl.constexpr,
-                       UNIT: tl.constexpr, FP8_HW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_U: tl.constexpr):
-    """Rows first_row.. (rows_out of them) of the weight, dequantized into w [rows_out, K] (its dtype)."""
+                       UNIT: tl.constexpr, FP8_HW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_U: tl.constexpr,
+                       GATHER: tl.constexpr):
+    """Rows first_row.. (rows_out of them) of the weight, or with GATHER the rows index[0 .. rows_out) (an
+    embedding lookup), dequantized into w [rows_out, K] (its dtype)."""
     out_rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    plane_rows = (first_row + tl.minimum(out_rows, rows_out - 1)).to(tl.int64)[:, None]
+    if GATHER:
+        plane_rows = tl.load(index_ptr + tl.minimum(out_rows, rows_out - 1)).to(tl.int64)[:, None]
+    else:
+        plane_rows = (first_row + tl.minimum(out_rows, rows_out - 1)).to(tl.int64)[:, None]
     units = tl.program_id(1) * BLOCK_U + tl.arange(0, BLOCK_U)
     ok = units < K // G * (G * BITS // 32 // UNIT)
     words, high, scale, shift = load_units(q_ptr, qh_ptr, a_ptr, b_ptr, d_ptr, e_ptr, plane_rows, units[None, :],
@@ -97,15 +102,20 @@ class _Scratch:
         return buffer
 
 
-def dequantize_rows(planes: dict, fmt: str, first_row: int, rows: int, out: torch.Tensor) -> torch.Tensor:
-    """Rows first_row..first_row + rows of the weight, dequantized into out [rows, K] (contiguous, any float
-    dtype)."""
+def dequantize_rows(planes: dict, fmt: str, first_row: int, rows: int, out: torch.Tensor,
+                    index: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows first_row..first_row + rows of the weight, or the rows that index [rows] names (an embedding
+    lookup: one launch, where the planes' reference decoding is a few dozen torch operations), dequantized into
+    out [rows, K] (contiguous, any float dtype)."""
     k = out.shape[1]
+    if rows == 0:
+        return out
     block_n, warps = (4, 4) if _gpu_tiles(out) else (32, 1)
     block_u = 32 * warps
     grid = (triton.cdiv(rows, block_n), triton.cdiv(row_units(fmt, k), block_u))
-    _dequantize_kernel[grid](out, *kernel_planes(planes, fmt), first_row, rows, k, **constants(fmt, out),
-                             BLOCK_N=block_n, BLOCK_U=block_u, num_warps=warps)
+    _dequantize_kernel[grid](out, *kernel_planes(planes, fmt), index if index is not None else out, first_row, rows,
+                             k, **constants(fmt, out), BLOCK_N=block_n, BLOCK_U=block_u, GATHER=index is not None,
+                             num_warps=warps)
     return out
 
 

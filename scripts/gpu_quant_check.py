@@ -135,6 +135,26 @@ def check_pair(first: str, second: str, m: int, n: tuple[int, int], k: int, gen)
     return {"formats": [first, second], "m": m, "n": list(n), "k": k, "pass": ok}
 
 
+def check_embedding(fmt: str, gen) -> dict:
+    """An embedding kept as planes (BlockLayout.rows_of: the dequantize kernel gathering rows by index): its rows
+    in bf16, the reference's rounded, to the bit."""
+    from localllm.kernels.quant_blocks_ref import dequantize_ref
+    from localllm.kernels.quantize_ref import quantize_ref
+    from localllm.layers.quantized import BlockLayout
+
+    raw = quantize_ref(torch.randn(1000, 4096, device="cuda", generator=gen) * 0.02, fmt)
+    layout = BlockLayout.of(1000, 4096, [(0, 1000, fmt)], packed=True)
+    weight = torch.empty(layout.nbytes, dtype=torch.uint8, device="cuda")
+    layout.write_rows(weight, layout.parts[0], 0, raw)
+    index = torch.tensor([[999, 0, 17], [17, 500, 3]], device="cuda")
+    got = layout.rows_of(weight, index, torch.bfloat16)
+    ok = torch.equal(got, dequantize_ref(raw, fmt)[index].bfloat16())
+    print(f"{'PASS' if ok else 'FAIL'}  {fmt + ' embedding rows bf16':<36}", flush=True)
+    if not ok:
+        failures.append(f"{fmt} embedding")
+    return {"format": fmt, "embedding_rows": True, "pass": ok}
+
+
 def check_all(gen) -> list[dict]:
     rows = []
     for fmt in FORMATS:
@@ -144,6 +164,7 @@ def check_all(gen) -> list[dict]:
         rows.append(check(fmt, 2, 1000, 4096, gen))       # a partial row tile
         rows.append(check(fmt, 20, 1000, 4096, gen))      # the dot kernel: partial tiles of both
         rows.append(check_exact_dequantize(fmt, gen))
+        rows.append(check_embedding(fmt, gen))
         for m, (n, k) in ((1, (28672, 4096)), (2, (1000, 4096)), (1, (64, 65536))):   # the last: K split
             rows.append(check_gated(fmt, m, n, k, gen))
     for first, second in (("Q4_K", "Q6_K"), ("Q4_K", "Q8_0"), ("Q5_K", "Q6_K"), ("int4_g128", "Q6_K")):

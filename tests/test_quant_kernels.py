@@ -178,6 +178,25 @@ def test_dequantize_kernel_is_exact(fmt):
     assert torch.equal(out, dequantize_ref(raw[5:11], fmt))
 
 
+@pytest.mark.parametrize("fmt", ["Q4_K", "Q6_K", "Q8_0"])
+def test_embedding_rows_are_gathered_by_the_dequantize_kernel(fmt):
+    """A quantized embedding kept as planes looks its rows up in one launch (GATHER: the rows an index names,
+    repeated and out of order, in two dimensions), each the reference's row bit for bit; in bfloat16 within its
+    rounding (Triton's interpreter truncates there: scripts/gpu_quant_check.py checks the GPU's rounding)."""
+    from localllm.layers.quantized import BlockLayout
+
+    _, raw = _case(fmt, 1, n=13, seed=6)
+    k = raw.shape[1] // BLOCK_FORMATS[fmt].nbytes * BLOCK_FORMATS[fmt].elems
+    layout = BlockLayout.of(13, k, [(0, 13, fmt)], packed=True)
+    weight = torch.empty(layout.nbytes, dtype=torch.uint8)
+    layout.write_rows(weight, layout.parts[0], 0, raw)
+    index = torch.tensor([[12, 0, 5], [5, 7, 1]])
+    want = dequantize_ref(raw, fmt)[index]
+    assert torch.equal(layout.rows_of(weight, index, torch.float32), want)
+    rounded = layout.rows_of(weight, index, torch.bfloat16)
+    assert rounded.dtype == torch.bfloat16 and torch.allclose(rounded.float(), want, rtol=2 ** -7, atol=0)
+
+
 def test_fp8_decodes_every_finite_code_exactly():
     """The kernels build float8 e4m3 values from their bits: every finite code (normal and subnormal, both signs)
     times its block's scale, as torch's float8_e4m3fn gives it; x = the identity reads the weight back, through

@@ -120,8 +120,9 @@ def test_gemv_at_two_rows_gated_and_dequantize_compile_for_hopper():
                  WHOLE_SLICES=False, GATED=True, USE_PDL=True)
     ptx = _ptx(_gemv_kernel, "Q4_K", "bf16", _GEMV_INTS, tiles, num_warps=2)
     assert "atom.global" in ptx and "ex2.approx" in ptx and ".local" not in ptx
-    ptx = _ptx(_dequantize_kernel, "Q6_K", "bf16", ["K"], dict(BLOCK_N=4, BLOCK_U=128))
-    assert re.search(r"ld\.global(\.\w+)*\.v2\.b32", ptx) and ".local" not in ptx
+    for gather in (False, True):     # a weight's rows, an embedding's rows by index
+        ptx = _ptx(_dequantize_kernel, "Q6_K", "bf16", ["K"], dict(BLOCK_N=4, BLOCK_U=128, GATHER=gather))
+        assert re.search(r"ld\.global(\.\w+)*\.v2\.b32", ptx) and ".local" not in ptx
 
 
 @pytest.mark.parametrize("fmt", ["Q4_K", "Q6_K", "Q8_0"])

@@ -34,7 +34,7 @@ class VocabParallelEmbedding(nn.Module):
         layout = getattr(self, "layout", None)
         if layout is None:
             return F.embedding(token_ids, self.weight)
-        return layout.rows_of(self.weight, token_ids).to(self.dtype)
+        return layout.rows_of(self.weight, token_ids, self.dtype)
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         if tp_size() == 1:

@@ -151,10 +151,19 @@ class BlockLayout:
         y = y.reshape(*x.shape[:-1], self.rows)
         return silu_and_mul(y) if gated else y
 
-    def rows_of(self, weight: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """Dequantized rows [*index.shape, cols] (float32): an embedding lookup."""
+    def rows_of(self, weight: torch.Tensor, index: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Dequantized rows [*index.shape, cols] in dtype (float32 rounded to it): an embedding lookup, by the
+        dequantize kernel where the weight is planes."""
         assert len(self.parts) == 1, "an embedding is one tensor"
-        return self._dequantize_part(weight, self.parts[0], index)
+        part = self.parts[0]
+        if not self.packed:
+            return self._dequantize_part(weight, part, index).to(dtype)
+        from localllm.kernels.quant_matmul import dequantize_rows
+
+        flat = index.reshape(-1)
+        out = torch.empty((flat.numel(), self.cols), dtype=dtype, device=weight.device)
+        dequantize_rows(self._planes(weight, part), part.fmt, 0, flat.numel(), out, index=flat)
+        return out.view(*index.shape, self.cols)
 
 
 class BlockSource:
