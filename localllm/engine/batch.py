@@ -223,15 +223,15 @@ def unpack(header: torch.Tensor, payload: torch.Tensor, device: torch.device,
     of tokens the step in flight samples, where the rows of sequences whose latest token is not read back yet
     take their input from."""
     b, width, n_pending = (int(header[H[k]]) for k in ("num_seqs", "table_width", "num_pending"))
-    if device.type != "cuda":
-        payload = payload.long()   # the plain-torch path indexes with int64; the GPU kernels take int32
+    # the parts torch indexes with (ids, positions, logits rows, in-flight rows) in int64, by one conversion of the
+    # whole payload; the GPU kernels take the others in int32 (the plain-torch path, int64 too)
+    wide = payload.long()
     sizes = payload_parts(header)
-    parts = payload.split([_aligned(n) for n in sizes])
-    ids, positions, slots, logits_at, query_start, context_lens, tables, rows, sources = (
-        part[:n] for part, n in zip(parts, sizes))
-    input_ids = ids.long()
+    ids, positions, _, logits_at, _, _, _, rows, sources = _parts(wide, sizes)
+    _, _, slots, _, query_start, context_lens, tables, _, _ = _parts(payload if device.type == "cuda" else wide, sizes)
+    input_ids = ids
     if n_pending:
-        input_ids[rows.long()] = in_flight_tokens[sources.long()]
+        input_ids[rows] = in_flight_tokens[sources]
     on_host = device.type != "cuda"
     meta = AttentionMetadata(
         slot_mapping=slots, block_tables=tables.view(b, width), context_lens=context_lens,
@@ -239,8 +239,13 @@ def unpack(header: torch.Tensor, payload: torch.Tensor, device: torch.device,
         max_query_len=int(header[H["max_query_len"]]), max_context_len=int(header[H["max_context_len"]]),
         query_start_loc_host=query_start.tolist() if on_host else [],
         context_lens_host=context_lens.tolist() if on_host else [])
-    return StepBatch(input_ids, positions.long(), meta, logits_at.long(),
+    return StepBatch(input_ids, positions, meta, logits_at,
                      uniform_query_len=int(header[H["uniform_query_len"]]))
+
+
+def _parts(payload: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
+    """The payload's parts (views), of the lengths payload_parts gives."""
+    return [part[:n] for part, n in zip(payload.split([_aligned(n) for n in sizes]), sizes)]
 
 
 def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
