@@ -15,7 +15,9 @@ Triton kernels (each module imports triton when imported; import them only where
                                     tensor-core kernel of quant_gemm (to 64 rows), dequantize + cuBLAS above;
                                     quant_tiles decodes the planes for all three, quant_launch launches them;
                                     FP8 weights from 3 rows of x on the FP8 tensor cores (fp8_gemm: x quantized
-                                    to e4m3 per 128 columns, cuBLAS's block-scaled matmul)
+                                    to e4m3 per 128 columns, cuBLAS's block-scaled matmul); merged_matmul runs
+                                    two formats' GEMVs in one launch; gated: SwiGLU in the GEMV's store;
+                                    dequantize_rows also gathers an embedding's rows
   gemv.gemv                         y = x @ W^T for a few token rows, with the RMSNorm or SiLU-and-mul before
                                     it and the residual add after it fused in, or its partial sum pushed to
                                     every tensor-parallel rank (peer_sum: the all-reduce split over the GEMV and
