@@ -223,12 +223,11 @@ def _gemv_x(x2: torch.Tensor, fmt: str, packed: dict | None) -> tuple[torch.Tens
     return pack_fixed_x(x2, block_format(fmt).group, packed)
 
 
-def gemv_config(fmt: str, n: int, k: int, device: torch.device, gpu: bool, tiles: dict | None = None,
-                gated: bool = False) -> dict:
+def gemv_config(fmt: str, n: int, k: int, device: torch.device, gpu: bool, tiles: dict | None = None) -> dict:
     """A program's tile: BLOCK_N rows by BLOCK_U units (a few to each thread, so that x's columns lie as the words
     do), tiles (when given) overriding them; SPLIT slices of K (WHOLE_SLICES: all of BLOCK_U units), and
     ROW_PROGRAMS programs along the rows for each, about PROGRAMS_PER_SM in all a SM (tiles may set
-    PROGRAMS_PER_SM too). gated: a tile is half gate rows, half up rows (at least one of each)."""
+    PROGRAMS_PER_SM too)."""
     units = row_units(fmt, k, gemv_unit_words(fmt))
     if gpu:   # scripts/gpu_quant_check.py's sweeps on one H200 at Llama-3.1-8B's shapes, at one row of x: the whole
         # of K in one slice where it fits (no partial sums to add up), one row a tile for FP8 and int4 (their packed
@@ -240,8 +239,6 @@ def gemv_config(fmt: str, n: int, k: int, device: torch.device, gpu: bool, tiles
     else:     # the interpreter: few programs (its cost is per operation, whatever the tile)
         config = dict(BLOCK_N=8, num_warps=1, BLOCK_U=2, AHEAD=2)
     config.update(tiles or {})
-    if gated:
-        config["BLOCK_N"] = max(2, config["BLOCK_N"])
     programs_per_sm = config.pop("PROGRAMS_PER_SM", PROGRAMS_PER_SM)
     config["SPLIT"] = triton.cdiv(units, config["BLOCK_U"])
     config["WHOLE_SLICES"] = units % config["BLOCK_U"] == 0
@@ -274,9 +271,9 @@ def _part(x2: torch.Tensor, planes: dict, fmt: str, y: torch.Tensor, n: int, con
     return part
 
 
-def _config(fmt: str, n: int, k: int, device: torch.device, gpu: bool, tiles: dict | None, gated: bool) -> dict:
+def _config(fmt: str, n: int, k: int, device: torch.device, gpu: bool, tiles: dict | None) -> dict:
     """gemv_config's tiles and PARTIALS, the split-K workspace's float32 sums they need."""
-    config = gemv_config(fmt, n, k, device, gpu, tiles, gated)
+    config = gemv_config(fmt, n, k, device, gpu, tiles)
     config["PARTIALS"] = triton.cdiv(n, config["BLOCK_N"]) * config["SPLIT"] * 2 * config["BLOCK_N"]
     return config
 
@@ -294,7 +291,8 @@ def quant_gemv(x2: torch.Tensor, planes: dict, fmt: str, y: torch.Tensor, n: int
     """y [M, N] = x2 [M, K] @ W^T (quant_matmul.quant_matmul's arguments), or with gated y [M, N / 2] =
     silu(x2 @ W[:N / 2]^T) * (x2 @ W[N / 2:]^T): a launch for each two rows of x, which cost a program about what
     one does (x packed once for all, by the GEMV itself where a unit is a group)."""
-    config = _config(fmt, n, k, x2.device, gpu, tiles, gated)
+    config = _config(fmt, n, k, x2.device, gpu, tiles)
+    assert not gated or config["BLOCK_N"] >= 2, "a gated tile holds gate and up rows (gates_itself)"
     workspace = SplitWorkspace.get(x2.device, config.pop("PARTIALS"), triton.cdiv(n, config["BLOCK_N"]))
     part = _part(x2, planes, fmt, y, n, config, packed_x, gated, workspace)
     grid = (part["ROW_PROGRAMS"], part["SPLIT"])
@@ -310,7 +308,7 @@ def quant_gemv_pair(x2: torch.Tensor, weights: list[tuple[dict, str, torch.Tenso
     (_gemv_pair_kernel): the programs one GEMV of the larger would have, shared by the weights' bytes. False
     (nothing launched) where their tiles need different warps a program."""
     n = [planes["q"].shape[0] for planes, _, _ in weights]
-    configs = [_config(fmt, rows, k, x2.device, gpu, None, False) for (_, fmt, _), rows in zip(weights, n)]
+    configs = [_config(fmt, rows, k, x2.device, gpu, None) for (_, fmt, _), rows in zip(weights, n)]
     if configs[0]["num_warps"] != configs[1]["num_warps"]:
         return False
     weight_bytes = [sum(p.numel() * p.element_size() for p in planes.values()) for planes, _, _ in weights]

@@ -227,9 +227,8 @@ def unpack(header: torch.Tensor, payload: torch.Tensor, device: torch.device,
     # whole payload; the GPU kernels take the others in int32 (the plain-torch path, int64 too)
     wide = payload.long()
     sizes = payload_parts(header)
-    ids, positions, _, logits_at, _, _, _, rows, sources = _parts(wide, sizes)
+    input_ids, positions, _, logits_at, _, _, _, rows, sources = _parts(wide, sizes)
     _, _, slots, _, query_start, context_lens, tables, _, _ = _parts(payload if device.type == "cuda" else wide, sizes)
-    input_ids = ids
     if n_pending:
         input_ids[rows] = in_flight_tokens[sources]
     on_host = device.type != "cuda"
