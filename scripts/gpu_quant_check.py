@@ -48,6 +48,20 @@ DOT_SWEEP_TILES = [dict(BLOCK_M=16, BLOCK_N=bn, BLOCK_U=bu, num_warps=w) for bn 
 failures: list[str] = []
 
 
+def _report(name: str, ok: bool, detail: str = "", failure: str | None = None) -> None:
+    """One PASS / FAIL line; a failure is listed (as `failure`, by default the name) for the exit status."""
+    print(f"{'PASS' if ok else 'FAIL'}  {name:<36} {detail}".rstrip(), flush=True)
+    if not ok:
+        failures.append(failure or name)
+
+
+def _random_blocks(fmt: str, n: int, k: int, gen) -> torch.Tensor:
+    """A random [n, k] weight (weights of scale 0.02) quantized to fmt's block rows, on the GPU."""
+    from localllm.kernels.quantize_ref import quantize_ref
+
+    return quantize_ref(torch.randn(n, k, device="cuda", generator=gen) * 0.02, fmt)
+
+
 def check(fmt: str, m: int, n: int, k: int, gen) -> dict:
     """quant_matmul's choice of path against its reference: FP8 weights on the FP8 tensor cores against
     fp8_matmul_ref (x quantized as the kernel quantizes it), every other path against quant_matmul_ref."""
@@ -55,9 +69,8 @@ def check(fmt: str, m: int, n: int, k: int, gen) -> dict:
     from localllm.kernels.quant_blocks_ref import quant_matmul_ref
     from localllm.kernels.quant_matmul import chosen_path, quant_matmul
     from localllm.kernels.quant_planes_ref import pack_planes
-    from localllm.kernels.quantize_ref import quantize_ref
 
-    raw = quantize_ref(torch.randn(n, k, device="cuda", generator=gen) * 0.02, fmt)
+    raw = _random_blocks(fmt, n, k, gen)
     x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
     planes = pack_planes(raw, fmt)
     got = quant_matmul(x, planes, fmt)
@@ -67,10 +80,7 @@ def check(fmt: str, m: int, n: int, k: int, gen) -> dict:
         want = quant_matmul_ref(x.float(), raw, fmt)
     error = float((got.float() - want).abs().max() / want.abs().max())
     ok = bool(torch.isfinite(got).all()) and error < 2e-2
-    name = f"{fmt} M={m} N={n} K={k}"
-    print(f"{'PASS' if ok else 'FAIL'}  {name:<36} relative max error {error:.2e}", flush=True)
-    if not ok:
-        failures.append(name)
+    _report(f"{fmt} M={m} N={n} K={k}", ok, f"relative max error {error:.2e}")
     return {"format": fmt, "m": m, "n": n, "k": k, "relative_max_error": error, "pass": ok}
 
 
@@ -79,16 +89,13 @@ def check_exact_dequantize(fmt: str, gen) -> dict:
     from localllm.kernels.quant_blocks_ref import dequantize_ref
     from localllm.kernels.quant_matmul import dequantize_rows
     from localllm.kernels.quant_planes_ref import pack_planes
-    from localllm.kernels.quantize_ref import quantize_ref
 
-    raw = quantize_ref(torch.randn(300, 2048, device="cuda", generator=gen) * 0.02, fmt)
+    raw = _random_blocks(fmt, 300, 2048, gen)
     got = dequantize_rows(pack_planes(raw, fmt), fmt, 0, 300, torch.empty(300, 2048, device="cuda"))
     want = dequantize_ref(raw, fmt)
     error = float((got - want).abs().max() / want.abs().max())   # a fused d * q - m rounds once, near 0 too
     ok = error < 1e-6
-    print(f"{'PASS' if ok else 'FAIL'}  {fmt + ' dequantize float32':<36} relative max error {error:.2e}", flush=True)
-    if not ok:
-        failures.append(f"{fmt} dequantize")
+    _report(f"{fmt} dequantize float32", ok, f"relative max error {error:.2e}", f"{fmt} dequantize")
     return {"format": fmt, "dequantize_relative_max_error": error, "pass": ok}
 
 
@@ -99,18 +106,14 @@ def check_gated(fmt: str, m: int, n: int, k: int, gen) -> dict:
     from localllm.kernels.quant_gemv import gates_itself
     from localllm.kernels.quant_matmul import quant_matmul
     from localllm.kernels.quant_planes_ref import pack_planes
-    from localllm.kernels.quantize_ref import quantize_ref
 
-    planes = pack_planes(quantize_ref(torch.randn(n, k, device="cuda", generator=gen) * 0.02, fmt), fmt)
+    planes = pack_planes(_random_blocks(fmt, n, k, gen), fmt)
     x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
     got = quant_matmul(x, planes, fmt, gated=True)
     want = silu_and_mul(quant_matmul(x, planes, fmt))
     ok = torch.equal(got, want)
     where = "in the GEMV" if gates_itself(fmt, n, k, x.device, True) else "after it"
-    name = f"{fmt} gated ({where}) M={m} N={n} K={k}"
-    print(f"{'PASS' if ok else 'FAIL'}  {name:<36} {int((got != want).sum())} values differ", flush=True)
-    if not ok:
-        failures.append(name)
+    _report(f"{fmt} gated ({where}) M={m} N={n} K={k}", ok, f"{int((got != want).sum())} values differ")
     return {"format": fmt, "m": m, "n": n, "k": k, "gated": True, "pass": ok}
 
 
@@ -119,19 +122,15 @@ def check_pair(first: str, second: str, m: int, n: tuple[int, int], k: int, gen)
     against each one's own GEMV, which they must equal to the bit."""
     from localllm.kernels.quant_matmul import merged_matmul, quant_matmul
     from localllm.kernels.quant_planes_ref import pack_planes
-    from localllm.kernels.quantize_ref import quantize_ref
 
-    planes = [pack_planes(quantize_ref(torch.randn(rows, k, device="cuda", generator=gen) * 0.02, fmt), fmt)
-              for fmt, rows in zip((first, second), n)]
+    planes = [pack_planes(_random_blocks(fmt, rows, k, gen), fmt) for fmt, rows in zip((first, second), n)]
     x = torch.randn(m, k, device="cuda", generator=gen).to(torch.bfloat16)
     got = torch.empty(m, sum(n), device="cuda", dtype=torch.bfloat16)
     merged_matmul(x, [(planes[0], first, got[:, :n[0]]), (planes[1], second, got[:, n[0]:])], {})
     want = torch.cat([quant_matmul(x, planes[0], first), quant_matmul(x, planes[1], second)], 1)
     ok = torch.equal(got, want)
-    name = f"{first}+{second} one launch M={m} N={n[0]}+{n[1]} K={k}"
-    print(f"{'PASS' if ok else 'FAIL'}  {name:<36} {int((got != want).sum())} values differ", flush=True)
-    if not ok:
-        failures.append(name)
+    _report(f"{first}+{second} one launch M={m} N={n[0]}+{n[1]} K={k}", ok,
+            f"{int((got != want).sum())} values differ")
     return {"formats": [first, second], "m": m, "n": list(n), "k": k, "pass": ok}
 
 
@@ -139,19 +138,16 @@ def check_embedding(fmt: str, gen) -> dict:
     """An embedding kept as planes (BlockLayout.rows_of: the dequantize kernel gathering rows by index): its rows
     in bf16, the reference's rounded, to the bit."""
     from localllm.kernels.quant_blocks_ref import dequantize_ref
-    from localllm.kernels.quantize_ref import quantize_ref
     from localllm.layers.quantized import BlockLayout
 
-    raw = quantize_ref(torch.randn(1000, 4096, device="cuda", generator=gen) * 0.02, fmt)
+    raw = _random_blocks(fmt, 1000, 4096, gen)
     layout = BlockLayout.of(1000, 4096, [(0, 1000, fmt)], packed=True)
     weight = torch.empty(layout.nbytes, dtype=torch.uint8, device="cuda")
     layout.write_rows(weight, layout.parts[0], 0, raw)
     index = torch.tensor([[999, 0, 17], [17, 500, 3]], device="cuda")
     got = layout.rows_of(weight, index, torch.bfloat16)
     ok = torch.equal(got, dequantize_ref(raw, fmt)[index].bfloat16())
-    print(f"{'PASS' if ok else 'FAIL'}  {fmt + ' embedding rows bf16':<36}", flush=True)
-    if not ok:
-        failures.append(f"{fmt} embedding")
+    _report(f"{fmt} embedding rows bf16", ok, failure=f"{fmt} embedding")
     return {"format": fmt, "embedding_rows": True, "pass": ok}
 
 
@@ -180,7 +176,6 @@ def _copies(nbytes: int) -> int:
 def _weights(fmt: str | None, n: int, k: int, gen) -> tuple[list, int]:
     """Enough copies of one random [n, k] weight (dense bf16, or planes) to miss the L2 cache; its bytes."""
     from localllm.kernels.quant_planes_ref import pack_planes
-    from localllm.kernels.quantize_ref import quantize_ref
 
     if fmt is None:
         weight = torch.randn(n, k, device="cuda", generator=gen).to(torch.bfloat16)
@@ -189,7 +184,7 @@ def _weights(fmt: str | None, n: int, k: int, gen) -> tuple[list, int]:
     planes = {}
     for first in range(0, n, 16384):   # quantized in row chunks: the float32 draft of an LM head is 2 GB
         rows = min(16384, n - first)
-        chunk = pack_planes(quantize_ref(torch.randn(rows, k, device="cuda", generator=gen) * 0.02, fmt), fmt)
+        chunk = pack_planes(_random_blocks(fmt, rows, k, gen), fmt)
         for name, plane in chunk.items():
             planes.setdefault(name, []).append(plane)
     planes = {name: torch.cat(parts) for name, parts in planes.items()}
