@@ -183,7 +183,10 @@ class ModelRunner:
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor, batch: StepBatch) -> torch.Tensor | None:
         """forward's logits, from the step's hidden states."""
-        if batch.logits_indices.shape[0] == 0:
+        rows = batch.logits_indices.shape[0]
+        if rows == 0:
             return hidden.new_empty((0, 0), dtype=torch.float32)
-        logits = self.model.compute_logits(hidden[batch.logits_indices])
+        # the indices ascend without repeats, so as many as the rows are every row in order (a decode step's): the
+        # gather would be a launch that copies them
+        logits = self.model.compute_logits(hidden if rows == hidden.shape[0] else hidden[batch.logits_indices])
         return None if logits is None else logits.float()
