@@ -37,6 +37,18 @@ for variant in sys.argv[1].split("+"):
     elif name == "fourpps":
         from localllm.kernels import quant_gemv
         quant_gemv._FOUR_ROW_TILE["PROGRAMS_PER_SM"] = int(num)
+    elif name == "fourwarps":
+        from localllm.kernels import quant_gemv
+        quant_gemv._FOUR_ROW_TILE["num_warps"] = int(num)
+    elif name == "fourbn":
+        from localllm.kernels import quant_gemv
+        quant_gemv._FOUR_ROW_TILE["BLOCK_N"] = int(num)
+    elif name == "fourahead":
+        from localllm.kernels import quant_gemv
+        quant_gemv._FOUR_ROW_TILE["AHEAD"] = int(num)
+    elif name == "sixpps":
+        from localllm.kernels import quant_gemv
+        quant_gemv._SHORT_ROW_TILES["Q6_K"]["PROGRAMS_PER_SM"] = int(num)
     elif name == "gather":   # the logits rows gathered even where they are every row
         from localllm.engine import model_runner
         plain_logits = model_runner.ModelRunner.logits
