@@ -66,8 +66,9 @@ def test_gemv_bfloat16_within_rounding_and_tiles_do_not_matter():
 def test_gemv_config_keeps_products_in_registers():
     from localllm.kernels.gemv import gemv_config
 
-    assert gemv_config(1, 28672, 4096) == (1, 8, 512)
-    assert gemv_config(1, 1024, 2048) == (1, 4, 512)
+    assert gemv_config(1, 28672, 4096) == (1, 8, 1024)
+    assert gemv_config(1, 1024, 2048) == (1, 4, 1024)
+    assert gemv_config(2, 6144, 4096) == (2, 4, 1024)
     assert gemv_config(8, 4096, 14336) == (8, 4, 256)
     assert gemv_config(3, 40, 96) == (4, 4, 128)
 
