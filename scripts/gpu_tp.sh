@@ -3,8 +3,10 @@
 # the all-reduce share of a decode step, the degree the engine picks by itself, and `localllm ps` with a model split
 # over the most GPUs. Usage: scripts/gpu_tp.sh OUTDIR (every stage's JSON lands there). DEGREES lists the degrees
 # (default "1 2"; "1 2 4" on four GPUs), the last being the largest; the 70B model runs at the degrees above 1, or at
-# DEGREES_70B. STAGES picks stages (default: all, in this order; ~11 minutes on 2 H200s). SMOLLM2_GGUF names the
-# embedded model's GGUF where its package is not installed. Run from the repository root.
+# DEGREES_70B. STAGES picks stages (default: all, in this order; ~12 minutes on 2 H200s); "share" times one rank's
+# share of the 8B at the largest degree alone on GPU 0 (scripts/gpu_tp_rank_share.py): beside the same workloads at
+# --tp, the difference is what crossing the GPUs costs. SMOLLM2_GGUF names the embedded model's GGUF where its
+# package is not installed. Run from the repository root.
 set -u
 OUT=${1:?usage: scripts/gpu_tp.sh OUTDIR}
 mkdir -p "$OUT"
@@ -25,7 +27,7 @@ thr() { ll bench throughput --random-weights "$1" --tp "$2" --workload nano-vllm
 padded() { [ -d /tmp/tp-smollm2 ] || python3 -c "import sys; sys.path.insert(0, 'scripts')
 from pathlib import Path; from gpu_tp_agreement import padded_smollm2
 padded_smollm2(Path('/tmp/tp-smollm2'), Path('$SMOLLM2_GGUF') if '${SMOLLM2_GGUF:-}' else None)"; }
-for stage in ${STAGES:-fp32 agreement latency-8b latency-70b throughput-70b throughput-8b allreduce profile degree ps}; do
+for stage in ${STAGES:-fp32 agreement latency-8b latency-70b throughput-70b throughput-8b share allreduce profile degree ps}; do
   echo "== $stage $(date -u +%H:%M:%S)"
   case $stage in
     fp32) for tp in $SPLIT; do
@@ -40,6 +42,10 @@ for stage in ${STAGES:-fp32 agreement latency-8b latency-70b throughput-70b thro
     latency-70b) for tp in $DEGREES_70B; do lat llama-3.1-70b "$tp" nccl; lat llama-3.1-70b "$tp" fused; done ;;
     throughput-70b) for tp in $DEGREES_70B; do thr llama-3.1-70b "$tp"; done ;;
     throughput-8b) for tp in $DEGREES; do thr llama-3.1-8b "$tp"; done ;;
+    share) share() { CUDA_VISIBLE_DEVICES=0 py scripts/gpu_tp_rank_share.py "$MAX" localllm bench "$@" 2>&1 | tail -4; }
+           share latency --random-weights llama-3.1-8b --json-out "$OUT/latency-llama-3.1-8b-share$MAX.json"
+           share throughput --random-weights llama-3.1-8b --workload nano-vllm \
+             --json-out "$OUT/throughput-llama-3.1-8b-share$MAX.json" ;;
     allreduce) for tp in $SPLIT; do
         latency=(); for model in 8b 70b; do
           f="$OUT/latency-llama-3.1-$model-tp$tp-nccl.json"; [ -f "$f" ] && latency+=(--latency-json "$model=$f")

@@ -175,3 +175,24 @@ def test_gated_mlp_reads_the_stream_not_a_pending_sum():
     out, stream = gated_mlp(gate_up, down, SiluAndMul(), norm, pending, residual)
     assert given == [pending] and stream is residual
     assert torch.allclose(out, silu_and_mul_ref((residual * 2) @ gate_up.weight.t()) @ down.weight.t())
+
+
+@pytest.mark.parametrize("name", ["llama-3.1-8b", "qwen3-0.6b"])
+def test_a_rank_share_alone_has_the_shapes_of_a_ranks_shard(name, monkeypatch):
+    """scripts/gpu_tp_rank_share.py (a rank's compute timed alone on one GPU) builds, at one rank, exactly the
+    parameter shapes that rank 1 of 2 holds of the whole model."""
+    from pathlib import Path
+
+    from localllm.bench import models
+    from localllm.engine.model_builder import build_model
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
+    from gpu_tp_rank_share import rank_share
+
+    meta, bf16 = torch.device("meta"), torch.bfloat16
+    with pretend_rank(1, 2):
+        shard, _ = build_model(models.random_weight_config(name), None, "none", meta, bf16, device_type="cuda")
+    alone, _ = build_model(rank_share(2)(name), None, "none", meta, bf16, device_type="cuda")
+    shapes = {n: p.shape for n, p in shard.named_parameters()}
+    assert {n: p.shape for n, p in alone.named_parameters()} == shapes
+    assert len(shapes) > 100   # every layer's
