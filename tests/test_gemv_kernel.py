@@ -30,7 +30,8 @@ def _case(m, n, k, dtype, *, silu_mul=False, seed=0):
     return x, w, bias, norm, residual
 
 
-@pytest.mark.parametrize("m,n,k", [(1, 40, 96), (3, 33, 70), (8, 64, 128)])
+# (1, 9, 1536): the tiles a real model's one token row takes (1,024 columns a step), the second step masked
+@pytest.mark.parametrize("m,n,k", [(1, 40, 96), (3, 33, 70), (8, 64, 128), (1, 9, 1536)])
 @pytest.mark.parametrize("variant", ["plain", "norm", "silu_mul", "bias_residual", "norm_bias_residual"])
 def test_gemv_float32_matches_reference(m, n, k, variant):
     from localllm.kernels.gemv import gemv
