@@ -1,8 +1,9 @@
 """All-reduce latency on N GPUs inside a CUDA graph, through localllm's own reducers (nccl, symm_mem) and torch's
 two-shot symmetric-memory all-reduce (a candidate for the large messages of full-batch steps: 256 rows of the 8B
-model are 2 MiB, of the 70B 4 MiB), and the share of a batch-1 decode step it takes: per token a Llama does 2
-all-reduces per layer plus 1 in the embedding, each of hidden_size bf16 values; the step time comes from
-`bench latency --tp N` JSON of the same degree. NCCL's protocol is its own choice unless NCCL_PROTO is set.
+model are 2 MiB, of the 70B 4 MiB, a 1,024-token prefill chunk of the 8B 8 MiB), and the share of a batch-1 decode
+step it takes: per token a Llama does 2 all-reduces per layer plus 1 in the embedding, each of hidden_size bf16
+values; the step time comes from `bench latency --tp N` JSON of the same degree. NCCL's protocol is its own choice
+unless NCCL_PROTO is set.
 
     python scripts/gpu_tp_allreduce.py --world-size 2 --latency-json 8b=lat-8b-tp2.json \\
         --latency-json 70b=lat-70b-tp2.json --json-out allreduce.json
@@ -16,7 +17,7 @@ import socket
 import torch
 import torch.multiprocessing as mp
 
-SIZES_KIB = [8, 16, 64, 128, 2048, 4096]
+SIZES_KIB = [8, 16, 64, 128, 1024, 2048, 4096, 8192]
 OPS_PER_GRAPH = 100
 REPLAYS = 20
 MODELS = {"8b": (32, 4096), "70b": (80, 8192)}   # layers, hidden size
