@@ -43,8 +43,7 @@ def main() -> None:
 
         sys.argv = ["localllm", *args]
         app()
-    else:
-        sys.path.insert(0, "scripts")   # scripts import their neighbours
+    else:   # this script's folder is already first on sys.path, so a script finds its neighbours
         sys.argv = [program, *args]
         runpy.run_path(program, run_name="__main__")
 
