@@ -36,8 +36,8 @@ class Config:
     overlap_steps: bool | None = None  # schedule the next step while the GPU runs this one; None = on GPU only
     tensor_parallel_size: int | None = None  # ranks the model is split over; None = 1 on CPU, on GPUs the fewest
     #                                          that fit the weights and a useful KV pool
-    tp_allreduce: str = "nccl"        # all-reduce of the ranks: nccl (gloo on CPU), symm_mem (small ones, GPUs) or
-    #                                   fused (one-token steps' inside the GEMV and the norm after it, GPUs)
+    tp_allreduce: str = "nccl"        # all-reduce of the ranks: nccl (gloo on CPU), symm_mem (up to 10 MiB, GPUs)
+    #                                   or fused (one-token steps' inside the GEMV and the norm after it, GPUs)
     speculative: str = "off"          # speculative decoding: off, ngram (drafts looked up in the prompt and output) or
     #                                   draft:MODEL (a small model with the same vocabulary proposes them, greedily)
     num_speculative_tokens: int = 4   # most drafts one sequence verifies per step

@@ -152,6 +152,20 @@ def test_an_all_reduce_of_gpus_alone_is_refused_in_one_line_on_the_cpu(tmp_path_
         LLM(str(model_dir), tensor_parallel_size=2, tp_allreduce=kind, **ENGINE)
 
 
+def test_symm_mem_takes_one_shot_for_small_messages_two_shot_for_a_full_batchs_and_nccl_past_its_buffer():
+    from localllm.layers.allreduce import symm_mem_path
+
+    buffer, hidden = 10 << 20, 4096 * 2   # the default buffer; one row of the 8B model in bf16
+    assert symm_mem_path(hidden, buffer, two_shot=True) == "one_shot"          # batch 1
+    assert symm_mem_path(32 * hidden, buffer, two_shot=True) == "one_shot"     # 256 KiB
+    assert symm_mem_path(33 * hidden, buffer, two_shot=True) == "two_shot"
+    assert symm_mem_path(256 * hidden, buffer, two_shot=True) == "two_shot"    # a full batch: 2 MiB
+    assert symm_mem_path(2048 * hidden, buffer, two_shot=True) == "group"      # a 2,048-token prefill chunk
+    assert symm_mem_path(256 * hidden, buffer, two_shot=False) == "group"      # a torch without two-shot
+    assert symm_mem_path(256 * hidden, 1 << 20, two_shot=True) == "group"      # past a smaller buffer
+    assert symm_mem_path(4096 + 2, buffer, two_shot=True) == "group"           # not whole 16-byte vectors
+
+
 def test_gated_mlp_reads_the_stream_not_a_pending_sum():
     """At one token with the ranks' partial sums pushed to each other (layers/peer_exchange), the MLP's hidden is a
     PendingSum, which has no rows: gated_mlp decides where SwiGLU runs from the residual stream, and its norm then

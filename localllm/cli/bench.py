@@ -31,7 +31,7 @@ KvBlocksOpt = typer.Option(None, "--num-kv-blocks", min=1, help="Fix the KV pool
                                                                 "instead of filling the free memory.")
 TpOpt = typer.Option(None, "--tp", min=1, help="Tensor-parallel degree (GPUs); default: the fewest that fit.")
 AllreduceOpt = typer.Option("nccl", "--allreduce", help="All-reduce of the ranks: nccl, symm_mem (torch symmetric "
-                                                        "memory for small messages) or fused (one-token steps' done "
+                                                        "memory up to 10 MiB) or fused (one-token steps' done "
                                                         "by the GEMV and the norm after it).")
 BackendOpt = typer.Option("localllm", "--backend", help="localllm (this engine) or hf (transformers as the runtime).")
 JsonOpt = typer.Option(None, "--json-out", help="Also write the result as JSON to this file.")

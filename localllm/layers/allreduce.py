@@ -1,9 +1,13 @@
 """The all-reduce of a row-parallel layer, pluggable: the process group's own (NCCL on GPUs, gloo on CPU), or
-torch's symmetric-memory one-shot all-reduce for small messages on GPUs.
+torch's symmetric-memory all-reduces on GPUs.
 
 At batch 1 an all-reduce moves a few KiB and costs its latency, not its bandwidth: inside a CUDA graph on two
-NVLinked H200s NCCL takes 10-11 us for 8-128 KiB, the one-shot kernel (every rank reads its peers' buffers
-directly) 6.7-8 us. Past SYMM_MEM_MAX_BYTES the one-shot kernel reads too much and NCCL takes over.
+NVLinked H200s NCCL takes 10-11 us for 8-128 KiB, the one-shot kernel (every rank reads all of its peers' buffers)
+6.7-8 us. Past ONE_SHOT_MAX_BYTES each rank reads too much that way, and the two-shot kernel takes over: each rank
+sums only its 1/N of the message from every peer, then the ranks gather the sums (a reduce-scatter and an
+all-gather, the traffic of a ring, without NCCL's protocol). That is the size of a full batch's all-reduces (256
+rows of an 8B model: 2 MiB), which NCCL takes 29 us for. Past TWO_SHOT_MAX_BYTES (a long prefill chunk's) NCCL,
+bandwidth-bound there, takes over. The two bounds are torch's own (its intra-node all-reduce's).
 """
 from __future__ import annotations
 
@@ -13,7 +17,8 @@ import torch
 import torch.distributed as dist
 
 from localllm.config import TP_ALLREDUCE_KINDS
-SYMM_MEM_MAX_BYTES = 256 << 10
+ONE_SHOT_MAX_BYTES = 256 << 10
+TWO_SHOT_MAX_BYTES = 10 << 20
 
 
 class ProcessGroupReducer:
@@ -37,12 +42,24 @@ def symm_mem_unavailable_reason(device: torch.device) -> str | None:
     return None
 
 
-class SymmMemReducer:
-    """One-shot all-reduce through a symmetric-memory buffer for messages up to max_bytes; larger ones (and
-    dtypes other than the buffer's) go to the process group. The copy into the buffer and the reduction are
-    plain kernels, so both are captured by CUDA graphs."""
+def symm_mem_path(nbytes: int, buffer_bytes: int, two_shot: bool) -> str:
+    """Which all-reduce a message of nbytes takes, with a symmetric buffer of buffer_bytes: "one_shot",
+    "two_shot" (when this torch has it) or "group" (the process group's). torch's kernels move 16-byte vectors."""
+    if nbytes % 16:
+        return "group"
+    if nbytes <= min(ONE_SHOT_MAX_BYTES, buffer_bytes):
+        return "one_shot"
+    if two_shot and nbytes <= min(TWO_SHOT_MAX_BYTES, buffer_bytes):
+        return "two_shot"
+    return "group"
 
-    def __init__(self, device: torch.device, dtype: torch.dtype, max_bytes: int = SYMM_MEM_MAX_BYTES):
+
+class SymmMemReducer:
+    """One-shot all-reduce through a symmetric-memory buffer for small messages, two-shot for larger ones up to
+    the buffer's size (see symm_mem_path); larger ones (and dtypes other than the buffer's) go to the process
+    group. The copy into the buffer and the reduction are plain kernels, so both are captured by CUDA graphs."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype, max_bytes: int = TWO_SHOT_MAX_BYTES):
         import torch.distributed._symmetric_memory as symm_mem
 
         group = dist.group.WORLD
@@ -55,15 +72,21 @@ class SymmMemReducer:
         self.dtype = dtype
         self.buffer = symm_mem.empty(max_bytes // dtype.itemsize, dtype=dtype, device=device)
         self.handle = symm_mem.rendezvous(self.buffer, self.group_name)   # keeps the peers' mappings alive
+        self.two_shot = hasattr(torch.ops.symm_mem, "two_shot_all_reduce_out")
         self.fallback = ProcessGroupReducer()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         n = x.numel()
-        if x.dtype != self.dtype or n > self.buffer.numel() or not x.is_contiguous():
+        path = symm_mem_path(n * x.element_size(), self.buffer.numel() * self.dtype.itemsize, self.two_shot)
+        if x.dtype != self.dtype or not x.is_contiguous() or path == "group":
             return self.fallback(x)
         staged = self.buffer[:n]
         staged.copy_(x.view(-1))
-        return torch.ops.symm_mem.one_shot_all_reduce(staged, "sum", self.group_name).view(x.shape)
+        if path == "one_shot":
+            return torch.ops.symm_mem.one_shot_all_reduce(staged, "sum", self.group_name).view(x.shape)
+        # the sum lands in x itself, as the process group's does: the buffer is free again for the next call
+        torch.ops.symm_mem.two_shot_all_reduce_out(staged, "sum", self.group_name, x.view(-1))
+        return x
 
 
 def check_allreduce_kind(kind: str, device: torch.device) -> None:
