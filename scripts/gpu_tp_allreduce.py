@@ -1,9 +1,9 @@
-"""All-reduce latency on N GPUs inside a CUDA graph, through localllm's own reducers (nccl, symm_mem) and torch's
-two-shot symmetric-memory all-reduce (a candidate for the large messages of full-batch steps: 256 rows of the 8B
-model are 2 MiB, of the 70B 4 MiB, a 1,024-token prefill chunk of the 8B 8 MiB), and the share of a batch-1 decode
-step it takes: per token a Llama does 2 all-reduces per layer plus 1 in the embedding, each of hidden_size bf16
-values; the step time comes from `bench latency --tp N` JSON of the same degree. NCCL's protocol is its own choice
-unless NCCL_PROTO is set.
+"""All-reduce latency on N GPUs inside a CUDA graph, through localllm's own reducers: nccl, and symm_mem (one-shot
+up to 256 KiB, two-shot above, for the large messages of full-batch steps: 256 rows of the 8B model are 2 MiB, of
+the 70B 4 MiB, a 1,024-token prefill chunk of the 8B 8 MiB), and the share of a batch-1 decode step it takes: per
+token a Llama does 2 all-reduces per layer plus 1 in the embedding, each of hidden_size bf16 values; the step time
+comes from `bench latency --tp N` JSON of the same degree. NCCL's protocol and channels are its own choice unless
+NCCL_PROTO or NCCL_MIN_NCHANNELS are set (the report lists every NCCL_ variable it ran with).
 
     python scripts/gpu_tp_allreduce.py --world-size 2 --latency-json 8b=lat-8b-tp2.json \\
         --latency-json 70b=lat-70b-tp2.json --json-out allreduce.json
@@ -34,15 +34,11 @@ def _measure(rank: int, world_size: int, port: int, results: dict) -> None:
     store = dist.TCPStore("127.0.0.1", port, world_size, is_master=rank == 0)
     init_tensor_parallel(rank, world_size, device, store)
     out = {}
-    for kind in ("nccl", "symm_mem", "symm_mem_two_shot"):
+    for kind in ("nccl", "symm_mem"):
         if kind != "nccl" and symm_mem_unavailable_reason(device):
             out[kind] = {"unavailable": symm_mem_unavailable_reason(device)}
             continue
-        if kind == "symm_mem_two_shot" and not hasattr(torch.ops.symm_mem, "two_shot_all_reduce_"):
-            out[kind] = {"unavailable": "this torch has no symm_mem.two_shot_all_reduce_"}
-            continue
-        use_reducer(TwoShotReducer(device, max(SIZES_KIB) << 10) if kind == "symm_mem_two_shot"
-                    else make_reducer(kind, device, torch.bfloat16))
+        use_reducer(make_reducer(kind, device, torch.bfloat16))
         out[kind] = {}
         for kib in SIZES_KIB:
             x = torch.ones(kib * 1024 // 2, dtype=torch.bfloat16, device=device)
@@ -66,25 +62,6 @@ def _measure(rank: int, world_size: int, port: int, results: dict) -> None:
         results.update(out)
 
 
-class TwoShotReducer:
-    """torch's two-shot all-reduce (a reduce-scatter and an all-gather through the peers' symmetric buffers), in
-    place in its buffer, for messages up to max_bytes of bf16."""
-
-    def __init__(self, device: torch.device, max_bytes: int):
-        import torch.distributed as dist
-        import torch.distributed._symmetric_memory as symm_mem
-
-        self.group_name = dist.group.WORLD.group_name
-        self.buffer = symm_mem.empty(max_bytes // 2, dtype=torch.bfloat16, device=device)
-        self.handle = symm_mem.rendezvous(self.buffer, self.group_name)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        staged = self.buffer[:x.numel()]
-        staged.copy_(x.view(-1))
-        torch.ops.symm_mem.two_shot_all_reduce_(staged, "sum", self.group_name)
-        return staged.view(x.shape)
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -105,7 +82,9 @@ def main() -> None:
         port = _free_port()
         mp.spawn(_rank_main, args=(args.world_size, port, results), nprocs=args.world_size)
         latency_us = dict(results)
-    report = {"world_size": args.world_size, "allreduce_us_in_graph": latency_us, "decode_share": {}}
+    nccl_env = {k: v for k, v in sorted(os.environ.items()) if k.startswith("NCCL_")}
+    report = {"world_size": args.world_size, "nccl_env": nccl_env, "allreduce_us_in_graph": latency_us,
+              "decode_share": {}}
     for item in args.latency_json:
         name, _, path = item.partition("=")
         layers, hidden = MODELS[name]
