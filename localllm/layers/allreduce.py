@@ -78,7 +78,8 @@ class SymmMemReducer:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         n = x.numel()
         path = symm_mem_path(n * x.element_size(), self.buffer.numel() * self.dtype.itemsize, self.two_shot)
-        if x.dtype != self.dtype or not x.is_contiguous() or path == "group":
+        misaligned = path == "two_shot" and x.data_ptr() % 16   # two-shot stores the sum into x in 16-byte vectors
+        if x.dtype != self.dtype or not x.is_contiguous() or path == "group" or misaligned:
             return self.fallback(x)
         staged = self.buffer[:n]
         staged.copy_(x.view(-1))
