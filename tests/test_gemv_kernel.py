@@ -43,6 +43,16 @@ def test_gemv_float32_matches_reference(m, n, k, variant):
     torch.testing.assert_close(gemv(x, w, b, **kwargs), gemv_ref(x, w, b, **kwargs), atol=1e-5, rtol=1e-5)
 
 
+def test_gemv_silu_mul_at_the_wide_tile_matches_reference():
+    """The tile a one-row SiLU-and-mul launch of 4,096 rows or more takes (8 rows x 512 columns), on a small matrix:
+    the last row tile and the last column step masked."""
+    from localllm.kernels.gemv import gemv
+
+    x, w, _, _, residual = _case(1, 20, 1200, torch.float32, silu_mul=True, seed=3)
+    got = gemv(x, w, silu_mul=True, residual=residual, config=(1, 8, 512))
+    torch.testing.assert_close(got, gemv_ref(x, w, silu_mul=True, residual=residual), atol=1e-5, rtol=1e-5)
+
+
 def test_gemv_writes_into_its_residual_in_place():
     """A decoder layer keeps its residual stream in one buffer: out=residual adds the projection into it."""
     from localllm.kernels.gemv import gemv
@@ -72,6 +82,10 @@ def test_gemv_config_keeps_products_in_registers():
     assert gemv_config(2, 6144, 4096) == (2, 4, 1024)
     assert gemv_config(8, 4096, 14336) == (8, 4, 256)
     assert gemv_config(3, 40, 96) == (4, 4, 128)
+    # SiLU-and-mul at one row: 8 rows a tile from 4,096 rows (a TP=2 rank's down of Llama-3.1-8B), 512 columns
+    assert gemv_config(1, 4096, 7168, silu_mul=True) == (1, 8, 512)
+    assert gemv_config(1, 1024, 3072, silu_mul=True) == (1, 4, 1024)
+    assert gemv_config(2, 4096, 7168, silu_mul=True) == (2, 4, 1024)
 
 
 @pytest.mark.parametrize("silu_mul", [False, True])
@@ -119,9 +133,10 @@ def test_decoder_layers_through_the_fused_gemv_keep_greedy_tokens(arch, tmp_path
     configs, name = (BIASED_LLAMA, "llama") if arch == "llama_with_biases" else (CONFIGS, arch)
     model_dir = build_model_dir(name, tmp_path, configs=configs)
     calls = []
-    monkeypatch.setattr(linear, "fuses_gemv", lambda x, module: calls.append(x.shape[0]) or x.shape[0] == 1)
+    monkeypatch.setattr(linear, "fuses_gemv",
+                        lambda x, module, silu_mul=False: calls.append(x.shape[0]) or x.shape[0] == 1)
     # one program covers a tiny matrix: the interpreter's cost is per program
-    monkeypatch.setattr(gemv, "gemv_config", lambda m, n, k: (1, triton.next_power_of_2(n), 128))
+    monkeypatch.setattr(gemv, "gemv_config", lambda m, n, k, silu_mul=False: (1, triton.next_power_of_2(n), 128))
     prompt = [5, 17, 42, 99, 7]
     llm = LLM(str(model_dir), overlap_steps=False, block_size=4, num_kv_blocks=32)
     out = llm.generate([prompt], SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True))

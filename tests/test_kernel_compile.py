@@ -97,14 +97,16 @@ def test_split_k_decode_compiles(sliding, kv):
     assert re.search(r"atom\.global\.[\w.]*acq_rel[\w.]*\.add", ptx)   # the arrival count, ordered after the partials
 
 
-@pytest.mark.parametrize("prologue,residual,block_n", [(0, False, 4), (1, False, 4), (2, True, 4), (0, False, 8)])
-def test_decode_gemv_compiles_as_a_dependent_launch_without_spills(prologue, residual, block_n):
+@pytest.mark.parametrize("prologue,residual,block_n,block_k",
+                         [(0, False, 4, 1024), (1, False, 4, 1024), (2, True, 4, 1024), (0, False, 8, 1024),
+                          (2, True, 8, 512)])
+def test_decode_gemv_compiles_as_a_dependent_launch_without_spills(prologue, residual, block_n, block_k):
     """One token row: the RMSNorm or SiLU-and-mul prologue, the residual epilogue, and the dependent-launch wait
     (griddepcontrol) after the first weight tile's load, at the tiles the engine uses."""
     from localllm.kernels.gemv import _gemv_kernel
 
     ptx = _compile(_gemv_kernel, dict(PROLOGUE=prologue, HAS_BIAS=True, HAS_RESIDUAL=residual, BLOCK_M=1,
-                                      BLOCK_N=block_n, BLOCK_K=1024, USE_PDL=True, PUSH=False, RANK=0, WORLD=1),
+                                      BLOCK_N=block_n, BLOCK_K=block_k, USE_PDL=True, PUSH=False, RANK=0, WORLD=1),
                    {}, floats=("eps",))
     assert "griddepcontrol.wait" in ptx and "griddepcontrol.launch_dependents" in ptx
     assert "ld.local" not in ptx and "st.local" not in ptx
@@ -119,15 +121,16 @@ def test_sample_kernel_compiles_without_spills(dtype):
     assert ".entry _sample_kernel" in ptx and "ld.local" not in ptx and "st.local" not in ptx
 
 
-def test_pushing_gemv_compiles_to_system_scope_release():
+@pytest.mark.parametrize("block_n,block_k", [(4, 1024), (8, 512)])
+def test_pushing_gemv_compiles_to_system_scope_release(block_n, block_k):
     """The row-parallel GEMV of a one-token step pushing to the peers (kernels/peer_sum.py): the programs' arrivals
     are counted with a system-scope atomic, and the flags raised with a system-scope release (another GPU reads
     them)."""
     from localllm.kernels.gemv import _gemv_kernel
 
     pointers = {"y_ptr": "*fp32", "flags_ptr": "*i32", "deltas_ptr": "*i64", "arrivals_ptr": "*i64"}
-    ptx = _compile(_gemv_kernel, dict(PROLOGUE=2, HAS_BIAS=False, HAS_RESIDUAL=True, BLOCK_M=1, BLOCK_N=4,
-                                      BLOCK_K=1024, USE_PDL=True, PUSH=True, RANK=1, WORLD=2),
+    ptx = _compile(_gemv_kernel, dict(PROLOGUE=2, HAS_BIAS=False, HAS_RESIDUAL=True, BLOCK_M=1, BLOCK_N=block_n,
+                                      BLOCK_K=block_k, USE_PDL=True, PUSH=True, RANK=1, WORLD=2),
                    pointers, floats=("eps",))
     assert "atom.global.sys.acq_rel.add.u64" in ptx and "atom.global.sys.release.exch.b32" in ptx
     assert "ld.local" not in ptx and "st.local" not in ptx
