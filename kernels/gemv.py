@@ -23,7 +23,7 @@ from localllm.kernels.rounding import rounded
 
 PROLOGUE_NONE, PROLOGUE_RMS_NORM, PROLOGUE_SILU_MUL = 0, 1, 2
 GEMV_MAX_ROWS = 8           # above this the tile of products no longer fits the registers: cuBLAS takes over
-SILU_WIDE_ROWS = 4096       # from this many output rows, a one-row SiLU-and-mul launch takes 8 rows a tile
+WIDE_ROWS = 4096            # from this many output rows, some one-row launches take other tiles (gemv_config)
 _PRODUCTS_PER_PROGRAM = 8192   # float32 accumulators of one program (64 registers a thread at 4 warps)
 
 
@@ -96,18 +96,23 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, norm_ptr, bias_ptr, res_ptr, M, N, K,
         tl.store(y_ptr + ms[:, None] * stride_ym + rows[None, :], y, mask=y_mask)
 
 
-def gemv_config(m: int, n: int, k: int, silu_mul: bool = False) -> tuple[int, int, int]:
+def gemv_config(m: int, n: int, k: int, prologue: int = PROLOGUE_NONE) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K). Swept at one row on an H200 (scripts/gpu_gemv_check.py): 4 rows a tile was best
     or within 5% of it from Qwen3-0.6B's qkv to Llama-3.1-8B's gate/up, 8 rows past ~8k rows. Steps of 1,024 columns
     (twice the loads in flight of 512) made Llama-3.1-8B's whole decode step 1.3% faster, where matrices alone had
     not told them apart. BLOCK_K shrinks with more token rows so that their products stay in registers.
-    With the SiLU-and-mul prologue (an exp and two loads a column, done by every program) at one row and
-    SILU_WIDE_ROWS rows or more, 8 rows a tile share it and 512 columns a step keep its registers: one TP=2 rank's
-    share of Llama-3.1-8B (down 4,096 x 7,168 through the GEMV) decoded 380 tok/s against 368 with 4 x 1,024 and 339
-    with 8 x 256, where fewer rows (Qwen3-0.6B's 1,024) would leave SMs without a program."""
+    At one row and WIDE_ROWS rows or more, timed in one TP=2 rank's share of Llama-3.1-8B's whole step (narrower
+    matrices, Qwen3-0.6B's and Llama-3.2-1B's, lost up to 8% with either change):
+      - SiLU-and-mul (an exp and two loads a column, done by every program): 8 rows a tile share it and 512
+        columns a step keep its registers; down (4,096 x 7,168) decoded 380 tok/s against 368 with 4 x 1,024;
+      - no prologue over at most 2,048 columns: 4 steps of 512 instead of 2 of 1,024; o (4,096 x 2,048) 382.4
+        against 378.3."""
     block_m = triton.next_power_of_2(m)
-    if silu_mul and block_m == 1 and n >= SILU_WIDE_ROWS:
-        return 1, 8, min(512, triton.next_power_of_2(k))
+    if block_m == 1 and n >= WIDE_ROWS:
+        if prologue == PROLOGUE_SILU_MUL:
+            return 1, 8, min(512, triton.next_power_of_2(k))
+        if prologue == PROLOGUE_NONE and k <= 2048:
+            return 1, 4, min(512, triton.next_power_of_2(k))
     block_n = 8 if n >= 8192 and block_m == 1 else 4
     block_k = min(1024, triton.next_power_of_2(k), max(32, _PRODUCTS_PER_PROGRAM // (block_m * block_n)))
     return block_m, block_n, block_k
@@ -129,7 +134,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     elif out is None:
         out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     prologue = PROLOGUE_SILU_MUL if silu_mul else PROLOGUE_RMS_NORM if norm is not None else PROLOGUE_NONE
-    block_m, block_n, block_k = config or gemv_config(m, n, k, silu_mul)
+    block_m, block_n, block_k = config or gemv_config(m, n, k, prologue)
     _gemv_kernel[(triton.cdiv(n, block_n),)](
         x, weight, out, norm[0] if norm is not None else x, bias if bias is not None else x,
         residual if residual is not None else x, m, n, k,

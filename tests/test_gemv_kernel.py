@@ -75,17 +75,22 @@ def test_gemv_bfloat16_within_rounding_and_tiles_do_not_matter():
 
 
 def test_gemv_config_keeps_products_in_registers():
-    from localllm.kernels.gemv import gemv_config
+    from localllm.kernels.gemv import PROLOGUE_NONE, PROLOGUE_RMS_NORM, PROLOGUE_SILU_MUL, gemv_config
 
     assert gemv_config(1, 28672, 4096) == (1, 8, 1024)
     assert gemv_config(1, 1024, 2048) == (1, 4, 1024)
     assert gemv_config(2, 6144, 4096) == (2, 4, 1024)
     assert gemv_config(8, 4096, 14336) == (8, 4, 256)
     assert gemv_config(3, 40, 96) == (4, 4, 128)
-    # SiLU-and-mul at one row: 8 rows a tile from 4,096 rows (a TP=2 rank's down of Llama-3.1-8B), 512 columns
-    assert gemv_config(1, 4096, 7168, silu_mul=True) == (1, 8, 512)
-    assert gemv_config(1, 1024, 3072, silu_mul=True) == (1, 4, 1024)
-    assert gemv_config(2, 4096, 7168, silu_mul=True) == (2, 4, 1024)
+    # one row and 4,096 rows or more (a TP=2 rank's down and o of Llama-3.1-8B): SiLU-and-mul takes 8 rows x 512
+    # columns; no prologue over 2,048 columns or fewer, 512 columns
+    assert gemv_config(1, 4096, 7168, PROLOGUE_SILU_MUL) == (1, 8, 512)
+    assert gemv_config(1, 4096, 2048, PROLOGUE_NONE) == (1, 4, 512)
+    assert gemv_config(1, 4096, 4096, PROLOGUE_NONE) == (1, 4, 1024)           # the whole 8B's o
+    assert gemv_config(1, 4096, 1024, PROLOGUE_RMS_NORM) == (1, 4, 1024)       # Qwen3-0.6B's qkv
+    assert gemv_config(1, 1024, 3072, PROLOGUE_SILU_MUL) == (1, 4, 1024)
+    assert gemv_config(1, 2048, 2048, PROLOGUE_NONE) == (1, 4, 1024)
+    assert gemv_config(2, 4096, 7168, PROLOGUE_SILU_MUL) == (2, 4, 1024)
 
 
 @pytest.mark.parametrize("silu_mul", [False, True])
@@ -136,7 +141,7 @@ def test_decoder_layers_through_the_fused_gemv_keep_greedy_tokens(arch, tmp_path
     monkeypatch.setattr(linear, "fuses_gemv",
                         lambda x, module, silu_mul=False: calls.append(x.shape[0]) or x.shape[0] == 1)
     # one program covers a tiny matrix: the interpreter's cost is per program
-    monkeypatch.setattr(gemv, "gemv_config", lambda m, n, k, silu_mul=False: (1, triton.next_power_of_2(n), 128))
+    monkeypatch.setattr(gemv, "gemv_config", lambda m, n, k, prologue=0: (1, triton.next_power_of_2(n), 128))
     prompt = [5, 17, 42, 99, 7]
     llm = LLM(str(model_dir), overlap_steps=False, block_size=4, num_kv_blocks=32)
     out = llm.generate([prompt], SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True))

@@ -26,7 +26,7 @@ from localllm.layers.shards import columns, rows, whole
 # Up to this size the fused GEMV beats cuBLAS plus the launches it saves; larger matrices stream faster through
 # cuBLAS (one H200: scripts/gpu_gemv_check.py, docs/benchmarks.md).
 FUSED_GEMV_MAX_BYTES = 48 << 20
-# A down projection's GEMV also saves the SiLU-and-mul launch and, SILU_WIDE_ROWS rows or wider, shares that
+# A down projection's GEMV also saves the SiLU-and-mul launch and, WIDE_ROWS rows or wider, shares that
 # prologue over 8 rows a tile: one TP=2 rank's share of Llama-3.1-8B's down (59 MB) decoded 380 tok/s through it
 # against 372.5 through cuBLAS; the whole 8B's (117 MB) 219 against 229.
 DOWN_GEMV_MAX_BYTES = 64 << 20
@@ -41,9 +41,9 @@ def fuses_gemv(x: torch.Tensor, module: nn.Module, silu_mul: bool = False) -> bo
         return False
     if getattr(module, "peer_site", None) is not None:
         return True
-    from localllm.kernels.gemv import SILU_WIDE_ROWS   # (the kernels, and Triton, only where a GPU runs them)
+    from localllm.kernels.gemv import WIDE_ROWS   # (the kernels, and Triton, only where a GPU runs them)
 
-    wide_down = silu_mul and weight.shape[0] >= SILU_WIDE_ROWS
+    wide_down = silu_mul and weight.shape[0] >= WIDE_ROWS
     return weight.numel() * weight.element_size() <= (DOWN_GEMV_MAX_BYTES if wide_down else FUSED_GEMV_MAX_BYTES)
 
 
