@@ -99,7 +99,7 @@ def test_split_k_decode_compiles(sliding, kv):
 
 @pytest.mark.parametrize("prologue,residual,block_n,block_k",
                          [(0, False, 4, 1024), (1, False, 4, 1024), (2, True, 4, 1024), (0, False, 8, 1024),
-                          (2, True, 8, 512)])
+                          (2, True, 8, 512), (0, True, 4, 512)])
 def test_decode_gemv_compiles_as_a_dependent_launch_without_spills(prologue, residual, block_n, block_k):
     """One token row: the RMSNorm or SiLU-and-mul prologue, the residual epilogue, and the dependent-launch wait
     (griddepcontrol) after the first weight tile's load, at the tiles the engine uses."""
