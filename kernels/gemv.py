@@ -102,7 +102,7 @@ def gemv_config(m: int, n: int, k: int, prologue: int = PROLOGUE_NONE) -> tuple[
     (twice the loads in flight of 512) made Llama-3.1-8B's whole decode step 1.3% faster, where matrices alone had
     not told them apart. BLOCK_K shrinks with more token rows so that their products stay in registers.
     At one row and WIDE_ROWS rows or more, timed in one TP=2 rank's share of Llama-3.1-8B's whole step (narrower
-    matrices, Qwen3-0.6B's and Llama-3.2-1B's, lost up to 8% with either change):
+    matrices, Qwen3-0.6B's and Llama-3.2-1B's, lost up to 8% and 11% with these):
       - SiLU-and-mul (an exp and two loads a column, done by every program): 8 rows a tile share it and 512
         columns a step keep its registers; down (4,096 x 7,168) decoded 380 tok/s against 368 with 4 x 1,024;
       - no prologue over at most 2,048 columns: 4 steps of 512 instead of 2 of 1,024; o (4,096 x 2,048) 382.4
