@@ -130,6 +130,16 @@ def test_degree_errors(tp, free, message):
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
 
 
+def test_a_refused_degree_names_the_degrees_that_split_the_heads():
+    with pytest.raises(TensorParallelError) as e:
+        check_degree(SIZE_8B, 3, [80 * GiB] * 4)
+    assert str(e.value).endswith("attention heads (it can be split over 1, 2, 4, 8 GPUs)")
+    # the embedded SmolLM2-135M: 9 heads over 3 KV heads
+    size = ModelSize(num_heads=9, num_kv_heads=3, weight_bytes=GiB, kv_bytes_per_token=1024, context_len=128)
+    with pytest.raises(TensorParallelError, match=r"9 attention heads \(it can be split over 1, 3 GPUs\)$"):
+        check_degree(size, 2, [80 * GiB] * 2)
+
+
 def test_kv_heads_fewer_than_ranks_must_divide_them():
     size = ModelSize(num_heads=12, num_kv_heads=2, weight_bytes=GiB, kv_bytes_per_token=1024, context_len=128)
     with pytest.raises(TensorParallelError, match="is not a multiple of the model's 2 key/value heads"):

@@ -13,8 +13,8 @@ from localllm.config import Config
 from localllm.cpu_cores import available_cores
 from localllm.engine.model_runner import kv_cache_torch_dtype
 from localllm.engine.step_channel import StepSender
-from localllm.engine.tp_degree import (TensorParallelError, check_degree, degree_error, free_gpu_bytes, model_size,
-                                       pick_degree)
+from localllm.engine.tp_degree import (TensorParallelError, check_degree, free_gpu_bytes, model_size,
+                                       pick_degree, refusal)
 from localllm.engine.tp_workers import TPWorkers, WorkerDiedError
 from localllm.layers.parallel import create_store, destroy_tensor_parallel, init_tensor_parallel
 
@@ -28,7 +28,7 @@ def resolve_degree(config: Config, hf_config, device: torch.device, dtype: torch
     """config.tensor_parallel_size, checked; when None: 1 on CPU, and on GPUs the smallest degree that fits."""
     asked = config.tensor_parallel_size
     if device.type != "cuda":
-        reason = degree_error(hf_config.num_attention_heads, hf_config.num_key_value_heads, asked or 1)
+        reason = refusal(hf_config.num_attention_heads, hf_config.num_key_value_heads, asked or 1)
         if reason:
             raise TensorParallelError(reason)
         return asked or 1

@@ -10,6 +10,8 @@ from localllm.hf_config import attention_head_dim
 GiB = 1 << 30
 # "A useful KV pool": room for this many full-length contexts beside the weights.
 USEFUL_CONTEXTS = 2
+# A refused degree's message lists the degrees up to this that would work (more GPUs than this are rarely local).
+LISTED_DEGREES = 8
 
 
 class TensorParallelError(LocalLLMError):
@@ -39,6 +41,15 @@ def degree_error(num_heads: int, num_kv_heads: int, tp: int) -> str | None:
     return None
 
 
+def refusal(num_heads: int, num_kv_heads: int, tp: int) -> str | None:
+    """degree_error's reason, followed by the degrees up to LISTED_DEGREES that do split these heads."""
+    reason = degree_error(num_heads, num_kv_heads, tp)
+    if reason is None or tp < 1:
+        return reason
+    fitting = [d for d in range(1, LISTED_DEGREES + 1) if degree_error(num_heads, num_kv_heads, d) is None]
+    return f"{reason} (it can be split over {', '.join(map(str, fitting))} GPUs)"
+
+
 def shard_bytes(size: ModelSize, tp: int) -> int:
     """Memory one rank needs: its weight shard plus USEFUL_CONTEXTS full contexts of its KV heads."""
     kv_heads_per_rank = max(1, size.num_kv_heads // tp)
@@ -48,7 +59,7 @@ def shard_bytes(size: ModelSize, tp: int) -> int:
 
 def check_degree(size: ModelSize, tp: int, free_bytes: list[int]) -> None:
     """Raises a one-line TensorParallelError when `tp` cannot run on GPUs with these free bytes (one per GPU)."""
-    reason = degree_error(size.num_heads, size.num_kv_heads, tp)
+    reason = refusal(size.num_heads, size.num_kv_heads, tp)
     if reason:
         raise TensorParallelError(reason)
     if tp > len(free_bytes):
