@@ -172,6 +172,20 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
+def print_report(report: dict, rows: list[dict], dtype: str, reference_dtype: str) -> None:
+    print(f"{'prompt':46s} {'agree':>8s} {'first miss':>10s} {'ties':>5s} {'max gap':>8s} {'free prefix':>11s}")
+    for r in rows:
+        gap = "-" if r["max_gap_of_mismatch"] is None else f"{r['max_gap_of_mismatch']:.3f}"
+        first = "-" if r["first_mismatch"] is None else r["first_mismatch"]
+        prefix = "-" if r["free_running_common_prefix"] is None else r["free_running_common_prefix"]
+        print(f"{r['prompt'][:46]:46s} {r['agreement']:8.2%} {first!s:>10s} {r['exact_ties']:5d} {gap:>8s} "
+              f"{prefix!s:>5s}/{r['generated_tokens']}")
+    print(f"top-1 agreement {report['matches']}/{report['total']} = {report['agreement']:.2%} (target >= "
+          f"{TARGET:.0%}: {'PASS' if report['meets_target'] else 'FAIL'}) on {report['device']}, {dtype} against "
+          f"transformers in {reference_dtype}; "
+          f"{report['agreement_counting_exact_ties']:.2%} counting exact ties in HF's logits as matches")
+
+
 def main() -> None:
     args = parse_args()
     prompts = PROMPTS[:args.prompts]
@@ -220,17 +234,7 @@ def main() -> None:
         "prompts": rows,
     }
 
-    print(f"{'prompt':46s} {'agree':>8s} {'first miss':>10s} {'ties':>5s} {'max gap':>8s} {'free prefix':>11s}")
-    for r in rows:
-        gap = "-" if r["max_gap_of_mismatch"] is None else f"{r['max_gap_of_mismatch']:.3f}"
-        first = "-" if r["first_mismatch"] is None else r["first_mismatch"]
-        prefix = "-" if r["free_running_common_prefix"] is None else r["free_running_common_prefix"]
-        print(f"{r['prompt'][:46]:46s} {r['agreement']:8.2%} {first!s:>10s} {r['exact_ties']:5d} {gap:>8s} "
-              f"{prefix!s:>5s}/{r['generated_tokens']}")
-    print(f"top-1 agreement {matches}/{total} = {matches / total:.2%} (target >= {TARGET:.0%}: "
-          f"{'PASS' if report['meets_target'] else 'FAIL'}) on {report['device']}, {args.dtype} against "
-          f"transformers in {args.reference_dtype}; "
-          f"{with_ties / total:.2%} counting exact ties in HF's logits as matches")
+    print_report(report, rows, args.dtype, args.reference_dtype)
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(report, f, indent=2)

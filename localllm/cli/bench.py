@@ -217,6 +217,15 @@ def latency(
         _fail(e)
 
 
+def _check_throughput_options(backend: str, quantize: str, kv_cache_dtype: str, compare_hf: bool,
+                              json_schema: bool) -> None:
+    _check_backend(backend, quantize, kv_cache_dtype)
+    if compare_hf and backend != "localllm":
+        raise ValueError("--compare-hf compares localllm with hf; leave --backend at localllm")
+    if json_schema and (backend != "localllm" or compare_hf):
+        raise ValueError("--json-schema runs this engine only; leave out --backend hf and --compare-hf")
+
+
 @bench_app.command()
 def throughput(
     model: Optional[str] = ModelArg,
@@ -251,11 +260,7 @@ def throughput(
     from localllm.bench.workloads import guided, throughput_workload
 
     try:
-        _check_backend(backend, quantize, kv_cache_dtype)
-        if compare_hf and backend != "localllm":
-            raise ValueError("--compare-hf compares localllm with hf; leave --backend at localllm")
-        if json_schema and (backend != "localllm" or compare_hf):
-            raise ValueError("--json-schema runs this engine only; leave out --backend hf and --compare-hf")
+        _check_throughput_options(backend, quantize, kv_cache_dtype, compare_hf, json_schema)
         _check_speculation(backend, speculative, num_speculative_tokens, spec_accept_prob)
         bench_model, device, torch_dtype, limits, quantize = _prepare(model, random_weights, dtype, quantize)
         work = throughput_workload(workload, bench_model.hf_config.vocab_size, streams, prompt_tokens, new_tokens)
