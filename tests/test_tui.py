@@ -342,6 +342,8 @@ def test_daemon_text_formats_status():
     assert daemon_text(status, "tiny-llama") == "GPU 0,1 · KV 0/1456 · prefix 75% · mem 583.6 MiB"
     on_cpu = {"models": [dict(status["models"][0], device="cpu", gpus=[])]}
     assert daemon_text(on_cpu, "tiny-llama").startswith("CPU · KV 0/1456")
+    split_on_cpu = {"models": [dict(on_cpu["models"][0], tensor_parallel_size=3)]}
+    assert daemon_text(split_on_cpu, "tiny-llama").startswith("CPU (3 ranks) · KV 0/1456")
     assert daemon_text(status, "other").startswith("not loaded")
     assert daemon_text(None, "x", "unreachable") == "daemon: unreachable"
 

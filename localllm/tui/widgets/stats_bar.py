@@ -22,7 +22,7 @@ def reply_text(tokens_per_s: float | None, ttft_s: float | None, streaming: bool
 
 
 def daemon_text(status: dict | None, model: str, error: str | None = None) -> str:
-    """Where the model runs (CPU or the GPUs it spans), KV blocks in use, prefix-cache hit rate and memory."""
+    """Where the model runs (CPU and its ranks, or the GPUs it spans), KV blocks in use, prefix-cache hit rate and memory."""
     if error:
         return f"daemon: {error}"
     if status is None:
@@ -34,7 +34,10 @@ def daemon_text(status: dict | None, model: str, error: str | None = None) -> st
         return entry.get("state", "?")
     kv = entry.get("kv_blocks") or {}
     prefix = entry.get("prefix_cache") or {}
-    parts = [processor_label(entry), f"KV {kv.get('used', 0)}/{kv.get('total', 0)}"]
+    where, ranks = processor_label(entry), entry.get("tensor_parallel_size", 1)
+    if where == "CPU" and ranks > 1:   # on GPUs the list of GPUs already says how many ranks
+        where += f" ({ranks} ranks)"
+    parts = [where, f"KV {kv.get('used', 0)}/{kv.get('total', 0)}"]
     parts.append(f"prefix {prefix.get('hit_rate', 0) * 100:.0f}%" if prefix.get("queries") else "prefix –")
     parts.append(f"mem {format_size(entry['memory_bytes']) if entry.get('memory_bytes') else '?'}")
     return " · ".join(parts)
