@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from localllm.kernels.pdl import pdl_options, wait_for_previous_kernel
-from localllm.kernels.peer_sum import PeerSite, push_rows, signal_peers
+from localllm.kernels.peer_sum import PeerSite, next_flag, push_rows, signal_peers
 from localllm.kernels.rounding import rounded
 
 PROLOGUE_NONE, PROLOGUE_RMS_NORM, PROLOGUE_SILU_MUL = 0, 1, 2
@@ -47,10 +47,11 @@ def _input_tile(x_ptr, norm_ptr, ms, kk, m_ok, k_ok, stride_xm, K, inv, PROLOGUE
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, y_ptr, norm_ptr, bias_ptr, res_ptr, M, N, K,
                  stride_xm, stride_wn, stride_ym, stride_rm, eps,
-                 flags_ptr, deltas_ptr, arrivals_ptr,
+                 flags_ptr, deltas_ptr,
                  PROLOGUE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, USE_PDL: tl.constexpr,
-                 PUSH: tl.constexpr = False, RANK: tl.constexpr = 0, WORLD: tl.constexpr = 1):
+                 PUSH: tl.constexpr = False, RANK: tl.constexpr = 0, WORLD: tl.constexpr = 1,
+                 ON_GPU: tl.constexpr = True):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     ms = tl.arange(0, BLOCK_M)
     ks = tl.arange(0, BLOCK_K)
@@ -60,6 +61,8 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, norm_ptr, bias_ptr, res_ptr, M, N, K,
     # The weights are no kernel's output, so their first tile is read before waiting for the kernel before this
     # one (launched as its programmatic dependent, this kernel starts while that one finishes).
     w_first = tl.load(w_ptrs, mask=row_ok[:, None] & (ks < K)[None, :], other=0.0)
+    if PUSH:
+        flag = next_flag(flags_ptr, N, RANK)
     wait_for_previous_kernel(USE_PDL)
     inv = tl.full([BLOCK_M], 1.0, tl.float32)
     if PROLOGUE == 1:   # every program sums the squares of the (few, short) input rows itself
@@ -88,7 +91,7 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, norm_ptr, bias_ptr, res_ptr, M, N, K,
         if HAS_RESIDUAL:
             part += tl.load(res_ptr + ms[:, None] * stride_rm + rows[None, :], mask=y_mask, other=0.0).to(tl.float32)
         push_rows(y_ptr, deltas_ptr, rows[None, :], part, y_mask, RANK, WORLD, N)
-        signal_peers(flags_ptr, deltas_ptr, arrivals_ptr, RANK, WORLD)
+        signal_peers(flags_ptr, deltas_ptr, flag, N, RANK, WORLD, ON_GPU)
     else:
         if HAS_RESIDUAL:
             r = tl.load(res_ptr + ms[:, None] * stride_rm + rows[None, :], mask=y_mask, other=0.0)
@@ -121,10 +124,11 @@ def gemv_config(m: int, n: int, k: int, prologue: int = PROLOGUE_NONE) -> tuple[
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
          norm: tuple[torch.Tensor, float] | None = None, silu_mul: bool = False,
          residual: torch.Tensor | None = None, out: torch.Tensor | None = None, push: PeerSite | None = None,
-         config: tuple[int, int, int] | None = None, num_warps: int = 4) -> torch.Tensor | None:
+         config: tuple[int, int, int] | None = None, num_warps: int = 4) -> torch.Tensor | int:
     """x [M, K] (or [M, 2K] with silu_mul), weight [N, K] -> [M, N]. norm: (weight [K], eps) of an RMSNorm applied
     to x first. residual [M, N]: added to the result. out: where to write (may be residual itself). push: one row's
-    partial sum sent to this rank's slot of that site on every rank instead (returns None)."""
+    partial sum sent to this rank's slot of that site on every rank instead (returns how many programs signal the
+    site, which the norm that pulls the sum waits for)."""
     m, n, k = x.shape[0], weight.shape[0], weight.shape[1]
     assert 0 < m <= GEMV_MAX_ROWS and not (norm is not None and silu_mul)
     assert x.shape[1] == (2 * k if silu_mul else k) and x.stride(-1) == 1 and weight.stride(-1) == 1
@@ -135,13 +139,14 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
         out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     prologue = PROLOGUE_SILU_MUL if silu_mul else PROLOGUE_RMS_NORM if norm is not None else PROLOGUE_NONE
     block_m, block_n, block_k = config or gemv_config(m, n, k, prologue)
-    _gemv_kernel[(triton.cdiv(n, block_n),)](
+    programs = triton.cdiv(n, block_n)
+    _gemv_kernel[(programs,)](
         x, weight, out, norm[0] if norm is not None else x, bias if bias is not None else x,
         residual if residual is not None else x, m, n, k,
         x.stride(0), weight.stride(0), out.stride(0), residual.stride(0) if residual is not None else 0,
         float(norm[1]) if norm is not None else 0.0,
-        *(push.signal_args() if push is not None else (x, x, x)),
+        *(push.signal_args() if push is not None else (x, x)),
         PROLOGUE=prologue, HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, **pdl_options(x.device),
         **(push.constants() if push is not None else {}))
-    return None if push is not None else out
+    return programs if push is not None else out

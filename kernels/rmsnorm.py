@@ -72,14 +72,14 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
 
 
 @triton.jit
-def _pulled_rms_norm_kernel(slots_ptr, flags_ptr, abandon_ptr, w_ptr, out_ptr, res_out_ptr, n_cols, eps,
-                            RANK: tl.constexpr, WORLD: tl.constexpr, TIMEOUT: tl.constexpr,
+def _pulled_rms_norm_kernel(slots_ptr, flags_ptr, abandon_ptr, w_ptr, out_ptr, res_out_ptr, n_cols, programs, eps,
+                            RANK: tl.constexpr, WORLD: tl.constexpr, ON_GPU: tl.constexpr, BLOCK_P: tl.constexpr,
                             BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
     w = tl.load(w_ptr + cols, mask=mask, other=0.0)
     wait_for_previous_kernel(USE_PDL)
-    wait_for_peers(flags_ptr, abandon_ptr, RANK, WORLD, TIMEOUT)
+    wait_for_peers(flags_ptr, abandon_ptr, programs, n_cols, RANK, WORLD, BLOCK_P, ON_GPU)
     x = sum_of_slots(slots_ptr, cols, mask, WORLD, n_cols).to(res_out_ptr.dtype.element_ty)
     tl.store(res_out_ptr + cols, x, mask=mask)
     xf = x.to(tl.float32)
@@ -88,15 +88,16 @@ def _pulled_rms_norm_kernel(slots_ptr, flags_ptr, abandon_ptr, w_ptr, out_ptr, r
     tl.store(out_ptr + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def pulled_rms_norm(site: PeerSite, weight: torch.Tensor, eps: float, residual: torch.Tensor):
-    """(normed, residual) of one row whose residual stream is the sum of the ranks' slots of `site`: waits for
-    every rank's partial sum, writes the sum into residual [1, N] (rounded to its dtype) and returns its RMSNorm."""
+def pulled_rms_norm(site: PeerSite, programs: int, weight: torch.Tensor, eps: float, residual: torch.Tensor):
+    """(normed, residual) of one row whose residual stream is the sum of the ranks' slots of `site`, pushed by
+    `programs` programs on each rank: waits for every rank's partial sum, writes the sum into residual [1, N]
+    (rounded to its dtype) and returns its RMSNorm."""
     n_cols = residual.shape[-1]
-    assert residual.numel() == n_cols == site.width and residual.is_contiguous()
+    assert residual.numel() == n_cols == site.width and residual.is_contiguous() and 0 < programs <= n_cols
     out = torch.empty_like(residual)
     block = triton.next_power_of_2(n_cols)
     _pulled_rms_norm_kernel[(1,)](
-        site.slots, site.flags, site.abandon, weight, out, residual, n_cols, float(eps),
-        RANK=site.rank, WORLD=site.world, TIMEOUT=residual.is_cuda, BLOCK=block,
-        num_warps=min(16, max(1, block // 256)), **pdl_options(residual.device))
+        site.slots, site.flags, site.abandon, weight, out, residual, n_cols, programs, float(eps),
+        RANK=site.rank, WORLD=site.world, ON_GPU=residual.is_cuda, BLOCK_P=triton.next_power_of_2(programs),
+        BLOCK=block, num_warps=min(16, max(1, block // 256)), **pdl_options(residual.device))
     return out, residual

@@ -3,7 +3,7 @@ same device (a peer's buffer is reached by a word offset, as through symmetric m
 
   1. every rank's pushing GEMV, then every rank's pulling RMSNorm, at Llama-3.1-8B's row-parallel shapes split over
      two ranks, over several steps: each rank's residual equals the sum of the ranks' partials (each as the plain
-     GEMV rounds it) rounded once, on every rank, and the flags count the steps;
+     GEMV rounds it) rounded once, on every rank, and every program's flags count the steps;
   2. the ranks on two streams, one held back by a sleep so that the other rank's norm has to wait for it (and, if it
      did not see the late rank, is released by the abandon word after 10 s);
   3. times inside CUDA graphs: two ranks' push + pull against two plain GEMVs + RMSNorms (what the kernels add,
@@ -48,16 +48,17 @@ def inputs(n: int, k: int, silu: bool, gen: torch.Generator):
     return xs, ws, residual
 
 
-def push(rank, xs, ws, stream_residual, site, silu):
+def push(rank, xs, ws, stream_residual, site, silu) -> int:
+    """Rank `rank`'s pushing GEMV; returns how many programs signal the site."""
     from localllm.kernels.gemv import gemv
 
-    gemv(xs[rank], ws[rank], silu_mul=silu, residual=stream_residual if rank == 0 else None, push=site)
+    return gemv(xs[rank], ws[rank], silu_mul=silu, residual=stream_residual if rank == 0 else None, push=site)
 
 
 def check_sums(name: str, n: int, k: int, silu: bool, gen: torch.Generator, results: dict) -> bool:
     from localllm.kernels.gemv import gemv
     from localllm.kernels.rmsnorm import pulled_rms_norm
-    from localllm.layers.peer_exchange import FLAG_WORDS
+    from localllm.layers.peer_exchange import flag_words
 
     buffers, sites = rank_sites(n)
     norm_w = torch.rand(n, device="cuda", generator=gen).bfloat16() + 0.5
@@ -66,17 +67,18 @@ def check_sums(name: str, n: int, k: int, silu: bool, gen: torch.Generator, resu
         for s in range(2):
             xs, ws, residual = inputs(n, k, silu, gen)
             streams = [residual.clone() for _ in range(WORLD)]
-            for rank in range(WORLD):
-                push(rank, xs, ws, streams[rank], sites[rank][s], silu)
-            outs = [pulled_rms_norm(sites[rank][s], norm_w, 1e-5, streams[rank]) for rank in range(WORLD)]
+            pushed = [push(rank, xs, ws, streams[rank], sites[rank][s], silu) for rank in range(WORLD)]
+            outs = [pulled_rms_norm(sites[rank][s], pushed[rank], norm_w, 1e-5, streams[rank])
+                    for rank in range(WORLD)]
             parts = [gemv(xs[r], ws[r], silu_mul=silu).float() for r in range(WORLD)]
             want = ((parts[0] + residual.float()) + parts[1]).bfloat16()
-            flags = [b.view(torch.int32)[s * (FLAG_WORDS + WORLD * n):][:WORLD].tolist() for b in buffers]
+            start = s * (flag_words(n, WORLD) + WORLD * n)
+            flags = [b.view(torch.int32)[start:start + WORLD * n].view(WORLD, n)[:, :pushed[0]] for b in buffers]
             ok &= all(torch.equal(o[1], want) for o in outs) and torch.equal(outs[0][0], outs[1][0])
-            ok &= flags == [[step] * WORLD] * WORLD
+            ok &= pushed[0] == pushed[1] and all(bool((f == step).all()) for f in flags)
     results[f"sums_{name}"] = ok
     print(f"{'PASS' if ok else 'FAIL'}  {name}: every rank's residual is the ranks' sum rounded once, 3 steps x 2 "
-          "sites, flags count the steps", flush=True)
+          "sites, every program's flags count the steps", flush=True)
     return ok
 
 
@@ -116,12 +118,12 @@ def check_waits(n: int, k: int, gen: torch.Generator, results: dict, late: int) 
         with torch.cuda.stream(streams[rank]):
             if rank == late:
                 torch.cuda._sleep(100_000_000)   # ~50 ms: the other rank arrives first and waits
-            push(rank, xs, ws, residuals[rank], sites[rank][0], False)
-            outs[rank] = pulled_rms_norm(sites[rank][0], norm_w, 1e-5, residuals[rank])
+            pushed = push(rank, xs, ws, residuals[rank], sites[rank][0], False)
+            outs[rank] = pulled_rms_norm(sites[rank][0], pushed, norm_w, 1e-5, residuals[rank])
     finished = _finish_or_abandon(streams, sites[0][0].abandon, 10.0, side, one)
     ok = finished and torch.equal(residuals[0], residuals[1]) and torch.equal(outs[0][0], outs[1][0])
     ok &= not torch.equal(residuals[0], residual)
-    flags = [b.view(torch.int32)[:WORLD].tolist() for b in buffers]
+    flags = [b.view(torch.int32)[:WORLD * n].view(WORLD, n)[:, 0].tolist() for b in buffers]   # program 0's
     results[f"waits_for_late_rank_{late}"] = {"ok": ok, "finished": finished, "flags": flags}
     print(f"{'PASS' if ok else 'FAIL'}  a rank that arrives first waits for rank {late} (two streams)"
           + ("" if finished else f": still waiting after 10 s (flags {flags}), released by the abandon word"),
@@ -139,10 +141,9 @@ def times(name: str, n: int, k: int, silu: bool, gen: torch.Generator, results: 
     streams = [residual.clone() for _ in range(WORLD)]
 
     def fused():
+        pushed = [push(rank, xs, ws, streams[rank], sites[rank][0], silu) for rank in range(WORLD)]
         for rank in range(WORLD):
-            push(rank, xs, ws, streams[rank], sites[rank][0], silu)
-        for rank in range(WORLD):
-            pulled_rms_norm(sites[rank][0], norm_w, 1e-5, streams[rank])
+            pulled_rms_norm(sites[rank][0], pushed[rank], norm_w, 1e-5, streams[rank])
 
     def plain():
         for rank in range(WORLD):

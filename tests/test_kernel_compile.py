@@ -122,30 +122,32 @@ def test_sample_kernel_compiles_without_spills(dtype):
 
 
 @pytest.mark.parametrize("block_n,block_k", [(4, 1024), (8, 512)])
-def test_pushing_gemv_compiles_to_system_scope_release(block_n, block_k):
-    """The row-parallel GEMV of a one-token step pushing to the peers (kernels/peer_sum.py): the programs' arrivals
-    are counted with a system-scope atomic, and the flags raised with a system-scope release (another GPU reads
-    them)."""
+def test_pushing_gemv_compiles_to_a_system_fence_before_its_flags(block_n, block_k):
+    """The row-parallel GEMV of a one-token step pushing to the peers (kernels/peer_sum.py): each program orders its
+    stores before its flags with a system-scope fence, then sets its flag on every rank, a thread a rank (another
+    GPU reads them)."""
     from localllm.kernels.gemv import _gemv_kernel
 
-    pointers = {"y_ptr": "*fp32", "flags_ptr": "*i32", "deltas_ptr": "*i64", "arrivals_ptr": "*i64"}
+    pointers = {"y_ptr": "*fp32", "flags_ptr": "*i32", "deltas_ptr": "*i64"}
     ptx = _compile(_gemv_kernel, dict(PROLOGUE=2, HAS_BIAS=False, HAS_RESIDUAL=True, BLOCK_M=1, BLOCK_N=block_n,
-                                      BLOCK_K=block_k, USE_PDL=True, PUSH=True, RANK=1, WORLD=2),
+                                      BLOCK_K=block_k, USE_PDL=True, PUSH=True, RANK=1, WORLD=2, ON_GPU=True),
                    pointers, floats=("eps",))
-    assert "atom.global.sys.acq_rel.add.u64" in ptx and "atom.global.sys.release.exch.b32" in ptx
+    flag = "atom.global.sys.relaxed.exch.b32"
+    assert ptx.count(flag) == 1 and ptx.index("bar.sync") < ptx.index("fence.acq_rel.sys") < ptx.index(flag)
+    assert "atom.global.sys.acq_rel" not in ptx
     assert "ld.local" not in ptx and "st.local" not in ptx
 
 
-def test_pulling_norm_compiles_to_acquire_loads_and_a_timeout():
-    """The RMSNorm that adds up the ranks' partial sums waits with system-scope acquire loads of the flags, and
-    traps past its timeout (read from the GPU's global timer) rather than wait forever for a dead rank."""
+def test_pulling_norm_compiles_to_acquire_polls_and_a_timeout():
+    """The RMSNorm that adds up the ranks' partial sums polls the flags with system-scope acquire reads, and traps
+    past its timeout (read from the GPU's global timer) rather than wait forever for a dead rank."""
     from localllm.kernels.rmsnorm import _pulled_rms_norm_kernel
 
     pointers = {"slots_ptr": "*fp32", "flags_ptr": "*i32", "abandon_ptr": "*i32"}
-    ptx = _compile(_pulled_rms_norm_kernel, dict(RANK=0, WORLD=2, TIMEOUT=True, BLOCK=4096, USE_PDL=True),
-                   pointers, floats=("eps",), num_warps=16)
-    assert "ld.global.sys.acquire.b32" in ptx and "ld.volatile.global.b32" in ptx   # the flags; the abandon word
-    assert "globaltimer" in ptx and "trap;" in ptx
+    ptx = _compile(_pulled_rms_norm_kernel, dict(RANK=0, WORLD=2, ON_GPU=True, BLOCK_P=1024, BLOCK=4096,
+                                                 USE_PDL=True), pointers, floats=("eps",), num_warps=16)
+    assert "atom.global.sys.acquire.add.u32" in ptx and "ld.volatile.global.b32" in ptx   # flags; the abandon word
+    assert "fence" not in ptx and "globaltimer" in ptx and "trap;" in ptx
 
 
 @pytest.mark.parametrize("kernel", ["rms_norm", "silu_and_mul"])

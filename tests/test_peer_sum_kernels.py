@@ -1,7 +1,7 @@
 """The split all-reduce of one-token tensor-parallel steps (kernels/peer_sum.py) under Triton's interpreter: ranks
 simulated in one process, each with its own exchange buffer, the row-parallel GEMV of every rank pushing its partial
 sum into every rank's buffer, then every rank's RMSNorm pulling the sum. The residual streams must agree on every
-rank and equal the unsplit projection's; the flags must count the steps."""
+rank and equal the unsplit projection's; each program's flags must count the steps."""
 from __future__ import annotations
 
 import pytest
@@ -13,7 +13,7 @@ from triton_interpreter import collect_one_mode, run_under_interpreter  # noqa: 
 
 from localllm.kernels.gemv_ref import gemv_ref  # noqa: E402
 from localllm.kernels.rmsnorm_ref import rms_norm_ref  # noqa: E402
-from localllm.layers.peer_exchange import FLAG_WORDS, buffer_words, make_sites  # noqa: E402
+from localllm.layers.peer_exchange import buffer_words, flag_words, make_sites  # noqa: E402
 
 
 def test_peer_sum_kernels_under_triton_interpreter():
@@ -41,12 +41,13 @@ def _split_step(x, weight, residual, norm_weight, sites, *, silu_mul=False):
     world = len(sites)
     k = weight.shape[1] // world
     streams = [residual.clone() for _ in range(world)]
+    pushed = []
     for rank in range(world):
         cols = slice(rank * k, (rank + 1) * k)
         x_part = torch.cat([x[:, cols], x[:, x.shape[1] // 2:][:, cols]], 1) if silu_mul else x[:, cols]
-        gemv(x_part.contiguous(), weight[:, cols].contiguous(), silu_mul=silu_mul,
-             residual=streams[rank] if rank == 0 else None, push=sites[rank])
-    return [pulled_rms_norm(sites[rank], norm_weight, 1e-6, streams[rank]) for rank in range(world)]
+        pushed.append(gemv(x_part.contiguous(), weight[:, cols].contiguous(), silu_mul=silu_mul,
+                           residual=streams[rank] if rank == 0 else None, push=sites[rank]))
+    return [pulled_rms_norm(sites[rank], pushed[rank], norm_weight, 1e-6, streams[rank]) for rank in range(world)]
 
 
 @pytest.mark.parametrize("world", [2, 3])
@@ -68,9 +69,9 @@ def test_ranks_agree_on_the_summed_residual_and_its_norm(world, silu_mul):
         assert torch.equal(stream, results[0][1]) and torch.equal(normed, results[0][0])
 
 
-def test_flags_count_the_steps_of_each_site():
-    """Each site's flag on every rank holds how many times its projection ran; the programs' arrivals reach a
-    multiple of the grid each time."""
+def test_flags_count_the_steps_of_each_program():
+    """Each program's flag of a site, on every rank, holds how many times the site's projection ran; the flags past
+    the grid stay 0."""
     from localllm.kernels.gemv import gemv_config
 
     world, n, k = 2, 48, 32
@@ -79,16 +80,45 @@ def test_flags_count_the_steps_of_each_site():
     weight = torch.randn(n, k * world, generator=g)
     norm_weight = torch.ones(n)
     residual = torch.zeros(1, n)
+    grid = -(-n // gemv_config(1, n, k)[1])
+    assert 1 < grid < n
     for step in (1, 2, 3):
         for site in (0, 1):
             x = torch.randn(1, k * world, generator=g)
             _split_step(x, weight, residual, norm_weight, [s[site] for s in sites])
             for rank in range(world):
-                flags = buffers[rank].view(torch.int32)
-                start = site * (FLAG_WORDS + world * n)
-                assert flags[start:start + world].tolist() == [step] * world
-    grid = -(-n // gemv_config(1, n, k)[1])
-    assert [s.arrivals.item() for s in sites[0]] == [3 * grid, 3 * grid]
+                start = site * (flag_words(n, world) + world * n)
+                flags = buffers[rank].view(torch.int32)[start:start + world * n].view(world, n)
+                assert torch.equal(flags[:, :grid], torch.full((world, grid), step, dtype=torch.int32))
+                assert not flags[:, grid:].any()
+
+
+def test_a_wait_holds_until_every_program_of_the_peer_has_signalled():
+    """The peer's last program has not signalled yet: the norm (on a thread of its own) keeps waiting, and sums at
+    once when that flag arrives."""
+    import threading
+
+    from localllm.kernels.gemv import gemv
+    from localllm.kernels.rmsnorm import pulled_rms_norm
+
+    n, k = 16, 8
+    _, sites = _rank_buffers([n, n], 2)
+    pushed = [gemv(torch.randn(1, k), torch.randn(n, k), residual=torch.zeros(1, n) if rank == 0 else None,
+                   push=sites[rank][0]) for rank in range(2)]
+    site = sites[0][0]
+    peer_flags = site.flags.view(2, n)[1]
+    last = pushed[1] - 1
+    assert pushed[0] == pushed[1] > 1 and peer_flags[:last + 1].tolist() == [1] * pushed[1]
+    peer_flags[last] = 0   # the peer's last program has not arrived
+    stream = torch.zeros(1, n)
+    waiting = threading.Thread(target=pulled_rms_norm, args=(site, pushed[0], torch.ones(n), 1e-6, stream))
+    waiting.start()
+    waiting.join(1.0)
+    assert waiting.is_alive() and not stream.any()
+    peer_flags[last] = 1
+    waiting.join(30.0)
+    assert not waiting.is_alive()
+    assert torch.equal(stream[0], site.slots[:n] + site.slots[n:])
 
 
 def test_an_abandoned_wait_returns_without_the_peer():
@@ -99,9 +129,9 @@ def test_an_abandoned_wait_returns_without_the_peer():
     n, k = 16, 8
     _, sites = _rank_buffers([n, n], 2)
     site = sites[0][0]
-    gemv(torch.randn(1, k), torch.randn(n, k), residual=torch.zeros(1, n), push=site)
+    pushed = gemv(torch.randn(1, k), torch.randn(n, k), residual=torch.zeros(1, n), push=site)
     site.abandon.fill_(1)
-    normed, _ = pulled_rms_norm(site, torch.ones(n), 1e-6, torch.zeros(1, n))
+    normed, _ = pulled_rms_norm(site, pushed, torch.ones(n), 1e-6, torch.zeros(1, n))
     assert normed.shape == (1, n)
 
 

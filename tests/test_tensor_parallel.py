@@ -195,7 +195,7 @@ def test_gated_mlp_reads_the_stream_not_a_pending_sum():
         given.append(hidden)
         return stream * 2, stream
 
-    pending = PendingSum(site=None)
+    pending = PendingSum(site=None, programs=0)
     out, stream = gated_mlp(gate_up, down, SiluAndMul(), norm, pending, residual)
     assert given == [pending] and stream is residual
     assert torch.allclose(out, silu_and_mul_ref((residual * 2) @ gate_up.weight.t()) @ down.weight.t())

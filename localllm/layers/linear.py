@@ -195,10 +195,10 @@ class RowParallelLinear(nn.Module):
         from localllm.kernels.gemv import gemv
 
         first = tp_rank() == 0
-        gemv(x, self.weight, self.bias if first else None, silu_mul=silu_mul, residual=residual if first else None,
-             out=residual, push=self.peer_site)
+        pushed = gemv(x, self.weight, self.bias if first else None, silu_mul=silu_mul,
+                      residual=residual if first else None, out=residual, push=self.peer_site)
         if self.peer_site is not None:   # given only to the projections of a group (rank_setup)
-            return PendingSum(self.peer_site)
+            return PendingSum(self.peer_site, pushed)
         reduced = all_reduce(residual)
         if reduced is not residual:   # a reducer that does not work in place
             residual.copy_(reduced)

@@ -19,7 +19,7 @@ class RMSNorm(nn.Module):
         if isinstance(x, PendingSum):   # the ranks' partial sums of the residual stream, added here
             from localllm.kernels.rmsnorm import pulled_rms_norm
 
-            return pulled_rms_norm(x.site, self.weight, self.eps, residual)
+            return pulled_rms_norm(x.site, x.programs, self.weight, self.eps, residual)
         if x.is_cuda:  # one fused Triton kernel instead of ~8 launches
             from localllm.kernels.rmsnorm import rms_norm
 

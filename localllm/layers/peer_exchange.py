@@ -19,18 +19,25 @@ from torch import nn
 if TYPE_CHECKING:   # the kernels (and Triton) are imported only where the exchange is used
     from localllm.kernels.peer_sum import PeerSite
 
-FLAG_WORDS = 32   # a site's flags are padded to 128 bytes, so that its slots start aligned
+ALIGN_WORDS = 32   # a site's flags are padded to 128 bytes, so that its slots start aligned
 
 
 @dataclass(frozen=True)
 class PendingSum:
-    """The residual stream after a row-parallel projection whose ranks' partial sums are still in `site`."""
+    """The residual stream after a row-parallel projection whose ranks' partial sums are still in `site`, pushed by
+    `programs` programs on each rank."""
     site: PeerSite
+    programs: int
+
+
+def flag_words(width: int, world: int) -> int:
+    """The words of a site's flags: one per rank and program, and a program pushes at least one of the width rows."""
+    return -(-world * width // ALIGN_WORDS) * ALIGN_WORDS
 
 
 def buffer_words(widths: list[int], world: int) -> int:
     """The size of an exchange buffer with sites of these widths, in 4-byte words."""
-    return sum(FLAG_WORDS + world * width for width in widths)
+    return sum(flag_words(width, world) + world * width for width in widths)
 
 
 def make_sites(buffer: torch.Tensor, widths: list[int], rank: int, deltas: torch.Tensor,
@@ -41,13 +48,12 @@ def make_sites(buffer: torch.Tensor, widths: list[int], rank: int, deltas: torch
 
     world = deltas.numel()
     flags = buffer.view(torch.int32)
-    arrivals = torch.zeros(len(widths), dtype=torch.int64, device=buffer.device)
     sites, start = [], 0
-    for i, width in enumerate(widths):
-        slots = buffer[start + FLAG_WORDS:start + FLAG_WORDS + world * width]
-        sites.append(PeerSite(flags[start:start + world], slots, arrivals[i:i + 1], abandon, deltas, rank, world,
-                              width))
-        start += FLAG_WORDS + world * width
+    for width in widths:
+        slots_at = start + flag_words(width, world)
+        sites.append(PeerSite(flags[start:start + world * width], buffer[slots_at:slots_at + world * width],
+                              abandon, deltas, rank, world, width))
+        start = slots_at + world * width
     return sites
 
 
@@ -58,7 +64,11 @@ class PeerExchange:
     def __init__(self, widths: list[int], device: torch.device):
         import torch.distributed._symmetric_memory as symm_mem
 
+        from localllm.kernels.peer_sum import MAX_WORLD
+
         rank, world = dist.get_rank(), dist.get_world_size()
+        if world > MAX_WORLD.value:
+            raise ValueError(f"the fused all-reduce spans at most {MAX_WORLD.value} GPUs, not {world}")
         words = buffer_words(widths, world)
         self.buffer = symm_mem.empty(words, dtype=torch.float32, device=device)
         self.buffer.zero_()   # every flag 0: no site has run
