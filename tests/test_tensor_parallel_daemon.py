@@ -28,6 +28,7 @@ def test_daemon_over_two_ranks(tmp_path):
         status = daemon.model_status(model)
         assert status["tensor_parallel_size"] == 2 and len(status["worker_pids"]) == 1
         assert status["gpus"] == []   # per-GPU memory only on GPUs
+        assert "ready in" in daemon.log() and "split over 2 CPU ranks" in daemon.log()
         for _ in range(2):   # the second time, the prompts' blocks come from the prefix cache
             r = oai.completions.create(model=model, prompt=prompts, max_tokens=28, temperature=0,
                                        extra_body={"ignore_eos": True})

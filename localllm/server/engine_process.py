@@ -120,13 +120,14 @@ def _load(config, outbox: Sender):
         outbox.send(LoadFailed("EngineError", f"{type(e).__name__}: {one_line(e)}"))
         return None
     kernels = start_kind(kernels_before, cached_kernel_count(kernel_cache))
+    tp = core.tensor_parallel_size
+    split = f", split over {tp} {'GPUs' if core.device.type == 'cuda' else 'CPU ranks'}" if tp > 1 else ""
     print(f"localllm engine: {config.model or 'the embedded model'} ready in {time.perf_counter() - started:.1f} s"
-          + (f" ({kernels})" if kernels else ""), file=sys.stderr, flush=True)
+          + split + (f" ({kernels})" if kernels else ""), file=sys.stderr, flush=True)
     runner = core.runner
     # every rank holds shards of the same shapes, so rank 0's sizes are each GPU's
     weights = runner.weight_bytes
     kv = runner.kv_cache.numel() * runner.kv_cache.element_size()
-    tp = core.tensor_parallel_size
     gpus = [RankMemory(f"cuda:{rank}", weights, kv) for rank in range(tp)] if core.device.type == "cuda" else []
     outbox.send(Loaded(
         protocol=PROTOCOL_VERSION, model_dir=str(model_dir), device=str(core.device),
