@@ -30,12 +30,14 @@ padded_smollm2(Path('/tmp/tp-smollm2'), Path('$SMOLLM2_GGUF') if '${SMOLLM2_GGUF
 for stage in ${STAGES:-fp32 agreement latency-8b latency-70b throughput-70b throughput-8b share allreduce profile degree ps}; do
   echo "== $stage $(date -u +%H:%M:%S)"
   case $stage in
-    fp32) for tp in $SPLIT; do
-            py scripts/gpu_tp_agreement.py --tiny /tmp/tp-tiny --tp "$tp" --new-tokens 64 --json-out "$OUT/fp32-tiny-tp$tp.json"
-            py scripts/gpu_tp_agreement.py --tiny /tmp/tp-tiny --tp "$tp" --new-tokens 64 --allreduce fused --alone \
-              --json-out "$OUT/fp32-tiny-tp$tp-fused.json"
-            py scripts/gpu_tp_agreement.py --tiny /tmp/tp-tiny --tp "$tp" --new-tokens 64 --allreduce symm_mem --alone \
-              --json-out "$OUT/fp32-tiny-tp$tp-symm_mem.json"
+    fp32) # a tiny model: a run past 5 minutes (cold kernel compiles included) hangs; the rest of the call is worth more
+          for tp in $SPLIT; do
+            STAGE_TIMEOUT=300 py scripts/gpu_tp_agreement.py --tiny /tmp/tp-tiny --tp "$tp" --new-tokens 64 \
+              --json-out "$OUT/fp32-tiny-tp$tp.json"
+            STAGE_TIMEOUT=300 py scripts/gpu_tp_agreement.py --tiny /tmp/tp-tiny --tp "$tp" --new-tokens 64 \
+              --allreduce fused --alone --json-out "$OUT/fp32-tiny-tp$tp-fused.json"
+            STAGE_TIMEOUT=300 py scripts/gpu_tp_agreement.py --tiny /tmp/tp-tiny --tp "$tp" --new-tokens 64 \
+              --allreduce symm_mem --alone --json-out "$OUT/fp32-tiny-tp$tp-symm_mem.json"
           done ;;
     agreement) for kind in nccl symm_mem; do
         py scripts/gpu_tp_agreement.py --padded /tmp/tp-smollm2 ${SMOLLM2_GGUF:+--gguf "$SMOLLM2_GGUF"} --tp "$MAX" \
