@@ -16,7 +16,7 @@ import torch
 from localllm.bench.models import random_weight_config
 from localllm.config import Config
 from localllm.engine.tensor_parallel import resolve_degree
-from localllm.engine.tp_degree import GiB, degree_error, free_gpu_bytes, model_size, shard_bytes
+from localllm.engine.tp_degree import GiB, free_gpu_bytes, model_size, shard_bytes, splitting_degrees
 
 
 def main() -> None:
@@ -31,8 +31,8 @@ def main() -> None:
         hf_config = random_weight_config(name)
         model_len = config.max_model_len or hf_config.max_position_embeddings   # as the engine core has it
         size = model_size(hf_config, dtype, model_len)
-        needs = {tp: round(shard_bytes(size, tp) / GiB, 1) for tp in range(1, len(free) + 1)
-                 if degree_error(size.num_heads, size.num_kv_heads, tp) is None}
+        needs = {tp: round(shard_bytes(size, tp) / GiB, 1)
+                 for tp in splitting_degrees(size.num_heads, size.num_kv_heads, len(free))}
         report["models"][name] = {"picked": resolve_degree(config, hf_config, device, dtype, model_len),
                                   "weights_gib": round(size.weight_bytes / GiB, 1), "context": model_len,
                                   "per_rank_need_gib": needs}

@@ -41,12 +41,17 @@ def degree_error(num_heads: int, num_kv_heads: int, tp: int) -> str | None:
     return None
 
 
+def splitting_degrees(num_heads: int, num_kv_heads: int, most: int) -> list[int]:
+    """The degrees from 1 to `most` that split these heads (degree_error finds nothing)."""
+    return [tp for tp in range(1, most + 1) if degree_error(num_heads, num_kv_heads, tp) is None]
+
+
 def refusal(num_heads: int, num_kv_heads: int, tp: int) -> str | None:
     """degree_error's reason, followed by the degrees up to LISTED_DEGREES that do split these heads."""
     reason = degree_error(num_heads, num_kv_heads, tp)
     if reason is None or tp < 1:
         return reason
-    fitting = [d for d in range(1, LISTED_DEGREES + 1) if degree_error(num_heads, num_kv_heads, d) is None]
+    fitting = splitting_degrees(num_heads, num_kv_heads, LISTED_DEGREES)
     return f"{reason} (it can be split over {', '.join(map(str, fitting))} GPUs)"
 
 
@@ -77,8 +82,7 @@ def pick_degree(size: ModelSize, free_bytes: list[int]) -> int:
     """The smallest degree that divides the heads and fits every GPU it uses; 1 without GPUs."""
     if not free_bytes:
         return 1
-    candidates = [tp for tp in range(1, len(free_bytes) + 1)
-                  if degree_error(size.num_heads, size.num_kv_heads, tp) is None]
+    candidates = splitting_degrees(size.num_heads, size.num_kv_heads, len(free_bytes))
     for tp in candidates:
         if all(free >= shard_bytes(size, tp) for free in free_bytes[:tp]):
             return tp

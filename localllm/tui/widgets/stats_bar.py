@@ -22,7 +22,8 @@ def reply_text(tokens_per_s: float | None, ttft_s: float | None, streaming: bool
 
 
 def daemon_text(status: dict | None, model: str, error: str | None = None) -> str:
-    """Where the model runs (CPU and its ranks, or the GPUs it spans), KV blocks in use, prefix-cache hit rate and memory."""
+    """Where the model runs (CPU and its ranks, or the GPUs it spans), KV blocks in use, prefix-cache hit rate and
+    memory."""
     if error:
         return f"daemon: {error}"
     if status is None:
