@@ -46,10 +46,13 @@ def _one_line_error(result) -> None:
     assert len(lines) == 1 and lines[0].startswith("Error:"), result.stderr
 
 
-def test_help_lists_run_and_ps():
-    result = runner.invoke(app, ["--help"])
+def test_help_lists_each_verb_on_one_line_in_the_order_a_newcomer_needs():
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "80"})
     assert result.exit_code == 0
-    assert "run" in result.stdout and "ps" in result.stdout
+    rows = [line.strip("│ ").split(None, 1) for line in result.stdout.splitlines()
+            if line.startswith("│ ") and not line.startswith("│ --")]
+    assert [verb for verb, _ in rows] == ["run", "chat", "pull", "list", "show", "rm", "ps", "stop", "serve", "bench"]
+    assert all(summary.rstrip(" │").endswith(".") for _, summary in rows), rows   # no summary wraps onto a 2nd line
 
 
 def test_run_starts_the_daemon_and_answers_with_the_embedded_model(daemons):

@@ -162,7 +162,7 @@ def _write_json(fields: dict, json_out: Path | None) -> None:
         json_out.write_text(json.dumps(fields, indent=2) + "\n")
 
 
-@bench_app.command()
+@bench_app.command(short_help="Batch-1 decode speed and time to first token.")
 def latency(
     model: Optional[str] = ModelArg,
     random_weights: Optional[str] = RandomOpt,
@@ -226,7 +226,7 @@ def _check_throughput_options(backend: str, quantize: str, kv_cache_dtype: str, 
         raise ValueError("--json-schema runs this engine only; leave out --backend hf and --compare-hf")
 
 
-@bench_app.command()
+@bench_app.command(short_help="Output tokens/s of many sequences at once.")
 def throughput(
     model: Optional[str] = ModelArg,
     random_weights: Optional[str] = RandomOpt,
@@ -304,7 +304,7 @@ def _batch_sizes(text: str, option: str = "--batch-sizes") -> list[int]:
     return sizes
 
 
-@bench_app.command()
+@bench_app.command(short_help="Decode speed against batch size.")
 def sweep(
     model: Optional[str] = ModelArg,
     random_weights: Optional[str] = RandomOpt,
@@ -350,7 +350,7 @@ def sweep(
     _write_json(as_dict(result), json_out)
 
 
-@bench_app.command()
+@bench_app.command(short_help="Per-step cost of grammar masks.")
 def grammar(
     model: Optional[str] = ModelArg,
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda: where the masks are applied."),

@@ -10,8 +10,6 @@ from localllm.cli.bench import bench_app
 from localllm.cli.models import register as register_model_commands
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
-register_model_commands(app)  # pull, list, show, rm
-app.add_typer(bench_app, name="bench")
 
 
 @app.callback()
@@ -24,11 +22,15 @@ from localllm.cli.daemon import ServeCommand, serve, stop  # noqa: E402  (the da
 from localllm.cli.ps import ps  # noqa: E402
 from localllm.cli.run import run  # noqa: E402
 
-app.command()(run)
-app.command(cls=ServeCommand)(serve)
-app.command()(stop)
-app.command()(ps)
-app.command()(chat)
+# The verbs in the order a newcomer needs them, each listed by one line (`short_help`), as `ollama --help` does;
+# the whole docstring is the verb's own --help.
+app.command(short_help="Chat with a model, or answer one prompt.")(run)
+app.command(short_help="Chat in the terminal app, with live engine stats.")(chat)
+register_model_commands(app)  # pull, list, show, rm
+app.command(short_help="Show loaded models, their memory and KV cache use.")(ps)
+app.command(short_help="Stop the daemon, or unload one model.")(stop)
+app.command(cls=ServeCommand, short_help="Run the daemon in the foreground (OpenAI and Ollama APIs).")(serve)
+app.add_typer(bench_app, name="bench", short_help="Measure speed beside the roofline.")
 
 
 if __name__ == "__main__":

@@ -17,10 +17,10 @@ from localllm.hub.progress import Reporter
 
 def register(app: typer.Typer) -> None:
     aliases = ", ".join(ALIASES)
-    app.command(epilog=f"Aliases: {aliases}.")(pull)
-    app.command("list")(list_models)
-    app.command()(show)
-    app.command()(rm)
+    app.command(epilog=f"Aliases: {aliases}.", short_help="Download a model into the local store.")(pull)
+    app.command("list", short_help="List the pulled models.")(list_models)
+    app.command(short_help="Show a model's architecture, size, template and files.")(show)
+    app.command(short_help="Remove pulled models.")(rm)
 
 
 def pull(
