@@ -167,6 +167,25 @@ def test_the_daemons_progress_lines_become_one_bar_per_file():
         assert shown.progress is None
 
 
+@pytest.mark.parametrize("width", [60, 80, 160])
+def test_a_files_progress_line_never_wraps_its_figures(width):
+    import io
+
+    from rich.console import Console
+
+    from localllm.cli.models import _PullProgress
+
+    shown = _PullProgress()
+    shown.console = Console(file=io.StringIO(), width=width, force_terminal=True, color_system=None)
+    progress = shown._bars()
+    progress.add_task("model-00001-of-00004.safetensors", total=4_965_798_912, completed=1_073_741_824)
+    shown.console.print(progress.make_tasks_table(progress.tasks))
+    lines = shown.console.file.getvalue().splitlines()
+    assert len(lines) == 1 and len(lines[0]) <= width, lines
+    assert lines[0].startswith("pulling model-") and " 22% 1.0/4.6 GiB " in lines[0], lines
+    assert ("model-00001-of-00004.safetensors" in lines[0]) == (width >= 120), lines   # only the name gives way
+
+
 def test_is_loaded_asks_the_daemon_status(monkeypatch):
     """Against a stand-in for localllm.client, so that this test does not depend on a running daemon."""
     import sys

@@ -14,6 +14,10 @@ from localllm.errors import LocalLLMError, ModelNotFoundError, one_line
 from localllm.hub.aliases import ALIASES
 from localllm.hub.progress import Reporter
 
+# A progress line's columns after the file's name: a 12-cell bar, "100%", "88.6/88.6 MiB", "344.4 MB/s", "0:00:00"
+# and the gaps between them.
+FIGURES_WIDTH = 50
+
 
 def register(app: typer.Typer) -> None:
     aliases = ", ".join(ALIASES)
@@ -208,14 +212,23 @@ class _PullProgress(Reporter):
         self._close_bars()
         self.console.print(message, markup=False, highlight=False)
 
+    def _bars(self):
+        """One line a file at any terminal width: the figures never wrap, the file's name gives way (a shard's
+        name is long; its figures are what a person watches)."""
+        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                                   TransferSpeedColumn)
+        from rich.table import Column
+
+        name = Column(no_wrap=True, overflow="ellipsis", max_width=max(16, self.console.width - FIGURES_WIDTH))
+        return Progress(TextColumn("pulling {task.description}", table_column=name), BarColumn(bar_width=12),
+                        TextColumn("{task.percentage:>3.0f}%", table_column=Column(no_wrap=True)),
+                        DownloadColumn(binary_units=True, table_column=Column(no_wrap=True)),
+                        TransferSpeedColumn(table_column=Column(no_wrap=True)),
+                        TimeRemainingColumn(table_column=Column(no_wrap=True)), console=self.console)
+
     def file(self, name: str, completed: int, total: int | None) -> None:
         if self.progress is None:
-            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                                       TransferSpeedColumn)
-
-            self.progress = Progress(TextColumn("pulling {task.description}"), BarColumn(),
-                                     TextColumn("{task.percentage:>3.0f}%"), DownloadColumn(binary_units=True),
-                                     TransferSpeedColumn(), TimeRemainingColumn(), console=self.console)
+            self.progress = self._bars()
             self.progress.start()
         if name not in self.tasks:
             self.tasks[name] = self.progress.add_task(name, total=total, completed=completed)
