@@ -90,6 +90,11 @@ class Client:
     def unload(self, model: str) -> dict:
         return self._json("POST", "/api/unload", json={"model": model})
 
+    def load(self, model: str) -> dict:
+        """Loads `model` (returns at once when it is loaded), as Ollama does for a request with no prompt: so that
+        a client can time loading apart from the first token."""
+        return self._json("POST", "/api/generate", json={"model": model, "stream": False})
+
     def chat(self, model: str, messages: list[dict], **params) -> dict:
         return self._json("POST", "/v1/chat/completions", json={"model": model, "messages": messages, **params})
 

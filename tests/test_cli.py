@@ -68,6 +68,14 @@ def test_run_starts_the_daemon_and_answers_with_the_embedded_model(daemons):
     # an engine option cannot change the running daemon: said in one line, not silently dropped
     assert "already running, so --kv-cache-dtype did not apply" in result.stderr
     assert daemons() == pid   # the same daemon answered
+    # unloaded, the model is loaded again before the prompt is sent: its load is not counted in the first token
+    assert runner.invoke(app, ["stop", "smollm2:135m"]).exit_code == 0
+    result = runner.invoke(app, ["run", QUESTION, "--verbose"])
+    assert result.exit_code == 0 and "Paris" in result.stdout, result.output
+    timings = dict(line.split(":", 1) for line in result.stderr.splitlines() if ":" in line)
+    seconds = {name: float(value.split()[0]) * (1 if value.split()[1] == "s" else 1e-3)
+               for name, value in timings.items() if name in ("load duration", "time to first token")}
+    assert seconds["load duration"] > seconds["time to first token"], result.stderr   # an engine process started
 
 
 def test_a_sigkilled_daemon_is_detected_and_restarted_by_the_next_run(daemons, tmp_path):

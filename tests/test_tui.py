@@ -97,6 +97,21 @@ def test_streamed_reply_equals_the_api_and_history_carries_over(client, models):
     run(go())
 
 
+def test_a_model_not_loaded_is_loaded_before_the_first_message_and_its_load_is_shown_apart(client, models):
+    client.unload(models[1])
+
+    async def go():
+        app = make_app(client, models[1])
+        async with app.run_test(size=(80, 24)) as pilot:
+            await send(pilot, app, "Hello")
+            note = assistant_widgets(app)[-1].border_subtitle
+            assert note.startswith("model loaded in ") and note.endswith(" s · 12 tokens (limit)"), note
+            assert models[1] in {m["name"] for m in client.status()["models"]}
+            await send(pilot, app, "Again")
+            assert assistant_widgets(app)[-1].border_subtitle == "12 tokens (limit)"   # loaded: nothing to say
+    run(go())
+
+
 class SlowReader:
     """The real client, reading the stream at 50 chunks/s at most, so that Esc lands before the daemon is done."""
 

@@ -140,7 +140,13 @@ def daemon_client(models: list[str] = (), args: list[str] = ()):
 
 def print_stream(client, model: str, messages: list[dict], params: dict, verbose: bool) -> str:
     """Streams the reply to `messages` to stdout as it arrives; returns its text. Timings are measured here,
-    on the client's side (time to first token includes loading the model when it was not loaded)."""
+    on the client's side; with `verbose` the model is loaded first, so that loading is timed apart from the first
+    token, as `ollama run --verbose` does."""
+    load_s = None
+    if verbose:
+        started = time.perf_counter()
+        client.load(model)
+        load_s = time.perf_counter() - started
     start = time.perf_counter()
     first = None
     usage = None
@@ -160,13 +166,14 @@ def print_stream(client, model: str, messages: list[dict], params: dict, verbose
     sys.stdout.write("\n")
     sys.stdout.flush()
     if verbose:
-        typer.echo(_timings(start, first, end, usage), err=True)
+        typer.echo(_timings(start, first, end, usage, load_s), err=True)
     return "".join(parts)
 
 
-def _timings(start: float, first: float | None, end: float, usage: dict | None) -> str:
+def _timings(start: float, first: float | None, end: float, usage: dict | None, load_s: float | None) -> str:
     generated = (usage or {}).get("completion_tokens")
-    lines = [f"prompt tokens:       {(usage or {}).get('prompt_tokens', 'n/a')}",
+    lines = [f"load duration:       {_duration(load_s)}"] if load_s is not None else []
+    lines += [f"prompt tokens:       {(usage or {}).get('prompt_tokens', 'n/a')}",
              f"generated tokens:    {generated if generated is not None else 'n/a'}"]
     if first is not None:
         decode_s = end - first
@@ -174,6 +181,10 @@ def _timings(start: float, first: float | None, end: float, usage: dict | None) 
         lines += [f"decode rate:         {rate}", f"time to first token: {(first - start) * 1000:.0f} ms"]
     lines.append(f"total time:          {end - start:.2f} s")
     return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
 def _repl(client, model: str, history: list[dict], params: dict, verbose: bool) -> None:

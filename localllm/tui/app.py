@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from textual import work
 from textual.app import App
+from textual.binding import Binding
 
 from localllm.client import Client, DaemonError, ensure_daemon
 from localllm.errors import LocalLLMError
 from localllm.hub.embedded import EMBEDDED_ALIAS
 from localllm.tui.conversations import Conversation
 from localllm.tui.screens.chat import ChatScreen
-from localllm.tui.widgets.stats_bar import daemon_text
+from localllm.tui.widgets.stats_bar import daemon_text, ready_models
 
 
 class ChatApp(App):
@@ -20,6 +21,8 @@ class ChatApp(App):
     every chat request. `poll_interval`: seconds between /api/status polls (0 = none)."""
 
     CSS_PATH = "chat.tcss"
+    # Textual's quit key, shown in the footer: Ctrl+C does not quit a Textual app
+    BINDINGS = [Binding("ctrl+q", "quit", "Quit", priority=True)]
     TITLE = "localllm chat"
     ENABLE_COMMAND_PALETTE = False
 
@@ -35,6 +38,7 @@ class ChatApp(App):
         self.poll_interval = poll_interval
         self.daemon_models = list(daemon_models)
         self.chat: ChatScreen | None = None
+        self.ready_models: set[str] = set()   # as of the last status poll
 
     def on_mount(self) -> None:
         self.chat = ChatScreen(self.conversation, self.request_extra)
@@ -83,7 +87,9 @@ class ChatApp(App):
             return
         model = self.chat.conversation.model
         try:
-            text = daemon_text(self.client.status(), model)
+            status = self.client.status()
+            self.ready_models = ready_models(status)
+            text = daemon_text(status, model)
         except DaemonError as e:
             text = daemon_text(None, model, "unreachable" if e.status is None else str(e))
         except Exception as e:  # noqa: BLE001  (an odd status: shown, never a traceback)

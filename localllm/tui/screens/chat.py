@@ -21,7 +21,7 @@ from localllm.tui.screens.models import ModelPicker
 from localllm.tui.screens.settings import SettingsScreen
 from localllm.tui.widgets.message import ChatMessage
 from localllm.tui.widgets.prompt import PromptInput
-from localllm.tui.widgets.stats_bar import StatsBar, reply_text, short_model
+from localllm.tui.widgets.stats_bar import StatsBar, ready_models, reply_text, short_model
 
 
 @dataclass
@@ -31,6 +31,7 @@ class ReplyStats:
     last: float | None = None
     chunks: int = 0
     completion_tokens: int | None = None
+    load_s: float | None = None   # loading the model first, when it was not loaded (not counted in the TTFT)
 
     def tokens_per_s(self) -> float | None:
         tokens = self.completion_tokens or self.chunks
@@ -131,9 +132,9 @@ class ChatScreen(Screen):
     @work(thread=True, exclusive=True, group="reply")
     def stream_reply(self, conversation: Conversation, params: dict, widget: ChatMessage) -> None:
         worker = get_current_worker()
-        stats = ReplyStats(time.perf_counter())
-        finish, error = None, None
+        stats, finish, error = ReplyStats(time.perf_counter()), None, None
         try:
+            stats = self._load(conversation.model)
             stream = self.app.client.chat_stream(conversation.model, conversation.request_messages(), **params)
             try:
                 for chunk in stream:
@@ -158,6 +159,19 @@ class ChatScreen(Screen):
         except Exception as e:  # noqa: BLE001  (a malformed chunk: said in the chat, never a traceback)
             error = DaemonError(f"unexpected answer from the daemon: {type(e).__name__}: {e}", status=0)
         self._from_thread(self.end_reply, conversation, widget, stats, finish, error)
+
+    def _load(self, model: str) -> ReplyStats:
+        """Loads the model first when the last status poll did not show it ready, saying so on the stats line,
+        so that the reply's time to first token is the engine's and the load is shown apart. Returns the reply's
+        stats, started after the load."""
+        if model in self.app.ready_models or model in ready_models(self.app.client.status()):   # polled, or now
+            return ReplyStats(time.perf_counter())
+        self._from_thread(lambda: self.show_stats(reply=f"loading {short_model(model)}…"))
+        started = time.perf_counter()
+        self.app.client.load(model)
+        loaded = time.perf_counter()
+        self.app.ready_models.add(model)   # until the next poll says otherwise
+        return ReplyStats(loaded, load_s=loaded - started)
 
     def _from_thread(self, callback, *args) -> None:
         try:
@@ -184,8 +198,8 @@ class ChatScreen(Screen):
         self.show_stats(reply=reply_text(stats.tokens_per_s(), stats.ttft()))
         if widget.content:
             tokens = stats.completion_tokens or stats.chunks
-            widget.set_footnote({"stopped": "stopped", "length": f"{tokens} tokens (limit)"}.get(finish or "",
-                                                                                                  f"{tokens} tokens"))
+            note = {"stopped": "stopped", "length": f"{tokens} tokens (limit)"}.get(finish or "", f"{tokens} tokens")
+            widget.set_footnote(note if stats.load_s is None else f"model loaded in {stats.load_s:.1f} s · {note}")
         elif error is None:
             widget.set_footnote("stopped" if finish == "stopped" else "empty reply")
         if error is not None:

@@ -21,6 +21,11 @@ def reply_text(tokens_per_s: float | None, ttft_s: float | None, streaming: bool
     return ("▶ " if streaming else "") + f"{rate} · {ttft}"
 
 
+def ready_models(status: dict) -> set[str]:
+    """The models of a /api/status answer that are loaded and answering."""
+    return {m.get("name") for m in status.get("models", []) if m.get("state") == "ready"}
+
+
 def daemon_text(status: dict | None, model: str, error: str | None = None) -> str:
     """Where the model runs (CPU and its ranks, or the GPUs it spans), KV blocks in use, prefix-cache hit rate and
     memory."""
