@@ -105,7 +105,8 @@ def test_rm_removes_and_then_is_an_error(pulled):
     result = runner.invoke(app, ["rm", ALIAS])
     assert result.exit_code == 0 and result.stdout.startswith(f"deleted '{ALIAS}' (freed 30")
     assert runner.invoke(app, ["list"]).stdout.strip() == "NAME   SIZE   FORMAT   MODIFIED"
-    _one_line_error(runner.invoke(app, ["rm", ALIAS]), "not found")
+    _one_line_error(runner.invoke(app, ["rm", ALIAS]), f"no pulled model is named '{ALIAS}' (see 'localllm list')")
+    _one_line_error(runner.invoke(app, ["rm", "no-such-thing"]), "no pulled model is named 'no-such-thing'")
 
 
 @pytest.mark.parametrize("args, fragment", [

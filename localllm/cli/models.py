@@ -132,14 +132,11 @@ def rm(
 ) -> None:
     """Remove pulled models and free the disk space only they use."""
     from localllm.hub import store
-    from localllm.hub.reference import resolve_reference
     from localllm.units import format_size
 
     for model in models:
         try:
-            entry = resolve_reference(model).entry
-            if entry is None:
-                raise ModelNotFoundError(f"model '{model}' not found (see 'localllm list')")
+            entry = _pulled_entry(model)
             if _is_loaded(entry.name):
                 if not force:
                     raise LocalLLMError(f"model '{entry.name}' is loaded by the daemon; unload it first or pass "
@@ -149,6 +146,20 @@ def rm(
         except (LocalLLMError, OSError) as e:
             _fail(e)
         typer.echo(f"deleted '{entry.name}' (freed {format_size(freed)})")
+
+
+def _pulled_entry(model: str):
+    """The store's entry of `model`; a name that is no pulled model is said in rm's terms, whatever else it might
+    name (an alias not pulled, a repo id)."""
+    from localllm.hub.reference import resolve_reference
+
+    try:
+        entry = resolve_reference(model).entry
+    except ModelNotFoundError:
+        entry = None
+    if entry is None:
+        raise ModelNotFoundError(f"no pulled model is named '{model}' (see 'localllm list')")
+    return entry
 
 
 def _is_loaded(name: str) -> bool:
