@@ -14,6 +14,8 @@ MAX_TEMPERATURE = 100.0
 MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 0.01, 100.0
 # torch seeds are 64-bit; completion i of a seeded request draws from seed + i.
 MIN_SEED, MAX_SEED = -(2 ** 63), 2 ** 63 - 1
+# OpenAI's range for a logit_bias value: -100 bans a token in practice, 100 all but forces it.
+MAX_LOGIT_BIAS = 100.0
 GUIDANCE_KINDS = ("json_object", "json_schema", "lark")
 _GUIDANCE_VALUES = {"json_schema": "JSON schema (as JSON text)", "lark": "Lark grammar"}
 
@@ -50,6 +52,7 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     logprobs: int | None = None       # None = off; k = the sampled token's logprob plus the top k
+    logit_bias: dict[int, float] = field(default_factory=dict)   # token id -> added to its logit before sampling
     skip_special_tokens: bool = True
     guidance: Guidance | None = None  # None = free text
 
@@ -58,8 +61,10 @@ class SamplingParams:
             self.stop = [self.stop]
         self.stop = [s for s in (self.stop or []) if s]
         self.stop_token_ids = list(self.stop_token_ids)
+        self.logit_bias = dict(self.logit_bias or {})
         if self.top_k == -1:
             self.top_k = 0
+        bad_biases = [b for b in self.logit_bias.values() if not -MAX_LOGIT_BIAS <= b <= MAX_LOGIT_BIAS]
         checks = [
             (self.n >= 1, f"n must be at least 1, got {self.n}"),
             # written as ranges, so that NaN (which compares false) is refused along with infinities
@@ -82,6 +87,10 @@ class SamplingParams:
             (all(t >= 0 for t in self.stop_token_ids),
              f"stop_token_ids must not be negative, got {self.stop_token_ids}"),
             (self.logprobs is None or 0 <= self.logprobs <= 20, f"logprobs must be in [0, 20], got {self.logprobs}"),
+            (all(type(t) is int and t >= 0 for t in self.logit_bias),
+             f"logit_bias must map token ids (integers >= 0) to biases, got keys {list(self.logit_bias)[:3]}"),
+            (not bad_biases, f"logit_bias values must be in [-{MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}], got "
+                             f"{bad_biases[:1]}"),
             # under a grammar, the grammar decides where the output ends
             (self.guidance is None or not self.ignore_eos, "ignore_eos cannot be combined with guidance"),
             (self.guidance is None or self.min_tokens == 0, "min_tokens cannot be combined with guidance"),

@@ -98,6 +98,22 @@ def test_logprobs(llm):
         assert entry.logprob <= 0.0
 
 
+def test_logit_bias_forces_and_bans_tokens(llm):
+    """Through the host's sampler (sync) and the on-device pick of overlapped steps alike."""
+    full = greedy_text(llm, 8)
+    forced = full.token_ids[3]
+    out = llm.generate([PROMPT], SamplingParams(temperature=0, max_tokens=6, ignore_eos=True,
+                                                logit_bias={forced: 100}))[0].outputs[0]
+    assert out.token_ids == [forced] * 6
+    top_two = llm.generate([PROMPT], SamplingParams(temperature=0, max_tokens=1, ignore_eos=True,
+                                                    logprobs=2))[0].outputs[0].logprobs[0].top_logprobs
+    banned = llm.generate([PROMPT], SamplingParams(temperature=0, max_tokens=1, ignore_eos=True,
+                                                   logit_bias={top_two[0][0]: -100}))[0].outputs[0]
+    assert banned.token_ids == [top_two[1][0]]   # the runner-up, as the unbiased step ranked it
+    with pytest.raises(ValueError, match="logit_bias token id 1000000 is outside the vocabulary"):
+        llm.generate([PROMPT], SamplingParams(max_tokens=1, logit_bias={1_000_000: 1}))
+
+
 def test_abort_frees_blocks_at_once(llm):
     core = llm.engine.core
     stream = llm.stream(list(range(1, 40)), SamplingParams(temperature=0, max_tokens=50, ignore_eos=True))

@@ -127,7 +127,10 @@ def test_prompt_plus_max_tokens_over_the_context_is_400_with_the_numbers(http, t
     ({"logprobs": True, "top_logprobs": 30}, "top_logprobs"),
     ({"top_logprobs": 2}, "top_logprobs"),
     ({"seed": 2 ** 70}, "seed"),
-    ({"logit_bias": {"5": 10}}, "logit_bias"),
+    ({"logit_bias": {"5": 101}}, "logit_bias"),
+    ({"logit_bias": {"five": 1}}, "logit_bias"),
+    ({"logit_bias": {"-5": 1}}, "logit_bias"),
+    ({"logit_bias": {"10000000": 1}}, "logit_bias"),
     ({"tools": [{"type": "function", "function": {"name": "f g"}}]}, "tools[0].function.name"),
     ({"response_format": {"type": "xml"}}, "response_format.type"),
     ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
@@ -177,7 +180,8 @@ def test_a_stop_token_id_outside_the_vocabulary_is_400(daemon, http, tiny):
     pid = daemon.model_status(tiny)["pid"]
     r = http.post("/v1/completions", json={"model": tiny, "prompt": "hi", "max_tokens": 4, "min_tokens": 2,
                                            "stop_token_ids": [10 ** 6]})
-    assert "stop token id 1000000 is outside the vocabulary" in assert_error(r, 400)["message"]
+    assert "stop_token_ids names token id 1000000, outside the vocabulary" in assert_error(
+        r, 400, "invalid_value", param="stop_token_ids")["message"]
     assert daemon.model_status(tiny)["pid"] == pid
 
 

@@ -176,6 +176,20 @@ def test_max_completion_tokens_and_sampling_extras_equal_offline(oai, offline, t
     assert r.choices[0].finish_reason == expected.finish_reason
 
 
+def test_logit_bias_equals_offline(oai, offline, tiny):
+    """A seeded sampled completion under a bias that bans the greedy pick and favours another token: the same
+    tokens as the offline engine's (the bias moves the whole distribution, not only the argmax)."""
+    unbiased = offline.chat(MESSAGES, greedy(6))[0].outputs[0].token_ids
+    bias = {unbiased[0]: -100.0, unbiased[2]: 3.5}
+    expected = offline.chat(MESSAGES, SamplingParams(temperature=0.9, seed=11, max_tokens=6, ignore_eos=True,
+                                                     logit_bias=bias))[0].outputs[0]
+    r = oai.chat.completions.create(model=tiny, messages=MESSAGES, temperature=0.9, seed=11, max_tokens=6,
+                                    logit_bias={str(t): b for t, b in bias.items()},
+                                    extra_body={"ignore_eos": True})
+    assert r.choices[0].message.content == expected.text and r.usage.completion_tokens == 6
+    assert expected.token_ids[0] != unbiased[0]   # the ban held
+
+
 def test_concurrent_requests_are_batched(daemon, oai, tiny):
     """Requests queued together share engine steps: n of them take the steps of one, not n times as many. The
     engine is frozen until the front end has handed it all n, so that none may finish before the last arrives

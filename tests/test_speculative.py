@@ -140,7 +140,8 @@ def test_ngram_match_prefers_the_longest_then_the_latest_suffix():
 @pytest.mark.parametrize(**LAYOUTS)
 @pytest.mark.parametrize("overlap", [False, True], ids=["sync", "overlap"])
 def test_greedy_tokens_equal_decoding_without_speculation(model_dir, plain, overlap, layout):
-    params = [greedy(40), greedy(24), greedy(40, repetition_penalty=1.3), greedy(33, n=2, logprobs=2)]
+    params = [greedy(40), greedy(24, logit_bias={7: 100.0}), greedy(40, repetition_penalty=1.3),
+              greedy(33, n=2, logprobs=2)]
     expected = plain.generate(PROMPTS, params)
     llm = engine(model_dir, "ngram", overlap, layout)
     steps = record_verify_steps(llm)
@@ -152,6 +153,7 @@ def test_greedy_tokens_equal_decoding_without_speculation(model_dir, plain, over
             if eo.logprobs is not None:
                 assert [t.token_id for t in go.logprobs] == eo.token_ids
                 assert [t.logprob for t in go.logprobs] == pytest.approx([t.logprob for t in eo.logprobs], abs=1e-4)
+    assert got[1].outputs[0].token_ids == [7] * 24   # the bias holds in verified steps too
     stats = llm.engine.core.speculator.stats
     assert 0 < stats.accepted < stats.proposed   # drafts were kept and drafts were rejected
     # steps in which some sequences verified drafts while others decoded plainly

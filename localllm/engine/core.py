@@ -172,8 +172,9 @@ class EngineCore:
         if n >= self.max_model_len:
             raise PromptTooLongError(f"the prompt has {n} tokens but the context holds {self.max_model_len}, "
                                      "and at least one must be left for the reply")
-        # the sampler bans stop ids by index while min_tokens is not reached
+        # the sampler indexes the logits by these: stop ids banned while min_tokens is not reached, biased ids
         self._check_in_vocabulary(params.stop_token_ids, "stop token id")
+        self._check_in_vocabulary(list(params.logit_bias), "logit_bias token id")
 
     def _check_pooling(self, params: PoolingParams, n: int) -> None:
         if self.pooler is None:

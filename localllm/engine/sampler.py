@@ -47,7 +47,11 @@ class Sampler:
     def token_ids(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
         """The chosen token ids, left on the logits' device, for rows that need neither penalties nor logprobs
         (see needs_host): with a GPU, the host goes on without waiting for them (except for top-p rows whose
-        nucleus may be wider than NUCLEUS_WINDOW, which look at the result)."""
+        nucleus may be wider than NUCLEUS_WINDOW, which look at the result). A logit_bias needs no history, so
+        it is added here too."""
+        if any(row.params.logit_bias for row in rows):
+            logits = logits.to(torch.float32, copy=True)
+            add_logit_bias(logits, rows)
         return _choose_tokens(logits, rows)
 
     @staticmethod
@@ -66,13 +70,16 @@ class Sampler:
         additive = [i for i, row in enumerate(rows)
                     if row.params.presence_penalty != 0.0 or row.params.frequency_penalty != 0.0]
         banned_rows, banned_tokens = self._tokens_banned_by_min_tokens(rows)
-        if not (repetition or additive or banned_rows):
+        biased = any(row.params.logit_bias for row in rows)
+        if not (repetition or additive or banned_rows or biased):
             return logits.float()
         logits = logits.to(torch.float32, copy=True)
         if repetition:
             _apply_repetition_penalty(logits, repetition, [rows[i] for i in repetition])
         if additive:
             _apply_presence_and_frequency_penalties(logits, additive, [rows[i] for i in additive])
+        if biased:
+            add_logit_bias(logits, rows)
         if banned_rows:
             logits[banned_rows, banned_tokens] = float("-inf")
         return logits
@@ -126,6 +133,15 @@ def _apply_presence_and_frequency_penalties(logits: torch.Tensor, row_index: lis
     presence = torch.tensor([row.params.presence_penalty for row in rows], device=logits.device)[which]
     frequency = torch.tensor([row.params.frequency_penalty for row in rows], device=logits.device)[which]
     logits[at] -= presence + frequency * counts
+
+
+def add_logit_bias(logits: torch.Tensor, rows: list[SamplingRow]) -> None:
+    """OpenAI's logit_bias, in place on float32 logits [B, V]: each row's biases added to their tokens' logits, by
+    one indexed add from one copy of (row, token, bias) triples, queued without waiting for the device (float64
+    holds the ids exactly)."""
+    triples = [(i, token, bias) for i, row in enumerate(rows) for token, bias in row.params.logit_bias.items()]
+    which, tokens, biases = to_device(torch.tensor(triples, dtype=torch.float64).T.contiguous(), logits.device)
+    logits.index_put_((which.long(), tokens.long()), biases.float(), accumulate=True)
 
 
 def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:

@@ -11,8 +11,8 @@ from localllm.server.errors import APIError
 from localllm.server.jobs import Job
 from localllm.server.models import LoadedModel
 from localllm.server.openai_format import Choice
-from localllm.server.openai_requests import (chat_prompt, check_context, check_generates, completion_prompts,
-                                             reject_unsupported, sampling_params)
+from localllm.server.openai_requests import (chat_prompt, check_context, check_generates, check_token_params,
+                                             completion_prompts, reject_unsupported, sampling_params)
 from localllm.server.openai_tools import ToolPlan, tool_plan
 
 
@@ -45,6 +45,7 @@ async def start(request, body, chat: bool) -> Generation:
         if tools:
             params = tools.sampling(params, client.tokenizer)
         check_context(prompts, params.max_tokens, client.info.max_model_len, "messages" if chat else "prompt")
+        check_token_params(params, client.info.vocab_size)
         limit = daemon.settings.max_num_seqs + daemon.settings.max_queued
         if params.n * len(prompts) > limit:
             raise APIError(400, f"n x prompts ({params.n * len(prompts)}) is more than this server takes at once "

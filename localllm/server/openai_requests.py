@@ -20,8 +20,6 @@ def _bad(message: str, param: str | None = None, code: str = "invalid_value") ->
 
 
 def reject_unsupported(body) -> None:
-    if body.logit_bias:
-        raise _bad("logit_bias is not supported.", "logit_bias", "unsupported_parameter")
     if isinstance(body, ChatCompletionRequest):
         check_tools(body)
         structured = body.response_format is not None and body.response_format.type != "text"
@@ -71,11 +69,21 @@ def sampling_params(body: ChatCompletionRequest | CompletionRequest) -> Sampling
             seed=body.seed, max_tokens=max_tokens, min_tokens=pick(body.min_tokens, 0), stop=body.stop,
             stop_token_ids=pick(body.stop_token_ids, []), ignore_eos=pick(body.ignore_eos, False),
             logprobs=logprobs, skip_special_tokens=pick(body.skip_special_tokens, True),
-            guidance=guidance)
+            logit_bias=logit_bias(body.logit_bias), guidance=guidance)
     except ValueError as e:
         param = str(e).split(" ", 1)[0]
         param = {"max_tokens": max_tokens_param, "logprobs": logprobs_param}.get(param, param)
         raise _bad(f"{e}.", param) from None
+
+
+def logit_bias(biases: dict[str, float] | None) -> dict[int, float]:
+    """OpenAI's logit_bias, keyed by token ids written as strings (JSON object keys), as SamplingParams takes it."""
+    by_id = {}
+    for token, bias in (biases or {}).items():
+        if not token.isascii() or not token.isdigit():
+            raise _bad(f"logit_bias keys must be token ids, got {token!r}.", "logit_bias")
+        by_id[int(token)] = bias
+    return by_id
 
 
 def response_guidance(response_format: ResponseFormat | None) -> Guidance | None:
@@ -196,6 +204,14 @@ def check_prompt_ids(ids: list[int], vocab_size: int, param: str) -> None:
     bad = next((t for t in ids if not 0 <= t < vocab_size), None)
     if bad is not None:
         raise _bad(f"Token id {bad} is outside the vocabulary (0..{vocab_size - 1}).", param)
+
+
+def check_token_params(params: SamplingParams, vocab_size: int) -> None:
+    """Token ids the request names beside its prompt (stop_token_ids, logit_bias), within the vocabulary."""
+    for param, ids in (("stop_token_ids", params.stop_token_ids), ("logit_bias", params.logit_bias)):
+        bad = next((t for t in ids if not t < vocab_size), None)
+        if bad is not None:
+            raise _bad(f"{param} names token id {bad}, outside the vocabulary (0..{vocab_size - 1}).", param)
 
 
 def check_context(prompts: list[list[int]], max_tokens: int | None, context: int, param: str) -> None:
