@@ -53,6 +53,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None       # None = off; k = the sampled token's logprob plus the top k
     logit_bias: dict[int, float] = field(default_factory=dict)   # token id -> added to its logit before sampling
+    prompt_logprobs: int | None = None   # None = off; k = each prompt token's logprob (from the second) plus the top k
     skip_special_tokens: bool = True
     guidance: Guidance | None = None  # None = free text
 
@@ -87,6 +88,8 @@ class SamplingParams:
             (all(t >= 0 for t in self.stop_token_ids),
              f"stop_token_ids must not be negative, got {self.stop_token_ids}"),
             (self.logprobs is None or 0 <= self.logprobs <= 20, f"logprobs must be in [0, 20], got {self.logprobs}"),
+            (self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= 20,
+             f"prompt_logprobs must be in [0, 20], got {self.prompt_logprobs}"),
             (all(type(t) is int and t >= 0 for t in self.logit_bias),
              f"logit_bias must map token ids (integers >= 0) to biases, got keys {list(self.logit_bias)[:3]}"),
             (not bad_biases, f"logit_bias values must be in [-{MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}], got "

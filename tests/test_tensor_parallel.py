@@ -40,12 +40,25 @@ def run_workload(llm: LLM) -> list[list[int]]:
     return [o.outputs[0].token_ids for o in outs]
 
 
+def score_prompts(llm: LLM) -> list[list[tuple]]:
+    """Prompt logprobs (their rows gathered over the ranks' vocabulary slices), of a prompt chunked over 3 steps
+    beside a short one: per prompt token, its id, its logprob and its top two."""
+    outs = llm.generate(prompts(3, [19, 5]), SamplingParams(max_tokens=2, prompt_logprobs=2, **GREEDY))
+    return [[(e.token_id, e.logprob, e.top_logprobs) for e in o.prompt_logprobs[1:]] for o in outs]
+
+
 def test_two_ranks_match_one(model_dir):
-    expected = run_workload(LLM(str(model_dir), **ENGINE))
+    one_rank = LLM(str(model_dir), **ENGINE)
+    expected, expected_scores = run_workload(one_rank), score_prompts(one_rank)
     with LLM(str(model_dir), tensor_parallel_size=2, overlap_steps=True, **ENGINE) as llm:
         core = llm.engine.core
         assert core.tensor_parallel_size == 2 and len(core.worker_pids) == 1
         assert run_workload(llm) == expected
+        scores = score_prompts(llm)
+        assert [len(s) for s in scores] == [18, 4]
+        for got, want in zip(scores, expected_scores):
+            assert [(t, [i for i, _ in top]) for t, _, top in got] == [(t, [i for i, _ in top]) for t, _, top in want]
+            assert [lp for _, lp, _ in got] == pytest.approx([lp for _, lp, _ in want], abs=1e-4)
         assert core.scheduler.num_preemptions > 0
         assert core.block_manager.stats.hits > 0
         assert core.block_manager.num_free_blocks == len(core.block_manager.blocks)

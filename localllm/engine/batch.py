@@ -31,7 +31,7 @@ from localllm.layers.attention import AttentionMetadata
 
 # header fields, in order
 HEADER_FIELDS = ("command", "num_tokens", "num_seqs", "num_sampling", "table_width", "num_decodes",
-                 "max_query_len", "max_context_len", "num_pending", "mirror_sampled", "uniform_query_len")
+                 "max_query_len", "max_context_len", "num_pending", "mirror_sampled", "uniform_query_len", "num_scored")
 H = {name: i for i, name in enumerate(HEADER_FIELDS)}
 HEADER_LEN = len(HEADER_FIELDS)
 CMD_STEP, CMD_STOP = 1, 0
@@ -47,10 +47,10 @@ def _aligned(n: int) -> int:
 
 def payload_parts(header) -> list[int]:
     """The lengths of the payload's parts, in order: ids, positions, slots (T each), logits rows (S), query
-    starts (B + 1), context lengths (B), block tables (B x width), in-flight rows and their sources."""
-    t, b, s, width, pending = (int(header[H[k]]) for k in
-                               ("num_tokens", "num_seqs", "num_sampling", "table_width", "num_pending"))
-    return [t, t, t, s, b + 1, b, b * width, pending, pending]
+    starts (B + 1), context lengths (B), block tables (B x width), in-flight rows and their sources, scored rows."""
+    t, b, s, width, pending, scored = (int(header[H[k]]) for k in ("num_tokens", "num_seqs", "num_sampling",
+                                                                    "table_width", "num_pending", "num_scored"))
+    return [t, t, t, s, b + 1, b, b * width, pending, pending, scored]
 
 
 def payload_len(header) -> int:
@@ -66,6 +66,7 @@ class StepBatch:
     #                                  of a sequence verifying drafts
     sampling_seqs: list[Sequence] = field(default_factory=list)   # those S sequences (on rank 0), in order
     uniform_query_len: int = 0       # laid out uniformly: every sequence has this many rows (0: it is not)
+    scored_indices: torch.Tensor | None = None   # rows whose logits score the prompt token after them (ascending)
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,16 @@ class PackedStep:
     num_drafts: list[int] = field(default_factory=list)
     # rank 0's own: no other rank pools, since every rank holds the same whole hidden states
     pooling: list[PoolingSlice] = field(default_factory=list)
+    # rank 0's own: the sequences whose prompt tokens the scored rows score, in row order
+    scored: list[ScoredRows] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ScoredRows:
+    """A sequence's scored rows in a step: the next `count` scored rows score its prompt tokens `targets` (the
+    token after each row's)."""
+    seq: Sequence
+    targets: list[int]
 
 
 @dataclass
@@ -107,6 +118,8 @@ class _RowUses:
     pooling: list[PoolingSlice] = field(default_factory=list)
     pending_rows: list[int] = field(default_factory=list)
     pending_from: list[int] = field(default_factory=list)
+    scored_at: list[int] = field(default_factory=list)
+    scored: list[ScoredRows] = field(default_factory=list)
 
     def add(self, item: ScheduledSeq, t: int) -> None:
         """The sequence whose rows start at t: its logits rows (its last token's, and every draft's too), or the
@@ -118,6 +131,17 @@ class _RowUses:
             self.num_drafts.append(item.num_draft_tokens)
         elif item.seq.pools:
             self.pooling.append(PoolingSlice(item.seq, t, n, item.seq.num_computed_tokens, item.reaches_last_token))
+        if item.seq.scores_prompt:
+            self._score(item.seq, t, n)
+
+    def _score(self, seq: Sequence, t: int, n: int) -> None:
+        """The rows of positions [start, start + n) whose next token is a prompt token not scored yet."""
+        start = seq.num_computed_tokens
+        first, end = max(start, seq.scored_through), min(start + n, seq.num_prompt_tokens - 1)
+        if first < end:
+            self.scored_at.extend(range(t + first - start, t + end - start))
+            self.scored.append(ScoredRows(seq, seq.token_ids[first + 1:end + 1]))
+            seq.scored_through = end
 
 
 class StepBatchBuilder:
@@ -138,7 +162,7 @@ class StepBatchBuilder:
             max_num_tokens = max(max_num_tokens, verify_layout.max_seqs * verify_layout.query_len)
             max_blocks_per_seq += -(-(verify_layout.query_len - 1) // block_size)
         # logits rows are at most one per token (a sequence verifying drafts has one per token)
-        size = 4 * max_num_tokens + 2 * max_num_seqs + 1 + max_num_seqs * max_blocks_per_seq + 2 * max_num_seqs \
+        size = 5 * max_num_tokens + 2 * max_num_seqs + 1 + max_num_seqs * max_blocks_per_seq + 2 * max_num_seqs \
             + len(HEADER_FIELDS) * PART_ALIGN   # room for each part's alignment padding
         self._payload = torch.empty(size, dtype=torch.int32)
         self._header = torch.zeros(HEADER_LEN, dtype=torch.int64)
@@ -184,13 +208,14 @@ class StepBatchBuilder:
             uses.add(item, start)
         header = self._header
         header.numpy()[:] = (CMD_STEP, t, b, len(uses.logits_at), width, rows.count(1), max(rows), max(context_lens),
-                             len(uses.pending_rows), 0, uniform)
+                             len(uses.pending_rows), 0, uniform, len(uses.scored_at))
         offset = 3 * stride
         for part in (uses.logits_at, query_start_loc, context_lens, tables.reshape(-1), uses.pending_rows,
-                     uses.pending_from):
+                     uses.pending_from, uses.scored_at):
             buf[offset:offset + len(part)] = part
             offset += _aligned(len(part))
-        return PackedStep(header.clone(), self._payload[:offset], uses.sampling_seqs, uses.num_drafts, uses.pooling)
+        return PackedStep(header.clone(), self._payload[:offset], uses.sampling_seqs, uses.num_drafts, uses.pooling,
+                          uses.scored)
 
     def _write_rows(self, item: ScheduledSeq, t: int, num_rows: int, ids: np.ndarray, positions: np.ndarray,
                     slots: np.ndarray, uses: _RowUses) -> None:
@@ -227,8 +252,9 @@ def unpack(header: torch.Tensor, payload: torch.Tensor, device: torch.device,
     # whole payload; the GPU kernels take the others in int32 (the plain-torch path, int64 too)
     wide = payload.long()
     sizes = payload_parts(header)
-    input_ids, positions, _, logits_at, _, _, _, rows, sources = _parts(wide, sizes)
-    _, _, slots, _, query_start, context_lens, tables, _, _ = _parts(payload if device.type == "cuda" else wide, sizes)
+    input_ids, positions, _, logits_at, _, _, _, rows, sources, scored_at = _parts(wide, sizes)
+    _, _, slots, _, query_start, context_lens, tables, _, _, _ = _parts(payload if device.type == "cuda" else wide,
+                                                                        sizes)
     if n_pending:
         input_ids[rows] = in_flight_tokens[sources]
     on_host = device.type != "cuda"
@@ -239,7 +265,7 @@ def unpack(header: torch.Tensor, payload: torch.Tensor, device: torch.device,
         query_start_loc_host=query_start.tolist() if on_host else [],
         context_lens_host=context_lens.tolist() if on_host else [])
     return StepBatch(input_ids, positions, meta, logits_at,
-                     uniform_query_len=int(header[H["uniform_query_len"]]))
+                     uniform_query_len=int(header[H["uniform_query_len"]]), scored_indices=scored_at)
 
 
 def _parts(payload: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:

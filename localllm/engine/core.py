@@ -18,9 +18,11 @@ from localllm.engine.draft_model import DraftProposer, open_draft
 from localllm.engine.model_runner import ModelRunner, check_kv_cache_dtype
 from localllm.engine.rank_setup import set_up_rank
 from localllm.engine.request import Sequence
+from localllm.engine.request_checks import check_generation, check_in_vocabulary, check_pooling
 from localllm.engine.events import EmbeddingEvent, SampledToken, TokenEvent
 from localllm.engine.grammar import GrammarMatchers, PendingMasks
 from localllm.engine.pooler import Pooler
+from localllm.engine.prompt_scores import score_prompts
 from localllm.engine.sampler import Sampler
 from localllm.engine.speculation import Speculator
 from localllm.engine.verification import Verified, Verifier, sampling_row
@@ -153,47 +155,23 @@ class EngineCore:
         if n == 0:
             raise ValueError("the prompt is empty")
         if isinstance(params, PoolingParams):
-            self._check_pooling(params, n)
+            check_pooling(params, n, self.max_model_len, self.pooler)
         else:
-            self._check_generation(params, n)
+            check_generation(params, n, self.max_model_len, self.vocab_size, self.runner.has_lm_head)
         if not self.config.enable_chunked_prefill and n > self.config.max_num_batched_tokens:
             raise PromptTooLongError(f"the prompt has {n} tokens, more than max_num_batched_tokens "
                                      f"({self.config.max_num_batched_tokens}) with chunked prefill off")
-        self._check_in_vocabulary(prompt_token_ids, "token id")
+        check_in_vocabulary(prompt_token_ids, self.vocab_size, "token id")
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in use")
         seq = self._new_sequence(request_id, prompt_token_ids, params, 0)
         self.requests[request_id] = [seq]
         self.scheduler.add(seq)
 
-    def _check_generation(self, params: SamplingParams, n: int) -> None:
-        if not self.runner.has_lm_head:
-            raise ValueError("the model has no language-model head: it computes embeddings only")
-        if n >= self.max_model_len:
-            raise PromptTooLongError(f"the prompt has {n} tokens but the context holds {self.max_model_len}, "
-                                     "and at least one must be left for the reply")
-        # the sampler indexes the logits by these: stop ids banned while min_tokens is not reached, biased ids
-        self._check_in_vocabulary(params.stop_token_ids, "stop token id")
-        self._check_in_vocabulary(list(params.logit_bias), "logit_bias token id")
-
-    def _check_pooling(self, params: PoolingParams, n: int) -> None:
-        if self.pooler is None:
-            raise ValueError("the model is not an embedding model (it has no sentence-transformers pooling config)")
-        if n > self.max_model_len:
-            raise PromptTooLongError(f"the input has {n} tokens but the context holds {self.max_model_len}")
-        dimension = self.pooler.config.dimension
-        if params.dimensions is not None and params.dimensions > dimension:
-            raise ValueError(f"dimensions must be at most {dimension}, the model's, got {params.dimensions}")
-
     def take_embeddings(self) -> list[EmbeddingEvent]:
         """The vectors of the pooling requests finished since the last call."""
         done, self.embeddings = self.embeddings, []
         return done
-
-    def _check_in_vocabulary(self, token_ids: list[int], what: str) -> None:
-        bad = [t for t in token_ids if not 0 <= t < self.vocab_size]
-        if bad:
-            raise ValueError(f"{what} {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1})")
 
     def _new_sequence(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams | PoolingParams,
                       index: int) -> Sequence:
@@ -275,6 +253,7 @@ class EngineCore:
         batch = unpack(packed.header, payload, self.device, self.in_flight.token_ids if self.in_flight else None)
         hidden = self.runner.hidden_states(batch)
         logits = self.runner.logits(hidden, batch)
+        score_prompts(self.runner, hidden, batch, packed.scored)   # before any other rank's next collective
         if self.draft:   # its KV keeps up with every token the target computes
             self.draft.follow(batch)
         self.scheduler.step_done(out)
@@ -352,7 +331,7 @@ class EngineCore:
                 continue
             for token in result.tokens:
                 reason = self._append(seq, token.token_id, seq in ended)
-                events.append(TokenEvent(seq.request_id, seq.index, token, reason))
+                events.append(TokenEvent(seq.request_id, seq.index, token, reason, seq.take_prompt_logprobs()))
                 if reason:   # tokens accepted past a stop are dropped
                     break
             if result.num_drafts and not seq.is_finished:
@@ -377,6 +356,7 @@ class EngineCore:
         """The other n - 1 completions start from the parent's prompt, sharing its full prompt blocks."""
         for index in range(1, parent.params.n):
             child = self._new_sequence(parent.request_id, parent.prompt_token_ids, parent.params, index)
+            child.prompt_logprobs, child.scored_through = parent.prompt_logprobs, parent.scored_through   # scored
             self.block_manager.fork(parent, child)
             self.requests[parent.request_id].append(child)
             self.scheduler.add(child, front=True)

@@ -21,6 +21,8 @@ class TokenEvent(msgspec.Struct, frozen=True, array_like=True):
     index: int
     sampled: SampledToken | None
     finish_reason: str | None = None
+    # with the first token of a request that asks for prompt_logprobs: one entry per prompt token after the first
+    prompt_logprobs: list[SampledToken] | None = None
 
 
 class EmbeddingEvent(msgspec.Struct, frozen=True, array_like=True):

@@ -93,6 +93,8 @@ class LLM:
                     out.finish_reason = delta.finish_reason
                     if delta.logprobs is not None:
                         out.logprobs += delta.logprobs
+                    if delta.prompt_logprobs is not None:
+                        results[delta.request_id].prompt_logprobs = [None, *delta.prompt_logprobs]
         finally:
             for request_id in results:
                 self.engine.abort_request(request_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import gc
 import math
 import mmap
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -25,6 +26,9 @@ from localllm.quantization import uses_cpu_kernels
 # Steps of more tokens run eagerly: their kernels take long enough to hide their launches, and a graph's
 # temporaries stay allocated (a Llama-3.1-8B step of 4,096 tokens needs a few hundred MB).
 MIXED_GRAPH_MAX_TOKENS = 4096
+# A prompt's scored rows go through the LM head this many at a time: 256 rows of a 152k vocabulary are 156 MB of
+# float32 logits.
+SCORED_ROWS_AT_ONCE = 256
 
 
 def kv_bytes_per_block(hf_config, block_size: int, dtype: torch.dtype, tp: int = 1) -> int:
@@ -167,8 +171,12 @@ class ModelRunner:
     @torch.inference_mode()
     def forward(self, batch: StepBatch) -> torch.Tensor | None:
         """Returns float32 logits [number of sampling rows, vocab]; None on tensor-parallel ranks other than 0,
-        which only contribute their slice of the vocabulary."""
-        return self.logits(self.hidden_states(batch), batch)
+        which only contribute their slice of the vocabulary (of the scored rows' logits too)."""
+        hidden = self.hidden_states(batch)
+        logits = self.logits(hidden, batch)
+        for _ in self.scored_logits(hidden, batch):
+            pass
+        return logits
 
     @torch.inference_mode()
     def hidden_states(self, batch: StepBatch) -> torch.Tensor:
@@ -179,6 +187,15 @@ class ModelRunner:
             if graphs is not None and graphs.can_run(batch):
                 return graphs.run(batch)
         return self.model(batch.input_ids, batch.positions, batch.attention)
+
+    @torch.inference_mode()
+    def scored_logits(self, hidden: torch.Tensor, batch: StepBatch) -> Iterator[torch.Tensor | None]:
+        """The float32 logits of the step's scored rows, SCORED_ROWS_AT_ONCE rows at a time (a prompt's logits over
+        the whole vocabulary at once would take gigabytes); None on tensor-parallel ranks other than 0."""
+        rows = batch.scored_indices
+        for start in range(0, 0 if rows is None else rows.shape[0], SCORED_ROWS_AT_ONCE):
+            logits = self.model.compute_logits(hidden[rows[start:start + SCORED_ROWS_AT_ONCE]])
+            yield None if logits is None else logits.float()
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor, batch: StepBatch) -> torch.Tensor | None:

@@ -47,5 +47,5 @@ class OutputProcessor:
                 ended.add(key)
             logprobs = [event.sampled] if params.logprobs is not None else None
             deltas.append(StreamDelta(event.request_id, event.index, text, [event.sampled.token_id], logprobs,
-                                      reason))
+                                      reason, event.prompt_logprobs))
         return deltas, stopped_by_text

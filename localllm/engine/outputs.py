@@ -20,6 +20,9 @@ class RequestOutput:
     request_id: str
     prompt_token_ids: list[int]
     outputs: list[CompletionOutput]
+    # with SamplingParams.prompt_logprobs: None for the first prompt token (nothing comes before it), then one entry
+    # per prompt token
+    prompt_logprobs: list[SampledToken | None] | None = None
 
     @property
     def finished(self) -> bool:
@@ -35,3 +38,4 @@ class StreamDelta:
     token_ids: list[int]
     logprobs: list[SampledToken] | None
     finish_reason: str | None
+    prompt_logprobs: list[SampledToken] | None = None   # with the first delta, when the request asks for them

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     import llguidance
     import torch
 
+    from localllm.engine.events import SampledToken
+
 
 @dataclass
 class SequenceSpeculation:
@@ -70,6 +72,20 @@ class Sequence:
         # (a running sum, or the first token's state) from one prefill chunk to the next.
         self.shares_cached_prefix = True
         self.pooled: torch.Tensor | None = None
+        # Prompt logprobs (a request that asks for them, each of its completions): each prompt token's logprob from
+        # the logits of the token before it, so every prompt token is computed (no cached prefix). scored_through:
+        # the prompt positions whose rows a step was given to score (a recomputed chunk does not score them again).
+        self.scores_prompt = getattr(params, "prompt_logprobs", None) is not None
+        self.prompt_logprobs: list[SampledToken] = []
+        self.scored_through = 0
+        if self.scores_prompt:
+            self.shares_cached_prefix = False
+
+    def take_prompt_logprobs(self) -> list[SampledToken] | None:
+        """The prompt logprobs, once: for the event of the first token (every prompt row is scored by then)."""
+        if not self.scores_prompt or self.num_output_tokens != 1:
+            return None
+        return self.prompt_logprobs
 
     @property
     def pools(self) -> bool:
