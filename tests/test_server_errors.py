@@ -190,7 +190,10 @@ def test_bad_completions_values_are_400(http, tiny):
                  param="logprobs")
     assert_error(http.post("/v1/completions", json={"model": tiny, "prompt": [[]]}), 400, param="prompt")
     assert_error(http.post("/v1/completions", json={"model": tiny, "prompt": [10 ** 6]}), 400, param="prompt")
-    assert_error(http.post("/v1/completions", json={"model": tiny, "prompt": "hi", "echo": True}), 400, param="echo")
+    assert_error(http.post("/v1/completions", json={"model": tiny, "prompt": "hi", "echo": True, "suffix": "x"}), 400,
+                 param="echo")
+    assert_error(http.post("/v1/completions", json={"model": tiny, "prompt": "hi", "max_tokens": 0}), 400,
+                 param="max_tokens")   # the prompt alone is an answer only when it is echoed
 
 
 def test_unknown_routes_and_methods(http):

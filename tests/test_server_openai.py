@@ -142,6 +142,32 @@ def test_completions_logprobs_shape(oai, tiny):
         assert token in top
 
 
+def test_echo_with_logprobs_scores_the_prompt_as_lm_eval_asks(oai, offline, tiny):
+    """lm-evaluation-harness's loglikelihood request (echo, logprobs 1, max_tokens 1, token ids in): the prompt's
+    tokens come first, the first one's logprob null, then the offline engine's prompt logprobs; the last entry is the
+    generated token."""
+    ids = [5, 17, 42, 99, 3, 7, 8, 11]
+    expected = offline.generate([ids], greedy(1, prompt_logprobs=1))[0]
+    r = oai.completions.create(model=tiny, prompt=[ids], max_tokens=1, logprobs=1, echo=True, temperature=0,
+                               extra_body={"ignore_eos": True})
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(ids) + 1
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert lp.token_logprobs[1:-1] == pytest.approx([e.logprob for e in expected.prompt_logprobs[1:]], abs=1e-4)
+    assert lp.token_logprobs[-1] == pytest.approx(max(lp.top_logprobs[-1].values()))   # greedy: the best token
+    assert r.choices[0].text == offline.tokenizer.decode(ids) + expected.outputs[0].text
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (len(ids), 1)
+    # max_tokens 0: the prompt alone; streamed: the prompt first, with the same logprobs
+    r = oai.completions.create(model=tiny, prompt=[ids], max_tokens=0, logprobs=1, echo=True, temperature=0)
+    assert r.choices[0].logprobs.token_logprobs == lp.token_logprobs[:-1] and r.usage.completion_tokens == 0
+    assert r.choices[0].text == offline.tokenizer.decode(ids) and r.choices[0].finish_reason == "length"
+    chunks = list(oai.completions.create(model=tiny, prompt=[ids], max_tokens=3, logprobs=1, echo=True,
+                                         temperature=0, stream=True, extra_body={"ignore_eos": True}))
+    assert chunks[0].choices[0].logprobs.token_logprobs == lp.token_logprobs[:-1]
+    assert "".join(c.choices[0].text for c in chunks) == offline.tokenizer.decode(ids) + offline.generate(
+        [ids], greedy(3))[0].outputs[0].text
+
+
 def test_stop_string_and_stop_token(oai, offline, tiny):
     full = offline.chat(MESSAGES, greedy(16))[0].outputs[0]
     stop = full.text[len(full.text) // 3: len(full.text) // 3 + 3]

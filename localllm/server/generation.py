@@ -73,6 +73,8 @@ async def collect(job: Job, n: int) -> list[Choice]:
         choice.num_tokens += len(delta.token_ids)
         if delta.logprobs:
             choice.logprobs += delta.logprobs
+        if delta.prompt_logprobs is not None:
+            choice.prompt_logprobs = delta.prompt_logprobs
         if delta.finish_reason is not None:
             choice.finish_reason = delta.finish_reason
     return choices

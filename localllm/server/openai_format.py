@@ -108,8 +108,12 @@ def completion_logprobs(texts: TokenTexts, tokens: list[SampledToken], offset: i
     for t in tokens:
         text = texts.text(t.token_id)
         out["tokens"].append(text)
-        out["token_logprobs"].append(_lp(t.logprob))
-        out["top_logprobs"].append({texts.text(i): _lp(lp) for i, lp in t.top_logprobs or []})
+        if t.logprob is None:   # an echoed prompt's first token: nothing before it to score it
+            out["token_logprobs"].append(None)
+            out["top_logprobs"].append(None)
+        else:
+            out["token_logprobs"].append(_lp(t.logprob))
+            out["top_logprobs"].append({texts.text(i): _lp(lp) for i, lp in t.top_logprobs or []})
         out["text_offset"].append(offset)
         offset += len(text)
     return out, offset
@@ -123,6 +127,7 @@ class Choice:
     logprobs: list[SampledToken] = field(default_factory=list)
     finish_reason: str | None = None
     tool_calls: list[dict] = field(default_factory=list)
+    prompt_logprobs: list[SampledToken] | None = None   # with echo and logprobs: the prompt's, scored
 
 
 def _message(choice: Choice) -> dict:

@@ -28,8 +28,8 @@ def reject_unsupported(body) -> None:
             raise _bad("response_format cannot be combined with tools unless tool_choice is 'none'.",
                        "response_format", "unsupported_parameter")
     else:
-        if body.echo:
-            raise _bad("echo is not supported.", "echo", "unsupported_parameter")
+        if body.echo and body.suffix:
+            raise _bad("echo cannot be combined with suffix.", "echo", "unsupported_parameter")
         if body.best_of is not None and body.best_of != (1 if body.n is None else body.n):
             raise _bad("best_of other than n is not supported.", "best_of", "unsupported_parameter")
 
@@ -49,12 +49,15 @@ def sampling_params(body: ChatCompletionRequest | CompletionRequest) -> Sampling
         if body.top_logprobs is not None and not body.logprobs:
             raise _bad("top_logprobs requires logprobs to be true.", "top_logprobs")
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
-        logprobs_param = "top_logprobs"
+        logprobs_param, prompt_logprobs = "top_logprobs", None
     else:
         max_tokens_param, max_tokens = "max_tokens", body.max_tokens
         logprobs, logprobs_param = body.logprobs, "logprobs"
+        prompt_logprobs = logprobs if body.echo else None   # an echoed prompt's tokens get logprobs too
         if body.max_tokens is None:
             max_tokens = 16   # OpenAI's default for legacy completions
+        elif body.echo and body.max_tokens == 0:
+            max_tokens = 1    # the prompt alone is the answer (server/echo.py drops the token)
     if logprobs is not None and not 0 <= logprobs <= MAX_TOP_LOGPROBS:
         raise _bad(f"{logprobs_param} must be in [0, {MAX_TOP_LOGPROBS}], got {logprobs}.", logprobs_param)
     def pick(value, default):
@@ -69,7 +72,8 @@ def sampling_params(body: ChatCompletionRequest | CompletionRequest) -> Sampling
             seed=body.seed, max_tokens=max_tokens, min_tokens=pick(body.min_tokens, 0), stop=body.stop,
             stop_token_ids=pick(body.stop_token_ids, []), ignore_eos=pick(body.ignore_eos, False),
             logprobs=logprobs, skip_special_tokens=pick(body.skip_special_tokens, True),
-            logit_bias=logit_bias(body.logit_bias), guidance=guidance)
+            logit_bias=logit_bias(body.logit_bias), guidance=guidance,
+            prompt_logprobs=prompt_logprobs)
     except ValueError as e:
         param = str(e).split(" ", 1)[0]
         param = {"max_tokens": max_tokens_param, "logprobs": logprobs_param}.get(param, param)

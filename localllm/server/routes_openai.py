@@ -1,9 +1,12 @@
 """The OpenAI-compatible endpoints: /v1/models, /v1/chat/completions, /v1/completions and /v1/embeddings."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from localllm.server.echo import Echo, echo_of
 from localllm.server.embeddings import embed
 from localllm.server.errors import APIError, model_not_found
 from localllm.server.generation import collect, start
@@ -66,11 +69,13 @@ async def _serve(request: Request, body, chat: bool):
     generation = await start(request, body, chat)
     job, model, params = generation.job, generation.model, generation.params
     texts = token_texts(model.client.tokenizer) if params.logprobs is not None else None
+    echo = None if chat else echo_of(body, generation.prompts, model.client.tokenizer)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         shape = (_chat_stream(job, model.name, params.n, texts, generation.prompt_tokens, include_usage,
                               generation.tools) if chat
-                 else _completion_stream(job, model.name, params.n, texts, generation.prompt_tokens, include_usage))
+                 else _completion_stream(job, model.name, params.n, texts, generation.prompt_tokens, include_usage,
+                                         echo))
         return SSEResponse(shape, job.close)
     try:
         choices = await unless_disconnected(request, collect(job, params.n))
@@ -81,6 +86,8 @@ async def _serve(request: Request, body, chat: bool):
     if generation.tools and generation.tools.reads_calls:
         for choice in choices:
             read_calls(choice, generation.tools.parser())
+    if echo is not None:
+        echo.apply(choices, params.n, texts is not None)
     shape = chat_response if chat else completion_response
     return JSONResponse(shape(new_id("chatcmpl" if chat else "cmpl"), model.name, choices, texts,
                               generation.prompt_tokens))
@@ -122,13 +129,19 @@ async def _chat_stream(job: Job, model: str, n: int, texts, prompt_tokens: int, 
     yield DONE
 
 
-async def _completion_stream(job: Job, model: str, n: int, texts, prompt_tokens: int, include_usage: bool):
+async def _completion_stream(job: Job, model: str, n: int, texts, prompt_tokens: int, include_usage: bool,
+                             echo: Echo | None):
     response_id, created = new_id("cmpl"), now()
     completion_tokens = 0
     offsets: dict[int, int] = {}
     try:
         async for request, delta in job.deltas():
             i = request.tag * n + delta.index
+            if echo is not None and i not in offsets:   # the prompt goes first (its logprobs come with this delta)
+                choice, offsets[i] = echo.first_chunk(i, n, texts, delta.prompt_logprobs)
+                yield event(completion_chunk(response_id, created, model, [choice], include_usage))
+            if echo is not None and echo.prompt_only:
+                delta = replace(delta, text="", token_ids=[], logprobs=None)
             completion_tokens += len(delta.token_ids)
             logprobs = None
             if texts and delta.logprobs:
