@@ -1,13 +1,13 @@
 """Prompt logprobs (SamplingParams.prompt_logprobs): each prompt token's logprob under the logits of the token before
 it, from the rows a step marks as scored (batch.py's ScoredRows), appended to their sequences' prompt_logprobs. The
-values are the model's own (no penalties or bias), computed as the sampler computes output logprobs."""
+values are the model's own (no penalties or bias): the log-softmax of the logits, as output logprobs are."""
 from __future__ import annotations
 
 import torch
 
 from localllm.engine.batch import ScoredRows, StepBatch
 from localllm.engine.events import SampledToken
-from localllm.engine.sampler import model_logprobs
+from localllm.kernels.sample_ref import preferences
 
 
 def score_prompts(runner, hidden: torch.Tensor, batch: StepBatch, scored: list[ScoredRows]) -> None:
@@ -20,12 +20,22 @@ def score_prompts(runner, hidden: torch.Tensor, batch: StepBatch, scored: list[S
     top_k = max(rows.seq.params.prompt_logprobs for rows in scored)
     done = 0
     for logits in runner.scored_logits(hidden, batch):
-        logprobs = model_logprobs(logits)
         here = targets[done:done + logits.shape[0]]
-        chosen = logprobs.gather(1, torch.tensor(here, device=logprobs.device)[:, None]).squeeze(1).tolist()
-        top_values, top_ids = (t.tolist() for t in logprobs.topk(top_k, -1))
+        chosen, top_values, top_ids = _target_and_top(logits, torch.tensor(here, device=logits.device), top_k)
         for j, token in enumerate(here):
             seq = owners[done + j]
             k = seq.params.prompt_logprobs
             seq.prompt_logprobs.append(SampledToken(token, chosen[j], list(zip(top_ids[j][:k], top_values[j][:k]))))
         done += len(here)
+
+
+def _target_and_top(logits: torch.Tensor, targets: torch.Tensor, k: int) -> tuple[list, list, list]:
+    """Each row's logprob of its target and its top k (values, ids), as lists: log-softmax's values, read off the
+    logits and their log-sum-exp (two passes over the rows, where log-softmax writes them all out again)."""
+    logits = preferences(logits)   # NaN never wins; +inf is the largest float
+    norm = torch.logsumexp(logits, -1, keepdim=True)
+    # a row with no finite logit: every logprob -inf, as the sampler's model_logprobs has it, not NaN
+    norm = torch.where(torch.isfinite(norm), norm, torch.inf)
+    chosen = (logits.gather(1, targets[:, None]) - norm).squeeze(1)
+    top_values, top_ids = logits.topk(k, -1)
+    return chosen.tolist(), (top_values - norm).tolist(), top_ids.tolist()
