@@ -102,8 +102,8 @@ class PackedStep:
 
 @dataclass(frozen=True)
 class ScoredRows:
-    """A sequence's scored rows in a step: the next `count` scored rows score its prompt tokens `targets` (the
-    token after each row's)."""
+    """A sequence's scored rows in a step: the next len(targets) scored rows score its prompt tokens `targets`
+    (each the token after its row's)."""
     seq: Sequence
     targets: list[int]
 
@@ -161,7 +161,7 @@ class StepBatchBuilder:
         if verify_layout is not None:   # its padding rows, and the context they add
             max_num_tokens = max(max_num_tokens, verify_layout.max_seqs * verify_layout.query_len)
             max_blocks_per_seq += -(-(verify_layout.query_len - 1) // block_size)
-        # logits rows are at most one per token (a sequence verifying drafts has one per token)
+        # logits rows are at most one per token (a sequence verifying drafts has one per token), and so are scored rows
         size = 5 * max_num_tokens + 2 * max_num_seqs + 1 + max_num_seqs * max_blocks_per_seq + 2 * max_num_seqs \
             + len(HEADER_FIELDS) * PART_ALIGN   # room for each part's alignment padding
         self._payload = torch.empty(size, dtype=torch.int32)
