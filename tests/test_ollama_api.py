@@ -90,6 +90,31 @@ def test_chat_equals_the_openai_answer_stream_and_not(client, oai):
     assert abs((datetime.now(timezone.utc) - created).total_seconds()) < 120
 
 
+def test_logprobs_equal_the_openai_answers_stream_and_not(client, oai):
+    """Each generated token with its logprob and top alternatives, as the OpenAI API gives them (the values to
+    within the CPU kernels' rounding, which depends on how much of the prompt the prefix cache held); streamed, each
+    chunk carries its own tokens'."""
+    expected = openai_chat(oai, MESSAGES, 10, logprobs=True, top_logprobs=3).choices[0].logprobs.content
+
+    def assert_like_expected(entries):
+        entries = list(entries)
+        assert [(e.token, [t.token for t in e.top_logprobs]) for e in entries] == [
+            (e.token, [t.token for t in e.top_logprobs]) for e in expected]
+        assert [e.logprob for e in entries] == pytest.approx([e.logprob for e in expected], abs=0.02)
+
+    answer = client.chat(EMBEDDED_ALIAS, messages=MESSAGES, options=GREEDY, logprobs=True, top_logprobs=3)
+    assert_like_expected(answer.logprobs)
+    assert len(answer.logprobs) == answer.eval_count == len(expected)
+    # the end-of-sequence token that stopped the answer has its logprob too, as on /v1/chat/completions
+    assert "".join(e.token for e in answer.logprobs) == answer.message.content + "<|im_end|>"
+    parts = list(client.generate(EMBEDDED_ALIAS, MESSAGES[0]["content"], options=GREEDY, logprobs=True,
+                                 top_logprobs=3, stream=True))
+    assert_like_expected(e for p in parts for e in p.logprobs or [])
+    assert all(p.response == "".join(e.token for e in p.logprobs or []) for p in parts[:-1])
+    assert parts[-1].response == "" and [e.token for e in parts[-1].logprobs] == ["<|im_end|>"]
+    assert client.chat(EMBEDDED_ALIAS, messages=MESSAGES, options=GREEDY).logprobs is None   # only when asked
+
+
 def test_generate_templates_the_prompt_and_returns_its_context(client, oai):
     chat = client.chat(EMBEDDED_ALIAS, messages=MESSAGES, options=GREEDY)
     answer = client.generate(EMBEDDED_ALIAS, MESSAGES[0]["content"], options=GREEDY)
@@ -213,7 +238,8 @@ def test_chat_with_tools_reads_the_calls_as_chat_completions_do(client, oai):
      400, "Invalid function name"),
     ({"model": EMBEDDED_ALIAS, "messages": [{"role": "user", "content": "hi", "images": ["AAAA"]}]}, 400, "images"),
     ({"model": EMBEDDED_ALIAS, "messages": [{"role": "robot", "content": "hi"}]}, 400, "role"),
-    ({"model": EMBEDDED_ALIAS, "messages": MESSAGES, "logprobs": True}, 400, "logprobs"),
+    ({"model": EMBEDDED_ALIAS, "messages": MESSAGES, "logprobs": True, "top_logprobs": 21}, 400,
+     "top_logprobs must be between 0 and 20"),
 ])
 def test_errors_are_ollama_shaped(daemon, body, status, fragment):
     with daemon.http() as http:

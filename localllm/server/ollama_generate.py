@@ -13,6 +13,8 @@ from datetime import datetime, timezone
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from localllm.engine.events import SampledToken
+from localllm.engine.outputs import StreamDelta
 from localllm.loader.fim import FimUnsupportedError, fim_prompt
 from localllm.sampling_params import Guidance, SamplingParams
 from localllm.server import ollama_tools
@@ -20,7 +22,9 @@ from localllm.server.errors import APIError
 from localllm.server.jobs import ClientGone, Job, unless_disconnected
 from localllm.server.ollama_models import find
 from localllm.server.ollama_schemas import DEFAULT_OPTIONS, ChatRequest, GenerateRequest, Options
-from localllm.server.openai_requests import check_generates, check_prompt_ids, checked_guidance, templated_prompt
+from localllm.server.openai_format import TokenTexts, chat_logprobs, token_texts
+from localllm.server.openai_requests import (MAX_TOP_LOGPROBS, check_generates, check_prompt_ids, checked_guidance,
+                                             templated_prompt)
 from localllm.server.openai_tools import ToolPlan, check_function_names
 from localllm.tool_calling.parser import ToolCallParser
 from localllm.server.sse import NDJSONResponse, ndjson_line
@@ -37,9 +41,10 @@ def created_at() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def sampling_params(options: Options | None, guidance: Guidance | None = None) -> SamplingParams:
+def sampling_params(options: Options | None, guidance: Guidance | None = None,
+                    logprobs: int | None = None) -> SamplingParams:
     """Ollama's options on our sampling, its defaults for what they leave out. num_predict <= 0 is Ollama's
-    "no limit" (up to the context); a negative seed, its "random"."""
+    "no limit" (up to the context); a negative seed, its "random". logprobs: alternatives per token, or None."""
     o = options or Options()
 
     def pick(value, name, default=None):
@@ -54,7 +59,7 @@ def sampling_params(options: Options | None, guidance: Guidance | None = None) -
             frequency_penalty=pick(o.frequency_penalty, "frequency_penalty", 0.0),
             seed=o.seed if o.seed is not None and o.seed >= 0 else None,
             max_tokens=o.num_predict if o.num_predict is not None and o.num_predict > 0 else None, stop=o.stop,
-            guidance=guidance)
+            guidance=guidance, logprobs=logprobs)
     except ValueError as e:
         name = str(e).split(" ", 1)[0]
         option = _OPTION_NAMES.get(name, name)
@@ -79,9 +84,6 @@ def reject_unsupported(body: ChatRequest | GenerateRequest) -> None:
     """What localllm does not do yet is refused, never ignored: the answer would not be what was asked."""
     if body.think not in (None, False):
         raise _bad(f"\"{body.model_name}\" does not support thinking", "think")
-    if body.logprobs:
-        raise _bad("logprobs are not supported on this API yet; the OpenAI API's /v1/chat/completions gives them",
-                   "logprobs")
     if isinstance(body, ChatRequest):
         check_function_names(body.tools)
         for i, message in enumerate(body.messages or []):
@@ -93,6 +95,14 @@ def reject_unsupported(body: ChatRequest | GenerateRequest) -> None:
     if body.template:
         raise _bad("template is not supported: the model's own chat template is applied (or none, with raw)",
                    "template")
+
+
+def logprobs_asked(body: ChatRequest | GenerateRequest) -> int | None:
+    """How many alternatives each token's logprob comes with (top_logprobs, 0-20), or None without `logprobs`."""
+    top = body.top_logprobs or 0
+    if not 0 <= top <= MAX_TOP_LOGPROBS:
+        raise _bad(f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {top}", "top_logprobs")
+    return top if body.logprobs else None
 
 
 def _prompt(client, body: ChatRequest | GenerateRequest, name: str, tools: ToolPlan | None) -> list[int]:
@@ -137,16 +147,22 @@ class Answer:
     first_token_ns: int | None = None
     tokens: list[int] = field(default_factory=list)
     calls: ToolCallParser | None = None   # a chat's tool calls are read out of its text with this
+    texts: TokenTexts | None = None       # with logprobs: how their tokens are spelled
+    unsent: list[SampledToken] = field(default_factory=list)   # logprobs not in a chunk yet
 
     def chunk(self, text: str, done: bool = False, tool_calls: list[dict] = ()) -> dict:
         message = {"role": "assistant", "content": text, **({"tool_calls": tool_calls} if tool_calls else {})}
         part = {"message": message} if self.chat else {"response": text}
-        return {"model": self.model, "created_at": created_at(), **part, "done": done}
+        out = {"model": self.model, "created_at": created_at(), **part, "done": done}
+        if self.texts is not None and self.unsent:   # the logprobs of the tokens behind this text, as Ollama sends
+            out["logprobs"], self.unsent = chat_logprobs(self.texts, self.unsent)["content"], []
+        return out
 
-    def add(self, token_ids: list[int]) -> None:
-        if token_ids and self.first_token_ns is None:
+    def add(self, delta: StreamDelta) -> None:
+        if delta.token_ids and self.first_token_ns is None:
             self.first_token_ns = time.monotonic_ns()
-        self.tokens += token_ids
+        self.tokens += delta.token_ids
+        self.unsent += delta.logprobs or []
 
     def last(self, text: str, done_reason: str, tool_calls: list[dict] = ()) -> dict:
         end = time.monotonic_ns()
@@ -164,7 +180,8 @@ async def serve(request: Request, body: ChatRequest | GenerateRequest):
     daemon = request.app.state.daemon
     name = find(daemon.models, body.model_name)
     reject_unsupported(body)
-    params = sampling_params(body.options, format_guidance(body))   # bad values fail before any model is loaded
+    # bad values fail before any model is loaded
+    params = sampling_params(body.options, format_guidance(body), logprobs_asked(body))
     chat = isinstance(body, ChatRequest)
     model = await daemon.models.acquire(name)
     if not (body.messages if chat else (body.prompt or body.context or body.suffix)):
@@ -179,6 +196,7 @@ async def serve(request: Request, body: ChatRequest | GenerateRequest):
         answer = Answer(body.model_name, chat, [], with_context, started, time.monotonic_ns())
         tools = ollama_tools.tool_plan(model.client.tokenizer, body) if chat else None
         answer.calls = tools.parser() if tools else None
+        answer.texts = token_texts(model.client.tokenizer) if params.logprobs is not None else None
         answer.prompt = await asyncio.to_thread(_prompt, model.client, body, name, tools)   # seconds for a long one
         num_ctx = body.options.num_ctx if body.options else None
         job.submit([answer.prompt], fit_context(params, len(answer.prompt), model.client.info.max_model_len, num_ctx))
@@ -202,7 +220,7 @@ async def serve(request: Request, body: ChatRequest | GenerateRequest):
 async def _collect(job: Job, answer: Answer) -> tuple[str, str]:
     parts, reason = [], "stop"
     async for _, delta in job.deltas():
-        answer.add(delta.token_ids)
+        answer.add(delta)
         parts.append(delta.text)
         reason = delta.finish_reason or reason
     return "".join(parts), reason
@@ -211,7 +229,7 @@ async def _collect(job: Job, answer: Answer) -> tuple[str, str]:
 async def _stream(job: Job, answer: Answer):
     try:
         async for _, delta in job.deltas():
-            answer.add(delta.token_ids)
+            answer.add(delta)
             text, calls = ollama_tools.read(answer.calls, delta.text, final=delta.finish_reason is not None)
             if text or calls:
                 yield ndjson_line(answer.chunk(text, tool_calls=calls))

@@ -64,6 +64,7 @@ class _Generation(_Named):
     keep_alive: Optional[KeepAlive] = None
     think: Optional[Union[bool, Text]] = None
     logprobs: Optional[bool] = None
+    top_logprobs: Optional[int] = None   # alternatives per token with logprobs, 0-20
 
 
 class CalledFunction(_Body):
