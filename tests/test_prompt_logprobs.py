@@ -64,6 +64,8 @@ def test_every_completion_of_n_carries_them_and_a_one_token_prompt_has_none(mode
         assert all(e.top_logprobs == [] for e in out.prompt_logprobs[1:])
         single = llm.generate([PROMPT[:1]], SamplingParams(max_tokens=2, prompt_logprobs=1))[0]
         assert single.prompt_logprobs == [None]
+        best = llm.generate([PROMPT], SamplingParams(max_tokens=1, prompt_logprobs=1))[0]   # lm-eval's one
+        assert_equal_scores(engine_scores(best), transformers_scores(model_dir, PROMPT, 1))
 
 
 def test_prompt_logprobs_are_checked():
