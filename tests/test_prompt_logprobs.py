@@ -57,6 +57,20 @@ def test_prompt_logprobs_equal_transformers_chunked_cached_and_batched(model_dir
         assert manager.num_free_blocks == len(manager.blocks)
 
 
+def test_a_preempted_scoring_prompt_is_scored_once(model_dir):
+    """A pool too small for everyone: sequences are preempted and recomputed, the scoring one among them (here twice:
+    17 tokens into its prompt, then 10 tokens into computing it again), and each of its prompt tokens is still scored
+    exactly once, in order."""
+    want = transformers_scores(model_dir, PROMPT, 2)
+    others = [[(5 * i + 3 * j) % 300 for j in range(9)] for i in range(3)]
+    with LLM(str(model_dir), block_size=4, num_kv_blocks=16, max_num_batched_tokens=8) as llm:
+        params = [SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)] * 3 + [
+            SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, prompt_logprobs=2)]
+        scored = llm.generate(others + [PROMPT], params)[-1]
+        assert llm.engine.core.scheduler.num_preemptions > 0
+        assert_equal_scores(engine_scores(scored), want)
+
+
 def test_every_completion_of_n_carries_them_and_a_one_token_prompt_has_none(model_dir):
     with LLM(str(model_dir), block_size=4, num_kv_blocks=64) as llm:
         out = llm.generate([PROMPT[:6]], SamplingParams(n=2, max_tokens=2, seed=1, prompt_logprobs=0))[0]
