@@ -166,6 +166,10 @@ def test_echo_with_logprobs_scores_the_prompt_as_lm_eval_asks(oai, offline, tiny
     assert chunks[0].choices[0].logprobs.token_logprobs == lp.token_logprobs[:-1]
     assert "".join(c.choices[0].text for c in chunks) == offline.tokenizer.decode(ids) + offline.generate(
         [ids], greedy(3))[0].outputs[0].text
+    chunks = list(oai.completions.create(model=tiny, prompt=[ids], max_tokens=0, echo=True, temperature=0, stream=True,
+                                         stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == offline.tokenizer.decode(ids)
+    assert chunks[-1].usage.completion_tokens == 0
 
 
 def test_stop_string_and_stop_token(oai, offline, tiny):
