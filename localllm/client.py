@@ -215,20 +215,24 @@ def wait_for_daemon(process: subprocess.Popen, state_file: Path, timeout: float,
         if state is not None and (state.pid == process.pid or exited):   # ours, or one that won a race
             return state
         if exited:
-            raise DaemonError(f"the daemon exited at start (code {process.returncode}): {_last_line(log_file)}")
+            raise DaemonError(_why_it_exited(process.returncode, log_file))
         time.sleep(0.1)
     process.kill()
     process.wait()
     raise DaemonError(f"the daemon did not answer within {timeout:.0f} s (log: {log_file})")
 
 
-def _last_line(log_file: Path) -> str:
+def _why_it_exited(returncode: int, log_file: Path) -> str:
+    """The daemon's own one-line error from its log (without its "Error: ", which the CLI adds again), else its last
+    line and where the log is."""
     try:
         lines = [l for l in log_file.read_text(errors="replace").splitlines() if l.strip()]
     except OSError:
-        return "no log"
-    errors = [l for l in lines if l.startswith("Error:")]
-    return (errors or lines or ["no output"])[-1]
+        lines = []
+    errors = [l.removeprefix("Error:").strip() for l in lines if l.startswith("Error:")]
+    if errors:
+        return f"the daemon could not start: {errors[-1]}"
+    return f"the daemon exited at start (code {returncode}): {lines[-1] if lines else 'no output'} (log: {log_file})"
 
 
 def stop_daemon(state_file: Path | None = None, timeout: float = 15.0) -> DaemonState | None:

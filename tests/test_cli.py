@@ -119,3 +119,21 @@ def test_unknown_model_is_a_one_line_error():
 def test_invalid_sampling_value_is_a_one_line_error():
     _one_line_error(runner.invoke(app, ["run", "hi", "--temperature", "-1"]))
     assert find_daemon() is None
+
+
+def test_a_port_another_program_holds_is_said_in_one_line(monkeypatch, tmp_path):
+    """Not "the daemon exited (code 1): Error: ...[Errno 98]": what holds the port, and what to do about it."""
+    import socket
+
+    monkeypatch.setenv("LOCALLLM_HOME", str(tmp_path))
+    with socket.socket() as other:   # a program that is not localllm
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        monkeypatch.setenv("LOCALLLM_HOST", f"127.0.0.1:{port}")
+        result = runner.invoke(app, ["run", QUESTION])
+    _one_line_error(result)
+    assert result.stderr.strip() == (f"Error: the daemon could not start: cannot listen on 127.0.0.1:{port}: another "
+                                     "program is listening there; give this daemon another address (--host/--port, "
+                                     "LOCALLLM_HOST)")
+    assert find_daemon() is None

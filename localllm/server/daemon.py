@@ -44,8 +44,14 @@ def _bind(host: str, port: int) -> socket.socket:
     except OSError as e:
         sock.close()
         other = daemon_pid_at(client_url(host, port), timeout=1.0) if e.errno == errno.EADDRINUSE else None
-        why = (f"another localllm daemon (pid {other}), of another LOCALLLM_HOME, is listening there; stop it, or "
-               "give this one another address (--host/--port, LOCALLLM_HOST)") if other else e.strerror or str(e)
+        elsewhere = "give this daemon another address (--host/--port, LOCALLLM_HOST)"
+        if other:
+            why = f"another localllm daemon (pid {other}), of another LOCALLLM_HOME, is listening there; stop it, or " \
+                  f"{elsewhere}"
+        elif e.errno == errno.EADDRINUSE:
+            why = f"another program is listening there; {elsewhere}"
+        else:
+            why = e.strerror or str(e)
         raise DaemonStartError(f"cannot listen on {host}:{port}: {why}") from None
     sock.set_inheritable(False)
     return sock
@@ -56,6 +62,7 @@ def serve(settings: ServerSettings, log_file: Path | None = None) -> None:
     With `log_file`, logs there (rotated; stdout and stderr follow), else to stderr."""
     handler = DaemonLogHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s localllm: %(message)s", handlers=[handler])
+    logging.getLogger("httpx").setLevel(logging.WARNING)   # its request lines (the probe of a port in use) are noise
     state_path = settings.state_file or default_state_path()
     running = live_daemon(state_path)   # also cleans the state a killed daemon left behind
     if running is not None:
