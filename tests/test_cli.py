@@ -51,7 +51,8 @@ def test_help_lists_each_verb_on_one_line_in_the_order_a_newcomer_needs():
     assert result.exit_code == 0
     rows = [line.strip("│ ").split(None, 1) for line in result.stdout.splitlines()
             if line.startswith("│ ") and not line.startswith("│ --")]
-    assert [verb for verb, _ in rows] == ["run", "chat", "pull", "list", "show", "rm", "ps", "stop", "serve", "bench"]
+    assert [verb for verb, _ in rows] == ["run", "chat", "pull", "list", "show", "cp", "rm", "ps", "stop", "serve",
+                                         "bench"]
     assert all(summary.rstrip(" │").endswith(".") for _, summary in rows), rows   # no summary wraps onto a 2nd line
 
 

@@ -3,6 +3,7 @@ through a real daemon, found as the CLI finds it (the state file of this test's 
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 from safetensors import safe_open
@@ -107,6 +108,30 @@ def test_rm_removes_and_then_is_an_error(pulled):
     assert runner.invoke(app, ["list"]).stdout.strip() == "NAME   SIZE   FORMAT   MODIFIED"
     _one_line_error(runner.invoke(app, ["rm", ALIAS]), f"no pulled model is named '{ALIAS}' (see 'localllm list')")
     _one_line_error(runner.invoke(app, ["rm", "no-such-thing"]), "no pulled model is named 'no-such-thing'")
+
+
+def test_cp_gives_a_second_name_and_rm_of_either_keeps_what_the_other_uses(pulled):
+    from localllm.hub import store
+
+    result = runner.invoke(app, ["cp", ALIAS, "me/mine:v1"])
+    assert result.exit_code == 0 and result.stdout == f"copied '{ALIAS}' to 'me/mine:v1'\n", result.output
+    names = [line.split()[0] for line in runner.invoke(app, ["list"]).stdout.splitlines()[1:]]
+    assert names == ["me/mine:v1", ALIAS]
+    original, copy = store.find(ALIAS), store.find("me/mine:v1")
+    assert (copy.path, copy.files, copy.snapshot) == (original.path, original.files, original.snapshot)
+    shown = json.loads(runner.invoke(app, ["show", "me/mine:v1", "--json"]).stdout)
+    assert shown["path"] == original.path
+    _one_line_error(runner.invoke(app, ["cp", ALIAS, "me/mine:v1"]), "a model named 'me/mine:v1' exists already")
+    _one_line_error(runner.invoke(app, ["cp", ALIAS, "smollm2:135m"]), "is an alias of a model localllm knows")
+    _one_line_error(runner.invoke(app, ["cp", ALIAS, "../x"]), "invalid model name '../x'")
+    _one_line_error(runner.invoke(app, ["cp", "no-such-thing", "y"]), "no pulled model is named 'no-such-thing'")
+    # removing the original frees nothing the copy still uses; removing the copy then frees it all
+    result = runner.invoke(app, ["rm", ALIAS])
+    assert result.exit_code == 0 and result.stdout == f"deleted '{ALIAS}' (freed 0 B)\n", result.output
+    assert all((Path(original.snapshot) / f).is_file() for f in original.files)
+    result = runner.invoke(app, ["rm", "me/mine:v1"])
+    assert result.exit_code == 0 and result.stdout.startswith("deleted 'me/mine:v1' (freed 30"), result.output
+    assert not any((Path(original.snapshot) / f).exists() for f in original.files)
 
 
 @pytest.mark.parametrize("args, fragment", [

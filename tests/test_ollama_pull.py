@@ -1,6 +1,6 @@
 """Pulling through the daemon (/api/pull, what `localllm pull`, the chat app and Ollama's clients use) from the
 fake Hub (tests/fake_hub.py): progress lines in Ollama's shape, one download when two clients ask at once with
-the progress shown to both, errors before and during the stream, and delete."""
+the progress shown to both, errors before and during the stream, copy and delete."""
 from __future__ import annotations
 
 import threading
@@ -50,6 +50,16 @@ def test_the_ollama_client_pulls_with_progress_then_lists_shows_and_deletes(daem
     assert answer.eval_count == 3   # the daemon loads what it just pulled
     assert client.pull(REPO).status == "success"   # again, not streamed: the files are there already
     assert hub.fetched(REPO, "model.safetensors", "GET") == [None]   # downloaded once
+    # a second name (hf.co/ and :latest as Ollama writes names), its files shared; answering as the first does
+    assert client.copy(f"hf.co/{REPO}", "mine:latest").status == "success"
+    assert store.find("mine").files == store.find(REPO).files
+    assert client.generate("mine", "The quick brown fox", raw=True,
+                           options={"temperature": 0, "num_predict": 3}).response == answer.response
+    for source, destination, status in ((REPO, "mine", 400), ("nothing", "x", 404), (REPO, "../x", 400)):
+        with pytest.raises(ollama.ResponseError) as refused:
+            client.copy(source, destination)
+        assert refused.value.status_code == status, refused.value.error
+    assert client.delete("mine").status == "success" and store.find(REPO) is not None
     assert client.delete(REPO).status == "success"
     assert REPO not in [m.model for m in client.list().models] and store.find(REPO) is None
     with pytest.raises(ollama.ResponseError) as gone:

@@ -10,7 +10,7 @@ from typing import List
 
 import typer
 
-from localllm.errors import LocalLLMError, ModelNotFoundError, one_line
+from localllm.errors import LocalLLMError, one_line
 from localllm.hub.aliases import ALIASES
 from localllm.hub.progress import Reporter
 
@@ -24,6 +24,7 @@ def register(app: typer.Typer) -> None:
     app.command(epilog=f"Aliases: {aliases}.", short_help="Download a model into the local store.")(pull)
     app.command("list", short_help="List the pulled models.")(list_models)
     app.command(short_help="Show a model's architecture, size, template and files.")(show)
+    app.command(short_help="Give a pulled model a second name.")(cp)
     app.command(short_help="Remove pulled models.")(rm)
 
 
@@ -126,17 +127,33 @@ def show(
     typer.echo("\n".join(lines))
 
 
+def cp(
+    source: str = typer.Argument(..., help="A pulled model's name (see 'localllm list')."),
+    destination: str = typer.Argument(..., help="The new name: name, owner/name, either with :tag."),
+) -> None:
+    """Give a pulled model a second name, as `ollama cp` does. The files are shared, not copied; `rm` of either name
+    keeps what the other still uses."""
+    from localllm.hub.copy import copy_model
+
+    try:
+        copied = copy_model(source, destination)
+    except (LocalLLMError, OSError) as e:
+        _fail(e)
+    typer.echo(f"copied '{source}' to '{copied.name}'")
+
+
 def rm(
     models: List[str] = typer.Argument(..., help="Pulled model names (see 'localllm list')."),
     force: bool = typer.Option(False, "--force", help="Remove a model even while the daemon has it loaded."),
 ) -> None:
     """Remove pulled models and free the disk space only they use."""
     from localllm.hub import store
+    from localllm.hub.reference import pulled_entry
     from localllm.units import format_size
 
     for model in models:
         try:
-            entry = _pulled_entry(model)
+            entry = pulled_entry(model)
             if _is_loaded(entry.name):
                 if not force:
                     raise LocalLLMError(f"model '{entry.name}' is loaded by the daemon; unload it first or pass "
@@ -146,20 +163,6 @@ def rm(
         except (LocalLLMError, OSError) as e:
             _fail(e)
         typer.echo(f"deleted '{entry.name}' (freed {format_size(freed)})")
-
-
-def _pulled_entry(model: str):
-    """The store's entry of `model`; a name that is no pulled model is said in rm's terms, whatever else it might
-    name (an alias not pulled, a repo id)."""
-    from localllm.hub.reference import resolve_reference
-
-    try:
-        entry = resolve_reference(model).entry
-    except ModelNotFoundError:
-        entry = None
-    if entry is None:
-        raise ModelNotFoundError(f"no pulled model is named '{model}' (see 'localllm list')")
-    return entry
 
 
 def _is_loaded(name: str) -> bool:

@@ -79,6 +79,18 @@ def resolve_reference(name: str | None, revision: str = "main", *, paths: bool =
                           Path(entry.path), entry)
 
 
+def pulled_entry(name: str) -> store.ModelEntry:
+    """The store's entry of the pulled model `name` (or of the alias or repo id it was pulled as). Any other name is
+    said in those terms, whatever else it might name: what rm and cp need."""
+    try:
+        entry = resolve_reference(name, paths=False).entry
+    except ModelNotFoundError:
+        entry = None
+    if entry is None:
+        raise ModelNotFoundError(f"no pulled model is named '{name}' (see 'localllm list')")
+    return entry
+
+
 def _embedded() -> ModelReference:
     entry = next((e for e in store.entries() if e.source == "embedded"), None)
     path = Path(entry.path) if entry is not None else stored_gguf()

@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from localllm.errors import ModelNotFoundError
+from localllm.errors import InvalidModelNameError, ModelNotFoundError
 from localllm.hub.paths import converted_dir, data_dir, hub_cache_dir, locked, private_dir
 
 _MANIFEST_VERSION = 1
@@ -56,6 +56,17 @@ def find(name: str) -> ModelEntry | None:
 def save(entry: ModelEntry) -> None:
     with _locked():
         models = _read()
+        models[entry.name] = entry
+        _write(models)
+
+
+def add(entry: ModelEntry) -> None:
+    """Registers a new name; one taken already (whatever its case) is refused, never overwritten."""
+    with _locked():
+        models = _read()
+        if any(e.name.lower() == entry.name.lower() for e in models.values()):
+            raise InvalidModelNameError(f"a model named '{entry.name}' exists already; remove it first "
+                                        "('localllm rm') or pick another name")
         models[entry.name] = entry
         _write(models)
 

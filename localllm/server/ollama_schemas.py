@@ -117,6 +117,12 @@ class DeleteRequest(_Named):
     pass
 
 
+class CopyRequest(_Body):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"source": "qwen3:0.6b", "destination": "mine"}]})
+    source: Text
+    destination: Text
+
+
 class EmbedRequest(_Named):
     model_config = ConfigDict(json_schema_extra={"examples": [{"model": "qwen3-embedding:0.6b", "input": "Hello!"}]})
     input: Union[Text, list[Text]]

@@ -1,5 +1,5 @@
 """The Ollama API on the daemon, in Ollama's shapes field for field, for the clients and tools that speak only
-it: version, tags, show, ps, chat, generate, embed, pull and delete, and the "Ollama is running" probe. Errors are
+it: version, tags, show, ps, chat, generate, embed, pull, copy and delete, and the "Ollama is running" probe. Errors are
 {"error": "..."} (errors.py). docs/api.md lists what is served and what is not."""
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response
 
-from localllm.errors import LocalLLMError, one_line
+from localllm.errors import InvalidModelNameError, LocalLLMError, ModelNotFoundError, one_line
 from localllm.hub import store
+from localllm.hub.copy import copy_model
 from localllm.hub.reference import resolve_reference
 from localllm.server import ollama_generate, ollama_models
 from localllm.server.embeddings import embed
 from localllm.server.errors import APIError
 from localllm.server.jobs import ClientGone
-from localllm.server.ollama_schemas import (ChatRequest, DeleteRequest, EmbeddingsRequest, EmbedRequest,
+from localllm.server.ollama_schemas import (ChatRequest, CopyRequest, DeleteRequest, EmbeddingsRequest, EmbedRequest,
                                             GenerateRequest, PullRequest, ShowRequest)
 from localllm.server.openapi import errors
 from localllm.server.pulls import failure_status
@@ -118,6 +119,20 @@ async def pull(body: PullRequest, request: Request):
             raise APIError(job.error[0], job.error[1])
         return {"status": "success"}
     return NDJSONResponse(ndjson_line(event) async for event in job.follow())
+
+
+@router.post("/api/copy", response_model=None, responses={200: {"description": "Copied."},
+                                                           **errors(400, 401, 404, 413, ollama=True)})
+async def copy(body: CopyRequest) -> Response:
+    """Another name for a pulled model, its files shared (hub/copy.py), as `localllm cp`."""
+    source = ollama_models.local_name(body.source)
+    try:
+        await asyncio.to_thread(copy_model, source, ollama_models.local_name(body.destination))
+    except InvalidModelNameError as e:   # a name no model can have, or one taken
+        raise APIError(400, one_line(e), param="destination") from None
+    except ModelNotFoundError:
+        raise ollama_models.not_found(body.source) from None
+    return Response(status_code=200)
 
 
 @router.delete("/api/delete", response_model=None, responses={200: {"description": "Deleted."},
