@@ -254,6 +254,7 @@ def test_error_shapes_on_every_route(daemon, client):
                                    ("POST", "/api/show", {"model": "nothing:here"}),
                                    ("POST", "/api/pull", {"model": "../escape"}),
                                    ("DELETE", "/api/delete", {"model": "nothing:here"}),
+                                   ("POST", "/api/copy", {"source": "nothing:here", "destination": "x"}),
                                    ("GET", "/api/chat", None)]:
             response = http.request(method, path, json=body)
             assert response.status_code in (400, 404, 405) and isinstance(response.json()["error"], str), path
@@ -262,6 +263,13 @@ def test_error_shapes_on_every_route(daemon, client):
     with pytest.raises(ollama.ResponseError) as refused:
         client.show("nothing:here")
     assert refused.value.status_code == 404 and refused.value.error == "model 'nothing:here' not found"
+
+
+def test_every_route_of_the_ollama_api_is_known_to_answer_ollama_shaped_errors():
+    from localllm.server.errors import OLLAMA_PATHS
+    from localllm.server.routes_ollama import router
+
+    assert {route.path for route in router.routes} <= OLLAMA_PATHS
 
 
 def test_a_body_without_content_type_is_json(daemon):

@@ -16,7 +16,7 @@ _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permi
 _UNION_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}
 # The Ollama API's routes (routes_ollama.py and the embeddings routes): their errors are Ollama-shaped.
 OLLAMA_PATHS = frozenset({"/", "/api/version", "/api/tags", "/api/show", "/api/ps", "/api/chat", "/api/generate",
-                          "/api/pull", "/api/delete", "/api/embed", "/api/embeddings"})
+                          "/api/pull", "/api/copy", "/api/delete", "/api/embed", "/api/embeddings"})
 
 
 class APIError(Exception):
