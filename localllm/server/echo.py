@@ -30,8 +30,8 @@ class Echo:
     def apply(self, choices: list[Choice], n: int, with_logprobs: bool) -> None:
         """Whole answers: each choice's text and logprobs behind its prompt's."""
         for i, choice in enumerate(choices):
-            if self.prompt_only:
-                choice.text, choice.logprobs, choice.num_tokens = "", [], 0
+            if self.prompt_only:   # the token generated to get here is not part of it, nor is how it ended
+                choice.text, choice.logprobs, choice.num_tokens, choice.finish_reason = "", [], 0, "length"
             choice.text = self.text(i, n) + choice.text
             if with_logprobs:
                 choice.logprobs = self.prompt_tokens(i, n, choice.prompt_logprobs) + choice.logprobs

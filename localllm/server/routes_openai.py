@@ -140,8 +140,9 @@ async def _completion_stream(job: Job, model: str, n: int, texts, prompt_tokens:
             if echo is not None and i not in offsets:   # the prompt goes first (its logprobs come with this delta)
                 choice, offsets[i] = echo.first_chunk(i, n, texts, delta.prompt_logprobs)
                 yield event(completion_chunk(response_id, created, model, [choice], include_usage))
-            if echo is not None and echo.prompt_only:
-                delta = replace(delta, text="", token_ids=[], logprobs=None)
+            if echo is not None and echo.prompt_only:   # see Echo.apply
+                delta = replace(delta, text="", token_ids=[], logprobs=None,
+                                finish_reason="length" if delta.finish_reason else None)
             completion_tokens += len(delta.token_ids)
             logprobs = None
             if texts and delta.logprobs:
