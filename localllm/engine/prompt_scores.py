@@ -34,7 +34,7 @@ def _target_and_top(logits: torch.Tensor, targets: torch.Tensor, k: int) -> tupl
     logits and their log-sum-exp (two passes over the rows, where log-softmax writes them all out again)."""
     logits = preferences(logits)   # NaN never wins; +inf is the largest float
     norm = torch.logsumexp(logits, -1, keepdim=True)
-    # a row with no finite logit: every logprob -inf, as the sampler's model_logprobs has it, not NaN
+    # a row with no finite logit: every logprob -inf, as the sampler's output logprobs have it, not NaN
     norm = torch.where(torch.isfinite(norm), norm, torch.inf)
     chosen = (logits.gather(1, targets[:, None]) - norm).squeeze(1)
     # the best alone (lm-evaluation-harness asks for one) by max: torch's topk over a 128k-wide row costs ~3 ms a

@@ -344,11 +344,6 @@ def inverse_cdf(weights: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cumulative, targets[:, None], right=True).squeeze(1)
 
 
-def model_logprobs(logits: torch.Tensor) -> torch.Tensor:
-    """Log-softmax of float32 logits [N, V]; a row with no finite logit has every logprob -inf rather than NaN."""
-    return preferences(torch.log_softmax(preferences(logits), -1))
-
-
 def sampled_tokens(logits: torch.Tensor, rows: list[SamplingRow], token_ids: torch.Tensor) -> list[SampledToken]:
     ids = token_ids.tolist()
     wanted = [i for i, row in enumerate(rows) if row.params.logprobs is not None]
@@ -357,7 +352,8 @@ def sampled_tokens(logits: torch.Tensor, rows: list[SamplingRow], token_ids: tor
     # Logprobs come after penalties and bans, so a token the sampler cannot pick shows as impossible,
     # but before temperature, top-k, top-p and min-p, so they describe the model rather than each
     # request's sampling settings and stay comparable across requests.
-    logprobs = model_logprobs(_rows_of(logits, wanted))
+    # (a row with no finite logit has every logprob -inf rather than NaN)
+    logprobs = preferences(torch.log_softmax(preferences(_rows_of(logits, wanted)), -1))
     chosen = logprobs.gather(1, token_ids[wanted][:, None]).squeeze(1).tolist()
     top_values, top_ids = logprobs.topk(max(rows[i].params.logprobs for i in wanted), -1)
     top_values, top_ids = top_values.tolist(), top_ids.tolist()

@@ -40,9 +40,8 @@ class Echo:
                     scored: list[SampledToken] | None) -> tuple[dict, int]:
         """A stream's echo of choice `choice`, sent before its first generated text: the choice's fields, and the
         text offset its generated tokens' logprobs continue from."""
-        if texts is None:
-            return {"index": choice, "text": self.text(choice, n), "logprobs": None, "finish_reason": None}, 0
-        logprobs, offset = completion_logprobs(texts, self.prompt_tokens(choice, n, scored), 0)
+        logprobs, offset = (completion_logprobs(texts, self.prompt_tokens(choice, n, scored), 0) if texts is not None
+                            else (None, 0))
         return {"index": choice, "text": self.text(choice, n), "logprobs": logprobs, "finish_reason": None}, offset
 
 
