@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import types
 
 import pytest
@@ -59,18 +60,30 @@ def test_run_without_a_prompt_is_a_multi_turn_chat_through_the_daemon(daemon, ti
     assert result.stdout == f"{first}\n{second}\n"
 
 
+def _waits_for_input(process) -> bool:
+    """Whether the process's main thread sleeps in the kernel (state S in /proc): after an answer is printed in
+    full, the chat's next blocking call is reading its next line."""
+    stat = open(f"/proc/{process.pid}/task/{process.pid}/stat").read()
+    return stat.rsplit(")", 1)[1].split()[0] == "S"
+
+
 def test_ctrl_c_in_the_chat_exits_130(daemon, tiny):
-    health_checks = daemon.requests_answered("/health")
-    chat = subprocess.Popen([sys.executable, "-m", "localllm.cli.main", "run", tiny], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    expected = chat(daemon, tiny, [{"role": "user", "content": "hi"}], 4)
+    chat_process = subprocess.Popen([sys.executable, "-m", "localllm.cli.main", "run", tiny, "--max-tokens", "4"],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        # the chat has found the daemon (checking its /health): it is past start-up, in the command itself
-        daemon.wait_for_requests("/health", health_checks + 1)
-        chat.send_signal(signal.SIGINT)
-        out, err = chat.communicate(timeout=20)
+        chat_process.stdin.write("hi\n")
+        chat_process.stdin.flush()
+        # the answer in full: the chat is past start-up and its first turn, in its loop of turns
+        assert chat_process.stdout.read(len(expected) + 1) == expected + "\n"
+        deadline = time.monotonic() + 20
+        while not _waits_for_input(chat_process) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        chat_process.send_signal(signal.SIGINT)
+        out, err = chat_process.communicate(timeout=20)
     finally:
-        chat.kill()
-    assert chat.returncode == 130 and "Traceback" not in err, err
+        chat_process.kill()
+    assert chat_process.returncode == 130 and "Traceback" not in err, err
 
 
 def test_a_local_path_the_running_daemon_was_not_started_with_is_a_one_line_error(daemon, tmp_path):
