@@ -233,6 +233,34 @@ def test_the_one_call_decode_step_gives_the_module_paths_tokens(lib):
     assert fast == modules and len(fast[0]) == 24
 
 
+def _pool_at_start_of(runner, buffer: torch.Tensor, num_blocks: int) -> None:
+    """Gives the runner's layers a KV pool of num_blocks blocks that begins where `buffer` does."""
+    from localllm.layers.attention import Attention
+
+    shape = (2, runner.kv_cache.shape[1], num_blocks, *runner.kv_cache.shape[3:])
+    runner.kv_cache = buffer[:buffer.new_empty(shape).numel()].view(shape)
+    for i, layer in enumerate(m for m in runner.model.modules() if isinstance(m, Attention)):
+        layer.k_cache, layer.v_cache = runner.kv_cache[0, i], runner.kv_cache[1, i]
+
+
+def test_the_one_call_decode_step_follows_a_new_pool_that_starts_where_the_old_one_did(lib):
+    """A pool of another size at the same address (as a new anonymous map often is) moves every layer but the
+    first: the compiled step must point at the new layers, or it reads keys the prompt never wrote there."""
+    from localllm import LLM, SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    with LLM(quantization="fast", num_kv_blocks=64) as llm:
+        runner, model = llm.engine.core.runner, llm.engine.core.runner.model
+        buffer = torch.zeros(runner.kv_cache.numel() * 2, dtype=runner.kv_cache.dtype)
+        _pool_at_start_of(runner, buffer, 64)
+        first = llm.generate(["The tallest mountain in the world is"], params)[0].outputs[0].token_ids
+        _pool_at_start_of(runner, buffer, 128)
+        fast = llm.generate(["def fibonacci(n):"], params)[0].outputs[0].token_ids
+        model.forward = model.forward.forward
+        modules = llm.generate(["def fibonacci(n):"], params)[0].outputs[0].token_ids
+    assert fast == modules and len(first) == 8
+
+
 def test_a_model_quantized_at_load_to_q8_0_runs_the_compiled_kernels(lib):
     """`--quantize q8_0` on the CPU (how a safetensors model gets the compiled path): every matrix becomes Q8_0
     blocks that the C kernels multiply, a decode step is one call, and the embedded model still answers Paris."""

@@ -80,14 +80,20 @@ class DecodeStep:
             embed_fmt=ops.FORMATS[embed.layout.parts[0].fmt], eps=model.model.norm.eps, scale=first.attn.scale,
             embed=embed.weight.data_ptr(), final_norm=model.model.norm.weight.data_ptr(),
             cos=self.keep[0].data_ptr(), sin=self.keep[1].data_ptr(), layer=self.layers)
-        self.cache_ptr = 0
+        self.caches_pointed_at = None
+
+    def _caches(self) -> tuple:
+        """What the struct's cache pointers depend on: a new pool may start where the old one did (an anonymous
+        map of another size often does), so its first layer's address alone does not tell."""
+        first, last = self.attentions[0], self.attentions[-1]
+        return first.k_cache.data_ptr(), last.v_cache.data_ptr(), first.k_cache.shape, first.k_cache.dtype
 
     def _point_at_caches(self) -> None:
         for struct, attn in zip(self.layers, self.attentions):
             struct.k_cache, struct.v_cache = attn.k_cache.data_ptr(), attn.v_cache.data_ptr()
         self.struct.block_size = self.attentions[0].k_cache.shape[1]
         self.struct.kv_half = self.attentions[0].k_cache.dtype == torch.float16
-        self.cache_ptr = self.attentions[0].k_cache.data_ptr()
+        self.caches_pointed_at = self._caches()
 
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, meta) -> torch.Tensor:
         k_cache = self.attentions[0].k_cache
@@ -95,7 +101,7 @@ class DecodeStep:
         if (meta.num_decodes != meta.num_seqs or meta.num_seqs != tokens or k_cache.dtype not in ops.KV_DTYPES
                 or k_cache.dim() != 4 or input_ids.dtype != torch.int64):
             return self.forward(input_ids, positions, meta)
-        if k_cache.data_ptr() != self.cache_ptr:
+        if self._caches() != self.caches_pointed_at:
             self._point_at_caches()
         out = torch.empty(tokens, self.struct.hidden)
         tables = meta.block_tables
