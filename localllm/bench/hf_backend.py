@@ -24,6 +24,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class _TokenClock:
+    """A generate() streamer that notes when each put() comes: the prompt first, then every new token once it is
+    on the host (so after its step, on a GPU too)."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def put(self, value) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
 class HFBackend:
     name = "hf"
 
@@ -48,14 +62,14 @@ class HFBackend:
         self.max_batch_tokens = max_batch_tokens
 
     @torch.inference_mode()
-    def _generate_s(self, prompt: list[int], new_tokens: int) -> float:
-        """Seconds for exactly new_tokens greedy tokens (end of sequence disabled)."""
+    def _generate_s(self, prompt: list[int], new_tokens: int, clock: _TokenClock | None = None) -> float:
+        """Seconds for exactly new_tokens greedy tokens (end of sequence disabled); `clock` notes each token."""
         ids = torch.tensor([prompt], device=self.device)
         _sync(self.device)
         start = time.perf_counter()
         # an explicit mask: otherwise generate() masks every prompt token equal to the pad id
         out = self.hf_model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                     max_new_tokens=new_tokens, pad_token_id=0)
+                                     max_new_tokens=new_tokens, pad_token_id=0, streamer=clock)
         _sync(self.device)
         elapsed = time.perf_counter() - start
         if out.shape[1] != len(prompt) + new_tokens:
@@ -70,10 +84,11 @@ class HFBackend:
         return self._generate_s(prompt, 1)
 
     def decode_tokens_per_s(self, prompt: list[int], new_tokens: int) -> float:
-        """generate() has no hook between prefill and decode, so the decode time is the difference between a
-        new_tokens run and a one-token run on the same prompt."""
-        first_token_s = self._generate_s(prompt, 1)
-        return (new_tokens - 1) / (self._generate_s(prompt, new_tokens) - first_token_s)
+        """Timed from the first token to the last as a streamer sees them arrive (the difference of a one-token
+        and a whole run, timed apart, could come out negative on a busy machine)."""
+        clock = _TokenClock()
+        self._generate_s(prompt, new_tokens, clock)
+        return (new_tokens - 1) / (clock.times[-1] - clock.times[-new_tokens])   # the last puts are the tokens
 
     def _cb_config(self, workload: Workload):
         from transformers import ContinuousBatchingConfig
