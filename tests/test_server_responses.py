@@ -100,6 +100,44 @@ def test_store_false_keeps_nothing(oai, tiny):
         oai.responses.retrieve(r.id)
 
 
+def _chat_logprobs(oai, tiny, top: int) -> list[dict]:
+    """The chat completion's logprobs of the same greedy answer, as plain dicts."""
+    chat = oai.chat.completions.create(model=tiny, messages=[{"role": "user", "content": "Paged attention"}],
+                                       max_tokens=5, temperature=0, logprobs=True, top_logprobs=top,
+                                       extra_body={"ignore_eos": True})
+    return [entry.model_dump() for entry in chat.choices[0].logprobs.content]
+
+
+def test_output_text_logprobs_are_the_chat_completions(oai, tiny):
+    expected = _chat_logprobs(oai, tiny, 2)
+    r = oai.responses.create(model=tiny, input="Paged attention", max_output_tokens=5, temperature=0,
+                             include=["message.output_text.logprobs"], top_logprobs=2,
+                             extra_body={"ignore_eos": True})
+    logprobs = [entry.model_dump() for entry in r.output[0].content[0].logprobs]
+    assert logprobs == expected and len(logprobs) == 5 and all(len(e["top_logprobs"]) == 2 for e in logprobs)
+    assert r.top_logprobs == 2
+
+
+def test_streamed_logprobs_come_with_their_deltas(oai, tiny):
+    expected = _chat_logprobs(oai, tiny, 0)
+    events = list(oai.responses.create(model=tiny, input="Paged attention", max_output_tokens=5, temperature=0,
+                                       include=["message.output_text.logprobs"], stream=True,
+                                       extra_body={"ignore_eos": True}))
+    deltas = [e for e in events if e.type == "response.output_text.delta"]
+    streamed = [{"token": lp.token, "logprob": lp.logprob} for e in deltas for lp in e.logprobs]
+    assert streamed == [{"token": e["token"], "logprob": e["logprob"]} for e in expected]
+    done = next(e for e in events if e.type == "response.output_text.done")
+    assert [lp.model_dump()["token"] for lp in done.logprobs] == [e["token"] for e in expected]
+    final = events[-1].response.output[0].content[0]
+    assert [lp.model_dump() for lp in final.logprobs] == expected
+
+
+def test_without_include_there_are_no_logprobs(oai, tiny):
+    r = oai.responses.create(model=tiny, input="Paged attention", max_output_tokens=3, temperature=0,
+                             include=["reasoning.encrypted_content"])
+    assert r.output[0].content[0].logprobs == [] and r.top_logprobs is None
+
+
 @pytest.mark.parametrize("body, param, message", [
     ({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}, "input[0].type",
      "Only message items"),
@@ -109,6 +147,8 @@ def test_store_false_keeps_nothing(oai, tiny):
     ({"input": "Hi", "background": True}, "background", "not supported"),
     ({"input": "Hi", "max_output_tokens": 0}, "max_output_tokens", "greater than or equal to 1"),
     ({"input": []}, "input", "must not be empty"),
+    ({"input": "Hi", "include": ["message.output_text.logprobs", "everything"]}, "include[1]", "Invalid value"),
+    ({"input": "Hi", "top_logprobs": 21}, "top_logprobs", "must be in [0, 20]"),
 ])
 def test_unsupported_input_gets_400(daemon, tiny, body, param, message):
     with daemon.http() as http:

@@ -195,6 +195,7 @@ class ResponsesRequest(SamplingExtras):
     tool_choice: Optional[Union[Text, dict]] = None
     parallel_tool_calls: Optional[bool] = None
     top_logprobs: Optional[int] = None
+    include: Optional[list[Text]] = None
     background: Optional[bool] = None
     conversation: Optional[Union[Text, dict]] = None
 

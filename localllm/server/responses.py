@@ -18,6 +18,12 @@ from localllm.server.openai_schemas import ChatCompletionRequest, ResponseFormat
 
 MAX_STORED_RESPONSES = 256
 _TEXT_PARTS = ("input_text", "output_text")
+LOGPROBS = "message.output_text.logprobs"
+# what OpenAI's `include` may name: the others add to items this server never makes (reasoning, tool calls,
+# images), so there is nothing of theirs to add
+INCLUDABLE = (LOGPROBS, "reasoning.encrypted_content", "file_search_call.results", "web_search_call.action.sources",
+              "web_search_call.results", "message.input_image.image_url", "computer_call_output.output.image_url",
+              "code_interpreter_call.outputs")
 
 
 def _bad(message: str, param: str, code: str = "invalid_value") -> APIError:
@@ -77,8 +83,10 @@ def refuse_unsupported(body: ResponsesRequest) -> None:
     if body.conversation is not None:
         raise _bad("Conversations are not supported; chain responses with previous_response_id.", "conversation",
                    "unsupported_parameter")
-    if body.top_logprobs:
-        raise _bad("top_logprobs is not supported on /v1/responses.", "top_logprobs", "unsupported_parameter")
+    for i, name in enumerate(body.include or []):
+        if name not in INCLUDABLE:
+            raise _bad(f"Invalid value for 'include[{i}]': {name!r}; supported: {', '.join(INCLUDABLE)}.",
+                       f"include[{i}]")
     # Responses' tools and calls have their own shapes (function_call items); /v1/chat/completions takes tools
     if body.tools or body.tool_choice not in (None, "auto", "none"):
         raise _bad("Tools are not supported on /v1/responses; /v1/chat/completions takes them.", "tools",
@@ -102,13 +110,21 @@ def _message(item, i: int) -> dict:
     return {"role": item.role, "content": content}
 
 
+def wants_logprobs(body: ResponsesRequest) -> bool:
+    """Whether the output text carries its tokens' logprobs: `include` names them, or top_logprobs is given."""
+    return LOGPROBS in (body.include or []) or body.top_logprobs is not None
+
+
 def chat_request(body: ResponsesRequest, messages: list[dict]) -> ChatCompletionRequest:
-    """The chat completion this response is: the same sampling and the same refusals (formats)."""
+    """The chat completion this response is: the same sampling and the same refusals (formats, top_logprobs out of
+    range)."""
     system = [{"role": "system", "content": body.instructions}] if body.instructions is not None else []
     response_format = _chat_format(text_format_of(body))
+    logprobs = wants_logprobs(body)
     return ChatCompletionRequest(
         model=body.model, messages=system + messages, max_completion_tokens=body.max_output_tokens,
-        temperature=body.temperature, top_p=body.top_p,
+        temperature=body.temperature, top_p=body.top_p, logprobs=logprobs,
+        top_logprobs=(body.top_logprobs or 0) if logprobs else None,
         response_format=response_format, **body.model_dump(include=set(SamplingExtras.model_fields)))
 
 
@@ -138,13 +154,14 @@ class ResponseDraft:
     message_id: str = field(default_factory=lambda: new_id("msg"))
     created_at: int = field(default_factory=lambda: int(time.time()))
     text: str = ""
+    logprobs: list[dict] = field(default_factory=list)   # the text's tokens, as chat's logprobs.content entries
     status: str = "in_progress"
     usage: dict | None = None
     completed_at: int | None = None
     error: dict | None = None
 
-    def finish(self, choice: Choice, prompt_tokens: int) -> None:
-        self.text = choice.text
+    def finish(self, choice: Choice, prompt_tokens: int, logprobs: list[dict]) -> None:
+        self.text, self.logprobs = choice.text, logprobs
         self.status = "incomplete" if choice.finish_reason == "length" else "completed"
         self.completed_at = int(time.time())
         self.usage = {"input_tokens": prompt_tokens, "input_tokens_details": {"cached_tokens": 0,
@@ -157,7 +174,7 @@ class ResponseDraft:
         self.error = {"code": error.code or "server_error", "message": error.message}
 
     def text_part(self) -> dict:
-        return {"type": "output_text", "text": self.text, "annotations": [], "logprobs": []}
+        return {"type": "output_text", "text": self.text, "annotations": [], "logprobs": self.logprobs}
 
     def message(self, status: str | None = None) -> dict:
         done = self.status in ("completed", "incomplete")
@@ -175,7 +192,7 @@ class ResponseDraft:
             "parallel_tool_calls": body.parallel_tool_calls is not False,
             "previous_response_id": body.previous_response_id, "reasoning": {"effort": None, "summary": None},
             "store": body.store is not False, "temperature": body.temperature, "top_p": body.top_p,
-            "text": {"format": text_format_of(body)}, "tool_choice": "auto",
+            "text": {"format": text_format_of(body)}, "tool_choice": "auto", "top_logprobs": body.top_logprobs,
             "tools": [], "truncation": "disabled", "usage": self.usage, "user": body.user,
             "metadata": body.metadata or {}, "background": False,
         }
