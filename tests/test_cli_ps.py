@@ -67,7 +67,17 @@ def _waits_for_input(process) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] == "S"
 
 
-def test_ctrl_c_in_the_chat_exits_130(daemon, tiny):
+@pytest.fixture
+def ctrl_c_as_at_a_terminal():
+    """Commands started here get SIGINT as a terminal's foreground command has it. A test run started in the
+    background of a shell without job control (`nohup pytest ... &`, some CI runners) has SIGINT ignored, and a
+    child inherits an ignored signal: Python would then leave Ctrl-C ignored in the command under test."""
+    saved = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, saved)
+
+
+def test_ctrl_c_in_the_chat_exits_130(daemon, tiny, ctrl_c_as_at_a_terminal):
     expected = chat(daemon, tiny, [{"role": "user", "content": "hi"}], 4)
     chat_process = subprocess.Popen([sys.executable, "-m", "localllm.cli.main", "run", tiny, "--max-tokens", "4"],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -129,7 +139,7 @@ def test_ps_json_is_the_status_plus_gpus(daemon, tiny):
     assert data["kv_blocks"] == status["kv_blocks"] and data["pid"] == status["pid"]
 
 
-def test_ps_watch_refreshes_until_ctrl_c(daemon, tiny):
+def test_ps_watch_refreshes_until_ctrl_c(daemon, tiny, ctrl_c_as_at_a_terminal):
     status_reads = daemon.requests_answered("/api/status")
     watch = subprocess.Popen([sys.executable, "-m", "localllm.cli.main", "ps", "--watch", "--interval", "0.2"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
