@@ -10,7 +10,7 @@ from localllm.sampling_params import SamplingParams
 from localllm.server.errors import APIError
 from localllm.server.jobs import Job
 from localllm.server.models import LoadedModel
-from localllm.server.openai_format import Choice
+from localllm.server.openai_format import Choice, TokenTexts, token_texts
 from localllm.server.openai_requests import (chat_prompt, check_context, check_generates, check_token_params,
                                              completion_prompts, reject_unsupported, sampling_params)
 from localllm.server.openai_tools import ToolPlan, tool_plan
@@ -27,6 +27,10 @@ class Generation:
     @property
     def prompt_tokens(self) -> int:
         return sum(map(len, self.prompts))
+
+    def texts(self) -> TokenTexts | None:
+        """The tokens' texts and bytes that logprobs are shown with, where the request asked for logprobs."""
+        return token_texts(self.model.client.tokenizer) if self.params.logprobs is not None else None
 
 
 async def start(request, body, chat: bool) -> Generation:

@@ -13,7 +13,7 @@ from localllm.server.generation import collect, start
 from localllm.server.jobs import ClientGone, Job, unless_disconnected
 from localllm.server.openai_format import (chat_chunk, chat_logprobs, chat_response, completion_chunk,
                                            completion_logprobs, completion_response, embedding_list, new_id, now,
-                                           token_texts, usage)
+                                           usage)
 from localllm.server.openai_schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from localllm.server.openai_tools import ToolPlan, finish_reason, read_calls, stream_deltas
 from localllm.server.openapi import (ChatCompletion, Completion, EmbeddingList, ModelCard, ModelList, answer,
@@ -68,7 +68,7 @@ async def embeddings(body: EmbeddingRequest, request: Request):
 async def _serve(request: Request, body, chat: bool):
     generation = await start(request, body, chat)
     job, model, params = generation.job, generation.model, generation.params
-    texts = token_texts(model.client.tokenizer) if params.logprobs is not None else None
+    texts = generation.texts()
     echo = None if chat else echo_of(body, generation.prompts, model.client.tokenizer)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from localllm.server.errors import APIError
 from localllm.server.generation import Generation, collect, start
 from localllm.server.jobs import ClientGone, unless_disconnected
-from localllm.server.openai_format import Choice, chat_logprobs, token_texts
+from localllm.server.openai_format import Choice, chat_logprobs
 from localllm.server.openai_schemas import ResponsesRequest
 from localllm.server.openapi import ResponseObject, answer, errors
 from localllm.server.responses import ResponseDraft, chat_request, conversation, keep
@@ -36,15 +36,10 @@ async def create_response(body: ResponsesRequest, request: Request):
         return Response(status_code=499)   # nobody reads it; the request was aborted
     finally:
         generation.job.close()
-    texts = _texts(generation)
+    texts = generation.texts()
     draft.finish(choice, generation.prompt_tokens, chat_logprobs(texts, choice.logprobs)["content"] if texts else [])
     keep(store, draft, messages)
     return JSONResponse(draft.as_dict())
-
-
-def _texts(generation: Generation):
-    """The tokens' texts and bytes, where the request asked for logprobs."""
-    return token_texts(generation.model.client.tokenizer) if generation.params.logprobs is not None else None
 
 
 @router.get("/v1/responses/{response_id}", response_model=None,
@@ -90,7 +85,7 @@ async def _stream(generation: Generation, draft: ResponseDraft, messages: list[d
     yield emit("response.in_progress", response=draft.as_dict())
     yield emit("response.output_item.added", output_index=0, item=draft.message("in_progress"))
     yield emit.item("response.content_part.added", part=draft.text_part())
-    choice, texts, logprobs = Choice(), _texts(generation), []
+    choice, texts, logprobs = Choice(), generation.texts(), []
     try:
         async for _, delta in generation.job.deltas():
             choice.text += delta.text
